@@ -1,0 +1,230 @@
+"""The one settings object, read from the environment (prefix ``PEC_RENEWAL_``).
+
+Every value is parsed and checked here, once, so a bad value stops the
+program at start-up with one line that names the variable, never later with a
+traceback.  Nothing else in the project reads ``os.environ``.
+
+With nothing set, everything runs with no server: SQLite under ``./var``, a
+file-system Celery broker, mail written to a Maildir, the sandbox gateway, and
+a generated secret key kept in ``./var/secret_key``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from worker.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
+
+PREFIX = "PEC_RENEWAL_"
+MAIL_BACKENDS = ("maildir", "smtp", "console")
+SMTP_TLS_MODES = ("none", "starttls", "ssl")
+PAYMENT_GATEWAYS = ("sandbox", "stripe", "paypal")
+
+log = logging.getLogger(__name__)
+
+
+class SettingsError(Exception):
+    """A setting has a bad value.  ``str()`` is one line naming the variable."""
+
+    def __init__(self, name: str, problem: str):
+        self.variable = PREFIX + name
+        self.problem = problem
+        super().__init__(f"{self.variable}: {problem}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    database_url: str
+    broker_url: str
+    broker_transport_options: dict = field(hash=False, compare=False)
+    mail_backend: str = "maildir"
+    maildir: Path = Path("var/mail")
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_tls: str = "none"
+    smtp_timeout: float = 30.0
+    mail_from: str = "Rinnovi PEC <rinnovi@localhost>"
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    secret_key_generated: bool = False
+    base_url: str = "http://127.0.0.1:5000"
+    timezone: ZoneInfo = ZoneInfo("Europe/Rome")
+    payment_gateway: str = "sandbox"
+    notice_stages: tuple[Stage, ...] = DEFAULT_STAGES
+    scan_batch_size: int = 500
+    daily_scan_at: tuple[int, int] = (6, 0)
+    link_max_age_days: int = 200
+    outbox_max_attempts: int = 12
+    relay_batch_size: int = 200
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        return _read(os.environ if environ is None else environ)
+
+
+def _read(environ: Mapping[str, str]) -> Settings:
+    def raw(name: str) -> str | None:
+        value = environ.get(PREFIX + name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    var_dir = Path(raw("VAR_DIR") or "var").resolve()
+
+    database_url = raw("DATABASE_URL") or f"sqlite:///{var_dir / 'pec-renewal.sqlite3'}"
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", database_url):
+        raise SettingsError("DATABASE_URL", "must start with sqlite:// or postgresql+psycopg://")
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+
+    broker_url = raw("BROKER_URL") or "filesystem://"
+    transport_options: dict = {}
+    if broker_url.startswith("filesystem"):
+        broker_dir = var_dir / "broker"
+        transport_options = {
+            "data_folder_in": str(broker_dir / "queue"),
+            "data_folder_out": str(broker_dir / "queue"),
+            "processed_folder": str(broker_dir / "processed"),
+            "store_processed": False,
+        }
+    elif not re.match(r"^(redis|rediss|amqp|pyamqp|sqla\+\w+)://", broker_url):
+        raise SettingsError("BROKER_URL", "must be redis://HOST:PORT/DB (or filesystem:// for the embedded default)")
+    else:
+        # The visibility timeout must exceed every task time limit (config/celery.py).
+        transport_options = {"visibility_timeout": 3600}
+
+    mail_backend = _choice(raw("MAIL_BACKEND") or "maildir", "MAIL_BACKEND", MAIL_BACKENDS)
+    maildir = Path(raw("MAILDIR") or var_dir / "mail").resolve()
+    smtp_tls = _choice(raw("SMTP_TLS") or "none", "SMTP_TLS", SMTP_TLS_MODES)
+    smtp_port = _integer(raw("SMTP_PORT"), "SMTP_PORT", default={"ssl": 465, "starttls": 587}.get(smtp_tls, 25), low=1, high=65535)
+    smtp_timeout = _number(raw("SMTP_TIMEOUT"), "SMTP_TIMEOUT", default=30.0)
+
+    mail_from = raw("MAIL_FROM") or "Rinnovi PEC <rinnovi@localhost>"
+    if "\r" in mail_from or "\n" in mail_from or "@" not in parseaddr(mail_from)[1]:
+        raise SettingsError("MAIL_FROM", f"{mail_from!r} is not an address like 'Rinnovi PEC <rinnovi@example.it>'")
+
+    secret_keys, generated = _secret_keys(raw("SECRET_KEYS"), var_dir)
+
+    base_url = (raw("BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError("BASE_URL", f"{base_url!r} is not an http(s) URL such as https://rinnovi.example.it")
+
+    tz_name = raw("TIMEZONE") or "Europe/Rome"
+    try:
+        timezone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError("TIMEZONE", f"{tz_name!r} is not a known time zone (such as Europe/Rome)") from None
+
+    payment_gateway = _choice(raw("PAYMENT_GATEWAY") or "sandbox", "PAYMENT_GATEWAY", PAYMENT_GATEWAYS)
+
+    stages_text = raw("NOTICE_STAGES")
+    try:
+        notice_stages = parse_stages(stages_text) if stages_text else DEFAULT_STAGES
+    except StageSyntaxError as error:
+        raise SettingsError("NOTICE_STAGES", str(error)) from None
+
+    scan_at = raw("DAILY_SCAN_AT") or "06:00"
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", scan_at)
+    if not match:
+        raise SettingsError("DAILY_SCAN_AT", f"{scan_at!r} is not a time of day such as 06:00")
+
+    return Settings(
+        var_dir=var_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        mail_backend=mail_backend,
+        maildir=maildir,
+        smtp_host=raw("SMTP_HOST") or "localhost",
+        smtp_port=smtp_port,
+        smtp_user=raw("SMTP_USER"),
+        smtp_password=raw("SMTP_PASSWORD"),
+        smtp_tls=smtp_tls,
+        smtp_timeout=smtp_timeout,
+        mail_from=mail_from,
+        secret_keys=secret_keys,
+        secret_key_generated=generated,
+        base_url=base_url,
+        timezone=timezone,
+        payment_gateway=payment_gateway,
+        notice_stages=notice_stages,
+        scan_batch_size=_integer(raw("SCAN_BATCH_SIZE"), "SCAN_BATCH_SIZE", default=500, low=1, high=100_000),
+        daily_scan_at=(int(match.group(1)), int(match.group(2))),
+        link_max_age_days=_integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=1, high=3650),
+        outbox_max_attempts=_integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100),
+        relay_batch_size=_integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000),
+    )
+
+
+def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    value = value.lower()
+    if value not in allowed:
+        raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(name, f"{value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise SettingsError(name, f"{number} is outside {low}..{high}")
+    return number
+
+
+def _number(value: str | None, name: str, *, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(name, f"{value!r} is not a number") from None
+    if not number > 0:
+        raise SettingsError(name, f"{value!r} must be greater than 0")
+    return number
+
+
+def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], bool]:
+    if value is not None:
+        keys = tuple(key.strip() for key in value.split(",") if key.strip())
+        short = [index for index, key in enumerate(keys, 1) if len(key) < 32]
+        if not keys:
+            raise SettingsError("SECRET_KEYS", "is set but holds no key")
+        if short:
+            raise SettingsError("SECRET_KEYS", f"key number {short[0]} is shorter than 32 characters")
+        return keys, False
+    # Embedded default: a generated key kept under var/, so links survive restarts.
+    path = var_dir / "secret_key"
+    try:
+        if path.exists():
+            key = path.read_text().strip()
+        else:
+            var_dir.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_urlsafe(48)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key + "\n")
+    except OSError as error:
+        raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror}") from None
+    log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
+    return (key,), True

@@ -1,0 +1,1 @@
+"""Thin Celery tasks: parse ids and dates, open a session, call into ``worker``."""

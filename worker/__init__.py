@@ -1,0 +1,1 @@
+"""pec-renewal: expiry notices, auto-renewal and renewal links for a PEC provider."""

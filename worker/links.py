@@ -1,0 +1,73 @@
+"""Signed links (itsdangerous): one salt per purpose, every key accepted, the newest signs.
+
+A renewal link is bound to one mailbox (or one account) and to the expiry
+date it was sent for: the expiry cycle.  Once that cycle is renewed the
+mailbox's expiry moves on and the link no longer starts an order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+RENEWAL_SALT = "pec-renewal.renewal-link"
+
+MAILBOX = "m"
+ACCOUNT = "a"
+
+
+class TokenInvalid(Exception):
+    """Tampered, truncated, malformed, for another purpose, or signed with an unknown key."""
+
+
+class TokenExpired(TokenInvalid):
+    """Well signed, but older than the links' maximum age."""
+
+
+@dataclass(frozen=True)
+class RenewalLink:
+    target: str  # MAILBOX or ACCOUNT
+    target_id: int
+    expires_on: date  # the expiry cycle the link was sent for
+
+    def is_current_for(self, current_expires_on: date) -> bool:
+        """False once the cycle was renewed (or the expiry otherwise moved on)."""
+        return self.expires_on == current_expires_on
+
+
+class LinkSigner:
+    def __init__(self, secret_keys: tuple[str, ...] | list[str], base_url: str, max_age_days: int):
+        if not secret_keys:
+            raise ValueError("at least one secret key is needed")
+        # itsdangerous takes a list of keys, oldest first: the last one signs, all verify.
+        self._serializer = URLSafeTimedSerializer(list(secret_keys), salt=RENEWAL_SALT)
+        self._base_url = base_url.rstrip("/")
+        self._max_age = max_age_days * 86400
+
+    def renewal_token(self, target: str, target_id: int, expires_on: date) -> str:
+        if target not in (MAILBOX, ACCOUNT):
+            raise ValueError(f"unknown link target {target!r}")
+        return self._serializer.dumps([target, int(target_id), expires_on.isoformat()])
+
+    def renewal_url(self, mailbox_id: int, expires_on: date) -> str:
+        return f"{self._base_url}/rinnova/{self.renewal_token(MAILBOX, mailbox_id, expires_on)}"
+
+    def account_renewal_url(self, account_id: int, expires_on: date) -> str:
+        return f"{self._base_url}/rinnova/{self.renewal_token(ACCOUNT, account_id, expires_on)}"
+
+    def read_renewal_token(self, token: str) -> RenewalLink:
+        try:
+            payload = self._serializer.loads(token, max_age=self._max_age)
+        except SignatureExpired:
+            raise TokenExpired("link expired") from None
+        except (BadSignature, UnicodeError, ValueError, TypeError):
+            raise TokenInvalid("link invalid") from None
+        try:
+            target, target_id, expires_on = payload
+            if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int):
+                raise ValueError
+            return RenewalLink(target, target_id, date.fromisoformat(expires_on))
+        except (ValueError, TypeError):
+            raise TokenInvalid("link invalid") from None

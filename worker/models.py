@@ -1,0 +1,225 @@
+"""The database schema (SQLAlchemy 2).  Migrations live in ``worker/migrations``.
+
+The same models run on SQLite (the embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from enum import Enum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class HolderKind(str, Enum):
+    PRIVATE = "private"
+    SOLE_PROPRIETOR = "sole_proprietor"
+    COMPANY = "company"
+    PROFESSIONAL = "professional"
+    PUBLIC_ADMINISTRATION = "public_administration"
+
+
+class Plan(str, Enum):
+    STANDARD = "standard"
+    PRO = "pro"
+    PREMIUM = "premium"
+
+
+class OutboxStatus(str, Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    BOUNCED = "bounced"
+    FAILED = "failed"  # transient errors until the attempts ran out
+
+
+class Account(Base):
+    """A customer login; it can own many mailboxes."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    login: Mapped[str] = mapped_column(String(254), unique=True)
+
+
+class Holder(Base):
+    """The "Dati intestatario": who holds a mailbox, and where notices go."""
+
+    __tablename__ = "holders"
+    __table_args__ = (UniqueConstraint("account_id", "holder_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    #: A digest of the fields below, so identical holder data is stored once per account.
+    holder_key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    tax_code: Mapped[str | None] = mapped_column(String(16))
+    vat_number: Mapped[str | None] = mapped_column(String(11))
+    reference_email: Mapped[str] = mapped_column(String(254))
+    postal_address: Mapped[str | None] = mapped_column(String(300))
+    #: E-invoicing: a 7-character SDI recipient code, a PEC address, or a
+    #: public administration's 6-character office code (with CIG and CUP).
+    sdi_code: Mapped[str | None] = mapped_column(String(7))
+    einvoice_pec: Mapped[str | None] = mapped_column(String(254))
+    office_code: Mapped[str | None] = mapped_column(String(6))
+    cig: Mapped[str | None] = mapped_column(String(10))
+    cup: Mapped[str | None] = mapped_column(String(15))
+
+    account: Mapped[Account] = relationship()
+
+
+class Domain(Base):
+    """A customer domain; its mailboxes (name@pec.theirdomain.it) share its expiry."""
+
+    __tablename__ = "domains"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    expires_on: Mapped[date] = mapped_column(Date)
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domains.id"), index=True)
+    plan: Mapped[str] = mapped_column(String(16))
+    extra_space_gb: Mapped[int] = mapped_column(Integer, default=0)
+    extra_archive_gb: Mapped[int] = mapped_column(Integer, default=0)
+    used_space_mb: Mapped[int] = mapped_column(Integer, default=0)
+    #: For a mailbox on a domain, a copy of the domain's expiry, kept in step.
+    expires_on: Mapped[date] = mapped_column(Date)
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    payment_method: Mapped[str | None] = mapped_column(String(200))
+    #: The last day of the stored card's expiry month.
+    card_expires_on: Mapped[date | None] = mapped_column(Date)
+    renewal_years: Mapped[int] = mapped_column(Integer, default=1)
+    promo: Mapped[bool] = mapped_column(Boolean, default=False)
+    language: Mapped[str] = mapped_column(String(2), default="it")
+    #: The next date on which the daily scan must look at this mailbox; the
+    #: scan reads only rows with ``next_action_on <= today``.  NULL: never again.
+    next_action_on: Mapped[date | None] = mapped_column(Date, index=True)
+
+    account: Mapped[Account] = relationship()
+    holder: Mapped[Holder] = relationship()
+    domain: Mapped[Domain | None] = relationship()
+
+
+class OutboxMessage(Base):
+    """One email to send, written in the same transaction as its ledger rows.
+
+    It keeps the data to render, not the rendered text, so the relay renders
+    with the current templates and signs fresh links; tokens are never stored.
+    """
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (Index("ix_outbox_messages_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: The Message-ID header, derived from the ledger keys the message carries.
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    stage: Mapped[str] = mapped_column(String(8))
+    language: Mapped[str] = mapped_column(String(2))
+    to_address: Mapped[str] = mapped_column(String(254), index=True)
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    context: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10), default=OutboxStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NoticeLedgerEntry(Base):
+    """One row per (mailbox, expiry cycle, stage): the proof a notice was queued."""
+
+    __tablename__ = "notice_ledger"
+    __table_args__ = (UniqueConstraint("mailbox_id", "cycle_expires_on", "stage", name="uq_notice_ledger_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    #: The expiry date the notice was about: it names the cycle.
+    cycle_expires_on: Mapped[date] = mapped_column(Date)
+    stage: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(40))
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    outbox_message_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"), index=True)
+
+
+class BouncedAddress(Base):
+    """A reference address that an SMTP server refused permanently (5xx)."""
+
+    __tablename__ = "bounced_addresses"
+
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    first_bounced_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_bounced_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    bounces: Mapped[int] = mapped_column(Integer, default=1)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+
+
+class DailyRun(Base):
+    """One row per business date: the scan for a date is claimed once."""
+
+    __tablename__ = "daily_runs"
+
+    business_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[dict | None] = mapped_column(JSON)
