@@ -216,14 +216,17 @@ def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], boo
     # Embedded default: a generated key kept under var/, so links survive restarts.
     path = var_dir / "secret_key"
     try:
-        if path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
             key = path.read_text().strip()
         else:
-            var_dir.mkdir(parents=True, exist_ok=True)
             key = secrets.token_urlsafe(48)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(key + "\n")
+        if len(key) < 32:
+            raise SettingsError("SECRET_KEYS", f"is not set and {path} holds no usable key; delete it to make a new one")
     except OSError as error:
         raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror}") from None
     log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
