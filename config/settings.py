@@ -12,14 +12,16 @@ a generated secret key kept in ``./var/secret_key``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from email.utils import parseaddr
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
@@ -68,6 +70,17 @@ class Settings:
     outbox_max_attempts: int = 12
     relay_batch_size: int = 200
 
+    def __repr__(self) -> str:
+        # The generated repr would show passwords inside the database and broker URLs.
+        shown = []
+        for item in fields(self):
+            if item.repr:
+                value = getattr(self, item.name)
+                if item.name in ("database_url", "broker_url"):
+                    value = _hide_password(value)
+                shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @property
     def is_embedded(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -95,7 +108,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
 
     broker_url = raw("BROKER_URL") or "filesystem://"
     transport_options: dict = {}
-    if broker_url.startswith("filesystem"):
+    if broker_url == "filesystem://":
         broker_dir = var_dir / "broker"
         transport_options = {
             "data_folder_in": str(broker_dir / "queue"),
@@ -105,6 +118,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         }
     elif not re.match(r"^(redis|rediss|amqp|pyamqp|sqla\+\w+)://", broker_url):
         raise SettingsError("BROKER_URL", "must be redis://HOST:PORT/DB (or filesystem:// for the embedded default)")
+    elif _has_space(broker_url):
+        raise SettingsError("BROKER_URL", "must not hold spaces or control characters")
     else:
         # The visibility timeout must exceed every task time limit (config/celery.py).
         transport_options = {"visibility_timeout": 3600}
@@ -116,20 +131,22 @@ def _read(environ: Mapping[str, str]) -> Settings:
     smtp_timeout = _number(raw("SMTP_TIMEOUT"), "SMTP_TIMEOUT", default=30.0)
 
     mail_from = raw("MAIL_FROM") or "Rinnovi PEC <rinnovi@localhost>"
-    if "\r" in mail_from or "\n" in mail_from or "@" not in parseaddr(mail_from)[1]:
+    if any(not character.isprintable() for character in mail_from) or "@" not in parseaddr(mail_from)[1]:
         raise SettingsError("MAIL_FROM", f"{mail_from!r} is not an address like 'Rinnovi PEC <rinnovi@example.it>'")
 
-    secret_keys, generated = _secret_keys(raw("SECRET_KEYS"), var_dir)
+    # Set but blank is refused, not taken for "unset": in production that is a
+    # deployment mistake, and a generated key would hide it.
+    secret_keys_text = environ.get(PREFIX + "SECRET_KEYS")
+    secret_keys, generated = _secret_keys(secret_keys_text, var_dir)
 
     base_url = (raw("BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+    if not _is_base_url(base_url):
         raise SettingsError("BASE_URL", f"{base_url!r} is not an http(s) URL such as https://rinnovi.example.it")
 
     tz_name = raw("TIMEZONE") or "Europe/Rome"
     try:
         timezone = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise SettingsError("TIMEZONE", f"{tz_name!r} is not a known time zone (such as Europe/Rome)") from None
 
     payment_gateway = _choice(raw("PAYMENT_GATEWAY") or "sandbox", "PAYMENT_GATEWAY", PAYMENT_GATEWAYS)
@@ -199,8 +216,8 @@ def _number(value: str | None, name: str, *, default: float) -> float:
         number = float(value)
     except ValueError:
         raise SettingsError(name, f"{value!r} is not a number") from None
-    if not number > 0:
-        raise SettingsError(name, f"{value!r} must be greater than 0")
+    if not (math.isfinite(number) and number > 0):
+        raise SettingsError(name, f"{value!r} must be a number greater than 0")
     return number
 
 
@@ -209,25 +226,66 @@ def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], boo
         keys = tuple(key.strip() for key in value.split(",") if key.strip())
         short = [index for index, key in enumerate(keys, 1) if len(key) < 32]
         if not keys:
-            raise SettingsError("SECRET_KEYS", "is set but holds no key")
+            raise SettingsError("SECRET_KEYS", "is set but holds no key (unset it to use a generated key under var/)")
         if short:
             raise SettingsError("SECRET_KEYS", f"key number {short[0]} is shorter than 32 characters")
         return keys, False
     # Embedded default: a generated key kept under var/, so links survive restarts.
+    # The key is written whole to a temporary file and then linked into place,
+    # so a second process either wins the link or reads a complete key.
     path = var_dir / "secret_key"
     try:
         var_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = path.read_text().strip()
-        else:
-            key = secrets.token_urlsafe(48)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(key + "\n")
-        if len(key) < 32:
-            raise SettingsError("SECRET_KEYS", f"is not set and {path} holds no usable key; delete it to make a new one")
+        if not path.exists():
+            fd, temporary = tempfile.mkstemp(prefix=".secret_key.", dir=var_dir)  # mode 0600
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process linked its key first: use that one
+            finally:
+                os.unlink(temporary)
+        key = path.read_text().strip()
     except OSError as error:
-        raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror}") from None
+        raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror or error}") from None
+    if len(key) < 32:
+        raise SettingsError("SECRET_KEYS", f"is not set and {path} holds no usable key; delete it to make a new one")
     log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
     return (key,), True
+
+
+def _is_base_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port != 0
+        and not parts.query
+        and not parts.fragment
+        and not _has_space(url)
+    )
+
+
+def _has_space(value: str) -> bool:
+    return any(character.isspace() or not character.isprintable() for character in value)
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with the password in it, if any, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user = parts.netloc.rpartition("@")[0].split(":", 1)[0]
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -7,15 +7,20 @@ mailbox's expiry moves on and the link no longer starts an order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 RENEWAL_SALT = "pec-renewal.renewal-link"
 
 MAILBOX = "m"
 ACCOUNT = "a"
+
+# What a token can hold: URL-safe base64 and the dots between its parts.  Checked
+# first because itsdangerous drops non-ASCII characters from a signature it decodes.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.]{1,1000}")
 
 
 class TokenInvalid(Exception):
@@ -58,15 +63,17 @@ class LinkSigner:
         return f"{self._base_url}/rinnova/{self.renewal_token(ACCOUNT, account_id, expires_on)}"
 
     def read_renewal_token(self, token: str) -> RenewalLink:
+        if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+            raise TokenInvalid("link invalid")
         try:
             payload = self._serializer.loads(token, max_age=self._max_age)
         except SignatureExpired:
             raise TokenExpired("link expired") from None
-        except (BadSignature, UnicodeError, ValueError, TypeError):
+        except (BadData, UnicodeError, ValueError, TypeError):  # BadData: also a bad payload, not only a bad signature
             raise TokenInvalid("link invalid") from None
         try:
             target, target_id, expires_on = payload
-            if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int):
+            if target not in (MAILBOX, ACCOUNT) or type(target_id) is not int or not isinstance(expires_on, str):
                 raise ValueError
             return RenewalLink(target, target_id, date.fromisoformat(expires_on))
         except (ValueError, TypeError):

@@ -11,6 +11,7 @@ Nothing here reads a clock: ``today`` is always an argument.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -22,7 +23,7 @@ RENEWABLE_DAYS_AFTER_EXPIRY = 90
 #: Notices start this many calendar months before expiry.
 NOTICE_WINDOW_MONTHS = 3
 
-_STAGE_RE = re.compile(r"^([+-]?)(\d{1,3})([dm])$")
+_STAGE_RE = re.compile(r"([+-]?)([0-9]{1,3})([dm])")
 
 
 class StageSyntaxError(ValueError):
@@ -63,7 +64,7 @@ class Stage:
 
 
 def parse_stage(text: str) -> Stage:
-    match = _STAGE_RE.match(text.strip())
+    match = _STAGE_RE.fullmatch(text.strip())
     if not match:
         raise StageSyntaxError(f"{text!r} is not a stage such as -3m, -15d, 0d or +30d")
     sign, number, unit = match.groups()
@@ -74,7 +75,14 @@ def parse_stage(text: str) -> Stage:
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
-    """Parse a comma-separated schedule and check that it can work."""
+    """Parse a comma-separated schedule and check that it can work.
+
+    Besides the syntax, a schedule is refused when one of its stages could
+    fall before the notice window or after deletion, or when a stage in days
+    could fall on the same date as a stage in months for some expiry (or on
+    either side of it, depending on the expiry): on such a date only one of
+    the two would go out, so the other would be silently lost.
+    """
     stages = [parse_stage(part) for part in text.split(",") if part.strip()]
     if not stages:
         raise StageSyntaxError("the schedule is empty")
@@ -82,6 +90,7 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise StageSyntaxError(f"stage {duplicates[0]} is listed twice")
+    window_shortest, _ = month_span_days(NOTICE_WINDOW_MONTHS)
     for stage in stages:
         if stage.months < -NOTICE_WINDOW_MONTHS:
             raise StageSyntaxError(f"stage {stage} is earlier than the {NOTICE_WINDOW_MONTHS}-month notice window")
@@ -89,12 +98,21 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
             raise StageSyntaxError(f"stage {stage}: give stages after expiry in days, such as +30d")
         if stage.days > RENEWABLE_DAYS_AFTER_EXPIRY:
             raise StageSyntaxError(f"stage {stage} falls after deletion (+{RENEWABLE_DAYS_AFTER_EXPIRY}d is the last day)")
-        if stage.days < -93:
-            raise StageSyntaxError(f"stage {stage} is earlier than the {NOTICE_WINDOW_MONTHS}-month notice window")
+        if stage.days < -window_shortest:
+            raise StageSyntaxError(
+                f"stage {stage} can fall before the {NOTICE_WINDOW_MONTHS}-month notice window "
+                f"({NOTICE_WINDOW_MONTHS} calendar months can be as short as {window_shortest} days)"
+            )
+    for month_stage in (stage for stage in stages if stage.months):
+        shortest, longest = month_span_days(-month_stage.months)
+        for day_stage in (stage for stage in stages if not stage.months):
+            if -longest <= day_stage.days <= -shortest:
+                raise StageSyntaxError(
+                    f"stages {day_stage} and {month_stage} can fall on the same date "
+                    f"({month_stage} is {shortest} to {longest} days before expiry): "
+                    f"move {day_stage} outside -{longest}d..-{shortest}d"
+                )
     return tuple(stages)
-
-
-DEFAULT_STAGES: tuple[Stage, ...] = parse_stages("-3m,-2m,-1m,-15d,-7d,-1d,0d,+1d,+30d,+60d,+83d")
 
 
 def add_months(day: date, months: int) -> date:
@@ -105,12 +123,30 @@ def add_months(day: date, months: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
+@functools.cache
+def month_span_days(months: int) -> tuple[int, int]:
+    """The fewest and most days that ``months`` calendar months back from an expiry can span.
+
+    Three months are 89 days before 1 May and 92 before 31 May (clamped to 28
+    February).  Worked out over four years, which hold every combination.
+    """
+    spans = {
+        (expires_on - add_months(expires_on, -months)).days
+        for expires_on in (date(2001, 1, 1) + timedelta(days=offset) for offset in range(4 * 366))
+    }
+    return min(spans), max(spans)
+
+
 def add_years(day: date, years: int) -> date:
     """The same day ``years`` later; 29 February moves to 28 February."""
     year = day.year + years
     if day.month == 2 and day.day == 29 and not calendar.isleap(year):
         return date(year, 2, 28)
     return day.replace(year=year)
+
+
+#: The schedule for manual mailboxes and mailboxes on a domain (DESIGN.md, "Notices").
+DEFAULT_STAGES: tuple[Stage, ...] = parse_stages("-3m,-2m,-1m,-15d,-7d,-1d,0d,+1d,+30d,+60d,+83d")
 
 
 def last_renewable_day(expires_on: date) -> date:
