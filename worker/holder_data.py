@@ -1,0 +1,329 @@
+"""Holder data ("Dati intestatario"): pure validation and normalisation.
+
+Shared by the CSV import and the order form.  Nothing here touches the
+database: :func:`check_holder` takes the raw text of each field and returns
+either normalised :class:`HolderData` or the list of problems, each naming the
+field it is about, worded for the operator or holder who has to fix it.
+
+Rules by holder kind:
+
+- every kind: a name and a valid reference email; a tax code, when given,
+  must pass its checksum (16 characters for a person, 11 digits otherwise);
+- ``sole_proprietor``, ``company``, ``professional``: a VAT number (partita
+  IVA, 11 digits with checksum) and an e-invoicing code: a 7-character SDI
+  recipient code (``0000000`` allowed) or a PEC address;
+- ``public_administration``: an 11-digit tax code and a 6-character office
+  code (codice univoco ufficio), optionally a CIG and a CUP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
+
+from email_validator import EmailNotValidError, validate_email
+from stdnum import luhn
+from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
+from stdnum.it import codicefiscale, iva
+
+PRIVATE = "private"
+PUBLIC_ADMINISTRATION = "public_administration"
+#: The kinds that need a partita IVA and an SDI code or PEC address.
+BUSINESS_KINDS = ("sole_proprietor", "company", "professional")
+HOLDER_KINDS = (PRIVATE, *BUSINESS_KINDS, PUBLIC_ADMINISTRATION)
+
+#: Each kind by its lower-case name (one string object for every holder of a kind).
+_KINDS = {kind: kind for kind in HOLDER_KINDS}
+
+NAME_MAX = 200
+POSTAL_ADDRESS_MAX = 300
+
+_KIND_LABELS = {
+    "sole_proprietor": "a sole proprietor",
+    "company": "a company",
+    "professional": "a professional",
+    PUBLIC_ADMINISTRATION: "a public administration",
+}
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: An unquoted ASCII local part (RFC 5322 dot-atom), as email-validator has it.
+_DOT_ATOM_RE = re.compile(r"[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+)*")
+_SDI_CODE_RE = re.compile(r"[A-Z0-9]{7}")
+_OFFICE_CODE_RE = re.compile(r"[A-Z0-9]{6}")
+_CIG_RE = re.compile(r"[A-Z0-9]{10}")
+_CUP_RE = re.compile(r"[A-Z0-9]{15}")
+
+
+class HolderProblem(NamedTuple):
+    """One thing wrong with one field.  ``field`` is an argument name of :func:`check_holder`."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HolderData:
+    """Normalised holder data, with the e-invoicing code sorted into its column."""
+
+    name: str
+    kind: str
+    reference_email: str
+    tax_code: str | None = None
+    vat_number: str | None = None
+    postal_address: str | None = None
+    sdi_code: str | None = None
+    einvoice_pec: str | None = None
+    office_code: str | None = None
+    cig: str | None = None
+    cup: str | None = None
+
+    @property
+    def holder_key(self) -> str:
+        """A sha256 hex digest of every field: equal holder data, equal key."""
+        fields = (
+            self.name,
+            self.kind,
+            self.reference_email,
+            self.tax_code,
+            self.vat_number,
+            self.postal_address,
+            self.sdi_code,
+            self.einvoice_pec,
+            self.office_code,
+            self.cig,
+            self.cup,
+        )
+        text = "\x1f".join("" if value is None else value for value in fields)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalise_email(text: str) -> str:
+    """A valid email address, lower-cased; ValueError with the reason otherwise.
+
+    The common case, a plain ASCII address, takes a fast path that checks the
+    domain with email-validator once per domain; anything else goes through
+    email-validator whole.  Both give the same answer.
+    """
+    try:
+        return _normalise_email(text.strip())
+    except EmailNotValidError as error:
+        raise ValueError(f"{text!r} is not a valid email address: {error}") from None
+
+
+def _normalise_email(text: str) -> str:
+    local, _, domain = text.rpartition("@")
+    if len(text) <= 254 and len(local) <= 64 and domain.isascii() and _DOT_ATOM_RE.fullmatch(local):
+        normalised_domain = _normalised_domain(domain)
+        if normalised_domain is not None:
+            return f"{local}@{normalised_domain}".lower()
+    return validate_email(text, check_deliverability=False).normalized.lower()
+
+
+@lru_cache(maxsize=65536)
+def _normalised_domain(domain: str) -> str | None:
+    """The domain of a valid address, lower-cased, or None when email-validator refuses it."""
+    try:
+        return validate_email("postmaster@" + domain, check_deliverability=False).domain.lower()
+    except EmailNotValidError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def check_tax_code(text: str, *, kind: str = PRIVATE) -> str:
+    """A valid codice fiscale, compacted; ValueError with the reason otherwise.
+
+    A public administration has the 11-digit numeric form; other kinds may give
+    either form.
+    """
+    code = _compact(text)
+    if kind == PUBLIC_ADMINISTRATION and not (len(code) == 11 and code.isdigit()):
+        raise ValueError(f"{text!r} is not the 11-digit codice fiscale of a public administration")
+    if len(code) == 11 and code.isdigit():
+        if not luhn.is_valid(code):
+            raise ValueError(f"{text!r} fails the codice fiscale checksum")
+        try:
+            return iva.validate(code)
+        except ValidationError:
+            raise ValueError(f"{text!r} is not a valid 11-digit codice fiscale: {_iva_problem(code)}") from None
+    if len(code) != 16:
+        raise ValueError(f"{text!r} is not a codice fiscale: it has 16 characters (a person) or 11 digits")
+    try:
+        return codicefiscale.validate(code)
+    except InvalidChecksum:
+        raise ValueError(f"{text!r} fails the codice fiscale checksum") from None
+    except InvalidComponent:
+        raise ValueError(f"{text!r} is not a valid codice fiscale: its birth date does not exist") from None
+    except ValidationError:
+        raise ValueError(f"{text!r} is not a valid codice fiscale: it should look like RSSMRA80A01H501U") from None
+
+
+@lru_cache(maxsize=65536)
+def check_vat_number(text: str) -> str:
+    """A valid partita IVA (11 digits, an ``IT`` prefix is dropped); ValueError otherwise."""
+    number = _compact(text)
+    if number.startswith("IT"):
+        number = number[2:]
+    if not (len(number) == 11 and number.isdigit()):
+        raise ValueError(f"{text!r} is not a partita IVA: it has 11 digits")
+    # The checksum first: a mistyped digit is the likeliest mistake.
+    if not luhn.is_valid(number):
+        raise ValueError(f"{text!r} fails the partita IVA checksum")
+    try:
+        return iva.validate(number)
+    except ValidationError:
+        raise ValueError(f"{text!r} is not a valid partita IVA: {_iva_problem(number)}") from None
+
+
+def _iva_problem(number: str) -> str:
+    """What is wrong with 11 digits that pass the checksum but not stdnum's ``iva.validate``."""
+    if int(number[:7]) == 0:
+        return "the company number (digits 1 to 7) is zero"
+    return f"digits 8 to 10 ({number[7:10]}) are not a provincial office code (001-100, 120, 121, 888 or 999)"
+
+
+def classify_einvoice_code(text: str, *, kind: str) -> tuple[str, str]:
+    """Sort an e-invoicing code into its column: ``sdi_code``, ``einvoice_pec`` or ``office_code``.
+
+    Returns ``(column, normalised value)``; ValueError with the reason otherwise.
+    """
+    value = text.strip()
+    if kind == PUBLIC_ADMINISTRATION:
+        code = value.upper()
+        if not _OFFICE_CODE_RE.fullmatch(code):
+            raise ValueError(
+                f"{text!r} is not an office code (codice univoco ufficio): it has 6 letters or digits"
+            )
+        return "office_code", code
+    if "@" in value:
+        try:
+            return "einvoice_pec", _normalise_email(value)
+        except EmailNotValidError as error:
+            raise ValueError(f"{text!r} is not a valid PEC address: {error}") from None
+    code = value.upper()
+    if not _SDI_CODE_RE.fullmatch(code):
+        raise ValueError(f"{text!r} is neither a 7-character SDI code nor a PEC address")
+    return "sdi_code", code
+
+
+def _compact(text: str) -> str:
+    """Without spaces, '-' or ':', upper-cased (stdnum's ``compact``, cheaper)."""
+    return "".join(text.split()).replace("-", "").replace(":", "").upper()
+
+
+def _clean(value: str | None) -> str | None:
+    """Strip; an empty value is absent."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def check_holder(
+    *,
+    name: str | None,
+    kind: str | None,
+    reference_email: str | None,
+    tax_code: str | None = None,
+    vat_number: str | None = None,
+    einvoice_code: str | None = None,
+    postal_address: str | None = None,
+    cig: str | None = None,
+    cup: str | None = None,
+) -> tuple[HolderData | None, list[HolderProblem]]:
+    """Check and normalise holder data.
+
+    Returns ``(data, [])`` when all is well, ``(None, problems)`` otherwise.
+    Empty strings count as absent.
+    """
+    problems: list[HolderProblem] = []
+    values: dict[str, str | None] = {}
+
+    def problem(field: str, message: str) -> None:
+        problems.append(HolderProblem(field, message))
+
+    name = _clean(name)
+    if name is None:
+        problem("name", "is required")
+    elif len(name) > NAME_MAX:
+        problem("name", f"is {len(name)} characters long; at most {NAME_MAX}")
+    elif _CONTROL_RE.search(name):
+        problem("name", "contains a control character")
+
+    given_kind = _clean(kind)
+    kind = _KINDS.get(given_kind.lower()) if given_kind else None
+    if given_kind is None:
+        problem("kind", "is required")
+    elif kind is None:
+        problem("kind", f"{given_kind!r} is not one of {', '.join(HOLDER_KINDS)}")
+
+    reference_email = _clean(reference_email)
+    if reference_email is None:
+        problem("reference_email", "is required")
+    else:
+        try:
+            reference_email = normalise_email(reference_email)
+        except ValueError as error:
+            problem("reference_email", str(error))
+
+    postal_address = _clean(postal_address)
+    if postal_address is not None:
+        if len(postal_address) > POSTAL_ADDRESS_MAX:
+            problem("postal_address", f"is {len(postal_address)} characters long; at most {POSTAL_ADDRESS_MAX}")
+        elif _CONTROL_RE.search(postal_address):
+            problem("postal_address", "contains a control character")
+
+    label = _KIND_LABELS.get(kind or "", "")
+
+    tax_code = _clean(tax_code)
+    if tax_code is None:
+        if kind == PUBLIC_ADMINISTRATION:
+            problem("tax_code", f"is required for {label}: its 11-digit codice fiscale")
+    else:
+        try:
+            values["tax_code"] = check_tax_code(tax_code, kind=kind or PRIVATE)
+        except ValueError as error:
+            problem("tax_code", str(error))
+
+    vat_number = _clean(vat_number)
+    if vat_number is None:
+        if kind in BUSINESS_KINDS:
+            problem("vat_number", f"is required for {label}: its partita IVA")
+    else:
+        try:
+            values["vat_number"] = check_vat_number(vat_number)
+        except ValueError as error:
+            problem("vat_number", str(error))
+
+    einvoice_code = _clean(einvoice_code)
+    if einvoice_code is None:
+        if kind in BUSINESS_KINDS:
+            problem("einvoice_code", f"is required for {label}: a 7-character SDI code or a PEC address")
+        elif kind == PUBLIC_ADMINISTRATION:
+            problem("einvoice_code", f"is required for {label}: its 6-character office code")
+    elif kind is not None:
+        try:
+            column, code = classify_einvoice_code(einvoice_code, kind=kind)
+            values[column] = code
+        except ValueError as error:
+            problem("einvoice_code", str(error))
+
+    for field, raw, pattern, length in (("cig", cig, _CIG_RE, 10), ("cup", cup, _CUP_RE, 15)):
+        value = _clean(raw)
+        if value is None:
+            continue
+        if kind is not None and kind != PUBLIC_ADMINISTRATION:
+            problem(field, "is only for a public administration")
+        elif not pattern.fullmatch(value.upper()):
+            problem(field, f"{value!r} is not a {field.upper()}: it has {length} letters or digits")
+        else:
+            values[field] = value.upper()
+
+    if problems:
+        return None, problems
+    assert name is not None and kind is not None and reference_email is not None
+    holder = HolderData(
+        name=name, kind=kind, reference_email=reference_email, postal_address=postal_address, **values
+    )
+    return holder, []
