@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from config.settings import Settings
+from tests.smtp_server import smtp_server  # noqa: F401
 from worker import migrate
 from worker.db import make_engine, make_session_factory
 from worker.models import Base
