@@ -1,0 +1,102 @@
+"""The whole daily job in one process: scan, ledger, rendering and delivery.
+
+``pec-renewal run-daily`` calls ``run_day``; under Celery the same steps run
+as tasks (``tasks/``) fanned out in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from worker.notices import BatchResult, due_mailbox_batches, process_notice_batch, record_daily_run
+from worker.outbox import RelayResult
+from worker.runtime import Runtime
+
+
+@dataclass
+class DaySummary:
+    business_date: date
+    dry_run: bool
+    scan: BatchResult = field(default_factory=BatchResult)
+    delivery: RelayResult = field(default_factory=RelayResult)
+
+    def as_dict(self) -> dict:
+        return {
+            "business_date": self.business_date.isoformat(),
+            "dry_run": self.dry_run,
+            "examined": self.scan.examined,
+            "notices": {f"{kind} {stage}": count for (kind, stage), count in sorted(self.scan.notices.items())},
+            "emails": {f"{kind} {stage}": count for (kind, stage), count in sorted(self.scan.emails.items())},
+            "skipped": dict(sorted(self.scan.skipped.items())),
+            "superseded": self.scan.superseded,
+            "sent": self.delivery.sent,
+            "deferred": self.delivery.deferred,
+            "bounced": self.delivery.bounced,
+            "failed": self.delivery.failed,
+        }
+
+
+def scan_day(
+    runtime: Runtime,
+    business_date: date,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Write the ledger and outbox rows due on ``business_date`` (nothing with ``dry_run``)."""
+    settings = runtime.settings
+    total = BatchResult()
+    with runtime.session_factory() as reader:
+        batches = list(due_mailbox_batches(reader, business_date, settings.scan_batch_size))
+    for mailbox_ids in batches:
+        with runtime.session_factory() as session:
+            try:
+                result = process_notice_batch(
+                    session,
+                    mailbox_ids,
+                    today=business_date,
+                    stages=settings.notice_stages,
+                    now=runtime.clock(),
+                    mail_domain=runtime.mail_domain,
+                )
+            except BaseException:
+                session.rollback()
+                raise
+            if dry_run:
+                session.rollback()
+                result.outbox_ids.clear()
+            else:
+                session.commit()
+        total.add(result)
+        if progress:
+            progress(len(mailbox_ids))
+    return total
+
+
+def run_day(
+    runtime: Runtime,
+    business_date: date,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> DaySummary:
+    """Run the whole day to completion: scan, then deliver everything due."""
+    summary = DaySummary(business_date, dry_run)
+    summary.scan = scan_day(runtime, business_date, dry_run=dry_run, progress=progress)
+    if dry_run:
+        return summary
+    summary.delivery = runtime.relay.deliver_due()
+    with runtime.session_factory() as session, session.begin():
+        record_daily_run(session, business_date, runtime.clock(), summary.as_dict())
+    return summary
+
+
+def count_due(runtime: Runtime, business_date: date) -> int:
+    from sqlalchemy import func, select
+
+    from worker.models import Mailbox
+
+    with runtime.session_factory() as session:
+        return session.scalar(select(func.count()).where(Mailbox.next_action_on <= business_date)) or 0

@@ -1,0 +1,296 @@
+"""The daily notice scan: which mailboxes are due, and the ledger and outbox rows for them.
+
+The scan reads only mailboxes whose ``next_action_on`` has come (an indexed
+column), so its cost follows the work that is due, not the size of the fleet.
+Each batch is handled in one transaction: the mailboxes are locked, the due
+stage is decided by a pure rule, the ledger rows and their outbox messages are
+written together, and ``next_action_on`` moves to the next stage.  The ledger's
+unique key (mailbox, expiry cycle, stage) makes a second run, or a second
+process, write nothing more.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.orm import Session, joinedload
+
+from worker import schedule
+from worker.db import dialect_insert
+from worker.emails import message_id_for
+from worker.models import DailyRun, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.schedule import Stage
+
+EXPIRY_NOTICE = "expiry-notice"
+EXPIRED_NOTICE = "expired-notice"
+DOMAIN_EXPIRY_NOTICE = "domain-expiry-notice"
+
+#: A daily scan that started this long ago without finishing may be taken over.
+SCAN_LEASE = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class NoticeDecision:
+    """What the scan does today for one mailbox."""
+
+    kind: str | None = None
+    stage: Stage | None = None
+    skip_reason: str | None = None
+    next_action_on: date | None = None
+    superseded: tuple[Stage, ...] = ()
+
+
+def decide_notice(
+    *,
+    stages: tuple[Stage, ...],
+    expires_on: date,
+    on_domain: bool,
+    auto_renew: bool,
+    pending_since: date | None,
+    today: date,
+    already_sent: frozenset[str],
+) -> NoticeDecision:
+    """The pure rule: the most urgent stage due today, unless sent, deleted or not ours.
+
+    ``pending_since`` is the mailbox's ``next_action_on`` before this run: the
+    stages dated from then up to the one sent today were passed over for good.
+    """
+    next_on = schedule.next_action_on(stages, expires_on, today)
+    if schedule.mailbox_state(expires_on, today) is schedule.MailboxState.DELETED:
+        return NoticeDecision(skip_reason="deleted", next_action_on=None)
+    if auto_renew and not on_domain:
+        # Auto-renew mailboxes get charge notices, not these (their own flow).
+        return NoticeDecision(skip_reason="auto-renew", next_action_on=next_on)
+    due = schedule.due_stage(stages, expires_on, today)
+    if due is None:
+        return NoticeDecision(skip_reason="not-due", next_action_on=next_on)
+    if due.name in already_sent:
+        return NoticeDecision(skip_reason="already-sent", next_action_on=next_on)
+    if on_domain:
+        kind = DOMAIN_EXPIRY_NOTICE
+    else:
+        kind = EXPIRED_NOTICE if due.after_expiry else EXPIRY_NOTICE
+    superseded = tuple(
+        stage
+        for stage in schedule.superseded_stages(stages, expires_on, pending_since, due)
+        if stage.name not in already_sent
+    )
+    return NoticeDecision(kind=kind, stage=due, next_action_on=next_on, superseded=superseded)
+
+
+@dataclass
+class PlannedEmail:
+    to_address: str
+    kind: str
+    stage: str
+    language: str
+    mailboxes: list[str]
+
+
+@dataclass
+class BatchResult:
+    examined: int = 0
+    notices: Counter = field(default_factory=Counter)  # (kind, stage) -> mailboxes
+    emails: Counter = field(default_factory=Counter)  # (kind, stage) -> emails
+    skipped: Counter = field(default_factory=Counter)  # reason -> mailboxes
+    superseded: int = 0
+    outbox_ids: list[int] = field(default_factory=list)
+    planned: list[PlannedEmail] = field(default_factory=list)
+
+    def add(self, other: "BatchResult") -> None:
+        self.examined += other.examined
+        self.notices.update(other.notices)
+        self.emails.update(other.emails)
+        self.skipped.update(other.skipped)
+        self.superseded += other.superseded
+        self.outbox_ids.extend(other.outbox_ids)
+        self.planned.extend(other.planned)
+
+
+def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Iterator[list[int]]:
+    """Ids of the mailboxes due by ``today``, in batches that never split a reference address.
+
+    Every mailbox of one address is in the same batch, so each address gets
+    one email per kind and stage.  A batch may exceed ``batch_size`` only by the
+    mailboxes of its last address.
+    """
+    rows = session.execute(
+        select(Mailbox.id, Holder.reference_email)
+        .join(Holder, Holder.id == Mailbox.holder_id)
+        .where(Mailbox.next_action_on <= today)
+        .order_by(Holder.reference_email, Mailbox.id)
+        .execution_options(yield_per=10_000)
+    )
+    batch: list[int] = []
+    last_address = None
+    for mailbox_id, reference_email in rows:
+        if len(batch) >= batch_size and reference_email != last_address:
+            yield batch
+            batch = []
+        batch.append(mailbox_id)
+        last_address = reference_email
+    if batch:
+        yield batch
+
+
+def process_notice_batch(
+    session: Session,
+    mailbox_ids: list[int],
+    *,
+    today: date,
+    stages: tuple[Stage, ...],
+    now: datetime,
+    mail_domain: str,
+) -> BatchResult:
+    """Write the ledger rows and outbox messages due today for these mailboxes.
+
+    Call inside a transaction; the caller commits.  Mailboxes that another run
+    has already handled (``next_action_on`` moved past today) are left alone.
+    """
+    result = BatchResult()
+    mailboxes = session.scalars(
+        select(Mailbox)
+        .options(joinedload(Mailbox.holder), joinedload(Mailbox.domain))
+        .where(Mailbox.id.in_(mailbox_ids), Mailbox.next_action_on <= today)
+        .order_by(Mailbox.id)
+        .with_for_update(of=Mailbox)
+    ).all()
+    if not mailboxes:
+        return result
+
+    sent: dict[tuple[int, date], set[str]] = defaultdict(set)
+    for mailbox_id, cycle, stage in session.execute(
+        select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
+            tuple_(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on).in_(
+                [(mailbox.id, mailbox.expires_on) for mailbox in mailboxes]
+            )
+        )
+    ):
+        sent[(mailbox_id, cycle)].add(stage)
+
+    groups: dict[tuple[str, str, str, str], list[Mailbox]] = defaultdict(list)
+    moves = []
+    for mailbox in mailboxes:
+        result.examined += 1
+        decision = decide_notice(
+            stages=stages,
+            expires_on=mailbox.expires_on,
+            on_domain=mailbox.domain_id is not None,
+            auto_renew=mailbox.auto_renew,
+            pending_since=mailbox.next_action_on,
+            today=today,
+            already_sent=frozenset(sent[(mailbox.id, mailbox.expires_on)]),
+        )
+        moves.append({"id": mailbox.id, "next_action_on": decision.next_action_on})
+        if decision.stage is None:
+            result.skipped[decision.skip_reason] += 1
+            continue
+        result.superseded += len(decision.superseded)
+        result.notices[(decision.kind, decision.stage.name)] += 1
+        key = (mailbox.holder.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language)
+        groups[key].append(mailbox)
+
+    outbox_rows = []
+    ledger_rows = []
+    for (to_address, kind, stage, language), members in sorted(groups.items()):
+        members.sort(key=lambda mailbox: mailbox.address)
+        keys = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
+        holder_names = {mailbox.holder.name for mailbox in members}
+        outbox_rows.append(
+            {
+                "message_id": message_id_for(keys, mail_domain),
+                "kind": kind,
+                "stage": stage,
+                "language": language,
+                "to_address": to_address,
+                "business_date": today,
+                "context": {
+                    "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
+                    "mailboxes": [
+                        {
+                            "id": mailbox.id,
+                            "address": mailbox.address,
+                            "expires_on": mailbox.expires_on.isoformat(),
+                            "plan": mailbox.plan,
+                            "domain": mailbox.domain.name if mailbox.domain else None,
+                        }
+                        for mailbox in members
+                    ],
+                },
+                "status": OutboxStatus.PENDING.value,
+                "attempts": 0,
+                "created_at": now,
+            }
+        )
+        ledger_rows.append(
+            [
+                {
+                    "mailbox_id": mailbox.id,
+                    "cycle_expires_on": mailbox.expires_on,
+                    "stage": stage,
+                    "kind": kind,
+                    "business_date": today,
+                }
+                for mailbox in members
+            ]
+        )
+        result.emails[(kind, stage)] += 1
+        result.planned.append(PlannedEmail(to_address, kind, stage, language, [m.address for m in members]))
+
+    if outbox_rows:
+        outbox_ids = session.scalars(
+            insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True), outbox_rows
+        ).all()
+        result.outbox_ids.extend(outbox_ids)
+        session.execute(
+            insert(NoticeLedgerEntry),
+            [
+                dict(row, outbox_message_id=outbox_id)
+                for outbox_id, rows in zip(outbox_ids, ledger_rows, strict=True)
+                for row in rows
+            ],
+        )
+    session.execute(update(Mailbox), moves)
+    return result
+
+
+def claim_daily_run(session: Session, business_date: date, now: datetime) -> bool:
+    """Claim the scan of ``business_date``; False if it ran or is running elsewhere.
+
+    The row is the scan's key: two beats, a restart or a daylight-saving
+    change cannot make a date scan twice.  A claim left unfinished for longer
+    than the lease (a crashed scan) may be taken over, by compare-and-swap.
+    """
+    inserted = session.execute(
+        dialect_insert(session, DailyRun)
+        .values(business_date=business_date, started_at=now)
+        .on_conflict_do_nothing(index_elements=["business_date"])
+        .returning(DailyRun.business_date)
+    ).first()
+    if inserted is not None:
+        return True
+    taken_over = session.execute(
+        update(DailyRun)
+        .where(
+            DailyRun.business_date == business_date,
+            DailyRun.finished_at.is_(None),
+            DailyRun.started_at < now - SCAN_LEASE,
+        )
+        .values(started_at=now)
+        .returning(DailyRun.business_date)
+    ).first()
+    return taken_over is not None
+
+
+def record_daily_run(session: Session, business_date: date, now: datetime, summary: dict) -> None:
+    """Mark the scan of ``business_date`` finished, creating the row if needed."""
+    run = session.get(DailyRun, business_date, with_for_update=True)
+    if run is None:
+        run = DailyRun(business_date=business_date, started_at=now)
+        session.add(run)
+    run.finished_at = now
+    run.summary = summary

@@ -1,0 +1,106 @@
+"""What one process needs, built once from the settings: database, mailer, renderer, signer.
+
+The CLI and the web app build a ``Runtime`` from the settings they were given;
+Celery worker processes build one lazily from the environment (``current()``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from email.utils import parseaddr
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from worker.db import make_engine, make_session_factory
+from worker.emails import EmailRenderer
+from worker.links import LinkSigner
+from worker.mailers import Mailer, make_mailer
+from worker.outbox import OutboxRelay
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def business_date(now: datetime, settings: Settings) -> date:
+    """The calendar date in the business time zone (Europe/Rome by default)."""
+    return now.astimezone(settings.timezone).date()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Callable[[], datetime] = utc_now
+    mailer_override: Mailer | None = field(default=None, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def signer(self) -> LinkSigner:
+        return LinkSigner(self.settings.secret_keys, self.settings.base_url, self.settings.link_max_age_days)
+
+    @cached_property
+    def renderer(self) -> EmailRenderer:
+        return EmailRenderer(mail_from=self.settings.mail_from, signer=self.signer)
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        return self.mailer_override or make_mailer(self.settings)
+
+    @cached_property
+    def mail_domain(self) -> str:
+        return parseaddr(self.settings.mail_from)[1].rpartition("@")[2]
+
+    @cached_property
+    def relay(self) -> OutboxRelay:
+        return OutboxRelay(
+            self.session_factory,
+            self.mailer,
+            self.renderer,
+            clock=self.clock,
+            max_attempts=self.settings.outbox_max_attempts,
+            batch_size=self.settings.relay_batch_size,
+        )
+
+    def today(self) -> date:
+        return business_date(self.clock(), self.settings)
+
+    def close(self) -> None:
+        if "mailer" in self.__dict__:
+            self.mailer.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """This process's runtime, built from the environment on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Runtime(Settings.from_env())
+        return _current
+
+
+def install(runtime: Runtime | None) -> None:
+    """Set (or clear) this process's runtime: used by the CLI and by tests."""
+    global _current
+    with _lock:
+        if _current is not None and _current is not runtime:
+            _current.close()
+        _current = runtime
