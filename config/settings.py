@@ -134,11 +134,6 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if any(not character.isprintable() for character in mail_from) or "@" not in parseaddr(mail_from)[1]:
         raise SettingsError("MAIL_FROM", f"{mail_from!r} is not an address like 'Rinnovi PEC <rinnovi@example.it>'")
 
-    # Set but blank is refused, not taken for "unset": in production that is a
-    # deployment mistake, and a generated key would hide it.
-    secret_keys_text = environ.get(PREFIX + "SECRET_KEYS")
-    secret_keys, generated = _secret_keys(secret_keys_text, var_dir)
-
     base_url = (raw("BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
     if not _is_base_url(base_url):
         raise SettingsError("BASE_URL", f"{base_url!r} is not an http(s) URL such as https://rinnovi.example.it")
@@ -162,6 +157,18 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if not match:
         raise SettingsError("DAILY_SCAN_AT", f"{scan_at!r} is not a time of day such as 06:00")
 
+    scan_batch_size = _integer(raw("SCAN_BATCH_SIZE"), "SCAN_BATCH_SIZE", default=500, low=1, high=100_000)
+    # A link sent three months before expiry must still open on the last renewable day.
+    link_max_age_days = _integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=184, high=3650)
+    outbox_max_attempts = _integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100)
+    relay_batch_size = _integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000)
+
+    # Last, so that a bad value elsewhere stops the program before a key is
+    # generated (and before its warning).  Set but blank is refused, not taken
+    # for "unset": in production that is a deployment mistake, and a generated
+    # key would hide it.
+    secret_keys, generated = _secret_keys(environ.get(PREFIX + "SECRET_KEYS"), var_dir)
+
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -182,11 +189,11 @@ def _read(environ: Mapping[str, str]) -> Settings:
         timezone=timezone,
         payment_gateway=payment_gateway,
         notice_stages=notice_stages,
-        scan_batch_size=_integer(raw("SCAN_BATCH_SIZE"), "SCAN_BATCH_SIZE", default=500, low=1, high=100_000),
+        scan_batch_size=scan_batch_size,
         daily_scan_at=(int(match.group(1)), int(match.group(2))),
-        link_max_age_days=_integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=1, high=3650),
-        outbox_max_attempts=_integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100),
-        relay_batch_size=_integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000),
+        link_max_age_days=link_max_age_days,
+        outbox_max_attempts=outbox_max_attempts,
+        relay_batch_size=relay_batch_size,
     )
 
 

@@ -1,0 +1,53 @@
+"""The daily scan and its fan-out."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+
+from worker import runtime
+from worker.notices import claim_daily_run, due_mailbox_batches, process_notice_batch, record_daily_run
+
+
+@shared_task(name="pec_renewal.daily_scan", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+def run_daily_scan(business_date: str | None = None) -> int:
+    """Claim the scan of a business date (today in Europe/Rome by default) and fan it out.
+
+    Returns the number of batches queued; 0 when the date was already scanned.
+    """
+    rt = runtime.current()
+    day = date.fromisoformat(business_date) if business_date else rt.today()
+    with rt.session_factory() as session, session.begin():
+        if not claim_daily_run(session, day, rt.clock()):
+            return 0
+    with rt.session_factory() as session:
+        batches = list(due_mailbox_batches(session, day, rt.settings.scan_batch_size))
+    for mailbox_ids in batches:
+        process_notices.delay(mailbox_ids, day.isoformat())
+    with rt.session_factory() as session, session.begin():
+        record_daily_run(session, day, rt.clock(), {"batches": len(batches)})
+    return len(batches)
+
+
+@shared_task(name="pec_renewal.notice_batch", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+def process_notices(mailbox_ids: list[int], business_date: str) -> int:
+    """Write the ledger and outbox rows of one batch, then queue their delivery."""
+    from tasks.mail import deliver_outbox
+
+    rt = runtime.current()
+    with rt.session_factory() as session, session.begin():
+        result = process_notice_batch(
+            session,
+            [int(mailbox_id) for mailbox_id in mailbox_ids],
+            today=date.fromisoformat(business_date),
+            stages=rt.settings.notice_stages,
+            now=rt.clock(),
+            mail_domain=rt.mail_domain,
+        )
+    # Queued after the commit, so the relay finds the rows.  If this message is
+    # lost, the periodic relay delivers them anyway.
+    if result.outbox_ids:
+        deliver_outbox.delay(result.outbox_ids)
+    return len(result.outbox_ids)

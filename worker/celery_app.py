@@ -1,0 +1,26 @@
+"""The Celery application: ``celery -A worker.celery_app worker`` (and ``beat``).
+
+It is built from the environment's settings; a bad setting stops the process
+with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery import Celery
+
+from config.celery import celery_config
+from config.settings import Settings, SettingsError
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+try:
+    app = create_celery(Settings.from_env())
+except SettingsError as error:
+    sys.exit(f"pec-renewal: {error}")
