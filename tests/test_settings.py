@@ -203,7 +203,7 @@ def test_set_secret_keys_generate_nothing(var_dir):
         ({"DAILY_SCAN_AT": "00:00"}, "daily_scan_at", (0, 0)),
         ({"SCAN_BATCH_SIZE": "1000"}, "scan_batch_size", 1000),
         ({"SCAN_BATCH_SIZE": "1"}, "scan_batch_size", 1),
-        ({"LINK_MAX_AGE_DAYS": "30"}, "link_max_age_days", 30),
+        ({"LINK_MAX_AGE_DAYS": "365"}, "link_max_age_days", 365),
         ({"OUTBOX_MAX_ATTEMPTS": "3"}, "outbox_max_attempts", 3),
         ({"RELAY_BATCH_SIZE": "50"}, "relay_batch_size", 50),
         # Blank is the same as unset (except for SECRET_KEYS).
@@ -313,7 +313,8 @@ BAD_VALUES = [
     ("SCAN_BATCH_SIZE", "100001", "100001 is outside 1..100000"),
     ("SCAN_BATCH_SIZE", "many", "'many' is not a whole number"),
     ("SCAN_BATCH_SIZE", "1.5", "'1.5' is not a whole number"),
-    ("LINK_MAX_AGE_DAYS", "0", "0 is outside 1..3650"),
+    ("LINK_MAX_AGE_DAYS", "0", "0 is outside 184..3650"),
+    ("LINK_MAX_AGE_DAYS", "183", "183 is outside 184..3650"),
     ("OUTBOX_MAX_ATTEMPTS", "101", "101 is outside 1..100"),
     ("RELAY_BATCH_SIZE", "-1", "-1 is outside 1..10000"),
 ]

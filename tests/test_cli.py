@@ -1,0 +1,163 @@
+"""The ``pec-renewal`` command on the embedded default, and its errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import mailbox
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import TEST_SECRET_KEYS
+from worker.cli import main
+
+HEADER = ["address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on", "domain", "domain_expires_on", "language"]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row.get(key, "") for key in HEADER})
+    return path
+
+
+def mailbox_row(number: int, **overrides) -> dict:
+    row = {
+        "address": f"casella{number}@pec.provider.example.it",
+        "account": f"cliente{number}@example.it",
+        "holder_name": f"Titolare {number}",
+        "holder_kind": "private",
+        "reference_email": f"titolare{number}@example.it",
+        "plan": "standard",
+        "expires_on": "2027-03-31",
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    """The embedded default: nothing but a VAR_DIR (SQLite, Maildir, generated secret)."""
+    return {"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var")}
+
+
+def invoke(env, *args):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def maildir_messages(var_dir: Path):
+    box = mailbox.Maildir(var_dir / "mail", create=False)
+    return [box[key] for key in box.keys()]
+
+
+def test_embedded_default_runs_the_job_over_many_dates(tmp_path, embedded_env):
+    rows = [
+        mailbox_row(1, reference_email="studio@example.it"),
+        mailbox_row(2, reference_email="studio@example.it"),
+        mailbox_row(3, expires_on="2027-02-28", language="en"),
+        mailbox_row(4, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-03-31"),
+    ]
+    source = write_csv(tmp_path / "mailboxes.csv", rows)
+    result = invoke(embedded_env, "import", "mailboxes", str(source))
+    assert result.exit_code == 0, result.output
+    assert "imported 4 mailboxes" in result.output
+
+    day = date(2026, 11, 25)
+    while day <= date(2027, 7, 1):
+        result = invoke(embedded_env, "run-daily", "--date", day.isoformat(), "--json")
+        assert result.exit_code == 0, result.output
+        day += timedelta(days=1)
+
+    messages = maildir_messages(tmp_path / "var")
+    keys = [(m["To"], m["X-PEC-Renewal-Kind"], m["X-PEC-Renewal-Stage"]) for m in messages]
+    assert len(keys) == len(set(keys)), "a notice was sent twice"
+    stages = ["-3m", "-2m", "-1m", "-15d", "-7d", "-1d", "0d", "+1d", "+30d", "+60d", "+83d"]
+    for to, kind in [("studio@example.it", None), ("titolare3@example.it", None), ("titolare4@example.it", "domain-expiry-notice")]:
+        got = sorted(stage for (address, k, stage) in keys if address == to and (kind is None or k == kind))
+        assert got == sorted(stages), to
+    studio = [m for m in messages if m["To"] == "studio@example.it"]
+    assert {m["X-PEC-Renewal-Mailboxes"] for m in studio} == {
+        "casella1@pec.provider.example.it,casella2@pec.provider.example.it"
+    }
+
+
+def test_run_daily_prints_a_summary_and_dry_run_changes_nothing(tmp_path, embedded_env):
+    source = write_csv(tmp_path / "mailboxes.csv", [mailbox_row(1), mailbox_row(2, expires_on="2027-03-24")])
+    invoke(embedded_env, "import", "mailboxes", str(source))
+
+    dry = invoke(embedded_env, "run-daily", "--date", "2027-03-24", "--dry-run")
+    assert dry.exit_code == 0
+    assert "Dry run for 2027-03-24" in dry.output
+    assert "-> titolare1@example.it  expiry-notice -7d  casella1@pec.provider.example.it" in dry.output
+    assert not (tmp_path / "var" / "mail").exists() or maildir_messages(tmp_path / "var") == []
+
+    real = invoke(embedded_env, "run-daily", "--date", "2027-03-24", "--json")
+    summary = json.loads(real.output)
+    assert summary["examined"] == 2
+    assert summary["emails"] == {"expiry-notice -7d": 1, "expiry-notice 0d": 1}
+    assert summary["sent"] == 2
+    assert len(maildir_messages(tmp_path / "var")) == 2
+
+
+def test_bad_date_option_is_a_clear_error(embedded_env):
+    result = CliRunner().invoke(main, ["run-daily", "--date", "2027-02-30"], env=embedded_env)
+    assert result.exit_code == 2
+    assert "'2027-02-30' is not a date" in result.output
+
+
+def test_bad_import_file_is_refused_whole(tmp_path, embedded_env):
+    source = write_csv(tmp_path / "bad.csv", [mailbox_row(1), mailbox_row(2, plan="gold")])
+    result = CliRunner().invoke(main, ["import", "mailboxes", str(source)], env=embedded_env)
+    assert result.exit_code == 2
+    assert "line 3, column plan:" in result.output
+    assert "nothing was imported" in result.output
+    ok = write_csv(tmp_path / "ok.csv", [mailbox_row(5)])
+    assert "imported 1 mailboxes" in invoke(embedded_env, "import", "mailboxes", str(ok)).output
+
+
+def run_command(args, env, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PEC_RENEWAL_TIMEZONE", "Mars/Olympus"),
+        ("PEC_RENEWAL_MAIL_BACKEND", "pigeon"),
+        ("PEC_RENEWAL_SMTP_PORT", "smtp"),
+        ("PEC_RENEWAL_SECRET_KEYS", "short"),
+    ],
+)
+def test_a_bad_setting_stops_with_one_line_naming_the_variable(tmp_path, variable, value):
+    result = run_command(["worker.cli", "run-daily"], {variable: value, "PEC_RENEWAL_VAR_DIR": str(tmp_path)}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pec-renewal: {variable}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_celery_app_refuses_a_bad_setting_with_one_line(tmp_path):
+    result = run_command(
+        ["celery", "-A", "worker.celery_app", "inspect", "ping"],
+        {"PEC_RENEWAL_TIMEZONE": "Nowhere/Else", "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS},
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "PEC_RENEWAL_TIMEZONE: 'Nowhere/Else' is not a known time zone" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,226 @@
+"""The ``pec-renewal`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+from config.settings import Settings, SettingsError
+from worker import runtime as runtime_module
+from worker.runtime import Runtime
+
+log = logging.getLogger("pec_renewal")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"pec-renewal: {message}", err=True)
+    sys.exit(code)
+
+
+def _runtime(ctx: click.Context) -> Runtime:
+    return ctx.find_root().obj
+
+
+def _ensure_schema(rt: Runtime) -> None:
+    """The embedded SQLite database migrates itself; a server database must be upgraded on purpose."""
+    from worker import migrate
+
+    head = migrate.head_revision()
+    current = migrate.current_revision(rt.settings.database_url)
+    if current == head:
+        return
+    if rt.settings.is_embedded:
+        migrate.upgrade(rt.settings.database_url)
+        return
+    _fail(f"the database is at revision {current or 'none'}, not {head}: run 'pec-renewal db upgrade' first")
+
+
+def _parse_date(_ctx, _param, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2027-03-31") from None
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Expiry notices, auto-renewal and renewal links for a PEC provider."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        _fail(str(error))
+    ctx.obj = Runtime(settings)
+    runtime_module.install(ctx.obj)
+    ctx.call_on_close(lambda: runtime_module.install(None))
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply the migrations up to the newest."""
+    from worker import migrate
+
+    rt = _runtime(ctx)
+    migrate.upgrade(rt.settings.database_url)
+    click.echo(f"database at revision {migrate.current_revision(rt.settings.database_url)}")
+
+
+@main.group("import")
+def import_group() -> None:
+    """Load data from files."""
+
+
+@import_group.command("mailboxes")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_mailboxes_command(ctx: click.Context, csv_file: Path) -> None:
+    """Import (upsert by address) the mailboxes of CSV_FILE; any bad row refuses the whole file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from worker.importer import ImportRefused, count_records, import_mailboxes
+
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    total = count_records(csv_file)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_stderr_console(),
+        disable=total < 5000,
+    ) as bar:
+        task = bar.add_task("importing", total=total * 2)
+        try:
+            report = import_mailboxes(
+                rt.session_factory,
+                csv_file,
+                stages=rt.settings.notice_stages,
+                progress=lambda done: bar.update(task, completed=done),
+            )
+        except ImportRefused as refused:
+            bar.stop()
+            for error in refused.errors:
+                click.echo(str(error), err=True)
+            _fail(f"{csv_file}: {len(refused.errors)} problem(s); nothing was imported")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"imported {report.rows} mailboxes from {csv_file}: {report.created} new, {report.updated} updated"
+        f" ({len(report.warnings)} warning(s))"
+    )
+
+
+@main.command("run-daily")
+@click.option("--date", "business_date", callback=_parse_date, help="Business date (YYYY-MM-DD); default: today in the business time zone.")
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def run_daily(ctx: click.Context, business_date: date | None, dry_run: bool, as_json: bool) -> None:
+    """Run the whole daily job to completion: scan, ledger, rendering and delivery."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from worker.daily import count_due, run_day
+
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    day = business_date or rt.today()
+    due = count_due(rt, day)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_stderr_console(), disable=due < 5000
+    ) as bar:
+        task = bar.add_task(f"scanning {day}", total=due)
+        summary = run_day(rt, day, dry_run=dry_run, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), sort_keys=True))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    scan, delivery = summary.scan, summary.delivery
+    title = "Dry run" if summary.dry_run else "Daily run"
+    click.echo(f"{title} for {summary.business_date}")
+    click.echo(f"  examined: {scan.examined} mailboxes")
+    notices = sum(scan.notices.values())
+    emails = sum(scan.emails.values())
+    verb = "would send" if summary.dry_run else "queued"
+    click.echo(f"  {verb}: {emails} emails for {notices} mailboxes")
+    for (kind, stage), count in sorted(scan.emails.items()):
+        click.echo(f"    {kind:<22} {stage:>5}  {count} emails, {scan.notices[(kind, stage)]} mailboxes")
+    skipped = ", ".join(f"{reason} {count}" for reason, count in sorted(scan.skipped.items())) or "none"
+    click.echo(f"  skipped: {skipped}")
+    if scan.superseded:
+        click.echo(f"  superseded: {scan.superseded} earlier stages passed over (missed days)")
+    if summary.dry_run:
+        for planned in scan.planned:
+            click.echo(f"    -> {planned.to_address}  {planned.kind} {planned.stage}  {', '.join(planned.mailboxes)}")
+        return
+    click.echo(
+        f"  delivery: sent {delivery.sent}, deferred {delivery.deferred} (retried later),"
+        f" bounced {delivery.bounced}, failed {delivery.failed}"
+    )
+
+
+@main.command("relay")
+@click.pass_context
+def relay(ctx: click.Context) -> None:
+    """Deliver every outbox message that is due now (retries included)."""
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    result = rt.relay.deliver_due()
+    click.echo(f"sent {result.sent}, deferred {result.deferred}, bounced {result.bounced}, failed {result.failed}")
+
+
+@main.command("run")
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.pass_context
+def run(ctx: click.Context, concurrency: int) -> None:
+    """Start a Celery worker with beat (the embedded default needs no server)."""
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    from worker.celery_app import create_celery
+
+    app = create_celery(rt.settings)
+    if rt.settings.broker_url.startswith("filesystem"):
+        for folder in ("data_folder_in", "processed_folder"):
+            Path(rt.settings.broker_transport_options[folder]).mkdir(parents=True, exist_ok=True)
+    app.worker_main(["worker", "--beat", "--loglevel=INFO", f"--concurrency={concurrency}"])
+
+
+@main.command("demo")
+@click.option("--mailboxes", "count", default=300, show_default=True, help="How many sample mailboxes.")
+@click.pass_context
+def demo(ctx: click.Context, count: int) -> None:
+    """Build a sample database in ./var, import varied mailboxes, run today's job, show what was sent."""
+    from worker.demo import run_demo
+
+    run_demo(_runtime(ctx), count, echo=click.echo)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+if __name__ == "__main__":
+    main()
