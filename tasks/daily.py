@@ -8,7 +8,13 @@ from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
 from worker import runtime
-from worker.notices import claim_daily_run, due_mailbox_batches, process_notice_batch, record_daily_run
+from worker.notices import (
+    claim_daily_run,
+    due_mailbox_batches,
+    process_notice_batch,
+    reconcile_schedule,
+    record_daily_run,
+)
 
 
 @shared_task(name="pec_renewal.daily_scan", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
@@ -22,6 +28,7 @@ def run_daily_scan(business_date: str | None = None) -> int:
     with rt.session_factory() as session, session.begin():
         if not claim_daily_run(session, day, rt.clock()):
             return 0
+    reconcile_schedule(rt.session_factory, rt.settings.notice_stages, day)
     with rt.session_factory() as session:
         batches = list(due_mailbox_batches(session, day, rt.settings.scan_batch_size))
     for mailbox_ids in batches:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-from worker.notices import BatchResult, due_mailbox_batches, process_notice_batch, record_daily_run
+from worker.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule, record_daily_run
 from worker.outbox import RelayResult
 from worker.runtime import Runtime
 
@@ -84,6 +84,8 @@ def run_day(
 ) -> DaySummary:
     """Run the whole day to completion: scan, then deliver everything due."""
     summary = DaySummary(business_date, dry_run)
+    if not dry_run:
+        reconcile_schedule(runtime.session_factory, runtime.settings.notice_stages, business_date)
     summary.scan = scan_day(runtime, business_date, dry_run=dry_run, progress=progress)
     if dry_run:
         return summary

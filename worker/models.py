@@ -223,3 +223,12 @@ class DailyRun(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class WorkerState(Base):
+    """Small facts the worker keeps about itself, such as the schedule its dates were computed with."""
+
+    __tablename__ = "worker_state"
+
+    key: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

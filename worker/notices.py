@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import insert, select, tuple_, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from worker import schedule
 from worker.db import dialect_insert
 from worker.emails import message_id_for
-from worker.models import DailyRun, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.models import DailyRun, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
 from worker.schedule import Stage
 
 EXPIRY_NOTICE = "expiry-notice"
@@ -294,3 +294,56 @@ def record_daily_run(session: Session, business_date: date, now: datetime, summa
         session.add(run)
     run.finished_at = now
     run.summary = summary
+
+
+SCHEDULE_STATE_KEY = "notice_stages"
+
+
+def earliest_action_on(stages: tuple[Stage, ...], expires_on: date, today: date) -> date | None:
+    """When the scan must next look at a mailbox under ``stages``: today if a stage is due, else the next one."""
+    if schedule.due_stage(stages, expires_on, today) is not None:
+        return today
+    return schedule.next_action_on(stages, expires_on, today)
+
+
+def reconcile_schedule(
+    session_factory: sessionmaker[Session], stages: tuple[Stage, ...], today: date, chunk_size: int = 10_000
+) -> int | None:
+    """After a change of ``NOTICE_STAGES``, bring ``next_action_on`` forward where the new schedule needs it.
+
+    ``next_action_on`` was computed with the schedule in force at the time; a
+    new, earlier stage would otherwise be missed.  Moving a date earlier is
+    always safe (the scan re-decides and the ledger stops repeats), so dates
+    are only ever moved earlier here.  Returns the number of mailboxes moved,
+    or None when the schedule is the one already recorded.
+    """
+    fingerprint = ",".join(stage.name for stage in stages)
+    with session_factory() as session:
+        state = session.get(WorkerState, SCHEDULE_STATE_KEY)
+        if state is not None and state.value == fingerprint:
+            return None
+    moved = 0
+    last_id = 0
+    oldest_renewable = today - timedelta(days=schedule.RENEWABLE_DAYS_AFTER_EXPIRY)
+    while True:
+        with session_factory() as session, session.begin():
+            rows = session.execute(
+                select(Mailbox.id, Mailbox.expires_on, Mailbox.next_action_on)
+                .where(Mailbox.id > last_id, Mailbox.expires_on >= oldest_renewable)
+                .order_by(Mailbox.id)
+                .limit(chunk_size)
+            ).all()
+            if not rows:
+                break
+            last_id = rows[-1].id
+            moves = []
+            for mailbox_id, expires_on, current in rows:
+                wanted = earliest_action_on(stages, expires_on, today)
+                if wanted is not None and (current is None or wanted < current):
+                    moves.append({"id": mailbox_id, "next_action_on": wanted})
+            if moves:
+                session.execute(update(Mailbox), moves)
+                moved += len(moves)
+    with session_factory() as session, session.begin():
+        session.merge(WorkerState(key=SCHEDULE_STATE_KEY, value=fingerprint))
+    return moved
