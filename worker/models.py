@@ -232,3 +232,7 @@ class WorkerState(Base):
 
     key: Mapped[str] = mapped_column(String(60), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+# Models kept beside their adapters; imported here so the metadata holds every table.
+from worker.gateways import sandbox_models  # noqa: E402,F401

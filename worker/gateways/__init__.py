@@ -1,0 +1,1 @@
+"""Payment gateways behind one small protocol: sandbox (default), Stripe, PayPal."""
