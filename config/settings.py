@@ -69,6 +69,18 @@ class Settings:
     link_max_age_days: int = 200
     outbox_max_attempts: int = 12
     relay_batch_size: int = 200
+    # Payment gateways.  The *_API_BASE settings point an adapter at another
+    # endpoint (the tests' local HTTP servers); production leaves them unset.
+    sandbox_latency_ms: int = 0
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    paypal_client_id: str | None = None
+    paypal_client_secret: str | None = field(default=None, repr=False)
+    paypal_api_base: str = "https://api-m.paypal.com"
+    gateway_concurrency: int = 32
+    # Bank transfer instructions shown in the order confirmation.
+    bank_iban: str = "IT60X0542811101000000123456"
+    bank_beneficiary: str = "Provider PEC S.p.A."
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -145,6 +157,29 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("TIMEZONE", f"{tz_name!r} is not a known time zone (such as Europe/Rome)") from None
 
     payment_gateway = _choice(raw("PAYMENT_GATEWAY") or "sandbox", "PAYMENT_GATEWAY", PAYMENT_GATEWAYS)
+    stripe_api_key = raw("STRIPE_API_KEY")
+    if payment_gateway == "stripe" and not stripe_api_key:
+        raise SettingsError("STRIPE_API_KEY", "is required when PEC_RENEWAL_PAYMENT_GATEWAY is stripe")
+    paypal_client_id, paypal_client_secret = raw("PAYPAL_CLIENT_ID"), raw("PAYPAL_CLIENT_SECRET")
+    if payment_gateway == "paypal" and not (paypal_client_id and paypal_client_secret):
+        missing = "PAYPAL_CLIENT_ID" if not paypal_client_id else "PAYPAL_CLIENT_SECRET"
+        raise SettingsError(missing, "is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal")
+    gateway_urls = {}
+    for name in ("STRIPE_API_BASE", "PAYPAL_API_BASE"):
+        value = raw(name)
+        if value is not None:
+            value = value.rstrip("/")
+            if not _is_base_url(value):
+                raise SettingsError(name, f"{value!r} is not an http(s) URL")
+        gateway_urls[name] = value
+    sandbox_latency_ms = _integer(raw("SANDBOX_LATENCY_MS"), "SANDBOX_LATENCY_MS", default=0, low=0, high=60_000)
+    gateway_concurrency = _integer(raw("GATEWAY_CONCURRENCY"), "GATEWAY_CONCURRENCY", default=32, low=1, high=1000)
+    bank_iban = (raw("BANK_IBAN") or "IT60X0542811101000000123456").replace(" ", "").upper()
+    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", bank_iban):
+        raise SettingsError("BANK_IBAN", f"{bank_iban!r} is not an IBAN")
+    bank_beneficiary = raw("BANK_BENEFICIARY") or "Provider PEC S.p.A."
+    if any(ord(character) < 32 for character in bank_beneficiary):
+        raise SettingsError("BANK_BENEFICIARY", "must be one line of text")
 
     stages_text = raw("NOTICE_STAGES")
     try:
@@ -194,6 +229,15 @@ def _read(environ: Mapping[str, str]) -> Settings:
         link_max_age_days=link_max_age_days,
         outbox_max_attempts=outbox_max_attempts,
         relay_batch_size=relay_batch_size,
+        sandbox_latency_ms=sandbox_latency_ms,
+        stripe_api_key=stripe_api_key,
+        stripe_api_base=gateway_urls["STRIPE_API_BASE"],
+        paypal_client_id=paypal_client_id,
+        paypal_client_secret=paypal_client_secret,
+        paypal_api_base=gateway_urls["PAYPAL_API_BASE"] or "https://api-m.paypal.com",
+        gateway_concurrency=gateway_concurrency,
+        bank_iban=bank_iban,
+        bank_beneficiary=bank_beneficiary,
     )
 
 

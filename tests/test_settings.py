@@ -195,8 +195,11 @@ def test_set_secret_keys_generate_nothing(var_dir):
         ({"BASE_URL": "https://example.it:8443/pec/"}, "base_url", "https://example.it:8443/pec"),
         ({"TIMEZONE": "UTC"}, "timezone", ZoneInfo("UTC")),
         ({"TIMEZONE": "Europe/Rome"}, "timezone", ZoneInfo("Europe/Rome")),
-        ({"PAYMENT_GATEWAY": "Stripe"}, "payment_gateway", "stripe"),
-        ({"PAYMENT_GATEWAY": "paypal"}, "payment_gateway", "paypal"),
+        ({"PAYMENT_GATEWAY": "Stripe", "STRIPE_API_KEY": "sk_test_123"}, "payment_gateway", "stripe"),
+        ({"PAYMENT_GATEWAY": "paypal", "PAYPAL_CLIENT_ID": "id", "PAYPAL_CLIENT_SECRET": "secret"}, "payment_gateway", "paypal"),
+        ({"SANDBOX_LATENCY_MS": "300"}, "sandbox_latency_ms", 300),
+        ({"STRIPE_API_BASE": "http://127.0.0.1:8111/"}, "stripe_api_base", "http://127.0.0.1:8111"),
+        ({"BANK_IBAN": "it60 x054 2811 1010 0000 0123 456"}, "bank_iban", "IT60X0542811101000000123456"),
         ({"NOTICE_STAGES": "-1m, -7d, 0d, +30d"}, "notice_stages", (Stage(months=-1), Stage(days=-7), Stage(), Stage(days=30))),
         ({"DAILY_SCAN_AT": "23:59"}, "daily_scan_at", (23, 59)),
         ({"DAILY_SCAN_AT": "7:05"}, "daily_scan_at", (7, 5)),
@@ -246,6 +249,9 @@ def test_from_env_reads_the_process_environment(var_dir, monkeypatch):
 TOO_SHORT = "x" * 31
 
 BAD_VALUES = [
+    ("SANDBOX_LATENCY_MS", "-1", "-1 is outside 0..60000"),
+    ("BANK_IBAN", "12345", "'12345' is not an IBAN"),
+    ("PAYPAL_API_BASE", "ftp://paypal", "'ftp://paypal' is not an http(s) URL"),
     ("TIMEZONE", "Mars/Olympus", "'Mars/Olympus' is not a known time zone (such as Europe/Rome)"),
     ("TIMEZONE", "Europe", "'Europe' is not a known time zone (such as Europe/Rome)"),
     ("TIMEZONE", "../etc/passwd", "'../etc/passwd' is not a known time zone (such as Europe/Rome)"),
@@ -372,3 +378,21 @@ def test_generated_secret_never_appears_in_repr(var_dir):
     settings = read(var_dir)
     assert settings.secret_keys[0] not in repr(settings)
     assert repr(settings).startswith(f"Settings(var_dir={var_dir.resolve()!r}, database_url='sqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PAYMENT_GATEWAY": "stripe"}, "PEC_RENEWAL_STRIPE_API_KEY: is required when PEC_RENEWAL_PAYMENT_GATEWAY is stripe"),
+        ({"PAYMENT_GATEWAY": "paypal"}, "PEC_RENEWAL_PAYPAL_CLIENT_ID: is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal"),
+        (
+            {"PAYMENT_GATEWAY": "paypal", "PAYPAL_CLIENT_ID": "id"},
+            "PEC_RENEWAL_PAYPAL_CLIENT_SECRET: is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal",
+        ),
+    ],
+)
+def test_a_real_gateway_needs_its_credentials(tmp_path, environ, message):
+    full = {"PEC_RENEWAL_VAR_DIR": str(tmp_path), **{f"PEC_RENEWAL_{key}": value for key, value in environ.items()}}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(full)
+    assert str(caught.value) == message
