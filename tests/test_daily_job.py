@@ -260,3 +260,20 @@ class TestDeliveryFailures:
             outbox = session.scalars(select(OutboxMessage)).one()
         assert outbox.attempts == 2 and outbox.status == "sent"
         assert [message["Message-ID"] for message in received(smtp_server)][-1] == f"<{outbox.message_id}>"
+
+
+def test_a_message_the_renderer_refuses_fails_without_retries(runtime, smtp_server):
+    add_mailbox(runtime, expires_on=date(2027, 3, 31))
+    add_mailbox(runtime, expires_on=date(2027, 3, 31))
+    with time_machine.travel(at_morning(date(2027, 3, 31)), tick=False):
+        scan_day(runtime, date(2027, 3, 31))
+    with runtime.session_factory() as session, session.begin():
+        broken = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).first()
+        broken.context = {**broken.context, "mailboxes": [{**broken.context["mailboxes"][0], "plan": "gold"}]}
+    with time_machine.travel(at_morning(date(2027, 3, 31)), tick=False):
+        result = runtime.relay.deliver_due()
+    assert (result.sent, result.failed, result.deferred) == (1, 1, 0)
+    with runtime.session_factory() as session:
+        statuses = session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id)).all()
+    assert statuses == ["failed", "sent"]
+    assert len(smtp_server.messages) == 1

@@ -157,7 +157,16 @@ class OutboxRelay:
             self._defer(message, now, result)
             log.info("outbox %s deferred after attempt %s (%s)", message.id, message.attempts, error.smtp_code)
             return
-        except Exception as error:  # a rendering bug must not stop the other messages
+        except ValueError as error:
+            # The stored data can never render (the renderer refuses it): retrying is pointless.
+            message.last_error = f"refused by the renderer: {error}"[:1000]
+            message.status = OutboxStatus.FAILED.value
+            message.next_attempt_at = None
+            result.failed += 1
+            result.errors["invalid"] += 1
+            log.error("outbox %s refused by the renderer: %s", message.id, error)
+            return
+        except Exception as error:  # a template bug must not stop the other messages; retried after a fix
             message.last_error = f"{type(error).__name__}: {error}"[:1000]
             result.errors["render"] += 1
             self._defer(message, now, result)
