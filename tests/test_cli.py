@@ -161,3 +161,24 @@ def test_celery_app_refuses_a_bad_setting_with_one_line(tmp_path):
     assert result.returncode != 0
     assert "PEC_RENEWAL_TIMEZONE: 'Nowhere/Else' is not a known time zone" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_processes_running_the_same_day_at_once_send_each_notice_once(tmp_path, embedded_env):
+    rows = [mailbox_row(number, reference_email=f"titolare{number % 30}@example.it") for number in range(90)]
+    invoke(embedded_env, "import", "mailboxes", str(write_csv(tmp_path / "mailboxes.csv", rows)))
+    env = {**os.environ, **embedded_env, "PEC_RENEWAL_SCAN_BATCH_SIZE": "5"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run-daily", "--date", "2027-03-31", "--json"],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    summaries = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        summaries.append(json.loads(out))
+    assert sum(summary["emails"].get("expiry-notice 0d", 0) for summary in summaries) == 30
+    messages = maildir_messages(tmp_path / "var")
+    assert sorted(m["To"] for m in messages) == sorted(f"titolare{n}@example.it" for n in range(30))
