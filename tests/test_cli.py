@@ -104,6 +104,10 @@ def test_run_daily_prints_a_summary_and_dry_run_changes_nothing(tmp_path, embedd
     assert summary["examined"] == 2
     assert summary["emails"] == {"expiry-notice -7d": 1, "expiry-notice 0d": 1}
     assert summary["sent"] == 2
+    assert summary["sent_by_kind"] == {"expiry-notice -7d": 1, "expiry-notice 0d": 1}
+    again = invoke(embedded_env, "run-daily", "--date", "2027-03-24").output
+    assert "examined: 0 mailboxes" in again and "queued: 0 emails for 0 mailboxes" in again
+    assert "delivery: sent 0, deferred 0 (retried later), bounced 0, failed 0" in again
     assert len(maildir_messages(tmp_path / "var")) == 2
 
 

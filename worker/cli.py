@@ -178,6 +178,8 @@ def _print_summary(summary) -> None:
         f"  delivery: sent {delivery.sent}, deferred {delivery.deferred} (retried later),"
         f" bounced {delivery.bounced}, failed {delivery.failed}"
     )
+    for (kind, stage), count in sorted(delivery.sent_by_kind.items()):
+        click.echo(f"    sent {kind:<22} {stage:>5}  {count} emails")
 
 
 @main.command("relay")

@@ -32,6 +32,9 @@ class DaySummary:
             "skipped": dict(sorted(self.scan.skipped.items())),
             "superseded": self.scan.superseded,
             "sent": self.delivery.sent,
+            "sent_by_kind": {
+                f"{kind} {stage}": count for (kind, stage), count in sorted(self.delivery.sent_by_kind.items())
+            },
             "deferred": self.delivery.deferred,
             "bounced": self.delivery.bounced,
             "failed": self.delivery.failed,

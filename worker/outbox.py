@@ -48,8 +48,10 @@ class RelayResult:
     bounced: int = 0  # permanent failure (5xx)
     failed: int = 0  # transient failures until the attempts ran out
     errors: Counter = field(default_factory=Counter)
+    sent_by_kind: Counter = field(default_factory=Counter)  # (kind, stage) -> emails sent
 
     def add(self, other: "RelayResult") -> None:
+        self.sent_by_kind.update(other.sent_by_kind)
         self.sent += other.sent
         self.deferred += other.deferred
         self.bounced += other.bounced
@@ -177,6 +179,7 @@ class OutboxRelay:
         message.next_attempt_at = None
         message.last_error = None
         result.sent += 1
+        result.sent_by_kind[(message.kind, message.stage)] += 1
 
     def _defer(self, message: OutboxMessage, now: datetime, result: RelayResult) -> None:
         if message.attempts >= self._max_attempts:
