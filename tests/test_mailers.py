@@ -269,3 +269,11 @@ def test_make_mailer_chooses_by_settings(tmp_path, smtp_server):
     smtp.send(SENDER, "mario@example.it", message())
     smtp.close()
     assert len(smtp_server.messages) == 1
+
+
+def test_maildir_backend_creates_missing_parent_folders(tmp_path):
+    from worker.mailers import MaildirMailer
+
+    target = tmp_path / "not" / "yet" / "mail"
+    MaildirMailer(target).send("a@example.it", "b@example.it", b"Subject: x\r\n\r\nbody\r\n")
+    assert len(list((target / "new").iterdir())) == 1

@@ -253,6 +253,7 @@ class MaildirMailer:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._maildir = mailbox.Maildir(self.path, create=True)
 
     def send(self, sender: str, recipient: str, message: bytes) -> None:
