@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import dialect_insert
@@ -122,13 +122,23 @@ class OutboxRelay:
         return total
 
     def _deliver(self, ids: list[int]) -> RelayResult:
+        """Send the claimed messages, committing each outcome as soon as it is known."""
         result = RelayResult()
-        for message_id in ids:
-            with self._sessions() as session, session.begin():
-                message = session.get(OutboxMessage, message_id)
-                if message is None or message.status != OutboxStatus.PENDING.value:
-                    continue
-                self._deliver_one(session, message, result)
+        with self._sessions() as session:
+            with session.begin():
+                messages = session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.id.in_(ids), OutboxMessage.status == OutboxStatus.PENDING.value)
+                    .order_by(OutboxMessage.id)
+                ).all()
+            postgresql = session.get_bind().dialect.name == "postgresql"
+            for message in messages:
+                with session.begin():
+                    if postgresql:
+                        # Only this transaction: a database crash may forget the last
+                        # outcomes, which resends them (same Message-ID), never loses one.
+                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                    self._deliver_one(session, message, result)
         return result
 
     def _deliver_one(self, session: Session, message: OutboxMessage, result: RelayResult) -> None:
