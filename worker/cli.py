@@ -147,8 +147,15 @@ def run_daily(ctx: click.Context, business_date: date | None, dry_run: bool, as_
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_stderr_console(), disable=due < 5000
     ) as bar:
-        task = bar.add_task(f"scanning {day}", total=due)
-        summary = run_day(rt, day, dry_run=dry_run, progress=lambda n: bar.advance(task, n))
+        scanning = bar.add_task(f"scanning {day}", total=due)
+        delivering = bar.add_task("delivering", total=None, visible=False)
+
+        def delivered(count: int) -> None:
+            bar.update(delivering, advance=count, visible=True)
+
+        summary = run_day(
+            rt, day, dry_run=dry_run, progress=lambda n: bar.advance(scanning, n), delivery_progress=delivered
+        )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), sort_keys=True))
         return

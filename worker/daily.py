@@ -84,6 +84,7 @@ def run_day(
     *,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    delivery_progress: Callable[[int], None] | None = None,
 ) -> DaySummary:
     """Run the whole day to completion: scan, then deliver everything due."""
     summary = DaySummary(business_date, dry_run)
@@ -92,7 +93,7 @@ def run_day(
     summary.scan = scan_day(runtime, business_date, dry_run=dry_run, progress=progress)
     if dry_run:
         return summary
-    summary.delivery = runtime.relay.deliver_due()
+    summary.delivery = runtime.relay.deliver_due(progress=delivery_progress)
     with runtime.session_factory() as session, session.begin():
         record_daily_run(session, business_date, runtime.clock(), summary.as_dict())
     return summary

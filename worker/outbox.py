@@ -105,8 +105,17 @@ class OutboxRelay:
         self._max_attempts = max_attempts
         self._batch_size = batch_size
 
-    def deliver_due(self, only_ids: Iterable[int] | None = None, *, max_batches: int | None = None) -> RelayResult:
-        """Deliver every message due now (or only these ids), batch after batch."""
+    def deliver_due(
+        self,
+        only_ids: Iterable[int] | None = None,
+        *,
+        max_batches: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RelayResult:
+        """Deliver every message due now (or only these ids), batch after batch.
+
+        ``progress`` is called with the number of messages handled after each batch.
+        """
         total = RelayResult()
         only = list(only_ids) if only_ids is not None else None
         batches = 0
@@ -116,7 +125,10 @@ class OutboxRelay:
             if not ids:
                 break
             batches += 1
-            total.add(self._deliver(ids))
+            delivered = self._deliver(ids)
+            total.add(delivered)
+            if progress:
+                progress(delivered.handled)
             if only is not None:
                 break
         return total
