@@ -60,6 +60,12 @@ class Runtime:
         return self.mailer_override or make_mailer(self.settings)
 
     @cached_property
+    def gateway(self):
+        from worker.gateways import make_gateway
+
+        return make_gateway(self.settings, self.session_factory, clock=self.clock)
+
+    @cached_property
     def mail_domain(self) -> str:
         return parseaddr(self.settings.mail_from)[1].rpartition("@")[2]
 
@@ -80,6 +86,8 @@ class Runtime:
     def close(self) -> None:
         if "mailer" in self.__dict__:
             self.mailer.close()
+        if "gateway" in self.__dict__:
+            self.gateway.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

@@ -1,0 +1,350 @@
+"""PayPal: Orders v2 over REST (httpx), charging a vaulted card or PayPal wallet.
+
+**Why httpx and not ``paypal-server-sdk``:** the SDK (2.x) is generated code
+whose ``Environment`` offers only PayPal's sandbox and production hosts, with
+its own retry layer and model classes; pointing it at the tests' local server
+means reaching into its internals.  The REST surface we need is four calls
+(token, create order, capture, get order), small enough to own and to test over
+real HTTP, and httpx gives us bounded timeouts and a pooled, thread-safe client.
+
+**The stored token** is ``paypal.<vault_id>`` (a vaulted PayPal wallet) or
+``card.<vault_id>`` (a vaulted card), the PayPal payment-token id saved when
+auto-renew was switched on (``:`` is read as the separator too).
+
+**The charge** takes two steps, each with its own ``PayPal-Request-Id``:
+
+1. ``POST /v2/checkout/orders`` (``intent=CAPTURE``, ``PayPal-Request-Id: <key>``)
+   *without* a payment source.  This moves no money; it gives the order an id
+   that the request id can always find again.  The key also goes into
+   ``purchase_units[].custom_id``.
+2. ``POST /v2/checkout/orders/{id}/capture`` (``PayPal-Request-Id: <key>-capture``)
+   with ``payment_source.paypal.vault_id`` or ``payment_source.card.vault_id``
+   and the stored-credential flags of a merchant-initiated, subsequent,
+   recurring payment (``payment_initiator=MERCHANT``).
+
+PayPal answers a repeated ``PayPal-Request-Id`` with the result of the first
+request (it keeps request ids for 6 hours, up to 72 on request), so repeating
+either step never creates a second order or a second capture.
+
+**Lookup** repeats step 1 with the same request id and then reads the order
+(``GET /v2/checkout/orders/{id}``).  If PayPal never saw the key, step 1 makes a
+placeholder order, which moves no money, and lookup answers ``None``; a later
+``charge`` with the same key finds that placeholder, corrects its amount with
+``PATCH`` and captures it.  An order that exists but was never captured also
+answers ``None``: no money moved under this key, so charging with the same key
+is safe.  Reconcile UNKNOWN charges well within PayPal's retention window (6 h).
+
+**Outcomes.**  Capture ``COMPLETED`` → SUCCEEDED.  Capture ``DECLINED``/``FAILED``:
+processor code ``5120`` (insufficient funds) and other "try later" codes →
+SOFT_DECLINE, the rest → HARD_DECLINE.  HTTP 422 ``INSTRUMENT_DECLINED``,
+``TRANSACTION_REFUSED`` … → HARD_DECLINE; ``PAYER_ACTION_REQUIRED`` →
+REQUIRES_AUTHENTICATION.  Timeouts, connection errors, 5xx, 429 and unreadable
+answers → UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from worker.gateways.base import (
+    ChargeOutcome,
+    ChargeResult,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidPaymentMethod,
+    mask_token,
+)
+
+log = logging.getLogger(__name__)
+
+#: ``custom_id`` of an order that a lookup created for a key PayPal had never seen.
+LOOKUP_MARKER = "pec-renewal-lookup-placeholder"
+REFERENCE_ID = "default"
+ZERO_DECIMAL_CURRENCIES = frozenset({"HUF", "JPY", "TWD"})
+#: Processor response codes worth retrying later (insufficient funds, issuer unavailable, try again).
+SOFT_PROCESSOR_CODES = frozenset({"5120", "9520", "5650", "0500", "5180"})
+HARD_ISSUES = frozenset({"INSTRUMENT_DECLINED", "TRANSACTION_REFUSED", "CARD_EXPIRED", "PAYMENT_DENIED"})
+AUTH_ISSUES = frozenset({"PAYER_ACTION_REQUIRED", "ORDER_NOT_APPROVED"})
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """``paypal.<vault_id>`` → (``paypal``, id); ``card.<vault_id>`` → (``card``, id)."""
+    kind, separator, vault_id = token.replace(":", ".").partition(".")
+    if separator and kind in ("paypal", "card") and vault_id and vault_id.replace("-", "").replace("_", "").isalnum():
+        return kind, vault_id
+    raise InvalidPaymentMethod(f"{mask_token(token)} is not 'paypal.<vault id>' or 'card.<vault id>'")
+
+
+def request_id(idempotency_key: str) -> str:
+    """The ``PayPal-Request-Id`` for a key (at most 100 characters, so ``-capture`` fits in 108)."""
+    if len(idempotency_key) <= 100:
+        return idempotency_key
+    return "sha256-" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
+def money(amount_cents: int, currency: str) -> dict[str, str]:
+    currency = currency.upper()
+    if currency in ZERO_DECIMAL_CURRENCIES:
+        return {"currency_code": currency, "value": str(amount_cents)}
+    return {"currency_code": currency, "value": f"{amount_cents // 100}.{amount_cents % 100:02d}"}
+
+
+class _Lost(Exception):
+    """The answer was lost or unreadable: the outcome is unknown."""
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, body: dict):
+        self.status = status
+        self.body = body
+        details = body.get("details") or [{}]
+        self.issue = (details[0] or {}).get("issue") or body.get("name") or f"HTTP_{status}"
+        self.description = (details[0] or {}).get("description") or body.get("message") or ""
+        super().__init__(f"{status} {self.issue}")
+
+
+class PayPalGateway:
+    name = "paypal"
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        api_base: str = "https://api-m.paypal.com",
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        pool_size: int = 32,
+    ):
+        if not (client_id and client_secret):
+            raise GatewayError("the PayPal gateway needs PEC_RENEWAL_PAYPAL_CLIENT_ID and PEC_RENEWAL_PAYPAL_CLIENT_SECRET")
+        self._auth = (client_id, client_secret)
+        self._http = httpx.Client(
+            base_url=api_base.rstrip("/"),
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+            headers={"Accept": "application/json"},
+        )
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._token_lock = threading.Lock()
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    def charge(
+        self,
+        *,
+        payment_method: str,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        description: str,
+    ) -> ChargeResult:
+        if amount_cents <= 0:
+            raise ValueError(f"amount_cents must be positive, not {amount_cents}")
+        try:
+            kind, vault_id = parse_token(payment_method)
+        except InvalidPaymentMethod as error:
+            return ChargeResult(ChargeOutcome.HARD_DECLINE, None, str(error), "invalid_payment_method")
+        rid = request_id(idempotency_key)
+        amount = money(amount_cents, currency)
+        unit = {
+            "reference_id": REFERENCE_ID,
+            "custom_id": rid,
+            "invoice_id": rid,
+            "description": description[:127],
+            "amount": amount,
+        }
+        order_id: str | None = None
+        try:
+            order = self._post("/v2/checkout/orders", {"intent": "CAPTURE", "purchase_units": [unit]}, rid)
+            order_id = _order_id(order)
+            found = (order.get("purchase_units") or [{}])[0]
+            placeholder = found.get("custom_id") == LOOKUP_MARKER
+            if not placeholder and _money_of(found) not in (None, (amount["currency_code"], amount["value"])):
+                raise IdempotencyConflict(
+                    f"PayPal order {order_id} was made with this key for {found['amount']}, not {amount}"
+                )
+            paid_with = order.get("payment_source") or {}
+            used = (paid_with.get(kind) or {}).get("vault_id")
+            if (paid_with and kind not in paid_with) or (used and used != vault_id):
+                raise IdempotencyConflict(f"PayPal order {order_id} was paid with this key by another method")
+            if order.get("status") == "COMPLETED":
+                return self._settled(self._get_order(order_id))
+            if placeholder:
+                # A lookup made this order for a key PayPal had not seen: give it our amount.
+                self._patch(order_id, unit)
+            source = _payment_source(kind, vault_id)
+            captured = self._post(f"/v2/checkout/orders/{order_id}/capture", {"payment_source": source}, rid + "-capture")
+        except _Refused as refused:
+            return self._refused(refused, order_id)
+        except _Lost as lost:
+            log.warning("paypal: answer lost for %s: %s", mask_token(payment_method), lost)
+            return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"no usable answer from PayPal ({lost})")
+        result = self._settled(captured)
+        log.info("paypal: order %s %s -> %s", order_id, mask_token(payment_method), result.outcome.value)
+        return result
+
+    def lookup(self, idempotency_key: str) -> ChargeResult | None:
+        rid = request_id(idempotency_key)
+        placeholder = {
+            "intent": "CAPTURE",
+            "purchase_units": [
+                {"reference_id": REFERENCE_ID, "custom_id": LOOKUP_MARKER, "amount": money(1, "EUR")}
+            ],
+        }
+        try:
+            order = self._post("/v2/checkout/orders", placeholder, rid)
+            order = self._get_order(_order_id(order))
+        except _Lost as lost:
+            return ChargeResult(ChargeOutcome.UNKNOWN, None, f"PayPal unavailable for the lookup ({lost})")
+        except _Refused as refused:
+            raise GatewayError(f"PayPal refused the lookup: {refused}") from None
+        status = order.get("status")
+        if status in ("COMPLETED", "PAYER_ACTION_REQUIRED"):
+            return self._settled(order)
+        return None  # CREATED, SAVED, APPROVED, VOIDED: no money moved under this key
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _access_token(self, *, renew: bool = False) -> str:
+        with self._token_lock:
+            if renew or self._token is None or time.monotonic() >= self._token_expires:
+                try:
+                    response = self._http.post(
+                        "/v1/oauth2/token", data={"grant_type": "client_credentials"}, auth=self._auth
+                    )
+                except httpx.HTTPError as error:
+                    raise _Lost(f"token: {type(error).__name__}") from None
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise _Lost(f"token: HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise GatewayError(f"PayPal refused the client credentials (HTTP {response.status_code})")
+                body = _json(response)
+                self._token = body["access_token"]
+                # Renew a minute early, so a token never expires in flight.
+                self._token_expires = time.monotonic() + max(0, int(body.get("expires_in", 0)) - 60)
+            return self._token
+
+    def _send(self, method: str, path: str, *, json: Any = None, request_id_header: str | None = None) -> httpx.Response:
+        for attempt in (1, 2):
+            headers = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}"}
+            if json is not None:
+                headers["Prefer"] = "return=representation"
+            if request_id_header:
+                headers["PayPal-Request-Id"] = request_id_header
+            try:
+                response = self._http.request(method, path, json=json, headers=headers)
+            except httpx.HTTPError as error:
+                raise _Lost(f"{type(error).__name__}") from None
+            if response.status_code == 401 and attempt == 1:
+                continue  # the token expired early: renew it once (the request id makes the retry safe)
+            break
+        if response.status_code >= 500 or response.status_code in (408, 409, 429):
+            raise _Lost(f"HTTP {response.status_code}")
+        if response.status_code == 401:
+            raise GatewayError("PayPal refused the access token twice")
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise _Refused(response.status_code, body if isinstance(body, dict) else {})
+        return response
+
+    def _post(self, path: str, body: dict, rid: str) -> dict:
+        return _json(self._send("POST", path, json=body, request_id_header=rid))
+
+    def _get_order(self, order_id: str) -> dict:
+        return _json(self._send("GET", f"/v2/checkout/orders/{order_id}"))
+
+    def _patch(self, order_id: str, unit: dict) -> None:
+        path = f"/purchase_units/@reference_id=='{REFERENCE_ID}'"
+        operations = [
+            {"op": "replace", "path": f"{path}/amount", "value": unit["amount"]},
+            {"op": "replace", "path": f"{path}/custom_id", "value": unit["custom_id"]},
+            {"op": "add", "path": f"{path}/invoice_id", "value": unit["invoice_id"]},
+            {"op": "add", "path": f"{path}/description", "value": unit["description"]},
+        ]
+        self._send("PATCH", f"/v2/checkout/orders/{order_id}", json=operations)
+
+    # -- classification -------------------------------------------------------------------
+
+    def _settled(self, order: dict) -> ChargeResult:
+        order_id = order.get("id")
+        status = order.get("status")
+        if status == "PAYER_ACTION_REQUIRED":
+            return ChargeResult(
+                ChargeOutcome.REQUIRES_AUTHENTICATION, order_id, "PayPal asks for the payer's action",
+                "PAYER_ACTION_REQUIRED",
+            )
+        units = order.get("purchase_units") or [{}]
+        captures = ((units[0] or {}).get("payments") or {}).get("captures") or []
+        if status != "COMPLETED" or not captures:
+            return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"order is {status}")
+        # A retried capture can list a declined attempt before the good one: any success wins.
+        capture = next((c for c in captures if c.get("status") == "COMPLETED"), captures[-1])
+        capture_status = capture.get("status")
+        if capture_status == "COMPLETED":
+            return ChargeResult(ChargeOutcome.SUCCEEDED, order_id, "capture completed")
+        if capture_status in ("DECLINED", "FAILED"):
+            code = (capture.get("processor_response") or {}).get("response_code")
+            outcome = ChargeOutcome.SOFT_DECLINE if code in SOFT_PROCESSOR_CODES else ChargeOutcome.HARD_DECLINE
+            return ChargeResult(outcome, order_id, f"capture {capture_status.lower()} (processor code {code})", code)
+        return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"capture is {capture_status}")
+
+    def _refused(self, refused: _Refused, order_id: str | None) -> ChargeResult:
+        issue = refused.issue
+        if issue == "ORDER_ALREADY_CAPTURED" and order_id:
+            try:
+                return self._settled(self._get_order(order_id))
+            except (_Lost, _Refused) as error:
+                return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"order already captured; reading it failed ({error})")
+        if issue in AUTH_ISSUES:
+            return ChargeResult(ChargeOutcome.REQUIRES_AUTHENTICATION, order_id, refused.description or issue, issue)
+        if issue == "DUPLICATE_INVOICE_ID":
+            return ChargeResult(ChargeOutcome.UNKNOWN, order_id, "PayPal reports this charge as a duplicate", issue)
+        if refused.status in (400, 404, 422):
+            return ChargeResult(ChargeOutcome.HARD_DECLINE, order_id, refused.description or issue, issue)
+        raise GatewayError(f"PayPal refused the request: {refused}")
+
+
+def _payment_source(kind: str, vault_id: str) -> dict:
+    if kind == "card":
+        stored = {"payment_initiator": "MERCHANT", "payment_type": "RECURRING", "usage": "SUBSEQUENT"}
+        return {"card": {"vault_id": vault_id, "stored_credential": stored}}
+    stored = {"payment_initiator": "MERCHANT", "usage": "SUBSEQUENT", "usage_pattern": "SUBSCRIPTION_PREPAID"}
+    return {"paypal": {"vault_id": vault_id, "stored_credential": stored}}
+
+
+def _order_id(order: dict) -> str:
+    order_id = order.get("id")
+    if not isinstance(order_id, str) or not order_id:
+        raise _Lost("an order without an id")
+    return order_id
+
+
+def _money_of(unit: dict) -> tuple[str, str] | None:
+    amount = unit.get("amount")
+    if not isinstance(amount, dict):
+        return None
+    return amount.get("currency_code"), amount.get("value")
+
+
+def _json(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        raise _Lost(f"unreadable answer (HTTP {response.status_code})") from None
+    if not isinstance(body, dict):
+        raise _Lost(f"unexpected answer (HTTP {response.status_code})")
+    return body

@@ -1,0 +1,208 @@
+"""The sandbox gateway: a real adapter with its own record, deterministic per token.
+
+It behaves like a gateway, not like a mock: every attempt is written to the
+``sandbox_charges`` table (its "dashboard"), idempotency works exactly like
+Stripe's (the same key gives back the same stored result and never a second
+charge; the same key with other parameters is refused), and ``latency_ms``
+makes each call wait as long as a real gateway would.
+
+Tokens and what they do:
+
+=========================================  =========================
+``pm_card_visa``, ``paypal_ok``            succeeded
+``pm_card_chargeDeclinedInsufficientFunds`` soft decline (``insufficient_funds``)
+``pm_card_chargeDeclined``                 hard decline (``generic_decline``)
+``pm_card_chargeDeclinedExpiredCard``      hard decline (``expired_card``)
+``paypal_declined``                        hard decline (``INSTRUMENT_DECLINED``)
+``pm_card_authenticationRequired``         requires authentication
+``pm_sandbox_timeout``                     charged (recorded as succeeded), but every answer to
+                                           ``charge`` is lost: the caller gets UNKNOWN and must
+                                           ``lookup`` the key, which answers SUCCEEDED
+anything else                              hard decline (``invalid_payment_method``)
+=========================================  =========================
+
+Each call runs in its own session and transaction, committed independently of
+the caller's.  The first writer of a key wins through the unique constraint
+(``INSERT … ON CONFLICT DO NOTHING``), so many threads or processes charging
+the same key at once record exactly one charge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
+from worker.gateways.sandbox_models import SandboxCharge
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_TOKEN = "pm_sandbox_timeout"
+
+#: token -> (outcome, decline code, message)
+BEHAVIOUR: dict[str, tuple[ChargeOutcome, str | None, str]] = {
+    "pm_card_visa": (ChargeOutcome.SUCCEEDED, None, "charge succeeded"),
+    "paypal_ok": (ChargeOutcome.SUCCEEDED, None, "charge succeeded"),
+    TIMEOUT_TOKEN: (ChargeOutcome.SUCCEEDED, None, "charge succeeded"),
+    "pm_card_chargeDeclinedInsufficientFunds": (
+        ChargeOutcome.SOFT_DECLINE,
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
+    "pm_card_chargeDeclined": (ChargeOutcome.HARD_DECLINE, "generic_decline", "Your card was declined."),
+    "pm_card_chargeDeclinedExpiredCard": (ChargeOutcome.HARD_DECLINE, "expired_card", "Your card has expired."),
+    "paypal_declined": (
+        ChargeOutcome.HARD_DECLINE,
+        "INSTRUMENT_DECLINED",
+        "The instrument presented was declined by the processor or bank.",
+    ),
+    "pm_card_authenticationRequired": (
+        ChargeOutcome.REQUIRES_AUTHENTICATION,
+        "authentication_required",
+        "The card requires the holder's authentication.",
+    ),
+}
+UNKNOWN_TOKEN = (ChargeOutcome.HARD_DECLINE, "invalid_payment_method", "No such payment method.")
+
+LOST_ANSWER_MESSAGE = "no answer from the sandbox gateway (simulated timeout); look the charge up"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sandbox_reference(idempotency_key: str) -> str:
+    """The sandbox's charge id: derived from the key, so it is stable across replays."""
+    return "sbx_ch_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+class SandboxGateway:
+    name = "sandbox"
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        *,
+        latency_ms: int = 0,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self._session_factory = session_factory
+        self._latency = max(0, latency_ms) / 1000.0
+        self._clock = clock or _utc_now
+
+    def charge(
+        self,
+        *,
+        payment_method: str,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        description: str,
+    ) -> ChargeResult:
+        if amount_cents <= 0:
+            raise ValueError(f"amount_cents must be positive, not {amount_cents}")
+        if not idempotency_key or len(idempotency_key) > 200:
+            raise ValueError("idempotency_key must be 1 to 200 characters")
+        currency = currency.upper()
+        self._wait()
+        outcome, decline_code, _message = BEHAVIOUR.get(payment_method, UNKNOWN_TOKEN)
+        values = {
+            "idempotency_key": idempotency_key,
+            "payment_method": payment_method,
+            "amount_cents": amount_cents,
+            "currency": currency,
+            "outcome": outcome.value,
+            "reference": sandbox_reference(idempotency_key),
+            "description": description,
+            "at": self._clock(),
+        }
+        with self._session_factory() as session:
+            inserted = session.execute(
+                _insert(session).values(**values).on_conflict_do_nothing().returning(SandboxCharge.id)
+            ).scalar_one_or_none()
+            session.commit()
+            row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one()
+            session.rollback()
+        if inserted is None:
+            # A replay: Stripe compares the parameters and refuses a key reused for another charge.
+            if (row.payment_method, row.amount_cents, row.currency) != (payment_method, amount_cents, currency):
+                raise IdempotencyConflict(
+                    f"idempotency key already used for another charge "
+                    f"({mask_token(row.payment_method)} {row.amount_cents} {row.currency})"
+                )
+            log.debug("sandbox: replay of %s -> %s", row.reference, row.outcome)
+        else:
+            log.info(
+                "sandbox: charged %s %s %s -> %s", mask_token(payment_method), amount_cents, currency, outcome.value
+            )
+        if payment_method == TIMEOUT_TOKEN:
+            return ChargeResult(ChargeOutcome.UNKNOWN, None, LOST_ANSWER_MESSAGE)
+        return _result(row)
+
+    def lookup(self, idempotency_key: str) -> ChargeResult | None:
+        self._wait()
+        with self._session_factory() as session:
+            row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one_or_none()
+            session.rollback()
+        return None if row is None else _result(row)
+
+    def close(self) -> None:
+        pass
+
+    def _wait(self) -> None:
+        if self._latency:
+            time.sleep(self._latency)
+
+
+_ROW = select(
+    SandboxCharge.payment_method,
+    SandboxCharge.amount_cents,
+    SandboxCharge.currency,
+    SandboxCharge.outcome,
+    SandboxCharge.reference,
+)
+
+
+def _insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(SandboxCharge)
+
+
+def _result(row) -> ChargeResult:
+    outcome = ChargeOutcome(row.outcome)
+    _, decline_code, message = BEHAVIOUR.get(row.payment_method, UNKNOWN_TOKEN)
+    if outcome is ChargeOutcome.SUCCEEDED:
+        decline_code, message = None, "charge succeeded"
+    return ChargeResult(outcome, row.reference, message, decline_code)
+
+
+def list_charges(session_factory: sessionmaker[Session], *, limit: int | None = None) -> list[dict]:
+    """The sandbox's record, oldest first, as plain dicts (for the CLI)."""
+    with session_factory() as session:
+        query = select(SandboxCharge).order_by(SandboxCharge.id)
+        if limit is not None:
+            query = query.limit(limit)
+        rows = session.execute(query).scalars().all()
+        return [
+            {
+                "id": row.id,
+                "at": row.at.isoformat(),
+                "idempotency_key": row.idempotency_key,
+                "payment_method": row.payment_method,
+                "amount_cents": row.amount_cents,
+                "currency": row.currency,
+                "outcome": row.outcome,
+                "reference": row.reference,
+                "description": row.description,
+            }
+            for row in rows
+        ]

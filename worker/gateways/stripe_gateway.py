@@ -1,0 +1,237 @@
+"""Stripe: PaymentIntents created and confirmed off-session, with the official ``stripe`` library.
+
+**The stored token** (``Mailbox.payment_method``) is the Stripe PaymentMethod
+saved when auto-renew was switched on.  A PaymentMethod that is attached to a
+Customer (as every saved card is: Stripe lets a detached one be used once
+only) must be charged together with that Customer, so the token is
+``cus_<id>.pm_<id>`` (the import accepts ``.``; ``cus_<id>:pm_<id>`` is read
+too).  A bare ``pm_<id>`` is sent without a customer.
+
+**The charge** is one request, ``POST /v1/payment_intents`` with
+``confirm=true`` and ``off_session=recurring``: the holder is not present
+(off-session) and the charge is a merchant-initiated transaction of a
+recurring agreement, which is how Stripe flags the stored-credential /
+MIT indicators to the card networks.  The ``Idempotency-Key`` header is the
+caller's key, and the key is also stored in ``metadata[idempotency_key]``.
+Stripe keeps idempotency keys for at least 24 hours and replays the first
+answer for the same key; the same key with other parameters is refused with an
+``idempotency_error`` (raised here as :class:`IdempotencyConflict`).
+
+**Outcomes.**  ``succeeded`` → SUCCEEDED.  A ``card_error`` (HTTP 402) is
+classified by its ``decline_code``/``code``: ``authentication_required`` →
+REQUIRES_AUTHENTICATION; the issuer's "try again later" family
+(``insufficient_funds``, ``try_again_later``, ``issuer_not_available``,
+``processing_error`` …) → SOFT_DECLINE; everything else (``generic_decline``,
+``expired_card``, ``lost_card``, ``do_not_honor`` …) → HARD_DECLINE.  A
+timeout, a connection error, a 5xx, a 429 or an unreadable body → UNKNOWN.
+
+**Lookup** uses the Search API: ``metadata['idempotency_key']:'<key>'``.  Stripe
+documents search as eventually consistent (normally under a minute), so
+"not found" is reported as ``None`` only because charging again *with the same
+key* is still safe: Stripe's idempotency layer replays the first charge.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+
+from worker.gateways.base import (
+    ChargeOutcome,
+    ChargeResult,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidPaymentMethod,
+    mask_token,
+)
+
+log = logging.getLogger(__name__)
+
+#: Decline codes worth retrying on the dunning schedule (Stripe's "try again later" family).
+SOFT_DECLINE_CODES = frozenset(
+    {
+        "insufficient_funds",
+        "try_again_later",
+        "issuer_not_available",
+        "processing_error",
+        "reenter_transaction",
+        "approve_with_id",
+        "card_velocity_exceeded",
+        "withdrawal_count_limit_exceeded",
+        "rate_limit",
+    }
+)
+AUTHENTICATION_CODES = frozenset({"authentication_required", "authentication_not_handled"})
+
+
+def parse_token(token: str) -> tuple[str | None, str]:
+    """``cus_X.pm_Y`` (or ``cus_X:pm_Y``) → (``cus_X``, ``pm_Y``); ``pm_Y`` → (None, ``pm_Y``)."""
+    separator = ":" if ":" in token else "."
+    if separator in token:
+        customer, _, payment_method = token.partition(separator)
+        if customer.startswith("cus_") and payment_method.startswith(("pm_", "card_", "src_")):
+            return customer, payment_method
+        raise InvalidPaymentMethod(f"{mask_token(token)} is not 'cus_….pm_…'")
+    if token.startswith(("pm_", "card_", "src_")):
+        return None, token
+    raise InvalidPaymentMethod(f"{mask_token(token)} is not a Stripe PaymentMethod")
+
+
+def classify_decline(code: str | None, decline_code: str | None) -> ChargeOutcome:
+    if code in AUTHENTICATION_CODES or decline_code in AUTHENTICATION_CODES:
+        return ChargeOutcome.REQUIRES_AUTHENTICATION
+    if decline_code in SOFT_DECLINE_CODES or (decline_code is None and code in SOFT_DECLINE_CODES):
+        return ChargeOutcome.SOFT_DECLINE
+    return ChargeOutcome.HARD_DECLINE
+
+
+class StripeGateway:
+    name = "stripe"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_base: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        pool_size: int = 32,
+    ):
+        if not api_key:
+            raise GatewayError("the Stripe gateway needs PEC_RENEWAL_STRIPE_API_KEY")
+        # stripe-python logs request bodies (payment method ids) at DEBUG and error
+        # messages quoting them at INFO: keep its logger quiet unless configured.
+        stripe_log = logging.getLogger("stripe")
+        if stripe_log.level == logging.NOTSET:
+            stripe_log.setLevel(logging.WARNING)
+        # The stripe library's own retries stay off: a lost answer is UNKNOWN and the
+        # caller reconciles it with lookup(), which keeps every call's duration bounded.
+        self._http = stripe.RequestsClient(timeout=(connect_timeout, read_timeout))
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=0,
+            http_client=self._http,
+        )
+        del pool_size  # requests keeps one pooled session per thread
+
+    def charge(
+        self,
+        *,
+        payment_method: str,
+        amount_cents: int,
+        currency: str,
+        idempotency_key: str,
+        description: str,
+    ) -> ChargeResult:
+        if amount_cents <= 0:
+            raise ValueError(f"amount_cents must be positive, not {amount_cents}")
+        try:
+            customer, pm = parse_token(payment_method)
+        except InvalidPaymentMethod as error:
+            return ChargeResult(ChargeOutcome.HARD_DECLINE, None, str(error), "invalid_payment_method")
+        params: dict[str, Any] = {
+            "amount": amount_cents,
+            "currency": currency.lower(),
+            "payment_method": pm,
+            "confirm": True,
+            "off_session": "recurring",
+            "description": description,
+            "metadata": {"idempotency_key": idempotency_key},
+        }
+        if customer:
+            params["customer"] = customer
+        try:
+            intent = self._client.v1.payment_intents.create(params, {"idempotency_key": idempotency_key})
+        except stripe.CardError as error:
+            return self._card_error(error)
+        except stripe.IdempotencyError as error:
+            raise IdempotencyConflict(f"Stripe refused the idempotency key: {error.user_message}") from None
+        except stripe.InvalidRequestError as error:
+            if error.param in ("payment_method", "customer") or error.code == "resource_missing":
+                # The stored method no longer exists at Stripe (detached, deleted): permanent.
+                # Stripe's message quotes the id: keep it out of what is stored and logged.
+                return ChargeResult(
+                    ChargeOutcome.HARD_DECLINE, None, "the stored payment method is unknown to Stripe",
+                    error.code or "invalid_payment_method",
+                )
+            raise GatewayError(f"Stripe refused the request: {error.user_message}") from None
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            raise GatewayError(f"Stripe refused the credentials: {error.user_message}") from None
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as error:
+            log.warning("stripe: answer lost for %s: %s", mask_token(payment_method), type(error).__name__)
+            return ChargeResult(ChargeOutcome.UNKNOWN, None, f"no usable answer from Stripe ({type(error).__name__})")
+        except stripe.StripeError as error:
+            log.warning("stripe: unexpected error for %s: %s", mask_token(payment_method), type(error).__name__)
+            return ChargeResult(ChargeOutcome.UNKNOWN, None, f"unexpected Stripe error ({type(error).__name__})")
+        result = _from_intent(intent)
+        log.info("stripe: %s %s -> %s", result.reference, mask_token(payment_method), result.outcome.value)
+        return result
+
+    def lookup(self, idempotency_key: str) -> ChargeResult | None:
+        escaped = idempotency_key.replace("\\", "\\\\").replace("'", "\\'")
+        try:
+            found = self._client.v1.payment_intents.search(
+                {"query": f"metadata['idempotency_key']:'{escaped}'", "limit": 10}
+            )
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError) as error:
+            return ChargeResult(ChargeOutcome.UNKNOWN, None, f"Stripe search unavailable ({type(error).__name__})")
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            raise GatewayError(f"Stripe refused the credentials: {error.user_message}") from None
+        intents = [
+            intent
+            for intent in (_plain(item) for item in _plain(found).get("data") or [])
+            if (intent.get("metadata") or {}).get("idempotency_key") == idempotency_key
+        ]
+        if not intents:
+            return None
+        # One key makes one PaymentIntent; should there be more, a success wins.
+        intents.sort(key=lambda intent: intent.get("status") != "succeeded")
+        return _from_intent(intents[0])
+
+    def close(self) -> None:
+        try:
+            self._http.close()
+        except Exception:  # pragma: no cover - closing is best effort
+            pass
+
+    def _card_error(self, error: stripe.CardError) -> ChargeResult:
+        body = error.json_body if isinstance(error.json_body, dict) else {}
+        detail = body.get("error") if isinstance(body.get("error"), dict) else {}
+        decline_code = detail.get("decline_code")
+        intent = detail.get("payment_intent")
+        reference = intent.get("id") if isinstance(intent, dict) else None
+        outcome = classify_decline(error.code, decline_code)
+        return ChargeResult(outcome, reference, error.user_message or "card declined", decline_code or error.code)
+
+
+def _plain(value: Any) -> dict:
+    """A plain dict from a StripeObject (which is no longer a dict in stripe-python 12+)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value if isinstance(value, dict) else {}
+
+
+def _from_intent(intent: Any) -> ChargeResult:
+    intent = _plain(intent)
+    status = intent.get("status")
+    reference = intent.get("id")
+    if status == "succeeded":
+        return ChargeResult(ChargeOutcome.SUCCEEDED, reference, "charge succeeded")
+    if status == "requires_action":
+        return ChargeResult(
+            ChargeOutcome.REQUIRES_AUTHENTICATION, reference, "the card requires the holder's authentication",
+            "authentication_required",
+        )
+    if status == "requires_payment_method":
+        error = intent.get("last_payment_error") or {}
+        code, decline_code = error.get("code"), error.get("decline_code")
+        return ChargeResult(
+            classify_decline(code, decline_code), reference, error.get("message") or "payment failed", decline_code or code
+        )
+    if status == "canceled":
+        return ChargeResult(ChargeOutcome.HARD_DECLINE, reference, "payment canceled", "canceled")
+    # processing, requires_confirmation, requires_capture: not settled yet; look it up later.
+    return ChargeResult(ChargeOutcome.UNKNOWN, reference, f"payment is {status}")
