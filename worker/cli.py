@@ -231,5 +231,12 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+from worker.cli_sandbox import sandbox  # noqa: E402
+main.add_command(sandbox)
+
+from worker.cli_payments import payments  # noqa: E402
+main.add_command(payments)
+
+
 if __name__ == "__main__":
     main()

@@ -41,7 +41,7 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateN
 from worker.links import LinkSigner
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 
-KINDS = ("expiry-notice", "expired-notice", "domain-expiry-notice")
+KINDS = ("expiry-notice", "expired-notice", "domain-expiry-notice", "order-confirmation", "renewal-completed")
 LANGUAGES = ("it", "en")
 PLANS = ("standard", "pro", "premium")
 PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
@@ -87,11 +87,110 @@ def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any]) ->
     return {}
 
 
+_ORDER_NUMBER_RE = re.compile(r"PEC-\d{4}-\d{6,}")
+_IBAN_RE = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}")
+_PAYMENT_METHODS = ("card", "paypal", "bank_transfer", "postal_slip")
+_METHOD_LABELS = {
+    "it": {"card": "carta di credito", "paypal": "PayPal", "bank_transfer": "bonifico bancario", "postal_slip": "bollettino postale"},
+    "en": {"card": "credit card", "paypal": "PayPal", "bank_transfer": "bank transfer", "postal_slip": "postal slip"},
+}
+
+
+def _euro(cents: Any, language: str) -> str:
+    """``48,80 €`` / ``€48.80``."""
+    if not isinstance(cents, int) or isinstance(cents, bool) or cents < 0:
+        raise ValueError(f"amount {cents!r} is not a whole number of cents")
+    euros, rest = divmod(cents, 100)
+    if language == "en":
+        return f"€{euros:,}.{rest:02d}"
+    return f"{euros:,}".replace(",", ".") + f",{rest:02d} €"
+
+
+@dataclass(frozen=True)
+class OrderedMailbox:
+    address: str
+    plan_label: str
+    old_plan_label: str
+    plan_changed: bool
+    extra_space_gb: int
+    extra_archive_gb: int
+    archive_deleted: bool
+    expires_on: date
+    new_expires_on: date
+
+
+def _order_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """The order, its price and the payment instructions, for order-confirmation and renewal-completed."""
+    language = common["language"]
+    order, payment = stored.get("order"), stored.get("payment")
+    if not isinstance(order, Mapping) or not isinstance(payment, Mapping):
+        raise ValueError("an order email needs 'order' and 'payment' in its context")
+    number = order.get("number")
+    if not isinstance(number, str) or not _ORDER_NUMBER_RE.fullmatch(number):
+        raise ValueError(f"order number {number!r} is not like PEC-2027-000123")
+    method = order.get("method")
+    if method is not None and method not in _PAYMENT_METHODS:
+        raise ValueError(f"payment method {method!r} is not one of {', '.join(_PAYMENT_METHODS)}")
+    years = order.get("years")
+    if not isinstance(years, int) or not 1 <= years <= 5:
+        raise ValueError(f"years {years!r} is not 1 to 5")
+    iban = payment.get("iban")
+    if not isinstance(iban, str) or not _IBAN_RE.fullmatch(iban):
+        raise ValueError(f"IBAN {iban!r} is not an IBAN")
+    for name in ("beneficiary", "postal_account", "checkout_url"):
+        _refuse_line_breaks(payment.get(name), name)
+    ordered = []
+    raw_by_address = {raw.get("address"): raw for raw in stored["mailboxes"] if isinstance(raw, Mapping)}
+    for mailbox in common["mailboxes"]:
+        raw = raw_by_address[mailbox.address]
+        old_plan = raw.get("old_plan", mailbox.plan)
+        if old_plan not in PLANS:
+            raise ValueError(f"plan {old_plan!r} is not one of {', '.join(PLANS)}")
+        ordered.append(
+            OrderedMailbox(
+                address=mailbox.address,
+                plan_label=mailbox.plan_label,
+                old_plan_label=PLAN_LABELS[old_plan],
+                plan_changed=old_plan != mailbox.plan,
+                extra_space_gb=int(raw.get("extra_space_gb") or 0),
+                extra_archive_gb=int(raw.get("extra_archive_gb") or 0),
+                archive_deleted=bool(raw.get("archive_deleted")),
+                expires_on=mailbox.expires_on,
+                new_expires_on=date.fromisoformat(raw["new_expires_on"]),
+            )
+        )
+    lines = [
+        {"label": line["label_en" if language == "en" else "label_it"], "amount": _euro(line["amount_cents"], language)}
+        for line in order.get("lines") or []
+    ]
+    return {
+        "order_number": number,
+        "years": years,
+        "method": method,
+        "method_label": _METHOD_LABELS[language].get(method or "", ""),
+        "auto_renew": method in ("card", "paypal"),
+        "lines": lines,
+        "subtotal": _euro(order["subtotal_cents"], language),
+        "vat_percent": int(order["vat_percent"]),
+        "vat": _euro(order["vat_cents"], language),
+        "total": _euro(order["total_cents"], language),
+        "iban": iban,
+        "beneficiary": payment["beneficiary"],
+        "postal_account": payment["postal_account"],
+        "checkout_url": payment["checkout_url"],
+        "ordered": ordered,
+        "common_new_expires_on": _common(item.new_expires_on for item in ordered),
+    }
+
+
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
     "expiry-notice": KindRules(renewal_links=True, stages="before"),
     "expired-notice": KindRules(renewal_links=True, stages="after"),
     "domain-expiry-notice": KindRules(renewal_links=False, stages="any", extra_context=_domain_notice_context),
+    # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
+    "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
+    "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
 }
 assert set(KIND_RULES) == set(KINDS)
 
