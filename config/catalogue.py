@@ -38,7 +38,3 @@ MAX_YEARS = 5
 MAX_PROMO_YEARS = 2
 
 PLANS = tuple(PLAN_PRICES_CENTS)
-
-#: The postal current account (conto corrente postale) a postal slip is paid to.
-#: TODO(lead): belongs in config/settings.py as PEC_RENEWAL_POSTAL_ACCOUNT beside BANK_IBAN.
-POSTAL_ACCOUNT = "001234567890"

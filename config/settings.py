@@ -81,6 +81,7 @@ class Settings:
     # Bank transfer instructions shown in the order confirmation.
     bank_iban: str = "IT60X0542811101000000123456"
     bank_beneficiary: str = "Provider PEC S.p.A."
+    postal_account: str = "001234567890"
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -177,6 +178,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
     bank_iban = (raw("BANK_IBAN") or "IT60X0542811101000000123456").replace(" ", "").upper()
     if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", bank_iban):
         raise SettingsError("BANK_IBAN", f"{bank_iban!r} is not an IBAN")
+    postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
+    if not re.fullmatch(r"\d{8,12}", postal_account):
+        raise SettingsError("POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)")
     bank_beneficiary = raw("BANK_BENEFICIARY") or "Provider PEC S.p.A."
     if any(ord(character) < 32 for character in bank_beneficiary):
         raise SettingsError("BANK_BENEFICIARY", "must be one line of text")
@@ -238,6 +242,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         gateway_concurrency=gateway_concurrency,
         bank_iban=bank_iban,
         bank_beneficiary=bank_beneficiary,
+        postal_account=postal_account,
     )
 
 

@@ -251,6 +251,7 @@ TOO_SHORT = "x" * 31
 BAD_VALUES = [
     ("SANDBOX_LATENCY_MS", "-1", "-1 is outside 0..60000"),
     ("BANK_IBAN", "12345", "'12345' is not an IBAN"),
+    ("POSTAL_ACCOUNT", "12-34", "'12-34' is not a postal current account number (8 to 12 digits)"),
     ("PAYPAL_API_BASE", "ftp://paypal", "'ftp://paypal' is not an http(s) URL"),
     ("TIMEZONE", "Mars/Olympus", "'Mars/Olympus' is not a known time zone (such as Europe/Rome)"),
     ("TIMEZONE", "Europe", "'Europe' is not a known time zone (such as Europe/Rome)"),

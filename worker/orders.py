@@ -963,7 +963,7 @@ def payment_instructions(order: RenewalOrder, settings: Settings) -> dict[str, A
         "amount": pricing.format_amount(total),
         "iban": settings.bank_iban,
         "beneficiary": settings.bank_beneficiary,
-        "postal_account": catalogue.POSTAL_ACCOUNT,
+        "postal_account": settings.postal_account,
         "reference": order.order_number,
         "checkout_url": checkout_url(settings, order),
         "registered_in_working_days": pricing.REGISTRATION_WORKING_DAYS.get(order.payment_method or "", 0),
