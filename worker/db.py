@@ -52,7 +52,8 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 def dialect_insert(session_or_connection, table):
     """``INSERT`` with the dialect's ``ON CONFLICT`` support (PostgreSQL or SQLite)."""
-    if session_or_connection.get_bind().dialect.name == "postgresql":
+    dialect = getattr(session_or_connection, "dialect", None) or session_or_connection.get_bind().dialect
+    if dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import holder_data
+from worker.db import dialect_insert
 from worker.holder_data import HolderData
 from worker.models import Account, Domain, Holder, Mailbox, Plan
 from worker.schedule import Stage, first_action_on
@@ -599,15 +600,6 @@ def _normalise_domain(text: str) -> str:
 # Writing
 
 
-def _insert(connection: Connection, table: Table):
-    """The dialect's ``INSERT``, which has ``ON CONFLICT`` (PostgreSQL or SQLite)."""
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -635,7 +627,7 @@ def _write(
             return result
 
     mailboxes = Mailbox.__table__
-    statement = _insert(connection, mailboxes)
+    statement = dialect_insert(connection, mailboxes)
     statement = statement.on_conflict_do_update(
         index_elements=["address"],
         set_={name: statement.excluded[name] for name in MAILBOX_UPDATE_COLUMNS},
@@ -683,7 +675,7 @@ def _write(
 def _upsert_accounts(connection: Connection, logins: list[str]) -> dict[str, int]:
     """Insert the logins that are new; return the id of every login."""
     accounts = Account.__table__
-    statement = _insert(connection, accounts).on_conflict_do_nothing(index_elements=["login"])
+    statement = dialect_insert(connection, accounts).on_conflict_do_nothing(index_elements=["login"])
     for chunk in _chunks(logins, CHUNK_ROWS):
         connection.execute(statement, [{"login": login} for login in chunk])
     ids: dict[str, int] = {}
@@ -698,7 +690,7 @@ def _upsert_domains(connection: Connection, expiries: dict[str, date], stages: t
         return {}
     domains, mailboxes = Domain.__table__, Mailbox.__table__
     names = list(expiries)
-    statement = _insert(connection, domains)
+    statement = dialect_insert(connection, domains)
     statement = statement.on_conflict_do_update(
         index_elements=["name"], set_={"expires_on": statement.excluded.expires_on}
     )
@@ -735,7 +727,7 @@ def _upsert_holders(
 ) -> dict[tuple[int, str], int]:
     """Insert the holder data that is new per account; return ids by (account id, holder key)."""
     table = Holder.__table__
-    statement = _insert(connection, table).on_conflict_do_nothing(index_elements=["account_id", "holder_key"])
+    statement = dialect_insert(connection, table).on_conflict_do_nothing(index_elements=["account_id", "holder_key"])
     keys = list(holders)
     for chunk in _chunks(keys, CHUNK_ROWS):
         params = []

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.db import dialect_insert
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
 from worker.gateways.sandbox_models import SandboxCharge
 
@@ -124,7 +125,7 @@ class SandboxGateway:
         }
         with self._session_factory() as session:
             inserted = session.execute(
-                _insert(session).values(**values).on_conflict_do_nothing().returning(SandboxCharge.id)
+                dialect_insert(session, SandboxCharge).values(**values).on_conflict_do_nothing().returning(SandboxCharge.id)
             ).scalar_one_or_none()
             session.commit()
             row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one()
@@ -167,14 +168,6 @@ _ROW = select(
     SandboxCharge.outcome,
     SandboxCharge.reference,
 )
-
-
-def _insert(session: Session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(SandboxCharge)
 
 
 def _result(row) -> ChargeResult:
