@@ -234,6 +234,9 @@ def _stderr_console():
 from worker.cli_sandbox import sandbox  # noqa: E402
 main.add_command(sandbox)
 
+from worker.web.cli import serve  # noqa: E402
+main.add_command(serve)
+
 from worker.cli_payments import payments  # noqa: E402
 main.add_command(payments)
 

@@ -1,0 +1,160 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright).
+
+A notice from the daily job lands in a Maildir; its Rinnova link is opened in
+the browser, the order is placed with a bank transfer, the transfer is
+registered through the payments service, and the mailbox is renewed.
+CI installs the browser with ``scripts/install-browser``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import logging
+import mailbox as maildir_module
+import os
+import re
+import threading
+from datetime import date
+
+import pytest
+from sqlalchemy import select
+from werkzeug.serving import make_server
+
+from tests.conftest import make_settings
+from tests.factories import make_mailbox
+from worker.models import Mailbox, RenewalOrder
+from worker.runtime import Runtime
+from worker.web import create_app
+from worker.web.security import RedactingRequestHandler
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: run scripts/install-browser (CI does)"
+)
+
+
+class _LateApp:
+    """A WSGI app set after the server is bound, so the links can carry the server's real port."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+@pytest.fixture
+def served(tmp_path, database_url, session_factory, clock):
+    late = _LateApp()
+    server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=RedactingRequestHandler)
+    base_url = f"http://127.0.0.1:{server.port}"
+    settings = make_settings(
+        tmp_path, database_url=database_url, base_url=base_url, mail_backend="maildir", maildir=tmp_path / "mail"
+    )
+    runtime = Runtime(settings, clock=clock)
+    runtime.__dict__["session_factory"] = session_factory
+    late.app = create_app(runtime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield runtime, base_url
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        runtime.mailer.close() if "mailer" in runtime.__dict__ else None
+
+
+def _renewal_link_from_maildir(path, base_url: str) -> str:
+    box = maildir_module.Maildir(path, create=False)
+    links = []
+    for _key, raw in box.items():
+        message = email.message_from_bytes(raw.as_bytes(), policy=email.policy.default)
+        text = message.get_body(preferencelist=("plain",)).get_content()
+        links += re.findall(re.escape(base_url) + r"/rinnova/[A-Za-z0-9_\-.]+", text)
+    assert len(links) == 1, links
+    return links[0]
+
+
+def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory, clock, caplog):
+    from playwright.sync_api import sync_playwright
+
+    from worker import payments
+    from worker.daily import run_day
+
+    runtime, base_url = served
+    caplog.set_level(logging.INFO)
+    expiry = date(2027, 2, 10)  # the clock stands at 2027-01-10: the one-month notice is due
+    with session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=expiry, plan="pro", address="studio@pec.provider.example.it")
+        session.commit()
+        mailbox_id = mailbox.id
+    summary = run_day(runtime, clock.today)
+    assert summary.delivery.sent == 1
+    link = _renewal_link_from_maildir(runtime.settings.maildir, base_url)
+    token = link.rsplit("/", 1)[1]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(java_script_enabled=False, viewport={"width": 390, "height": 844})
+            page = context.new_page()
+            page.goto(link)
+            assert "studio@pec.provider.example.it" in page.content()
+            page.get_by_role("button", name="Rinnova").click()
+            assert "/ordine/" in page.url and token not in page.url
+            page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Dati intestatario')")
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Modulo ordine')")
+            page.get_by_label("Bonifico bancario").check()
+            page.select_option("select[name=years]", "1")
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Condizioni contrattuali')")
+            page.get_by_label("Ho letto e accetto le condizioni contrattuali").check()
+            page.get_by_role("button", name="Prosegui").click()
+            page.wait_for_selector("h1:has-text('Conferma e completa')")
+            page.get_by_role("button", name="Conferma e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Ordine confermato')")
+            order_number = page.locator(".order-number").first.inner_text().strip()
+            assert re.fullmatch(r"PEC-\d{4}-\d{6,}", order_number)
+            assert runtime.settings.bank_iban in page.content()
+            page.screenshot(path=str(runtime.settings.var_dir / "confirmation.png"), full_page=True)
+
+            # The bank transfer arrives: registered by hand, as `pec-renewal payments register` does.
+            with session_factory() as session:
+                order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == order_number))
+                payments.register_payment(
+                    session,
+                    order_number=order_number,
+                    amount_cents=order.total_cents,
+                    method="bank_transfer",
+                    reference=f"BONIFICO {order_number} CRO 123456",
+                    now=clock(),
+                    today=clock.today,
+                    settings=runtime.settings,
+                )
+                session.commit()
+            page.reload()
+            page.wait_for_selector("h1:has-text('Rinnovo registrato')")
+            assert "10 febbraio 2028" in page.content()
+            page.goto(link)
+            assert "già stata rinnovata" in page.content()
+        finally:
+            browser.close()
+
+    with session_factory() as session:
+        assert session.get(Mailbox, mailbox_id).expires_on == date(2028, 2, 10)
+    assert "/rinnova/[redacted]" in caplog.text  # werkzeug's request log was written ...
+    assert token not in caplog.text  # ... without the token

@@ -1,0 +1,126 @@
+"""The renewal link handler: a small Flask app that turns a click on Rinnova into an order.
+
+``create_app(settings_or_runtime)`` is the factory; with no argument it reads
+``Settings.from_env()``, so gunicorn can serve it as it is::
+
+    gunicorn -c python:worker.web.gunicorn_conf 'worker.web:create_app()'
+
+and ``pec-renewal serve`` runs Flask's development server.  The business
+rules live in ``worker.orders``; this package only shows pages, validates
+form input and calls the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from config.settings import Settings
+from worker.runtime import Runtime
+from worker.web import i18n
+from worker.web.security import SECURITY_HEADERS, install_log_redaction, redact
+
+log = logging.getLogger(__name__)
+
+csrf = CSRFProtect()
+
+
+class _App(Flask):
+    def log_exception(self, exc_info) -> None:
+        # Flask's own line names the path: "Exception on /rinnova/<token> [GET]".
+        self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
+
+
+def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) -> Flask:
+    """The Flask app for ``settings_or_runtime`` (default: ``Settings.from_env()``).
+
+    Tests pass a :class:`Runtime` whose session factory points at the test
+    database and whose clock they control.  ``config`` overrides Flask
+    settings (such as ``WTF_CSRF_ENABLED=False``).
+    """
+    if settings_or_runtime is None:
+        settings_or_runtime = Settings.from_env()
+    runtime = settings_or_runtime if isinstance(settings_or_runtime, Runtime) else Runtime(settings_or_runtime)
+    settings = runtime.settings
+
+    install_log_redaction()
+    app = _App(__name__, static_folder="static", template_folder="templates")
+    keys = list(settings.secret_keys)
+    app.config.update(
+        SECRET_KEY=keys[-1],  # the newest signs; the others still verify
+        SECRET_KEY_FALLBACKS=keys[:-1],
+        SESSION_COOKIE_NAME="pec_rinnovo",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=12 * 3600,
+        # The strict check wants a Referer, which no-referrer never sends: the
+        # token and a SameSite cookie do the job, with the Origin check below.
+        WTF_CSRF_SSL_STRICT=False,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_PARTS=200,
+        SEND_FILE_MAX_AGE_DEFAULT=3600,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.config.update(config)
+    app.extensions["pec_runtime"] = runtime
+    app.url_map.merge_slashes = False  # no redirect built from a path the visitor typed
+    app.jinja_env.autoescape = True  # every template, whatever its name
+    app.jinja_env.globals.update(t=i18n.translate_in_context, plan_label=i18n.plan_label)
+    app.jinja_env.filters.update(long_date=i18n.long_date, date_art=i18n.date_with_article, euro=i18n.euro)
+    csrf.init_app(app)
+
+    from worker.web import views
+
+    app.register_blueprint(views.blueprint)
+    app.jinja_env.globals.update(method_label=views.method_label, kind_label=_kind_label())
+    app.register_error_handler(CSRFError, views.csrf_error)
+    for code in (400, 403, 404, 405, 410, 413, 500):
+        app.register_error_handler(code, views.http_error)
+
+    base_origin = _origin(settings.base_url)
+
+    @app.before_request
+    def _language_and_origin():
+        g.language = i18n.best_language(request.accept_languages)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            # A browser posting from another site names it here ("null" under no-referrer).
+            origin = request.headers.get("Origin")
+            if origin and origin != "null" and origin not in (base_origin, _origin(request.host_url)):
+                from worker.web.views import csrf_error
+
+                return csrf_error(None)
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.endpoint != "static":
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Pragma"] = "no-cache"
+        response.vary.add("Cookie")
+        return response
+
+    return app
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _kind_label():
+    from worker.web.forms import kind_label
+
+    return kind_label
+
+
+def runtime_of(app: Flask) -> Runtime:
+    return app.extensions["pec_runtime"]

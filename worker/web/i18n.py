@@ -1,0 +1,68 @@
+"""Italian by default, English for holders whose language is en.
+
+The pages keep both wordings side by side: ``t("Italiano {x}", "English {x}", x=...)``.
+The language of a page is the mailbox's (or the order's) language; pages that
+know no holder, such as a broken link, follow the browser's Accept-Language.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from flask import g, has_app_context
+
+from worker.emails import format_date_with_article, format_long_date
+
+LANGUAGES = ("it", "en")
+PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
+
+
+def language() -> str:
+    if not has_app_context():
+        return "it"
+    return getattr(g, "language", "it")
+
+
+def set_language(value: str | None) -> None:
+    g.language = value if value in LANGUAGES else "it"
+
+
+def best_language(accept_languages) -> str:
+    return accept_languages.best_match(LANGUAGES, default="it") or "it"
+
+
+def translate(lang: str, italian: str, english: str, /, **values) -> str:
+    text = english if lang == "en" else italian
+    return text.format(**values) if values else text
+
+
+def translate_in_context(italian: str, english: str, /, **values) -> str:
+    return translate(language(), italian, english, **values)
+
+
+def plan_label(plan: str) -> str:
+    return PLAN_LABELS.get(str(plan), str(plan))
+
+
+def long_date(day: date | None) -> str:
+    if day is None:
+        return ""
+    return format_long_date(day, language())
+
+
+def euro(cents: int | None) -> str:
+    """``1.234,56 €`` in Italian, ``€1,234.56`` in English."""
+    if cents is None:
+        return ""
+    sign = "-" if cents < 0 else ""
+    whole, rest = divmod(abs(int(cents)), 100)
+    if language() == "en":
+        return f"{sign}€{whole:,}.{rest:02d}"
+    return f"{sign}{whole:,}".replace(",", ".") + f",{rest:02d} €"
+
+
+def date_with_article(day: date | None) -> str:
+    """Italian ``il 31 marzo 2027`` / ``l'8 marzo 2027``; English ``31 March 2027``."""
+    if day is None:
+        return ""
+    return format_date_with_article(day, language())
