@@ -199,6 +199,19 @@ def relay(ctx: click.Context) -> None:
     click.echo(f"sent {result.sent}, deferred {result.deferred}, bounced {result.bounced}, failed {result.failed}")
 
 
+@main.command("check")
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Probe the database, broker, mail and payment gateway; exit 1 if any is down."""
+    from worker.health import check_all
+
+    probes = check_all(_runtime(ctx))
+    for probe in probes:
+        click.echo(f"{probe.service:<9} {'ok' if probe.ok else 'DOWN':<5} {probe.detail}")
+    if not all(probe.ok for probe in probes):
+        sys.exit(1)
+
+
 @main.command("run")
 @click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
 @click.pass_context

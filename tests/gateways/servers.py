@@ -140,6 +140,8 @@ class FakeStripe(_Server):
             return self._create(request)
         if request.method == "GET" and request.path == "/v1/payment_intents/search":
             return self._search(request)
+        if request.method == "GET" and request.path == "/v1/balance":
+            return 200, {"object": "balance", "available": [], "pending": [], "livemode": False}, 0
         return 404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}}, 0
 
     def _create(self, request):

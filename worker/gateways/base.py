@@ -116,6 +116,13 @@ class PaymentGateway(Protocol):
         """
         ...
 
+    def check_credentials(self) -> str:
+        """Reach the gateway and prove the credentials work, moving no money.
+
+        Returns a short description; raises :class:`GatewayError` with the reason.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections (a no-op for gateways that hold none)."""
         ...

@@ -211,6 +211,13 @@ class PayPalGateway:
             return self._settled(order)
         return None  # CREATED, SAVED, APPROVED, VOIDED: no money moved under this key
 
+    def check_credentials(self) -> str:
+        try:
+            self._access_token(renew=True)
+        except _Lost as error:
+            raise GatewayError(f"PayPal did not answer ({error})") from None
+        return "PayPal client credentials accepted"
+
     def close(self) -> None:
         self._http.close()
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import dialect_insert
@@ -152,6 +152,11 @@ class SandboxGateway:
             row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one_or_none()
             session.rollback()
         return None if row is None else _result(row)
+
+    def check_credentials(self) -> str:
+        with self._session_factory() as session:
+            recorded = session.scalar(select(func.count()).select_from(SandboxCharge))
+        return f"sandbox, {recorded} charge(s) recorded"
 
     def close(self) -> None:
         pass

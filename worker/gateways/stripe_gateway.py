@@ -191,6 +191,15 @@ class StripeGateway:
         intents.sort(key=lambda intent: intent.get("status") != "succeeded")
         return _from_intent(intents[0])
 
+    def check_credentials(self) -> str:
+        try:
+            self._client.v1.balance.retrieve()
+        except stripe.AuthenticationError:
+            raise GatewayError("Stripe refused the API key") from None
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not answer: {type(error).__name__}") from None
+        return "Stripe API key accepted"
+
     def close(self) -> None:
         try:
             self._http.close()

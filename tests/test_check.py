@@ -1,0 +1,80 @@
+"""``pec-renewal check`` against the real services, up and down."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS
+from tests.gateways.servers import PAYPAL_CLIENT, FakePayPal, FakeStripe
+from worker.cli import main
+
+CLOSED_PORT = "1"  # nothing listens on port 1 here
+
+
+def run_check(tmp_path, database_url, **overrides):
+    env = {
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
+        **{f"PEC_RENEWAL_{key.upper()}": value for key, value in overrides.items()},
+    }
+    result = CliRunner().invoke(main, ["check"], env=env)
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in result.output.splitlines()}
+    return result.exit_code, lines
+
+
+def test_everything_up(tmp_path, session_factory, database_url, smtp_server):
+    code, lines = run_check(
+        tmp_path, database_url, mail_backend="smtp", smtp_host=smtp_server.host, smtp_port=str(smtp_server.port)
+    )
+    assert code == 0, lines
+    assert {service: status for service, (status, _detail) in lines.items()} == {
+        "database": "ok", "broker": "ok", "mail": "ok", "gateway": "ok",
+    }
+    assert lines["database"][1].startswith("postgresql, revision ")
+    assert lines["gateway"][1] == "sandbox, 0 charge(s) recorded"
+
+
+def test_each_service_down_is_named_and_the_exit_is_non_zero(tmp_path, session_factory, database_url):
+    code, lines = run_check(
+        tmp_path,
+        "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        broker_url=f"redis://127.0.0.1:{CLOSED_PORT}/0",
+        mail_backend="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=CLOSED_PORT,
+    )
+    assert code == 1
+    assert [lines[name][0] for name in ("database", "broker", "mail", "gateway")] == ["DOWN"] * 4
+    assert lines["mail"][1] == "cannot connect: Connection refused"
+
+
+def test_stripe_credentials_are_checked_over_http(tmp_path, session_factory, database_url):
+    server = FakeStripe().start()
+    try:
+        good = run_check(tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_local", stripe_api_base=server.url)
+        bad = run_check(tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_wrong", stripe_api_base=server.url)
+    finally:
+        server.stop()
+    assert good[1]["gateway"] == ["ok", "Stripe API key accepted"]
+    assert bad[0] == 1 and bad[1]["gateway"] == ["DOWN", "Stripe refused the API key"]
+
+
+def test_paypal_credentials_are_checked_over_http(tmp_path, session_factory, database_url):
+    server = FakePayPal().start()
+    try:
+        good = run_check(
+            tmp_path, database_url, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0],
+            paypal_client_secret=PAYPAL_CLIENT[1], paypal_api_base=server.url,
+        )
+        bad = run_check(
+            tmp_path, database_url, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0],
+            paypal_client_secret="wrong", paypal_api_base=server.url,
+        )
+    finally:
+        server.stop()
+    assert good[1]["gateway"] == ["ok", "PayPal client credentials accepted"]
+    assert bad[0] == 1 and bad[1]["gateway"][0] == "DOWN"
+    assert "refused the client credentials" in bad[1]["gateway"][1]
