@@ -319,6 +319,10 @@ def header_address(address: str, what: str = "address") -> str:
     _refuse_line_breaks(address, what)
     if not _ADDRESS_RE.fullmatch(address):
         raise ValueError(f"{what} {address!r} is not a single plain address")
+    if "=?" in address:
+        # Legal in a local part, but a reader decodes "=?utf-8?…?=" in an
+        # unstructured header (X-PEC-Renewal-Mailboxes) into any text at all.
+        raise ValueError(f"{what} {address!r} looks like an encoded word")
     local, _, domain = address.rpartition("@")
     if not local.isascii():
         raise ValueError(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)")

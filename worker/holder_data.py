@@ -106,6 +106,10 @@ def normalise_email(text: str) -> str:
     domain with email-validator once per domain; anything else goes through
     email-validator whole.  Both give the same answer.
     """
+    if "=?" in text:
+        # Valid characters, but an encoded word ("=?utf-8?…?=") in our headers
+        # would be decoded by mail readers into arbitrary text.
+        raise ValueError(f"{text!r} is not accepted: it contains '=?', the start of an encoded word")
     try:
         return _normalise_email(text.strip())
     except EmailNotValidError as error:
