@@ -1,0 +1,163 @@
+"""Scan cost on a big fleet: a quiet day (nothing due) and a normal day (~20,000 due).
+
+    .venv/bin/python bench/quiet_day.py --mailboxes 10000000 \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench
+
+Seeds the table with ``generate_series`` (not the ORM) once; a later run with
+the same ``--mailboxes`` reuses it.  For each day it times, in the same
+process and alternately, the worker's scan (``due_mailbox_batches``: the due
+rows, joined to their reference address and cut into batches) and the
+baseline, a raw psycopg read of the ids of the due rows.  The last line is a
+JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from worker import migrate  # noqa: E402
+from worker.db import make_engine, make_session_factory  # noqa: E402
+from worker.notices import due_mailbox_batches  # noqa: E402
+
+QUIET_DAY = date(2027, 1, 10)
+NORMAL_DAY = date(2027, 1, 11)
+#: Expiries spread over ten years from this date; next_action_on three months before.
+FIRST_EXPIRY = date(2027, 4, 20)
+
+
+def psycopg_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def ensure_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
+            connection.execute(f'CREATE DATABASE "{parsed.database}"')
+
+
+def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
+    """Fill the fleet unless it already holds ``mailboxes`` rows; returns the seconds it took."""
+    with psycopg.connect(psycopg_url(url)) as connection:
+        count = connection.execute("SELECT count(*) FROM mailboxes").fetchone()[0]
+        if count == mailboxes:
+            return 0.0
+        started = time.perf_counter()
+        connection.execute("TRUNCATE notice_ledger, outbox_messages, mailboxes, holders, accounts RESTART IDENTITY CASCADE")
+        holders = max(1, mailboxes // 3)
+        connection.execute(
+            "INSERT INTO accounts (id, login) SELECT g, 'account' || g || '@example.it' FROM generate_series(1, %s) g",
+            (holders,),
+        )
+        connection.execute(
+            """INSERT INTO holders (id, account_id, holder_key, name, kind, reference_email)
+               SELECT g, g, md5(g::text), 'Titolare ' || g, 'private', 'titolare' || g || '@example.it'
+               FROM generate_series(1, %s) g""",
+            (holders,),
+        )
+        # Every mailbox's next action is at least a day after the quiet day, but
+        # for the ``normal_day_due`` mailboxes due on the normal day.
+        connection.execute("DROP INDEX IF EXISTS ix_mailboxes_next_action_on")
+        connection.execute(
+            """INSERT INTO mailboxes (id, address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb,
+                                      used_space_mb, expires_on, auto_renew, renewal_years, promo, language,
+                                      next_action_on)
+               SELECT g, 'casella' || g || '@pec.example.it', 1 + g %% %(holders)s, 1 + g %% %(holders)s,
+                      'standard', 0, 0, 100,
+                      %(first_expiry)s::date + (g %% 3650),
+                      false, 1, false, 'it',
+                      CASE WHEN g <= %(due)s THEN %(normal_day)s::date
+                           ELSE %(first_expiry)s::date + (g %% 3650) - 92 END
+               FROM generate_series(1, %(mailboxes)s) g""",
+            {
+                "holders": holders,
+                "first_expiry": FIRST_EXPIRY,
+                "due": normal_day_due,
+                "normal_day": NORMAL_DAY,
+                "mailboxes": mailboxes,
+            },
+        )
+        connection.execute("CREATE INDEX ix_mailboxes_next_action_on ON mailboxes (next_action_on)")
+        connection.execute("ANALYZE accounts, holders, mailboxes")
+        connection.commit()
+        return time.perf_counter() - started
+
+
+def raw_read(url: str, day: date) -> int:
+    with psycopg.connect(psycopg_url(url)) as connection:
+        rows = connection.execute("SELECT id FROM mailboxes WHERE next_action_on <= %s", (day,)).fetchall()
+        return len(rows)
+
+
+def worker_scan(session_factory, day: date) -> int:
+    with session_factory() as session:
+        return sum(len(batch) for batch in due_mailbox_batches(session, day, 500))
+
+
+def timed(function, *args, repeat: int) -> tuple[float, int]:
+    times, result = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = function(*args)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mailboxes", type=int, default=10_000_000)
+    parser.add_argument("--due", type=int, default=20_000, help="mailboxes due on the normal day")
+    parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    ensure_database(args.database_url)
+    migrate.upgrade(args.database_url)
+    seconds = seed(args.database_url, args.mailboxes, args.due)
+    if seconds:
+        print(f"seeded {args.mailboxes:,} mailboxes in {seconds:.1f} s", flush=True)
+
+    engine = make_engine(args.database_url)
+    session_factory = make_session_factory(engine)
+    summary = {"mailboxes": args.mailboxes, "seed_seconds": round(seconds, 1)}
+    for label, day in (("quiet_day", QUIET_DAY), ("normal_day", NORMAL_DAY)):
+        # Alternate the two so that a noisy neighbour hurts both alike.
+        worker_times, raw_times = [], []
+        for _ in range(args.repeat):
+            worker_seconds, worker_rows = timed(worker_scan, session_factory, day, repeat=1)
+            raw_seconds, raw_rows = timed(raw_read, args.database_url, day, repeat=1)
+            worker_times.append(worker_seconds)
+            raw_times.append(raw_seconds)
+        worker_median, raw_median = statistics.median(worker_times), statistics.median(raw_times)
+        if worker_rows != raw_rows:
+            raise SystemExit(f"{label}: the scan read {worker_rows} rows, the raw read {raw_rows}")
+        print(
+            f"{label}: {worker_rows:,} due; scan {worker_median * 1000:.1f} ms, raw read {raw_median * 1000:.1f} ms,"
+            f" ratio {worker_median / raw_median:.2f}",
+            flush=True,
+        )
+        summary[label] = {
+            "due": worker_rows,
+            "scan_ms": round(worker_median * 1000, 2),
+            "raw_read_ms": round(raw_median * 1000, 2),
+            "ratio": round(worker_median / raw_median, 2),
+        }
+    engine.dispose()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
