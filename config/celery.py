@@ -13,7 +13,9 @@ from config.settings import Settings
 SCAN_QUEUE = "scan"
 NOTICES_QUEUE = "notices"
 MAIL_QUEUE = "mail"
-QUEUES = (SCAN_QUEUE, NOTICES_QUEUE, MAIL_QUEUE)
+#: Charges wait on the gateway's network: their own queue, so they never hold up notices or mail.
+CHARGES_QUEUE = "charges"
+QUEUES = (SCAN_QUEUE, NOTICES_QUEUE, MAIL_QUEUE, CHARGES_QUEUE)
 
 #: Hard time limit for any task; it must stay below the broker's visibility
 #: timeout (3600 s, config/settings.py) or Redis would hand a running task to a
@@ -50,6 +52,8 @@ def celery_config(settings: Settings) -> dict:
             "pec_renewal.notice_batch": {"queue": NOTICES_QUEUE},
             "pec_renewal.deliver_outbox": {"queue": MAIL_QUEUE},
             "pec_renewal.relay_outbox": {"queue": MAIL_QUEUE},
+            "pec_renewal.charge_sweep": {"queue": SCAN_QUEUE},
+            "pec_renewal.charge_batch": {"queue": CHARGES_QUEUE},
         },
         "beat_schedule": {
             # Fired every hour from the scan time to the end of the day: the
@@ -58,6 +62,13 @@ def celery_config(settings: Settings) -> dict:
             "daily-scan": {
                 "task": "pec_renewal.daily_scan",
                 "schedule": crontab(hour=f"{hour}-23", minute=minute),
+            },
+            # Charge work (charges, retries, reconciliations): cheap to look for (an
+            # indexed query), and every charge is claimed before the gateway is called,
+            # so a sweep that overlaps another, or the notice scan, does nothing twice.
+            "charge-sweep": {
+                "task": "pec_renewal.charge_sweep",
+                "schedule": timedelta(minutes=15),
             },
             "relay-outbox": {
                 "task": "pec_renewal.relay_outbox",

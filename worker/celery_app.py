@@ -15,7 +15,7 @@ from config.settings import Settings, SettingsError
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail"])
+    app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges"])
     app.conf.update(celery_config(settings))
     return app
 

@@ -1,7 +1,9 @@
-"""The whole daily job in one process: scan, ledger, rendering and delivery.
+"""The whole daily job in one process: scan, ledger, charges, rendering and delivery.
 
 ``pec-renewal run-daily`` calls ``run_day``; under Celery the same steps run
-as tasks (``tasks/``) fanned out in batches.
+as tasks (``tasks/``) fanned out in batches.  The auto-renew charges found by
+the scan run concurrently, in threads bounded by ``GATEWAY_CONCURRENCY``
+(they wait on the gateway's network, not on this process).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from worker.charges import ChargesResult, run_charges
 from worker.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule, record_daily_run
 from worker.outbox import RelayResult
 from worker.runtime import Runtime
@@ -21,6 +24,7 @@ class DaySummary:
     dry_run: bool
     scan: BatchResult = field(default_factory=BatchResult)
     delivery: RelayResult = field(default_factory=RelayResult)
+    charges: ChargesResult = field(default_factory=ChargesResult)
 
     def as_dict(self) -> dict:
         return {
@@ -38,6 +42,11 @@ class DaySummary:
             "deferred": self.delivery.deferred,
             "bounced": self.delivery.bounced,
             "failed": self.delivery.failed,
+            "charges_due": len(self.scan.charges_due),
+            "charges": self.charges.as_dict(),
+            "charge_emails": {
+                f"{kind} {stage}": count for (kind, stage), count in sorted(self.charges.emails.items())
+            },
         }
 
 
@@ -93,10 +102,25 @@ def run_day(
     summary.scan = scan_day(runtime, business_date, dry_run=dry_run, progress=progress)
     if dry_run:
         return summary
+    summary.charges = charge_day(runtime, business_date, summary.scan.charges_due)
     summary.delivery = runtime.relay.deliver_due(progress=delivery_progress)
     with runtime.session_factory() as session, session.begin():
         record_daily_run(session, business_date, runtime.clock(), summary.as_dict())
     return summary
+
+
+def charge_day(runtime: Runtime, business_date: date, mailbox_ids: list[int]) -> ChargesResult:
+    """The charge work the scan found (charges, reconciliations, charge-failed), concurrently."""
+    return run_charges(
+        runtime.session_factory,
+        runtime.gateway,
+        mailbox_ids,
+        today=business_date,
+        clock=runtime.clock,
+        stages=runtime.settings.notice_stages,
+        mail_domain=runtime.mail_domain,
+        concurrency=1 if runtime.settings.is_embedded else runtime.settings.gateway_concurrency,
+    )
 
 
 def count_due(runtime: Runtime, business_date: date) -> int:

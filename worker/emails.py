@@ -41,7 +41,17 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateN
 from worker.links import LinkSigner
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 
-KINDS = ("expiry-notice", "expired-notice", "domain-expiry-notice", "order-confirmation", "renewal-completed")
+KINDS = (
+    "expiry-notice",
+    "expired-notice",
+    "domain-expiry-notice",
+    "order-confirmation",
+    "renewal-completed",
+    "charge-notice",
+    "card-expiring",
+    "charge-succeeded",
+    "charge-failed",
+)
 LANGUAGES = ("it", "en")
 PLANS = ("standard", "pro", "premium")
 PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
@@ -183,6 +193,59 @@ def _order_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[st
     }
 
 
+_CHARGE_REASONS = (
+    "hard_decline",
+    "requires_authentication",
+    "retries_exhausted",
+    "no_payment_method",
+    "not_charged_before_expiry",
+)
+
+
+def _charge_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """The auto-renew emails: amount (VAT included), charge date, masked method, receipt or failure."""
+    language = common["language"]
+    charge = stored.get("charge")
+    if not isinstance(charge, Mapping):
+        raise ValueError("an auto-renew email needs 'charge' in its context")
+    if len(common["mailboxes"]) != 1:
+        raise ValueError("an auto-renew email is about one mailbox")
+    method = charge.get("method")
+    _refuse_line_breaks(method, "method")
+    years = charge.get("years")
+    if not isinstance(years, int) or not 1 <= years <= 5:
+        raise ValueError(f"years {years!r} is not 1 to 5")
+
+    def day(name: str) -> date | None:
+        value = charge.get(name)
+        return None if value is None else date.fromisoformat(value)
+
+    reason = charge.get("reason")
+    if reason is not None and reason not in _CHARGE_REASONS:
+        raise ValueError(f"reason {reason!r} is not one of {', '.join(_CHARGE_REASONS)}")
+    order_number = charge.get("order_number")
+    if order_number is not None and not _ORDER_NUMBER_RE.fullmatch(order_number):
+        raise ValueError(f"order number {order_number!r} is not like PEC-2027-000123")
+    reference = charge.get("reference")
+    if reference is not None:
+        _refuse_line_breaks(reference, "reference")
+    return {
+        "amount": _euro(charge["amount_cents"], language),
+        "subtotal": _euro(charge["subtotal_cents"], language),
+        "vat": _euro(charge["vat_cents"], language),
+        "vat_percent": int(charge["vat_percent"]),
+        "years": years,
+        "method": method,
+        "charge_on": day("charge_on"),
+        "charged_on": day("charged_on"),
+        "card_expires_on": day("card_expires_on"),
+        "new_expires_on": day("new_expires_on"),
+        "reason": reason,
+        "order_number": order_number,
+        "reference": reference,
+    }
+
+
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
     "expiry-notice": KindRules(renewal_links=True, stages="before"),
@@ -191,6 +254,13 @@ KIND_RULES: dict[str, KindRules] = {
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
+    # Auto-renew (worker/charges.py), one mailbox per email.  The signed Rinnova link of the
+    # cycle leads to the link handler: there the holder changes the plan or learns how to
+    # switch auto-renew off (charge-notice, card-expiring), or pays the unpaid order (charge-failed).
+    "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
+    "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
 }
 assert set(KIND_RULES) == set(KINDS)
 

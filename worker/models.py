@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -350,3 +351,52 @@ class Payment(Base):
     business_date: Mapped[date] = mapped_column(Date)
 
     order: Mapped[RenewalOrder] = relationship(back_populates="payments")
+
+
+# -- Auto-renew charges (issue 4) ------------------------------------------------------------
+
+
+class ChargeStatus(str, Enum):
+    STARTED = "started"  # the intent is committed; the gateway may or may not have been called
+    SUCCEEDED = "succeeded"
+    SOFT_DECLINE = "soft_decline"
+    HARD_DECLINE = "hard_decline"
+    REQUIRES_AUTHENTICATION = "requires_authentication"
+    UNKNOWN = "unknown"  # the gateway's answer was lost: reconcile with ``lookup`` before anything else
+
+
+class ChargeIntent(Base):
+    """One auto-renew charge attempt, written and committed before the gateway is called.
+
+    ``(mailbox_id, cycle_expires_on, attempt)`` is unique, and so is the
+    idempotency key derived from it (``renewal:{mailbox}:{cycle}:{attempt}``):
+    an attempt is charged at most once whatever crashes or races happen.
+    """
+
+    __tablename__ = "charge_intents"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "cycle_expires_on", "attempt", name="uq_charge_intents_attempt"),
+        Index(
+            "ix_charge_intents_unresolved", "status", postgresql_where=text("status IN ('started', 'unknown')")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True)
+    #: The expiry date the charge renews from: it names the cycle.
+    cycle_expires_on: Mapped[date] = mapped_column(Date)
+    #: 1 for the charge 7 days before expiry, then one number per retry slot.
+    attempt: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    #: The stored token charged (sandbox tokens are not secrets; logs show only ``mask_token``).
+    payment_method: Mapped[str] = mapped_column(String(200))
+    years: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32), default=ChargeStatus.STARTED.value)
+    #: The gateway's charge id, once known.
+    reference: Mapped[str | None] = mapped_column(String(200))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    business_date: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

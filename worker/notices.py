@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
-from worker import schedule
+from worker import charges, schedule
 from worker.db import dialect_insert
 from worker.emails import message_id_for
 from worker.models import DailyRun, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
@@ -100,6 +100,9 @@ class BatchResult:
     superseded: int = 0
     outbox_ids: list[int] = field(default_factory=list)
     planned: list[PlannedEmail] = field(default_factory=list)
+    #: Auto-renew mailboxes with charge work due (a charge, a reconciliation or a
+    #: charge-failed): for the charge service, :func:`worker.charges.run_charges`.
+    charges_due: list[int] = field(default_factory=list)
 
     def add(self, other: "BatchResult") -> None:
         self.examined += other.examined
@@ -109,6 +112,7 @@ class BatchResult:
         self.superseded += other.superseded
         self.outbox_ids.extend(other.outbox_ids)
         self.planned.extend(other.planned)
+        self.charges_due.extend(other.charges_due)
 
 
 def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Iterator[list[int]]:
@@ -172,31 +176,43 @@ def process_notice_batch(
     ):
         sent[(mailbox_id, cycle)].add(stage)
 
-    groups: dict[tuple[str, str, str, str], list[Mailbox]] = defaultdict(list)
+    auto_renew_states = charges.load_cycle_states(session, [m for m in mailboxes if charges.is_auto_renew(m)])
+
+    # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
+    groups: dict[tuple[str, str, str, str, int], list[Mailbox]] = defaultdict(list)
     moves = []
     for mailbox in mailboxes:
         result.examined += 1
-        decision = decide_notice(
-            stages=stages,
-            expires_on=mailbox.expires_on,
-            on_domain=mailbox.domain_id is not None,
-            auto_renew=mailbox.auto_renew,
-            pending_since=mailbox.next_action_on,
-            today=today,
-            already_sent=frozenset(sent[(mailbox.id, mailbox.expires_on)]),
-        )
+        if mailbox.id in auto_renew_states:
+            decision = charges.decide_for(mailbox, auto_renew_states[mailbox.id], stages, today)
+            if decision.charge is not None:
+                # Left due (next_action_on unchanged): the charge service claims it.
+                result.charges_due.append(mailbox.id)
+                result.skipped["charge-due"] += 1
+                continue
+        else:
+            decision = decide_notice(
+                stages=stages,
+                expires_on=mailbox.expires_on,
+                on_domain=mailbox.domain_id is not None,
+                auto_renew=mailbox.auto_renew,
+                pending_since=mailbox.next_action_on,
+                today=today,
+                already_sent=frozenset(sent[(mailbox.id, mailbox.expires_on)]),
+            )
         moves.append({"id": mailbox.id, "next_action_on": decision.next_action_on})
         if decision.stage is None:
             result.skipped[decision.skip_reason] += 1
             continue
         result.superseded += len(decision.superseded)
         result.notices[(decision.kind, decision.stage.name)] += 1
-        key = (mailbox.holder.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language)
+        own = mailbox.id if decision.kind in charges.AUTO_RENEW_KINDS else 0
+        key = (mailbox.holder.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
         groups[key].append(mailbox)
 
     outbox_rows = []
     ledger_rows = []
-    for (to_address, kind, stage, language), members in sorted(groups.items()):
+    for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         keys = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
         holder_names = {mailbox.holder.name for mailbox in members}
@@ -220,6 +236,7 @@ def process_notice_batch(
                         }
                         for mailbox in members
                     ],
+                    **({"charge": charges.charge_context(members[0])} if own else {}),
                 },
                 "status": OutboxStatus.PENDING.value,
                 "attempts": 0,

@@ -1,0 +1,156 @@
+"""Benchmark: N due auto-renew charges against the sandbox gateway at a simulated latency.
+
+    .venv/bin/python bench/charges.py --mailboxes 20000 --latency-ms 300 --concurrency 32 \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_bench
+
+It empties and migrates the benchmark database (its name must contain
+"bench"), seeds N auto-renew mailboxes whose charge is due today with
+``generate_series`` in SQL (no ORM), then runs what ``pec-renewal run-daily``
+runs for that date: the scan, then the charges, ``--concurrency`` at a time
+(``GATEWAY_CONCURRENCY``), each sandbox call sleeping ``--latency-ms``.  Mail
+is only queued (the outbox), not delivered: delivery has its own benchmark.
+
+It checks the gateway's own record: one charge per mailbox, no key twice, no
+mailbox charged twice.  The last line printed is a JSON summary; the ideal
+rate is concurrency / latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from config.settings import Settings  # noqa: E402
+from worker import migrate  # noqa: E402
+from worker.daily import charge_day, scan_day  # noqa: E402
+from worker.runtime import Runtime  # noqa: E402
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_bench"
+
+
+def plain_url(url: str, database: str | None = None) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+def reset_database(url: str) -> None:
+    name = make_url(url).database
+    if "bench" not in (name or ""):
+        sys.exit(f"refusing to empty database {name!r}: its name must contain 'bench'")
+    with psycopg.connect(plain_url(url, "postgres"), autocommit=True) as connection:
+        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            connection.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(plain_url(url), autocommit=True) as connection:
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+    migrate.upgrade(url)
+
+
+def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> float:
+    started = time.perf_counter()
+    with psycopg.connect(plain_url(url)) as connection:
+        connection.execute(
+            "INSERT INTO accounts (login) SELECT 'bench' || g || '@example.it' FROM generate_series(1, %s) g", (count,)
+        )
+        connection.execute(
+            "INSERT INTO holders (account_id, holder_key, name, kind, reference_email) "
+            "SELECT id, md5(login), 'Titolare ' || id, 'private', login FROM accounts"
+        )
+        connection.execute(
+            "INSERT INTO mailboxes (address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb, "
+            "used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, language, next_action_on) "
+            "SELECT 'casella' || h.id || '@pec.bench.example.it', h.account_id, h.id, 'standard', 0, 0, 100, "
+            "%s, true, %s, 1, false, 'it', %s FROM holders h",
+            (expires_on, token, due_on),
+        )
+        connection.execute("ANALYZE")
+    return time.perf_counter() - started
+
+
+def check_gateway_record(url: str) -> dict:
+    with psycopg.connect(plain_url(url)) as connection:
+        rows, keys = connection.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM sandbox_charges").fetchone()
+        # renewal:{mailbox}:{cycle}:{attempt} -> more than one charge per mailbox and cycle?
+        doubled = connection.execute(
+            "SELECT count(*) FROM (SELECT split_part(idempotency_key, ':', 2), split_part(idempotency_key, ':', 3) "
+            "FROM sandbox_charges GROUP BY 1, 2 HAVING count(*) > 1) d"
+        ).fetchone()[0]
+        renewed = connection.execute("SELECT count(*) FROM mailboxes WHERE expires_on > %s", (date(2027, 3, 31),)).fetchone()[0]
+        intents = dict(connection.execute("SELECT status, count(*) FROM charge_intents GROUP BY status").fetchall())
+    return {"gateway_charges": rows, "distinct_keys": keys, "mailboxes_charged_twice": doubled,
+            "mailboxes_renewed": renewed, "intents": intents}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mailboxes", type=int, default=20_000)
+    parser.add_argument("--latency-ms", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=32, help="GATEWAY_CONCURRENCY")
+    parser.add_argument("--database-url", default=os.environ.get("PEC_RENEWAL_BENCH_DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--token", default="pm_card_visa", help="the sandbox token every mailbox has")
+    args = parser.parse_args(argv)
+
+    expires_on = date(2027, 3, 31)
+    today = expires_on - timedelta(days=7)
+    reset_database(args.database_url)
+    seed_seconds = seed(args.database_url, args.mailboxes, expires_on, today, args.token)
+    print(f"seeded {args.mailboxes} auto-renew mailboxes in {seed_seconds:.1f}s", file=sys.stderr)
+
+    settings = Settings.from_env(
+        {
+            "PEC_RENEWAL_DATABASE_URL": args.database_url,
+            "PEC_RENEWAL_SANDBOX_LATENCY_MS": str(args.latency_ms),
+            "PEC_RENEWAL_GATEWAY_CONCURRENCY": str(args.concurrency),
+            "PEC_RENEWAL_SECRET_KEYS": "bench-key-0123456789abcdef0123456789abcdef",
+            "PEC_RENEWAL_VAR_DIR": os.environ.get("PEC_RENEWAL_VAR_DIR", "/tmp/pec-renewal-bench"),
+        }
+    )
+    runtime = Runtime(settings)
+    try:
+        started = time.perf_counter()
+        scan = scan_day(runtime, today)
+        scan_seconds = time.perf_counter() - started
+        print(f"scan: {len(scan.charges_due)} charges due in {scan_seconds:.1f}s", file=sys.stderr)
+        started = time.perf_counter()
+        result = charge_day(runtime, today, scan.charges_due)
+        charge_seconds = time.perf_counter() - started
+    finally:
+        runtime.close()
+
+    record = check_gateway_record(args.database_url)
+    rate = result.charges / charge_seconds if charge_seconds else 0.0
+    ideal = args.concurrency / (args.latency_ms / 1000.0) if args.latency_ms else None
+    summary = {
+        "mailboxes": args.mailboxes,
+        "latency_ms": args.latency_ms,
+        "concurrency": args.concurrency,
+        "seed_seconds": round(seed_seconds, 2),
+        "scan_seconds": round(scan_seconds, 2),
+        "charge_seconds": round(charge_seconds, 2),
+        "charges_per_second": round(rate, 1),
+        "ideal_charges_per_second": round(ideal, 1) if ideal else None,
+        "ratio_to_ideal": round(rate / ideal, 3) if ideal else None,
+        "outcomes": dict(result.outcomes),
+        "errors": result.errors,
+        **record,
+        "no_double_charge": record["mailboxes_charged_twice"] == 0 and record["gateway_charges"] == record["distinct_keys"],
+    }
+    print(json.dumps(summary, sort_keys=True))
+    ok = summary["no_double_charge"] and record["gateway_charges"] == args.mailboxes and result.errors == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

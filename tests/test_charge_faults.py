@@ -1,0 +1,260 @@
+"""Charges under faults: a worker killed around the gateway call, a lost answer, two processes racing.
+
+The killed worker is a real subprocess: ``child_main`` runs the daily job with
+the sandbox wrapped so that it SIGKILLs its own process right after
+``gateway.charge`` returns (or right before calling it), controlled by
+``PEC_RENEWAL_TEST_KILL``.  The hook lives here, in the test helper, not in
+production code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import time_machine
+from sqlalchemy import select
+
+from tests.conftest import TEST_SECRET_KEYS
+from tests.test_charges import (  # noqa: F401
+    CHARGE_DAY,
+    add_auto_renew,
+    at_morning,
+    gateway_record,
+    received,
+    run_on,
+    runtime,
+)
+from worker.gateways import ChargeOutcome, ChargeResult
+from worker.models import ChargeIntent, Mailbox
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class KillingGateway:
+    """The real sandbox, with a SIGKILL of this process before or after ``charge``."""
+
+    def __init__(self, inner, when: str):
+        self._inner, self._when = inner, when
+        self.name = inner.name
+
+    def charge(self, **kwargs) -> ChargeResult:
+        if self._when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = self._inner.charge(**kwargs)
+        if self._when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    def lookup(self, key):
+        return self._inner.lookup(key)
+
+    def close(self):
+        self._inner.close()
+
+
+class LostLookups:
+    """The sandbox, but the gateway cannot tell the outcome of a lookup (unreachable)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name = inner.name
+        self.lookups = 0
+
+    def charge(self, **kwargs) -> ChargeResult:
+        return self._inner.charge(**kwargs)
+
+    def lookup(self, key):
+        self.lookups += 1
+        return ChargeResult(ChargeOutcome.UNKNOWN, None, "gateway unreachable")
+
+    def close(self):
+        self._inner.close()
+
+
+def child_main() -> None:  # pragma: no cover - runs in a subprocess
+    from config.settings import Settings
+    from worker import charges
+    from worker.daily import run_day
+    from worker.runtime import Runtime
+
+    rt = Runtime(Settings.from_env())
+    day = date.fromisoformat(os.environ["CHILD_DAY"])
+    mode = os.environ["PEC_RENEWAL_TEST_KILL"]
+    with time_machine.travel(at_morning(day), tick=False):
+        if mode == "race":
+            ids = [int(x) for x in os.environ["CHILD_IDS"].split(",")]
+            result = charges.run_charges(
+                rt.session_factory, rt.gateway, ids, today=day, clock=rt.clock, mail_domain=rt.mail_domain,
+                concurrency=8,
+            )  # fmt: skip
+            print(result.charges)
+        else:
+            rt.gateway = KillingGateway(rt.gateway, mode)
+            run_day(rt, day)
+    rt.close()
+
+
+def child_env(tmp_path, database_url, **extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PEC_RENEWAL_DATABASE_URL": database_url,
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_BASE_URL": "https://rinnovi.example.test",
+            "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "child-var"),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(tmp_path, database_url, **extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from tests.test_charge_faults import child_main; child_main()"],
+        cwd=ROOT,
+        env=child_env(tmp_path, database_url, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
+    runtime, smtp_server, tmp_path, database_url, when  # noqa: F811
+):
+    mailbox = add_auto_renew(runtime, "pm_card_visa")
+    child = spawn(tmp_path, database_url, CHILD_DAY=CHARGE_DAY.isoformat(), PEC_RENEWAL_TEST_KILL=when)
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err
+
+    with runtime.session_factory() as session:
+        (intent,) = session.scalars(select(ChargeIntent)).all()
+        assert intent.status == "started"  # committed before the gateway call, never recorded
+        assert session.get(Mailbox, mailbox.id).expires_on == date(2027, 3, 31)
+    assert len(gateway_record(runtime)) == (1 if when == "after" else 0)
+
+    run_on(runtime, CHARGE_DAY)  # the same day again: the claim hides it, nothing is charged blindly
+    assert len(gateway_record(runtime)) == (1 if when == "after" else 0)
+
+    summary = run_on(runtime, CHARGE_DAY + timedelta(days=1))  # the next run reconciles first
+    assert summary.charges.lookups == 1
+    assert summary.charges.charges == (0 if when == "after" else 1)  # "before": no money moved, same key
+    (charge,) = gateway_record(runtime)
+    assert charge["outcome"] == "succeeded"
+    with runtime.session_factory() as session:
+        (intent,) = session.scalars(select(ChargeIntent)).all()
+        assert intent.status == "succeeded"
+        assert session.get(Mailbox, mailbox.id).expires_on == date(2028, 3, 31)
+    assert [m["X-PEC-Renewal-Kind"] for m in received(smtp_server)] == ["charge-succeeded"]
+    for day in (date(2027, 3, 26), date(2027, 3, 28), date(2027, 3, 30)):
+        run_on(runtime, day)
+    assert len(gateway_record(runtime)) == 1 and len(smtp_server.messages) == 1
+
+
+def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime, smtp_server):  # noqa: F811
+    mailbox = add_auto_renew(runtime, "pm_sandbox_timeout")
+    lost = LostLookups(runtime.gateway)
+    runtime.gateway = lost
+    summary = run_on(runtime, CHARGE_DAY)
+    assert summary.charges.outcomes["unknown"] == 1
+    with runtime.session_factory() as session:
+        (intent,) = session.scalars(select(ChargeIntent)).all()
+        assert intent.status == "unknown"
+        assert session.get(Mailbox, mailbox.id).expires_on == date(2027, 3, 31)
+
+    run_on(runtime, date(2027, 3, 26))  # a retry day: still unknown, so no new attempt
+    assert len(gateway_record(runtime)) == 1
+    with runtime.session_factory() as session:
+        assert session.scalar(select(ChargeIntent.status)) == "unknown"
+
+    runtime.gateway = lost._inner  # the gateway answers again
+    run_on(runtime, date(2027, 3, 27))
+    assert [r["outcome"] for r in gateway_record(runtime)] == ["succeeded"]
+    with runtime.session_factory() as session:
+        assert session.get(Mailbox, mailbox.id).expires_on == date(2028, 3, 31)
+    assert [m["X-PEC-Renewal-Kind"] for m in received(smtp_server)] == ["charge-succeeded"]
+
+
+def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_path, database_url):  # noqa: F811
+    ids = [add_auto_renew(runtime, "pm_card_visa").id for _ in range(40)]
+    with runtime.session_factory() as session, session.begin():
+        for mailbox_id in ids:
+            session.get(Mailbox, mailbox_id).next_action_on = CHARGE_DAY
+    env = {
+        "CHILD_DAY": CHARGE_DAY.isoformat(),
+        "PEC_RENEWAL_TEST_KILL": "race",
+        "CHILD_IDS": ",".join(map(str, ids)),
+        "PEC_RENEWAL_SANDBOX_LATENCY_MS": "50",
+    }
+    children = [spawn(tmp_path, database_url, **env) for _ in range(2)]
+    charged = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        charged.append(int(out.strip().splitlines()[-1]))
+    assert sum(charged) == 40
+    record = gateway_record(runtime)
+    assert len(record) == 40 and len({r["idempotency_key"] for r in record}) == 40
+    with runtime.session_factory() as session:
+        assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
+
+
+@pytest.mark.slow
+def test_charges_under_a_real_celery_worker(session_factory, tmp_path, database_url, smtp_server):
+    """The sweep fans out batches on the charges queue; a real worker charges each mailbox once."""
+    import redis
+
+    from tests.conftest import TEST_REDIS_URL, make_settings
+    from tests.test_celery_worker import wait_until
+    from tests.factories import make_mailbox
+    from worker.celery_app import create_celery
+    from worker.gateways.sandbox import list_charges
+
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    with session_factory() as session, session.begin():
+        for number in range(30):
+            make_mailbox(session, expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa")
+        session.flush()
+        for mailbox in session.scalars(select(Mailbox)):
+            mailbox.next_action_on = CHARGE_DAY
+    env = {
+        **child_env(tmp_path, database_url),
+        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
+        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
+        "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
+        "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
+        "PEC_RENEWAL_SANDBOX_LATENCY_MS": "50",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "scan,charges,mail",
+            "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+        ],
+        env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        app = create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL))
+        app.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])
+        app.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])  # two sweeps at once
+        wait_until(lambda: len(smtp_server.messages) >= 30, timeout=90, what="30 receipts")
+        record = list_charges(session_factory)
+        assert len(record) == 30 and len({r["idempotency_key"] for r in record}) == 30
+        with session_factory() as session:
+            assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
+        assert process.poll() is None, (tmp_path / "worker.log").read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
