@@ -40,7 +40,8 @@ def run_daily_scan(business_date: str | None = None) -> int:
 
 @shared_task(name="pec_renewal.notice_batch", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
 def process_notices(mailbox_ids: list[int], business_date: str) -> int:
-    """Write the ledger and outbox rows of one batch, then queue their delivery."""
+    """Write the ledger and outbox rows of one batch, then queue their delivery and its charges."""
+    from tasks.charges import CHARGE_BATCH_SIZE, charge_batch
     from tasks.mail import deliver_outbox
 
     rt = runtime.current()
@@ -57,4 +58,7 @@ def process_notices(mailbox_ids: list[int], business_date: str) -> int:
     # lost, the periodic relay delivers them anyway.
     if result.outbox_ids:
         deliver_outbox.delay(result.outbox_ids)
+    # Charges start straight after the scan; the 15-minute sweep catches any lost message.
+    for start in range(0, len(result.charges_due), CHARGE_BATCH_SIZE):
+        charge_batch.delay(result.charges_due[start : start + CHARGE_BATCH_SIZE], business_date)
     return len(result.outbox_ids)

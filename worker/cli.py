@@ -177,6 +177,15 @@ def _print_summary(summary) -> None:
     click.echo(f"  skipped: {skipped}")
     if scan.superseded:
         click.echo(f"  superseded: {scan.superseded} earlier stages passed over (missed days)")
+    charges = summary.charges
+    if charges.examined:
+        outcomes = ", ".join(f"{outcome} {count}" for outcome, count in sorted(charges.outcomes.items())) or "none"
+        click.echo(
+            f"  charges: examined {charges.examined} auto-renew mailboxes; {outcomes};"
+            f" gateway calls {charges.charges}, lookups {charges.lookups}, errors {charges.errors}"
+        )
+        for (kind, stage), count in sorted(charges.emails.items()):
+            click.echo(f"    queued {kind:<22} {stage:>5}  {count} emails")
     if summary.dry_run:
         for planned in scan.planned:
             click.echo(f"    -> {planned.to_address}  {planned.kind} {planned.stage}  {', '.join(planned.mailboxes)}")
