@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from worker.links import LinkSigner
+
+import json
+
 import email
 import email.policy
 from datetime import date, datetime, timezone
@@ -415,16 +419,22 @@ def test_confirm_is_idempotent_and_queues_the_confirmation_email(session_factory
         assert "Gentile Rossi S.r.l." in text
 
 
-def test_confirmation_email_for_card_links_to_checkout_in_english(session_factory, settings):
+def test_confirmation_email_for_card_links_to_the_order_from_any_device_in_english(session_factory, settings):
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=EXPIRES, language="en")
         order = complete_order(session, settings, mailbox, method="card", years=2)
         session.commit()
         row = session.scalar(select(OutboxMessage))
+        assert "/rinnova/" not in json.dumps(row.context)  # no token is stored
         message, text, html = parse(render_outbox(settings, row))
         assert message["Subject"].startswith(f"Order confirmation {order.order_number}")
-        url = f"https://rinnovi.example.test/ordine/{order.public_id}/pagamento"
-        assert url in text and f'href="{url}"' in html
+        # The signed link the order was started from: it resumes the order in any browser.
+        (url,) = {line.strip() for line in text.splitlines() if "/rinnova/" in line}
+        assert f'href="{url}"' in html
+        signer = LinkSigner(settings.secret_keys, settings.base_url, settings.link_max_age_days)
+        link = signer.read_renewal_token(url.rsplit("/", 1)[1])
+        assert (link.target, link.target_id, link.expires_on) == ("m", mailbox.id, EXPIRES)
+        assert f"/ordine/{order.public_id}" not in text
         assert "switches auto-renew" in text
         assert "IT60X" not in text
         assert "€12.20" in text  # 2 x 5.00 + 22%

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import css_inline
 from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateNotFound, pass_context
 
-from worker.links import LinkSigner
+from worker.links import ACCOUNT, MAILBOX, LinkSigner
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 
 KINDS = (
@@ -75,7 +75,7 @@ _DISPLAYED_DOMAIN_RE = re.compile(r'[^\s@<>(),;:"\[\]\\]+')
 
 # -- Kinds ---------------------------------------------------------------------------------
 
-KindContext = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
+KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,23 @@ class KindRules:
     extra_context: KindContext | None = None
 
 
-def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
+    """Where the holder resumes the order from the email: the signed Rinnova link it was started from.
+
+    The order pages live in the browser session that started the order; the
+    signed link opens it again from any device (the link page offers "resume").
+    Older stored emails without ``resume_link`` keep their checkout URL.
+    """
+    resume = payment.get("resume_link")
+    if not isinstance(resume, Mapping):
+        return payment["checkout_url"]
+    target, target_id, cycle = resume.get("target"), resume.get("id"), resume.get("cycle")
+    if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int) or not isinstance(cycle, str):
+        raise ValueError(f"resume_link {dict(resume)!r} is not a link target")
+    return signer.url_for(target, target_id, date.fromisoformat(cycle))
+
+
+def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
     if any(mailbox.domain is None for mailbox in common["mailboxes"]):
         raise ValueError("a domain-expiry-notice needs the domain of every mailbox")
     return {}
@@ -129,7 +145,7 @@ class OrderedMailbox:
     new_expires_on: date
 
 
-def _order_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+def _order_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
     """The order, its price and the payment instructions, for order-confirmation and renewal-completed."""
     language = common["language"]
     order, payment = stored.get("order"), stored.get("payment")
@@ -187,7 +203,7 @@ def _order_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[st
         "iban": iban,
         "beneficiary": payment["beneficiary"],
         "postal_account": payment["postal_account"],
-        "checkout_url": payment["checkout_url"],
+        "checkout_url": _order_link(payment, signer),
         "ordered": ordered,
         "common_new_expires_on": _common(item.new_expires_on for item in ordered),
     }
@@ -202,7 +218,7 @@ _CHARGE_REASONS = (
 )
 
 
-def _charge_context(stored: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
     """The auto-renew emails: amount (VAT included), charge date, masked method, receipt or failure."""
     language = common["language"]
     charge = stored.get("charge")
@@ -699,5 +715,5 @@ class EmailRenderer:
             "domains": sorted({m.domain for m in mailboxes if m.domain}),
         }
         if rules.extra_context is not None:
-            variables.update(rules.extra_context(context, variables))
+            variables.update(rules.extra_context(context, variables, self._signer))
         return variables

@@ -62,6 +62,10 @@ class LinkSigner:
     def account_renewal_url(self, account_id: int, expires_on: date) -> str:
         return f"{self._base_url}/rinnova/{self.renewal_token(ACCOUNT, account_id, expires_on)}"
 
+    def url_for(self, target: str, target_id: int, expires_on: date) -> str:
+        """The renewal link of a mailbox (``MAILBOX``) or an account (``ACCOUNT``)."""
+        return f"{self._base_url}/rinnova/{self.renewal_token(target, target_id, expires_on)}"
+
     def read_renewal_token(self, token: str) -> RenewalLink:
         if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
             raise TokenInvalid("link invalid")

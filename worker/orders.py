@@ -966,6 +966,9 @@ def payment_instructions(order: RenewalOrder, settings: Settings) -> dict[str, A
         "postal_account": settings.postal_account,
         "reference": order.order_number,
         "checkout_url": checkout_url(settings, order),
+        # The email links to the signed Rinnova link the order was started from
+        # (signed when the email is rendered; no token is stored).
+        "resume_link": {"target": order.link_target, "id": order.link_target_id, "cycle": order.link_cycle.isoformat()},
         "registered_in_working_days": pricing.REGISTRATION_WORKING_DAYS.get(order.payment_method or "", 0),
     }
 
