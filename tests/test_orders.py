@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from worker.links import LinkSigner
-
 import json
 
 import email
