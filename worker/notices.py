@@ -132,7 +132,7 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
         select(Mailbox.id, reference_email)
         .where(Mailbox.next_action_on <= today)
         .order_by(reference_email, Mailbox.id)
-    ).tuples()
+    ).all()
     batch: list[int] = []
     last_address = None
     for mailbox_id, reference_email in rows:
