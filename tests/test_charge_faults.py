@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.test_charges import (  # noqa: F401
+    mark_charge_notice_sent,
     CHARGE_DAY,
     add_auto_renew,
     at_morning,
@@ -131,7 +132,7 @@ def spawn(tmp_path, database_url, **extra) -> subprocess.Popen:
 def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
     runtime, smtp_server, tmp_path, database_url, when  # noqa: F811
 ):
-    mailbox = add_auto_renew(runtime, "pm_card_visa")
+    mailbox = add_auto_renew(runtime, "pm_card_visa", notified=True)
     child = spawn(tmp_path, database_url, CHILD_DAY=CHARGE_DAY.isoformat(), PEC_RENEWAL_TEST_KILL=when)
     _out, err = child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL, err
@@ -161,7 +162,7 @@ def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
 
 
 def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime, smtp_server):  # noqa: F811
-    mailbox = add_auto_renew(runtime, "pm_sandbox_timeout")
+    mailbox = add_auto_renew(runtime, "pm_sandbox_timeout", notified=True)
     lost = LostLookups(runtime.gateway)
     runtime.gateway = lost
     summary = run_on(runtime, CHARGE_DAY)
@@ -185,7 +186,7 @@ def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime
 
 
 def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_path, database_url):  # noqa: F811
-    ids = [add_auto_renew(runtime, "pm_card_visa").id for _ in range(40)]
+    ids = [add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(40)]
     with runtime.session_factory() as session, session.begin():
         for mailbox_id in ids:
             session.get(Mailbox, mailbox_id).next_action_on = CHARGE_DAY
@@ -226,6 +227,7 @@ def test_charges_under_a_real_celery_worker(session_factory, tmp_path, database_
         session.flush()
         for mailbox in session.scalars(select(Mailbox)):
             mailbox.next_action_on = CHARGE_DAY
+            mark_charge_notice_sent(session, mailbox)
     env = {
         **child_env(tmp_path, database_url),
         "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,

@@ -66,11 +66,28 @@ def run_on(rt: Runtime, day: date):
         return run_day(rt, day)
 
 
-def add_auto_renew(rt: Runtime, token: str | None, *, expires_on: date = EXPIRES, **kwargs) -> Mailbox:
+def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
+    """As if this cycle's charge notice went out on its day (tests that start at the charge)."""
+    session.add(
+        NoticeLedgerEntry(
+            mailbox_id=mailbox.id,
+            cycle_expires_on=mailbox.expires_on,
+            stage=charges.CHARGE_NOTICE_STAGE.name,
+            kind=charges.CHARGE_NOTICE,
+            business_date=charges.CHARGE_NOTICE_STAGE.on(mailbox.expires_on),
+        )
+    )
+
+
+def add_auto_renew(
+    rt: Runtime, token: str | None, *, expires_on: date = EXPIRES, notified: bool = False, **kwargs
+) -> Mailbox:
     card_expires_on = kwargs.pop("card_expires_on", None)
     with rt.session_factory() as session, session.begin():
         mailbox = make_mailbox(session, expires_on=expires_on, auto_renew=True, payment_method=token, **kwargs)
         mailbox.card_expires_on = card_expires_on
+        if notified:
+            mark_charge_notice_sent(session, mailbox)
         return mailbox
 
 
@@ -143,8 +160,14 @@ class TestDecideAutoRenew:
         assert decide(date(2026, 12, 31), card=date(2027, 3, 31)).kind is None
 
     def test_charge_on_the_day_and_later_if_missed(self):
-        assert (decide(CHARGE_DAY).charge, decide(CHARGE_DAY).attempt) == ("charge", 1)
-        assert (decide(date(2027, 3, 29)).charge, decide(date(2027, 3, 29)).attempt) == ("charge", 3)
+        told = {("-30d", "charge-notice")}
+        assert (decide(CHARGE_DAY, sent=told).charge, decide(CHARGE_DAY, sent=told).attempt) == ("charge", 1)
+        later = decide(date(2027, 3, 29), sent=told)
+        assert (later.charge, later.attempt) == ("charge", 3)
+
+    def test_never_charged_before_the_charge_notice(self):
+        decision = decide(CHARGE_DAY)
+        assert (decision.charge, decision.kind, decision.next_action_on) == (None, "charge-notice", date(2027, 3, 25))
 
     def test_soft_decline_retries_on_the_schedule(self):
         soft = [AttemptRecord(1, "soft_decline", CHARGE_DAY)]
@@ -199,7 +222,7 @@ class TestDecideAutoRenew:
             assert decision.next_action_on > today
         if decision.kind is not None:
             assert decision.kind in ("charge-notice", "card-expiring")
-            assert today < charges.charge_on(expires)
+            assert today < charges.charge_on(expires) or decision.kind == "charge-notice"
 
     @hypothesis_settings(max_examples=200, deadline=None)
     @given(expires=st.dates(min_value=date(2026, 1, 1), max_value=date(2032, 12, 31)))
@@ -256,9 +279,32 @@ def test_success_charges_once_moves_the_expiry_and_sends_a_receipt(runtime, smtp
 
 def test_paypal_ok(runtime, smtp_server):
     add_auto_renew(runtime, "paypal_ok", language="en")
-    sent = walk(runtime, smtp_server, CHARGE_DAY, CHARGE_DAY)
-    assert sent == [(CHARGE_DAY, "charge-succeeded", "-7d")]
-    assert "PayPal" in text_of(received(smtp_server)[0])
+    sent = walk(runtime, smtp_server, CHARGE_DAY - timedelta(days=1), CHARGE_DAY)
+    assert sent == [
+        (CHARGE_DAY - timedelta(days=1), "charge-notice", "-30d"),
+        (CHARGE_DAY, "charge-succeeded", "-7d"),
+    ]
+    assert "PayPal" in text_of(received(smtp_server)[1])
+
+
+def test_a_cycle_first_seen_on_the_charge_day_is_told_before_it_is_charged(runtime, smtp_server):
+    mailbox = add_auto_renew(runtime, "pm_card_visa")
+    sent = walk(runtime, smtp_server, CHARGE_DAY, CHARGE_DAY + timedelta(days=1))
+    assert sent == [
+        (CHARGE_DAY, "charge-notice", "-30d"),
+        (CHARGE_DAY + timedelta(days=1), "charge-succeeded", "-6d"),
+    ]
+    assert "25 marzo 2027" in text_of(received(smtp_server)[0])  # the charge date it announces
+    assert [(r["outcome"], r["idempotency_key"]) for r in gateway_record(runtime)] == [
+        ("succeeded", f"renewal:{mailbox.id}:2027-03-31:1")
+    ]
+
+
+def test_a_cycle_first_seen_the_day_before_expiry_is_told_then_falls_back_to_manual(runtime, smtp_server):
+    add_auto_renew(runtime, "pm_card_visa")
+    sent = walk(runtime, smtp_server, EXPIRES - timedelta(days=1), EXPIRES)
+    assert [kind for _day, kind, _stage in sent] == ["charge-notice", "charge-failed"]
+    assert gateway_record(runtime) == []
 
 
 def test_a_missed_notice_is_sent_before_a_charge_on_time(runtime, smtp_server):
@@ -348,7 +394,7 @@ def test_card_expiring_notice_once_per_cycle(runtime, smtp_server):
 
 
 def test_timeout_is_reconciled_without_a_second_charge(runtime, smtp_server):
-    mailbox = add_auto_renew(runtime, "pm_sandbox_timeout")
+    mailbox = add_auto_renew(runtime, "pm_sandbox_timeout", notified=True)
     summary = run_on(runtime, CHARGE_DAY)
     assert summary.charges.charges == 1 and summary.charges.lookups == 1
     assert [r["outcome"] for r in gateway_record(runtime)] == ["succeeded"]
@@ -363,7 +409,7 @@ def test_timeout_is_reconciled_without_a_second_charge(runtime, smtp_server):
 
 
 def test_the_same_day_twice_charges_once(runtime, smtp_server):
-    add_auto_renew(runtime, "pm_card_visa")
+    add_auto_renew(runtime, "pm_card_visa", notified=True)
     run_on(runtime, CHARGE_DAY)
     second = run_on(runtime, CHARGE_DAY)
     assert second.charges.charges == 0
@@ -373,7 +419,7 @@ def test_the_same_day_twice_charges_once(runtime, smtp_server):
 def test_two_workers_racing_for_the_same_charges_charge_each_once(tmp_path, database_url, session_factory, smtp_server):
     rt = build_runtime(tmp_path, database_url, session_factory, smtp_server, sandbox_latency_ms=100)
     try:
-        mailboxes = [add_auto_renew(rt, "pm_card_visa") for _ in range(20)]
+        mailboxes = [add_auto_renew(rt, "pm_card_visa", notified=True) for _ in range(20)]
         ids = [m.id for m in mailboxes]
         with rt.session_factory() as session, session.begin():
             for mailbox_id in ids:
@@ -416,7 +462,7 @@ def test_charges_run_concurrently(tmp_path, database_url, session_factory, smtp_
     )
     try:
         for _ in range(32):
-            add_auto_renew(rt, "pm_card_visa")
+            add_auto_renew(rt, "pm_card_visa", notified=True)
         started = datetime.now()
         summary = run_on(rt, CHARGE_DAY)
         elapsed = (datetime.now() - started).total_seconds()

@@ -195,6 +195,12 @@ def decide_auto_renew(
     if slot is not None or today >= expires_on:
         if today >= expires_on or not has_payment_method:
             return AutoRenewDecision(charge=FAIL, next_action_on=today)
+        if last is None and (CHARGE_NOTICE_STAGE.name, CHARGE_NOTICE) not in sent:
+            # Never charge a holder who was not told first (a cycle first seen
+            # this late): the charge notice today, the charge from tomorrow.
+            return AutoRenewDecision(
+                kind=CHARGE_NOTICE, stage=CHARGE_NOTICE_STAGE, next_action_on=today + timedelta(days=1)
+            )
         last_attempt = last.attempt if last is not None else 0
         if slot + 1 > last_attempt:
             return AutoRenewDecision(charge=CHARGE, attempt=slot + 1, next_action_on=today)
@@ -242,9 +248,15 @@ def charge_price(mailbox: Mailbox, years: int | None = None) -> pricing.OrderSum
     return pricing.price_order([line], years or mailbox.renewal_years or 1)
 
 
-def charge_context(mailbox: Mailbox, *, cycle_expires_on: date | None = None, **extra) -> dict:
-    """The ``charge`` part of an auto-renew email's context: plain data, the method already masked."""
+def charge_context(
+    mailbox: Mailbox, *, cycle_expires_on: date | None = None, today: date | None = None, **extra
+) -> dict:
+    """The ``charge`` part of an auto-renew email's context: plain data, the method already masked.
+
+    With ``today``, the charge date shown is never before tomorrow (a late charge notice).
+    """
     cycle = cycle_expires_on or mailbox.expires_on
+    charge_day = charge_on(cycle) if today is None else max(charge_on(cycle), today + timedelta(days=1))
     price = charge_price(mailbox)
     context = {
         "amount_cents": price.total_cents,
@@ -252,7 +264,7 @@ def charge_context(mailbox: Mailbox, *, cycle_expires_on: date | None = None, **
         "vat_cents": price.vat_cents,
         "vat_percent": price.vat_percent,
         "years": price.years,
-        "charge_on": charge_on(cycle).isoformat(),
+        "charge_on": charge_day.isoformat(),
         "method": describe_payment_method(mailbox.payment_method, mailbox.language),
         "card_expires_on": mailbox.card_expires_on.isoformat() if mailbox.card_expires_on else None,
         "new_expires_on": schedule.add_years(cycle, price.years).isoformat(),

@@ -240,7 +240,7 @@ def process_notice_batch(
                         }
                         for mailbox in members
                     ],
-                    **({"charge": charges.charge_context(members[0])} if own else {}),
+                    **({"charge": charges.charge_context(members[0], today=today)} if own else {}),
                 },
                 "status": OutboxStatus.PENDING.value,
                 "attempts": 0,
