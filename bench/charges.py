@@ -69,9 +69,11 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
             "SELECT id, md5(login), 'Titolare ' || id, 'private', login FROM accounts"
         )
         connection.execute(
-            "INSERT INTO mailboxes (address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb, "
-            "used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, language, next_action_on) "
-            "SELECT 'casella' || h.id || '@pec.bench.example.it', h.account_id, h.id, 'standard', 0, 0, 100, "
+            "INSERT INTO mailboxes (address, account_id, holder_id, reference_email, plan, extra_space_gb, "
+            "extra_archive_gb, used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, language, "
+            "next_action_on) "
+            "SELECT 'casella' || h.id || '@pec.bench.example.it', h.account_id, h.id, h.reference_email, 'standard', "
+            "0, 0, 100, "
             "%s, true, %s, 1, false, 'it', %s FROM holders h",
             (expires_on, token, due_on),
         )

@@ -72,11 +72,11 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
         # for the ``normal_day_due`` mailboxes due on the normal day.
         connection.execute("DROP INDEX IF EXISTS ix_mailboxes_next_action_on")
         connection.execute(
-            """INSERT INTO mailboxes (id, address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb,
-                                      used_space_mb, expires_on, auto_renew, renewal_years, promo, language,
-                                      next_action_on)
+            """INSERT INTO mailboxes (id, address, account_id, holder_id, reference_email, plan, extra_space_gb,
+                                      extra_archive_gb, used_space_mb, expires_on, auto_renew, renewal_years, promo,
+                                      language, next_action_on)
                SELECT g, 'casella' || g || '@pec.example.it', 1 + g %% %(holders)s, 1 + g %% %(holders)s,
-                      'standard', 0, 0, 100,
+                      'titolare' || (1 + g %% %(holders)s) || '@example.it', 'standard', 0, 0, 100,
                       %(first_expiry)s::date + (g %% 3650),
                       false, 1, false, 'it',
                       CASE WHEN g <= %(due)s THEN %(normal_day)s::date

@@ -60,6 +60,7 @@ def make_mailbox(
         address=address or f"casella{number}@pec.provider.example.it",
         account_id=account.id,
         holder_id=holder.id,
+        reference_email=holder.reference_email,
         domain_id=domain_row.id if domain_row else None,
         plan=plan,
         extra_space_gb=0,

@@ -483,10 +483,18 @@ def test_a_reimport_updates(session_factory):
     assert (first.created, first.updated) == (2, 0)
     second = run(
         session_factory,
-        make_csv(row(1, plan="premium", expires_on="2028-03-31", holder_name="Mario Rossi Jr"), row(2), row(3)),
+        make_csv(
+            row(1, plan="premium", expires_on="2028-03-31", holder_name="Mario Rossi Jr", reference_email="jr@example.it"),
+            row(2),
+            row(3),
+        ),
     )
     assert (second.rows, second.created, second.updated) == (3, 1, 2)
     updated = mailbox(session_factory, "user1@pec.example.it")
+    assert updated.reference_email == "jr@example.it"  # the scan's copy follows the holder
+    assert mailbox(session_factory, "user2@pec.example.it").reference_email == holder_of(
+        session_factory, "user2@pec.example.it"
+    ).reference_email
     assert (updated.plan, updated.expires_on, updated.next_action_on) == ("premium", date(2028, 3, 31), date(2027, 12, 31))
     assert holder_of(session_factory, "user1@pec.example.it").name == "Mario Rossi Jr"
     assert holder_of(session_factory, "user2@pec.example.it").name == "Mario Rossi"

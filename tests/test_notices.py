@@ -143,3 +143,28 @@ def test_a_changed_schedule_brings_next_action_on_forward(any_session_factory):
         assert session.get(Mailbox, mailbox.id).next_action_on == date(2026, 12, 31)  # the new -3m stage
         assert session.get(Mailbox, deleted.id).next_action_on is None
         assert session.get(WorkerState, "notice_stages").value == ",".join(s.name for s in DEFAULT_STAGES)
+
+
+def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path):
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'migrate.sqlite3'}"
+    migrate.upgrade(url, "0005")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO accounts (id, login) VALUES (1, 'a@example.it')"))
+        connection.execute(text(
+            "INSERT INTO holders (id, account_id, holder_key, name, kind, reference_email)"
+            " VALUES (1, 1, 'k', 'Mario Rossi', 'private', 'mario@example.it')"
+        ))
+        connection.execute(text(
+            "INSERT INTO mailboxes (id, address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb,"
+            " used_space_mb, expires_on, auto_renew, renewal_years, promo, language)"
+            " VALUES (1, 'm@pec.example.it', 1, 1, 'standard', 0, 0, 0, '2027-03-31', 0, 1, 0, 'it')"
+        ))
+    engine.dispose()
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT reference_email FROM mailboxes")).scalar_one() == "mario@example.it"
+    engine.dispose()

@@ -261,6 +261,8 @@ def test_downgrade_drops_the_archive_and_edited_holder_takes_effect(session_fact
         new_holder = session.get(Holder, mailbox.holder_id)
         assert (new_holder.kind, new_holder.vat_number, new_holder.sdi_code) == ("company", "00743110157", "ABC1234")
         assert new_holder.account_id == mailbox.account_id
+        # Notices now go to the new reference address (the scan reads the mailbox's copy).
+        assert mailbox.reference_email == "amministrazione@rossi.example.it"
 
 
 def test_card_payment_switches_auto_renew_on(session_factory, settings):

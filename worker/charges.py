@@ -316,7 +316,7 @@ def queue_mailbox_email(
             kind=kind,
             stage=stage.name,
             language=mailbox.language,
-            to_address=mailbox.holder.reference_email.lower(),
+            to_address=mailbox.reference_email.lower(),
             business_date=today,
             context={"holder_name": mailbox.holder.name, "mailboxes": [mailbox_context(mailbox, cycle_expires_on)], **context},
             status=OutboxStatus.PENDING.value,

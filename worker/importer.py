@@ -75,6 +75,7 @@ LOOKUP_CHUNK = 1000
 MAILBOX_UPDATE_COLUMNS = (
     "account_id",
     "holder_id",
+    "reference_email",
     "domain_id",
     "plan",
     "extra_space_gb",
@@ -649,6 +650,7 @@ def _write(
                     "address": row.address,
                     "account_id": account_id,
                     "holder_id": holder_ids[(account_id, row.holder_key)],
+                    "reference_email": checked.holders[(row.login, row.holder_key)].reference_email,
                     "domain_id": domain_ids[row.domain] if row.domain is not None else None,
                     "plan": row.plan,
                     "extra_space_gb": row.extra_space_gb,

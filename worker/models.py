@@ -137,6 +137,11 @@ class Mailbox(Base):
     address: Mapped[str] = mapped_column(String(254), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    #: A copy of the holder's reference address, where every notice goes: the
+    #: daily scan groups the due rows by it without a lookup per row.  Holder
+    #: rows never change in place (new data is a new row), so it is set
+    #: wherever ``holder_id`` is.
+    reference_email: Mapped[str] = mapped_column(String(254))
     domain_id: Mapped[int | None] = mapped_column(ForeignKey("domains.id"), index=True)
     plan: Mapped[str] = mapped_column(String(16))
     extra_space_gb: Mapped[int] = mapped_column(Integer, default=0)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 from worker import charges, schedule
 from worker.db import dialect_insert
 from worker.emails import message_id_for
-from worker.models import DailyRun, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
+from worker.models import DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
 from worker.schedule import Stage
 
 EXPIRY_NOTICE = "expiry-notice"
@@ -122,16 +122,10 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
     one email per kind and stage.  A batch may exceed ``batch_size`` only by the
     mailboxes of its last address.
     """
-    # A correlated subselect rather than a join: PostgreSQL then reads the due
-    # rows from the index and looks each address up by primary key, instead of
-    # planning a hash join over the whole holders table (bench/RESULTS.md).
-    reference_email = (
-        select(Holder.reference_email).where(Holder.id == Mailbox.holder_id).scalar_subquery().label("reference_email")
-    )
     rows = session.execute(
-        select(Mailbox.id, reference_email)
+        select(Mailbox.id, Mailbox.reference_email)
         .where(Mailbox.next_action_on <= today)
-        .order_by(reference_email, Mailbox.id)
+        .order_by(Mailbox.reference_email, Mailbox.id)
     ).all()
     batch: list[int] = []
     last_address = None
@@ -211,7 +205,7 @@ def process_notice_batch(
         result.superseded += len(decision.superseded)
         result.notices[(decision.kind, decision.stage.name)] += 1
         own = mailbox.id if decision.kind in charges.AUTO_RENEW_KINDS else 0
-        key = (mailbox.holder.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
+        key = (mailbox.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
         groups[key].append(mailbox)
 
     outbox_rows = []

@@ -218,7 +218,7 @@ def register_payment(
             )
 
     years = order.years or 1
-    holder_id = _holder_for(session, order)
+    holder = _holder_for(session, order)
     renewed = []
     for line in lines:
         mailbox = mailboxes[line.mailbox_id]
@@ -234,8 +234,9 @@ def register_payment(
                 mailbox.card_expires_on = None  # not known for a new token
             mailbox.payment_method = payment_token
         mailbox.next_action_on = schedule.first_action_on(stages, new_expires_on)
-        if holder_id is not None:
-            mailbox.holder_id = holder_id
+        if holder is not None:
+            mailbox.holder_id = holder.id
+            mailbox.reference_email = holder.reference_email
         line.new_expires_on = new_expires_on
         renewed.append(RenewedMailbox(mailbox.address, line.old_expires_on, new_expires_on, line.plan))
     payment = Payment(
@@ -255,7 +256,7 @@ def register_payment(
     return RegistrationResult(number, True, payment.id, amount_cents, method, tuple(renewed))
 
 
-def _holder_for(session: Session, order: RenewalOrder) -> int | None:
+def _holder_for(session: Session, order: RenewalOrder) -> Holder | None:
     """The holder row for the data confirmed in the order (found or created), or None if unchanged."""
     if not order.holder_data:
         return None
@@ -269,7 +270,7 @@ def _holder_for(session: Session, order: RenewalOrder) -> int | None:
         holder = Holder(account_id=order.account_id, holder_key=key, **{name: getattr(data, name) for name in HOLDER_FIELDS})
         session.add(holder)
         session.flush()
-    return holder.id
+    return holder
 
 
 # -- Bank statements --------------------------------------------------------------------------------
