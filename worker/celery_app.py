@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from config.celery import celery_config
 from config.settings import Settings, SettingsError
@@ -18,6 +19,13 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges"])
     app.conf.update(celery_config(settings))
     return app
+
+
+@worker_process_init.connect
+def _freeze_startup_objects(**_kwargs) -> None:
+    from worker.runtime import freeze_startup_objects
+
+    freeze_startup_objects()
 
 
 try:

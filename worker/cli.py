@@ -64,6 +64,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         _fail(str(error))
     ctx.obj = Runtime(settings)
     runtime_module.install(ctx.obj)
+    runtime_module.freeze_startup_objects()
     ctx.call_on_close(lambda: runtime_module.install(None))
 
 
