@@ -82,6 +82,9 @@ class Settings:
     bank_iban: str = "IT60X0542811101000000123456"
     bank_beneficiary: str = "Provider PEC S.p.A."
     postal_account: str = "001234567890"
+    # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
+    charge_notice_days: int = 30
+    charge_days: tuple[int, ...] = (7, 5, 3, 1)
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -178,6 +181,20 @@ def _read(environ: Mapping[str, str]) -> Settings:
     bank_iban = (raw("BANK_IBAN") or "IT60X0542811101000000123456").replace(" ", "").upper()
     if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", bank_iban):
         raise SettingsError("BANK_IBAN", f"{bank_iban!r} is not an IBAN")
+    charge_days_text = raw("CHARGE_DAYS") or "7,5,3,1"
+    try:
+        charge_days = tuple(int(part) for part in charge_days_text.split(","))
+    except ValueError:
+        raise SettingsError("CHARGE_DAYS", f"{charge_days_text!r} is not a list of days such as 7,5,3,1") from None
+    if not all(1 <= day <= 60 for day in charge_days) or list(charge_days) != sorted(set(charge_days), reverse=True):
+        raise SettingsError(
+            "CHARGE_DAYS", f"{charge_days_text!r}: days before expiry, from 60 to 1, each fewer than the one before"
+        )
+    charge_notice_days = _integer(raw("CHARGE_NOTICE_DAYS"), "CHARGE_NOTICE_DAYS", default=30, low=2, high=89)
+    if charge_notice_days <= charge_days[0]:
+        raise SettingsError(
+            "CHARGE_NOTICE_DAYS", f"{charge_notice_days} must be more than the charge's {charge_days[0]} days before expiry"
+        )
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
         raise SettingsError("POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)")
@@ -243,6 +260,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         bank_iban=bank_iban,
         bank_beneficiary=bank_beneficiary,
         postal_account=postal_account,
+        charge_notice_days=charge_notice_days,
+        charge_days=charge_days,
     )
 
 

@@ -27,7 +27,7 @@ def sweep_charges(business_date: str | None = None) -> int:
     rt = runtime.current()
     day = date.fromisoformat(business_date) if business_date else rt.today()
     with rt.session_factory() as session:
-        batches = list(iter_due_charge_batches(session, day, CHARGE_BATCH_SIZE))
+        batches = list(iter_due_charge_batches(session, day, CHARGE_BATCH_SIZE, rt.charge_plan))
     for mailbox_ids in batches:
         charge_batch.delay(mailbox_ids, day.isoformat())
     return len(batches)
@@ -54,6 +54,7 @@ def charge_batch(mailbox_ids: list[int], business_date: str) -> int:
         clock=rt.clock,
         stages=rt.settings.notice_stages,
         mail_domain=rt.mail_domain,
+        plan=rt.charge_plan,
         concurrency=rt.settings.gateway_concurrency,
     )
     if result.outbox_ids:

@@ -53,6 +53,7 @@ def process_notices(mailbox_ids: list[int], business_date: str) -> int:
             stages=rt.settings.notice_stages,
             now=rt.clock(),
             mail_domain=rt.mail_domain,
+            charge_plan=rt.charge_plan,
         )
     # Queued after the commit, so the relay finds the rows.  If this message is
     # lost, the periodic relay delivers them anyway.

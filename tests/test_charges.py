@@ -471,3 +471,28 @@ def test_charges_run_concurrently(tmp_path, database_url, session_factory, smtp_
         assert elapsed < 3.0
     finally:
         rt.close()
+
+
+def test_a_configured_charge_plan_moves_the_notice_the_charge_and_the_retries(
+    tmp_path, database_url, session_factory, smtp_server
+):
+    rt = build_runtime(
+        tmp_path, database_url, session_factory, smtp_server, charge_notice_days="20", charge_days="10,2"
+    )
+    try:
+        soft = add_auto_renew(rt, "pm_card_chargeDeclinedInsufficientFunds", reference_email="soft@example.it")
+        sent = walk(rt, smtp_server, date(2027, 3, 1), date(2027, 3, 31))
+        assert sent == [
+            (date(2027, 3, 11), "charge-notice", "-20d"),
+            (date(2027, 3, 29), "charge-failed", "-2d"),  # the last retry declined: retries exhausted
+            (date(2027, 3, 30), "expiry-notice", "-1d"),  # then the manual schedule
+            (date(2027, 3, 31), "expiry-notice", "0d"),
+        ]
+        assert [r["idempotency_key"] for r in gateway_record(rt)] == [
+            f"renewal:{soft.id}:2027-03-31:1",
+            f"renewal:{soft.id}:2027-03-31:2",
+        ]
+        assert [r["at"][:10] for r in gateway_record(rt)] == ["2027-03-21", "2027-03-29"]
+        assert "21 marzo 2027" in text_of(received(smtp_server)[0])  # the charge date the notice announces
+    finally:
+        rt.close()

@@ -7,7 +7,7 @@ The schedule of one expiry cycle of an auto-renew mailbox (DESIGN.md, "Auto-rene
 - ``card-expiring`` once per cycle, from the start of the notice window (three
   months before expiry), when the stored card expires before the charge date;
 - the charge 7 days before expiry, then retries after a soft decline or a
-  gateway outage 5, 3 and 1 day before expiry (:data:`CHARGE_DAYS_BEFORE_EXPIRY`).
+  gateway outage 5, 3 and 1 day before expiry (a :class:`ChargePlan`, from the settings).
   A job that missed a charge day charges on its next run, if that is before
   expiry; missed retry slots are passed over, not made up in a burst;
 - after a hard decline, a required authentication or the last retry:
@@ -57,13 +57,27 @@ CHARGE_SUCCEEDED = "charge-succeeded"
 CHARGE_FAILED = "charge-failed"
 AUTO_RENEW_KINDS = (CHARGE_NOTICE, CARD_EXPIRING, CHARGE_SUCCEEDED, CHARGE_FAILED)
 
-#: The charge notice goes this many days before expiry.
-CHARGE_NOTICE_DAYS_BEFORE_EXPIRY = 30
-CHARGE_NOTICE_STAGE = Stage(days=-CHARGE_NOTICE_DAYS_BEFORE_EXPIRY)
-#: Days before expiry of the charge, then of its retries after a soft decline or an outage.
-#: (A candidate for a setting, ``PEC_RENEWAL_CHARGE_DAYS``; config/settings.py is not this module's.)
-CHARGE_DAYS_BEFORE_EXPIRY: tuple[int, ...] = (7, 5, 3, 1)
 CURRENCY = "EUR"
+
+
+@dataclass(frozen=True)
+class ChargePlan:
+    """When the auto-renew steps fall, in days before expiry (``PEC_RENEWAL_CHARGE_NOTICE_DAYS``,
+    ``PEC_RENEWAL_CHARGE_DAYS``): the charge notice, then the charge and its retries."""
+
+    notice_days: int = 30
+    charge_days: tuple[int, ...] = (7, 5, 3, 1)
+
+    @property
+    def notice_stage(self) -> Stage:
+        return Stage(days=-self.notice_days)
+
+
+DEFAULT_CHARGE_PLAN = ChargePlan()
+#: The defaults, by their old names.
+CHARGE_NOTICE_DAYS_BEFORE_EXPIRY = DEFAULT_CHARGE_PLAN.notice_days
+CHARGE_NOTICE_STAGE = DEFAULT_CHARGE_PLAN.notice_stage
+CHARGE_DAYS_BEFORE_EXPIRY = DEFAULT_CHARGE_PLAN.charge_days
 
 UNRESOLVED = (ChargeStatus.STARTED.value, ChargeStatus.UNKNOWN.value)
 FINAL_FAILURES = (ChargeStatus.HARD_DECLINE.value, ChargeStatus.REQUIRES_AUTHENTICATION.value)
@@ -105,13 +119,13 @@ class AutoRenewDecision:
     superseded: tuple[Stage, ...] = ()
 
 
-def charge_dates(expires_on: date) -> list[date]:
-    return [expires_on - timedelta(days=days) for days in CHARGE_DAYS_BEFORE_EXPIRY]
+def charge_dates(expires_on: date, plan: ChargePlan = DEFAULT_CHARGE_PLAN) -> list[date]:
+    return [expires_on - timedelta(days=days) for days in plan.charge_days]
 
 
-def charge_on(expires_on: date) -> date:
+def charge_on(expires_on: date, plan: ChargePlan = DEFAULT_CHARGE_PLAN) -> date:
     """The date of the (first) charge of the cycle."""
-    return charge_dates(expires_on)[0]
+    return charge_dates(expires_on, plan)[0]
 
 
 def day_stage(stages: tuple[Stage, ...], expires_on: date, today: date) -> Stage:
@@ -122,15 +136,19 @@ def day_stage(stages: tuple[Stage, ...], expires_on: date, today: date) -> Stage
     return Stage(days=(today - expires_on).days)
 
 
-def card_expires_too_soon(card_expires_on: date | None, expires_on: date) -> bool:
-    return card_expires_on is not None and card_expires_on < charge_on(expires_on)
+def card_expires_too_soon(
+    card_expires_on: date | None, expires_on: date, plan: ChargePlan = DEFAULT_CHARGE_PLAN
+) -> bool:
+    return card_expires_on is not None and card_expires_on < charge_on(expires_on, plan)
 
 
-def first_auto_renew_action_on(expires_on: date, card_expires_on: date | None) -> date:
+def first_auto_renew_action_on(
+    expires_on: date, card_expires_on: date | None, plan: ChargePlan = DEFAULT_CHARGE_PLAN
+) -> date:
     """Where a new auto-renew cycle starts: the card notice window, else the charge notice."""
-    if card_expires_too_soon(card_expires_on, expires_on):
+    if card_expires_too_soon(card_expires_on, expires_on, plan):
         return schedule.add_months(expires_on, -schedule.NOTICE_WINDOW_MONTHS)
-    return CHARGE_NOTICE_STAGE.on(expires_on)
+    return plan.notice_stage.on(expires_on)
 
 
 def decide_auto_renew(
@@ -144,6 +162,7 @@ def decide_auto_renew(
     failed_on: date | None,
     attempts: tuple[AttemptRecord, ...],
     pending_since: date | None = None,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> AutoRenewDecision:
     """The pure rule for one auto-renew mailbox on ``today``.
 
@@ -187,7 +206,8 @@ def decide_auto_renew(
     if last is not None and last.status in FINAL_FAILURES:
         return AutoRenewDecision(charge=FAIL, next_action_on=today)
 
-    dates = charge_dates(expires_on)
+    notice_stage = plan.notice_stage
+    dates = charge_dates(expires_on, plan)
     slot = None
     for index, day in enumerate(dates):
         if day <= today:
@@ -195,11 +215,11 @@ def decide_auto_renew(
     if slot is not None or today >= expires_on:
         if today >= expires_on or not has_payment_method:
             return AutoRenewDecision(charge=FAIL, next_action_on=today)
-        if last is None and (CHARGE_NOTICE_STAGE.name, CHARGE_NOTICE) not in sent:
+        if last is None and (notice_stage.name, CHARGE_NOTICE) not in sent:
             # Never charge a holder who was not told first (a cycle first seen
             # this late): the charge notice today, the charge from tomorrow.
             return AutoRenewDecision(
-                kind=CHARGE_NOTICE, stage=CHARGE_NOTICE_STAGE, next_action_on=today + timedelta(days=1)
+                kind=CHARGE_NOTICE, stage=notice_stage, next_action_on=today + timedelta(days=1)
             )
         last_attempt = last.attempt if last is not None else 0
         if slot + 1 > last_attempt:
@@ -211,14 +231,14 @@ def decide_auto_renew(
     # Before the charge: the charge notice, then the card notice.
     first_charge = dates[0]
     sent_kinds = {kind for _stage, kind in sent}
-    notice_on = CHARGE_NOTICE_STAGE.on(expires_on)
-    notice_pending = (CHARGE_NOTICE_STAGE.name, CHARGE_NOTICE) not in sent
+    notice_on = notice_stage.on(expires_on)
+    notice_pending = (notice_stage.name, CHARGE_NOTICE) not in sent
     window_start = schedule.add_months(expires_on, -schedule.NOTICE_WINDOW_MONTHS)
-    card_pending = card_expires_too_soon(card_expires_on, expires_on) and CARD_EXPIRING not in sent_kinds
+    card_pending = card_expires_too_soon(card_expires_on, expires_on, plan) and CARD_EXPIRING not in sent_kinds
 
     due_kind = due_stage = None
     if notice_pending and today >= notice_on:
-        due_kind, due_stage = CHARGE_NOTICE, CHARGE_NOTICE_STAGE
+        due_kind, due_stage = CHARGE_NOTICE, notice_stage
         notice_pending = False
     elif card_pending and today >= window_start:
         due_kind, due_stage = CARD_EXPIRING, day_stage(stages, expires_on, today)
@@ -249,14 +269,21 @@ def charge_price(mailbox: Mailbox, years: int | None = None) -> pricing.OrderSum
 
 
 def charge_context(
-    mailbox: Mailbox, *, cycle_expires_on: date | None = None, today: date | None = None, **extra
+    mailbox: Mailbox,
+    *,
+    cycle_expires_on: date | None = None,
+    today: date | None = None,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    **extra,
 ) -> dict:
     """The ``charge`` part of an auto-renew email's context: plain data, the method already masked.
 
     With ``today``, the charge date shown is never before tomorrow (a late charge notice).
     """
     cycle = cycle_expires_on or mailbox.expires_on
-    charge_day = charge_on(cycle) if today is None else max(charge_on(cycle), today + timedelta(days=1))
+    charge_day = charge_on(cycle, plan)
+    if today is not None:
+        charge_day = max(charge_day, today + timedelta(days=1))
     price = charge_price(mailbox)
     context = {
         "amount_cents": price.total_cents,
@@ -384,7 +411,13 @@ def load_cycle_states(session: Session, mailboxes: Iterable[Mailbox]) -> dict[in
     return states
 
 
-def decide_for(mailbox: Mailbox, state: CycleState, stages: tuple[Stage, ...], today: date) -> AutoRenewDecision:
+def decide_for(
+    mailbox: Mailbox,
+    state: CycleState,
+    stages: tuple[Stage, ...],
+    today: date,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> AutoRenewDecision:
     return decide_auto_renew(
         stages=stages,
         expires_on=mailbox.expires_on,
@@ -395,6 +428,7 @@ def decide_for(mailbox: Mailbox, state: CycleState, stages: tuple[Stage, ...], t
         failed_on=state.failed_on,
         attempts=state.attempts,
         pending_since=mailbox.next_action_on,
+        plan=plan,
     )
 
 
@@ -488,6 +522,7 @@ def _record(
     today: date,
     now: datetime,
     mail_domain: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> None:
     """Record the gateway's answer; on success move the expiry and write the receipt, in the same transaction."""
     if intent.status not in UNRESOLVED:
@@ -516,6 +551,7 @@ def _record(
             "charge": charge_context(
                 mailbox,
                 cycle_expires_on=old,
+                plan=plan,
                 amount_cents=intent.amount_cents,
                 subtotal_cents=price.subtotal_cents,
                 vat_cents=intent.amount_cents - price.subtotal_cents,
@@ -555,6 +591,7 @@ def _fail(
     today: date,
     now: datetime,
     mail_domain: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> None:
     """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it."""
     from worker.orders import create_unpaid_renewal_order
@@ -571,6 +608,7 @@ def _fail(
     context = {
         "charge": charge_context(
             mailbox,
+            plan=plan,
             amount_cents=order.total_cents,
             subtotal_cents=order.subtotal_cents,
             vat_cents=order.vat_cents,
@@ -607,6 +645,7 @@ def charge_mailbox(
     clock: Callable[[], datetime],
     stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES,
     mail_domain: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> ChargeRun:
     """Do the charge work due today for one mailbox: reconcile, charge, record, and tell the holder.
 
@@ -631,13 +670,14 @@ def charge_mailbox(
             if pending is not None:
                 intent = session.get(ChargeIntent, pending[0])
                 _record(session, mailbox, intent, pending[1], run, stages=stages, today=today, now=now,
-                        mail_domain=mail_domain)  # fmt: skip
+                        mail_domain=mail_domain, plan=plan)  # fmt: skip
                 pending = None
             for _step in range(MAX_ROUNDS):
                 state = load_cycle_states(session, [mailbox])[mailbox.id]
-                decision = decide_for(mailbox, state, stages, today)
+                decision = decide_for(mailbox, state, stages, today, plan)
                 if decision.charge == FAIL:
-                    _fail(session, mailbox, state, run, stages=stages, today=today, now=now, mail_domain=mail_domain)
+                    _fail(session, mailbox, state, run, stages=stages, today=today, now=now, mail_domain=mail_domain,
+                          plan=plan)  # fmt: skip
                     continue
                 if decision.charge is None:
                     if decision.kind is None:
@@ -747,7 +787,14 @@ def _reconcile_call(
     return call
 
 
-def due_charge_ids(session: Session, today: date, *, after_id: int = 0, limit: int = 1000) -> list[int]:
+def due_charge_ids(
+    session: Session,
+    today: date,
+    *,
+    after_id: int = 0,
+    limit: int = 1000,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> list[int]:
     """Auto-renew mailboxes that may have charge work today (keyset page by id).
 
     A superset: those due whose charge window has opened, and those with an
@@ -761,7 +808,7 @@ def due_charge_ids(session: Session, today: date, *, after_id: int = 0, limit: i
                 Mailbox.auto_renew.is_(True),
                 Mailbox.domain_id.is_(None),
                 Mailbox.next_action_on <= today,
-                Mailbox.expires_on <= today + timedelta(days=max(CHARGE_DAYS_BEFORE_EXPIRY)),
+                Mailbox.expires_on <= today + timedelta(days=max(plan.charge_days)),
             )
             .order_by(Mailbox.id)
             .limit(limit)
@@ -769,10 +816,12 @@ def due_charge_ids(session: Session, today: date, *, after_id: int = 0, limit: i
     )
 
 
-def iter_due_charge_batches(session: Session, today: date, batch_size: int) -> Iterator[list[int]]:
+def iter_due_charge_batches(
+    session: Session, today: date, batch_size: int, plan: ChargePlan = DEFAULT_CHARGE_PLAN
+) -> Iterator[list[int]]:
     last = 0
     while True:
-        ids = due_charge_ids(session, today, after_id=last, limit=batch_size)
+        ids = due_charge_ids(session, today, after_id=last, limit=batch_size, plan=plan)
         if not ids:
             return
         yield ids
@@ -790,6 +839,7 @@ def run_charges(
     mail_domain: str,
     concurrency: int = 1,
     progress: Callable[[int], None] | None = None,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> ChargesResult:
     """Charge these mailboxes, ``concurrency`` at a time (threads; each charge uses its own sessions).
 
@@ -804,8 +854,9 @@ def run_charges(
     def one(mailbox_id: int) -> ChargeRun | None:
         try:
             return charge_mailbox(
-                session_factory, gateway, mailbox_id, today=today, clock=clock, stages=stages, mail_domain=mail_domain
-            )
+                session_factory, gateway, mailbox_id, today=today, clock=clock, stages=stages, mail_domain=mail_domain,
+                plan=plan,
+            )  # fmt: skip
         except Exception:
             log.exception("charge of mailbox %s failed; it is reconciled on the next run", mailbox_id)
             return None
@@ -837,6 +888,8 @@ __all__ = [
     "AttemptRecord",
     "AutoRenewDecision",
     "CHARGE_DAYS_BEFORE_EXPIRY",
+    "ChargePlan",
+    "DEFAULT_CHARGE_PLAN",
     "ChargeRun",
     "ChargesResult",
     "charge_mailbox",

@@ -72,6 +72,7 @@ def scan_day(
                     stages=settings.notice_stages,
                     now=runtime.clock(),
                     mail_domain=runtime.mail_domain,
+                    charge_plan=runtime.charge_plan,
                 )
             except BaseException:
                 session.rollback()
@@ -119,6 +120,7 @@ def charge_day(runtime: Runtime, business_date: date, mailbox_ids: list[int]) ->
         clock=runtime.clock,
         stages=runtime.settings.notice_stages,
         mail_domain=runtime.mail_domain,
+        plan=runtime.charge_plan,
         concurrency=1 if runtime.settings.is_embedded else runtime.settings.gateway_concurrency,
     )
 

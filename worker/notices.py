@@ -148,6 +148,7 @@ def process_notice_batch(
     stages: tuple[Stage, ...],
     now: datetime,
     mail_domain: str,
+    charge_plan: charges.ChargePlan = charges.DEFAULT_CHARGE_PLAN,
 ) -> BatchResult:
     """Write the ledger rows and outbox messages due today for these mailboxes.
 
@@ -183,7 +184,7 @@ def process_notice_batch(
     for mailbox in mailboxes:
         result.examined += 1
         if mailbox.id in auto_renew_states:
-            decision = charges.decide_for(mailbox, auto_renew_states[mailbox.id], stages, today)
+            decision = charges.decide_for(mailbox, auto_renew_states[mailbox.id], stages, today, charge_plan)
             if decision.charge is not None:
                 # Left due (next_action_on unchanged): the charge service claims it.
                 result.charges_due.append(mailbox.id)
@@ -235,7 +236,7 @@ def process_notice_batch(
                         }
                         for mailbox in members
                     ],
-                    **({"charge": charges.charge_context(members[0], today=today)} if own else {}),
+                    **({"charge": charges.charge_context(members[0], today=today, plan=charge_plan)} if own else {}),
                 },
                 "status": OutboxStatus.PENDING.value,
                 "attempts": 0,

@@ -78,6 +78,12 @@ class Runtime:
         return make_gateway(self.settings, self.session_factory, clock=self.clock)
 
     @cached_property
+    def charge_plan(self):
+        from worker.charges import ChargePlan
+
+        return ChargePlan(notice_days=self.settings.charge_notice_days, charge_days=self.settings.charge_days)
+
+    @cached_property
     def mail_domain(self) -> str:
         return parseaddr(self.settings.mail_from)[1].rpartition("@")[2]
 
