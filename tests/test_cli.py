@@ -186,3 +186,19 @@ def test_two_processes_running_the_same_day_at_once_send_each_notice_once(tmp_pa
     assert sum(summary["emails"].get("expiry-notice 0d", 0) for summary in summaries) == 30
     messages = maildir_messages(tmp_path / "var")
     assert sorted(m["To"] for m in messages) == sorted(f"titolare{n}@example.it" for n in range(30))
+
+
+def test_an_unreachable_database_is_one_clear_line(tmp_path):
+    result = run_command(
+        ["worker.cli", "run-daily", "--date", "2027-03-31"],
+        {
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        },
+        tmp_path,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pec-renewal: cannot use the database: "), result.stderr
+    assert "Traceback" not in result.stderr

@@ -49,7 +49,20 @@ def _parse_date(_ctx, _param, value: str | None) -> date | None:
         raise click.BadParameter(f"{value!r} is not a date like 2027-03-31") from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """Turns an unreachable database into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except OperationalError as error:
+            reason = " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__
+            _fail(f"cannot use the database: {reason[:300]} (is it running? 'pec-renewal check' probes every service)", 1)
+
+
+@click.group(cls=_Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
