@@ -202,3 +202,25 @@ def test_an_unreachable_database_is_one_clear_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pec-renewal: cannot use the database: "), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_report_forecasts_the_coming_days_and_the_last_run(tmp_path, embedded_env):
+    rows = [
+        mailbox_row(1, expires_on="2027-03-31"),  # -7d on 2027-03-24
+        mailbox_row(2, expires_on="2027-03-25"),  # -1d on 2027-03-24, 0d on the 25th
+        mailbox_row(3, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-04-08"),
+    ]
+    invoke(embedded_env, "import", "mailboxes", str(write_csv(tmp_path / "mailboxes.csv", rows)))
+    before = json.loads(invoke(embedded_env, "report", "--date", "2027-03-24", "--days", "3", "--json").output)
+    # Never run: every mailbox is overdue and counted on the first day.
+    assert before["overdue"] == 3 and before["last_run"] is None
+    assert before["due"]["2027-03-24"] == {"domain-expiry-notice": 1, "expiry-notice": 2}
+
+    invoke(embedded_env, "run-daily", "--date", "2027-03-24")
+    after = json.loads(invoke(embedded_env, "report", "--date", "2027-03-25", "--days", "3", "--json").output)
+    assert after["overdue"] == 0
+    assert after["due"] == {"2027-03-25": {"expiry-notice": 1}, "2027-03-26": {"expired-notice": 1}, "2027-03-27": {}}
+    assert after["last_run"]["business_date"] == "2027-03-24" and after["last_run"]["summary"]["sent"] == 3
+    assert after["outbox"] == {"sent": 3} and after["bounced_addresses"] == 0
+    text = invoke(embedded_env, "report", "--date", "2027-03-25", "--days", "3").output
+    assert "Last run 2027-03-24 (finished): sent 3" in text and "expired-notice" in text

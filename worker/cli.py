@@ -222,6 +222,53 @@ def relay(ctx: click.Context) -> None:
     click.echo(f"sent {result.sent}, deferred {result.deferred}, bounced {result.bounced}, failed {result.failed}")
 
 
+@main.command("report")
+@click.option("--date", "start", callback=_parse_date, help="First day (YYYY-MM-DD); default: today in the business time zone.")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1, 92), help="How many days ahead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def report(ctx: click.Context, start: date | None, days: int, as_json: bool) -> None:
+    """What is due in the coming days, by kind, and the failures and bounces of the last run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.report import build_report
+
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    with rt.session_factory() as session:
+        result = build_report(
+            session, start=start or rt.today(), days=days, stages=rt.settings.notice_stages, plan=rt.charge_plan
+        )
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), sort_keys=True))
+        return
+    steps = sorted({step for counts in result.due.values() for step in counts})
+    table = Table(title=f"Due from {result.start} ({days} days)")
+    table.add_column("day")
+    for step in steps:
+        table.add_column(step, justify="right")
+    table.add_column("total", justify="right")
+    for day, counts in sorted(result.due.items()):
+        table.add_row(day.isoformat(), *(str(counts.get(step, 0)) for step in steps), str(sum(counts.values())))
+    console = Console()
+    console.print(table)
+    if result.overdue:
+        console.print(f"{result.overdue} mailboxes are overdue (their date has passed): the next run handles them first.")
+    if result.last_run is None:
+        console.print("No daily run recorded yet.")
+    else:
+        summary = result.last_run["summary"]
+        state = "finished" if result.last_run["finished"] else "NOT FINISHED"
+        console.print(
+            f"Last run {result.last_run['business_date']} ({state}): sent {summary.get('sent', '-')},"
+            f" deferred {summary.get('deferred', '-')}, bounced {summary.get('bounced', '-')},"
+            f" failed {summary.get('failed', '-')}; outbox of that day: "
+            + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
+        )
+    console.print(f"Bounced reference addresses: {result.bounced_addresses}")
+
+
 @main.command("check")
 @click.pass_context
 def check(ctx: click.Context) -> None:
