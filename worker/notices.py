@@ -166,17 +166,18 @@ def process_notice_batch(
     if not mailboxes:
         return result
 
-    sent: dict[tuple[int, date], set[str]] = defaultdict(set)
-    for mailbox_id, cycle, stage in session.execute(
-        select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
-            tuple_(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on).in_(
-                [(mailbox.id, mailbox.expires_on) for mailbox in mailboxes]
-            )
-        )
-    ):
-        sent[(mailbox_id, cycle)].add(stage)
-
+    # Each mailbox's ledger is read once: the auto-renew ones with their charge
+    # intents (charges.load_cycle_states), the others here.
     auto_renew_states = charges.load_cycle_states(session, [m for m in mailboxes if charges.is_auto_renew(m)])
+    manual_keys = [(m.id, m.expires_on) for m in mailboxes if m.id not in auto_renew_states]
+    sent: dict[tuple[int, date], set[str]] = defaultdict(set)
+    if manual_keys:
+        for mailbox_id, cycle, stage in session.execute(
+            select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
+                tuple_(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on).in_(manual_keys)
+            )
+        ):
+            sent[(mailbox_id, cycle)].add(stage)
 
     # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
     groups: dict[tuple[str, str, str, str, int], list[Mailbox]] = defaultdict(list)
