@@ -11,6 +11,7 @@ field they name.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from flask_wtf import FlaskForm
@@ -84,6 +85,32 @@ def _strip(value):
     return value.strip() if isinstance(value, str) else value
 
 
+_WHOLE_NUMBER_RE = re.compile(r"[0-9]{1,6}")
+
+
+def whole_number(value) -> int:
+    """``value`` written with ASCII digits only.  Python's ``int()`` also takes "１", "٣", "1_0" and
+    surrounding blanks: look-alikes that are refused here rather than quietly read as numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not _WHOLE_NUMBER_RE.fullmatch(value):
+        raise ValueError("not a whole number in ASCII digits")
+    return int(value)
+
+
+class WholeNumberField(IntegerField):
+    """An IntegerField that reads ASCII digits only, with its message in the page's language."""
+
+    def process_formdata(self, valuelist):
+        if not valuelist or valuelist[0] == "":
+            return
+        try:
+            self.data = whole_number(valuelist[0])
+        except ValueError:
+            self.data = None
+            raise ValueError(t("Indichi un numero intero, solo cifre.", "Enter a whole number, digits only.")) from None
+
+
 class _MaxLength:
     """At most ``maximum`` characters; the message is worded when the form is checked, in the page's language."""
 
@@ -123,7 +150,7 @@ def mailboxes_form(mailboxes, *, account_order: bool, data=None) -> FlaskForm:
             setattr(
                 MailboxesForm,
                 f"{extra}-{number}",
-                IntegerField(
+                WholeNumberField(
                     validators=[Optional(), NumberRange(0, MAX_EXTRA_GB, whole)],
                     default=0,
                     render_kw={"inputmode": "numeric", "min": 0, "max": MAX_EXTRA_GB},
@@ -171,7 +198,7 @@ class HolderForm(FlaskForm):
 
 class PaymentForm(FlaskForm):
     method = RadioField(choices=[], validators=[InputRequired()])
-    years = SelectField(choices=[], coerce=int, validators=[InputRequired()])
+    years = SelectField(choices=[], coerce=whole_number, validators=[InputRequired()])
 
     def __init__(self, methods: list[tuple[str, str]], max_years: int, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -187,7 +214,8 @@ def _invalid_choice_messages(form: FlaskForm) -> None:
     """Replace WTForms' English "Not a valid choice" with the page's language."""
     message = t("Scelta non valida.", "Not a valid choice.")
     for field in form:
-        field.errors = [message if "valid choice" in str(error) else error for error in field.errors]
+        # "Not a valid choice.", and "Invalid Choice: could not coerce." for a value that is not a number.
+        field.errors = [message if "valid choice" in str(error).lower() else error for error in field.errors]
 
 
 # -- Step 4: condizioni contrattuali --------------------------------------------------------------

@@ -4,7 +4,10 @@ A renewal token is a bearer credential: whoever holds it can see the
 mailbox summary and start an order.  It is in the path of ``GET
 /rinnova/<token>``, so every log line that could carry a request path goes
 through :func:`redact`: werkzeug's request log (the development server),
-Flask's "Exception on <path>" line, and gunicorn's access log.
+Flask's "Exception on <path>" line, and gunicorn's access log.  It also takes
+out a signed token found anywhere else in the line (a query string a mail
+client added, a Referer), so a token copied where it does not belong is not
+logged either.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from werkzeug.serving import WSGIRequestHandler
 
 #: A renewal path, with whatever follows it up to a space or a quote.
 _TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
+#: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
+#: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots.
+_SIGNED_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,12}\.[A-Za-z0-9_\-]{27,}")
 REDACTED = "[redacted]"
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -39,10 +45,14 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
 
+#: Sent when the request came over https, or the public base URL is https (TLS ended at a proxy).
+STRICT_TRANSPORT_SECURITY = "max-age=31536000; includeSubDomains"
+
 
 def redact(text: str) -> str:
-    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``."""
-    return _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text)
+    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``, and any other
+    signed token into ``[redacted]``."""
+    return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))
 
 
 class RedactingFilter(logging.Filter):
