@@ -11,6 +11,7 @@ a generated secret key kept in ``./var/secret_key``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -30,6 +31,7 @@ PREFIX = "PEC_RENEWAL_"
 MAIL_BACKENDS = ("maildir", "smtp", "console")
 SMTP_TLS_MODES = ("none", "starttls", "ssl")
 PAYMENT_GATEWAYS = ("sandbox", "stripe", "paypal")
+LOG_FORMATS = ("auto", "text", "json")
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,13 @@ class Settings:
     # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
     charge_notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
+    # Operations: the Celery worker's Prometheus port (0: off) and the address it
+    # listens on; the bearer token that opens the link handler's /metrics (unset:
+    # /metrics is off); log lines as JSON, text, or "auto" (text on a terminal).
+    metrics_port: int = 9464
+    metrics_address: str = "127.0.0.1"
+    metrics_token: str | None = field(default=None, repr=False)
+    log_format: str = "auto"
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -219,6 +228,17 @@ def _read(environ: Mapping[str, str]) -> Settings:
     outbox_max_attempts = _integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100)
     relay_batch_size = _integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000)
 
+    metrics_port = _integer(raw("METRICS_PORT"), "METRICS_PORT", default=9464, low=0, high=65535)
+    metrics_address = raw("METRICS_ADDRESS") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(metrics_address)
+    except ValueError:
+        raise SettingsError("METRICS_ADDRESS", f"{metrics_address!r} is not an IP address such as 127.0.0.1 or 0.0.0.0") from None
+    metrics_token = raw("METRICS_TOKEN")
+    if metrics_token is not None and (len(metrics_token) < 32 or _has_space(metrics_token)):
+        raise SettingsError("METRICS_TOKEN", "must be at least 32 characters, without spaces")
+    log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
+
     # Last, so that a bad value elsewhere stops the program before a key is
     # generated (and before its warning).  Set but blank is refused, not taken
     # for "unset": in production that is a deployment mistake, and a generated
@@ -262,6 +282,10 @@ def _read(environ: Mapping[str, str]) -> Settings:
         postal_account=postal_account,
         charge_notice_days=charge_notice_days,
         charge_days=charge_days,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
+        metrics_token=metrics_token,
+        log_format=log_format,
     )
 
 

@@ -14,7 +14,7 @@ from datetime import date
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from worker import runtime
+from worker import metrics, runtime
 from worker.charges import iter_due_charge_batches, run_charges
 
 #: Mailboxes per charge task; each task runs its charges GATEWAY_CONCURRENCY at a time.
@@ -57,6 +57,7 @@ def charge_batch(mailbox_ids: list[int], business_date: str) -> int:
         plan=rt.charge_plan,
         concurrency=rt.settings.gateway_concurrency,
     )
+    metrics.record_charges(result, concurrency=rt.settings.gateway_concurrency)
     if result.outbox_ids:
         deliver_outbox.delay(result.outbox_ids)
     return result.charges

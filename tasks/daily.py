@@ -7,7 +7,7 @@ from datetime import date
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from worker import runtime
+from worker import metrics, runtime
 from worker.notices import (
     claim_daily_run,
     due_mailbox_batches,
@@ -55,6 +55,7 @@ def process_notices(mailbox_ids: list[int], business_date: str) -> int:
             mail_domain=rt.mail_domain,
             charge_plan=rt.charge_plan,
         )
+    metrics.record_notice_batch(result)
     # Queued after the commit, so the relay finds the rows.  If this message is
     # lost, the periodic relay delivers them anyway.
     if result.outbox_ids:

@@ -5,17 +5,21 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from worker import runtime
+from worker import metrics, runtime
 
 
 @shared_task(name="pec_renewal.deliver_outbox", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
 def deliver_outbox(outbox_ids: list[int]) -> int:
     """Deliver these outbox messages if they are still due; returns how many were handled."""
     result = runtime.current().relay.deliver_due([int(outbox_id) for outbox_id in outbox_ids])
+    metrics.record_relay(result)
     return result.handled
 
 
 @shared_task(name="pec_renewal.relay_outbox", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
 def relay_outbox(max_batches: int = 50) -> int:
     """Deliver whatever is due: retries whose backoff has passed, and anything a lost task left."""
-    return runtime.current().relay.deliver_due(max_batches=max_batches).handled
+    rt = runtime.current()
+    result = rt.relay.deliver_due(max_batches=max_batches)
+    metrics.record_relay(result, capacity=max_batches * rt.settings.relay_batch_size)
+    return result.handled

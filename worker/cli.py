@@ -67,14 +67,20 @@ class _Commands(click.Group):
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Expiry notices, auto-renewal and renewal links for a PEC provider."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from worker.logs import configure_logging, remove_logging
+
+    # The one place the CLI configures logging: text until the settings are
+    # read (a bad one is reported in one line), then PEC_RENEWAL_LOG_FORMAT.
+    # A host that configured logging already (pytest, a program calling main) keeps its own.
+    level = logging.DEBUG if verbose else logging.WARNING
+    handler = configure_logging("text", level, unless_configured=True)
+    ctx.call_on_close(lambda: remove_logging(handler))  # the handler in use when the command ends
     try:
         settings = Settings.from_env()
     except SettingsError as error:
         _fail(str(error))
+    if handler is not None:
+        handler = configure_logging(settings.log_format, level)
     ctx.obj = Runtime(settings)
     runtime_module.install(ctx.obj)
     runtime_module.freeze_startup_objects()
@@ -153,12 +159,13 @@ def run_daily(ctx: click.Context, business_date: date | None, dry_run: bool, as_
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from worker.daily import count_due, run_day
+    from worker.logs import log_context
 
     rt = _runtime(ctx)
     _ensure_schema(rt)
     day = business_date or rt.today()
     due = count_due(rt, day)
-    with Progress(
+    with log_context(day=day), Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_stderr_console(), disable=due < 5000
     ) as bar:
         scanning = bar.add_task(f"scanning {day}", total=due)
@@ -220,6 +227,44 @@ def relay(ctx: click.Context) -> None:
     _ensure_schema(rt)
     result = rt.relay.deliver_due()
     click.echo(f"sent {result.sent}, deferred {result.deferred}, bounced {result.bounced}, failed {result.failed}")
+
+
+@main.group()
+def outbox() -> None:
+    """The queue of emails to send."""
+
+
+@outbox.command("retry")
+@click.option("--date", "business_date", callback=_parse_date, help="Only the messages of this business date (YYYY-MM-DD).")
+@click.pass_context
+def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
+    """Queue again the messages that failed (attempts ran out); bounced ones stay bounced.
+
+    Each keeps its Message-ID, so a receiver can drop a copy it already had.
+    The relay sends them within a minute, or at once with 'pec-renewal relay'.
+    """
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    with rt.session_factory() as session, session.begin():
+        count = requeue_failed_messages(session, business_date)
+    where = f" of {business_date}" if business_date else ""
+    click.echo(f"requeued {count} failed message(s){where}; the relay sends them within a minute ('pec-renewal relay' now)")
+
+
+def requeue_failed_messages(session, business_date: date | None = None) -> int:
+    """Failed outbox messages back to pending, due now, with their attempts reset; returns how many."""
+    from sqlalchemy import update
+
+    from worker.models import OutboxMessage, OutboxStatus
+
+    statement = (
+        update(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.FAILED.value)
+        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
+    )
+    if business_date is not None:
+        statement = statement.where(OutboxMessage.business_date == business_date)
+    return session.execute(statement).rowcount
 
 
 @main.command("report")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from worker import metrics
 from worker.charges import ChargesResult, run_charges
 from worker.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule, record_daily_run
 from worker.outbox import RelayResult
@@ -107,6 +108,7 @@ def run_day(
     summary.delivery = runtime.relay.deliver_due(progress=delivery_progress)
     with runtime.session_factory() as session, session.begin():
         record_daily_run(session, business_date, runtime.clock(), summary.as_dict())
+    metrics.record_day(summary)
     return summary
 
 

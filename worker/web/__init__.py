@@ -22,7 +22,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from config.settings import Settings
 from worker.runtime import Runtime
 from worker.web import i18n
-from worker.web.security import SECURITY_HEADERS, install_log_redaction, redact
+from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY, install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,18 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     csrf.init_app(app)
 
     from worker.web import views
+    from worker.web.metrics import blueprint as metrics_blueprint
 
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
     app.jinja_env.globals.update(method_label=views.method_label, kind_label=_kind_label())
     app.register_error_handler(CSRFError, views.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
         app.register_error_handler(code, views.http_error)
 
     base_origin = _origin(settings.base_url)
+    # Public over https: a browser only ever reaches us that way (and ignores the header over http).
+    public_https = settings.base_url.startswith("https://")
 
     @app.before_request
     def _language_and_origin():
@@ -102,7 +106,9 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     def _headers(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        if request.endpoint != "static":
+        if request.is_secure or public_https:
+            response.headers.setdefault("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
+        if request.endpoint != "static" or response.status_code not in (200, 304):  # only a stylesheet is cached
             response.headers["Cache-Control"] = "no-store"
             response.headers["Pragma"] = "no-cache"
         response.vary.add("Cookie")
