@@ -128,6 +128,44 @@ def test_batches_never_split_a_reference_address(session_factory):
             assert not addresses & other
 
 
+def test_batches_hold_exactly_the_mailboxes_due_by_today(any_session_factory):
+    """PostgreSQL and SQLite alike: due on or before today, never after, never without a date."""
+    today = date(2027, 3, 24)
+    layout = [  # (reference address, next_action_on)
+        ("b@example.it", today),
+        ("a@example.it", today - timedelta(days=40)),
+        ("c@example.it", today + timedelta(days=1)),  # not yet due
+        ("b@example.it", today - timedelta(days=1)),
+        ("a@example.it", today),
+        ("b@example.it", today),
+        ("d@example.it", None),  # deleted: no next action
+        ("e@example.it", today),
+        ("a@example.it", date(2026, 12, 31)),
+    ]
+    ids = []
+    with any_session_factory() as session, session.begin():
+        for reference_email, next_action_on in layout:
+            mailbox = make_mailbox(session, expires_on=EXPIRES, reference_email=reference_email)
+            mailbox.next_action_on = next_action_on
+            ids.append(mailbox.id)
+    b1, a1, _c, b2, a2, b3, _d, e1, a3 = ids
+    a, b, e = {a1, a2, a3}, {b1, b2, b3}, {e1}
+
+    def batches(day, batch_size):
+        with any_session_factory() as session:
+            return sorted((set(batch) for batch in due_mailbox_batches(session, day, batch_size)), key=min)
+
+    # A batch is closed once it holds batch_size mailboxes, with the whole of its last address.
+    assert batches(today, 1) == sorted([a, b, e], key=min)
+    four = batches(today, 4)  # whichever address comes first: 3 + 3 and 1, or 3 + 1 and 3
+    assert set().union(*four) == a | b | e
+    assert all(batch in (a | b, a | e, b | e, a, b, e) for batch in four)
+    assert sorted(map(len, four)) in ([1, 6], [3, 4])
+    assert batches(today, 100) == [a | b | e]
+    assert batches(date(2027, 2, 12), 2) == [{a1, a3}]
+    assert batches(date(2026, 1, 1), 2) == []
+
+
 def test_a_changed_schedule_brings_next_action_on_forward(any_session_factory):
     late_schedule = parse_stages("-1m,0d")
     with any_session_factory() as session, session.begin():

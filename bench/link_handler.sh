@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# GET of a Rinnova link page under gunicorn, with wrk on loopback, against a bare Flask
+# route that verifies the same token under the same gunicorn settings.
+#
+#   bench/link_handler.sh [--mailboxes N] [--links K] [--database-url URL] [--duration 10s]
+#                         [--connections C] [--rounds R] [--workers W] [--threads T] [--worker-class K]
+#                         [--profile DIR]
+#
+# Seeds PostgreSQL (a database whose name contains "bench"; default pec_bench_link) with N
+# renewable mailboxes unless it already holds N, signs K real links with the project's
+# LinkSigner, starts both apps with `gunicorn -c python:worker.web.gunicorn_conf`, then
+# alternates wrk runs (baseline, app, baseline, app, ...) of the same length and
+# connections.  --workers/--threads/--worker-class override gunicorn_conf for both apps alike.
+# --profile DIR records the app's first gunicorn worker with py-spy during the first app run.
+# Progress goes to stderr; the last line of stdout is the JSON summary (ratio = app / baseline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+GUNICORN=${GUNICORN:-.venv/bin/gunicorn}
+WRK=${WRK:-wrk}
+mailboxes=100000
+links=1000
+database_url=${PEC_RENEWAL_BENCH_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench_link}
+duration=10s
+connections=32
+rounds=2
+app_port=8101
+baseline_port=8102
+profile=""
+gunicorn_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mailboxes) mailboxes=$2; shift 2 ;;
+        --links) links=$2; shift 2 ;;
+        --database-url) database_url=$2; shift 2 ;;
+        --duration) duration=$2; shift 2 ;;
+        --connections) connections=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --workers) gunicorn_args+=(--workers "$2"); shift 2 ;;
+        --threads) gunicorn_args+=(--threads "$2"); shift 2 ;;
+        --worker-class) gunicorn_args+=(--worker-class "$2"); shift 2 ;;
+        --app-port) app_port=$2; shift 2 ;;
+        --baseline-port) baseline_port=$2; shift 2 ;;
+        --profile) profile=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+export PEC_RENEWAL_DATABASE_URL=$database_url
+export PEC_RENEWAL_BASE_URL=http://127.0.0.1:$app_port
+# A fresh key for this run unless one is given: the links are signed and checked with it.
+PEC_RENEWAL_SECRET_KEYS=${PEC_RENEWAL_SECRET_KEYS:-$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(48))')}
+export PEC_RENEWAL_SECRET_KEYS
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "seeding $mailboxes mailboxes and signing $links links..." >&2
+first_path=$("$PYTHON" bench/link_handler_tool.py seed --database-url "$database_url" \
+    --mailboxes "$mailboxes" --links "$links" --lua "$work/links.lua")
+
+"$GUNICORN" -c python:worker.web.gunicorn_conf --bind "127.0.0.1:$app_port" ${gunicorn_args[@]+"${gunicorn_args[@]}"} \
+    'worker.web:create_app()' >"$work/app.log" 2>&1 &
+app_pid=$!
+pids+=("$app_pid")
+"$GUNICORN" -c python:worker.web.gunicorn_conf --bind "127.0.0.1:$baseline_port" ${gunicorn_args[@]+"${gunicorn_args[@]}"} \
+    --pythonpath bench 'link_handler_baseline:create_app()' >"$work/baseline.log" 2>&1 &
+pids+=("$!")
+
+# Both must answer 200 to a real link before anything is measured.
+"$PYTHON" - "$app_port" "$baseline_port" "$first_path" <<'EOF' || { cat "$work/app.log" "$work/baseline.log" >&2; exit 1; }
+import sys, time, urllib.request, urllib.error
+app_port, baseline_port, path = sys.argv[1:]
+for port in (app_port, baseline_port):
+    for attempt in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                assert response.status == 200, response.status
+                body = response.read().decode()
+            break
+        except (ConnectionError, urllib.error.URLError) as error:
+            if isinstance(error, urllib.error.HTTPError):
+                sys.exit(f"port {port}: HTTP {error.code} for a valid link")
+            time.sleep(0.1)
+    else:
+        sys.exit(f"port {port}: gunicorn did not start")
+    if port == app_port and "casella" not in body:
+        sys.exit("the app's link page does not show the mailbox")
+EOF
+
+run_wrk() {  # port, output file, duration
+    "$WRK" --latency -t1 -c"$connections" -d"$3" -s "$work/links.lua" "http://127.0.0.1:$1" >"$2"
+}
+
+echo "warming up both apps..." >&2
+run_wrk "$baseline_port" /dev/null 3s
+run_wrk "$app_port" /dev/null 3s
+
+baseline_runs=()
+app_runs=()
+for round in $(seq 1 "$rounds"); do
+    run_wrk "$baseline_port" "$work/baseline-$round.txt" "$duration"
+    baseline_runs+=("$work/baseline-$round.txt")
+    if [ -n "$profile" ] && [ "$round" = 1 ]; then
+        mkdir -p "$profile"
+        worker_pid=$(pgrep -P "$app_pid" | head -n 1)
+        py_spy=${PY_SPY:-$(dirname "$PYTHON")/py-spy}
+        "$py_spy" record --pid "$worker_pid" --duration "${duration%s}" --rate 250 --format raw \
+            --output "$profile/app-worker.txt" --nonblocking >"$profile/py-spy.log" 2>&1 &
+        spy_pid=$!
+    fi
+    run_wrk "$app_port" "$work/app-$round.txt" "$duration"
+    app_runs+=("$work/app-$round.txt")
+    if [ -n "$profile" ] && [ "$round" = 1 ]; then wait "$spy_pid" || true; fi
+    echo "round $round: baseline $(grep Requests/sec "$work/baseline-$round.txt" | awk '{print $2}') req/s," \
+        "app $(grep Requests/sec "$work/app-$round.txt" | awk '{print $2}') req/s" >&2
+done
+
+workers=$("$PYTHON" -c 'import worker.web.gunicorn_conf as c; print(c.workers, c.worker_class, c.threads)')
+extra=$("$PYTHON" -c 'import json, sys; print(json.dumps({"mailboxes": int(sys.argv[1]), "links": int(sys.argv[2]), "duration": sys.argv[3], "connections": int(sys.argv[4]), "rounds": int(sys.argv[5]), "gunicorn_conf": sys.argv[6], "gunicorn_overrides": sys.argv[7]}))' \
+    "$mailboxes" "$links" "$duration" "$connections" "$rounds" "$workers" "${gunicorn_args[*]:-}")
+"$PYTHON" bench/link_handler_tool.py summary --baseline "${baseline_runs[@]}" --app "${app_runs[@]}" --extra "$extra"
