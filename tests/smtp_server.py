@@ -5,7 +5,12 @@
         smtp_server.fail_next("554 5.6.0 Message refused", at="data")
         smtp_server.disconnect_after_data_next()                   # read the data, then hang up
         smtp_server.drop_connections()                             # close every open session now
-        ... smtp_server.messages, smtp_server.connections, smtp_server.noops
+        smtp_server.after_reply = hook     # hook(index, message), run once the 250 has been written
+        ... smtp_server.messages, smtp_server.connections, smtp_server.noops, smtp_server.open_sessions()
+        ... smtp_server.message_ids()      # the Message-ID of every message received, in order
+
+``LoopbackSMTPServer(port=...)`` listens on a given port: stop a server and
+start another on its port to be "down", then "back".
 
 Scripted replies are used up in order, one per transaction that reaches the
 command they are for.  No sleeps: the server thread is ready when ``start()``
@@ -15,7 +20,9 @@ returns, and ``drop_connections()`` returns once the sessions are closed.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
+from collections.abc import Callable
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +39,11 @@ class ReceivedMessage:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+
+    @property
+    def message_id(self) -> str:
+        """The Message-ID header, without its angle brackets ("" if there is none)."""
+        return message_id_of(self.data)
 
 
 class _Handler:
@@ -67,7 +79,15 @@ class _Handler:
         if reply is not None:
             return reply
         content = envelope.original_content if envelope.original_content is not None else b""
-        self._server.messages.append(ReceivedMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), content))
+        message = ReceivedMessage(envelope.mail_from or "", tuple(envelope.rcpt_tos), content)
+        with self._server._lock:
+            self._server.messages.append(message)
+            index = len(self._server.messages) - 1
+        hook = self._server.after_reply
+        if hook is not None:
+            # Runs on the next turn of the loop: smtp_DATA writes the 250 to the
+            # socket in this turn, right after this handler returns.
+            asyncio.get_running_loop().call_soon(hook, index, message)
         return "250 OK: queued"
 
     async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
@@ -81,8 +101,8 @@ _DISCONNECT = "<disconnect>"
 class _LoopbackController(Controller):
     """A Controller that binds a free port (port 0) and counts the sessions it serves."""
 
-    def __init__(self, server: LoopbackSMTPServer, **kwargs: Any):
-        super().__init__(_Handler(server), hostname="127.0.0.1", port=0, **kwargs)
+    def __init__(self, server: LoopbackSMTPServer, port: int = 0, **kwargs: Any):
+        super().__init__(_Handler(server), hostname="127.0.0.1", port=port, **kwargs)
         self._owner = server
 
     def factory(self) -> SMTP:
@@ -100,15 +120,18 @@ class _LoopbackController(Controller):
 class LoopbackSMTPServer:
     host = "127.0.0.1"
 
-    def __init__(self, **smtp_options: Any) -> None:
-        """``smtp_options`` go to aiosmtpd's SMTP class (such as ``authenticator``)."""
+    def __init__(self, port: int = 0, **smtp_options: Any) -> None:
+        """``port`` 0 picks a free one; ``smtp_options`` go to aiosmtpd's SMTP class (such as ``authenticator``)."""
         self.messages: list[ReceivedMessage] = []
+        #: Called as ``after_reply(index, message)`` on the server's loop once the
+        #: 250 for ``messages[index]`` has been written (fault tests kill the client there).
+        self.after_reply: Callable[[int, ReceivedMessage], None] | None = None
         self.connections = 0
         self.noops = 0
         self._sessions: list[SMTP] = []
         self._script: deque[tuple[Command, str]] = deque()
         self._lock = threading.Lock()
-        self._controller = _LoopbackController(self, **smtp_options)
+        self._controller = _LoopbackController(self, port, **smtp_options)
 
     @property
     def port(self) -> int:
@@ -121,7 +144,19 @@ class LoopbackSMTPServer:
         self._sessions.clear()
 
     def stop(self) -> None:
-        self._controller.stop()
+        """Stop listening (a second call does nothing: a test may stop it to be "down")."""
+        if self._controller._thread is not None:
+            self._controller.stop()
+
+    def open_sessions(self) -> int:
+        """Client sessions still connected (a killed client's is closed once the kernel says so)."""
+        return sum(1 for session in list(self._sessions) if session.transport is not None)
+
+    def message_ids(self) -> list[str]:
+        """The Message-ID header of every message received, in order of arrival."""
+        with self._lock:
+            messages = list(self.messages)
+        return [message.message_id for message in messages]
 
     # -- scripting ------------------------------------------------------------------------
 
@@ -152,6 +187,16 @@ class LoopbackSMTPServer:
             if self._script and self._script[0][0] == command:
                 return self._script.popleft()[1]
         return None
+
+
+_MESSAGE_ID_RE = re.compile(rb"^Message-ID:[ \t]*<?([^>\r\n]*)>?", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(data: bytes) -> str:
+    """The Message-ID of a raw message (read from its header block only: fast for thousands)."""
+    headers = data.split(b"\r\n\r\n", 1)[0]
+    match = _MESSAGE_ID_RE.search(headers)
+    return match.group(1).decode("ascii", "replace").strip() if match else ""
 
 
 @pytest.fixture

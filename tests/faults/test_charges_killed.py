@@ -1,5 +1,10 @@
 """Charges under faults: a worker killed around the gateway call, a lost answer, two processes racing.
 
+Figure (fault suite, issue 6): a Celery worker SIGKILLed right after the
+gateway's answer, again and again, then the job run to completion: exactly
+one charge per (mailbox, cycle) in the sandbox gateway's own table
+``sandbox_charges``, and every mailbox renewed once.
+
 The killed worker is a real subprocess: ``child_main`` runs the daily job with
 the sandbox wrapped so that it SIGKILLs its own process right after
 ``gateway.charge`` returns (or right before calling it), controlled by
@@ -10,15 +15,17 @@ production code.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
+from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.test_charges import (  # noqa: F401
@@ -34,7 +41,7 @@ from tests.test_charges import (  # noqa: F401
 from worker.gateways import ChargeOutcome, ChargeResult
 from worker.models import ChargeIntent, Mailbox
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class KillingGateway:
@@ -119,7 +126,7 @@ def child_env(tmp_path, database_url, **extra) -> dict:
 
 def spawn(tmp_path, database_url, **extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "from tests.test_charge_faults import child_main; child_main()"],
+        [sys.executable, "-c", "from tests.faults.test_charges_killed import child_main; child_main()"],
         cwd=ROOT,
         env=child_env(tmp_path, database_url, **extra),
         stdout=subprocess.PIPE,
@@ -209,54 +216,83 @@ def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_pat
         assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
 
 
+MAILBOXES = 240
+KILLS = 10
+
+
 @pytest.mark.slow
-def test_charges_under_a_real_celery_worker(session_factory, tmp_path, database_url, smtp_server):
-    """The sweep fans out batches on the charges queue; a real worker charges each mailbox once."""
-    import redis
+def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
+    session_factory, tmp_path, database_url, smtp_server, flushed_redis, workers
+):
+    """Figure: exactly one charge per (mailbox, cycle) in ``sandbox_charges``; every mailbox renewed once.
 
-    from tests.conftest import TEST_REDIS_URL, make_settings
-    from tests.test_celery_worker import wait_until
-    from tests.factories import make_mailbox
-    from worker.celery_app import create_celery
-    from worker.gateways.sandbox import list_charges
+    A real worker on the scan, charges and mail queues, with two charge sweeps
+    sent at once on the charge day (two beats).  In each of 10 rounds the
+    worker (one pool process, so a round uses at most n + GATEWAY_CONCURRENCY
+    charges and every round has work left) kills its whole process group right
+    after the n-th answer of the gateway (n seeded-random, tests/faults/celery_at.py): the charge exists at
+    the gateway and is not recorded.  Each round's worker starts two hours
+    later on its own clock, so Redis hands back the killed worker's charge
+    batches.  Then the next days' sweeps reconcile every intent left
+    ``started`` by asking the gateway, never by charging again.
+    """
+    from tests.faults.conftest import (
+        CeleryWorker,
+        celery_client,
+        gateway_charges_per_cycle,
+        mark_charge_notices_sent,
+        seed_mailboxes,
+        wait_until,
+        worker_environment,
+    )
 
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
-    with session_factory() as session, session.begin():
-        for number in range(30):
-            make_mailbox(session, expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa")
-        session.flush()
-        for mailbox in session.scalars(select(Mailbox)):
-            mailbox.next_action_on = CHARGE_DAY
-            mark_charge_notice_sent(session, mailbox)
-    env = {
-        **child_env(tmp_path, database_url),
-        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
-        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
-        "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
-        "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
-        "PEC_RENEWAL_SANDBOX_LATENCY_MS": "50",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "scan,charges,mail",
-            "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-        ],
-        env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+    ids = seed_mailboxes(
+        session_factory, MAILBOXES, expires_on=date(2027, 3, 31), next_action_on=CHARGE_DAY, auto_renew=True,
+        payment_method="pm_card_visa",
     )  # fmt: skip
-    try:
-        app = create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL))
-        app.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])
-        app.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])  # two sweeps at once
-        wait_until(lambda: len(smtp_server.messages) >= 30, timeout=90, what="30 receipts")
-        record = list_charges(session_factory)
-        assert len(record) == 30 and len({r["idempotency_key"] for r in record}) == 30
+    mark_charge_notices_sent(session_factory, ids, date(2027, 3, 31))
+    env = worker_environment(tmp_path, database_url, smtp_server, sandbox_latency_ms=10, gateway_concurrency=8)
+    beat = celery_client(tmp_path)
+    rng = random.Random(20270324)
+    clock = at_morning(CHARGE_DAY)
+    kills = 0
+
+    def intents() -> Counter:
         with session_factory() as session:
-            assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
-        assert process.poll() is None, (tmp_path / "worker.log").read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            return Counter(
+                dict(session.execute(select(ChargeIntent.status, func.count()).group_by(ChargeIntent.status)).all())
+            )
+
+    for round_number in range(KILLS):
+        answers = rng.randint(1, 12)
+        worker = CeleryWorker(
+            {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": str(answers)}, tmp_path, queues="scan,charges,mail",
+            concurrency=1, name=f"killed{round_number}",
+        )  # fmt: skip
+        workers.append(worker)
+        worker.start(clock)
+        beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])
+        beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])  # a second beat
+        wait_until(lambda: not worker.running, timeout=60, what=f"the kill after answer {answers}")
+        worker.kill()  # reaps the group; the worker killed itself
+        kills += 1
+        clock += timedelta(hours=2)
+    assert intents()["started"] >= 1, "no kill left a charge made and unrecorded"
+    assert sum(gateway_charges_per_cycle(session_factory).values()) < MAILBOXES, "the kills stopped nothing"
+
+    # The job runs to completion: the rest of the charge day, then the next days' sweeps reconcile.
+    worker = CeleryWorker(env, tmp_path, queues="scan,charges,mail", name="survivor")
+    workers.append(worker)
+    worker.start(clock)
+    for day in (CHARGE_DAY, CHARGE_DAY + timedelta(days=1), CHARGE_DAY + timedelta(days=2)):
+        beat.send_task("pec_renewal.charge_sweep", args=[day.isoformat()])
+        beat.send_task("pec_renewal.charge_sweep", args=[day.isoformat()])
+    wait_until(lambda: intents() == Counter(succeeded=MAILBOXES), timeout=90, what=f"{MAILBOXES} charges resolved")
+    assert worker.running, worker.log()
+
+    per_cycle = gateway_charges_per_cycle(session_factory)
+    assert set(per_cycle) == {(str(mailbox_id), "2027-03-31") for mailbox_id in ids}
+    assert set(per_cycle.values()) == {1}, {key: n for key, n in per_cycle.items() if n > 1}
+    with session_factory() as session:
+        assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
+    print(f"{kills} kills; {MAILBOXES} mailboxes, {sum(per_cycle.values())} gateway charges")
