@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from email_validator import validate_email
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from stdnum import luhn
 from stdnum.it import codicefiscale
 
+from worker import holder_data
 from worker.holder_data import HolderData, HolderProblem, check_holder, normalise_email
 
 
@@ -360,3 +362,42 @@ def test_an_address_with_an_encoded_word_is_refused():
     with _pytest.raises(ValueError, match="contains '=\\?', the start of an encoded word"):
         normalise_email("=?utf-8?b?DQpCY2M6IHhAZXZpbC5leGFtcGxl?=@example.it")
     assert normalise_email("a=b?c@example.it") == "a=b?c@example.it"
+
+
+# The fast path for plain domains must accept exactly what email-validator accepts.
+_LABELS = st.one_of(
+    st.text(alphabet="abcxyzABZ0189-", min_size=0, max_size=8),
+    st.sampled_from(["xn--bcher-kva", "xn--", "ab--cd", "a--b", "-a", "a-", "1", "x" * 63, "x" * 64, "q"]),
+)
+_TLDS = st.one_of(
+    _LABELS,
+    st.sampled_from(["it", "IT", "test", "local", "localhost", "invalid", "arpa", "onion", "example", "home", "lan", "123", "a1", "1a"]),
+)
+_DOMAINS = st.builds(
+    lambda labels, tld, tail: ".".join([*labels, tld]) + tail,
+    st.lists(_LABELS, min_size=0, max_size=4),
+    _TLDS,
+    st.sampled_from(["", "", "", ".", ".."]),
+)
+
+
+@given(local=st.sampled_from(["mario", "Mario.Rossi", "a+b", "x" * 64]), domain=_DOMAINS, padding=st.integers(0, 250))
+@hypothesis_settings(max_examples=3000, deadline=None)
+def test_normalise_email_fast_path_agrees_with_email_validator(local, domain, padding):
+    if padding > 200:  # long domains, near the 253-character limit
+        domain = "d" * (padding - 200) + "." + "e" * 63 + "." + "f" * 63 + "." + "g" * 60 + "." + domain
+    address = f"{local}@{domain}"
+    try:
+        expected = validate_email(address, check_deliverability=False).normalized.lower()
+    except Exception as error:  # noqa: BLE001 - compare the refusal
+        with pytest.raises(ValueError) as refused:
+            normalise_email(address)
+        assert str(refused.value) == f"{address!r} is not a valid email address: {error}"
+    else:
+        assert normalise_email(address) == expected
+
+
+@given(domain=_DOMAINS)
+@hypothesis_settings(max_examples=3000, deadline=None)
+def test_plain_domain_check_agrees_with_email_validator(domain):
+    assert holder_data._normalised_domain(domain) == holder_data._validated_domain(domain)

@@ -516,12 +516,14 @@ def test_a_reimport_of_the_same_file_changes_nothing(session_factory):
 
 def test_chunks_and_progress(session_factory, monkeypatch):
     monkeypatch.setattr(importer, "CHUNK_ROWS", 4)
-    monkeypatch.setattr(importer, "LOOKUP_CHUNK", 3)
     rows = [row(number, account=f"account{number % 5}", holder_name=f"Holder {number % 7}") for number in range(1, 12)]
     seen: list[int] = []
     report = run(session_factory, make_csv(*rows), progress=seen.append)
     assert (report.rows, report.created) == (11, 11)
-    assert seen == [4, 8, 11, 15, 19, 22]  # checking (every 4 records), then writing (every 4 rows)
+    # Records checked plus rows written, every 4 records, then the total:
+    # writing overlaps checking, so the figures in between vary.
+    assert seen == sorted(seen) and seen[-1] == 22
+    assert 4 <= seen[0] <= 8 and 8 <= seen[1] <= 16
     with session_factory() as session:
         pairs = session.execute(
             select(Mailbox.address, Account.login, Holder.name)
@@ -654,3 +656,66 @@ def test_a_path_given_as_a_string(session_factory, tmp_path):
     path = tmp_path / "mailboxes.csv"
     path.write_text(make_csv(row(1), row(2)))
     assert import_mailboxes(session_factory, str(path), stages=DEFAULT_STAGES).created == 2
+
+
+# --------------------------------------------------------------------------
+# Chunks written before a problem further down the file
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_database(request, tmp_path):
+    """A session factory on the test PostgreSQL database, then on a new SQLite file."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("session_factory")
+        return
+    url = "sqlite:///" + str(tmp_path / "import.db")
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_chunks_written_before_a_bad_row_are_undone(any_database, monkeypatch):
+    """Good chunks are upserted while the rest of the file is checked; a bad row later undoes them."""
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 3)
+    factory = any_database
+    run(factory, make_csv(row(1, plan="pro")))
+    rows = [row(number) for number in range(1, 11)]
+    rows[8] = row(9, language="fr")
+    assert refusal(factory, make_csv(*rows)) == ["line 10, column language: 'fr' is not a language: it or en"]
+    assert (count(factory, Mailbox), count(factory, Account), count(factory, Holder)) == (1, 1, 1)
+    assert mailbox(factory, "user1@pec.example.it").plan == "pro"
+    report = run(factory, make_csv(*(row(number) for number in range(1, 11))))
+    assert (report.rows, report.created, report.updated) == (10, 9, 1)
+    assert mailbox(factory, "user1@pec.example.it").plan == "standard"
+
+
+def test_repeats_inside_one_chunk_and_across_chunks(any_database, monkeypatch):
+    """Rows one statement could not upsert together are reported, not a database error."""
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 4)
+    domain = {"expires_on": "", "domain": "example.it"}
+    text = make_csv(
+        row(1),
+        row(2, address="user1@pec.example.it"),  # the same chunk
+        row(3, address="a@pec.example.it", domain_expires_on="2027-05-31", **domain),
+        row(4, address="b@pec.example.it", domain_expires_on="2027-06-30", **domain),  # the same chunk
+        row(5),
+        row(6, address="user5@pec.example.it"),  # the same chunk, the second one
+        row(7, address="c@pec.example.it", domain_expires_on="2027-07-31", **domain),  # a later chunk
+        row(8, address="USER1@pec.example.it"),  # a later chunk
+    )
+    assert refusal(any_database, text) == [
+        "line 3, column address: user1@pec.example.it is already on line 2",
+        "line 5, column domain_expires_on: 2027-06-30 differs from 2027-05-31 given for example.it on line 4",
+        "line 7, column address: user5@pec.example.it is already on line 6",
+        "line 8, column domain_expires_on: 2027-07-31 differs from 2027-05-31 given for example.it on line 4",
+        "line 9, column address: user1@pec.example.it is already on line 2",
+    ]
+    assert count(any_database, Mailbox) == 0
+
+
+def test_backslashes_are_stored_as_they_are(session_factory):
+    """COPY's text format gives backslashes a meaning; they must reach the table unchanged."""
+    run(session_factory, make_csv(row(1, holder_name="Studio \\N \\t Neri\\", postal_address="Via \\\\ Roma")))
+    holder = holder_of(session_factory, "user1@pec.example.it")
+    assert (holder.name, holder.postal_address) == ("Studio \\N \\t Neri\\", "Via \\\\ Roma")

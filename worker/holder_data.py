@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from stdnum import luhn
 from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
 from stdnum.it import codicefiscale, iva
@@ -50,6 +50,14 @@ _KIND_LABELS = {
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: An unquoted ASCII local part (RFC 5322 dot-atom), as email-validator has it.
 _DOT_ATOM_RE = re.compile(r"[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[A-Za-z0-9_!#$%&'*+\-/=?^`{|}~]+)*")
+#: A plain lower-case ASCII domain that email-validator takes as it is: labels of 1 to 63
+#: letters, digits or inner hyphens, at least two of them, the last ending with a letter.
+_PLAIN_DOMAIN_RE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]|[a-z0-9][a-z0-9-]{0,61}[a-z])")
+#: Labels such as "ab--cd" (reserved, or Punycode "xn--"), which email-validator checks further.
+_HYPHENS_AT_3_RE = re.compile(r"(?:^|\.)..--")
+_SPECIAL_USE_DOMAINS = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+#: The most labels a special-use name has (1 today: ``test``, ``local`` …).
+_SPECIAL_USE_LABELS = max(name.count(".") + 1 for name in _SPECIAL_USE_DOMAINS)
 _SDI_CODE_RE = re.compile(r"[A-Z0-9]{7}")
 _OFFICE_CODE_RE = re.compile(r"[A-Z0-9]{6}")
 _CIG_RE = re.compile(r"[A-Z0-9]{10}")
@@ -127,7 +135,34 @@ def _normalise_email(text: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _normalised_domain(domain: str) -> str | None:
-    """The domain of a valid address, lower-cased, or None when email-validator refuses it."""
+    """The domain of a valid address, lower-cased, or None when email-validator refuses it.
+
+    A plain ASCII domain (most of them) is checked here, by the rules
+    email-validator applies to one; a customer's own domain is often on a
+    single line, and email-validator takes about 0.2 ms per domain.
+    """
+    name = domain.lower()
+    if (
+        len(name) <= 253
+        and _PLAIN_DOMAIN_RE.fullmatch(name)
+        and not _HYPHENS_AT_3_RE.search(name)
+        and not _is_special_use(name)
+    ):
+        return name
+    return _validated_domain(domain)
+
+
+def _is_special_use(name: str) -> bool:
+    """Whether ``name`` is, or is under, a special-use or reserved name (``test``, ``local``, ``arpa`` …)."""
+    if name in _SPECIAL_USE_DOMAINS:
+        return True
+    labels = name.rsplit(".", _SPECIAL_USE_LABELS)
+    return any(".".join(labels[-count:]) in _SPECIAL_USE_DOMAINS for count in range(1, len(labels)))
+
+
+@lru_cache(maxsize=65536)
+def _validated_domain(domain: str) -> str | None:
+    """email-validator's verdict on ``domain``, lower-cased, or None."""
     try:
         return validate_email("postmaster@" + domain, check_deliverability=False).domain.lower()
     except EmailNotValidError:

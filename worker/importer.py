@@ -1,15 +1,24 @@
 """Import mailboxes from a CSV file: ``pec-renewal import mailboxes FILE.csv``.
 
-The whole file is checked first; a file with any bad row is refused whole
-with :class:`ImportRefused`, listing every problem as
-``line N, column NAME: what is wrong`` (N counts CSV records, the header is
-line 1).  A good file is written in one transaction with bulk upserts, in
-chunks: accounts by login, domains by name, holders by (account, digest of the
-holder data), mailboxes by address.  Re-importing a file updates.
+The file is read once, in one transaction.  Each record is checked as it is
+read, and its checked, normalised values go, ``CHUNK_ROWS`` records at a
+time, to a temporary staging table with its line number (``COPY`` on
+PostgreSQL, bulk inserts on SQLite).  While no problem has been found, each
+chunk is also upserted from there with set-based statements: accounts by
+login, domains by name, holders by (account, digest of the holder data),
+mailboxes by address.  On PostgreSQL that runs in a second thread, beside the
+checking of the next chunk.
 
-The checked rows are kept in memory between the two steps, as tuples (about
-1 KB a row; a million rows peak at about 1.6 GB), so the file is read once
-and each row is parsed once.
+The rules across rows (an address twice, a domain given two expiries) are
+checked in SQL on the staging table at the end.  A file with any bad row is
+refused whole with :class:`ImportRefused`, listing every problem as
+``line N, column NAME: what is wrong`` (N counts CSV records, the header is
+line 1), and the transaction is rolled back: nothing is written, not even
+the chunks upserted before the first problem.  Re-importing a file updates.
+
+Memory stays flat as the file grows: a row lives in this process only while
+its chunk is checked and sent; what rows must agree on is kept by the
+database.
 """
 
 from __future__ import annotations
@@ -18,15 +27,33 @@ import calendar
 import csv
 import difflib
 import os
+import queue
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from typing import NamedTuple, TextIO, TypeVar
+from operator import itemgetter
+from typing import TextIO
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    func,
+    literal_column,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import holder_data
@@ -66,10 +93,12 @@ PLANS_WITH_ARCHIVE = (Plan.PRO.value, Plan.PREMIUM.value)
 INT32_MAX = 2**31 - 1
 ACCOUNT_MAX = 254
 
-#: Rows per bulk statement, and how often ``progress`` is called.
-CHUNK_ROWS = 5000
-#: Values per ``IN (...)`` lookup.
-LOOKUP_CHUNK = 1000
+#: Records per chunk, and how often ``progress`` is called.  Bigger chunks
+#: are cheaper to upsert (each statement has a fixed cost); this size keeps
+#: a chunk's text to some 15 MB and still moves a progress bar often.
+CHUNK_ROWS = 50_000
+#: PostgreSQL's ``work_mem`` during an import.
+WORK_MEM = "64MB"
 
 #: The columns a re-import overwrites (all but the address and the id).
 MAILBOX_UPDATE_COLUMNS = (
@@ -90,6 +119,20 @@ MAILBOX_UPDATE_COLUMNS = (
     "language",
     "next_action_on",
 )
+#: Columns of a holder row, as named in the staging table.
+HOLDER_COLUMNS = (
+    "name",
+    "kind",
+    "reference_email",
+    "tax_code",
+    "vat_number",
+    "postal_address",
+    "sdi_code",
+    "einvoice_pec",
+    "office_code",
+    "cig",
+    "cup",
+)
 
 # Any C0/C1 control character (CR and LF included) or a byte that was not UTF-8
 # (kept as a lone surrogate by the "surrogateescape" error handler).
@@ -99,13 +142,15 @@ _MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})")
 _UINT_RE = re.compile(r"[0-9]{1,10}")
 _PAYMENT_METHOD_RE = re.compile(r"[A-Za-z0-9_\-.]{1,200}")
 _DOMAIN_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-_BOOLEANS = {"true": True, "false": False}
-# Known names, mapped to one string object each: a million rows share them.
+#: Any character that ``str.isspace`` calls a space.
+_SPACE_RE = re.compile(r"\s")
+#: Booleans as staged: "1" and "0" read as true and false in PostgreSQL and SQLite alike.
+_BOOLEANS = {"true": "1", "false": "0"}
+# Known names, mapped to one string object each.
 _PLANS = {plan: plan for plan in PLANS}
 _LANGUAGES = {language: language for language in LANGUAGES}
 
 Progress = Callable[[int], None]
-_T = TypeVar("_T")
 #: Records a problem with a column, unless that column already has one.
 _Problem = Callable[[str, str], object]
 
@@ -141,35 +186,183 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
 
 
-class _MailboxRow(NamedTuple):
-    """One checked row, normalised, waiting to be written."""
+# --------------------------------------------------------------------------
+# The staging table
 
-    address: str
-    login: str
-    holder_key: str
-    domain: str | None
-    expires_on: date
-    plan: str
-    extra_space_gb: int
-    extra_archive_gb: int
-    used_space_mb: int
-    auto_renew: bool
-    payment_method: str | None
-    card_expires_on: date | None
-    renewal_years: int
-    promo: bool
-    language: str
+#: One row per checked record.  A good row has every value and its ``seq``
+#: (1, 2, … in file order); a bad row has only ``line`` and what rules across
+#: rows look at (``address``, and ``domain`` with ``domain_expires_on``).
+#: Every value is staged as text, an empty string for an absent one.
+STAGING = Table(
+    "import_rows",
+    MetaData(),
+    Column("line", Integer),
+    Column("seq", Integer),
+    Column("address", Text),
+    Column("login", Text),
+    Column("holder_key", Text),
+    Column("domain", Text),
+    Column("domain_expires_on", Date),
+    Column("expires_on", Date),
+    Column("plan", Text),
+    Column("extra_space_gb", Integer),
+    Column("extra_archive_gb", Integer),
+    Column("used_space_mb", Integer),
+    Column("auto_renew", Boolean),
+    Column("payment_method", Text),
+    Column("card_expires_on", Date),
+    Column("renewal_years", Integer),
+    Column("promo", Boolean),
+    Column("language", Text),
+    Column("next_action_on", Date),
+    *(Column(name, Text) for name in HOLDER_COLUMNS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",
+)
+STAGING_WIDTH = len(STAGING.columns)
+_ADDRESS, _DOMAIN, _DOMAIN_EXPIRES_ON = (
+    STAGING.columns.keys().index(name) for name in ("address", "domain", "domain_expires_on")
+)
+
+StagedRow = tuple[str, ...]
 
 
-@dataclass
-class _CheckedFile:
-    rows: list[_MailboxRow] = field(default_factory=list)
-    holders: dict[tuple[str, str], HolderData] = field(default_factory=dict)
-    domains: dict[str, date] = field(default_factory=dict)
-    errors: list[ImportProblem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    #: Records read after the header, blank ones included.
-    records: int = 0
+class _StagingWriter:
+    """Stages the checked rows and, while the file is still good, upserts them chunk by chunk.
+
+    Rows are handed over ``CHUNK_ROWS`` at a time.  Each chunk goes
+    to the staging table (``COPY`` on PostgreSQL, bulk inserts on SQLite),
+    then, unless a problem has been found by then, is upserted into the real
+    tables.  A chunk upserted before a later problem is found is undone with
+    everything else when the transaction rolls back.
+
+    On PostgreSQL that database work runs in a thread of its own, so the next
+    chunk is checked while the last one is written (psycopg releases the GIL
+    while it waits for the server); until :meth:`finish` returns, only that
+    thread uses the connection.  On SQLite it runs in line.
+    """
+
+    def __init__(self, connection: Connection, report: ImportReport):
+        self.connection = connection
+        self.report = report
+        self.postgresql = connection.dialect.name == "postgresql"
+        #: Rows staged since the last hand-over: lines of COPY text on PostgreSQL, tuples on SQLite.
+        self.rows: list[str] | list[StagedRow] = []
+        #: The ``seq`` of the last good row staged, and of the last one handed over.
+        self.good = self.handed_over = 0
+        #: Good rows upserted so far (read by the checking thread for progress).
+        self.written = 0
+        #: Two good rows of one chunk that one statement could not upsert
+        #: together (one address twice, a domain with two expiries): the
+        #: file will be refused, so nothing more is upserted.
+        self.conflict = False
+        self.chunk_addresses: set[str] = set()
+        self.chunk_domains: dict[str, str] = {}
+        self.failure: BaseException | None = None
+        self.queue: queue.Queue[tuple[list[StagedRow] | str, int, int, bool] | None] = queue.Queue(maxsize=1)
+        self.thread: threading.Thread | None = None
+
+        STAGING.create(connection)
+        connection.exec_driver_sql(f"CREATE INDEX ix_{STAGING.name}_seq ON {STAGING.name} (seq)")
+        if self.postgresql:
+            # Sorts and hashes over the whole file (the rules across rows)
+            # spill to disk with the default 4 MB; this is the server's
+            # memory, for this transaction only.
+            connection.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            self.thread = threading.Thread(target=self._run, name="import-writer", daemon=True)
+            self.thread.start()
+
+    def stage(self, row: StagedRow, good: bool) -> None:
+        self.rows.append(_copy_line(row) if self.postgresql else row)
+        if good:
+            self.good += 1
+            address, domain = row[_ADDRESS], row[_DOMAIN]
+            if address in self.chunk_addresses:
+                self.conflict = True
+            self.chunk_addresses.add(address)
+            if domain and self.chunk_domains.setdefault(domain, row[_DOMAIN_EXPIRES_ON]) != row[_DOMAIN_EXPIRES_ON]:
+                self.conflict = True
+
+    def hand_over(self, upsert: bool) -> None:
+        """Send the rows staged since the last call; upsert them too if ``upsert`` and no conflict."""
+        if self.failure is not None:
+            raise self.failure
+        if not self.rows:
+            return
+        chunk: list[StagedRow] | str = self.rows
+        if self.postgresql:
+            self.rows.append("")
+            chunk = "\n".join(self.rows)
+        item = (chunk, self.handed_over, self.good, upsert and not self.conflict)
+        self.rows = []
+        self.handed_over = self.good
+        self.chunk_addresses.clear()
+        self.chunk_domains.clear()
+        if self.thread is not None:
+            self.queue.put(item)
+        else:
+            self._write(*item)
+
+    def finish(self, upsert: bool, waiting: Callable[[], object] | None = None) -> None:
+        """Hand over the last rows and wait until everything is written, calling ``waiting()`` every second."""
+        try:
+            self.hand_over(upsert)
+        finally:
+            self.stop(waiting)
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self, waiting: Callable[[], object] | None = None) -> None:
+        """Wait for the writer thread to finish what it was given."""
+        if self.thread is not None:
+            self.queue.put(None)
+            while True:
+                self.thread.join(timeout=1)
+                if not self.thread.is_alive():
+                    break
+                if waiting is not None:
+                    waiting()
+            self.thread = None
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.failure is None:
+                try:
+                    self._write(*item)
+                except BaseException as error:  # noqa: BLE001 - raised again in the checking thread
+                    self.failure = error
+
+    def _write(self, chunk: list[StagedRow] | str, after_seq: int, last_seq: int, upsert: bool) -> None:
+        connection = self.connection
+        if isinstance(chunk, str):
+            cursor = connection.connection.driver_connection.cursor()
+            columns = ", ".join(STAGING.columns.keys())
+            with cursor.copy(f"COPY {STAGING.name} ({columns}) FROM STDIN (FORMAT text, NULL '')") as copy:
+                copy.write(chunk)
+        else:
+            statement = f"INSERT INTO {STAGING.name} VALUES ({', '.join('?' * STAGING_WIDTH)})"
+            connection.exec_driver_sql(statement, [tuple(value or None for value in row) for row in chunk])
+        if upsert and last_seq > after_seq:
+            first_chunk = after_seq == 0
+            if first_chunk and self.postgresql:
+                # A temporary table has no statistics until it is analysed.
+                connection.exec_driver_sql(f"ANALYZE {STAGING.name} (seq, address, login, holder_key, domain)")
+            created = _upsert_chunk(connection, after_seq, last_seq, analyse=first_chunk and self.postgresql)
+            self.report.created += created
+            self.report.updated += last_seq - after_seq - created
+            self.written = last_seq
+
+
+def _copy_line(row: StagedRow) -> str:
+    """A row in COPY's text format, where an empty field is NULL.
+
+    A staged value never contains a tab or a line break (any control
+    character refuses the row), so only backslashes need escaping.
+    """
+    text = "\t".join(row)
+    if "\\" in text:
+        text = "\t".join(value.replace("\\", "\\\\") for value in row)
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -183,21 +376,39 @@ def import_mailboxes(
     stages: tuple[Stage, ...],
     progress: Progress | None = None,
 ) -> ImportReport:
-    """Check the whole CSV ``source`` (a path or a text stream), then upsert it in one transaction.
+    """Check the whole CSV ``source`` (a path or a text stream) and upsert it, in one transaction.
 
     Raises :class:`ImportRefused` listing every problem when any row is bad;
-    then nothing is written.  ``progress(rows_done)`` is called every
-    ``CHUNK_ROWS`` rows: ``rows_done`` climbs to the number of records while
-    the file is checked, then on to twice that while the rows are written (a
-    progress bar's total is ``2 * count_records(path)``).
+    then nothing is written.  ``progress(done)`` is called about every
+    ``CHUNK_ROWS`` records: ``done`` is the records checked plus the rows
+    written, and climbs to twice the number of records (a progress bar's
+    total is ``2 * count_records(path)``).
     """
-    with _open(source) as stream:
-        checked = _check_file(stream, progress)
-    if checked.errors:
-        raise ImportRefused(checked.errors)
-    report = ImportReport(rows=len(checked.rows), domains=len(checked.domains), warnings=checked.warnings)
-    with session_factory() as session, session.begin():
-        _write(session, checked, stages, report, progress)
+    report = ImportReport()
+    with _open(source) as stream, session_factory() as session, session.begin():
+        connection = session.connection()
+        writer = _StagingWriter(connection, report)
+        try:
+            checked = _check_file(stream, stages, writer, progress)
+        except BaseException:
+            writer.stop()
+            raise
+        # The last chunks are written after the file is read: keep the progress moving.
+        writer.finish(
+            upsert=not checked.errors,
+            waiting=None if progress is None else lambda: progress(checked.records + writer.written),
+        )
+        _check_across_rows(connection, checked)
+        if checked.errors:
+            raise ImportRefused(checked.errors)  # leaving the block rolls everything back
+        report.rows = checked.rows
+        report.warnings = checked.warnings
+        report.domains = connection.execute(
+            select(func.count(STAGING.c.domain.distinct())).where(STAGING.c.seq.is_not(None))
+        ).scalar_one()
+        STAGING.drop(connection)
+    if progress is not None:
+        progress(checked.records + checked.rows)
     return report
 
 
@@ -218,6 +429,18 @@ def count_records(path: str | os.PathLike[str]) -> int:
 # Reading and checking
 
 
+@dataclass
+class _CheckedFile:
+    #: Good rows staged.
+    rows: int = 0
+    #: Records read after the header, blank ones included.
+    records: int = 0
+    errors: list[ImportProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: Column name → position in the header, to sort a line's problems.
+    position: dict[str, int] = field(default_factory=dict)
+
+
 @contextmanager
 def _open(source: str | os.PathLike[str] | TextIO) -> Iterator[TextIO]:
     if isinstance(source, (str, os.PathLike)):
@@ -228,7 +451,9 @@ def _open(source: str | os.PathLike[str] | TextIO) -> Iterator[TextIO]:
         yield source
 
 
-def _check_file(stream: TextIO, progress: Progress | None) -> _CheckedFile:
+def _check_file(
+    stream: TextIO, stages: tuple[Stage, ...], writer: _StagingWriter, progress: Progress | None
+) -> _CheckedFile:
     checked = _CheckedFile()
     reader = csv.reader(stream)
     try:
@@ -244,7 +469,8 @@ def _check_file(stream: TextIO, progress: Progress | None) -> _CheckedFile:
         # Rows checked against a broken header would only add noise.
         return checked
 
-    row_checker = _RowChecker(header, checked)
+    row_checker = _RowChecker(header, stages, checked, writer.stage)
+    check = row_checker.check
     line = 1
     while True:
         try:
@@ -256,13 +482,12 @@ def _check_file(stream: TextIO, progress: Progress | None) -> _CheckedFile:
             checked.errors.append(ImportProblem(line, None, f"cannot be read as CSV: {error}"))
             continue
         line += 1
-        row_checker.check(line, cells)
+        check(line, cells)
+        if len(writer.rows) >= CHUNK_ROWS:
+            writer.hand_over(upsert=not checked.errors)
         if progress is not None and (line - 1) % CHUNK_ROWS == 0:
-            progress(line - 1)
+            progress(line - 1 + writer.written)
     checked.records = line - 1
-    if progress is not None and checked.records % CHUNK_ROWS:
-        progress(checked.records)
-    checked.errors.sort(key=lambda problem: problem.line)
     return checked
 
 
@@ -320,32 +545,39 @@ def _bad_char_problem(value: str) -> str:
 
 
 class _RowChecker:
-    """Checks one record after another, keeping what rows must agree on across the file."""
+    """Checks one record after another and stages each; keeps nothing per row."""
 
-    def __init__(self, header: list[str], checked: _CheckedFile):
+    def __init__(
+        self,
+        header: list[str],
+        stages: tuple[Stage, ...],
+        checked: _CheckedFile,
+        stage: Callable[[StagedRow, bool], None],
+    ):
         self.header = header
         self.width = len(header)
-        self.position = {name: index for index, name in enumerate(header)}
+        checked.position = self.position = {name: index for index, name in enumerate(header)}
+        # Every known column's stripped cell, in KNOWN_COLUMNS order; a column
+        # missing from the header reads the empty cell appended to each record.
+        self.known_cells = itemgetter(*(self.position.get(name, self.width) for name in KNOWN_COLUMNS))
+        self.stages = stages
         self.checked = checked
-        self.address_lines: dict[str, int] = {}
-        self.domain_lines: dict[str, int] = {}
+        self.stage = stage
+        self.bad_char_search = _BAD_CHAR_RE.search
+        self.next_action: dict[str, str] = {}
 
     def check(self, line: int, cells: list[str]) -> None:
-        problems: dict[str, str] = {}
-
-        def problem(column: str, message: str) -> None:
-            problems.setdefault(column, message)
-
         joined = "".join(cells)
         if not joined.strip():
             return  # a blank line
-        if _BAD_CHAR_RE.search(joined):
+        problems: dict[str, str] = {}
+        if self.bad_char_search(joined):
             for name, cell in zip(self.header, cells):
                 if _BAD_CHAR_RE.search(cell):
-                    problem(name, _bad_char_problem(cell))
+                    problems.setdefault(name, _bad_char_problem(cell))
         if len(cells) != self.width:
             column = self.header[min(len(cells), self.width - 1)]
-            problem(
+            problems.setdefault(
                 column,
                 f"the record has {len(cells)} fields but the header has {self.width}"
                 " (quote values that contain a comma)",
@@ -353,172 +585,225 @@ class _RowChecker:
         else:
             # Cells with bad characters fail their own checks too; the first
             # problem of a cell is the one reported.
-            row = self._check_values(line, dict(zip(self.header, cells)), problems)
-            if row is not None:
-                self.checked.rows.append(row)
+            cells = [cell.strip() for cell in cells]
+            cells.append("")
+            row = self._check_values(line, self.known_cells(cells), problems)
+            self.stage(row, not problems)
         if problems:
             order = self.position
+            errors = self.checked.errors
             for column in sorted(problems, key=lambda name: order.get(name, len(order))):
-                self.checked.errors.append(ImportProblem(line, column, problems[column]))
+                errors.append(ImportProblem(line, column, problems[column]))
 
-    def _check_values(self, line: int, raw: dict[str, str], problems: dict[str, str]) -> _MailboxRow | None:
-        """The checked row, or None when it has problems (added to ``problems``, the first per column)."""
+    def _check_values(self, line: int, values: tuple[str, ...], problems: dict[str, str]) -> StagedRow:
+        """The row to stage: every value when the row is good, else what rules across rows need.
+
+        Problems go to ``problems``, the first per column.  An empty string is
+        an absent value.
+        """
         problem = problems.setdefault
-        values = {name: value.strip() or None for name, value in raw.items()}
-        get = values.get
+        (
+            address,
+            login,
+            holder_name,
+            holder_kind,
+            reference_email,
+            given_plan,
+            expires_text,
+            domain,
+            domain_expires_text,
+            auto_renew_text,
+            payment_method,
+            card_expiry,
+            renewal_years_text,
+            promo_text,
+            extra_space_text,
+            extra_archive_text,
+            used_space_text,
+            tax_code,
+            vat_number,
+            einvoice_code,
+            language_text,
+            postal_address,
+            cig,
+            cup,
+        ) = values
 
-        address = _required(get("address"), "address", problem)
-        if address is not None:
+        if not address:
+            problem("address", "is required")
+        else:
             try:
                 address = holder_data.normalise_email(address)
             except ValueError as error:
                 problem("address", str(error))
-                address = None
-            else:
-                earlier = self.address_lines.setdefault(address, line)
-                if earlier != line:
-                    problem("address", f"{address} is already on line {earlier}")
+                address = ""
 
-        login = _required(get("account"), "account", problem)
-        if login is not None:
-            if len(login) > ACCOUNT_MAX:
-                problem("account", f"is {len(login)} characters long; at most {ACCOUNT_MAX}")
-            elif any(char.isspace() for char in login):
-                problem("account", f"{login!r} contains a space")
+        if not login:
+            problem("account", "is required")
+        elif len(login) > ACCOUNT_MAX:
+            problem("account", f"is {len(login)} characters long; at most {ACCOUNT_MAX}")
+        elif _SPACE_RE.search(login):
+            problem("account", f"{login!r} contains a space")
 
-        holder, holder_problems = holder_data.check_holder(
-            name=get("holder_name"),
-            kind=get("holder_kind"),
-            reference_email=get("reference_email"),
-            tax_code=get("tax_code"),
-            vat_number=get("vat_number"),
-            einvoice_code=get("einvoice_code"),
-            postal_address=get("postal_address"),
-            cig=get("cig"),
-            cup=get("cup"),
+        holder, holder_key, holder_problems = _check_holder(
+            holder_name, holder_kind, reference_email, tax_code, vat_number, einvoice_code, postal_address, cig, cup
         )
         for holder_problem in holder_problems:
             problem(_HOLDER_COLUMNS.get(holder_problem.field, holder_problem.field), holder_problem.message)
 
-        given_plan = _required(get("plan"), "plan", problem)
-        plan = _PLANS.get(given_plan.lower()) if given_plan else None
-        if given_plan is not None and plan is None:
-            problem("plan", f"{given_plan!r} is not a plan: one of {', '.join(PLANS)}")
+        plan = ""
+        if not given_plan:
+            problem("plan", "is required")
+        else:
+            plan = _PLANS.get(given_plan) or _PLANS.get(given_plan.lower(), "")
+            if not plan:
+                problem("plan", f"{given_plan!r} is not a plan: one of {', '.join(PLANS)}")
 
-        domain = get("domain")
-        domain_expires_on = _parse(get("domain_expires_on"), "domain_expires_on", _parse_date, problem)
-        expires_on = _parse(get("expires_on"), "expires_on", _parse_date, problem)
-        if domain is not None:
+        domain_expires_on = ""
+        if domain_expires_text:
+            domain_expires_on = _checked(domain_expires_text, "domain_expires_on", _check_date, problem)
+        expires_on = ""
+        if expires_text:
+            expires_on = _checked(expires_text, "expires_on", _check_date, problem)
+        domain_text = domain
+        if domain:
             try:
                 domain = _normalise_domain(domain)
             except ValueError as error:
                 problem("domain", str(error))
-                domain = None
-            if get("expires_on") is not None:
+                domain = ""
+            if expires_text:
                 problem(
                     "expires_on",
                     "must be empty for a mailbox on a domain: it takes the domain's expiry, domain_expires_on",
                 )
-            if get("domain_expires_on") is None:
+            if not domain_expires_text:
                 problem("domain_expires_on", "is required for a mailbox on a domain")
-            if domain is not None and address is not None:
+            if domain and address:
                 address_domain = address.rpartition("@")[2]
                 if address_domain != domain and not address_domain.endswith("." + domain):
                     problem("domain", f"the address {address} is not on {domain}")
-            if domain is not None and domain_expires_on is not None:
-                self._check_domain_expiry(line, domain, domain_expires_on, problem)
             expires_on = domain_expires_on
-        elif get("domain_expires_on") is not None:
+        elif domain_expires_text:
             problem("domain_expires_on", "is only for a mailbox on a domain: give domain too, or use expires_on")
-        elif get("expires_on") is None:
+        elif not expires_text:
             problem("expires_on", "is required (for a mailbox on a customer domain: domain and domain_expires_on)")
 
-        auto_renew = _parse(get("auto_renew"), "auto_renew", _parse_bool, problem) or False
-        promo = _parse(get("promo"), "promo", _parse_bool, problem) or False
-        payment_method = get("payment_method")
-        if payment_method is not None and not _PAYMENT_METHOD_RE.fullmatch(payment_method):
+        auto_renew = "0"
+        if auto_renew_text:
+            auto_renew = _checked(auto_renew_text, "auto_renew", _check_bool, problem) or "0"
+        promo = "0"
+        if promo_text:
+            promo = _checked(promo_text, "promo", _check_bool, problem) or "0"
+        if payment_method and not _PAYMENT_METHOD_RE.fullmatch(payment_method):
             problem(
                 "payment_method",
                 f"{payment_method!r} is not a payment token: 1 to 200 letters, digits, '_', '-' or '.'",
             )
-        if auto_renew:
-            if get("domain") is not None:
+        if auto_renew == "1":
+            if domain_text:
                 problem("auto_renew", "must be false for a mailbox on a domain: it is renewed with its domain")
-            elif payment_method is None:
+            elif not payment_method:
                 problem("auto_renew", "is true but payment_method is empty")
-        card_expires_on = _parse(get("card_expiry"), "card_expiry", _parse_card_expiry, problem)
+        card_expires_on = ""
+        if card_expiry:
+            card_expires_on = _checked(card_expiry, "card_expiry", _check_card_expiry, problem)
 
-        renewal_years = _parse(get("renewal_years"), "renewal_years", _parse_uint, problem)
-        if renewal_years is None:
-            renewal_years = 1
-        elif not 1 <= renewal_years <= MAX_RENEWAL_YEARS:
-            problem("renewal_years", f"{renewal_years} is not a number of years from 1 to {MAX_RENEWAL_YEARS}")
-        elif promo and renewal_years > MAX_PROMO_RENEWAL_YEARS:
-            problem(
-                "renewal_years",
-                f"a promo mailbox renews for 1 or {MAX_PROMO_RENEWAL_YEARS} years, not {renewal_years}",
-            )
+        renewal_years = "1"
+        if renewal_years_text:
+            years = _checked(renewal_years_text, "renewal_years", _parse_uint, problem)
+            if years is not None:
+                if not 1 <= years <= MAX_RENEWAL_YEARS:
+                    problem("renewal_years", f"{years} is not a number of years from 1 to {MAX_RENEWAL_YEARS}")
+                elif promo == "1" and years > MAX_PROMO_RENEWAL_YEARS:
+                    problem(
+                        "renewal_years",
+                        f"a promo mailbox renews for 1 or {MAX_PROMO_RENEWAL_YEARS} years, not {years}",
+                    )
+                renewal_years = str(years)
 
-        extra_space_gb = _parse(get("extra_space_gb"), "extra_space_gb", _parse_uint, problem) or 0
-        if plan == Plan.STANDARD.value and extra_space_gb > MAX_STANDARD_EXTRA_SPACE_GB:
-            problem(
-                "extra_space_gb",
-                f"standard allows at most {MAX_STANDARD_EXTRA_SPACE_GB} GB of extra space, not {extra_space_gb}",
-            )
-        extra_archive_gb = _parse(get("extra_archive_gb"), "extra_archive_gb", _parse_uint, problem) or 0
-        if extra_archive_gb and plan is not None and plan not in PLANS_WITH_ARCHIVE:
-            problem(
-                "extra_archive_gb",
-                f"{plan} has no archive: extra archive space is only for {' and '.join(PLANS_WITH_ARCHIVE)}",
-            )
-        used_space_mb = _parse(get("used_space_mb"), "used_space_mb", _parse_uint, problem) or 0
+        extra_space_gb = 0
+        if extra_space_text:
+            extra_space_gb = _checked(extra_space_text, "extra_space_gb", _parse_uint, problem) or 0
+            if plan == Plan.STANDARD.value and extra_space_gb > MAX_STANDARD_EXTRA_SPACE_GB:
+                problem(
+                    "extra_space_gb",
+                    f"standard allows at most {MAX_STANDARD_EXTRA_SPACE_GB} GB of extra space, not {extra_space_gb}",
+                )
+        extra_archive_gb = 0
+        if extra_archive_text:
+            extra_archive_gb = _checked(extra_archive_text, "extra_archive_gb", _parse_uint, problem) or 0
+            if extra_archive_gb and plan and plan not in PLANS_WITH_ARCHIVE:
+                problem(
+                    "extra_archive_gb",
+                    f"{plan} has no archive: extra archive space is only for {' and '.join(PLANS_WITH_ARCHIVE)}",
+                )
+        used_space_mb = 0
+        if used_space_text:
+            used_space_mb = _checked(used_space_text, "used_space_mb", _parse_uint, problem) or 0
 
-        language = _LANGUAGES.get((get("language") or "it").lower())
-        if language is None:
-            problem("language", f"{get('language')!r} is not a language: it or en")
+        language = "it"
+        if language_text:
+            language = _LANGUAGES.get(language_text) or _LANGUAGES.get(language_text.lower(), "")
+            if not language:
+                problem("language", f"{language_text!r} is not a language: it or en")
 
-        if holder is not None and address is not None:
+        if holder is not None and address:
             self._warn(line, address, holder.reference_email, domain)
+
         if problems:
-            return None
-        # Without problems, every value is there.
-        assert address and login and holder and plan and language and expires_on is not None
-        holder_key = holder.holder_key
-        self.checked.holders.setdefault((login, holder_key), holder)
-        return _MailboxRow(
-            address=address,
-            login=login,
-            holder_key=holder_key,
-            domain=domain,
-            expires_on=expires_on,
-            plan=plan,
-            extra_space_gb=extra_space_gb,
-            extra_archive_gb=extra_archive_gb,
-            used_space_mb=used_space_mb,
-            auto_renew=auto_renew,
-            payment_method=payment_method,
-            card_expires_on=card_expires_on,
-            renewal_years=renewal_years,
-            promo=promo,
-            language=language,
+            # What the rules across rows need: the address once it is valid,
+            # the domain and its expiry once both are.
+            if not (domain and domain_expires_on):
+                domain = domain_expires_on = ""
+            return (str(line), "", address, *_BLANK_MIDDLE, domain, domain_expires_on, *_BLANK_TAIL)
+        assert holder is not None
+        try:
+            next_action_on = self.next_action[expires_on]
+        except KeyError:
+            first = first_action_on(self.stages, date.fromisoformat(expires_on))
+            next_action_on = self.next_action[expires_on] = first.isoformat() if first else ""
+        self.checked.rows += 1
+        return (
+            str(line),
+            str(self.checked.rows),
+            address,
+            login,
+            holder_key,
+            domain,
+            domain_expires_on,
+            expires_on,
+            plan,
+            str(extra_space_gb),
+            str(extra_archive_gb),
+            str(used_space_mb),
+            auto_renew,
+            payment_method,
+            card_expires_on,
+            renewal_years,
+            promo,
+            language,
+            next_action_on,
+            holder.name,
+            holder.kind,
+            holder.reference_email,
+            holder.tax_code or "",
+            holder.vat_number or "",
+            holder.postal_address or "",
+            holder.sdi_code or "",
+            holder.einvoice_pec or "",
+            holder.office_code or "",
+            holder.cig or "",
+            holder.cup or "",
         )
 
-    def _check_domain_expiry(self, line: int, domain: str, expires_on: date, problem: _Problem) -> None:
-        known = self.checked.domains.setdefault(domain, expires_on)
-        earlier = self.domain_lines.setdefault(domain, line)
-        if known != expires_on:
-            problem(
-                "domain_expires_on",
-                f"{expires_on.isoformat()} differs from {known.isoformat()} given for {domain} on line {earlier}",
-            )
-
-    def _warn(self, line: int, address: str, reference_email: str, domain: str | None) -> None:
+    def _warn(self, line: int, address: str, reference_email: str, domain: str) -> None:
         if reference_email == address:
             self.checked.warnings.append(
                 f"line {line}, column reference_email: is the mailbox itself; notices may never be read"
             )
             return
-        if domain is not None:
+        if domain:
             reference_domain = reference_email.rpartition("@")[2]
             if reference_domain == domain or reference_domain.endswith("." + domain):
                 self.checked.warnings.append(
@@ -527,47 +812,75 @@ class _RowChecker:
                 )
 
 
+#: The staged columns of a bad row between ``address`` and ``domain``, and after ``domain_expires_on``.
+_BLANK_MIDDLE = ("",) * (_DOMAIN - _ADDRESS - 1)
+_BLANK_TAIL = ("",) * (STAGING_WIDTH - _DOMAIN_EXPIRES_ON - 1)
+
 #: Holder fields whose import column has another name.
 _HOLDER_COLUMNS = {"name": "holder_name", "kind": "holder_kind"}
 
 
-def _required(value: str | None, column: str, problem: _Problem) -> str | None:
-    if value is None:
-        problem(column, "is required")
-    return value
-
-
-def _parse(
-    value: str | None, column: str, parser: Callable[[str], _T], problem: _Problem
-) -> _T | None:
-    """``parser(value)``, or None when the value is absent or bad (then ``problem`` is told why)."""
-    if value is None:
-        return None
+@lru_cache(maxsize=4096)
+def _check_holder(
+    name: str,
+    kind: str,
+    reference_email: str,
+    tax_code: str,
+    vat_number: str,
+    einvoice_code: str,
+    postal_address: str,
+    cig: str,
+    cup: str,
+) -> tuple[HolderData | None, str, tuple[holder_data.HolderProblem, ...]]:
+    """``holder_data.check_holder`` and the holder key, cached: a holder's mailboxes are usually on nearby lines."""
+    holder, problems = holder_data.check_holder(
+        name=name,
+        kind=kind,
+        reference_email=reference_email,
+        tax_code=tax_code,
+        vat_number=vat_number,
+        einvoice_code=einvoice_code,
+        postal_address=postal_address,
+        cig=cig,
+        cup=cup,
+    )
+    if holder is None:
+        return None, "", tuple(problems)
     try:
-        return parser(value)
+        return holder, holder.holder_key, ()
+    except UnicodeEncodeError:  # bytes that were not UTF-8: the row is refused for them
+        return holder, "", ()
+
+
+def _checked(value: str, column: str, checker: Callable[[str], object], problem: _Problem):
+    """``checker(value)``, or None when the value is bad (then ``problem`` is told why)."""
+    try:
+        return checker(value)
     except ValueError as error:
         problem(column, str(error))
         return None
 
 
 @lru_cache(maxsize=65536)
-def _parse_date(text: str) -> date:
+def _check_date(text: str) -> str:
+    """A real date as YYYY-MM-DD: the text itself."""
     if _DATE_RE.fullmatch(text):
         try:
-            return date.fromisoformat(text)
+            date.fromisoformat(text)
+            return text
         except ValueError:
             pass
     raise ValueError(f"{text!r} is not a real date as YYYY-MM-DD")
 
 
 @lru_cache(maxsize=4096)
-def _parse_card_expiry(text: str) -> date:
-    """YYYY-MM: the last day of that month."""
+def _check_card_expiry(text: str) -> str:
+    """YYYY-MM: the last day of that month, as YYYY-MM-DD."""
     match = _MONTH_RE.fullmatch(text)
     if match:
         year, month = int(match.group(1)), int(match.group(2))
         if year >= 1 and 1 <= month <= 12:
-            return date(year, month, calendar.monthrange(year, month)[1])
+            return date(year, month, calendar.monthrange(year, month)[1]).isoformat()
     raise ValueError(f"{text!r} is not a month as YYYY-MM")
 
 
@@ -580,13 +893,15 @@ def _parse_uint(text: str) -> int:
     raise ValueError(f"{text!r} is not a whole number of 0 or more")
 
 
-def _parse_bool(text: str) -> bool:
+def _check_bool(text: str) -> str:
+    """True or false, as staged: "1" or "0"."""
     try:
         return _BOOLEANS[text.lower()]
     except KeyError:
         raise ValueError(f"{text!r} is not true or false") from None
 
 
+@lru_cache(maxsize=65536)
 def _normalise_domain(text: str) -> str:
     name = text.lower().rstrip(".")
     if name.startswith("@"):
@@ -598,172 +913,152 @@ def _normalise_domain(text: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# Writing
+# Rules across rows, in SQL on the staging table
 
 
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _check_across_rows(connection: Connection, checked: _CheckedFile) -> None:
+    """An address on two lines; a domain given two expiries.  Problems join ``checked.errors`` in file order.
+
+    As when a row is checked, a column keeps its first problem: a cell that
+    already has one gets no second.
+    """
+    rows = STAGING
+    found: list[ImportProblem] = []
+
+    repeated = (
+        select(rows.c.address, func.min(rows.c.line).label("first_line"))
+        .where(rows.c.address.is_not(None))
+        .group_by(rows.c.address)
+        .having(func.count() > 1)
+        .subquery()
+    )
+    for line, address, first_line in connection.execute(
+        select(rows.c.line, rows.c.address, repeated.c.first_line)
+        .join(repeated, repeated.c.address == rows.c.address)
+        .where(rows.c.line > repeated.c.first_line)
+    ):
+        found.append(ImportProblem(line, "address", f"{address} is already on line {first_line}"))
+
+    first = (
+        select(rows.c.domain, func.min(rows.c.line).label("first_line"))
+        .where(rows.c.domain.is_not(None))
+        .group_by(rows.c.domain)
+        .subquery()
+    )
+    earlier = rows.alias("earlier")
+    for line, domain, expires_on, first_line, known in connection.execute(
+        select(rows.c.line, rows.c.domain, rows.c.domain_expires_on, first.c.first_line, earlier.c.domain_expires_on)
+        .join(first, first.c.domain == rows.c.domain)
+        .join(earlier, earlier.c.line == first.c.first_line)
+        .where(rows.c.domain_expires_on != earlier.c.domain_expires_on)
+    ):
+        found.append(
+            ImportProblem(
+                line,
+                "domain_expires_on",
+                f"{expires_on.isoformat()} differs from {known.isoformat()} given for {domain} on line {first_line}",
+            )
+        )
+
+    if found:
+        taken = {(problem.line, problem.column) for problem in checked.errors}
+        checked.errors.extend(problem for problem in found if (problem.line, problem.column) not in taken)
+    order = checked.position
+    checked.errors.sort(key=lambda problem: (problem.line, order.get(problem.column, len(order))))
 
 
-def _write(
-    session: Session,
-    checked: _CheckedFile,
-    stages: tuple[Stage, ...],
-    report: ImportReport,
-    progress: Progress | None,
-) -> None:
-    connection = session.connection()
-    account_ids = _upsert_accounts(connection, list(dict.fromkeys(row.login for row in checked.rows)))
-    domain_ids = _upsert_domains(connection, checked.domains, stages)
-    holder_ids = _upsert_holders(connection, checked.holders, account_ids)
+# --------------------------------------------------------------------------
+# Writing, set-based, from the staging table
 
-    next_action_cache: dict[date, date | None] = {}
 
-    def next_action(expires_on: date) -> date | None:
-        try:
-            return next_action_cache[expires_on]
-        except KeyError:
-            result = next_action_cache[expires_on] = first_action_on(stages, expires_on)
-            return result
+def _upsert_chunk(connection: Connection, after_seq: int, last_seq: int, *, analyse: bool) -> int:
+    """Upsert the good rows ``after_seq < seq <= last_seq`` of the staging table; return how many were new.
 
-    mailboxes = Mailbox.__table__
+    Accounts by login, domains by name (moving every mailbox of a domain to
+    its expiry), holders by (account, key), mailboxes by address.  ``analyse``
+    (on PostgreSQL, for the first chunk): refresh the statistics of the tables
+    the joins read, which rows written by this transaction are missing from.
+    """
+    rows = STAGING
+    accounts, holders, domains, mailboxes = (model.__table__ for model in (Account, Holder, Domain, Mailbox))
+    in_chunk = and_(rows.c.seq > after_seq, rows.c.seq <= last_seq)
+
+    statement = dialect_insert(connection, accounts).from_select(["login"], select(rows.c.login).where(in_chunk))
+    connection.execute(statement.on_conflict_do_nothing(index_elements=["login"]))
+
+    # Domains, with their expiry (one per domain in a chunk, or the rows are not upserted).
+    chunk_domains = (
+        select(rows.c.domain, rows.c.domain_expires_on, rows.c.next_action_on)
+        .where(in_chunk, rows.c.domain.is_not(None))
+        .group_by(rows.c.domain, rows.c.domain_expires_on, rows.c.next_action_on)
+        .subquery()
+    )
+    statement = dialect_insert(connection, domains).from_select(
+        ["name", "expires_on"], select(chunk_domains.c.domain, chunk_domains.c.domain_expires_on).where(true())
+    )
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=["name"], set_={"expires_on": statement.excluded.expires_on})
+    )
+    # Mailboxes of these domains that the file does not list follow the domain too.
+    dated = (
+        select(domains.c.id, chunk_domains.c.domain_expires_on, chunk_domains.c.next_action_on)
+        .join(chunk_domains, chunk_domains.c.domain == domains.c.name)
+        .subquery()
+    )
+    connection.execute(
+        update(mailboxes)
+        .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
+        .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
+    )
+
+    # Holders: equal data under one account is one row (the key is a digest of it).
+    statement = dialect_insert(connection, holders).from_select(
+        ["account_id", "holder_key", *HOLDER_COLUMNS],
+        select(accounts.c.id, rows.c.holder_key, *(rows.c[name] for name in HOLDER_COLUMNS))
+        .join(accounts, accounts.c.login == rows.c.login)
+        .where(in_chunk),
+    )
+    connection.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "holder_key"]))
+    if analyse:
+        connection.exec_driver_sql("ANALYZE accounts, holders, domains")
+
+    # Mailboxes, by address.
+    chunk = (
+        select(
+            rows.c.address,
+            accounts.c.id,
+            holders.c.id,
+            rows.c.reference_email,
+            domains.c.id,
+            rows.c.plan,
+            rows.c.extra_space_gb,
+            rows.c.extra_archive_gb,
+            rows.c.used_space_mb,
+            rows.c.expires_on,
+            rows.c.auto_renew,
+            rows.c.payment_method,
+            rows.c.card_expires_on,
+            rows.c.renewal_years,
+            rows.c.promo,
+            rows.c.language,
+            rows.c.next_action_on,
+        )
+        .join(accounts, accounts.c.login == rows.c.login)
+        .join(holders, and_(holders.c.account_id == accounts.c.id, holders.c.holder_key == rows.c.holder_key))
+        .outerjoin(domains, domains.c.name == rows.c.domain)
+        .where(in_chunk)
+    )
     statement = dialect_insert(connection, mailboxes)
-    statement = statement.on_conflict_do_update(
+    upsert = statement.from_select(["address", *MAILBOX_UPDATE_COLUMNS], chunk).on_conflict_do_update(
         index_elements=["address"],
         set_={name: statement.excluded[name] for name in MAILBOX_UPDATE_COLUMNS},
     )
-    done = 0
-    for chunk in _chunks(checked.rows, CHUNK_ROWS):
-        addresses = [row.address for row in chunk]
-        existing = sum(
-            connection.execute(
-                select(func.count()).select_from(mailboxes).where(mailboxes.c.address.in_(part))
-            ).scalar_one()
-            for part in _chunks(addresses, LOOKUP_CHUNK)
-        )
-        params = []
-        for row in chunk:
-            account_id = account_ids[row.login]
-            params.append(
-                {
-                    "address": row.address,
-                    "account_id": account_id,
-                    "holder_id": holder_ids[(account_id, row.holder_key)],
-                    "reference_email": checked.holders[(row.login, row.holder_key)].reference_email,
-                    "domain_id": domain_ids[row.domain] if row.domain is not None else None,
-                    "plan": row.plan,
-                    "extra_space_gb": row.extra_space_gb,
-                    "extra_archive_gb": row.extra_archive_gb,
-                    "used_space_mb": row.used_space_mb,
-                    "expires_on": row.expires_on,
-                    "auto_renew": row.auto_renew,
-                    "payment_method": row.payment_method,
-                    "card_expires_on": row.card_expires_on,
-                    "renewal_years": row.renewal_years,
-                    "promo": row.promo,
-                    "language": row.language,
-                    "next_action_on": next_action(row.expires_on),
-                }
-            )
-        connection.execute(statement, params)
-        report.updated += existing
-        report.created += len(chunk) - existing
-        done += len(chunk)
-        if progress is not None:
-            progress(checked.records + done)
-
-
-def _upsert_accounts(connection: Connection, logins: list[str]) -> dict[str, int]:
-    """Insert the logins that are new; return the id of every login."""
-    accounts = Account.__table__
-    statement = dialect_insert(connection, accounts).on_conflict_do_nothing(index_elements=["login"])
-    for chunk in _chunks(logins, CHUNK_ROWS):
-        connection.execute(statement, [{"login": login} for login in chunk])
-    ids: dict[str, int] = {}
-    for chunk in _chunks(logins, LOOKUP_CHUNK):
-        ids.update(connection.execute(select(accounts.c.login, accounts.c.id).where(accounts.c.login.in_(chunk))).all())
-    return ids
-
-
-def _upsert_domains(connection: Connection, expiries: dict[str, date], stages: tuple[Stage, ...]) -> dict[str, int]:
-    """Upsert the domains with their expiry, move every mailbox of a domain to it; return the ids."""
-    if not expiries:
-        return {}
-    domains, mailboxes = Domain.__table__, Mailbox.__table__
-    names = list(expiries)
-    statement = dialect_insert(connection, domains)
-    statement = statement.on_conflict_do_update(
-        index_elements=["name"], set_={"expires_on": statement.excluded.expires_on}
-    )
-    for chunk in _chunks(names, CHUNK_ROWS):
-        connection.execute(statement, [{"name": name, "expires_on": expiries[name]} for name in chunk])
-    ids: dict[str, int] = {}
-    for chunk in _chunks(names, LOOKUP_CHUNK):
-        ids.update(connection.execute(select(domains.c.name, domains.c.id).where(domains.c.name.in_(chunk))).all())
-    # Mailboxes of these domains that the file does not list follow the domain too.
-    follow = (
-        update(mailboxes)
-        .where(mailboxes.c.domain_id == bindparam("b_domain_id"), mailboxes.c.expires_on != bindparam("b_expires_on"))
-        .values(expires_on=bindparam("b_expires_on"), next_action_on=bindparam("b_next_action_on"))
-    )
-    for chunk in _chunks(names, CHUNK_ROWS):
-        connection.execute(
-            follow,
-            [
-                {
-                    "b_domain_id": ids[name],
-                    "b_expires_on": expiries[name],
-                    "b_next_action_on": first_action_on(stages, expiries[name]),
-                }
-                for name in chunk
-            ],
-        )
-    return ids
-
-
-def _upsert_holders(
-    connection: Connection,
-    holders: dict[tuple[str, str], HolderData],
-    account_ids: dict[str, int],
-) -> dict[tuple[int, str], int]:
-    """Insert the holder data that is new per account; return ids by (account id, holder key)."""
-    table = Holder.__table__
-    statement = dialect_insert(connection, table).on_conflict_do_nothing(index_elements=["account_id", "holder_key"])
-    keys = list(holders)
-    for chunk in _chunks(keys, CHUNK_ROWS):
-        params = []
-        for login, holder_key in chunk:
-            holder = holders[(login, holder_key)]
-            params.append(
-                {
-                    "account_id": account_ids[login],
-                    "holder_key": holder_key,
-                    "name": holder.name,
-                    "kind": holder.kind,
-                    "tax_code": holder.tax_code,
-                    "vat_number": holder.vat_number,
-                    "reference_email": holder.reference_email,
-                    "postal_address": holder.postal_address,
-                    "sdi_code": holder.sdi_code,
-                    "einvoice_pec": holder.einvoice_pec,
-                    "office_code": holder.office_code,
-                    "cig": holder.cig,
-                    "cup": holder.cup,
-                }
-            )
-        connection.execute(statement, params)
-    if connection.dialect.name == "postgresql" and len(keys) > CHUNK_ROWS:
-        # Rows inserted by this transaction have no statistics yet; without
-        # them PostgreSQL plans the lookups below as sequential scans.
-        connection.exec_driver_sql("ANALYZE holders")
-    ids: dict[tuple[int, str], int] = {}
-    for chunk in _chunks(keys, LOOKUP_CHUNK):
-        # Both columns of the unique index; the pairs are matched here.
-        query = select(table.c.account_id, table.c.holder_key, table.c.id).where(
-            table.c.account_id.in_({account_ids[login] for login, _ in chunk}),
-            table.c.holder_key.in_([holder_key for _, holder_key in chunk]),
-        )
-        for account_id, holder_key, holder_id in connection.execute(query):
-            ids[(account_id, holder_key)] = holder_id
-    return ids
+    if connection.dialect.name == "postgresql":
+        # A row this statement inserted has no xmax; an updated one has ours.
+        # Cheaper than looking the addresses up first.
+        return sum(connection.execute(upsert.returning(literal_column("xmax = 0"))).scalars())
+    existing = connection.execute(
+        select(func.count()).select_from(rows.join(mailboxes, mailboxes.c.address == rows.c.address)).where(in_chunk)
+    ).scalar_one()
+    connection.execute(upsert)
+    return last_seq - after_seq - existing
