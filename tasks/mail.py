@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_init
 from sqlalchemy.exc import OperationalError
 
 from worker import metrics, runtime
+from worker.emails import compile_templates
+
+
+@worker_init.connect
+def _compile_templates_before_the_pool_forks(**_kwargs) -> None:
+    """In the worker's main process: every pool process starts with the templates compiled,
+    rather than compiling them in its first mail task (a second or more on a busy machine)."""
+    compile_templates()
 
 
 @shared_task(name="pec_renewal.deliver_outbox", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)

@@ -277,3 +277,65 @@ def test_a_message_the_renderer_refuses_fails_without_retries(runtime, smtp_serv
         statuses = session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id)).all()
     assert statuses == ["failed", "sent"]
     assert len(smtp_server.messages) == 1
+
+
+def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(session_factory):
+    from worker.outbox import CLAIM_LEASE, claim_due_messages
+
+    now = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
+
+    def message(number: int, status: str = "pending", next_attempt_at: datetime | None = None) -> OutboxMessage:
+        return OutboxMessage(
+            message_id=f"m{number}@pec-provider.example", kind="expiry-notice", stage="-15d", language="it",
+            to_address=f"titolare{number}@example.it", business_date=now.date(), context={}, status=status,
+            attempts=0, next_attempt_at=next_attempt_at, created_at=now,
+        )  # fmt: skip
+
+    with session_factory() as session, session.begin():
+        session.add_all(
+            [
+                message(1),
+                message(2, status="sent"),
+                message(3, next_attempt_at=now + timedelta(minutes=5)),  # deferred, or leased to another relay
+                message(4, next_attempt_at=now - timedelta(minutes=1)),  # its retry is due
+                message(5),
+                message(6),  # not asked for
+            ]
+        )
+    with session_factory() as session, session.begin():
+        ids = {m.message_id: m.id for m in session.scalars(select(OutboxMessage))}
+        asked = [ids[f"m{n}@pec-provider.example"] for n in (5, 4, 3, 2, 1)]
+        claimed = claim_due_messages(session, now, 2, only_ids=asked)
+        assert claimed == [ids["m1@pec-provider.example"], ids["m4@pec-provider.example"]]
+        assert claim_due_messages(session, now, 10, only_ids=asked) == [ids["m5@pec-provider.example"]]
+    with session_factory() as session:
+        leased = session.scalars(
+            select(OutboxMessage.message_id).where(OutboxMessage.next_attempt_at == now + CLAIM_LEASE)
+        )
+        assert sorted(leased) == ["m1@pec-provider.example", "m4@pec-provider.example", "m5@pec-provider.example"]
+
+
+def test_a_stage_sent_in_an_earlier_cycle_is_sent_again_in_this_one(runtime, session_factory):
+    """The ledger is read by mailbox and checked by cycle: last year's -15d does not stop this year's."""
+    from worker.notices import process_notice_batch
+
+    today = date(2027, 3, 16)
+    with session_factory() as session, session.begin():
+        renewed = make_mailbox(session, expires_on=date(2027, 3, 31))
+        already = make_mailbox(session, expires_on=date(2027, 3, 31))
+        for mailbox, cycle in ((renewed, date(2026, 3, 31)), (already, date(2027, 3, 31))):
+            session.add(
+                NoticeLedgerEntry(
+                    mailbox_id=mailbox.id, cycle_expires_on=cycle, stage="-15d", kind="expiry-notice",
+                    business_date=cycle - timedelta(days=15),
+                )  # fmt: skip
+            )
+        ids = [renewed.id, already.id]
+    with session_factory() as session, session.begin():
+        result = process_notice_batch(
+            session, ids, today=today, stages=runtime.settings.notice_stages,
+            now=at_morning(today), mail_domain="pec-provider.example",
+        )  # fmt: skip
+    assert result.notices == {("expiry-notice", "-15d"): 1}
+    assert result.skipped["already-sent"] == 1
+    assert [planned.mailboxes for planned in result.planned] == [[renewed.address]]

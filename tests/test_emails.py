@@ -398,3 +398,33 @@ def test_non_ascii_subjects_encode_without_splitting_a_character(renderer, holde
 def test_the_output_is_deterministic(renderer):
     rendered = render(renderer, count=3)
     assert rendered.as_bytes() == rendered.as_bytes()
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Le sue caselle PEC scadono il 26 gennaio 2027",
+        "x" * 69,  # "Subject: " + 69 characters: exactly 78 columns
+        "x" * 70,
+        " ".join(["rinnovo"] * 20),
+        "a=?b ;c: (d) \"e\"",
+    ],
+)
+def test_ascii_subjects_are_folded_as_the_email_package_folds_them(subject):
+    from email.header import Header
+
+    from worker.emails import _folded_subject
+
+    expected = "Subject: " + Header(subject, "us-ascii", header_name="Subject").encode(linesep="\r\n")
+    assert _folded_subject(subject) == expected
+
+
+def test_a_celery_worker_compiles_the_templates_before_its_pool_forks():
+    from celery.signals import worker_init
+
+    import tasks.mail  # noqa: F401  (connects the signal, as the worker's imports do)
+    from worker.emails import _templates
+
+    _templates.cache_clear()
+    worker_init.send(sender=None)
+    assert _templates.cache_info().currsize == 1

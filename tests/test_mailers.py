@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult
 
 from tests.conftest import make_settings
-from tests.smtp_server import LoopbackSMTPServer
+from tests.smtp_server import LoopbackSMTPServer, _Handler
 from worker.emails import EmailRenderer
 from worker.links import LinkSigner
 from worker.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
@@ -33,6 +33,29 @@ def message(number: int = 1) -> bytes:
         ".a line that starts with a dot\r\n"
         "..two dots\r\n"
     ).encode("ascii")
+
+
+class _PipeliningHandler(_Handler):
+    """The loopback server's handler, announcing PIPELINING (RFC 2920) as Postfix does."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+@pytest.fixture(params=["plain", "pipelining"])
+def smtp_server(request):
+    """Every SMTP test runs twice: against a server without PIPELINING (smtplib's
+    sendmail, four round trips) and one with it (MAIL, RCPT and DATA in one write)."""
+    server = LoopbackSMTPServer()
+    if request.param == "pipelining":
+        server._controller.handler = _PipeliningHandler(server)
+    server.start()
+    server.pipelining = request.param == "pipelining"
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -277,3 +300,19 @@ def test_maildir_backend_creates_missing_parent_folders(tmp_path):
     target = tmp_path / "not" / "yet" / "mail"
     MaildirMailer(target).send("a@example.it", "b@example.it", b"Subject: x\r\n\r\nbody\r\n")
     assert len(list((target / "new").iterdir())) == 1
+
+
+def test_pipelining_is_used_when_the_server_offers_it(smtp_server, mailer):
+    mailer.send(SENDER, "mario@example.it", message())
+    assert mailer._connection.has_extn("pipelining") is smtp_server.pipelining
+    assert [m.data for m in smtp_server.messages] == [message()]
+
+
+def test_a_pipelined_refusal_at_mail_from_is_transient_and_the_connection_stays_usable(smtp_server, mailer):
+    smtp_server.fail_next("451 4.3.0 Sender check failed", at="mail")
+    with pytest.raises(DeliveryError) as caught:
+        mailer.send(SENDER, "mario@example.it", message(1))
+    assert (caught.value.permanent, caught.value.smtp_code) == (False, 451)
+    mailer.send(SENDER, "mario@example.it", message(2))
+    assert [m.data for m in smtp_server.messages] == [message(2)]
+    assert smtp_server.connections == 1

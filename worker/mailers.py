@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import mailbox
+import re
 import smtplib
 import socket
 import ssl
@@ -111,7 +112,10 @@ class SMTPMailer:
         _refuse_line_breaks(sender=sender, recipient=recipient)
         connection = self._usable_connection()
         try:
-            connection.sendmail(sender, [recipient], message)
+            if connection.has_extn("pipelining"):
+                _send_pipelined(connection, sender, recipient, message)
+            else:
+                connection.sendmail(sender, [recipient], message)
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = error.recipients.get(recipient, (None, b""))
             self._after_failure(code)
@@ -228,6 +232,59 @@ class SMTPMailer:
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
         _close_quietly(connection)
+
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _send_pipelined(connection: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> None:
+    """One transaction with PIPELINING (RFC 2920): two round trips instead of smtplib's four.
+
+    MAIL, RCPT and DATA go in one write and their three replies are read
+    together; then the message.  A failure raises what ``sendmail`` raises,
+    after the same clean-up (RSET, or closing on 421), so the caller tells
+    them apart as before.
+    """
+    connection.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+    (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = (
+        connection.getreply(),
+        connection.getreply(),
+        connection.getreply(),
+    )
+    refused = mail_code != 250 or rcpt_code not in (250, 251)
+    if refused and data_code == 354:
+        # A server that opened DATA without a recipient: end the empty message, then RSET.
+        connection.send(b".\r\n")
+        connection.getreply()
+    if refused or data_code != 354:
+        if 421 in (mail_code, rcpt_code, data_code):
+            connection.close()
+        else:
+            _reset(connection)
+        if mail_code != 250:
+            raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+        if rcpt_code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    data = _LEADING_DOT.sub(b"..", message)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    connection.send(data + b".\r\n")
+    code, reply = connection.getreply()
+    if code != 250:
+        if code == 421:
+            connection.close()
+        else:
+            _reset(connection)
+        raise smtplib.SMTPDataError(code, reply)
+
+
+def _reset(connection: smtplib.SMTP) -> None:
+    """RSET after a failed transaction; a server that hung up is found out at the next use."""
+    try:
+        connection.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
 
 
 def _is_5xx(code: int | None) -> bool:

@@ -1,0 +1,481 @@
+"""A peak day end to end: 200,000 due notices in a 10M-mailbox table, through Celery, PostgreSQL and SMTP.
+
+    .venv/bin/python bench/daily_peak.py --mailboxes 10000000 --due 200000 \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench_peak \
+        --redis-url redis://127.0.0.1:6379/4 --smtp 127.0.0.1:2525
+
+Seeds the fleet once with ``generate_series`` (``quiet_day.seed``); a later run
+with the same ``--mailboxes`` reuses it, and only the due set is reset (the
+first ``--due`` mailboxes expire 15 days after the peak day and are due on it;
+ledger, outbox and daily runs are emptied).  Starts Postfix's ``smtp-sink`` on
+``--smtp`` unless ``--external-sink``, and the Celery workers (``--worker
+QUEUES:CONCURRENCY``, repeatable) with the PEC_RENEWAL_* environment pointing
+at these services.  Then, in this process and run:
+
+1. the bare limit: the same templates rendered and sent to the same sink by
+   one process per core, one persistent SMTP connection each, no database and
+   no Celery;
+2. the peak day: one ``pec_renewal.daily_scan`` task for the peak day, timed
+   until every due mailbox has its ledger row and every email was accepted by
+   the sink;
+3. the bare limit again (the figure is the mean of the two, so a noisy
+   neighbour hurts both sides alike).
+
+Progress goes to stderr; the last line on stdout is a JSON summary with
+emails/s, wall time, the ratio to the bare limit, the CPU time per email of
+the workers and of the bare limit (steadier than wall time on a shared
+machine), and the peak RSS (VmHWM) of every worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import redis
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+from quiet_day import FIRST_EXPIRY, ensure_database, psycopg_url, seed  # noqa: E402
+
+from config.settings import Settings  # noqa: E402
+from worker import migrate  # noqa: E402
+from worker.emails import message_id_for  # noqa: E402
+from worker.mailers import SMTPMailer  # noqa: E402
+from worker.notices import SCHEDULE_STATE_KEY  # noqa: E402
+from worker.runtime import Runtime, freeze_startup_objects  # noqa: E402
+
+PEAK_DAY = date(2027, 1, 11)
+#: Every due mailbox expires on the same date (bought the day PEC became compulsory):
+#: the "-15d" stage falls on the peak day.
+PEAK_EXPIRY = PEAK_DAY + timedelta(days=15)
+STAGE = "-15d"
+MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example>"
+#: A fixed key for the benchmark's links only: nothing is ever verified with it.
+BENCH_SECRET_KEYS = "bench-only-key-0123456789abcdef0123456789"
+DEFAULT_WORKERS = ("scan,notices:2", "mail:4")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- the database ------------------------------------------------------------------------
+
+
+def reset_due_set(url: str, due: int) -> None:
+    """Make the first ``due`` mailboxes due on the peak day, and nothing else; empty what a run writes.
+
+    Quick enough to run before every run: it touches the due rows and whatever
+    an earlier run with a larger ``--due`` left due, through indexes.
+    """
+    with psycopg.connect(psycopg_url(url)) as connection:
+        connection.execute(
+            """UPDATE mailboxes SET expires_on = %(first)s::date + (id %% 3650)::int,
+                                    next_action_on = %(first)s::date + (id %% 3650)::int - 92
+               WHERE next_action_on <= %(day)s AND id > %(due)s""",
+            {"first": FIRST_EXPIRY, "day": PEAK_DAY, "due": due},
+        )
+        connection.execute(
+            "UPDATE mailboxes SET expires_on = %s, next_action_on = %s WHERE id <= %s",
+            (PEAK_EXPIRY, PEAK_DAY, due),
+        )
+        connection.execute("TRUNCATE notice_ledger, outbox_messages, daily_runs, bounced_addresses")
+        # The schedule in force is the recorded one: the scan does not walk the fleet
+        # to reconcile next_action_on (it does so once after NOTICE_STAGES changes).
+        fingerprint = ",".join(stage.name for stage in Settings.from_env(worker_environment_base()).notice_stages)
+        connection.execute(
+            """INSERT INTO worker_state (key, value) VALUES (%s, %s)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+            (SCHEDULE_STATE_KEY, fingerprint),
+        )
+        due_now = connection.execute(
+            "SELECT count(*) FROM mailboxes WHERE next_action_on <= %s", (PEAK_DAY,)
+        ).fetchone()[0]
+        connection.commit()
+        connection.autocommit = True
+        # Not the emptied tables: statistics of an empty table would plan the whole day
+        # as if they stayed empty; never analysed, they are planned by their actual size.
+        connection.execute("ANALYZE mailboxes")
+    if due_now != due:
+        raise SystemExit(f"{due_now} mailboxes are due on {PEAK_DAY}, not {due}")
+
+
+def progress_counts(connection: psycopg.Connection) -> tuple[int, int, int, bool]:
+    """(ledger rows, outbox rows, outbox rows still pending, scan recorded)."""
+    ledger = connection.execute("SELECT count(*) FROM notice_ledger").fetchone()[0]
+    total, pending = connection.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM outbox_messages"
+    ).fetchone()
+    scanned = connection.execute(
+        "SELECT finished_at IS NOT NULL FROM daily_runs WHERE business_date = %s", (PEAK_DAY,)
+    ).fetchone()
+    connection.rollback()
+    return ledger, total, pending, bool(scanned and scanned[0])
+
+
+def outcome_counts(url: str) -> dict[str, int]:
+    with psycopg.connect(psycopg_url(url)) as connection:
+        return dict(connection.execute("SELECT status, count(*) FROM outbox_messages GROUP BY status").fetchall())
+
+
+# -- the services --------------------------------------------------------------------------
+
+
+def worker_environment_base() -> dict[str, str]:
+    return {
+        "PEC_RENEWAL_SECRET_KEYS": BENCH_SECRET_KEYS,
+        "PEC_RENEWAL_MAIL_FROM": MAIL_FROM,
+        "PEC_RENEWAL_BASE_URL": "https://rinnovi.example.it",
+    }
+
+
+def worker_environment(args, var_dir: Path) -> dict[str, str]:
+    host, port = args.smtp
+    return {
+        **worker_environment_base(),
+        "PEC_RENEWAL_VAR_DIR": str(var_dir),
+        "PEC_RENEWAL_DATABASE_URL": args.database_url,
+        "PEC_RENEWAL_BROKER_URL": args.redis_url,
+        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
+        "PEC_RENEWAL_SMTP_HOST": host,
+        "PEC_RENEWAL_SMTP_PORT": str(port),
+        "PEC_RENEWAL_METRICS_PORT": "0",
+        **{f"PEC_RENEWAL_{name}": value for name, value in args.setting},
+    }
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {host}:{port}")
+
+
+def start_sink(host: str, port: int, out: Path) -> subprocess.Popen:
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    command = [sink] + (["-u", "nobody"] if os.geteuid() == 0 else []) + [f"{host}:{port}", "1000"]
+    process = subprocess.Popen(command, stdout=open(out, "wb"), stderr=subprocess.STDOUT)
+    wait_for_port(host, port)
+    return process
+
+
+def start_worker(spec: str, env: dict[str, str], directory: Path, number: int) -> subprocess.Popen:
+    queues, _, concurrency = spec.partition(":")
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", queues, f"--concurrency={concurrency or 1}", "-n", f"peak{number}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        env={**os.environ, **env},
+        cwd=BENCH.parent,
+        stdout=open(directory / f"worker{number}.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pids
+    for child in children:
+        pids.extend(process_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time these processes have used so far (/proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's high-water resident set (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- the bare limit -------------------------------------------------------------------------
+
+
+def bare_context(mailbox_id: int) -> tuple[str, str, dict]:
+    """(recipient, Message-ID, context) as the notice batch writes them for the seeded mailbox."""
+    context = {
+        "holder_name": f"Titolare {mailbox_id}",
+        "mailboxes": [
+            {
+                "id": mailbox_id,
+                "address": f"casella{mailbox_id}@pec.example.it",
+                "expires_on": PEAK_EXPIRY.isoformat(),
+                "plan": "standard",
+                "domain": None,
+            }
+        ],
+    }
+    message_id = message_id_for([(mailbox_id, PEAK_EXPIRY.isoformat(), STAGE)], "pec-provider.example")
+    return f"titolare{mailbox_id}@example.it", message_id, context
+
+
+def bare_sender(renderer, host: str, port: int, ids: range, started: multiprocessing.Barrier) -> None:
+    mailer = SMTPMailer(host, port)
+    mailer.send("warm@example.it", "warm@example.it", b"Subject: warm-up\r\n\r\n.\r\n")
+    started.wait()
+    for mailbox_id in ids:
+        recipient, message_id, context = bare_context(mailbox_id)
+        email = renderer.render(
+            kind="expiry-notice", stage=STAGE, language="it", to_address=recipient,
+            message_id=message_id, context=context, now=datetime.now(timezone.utc),
+        )  # fmt: skip
+        mailer.send(email.sender, email.recipient, email.as_bytes())
+    mailer.close()
+
+
+def bare_limit(renderer, host: str, port: int, emails: int, processes: int) -> tuple[float, float]:
+    """Emails/s of ``processes`` processes rendering and sending, forked after the templates compiled,
+    and the CPU milliseconds they used per email."""
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes + 1)
+    share = -(-emails // processes)
+    shares = [range(1 + n * share, 1 + min(emails, (n + 1) * share)) for n in range(processes)]
+    children = [
+        context.Process(target=bare_sender, args=(renderer, host, port, ids, barrier)) for ids in shares
+    ]
+    for child in children:
+        child.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit(f"a bare-limit sender failed (exit {child.exitcode})")
+    wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    return emails / wall, cpu * 1000 / emails
+
+
+# -- the peak day ----------------------------------------------------------------------------
+
+
+def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[subprocess.Popen]):
+    from worker.celery_app import create_celery
+
+    app = create_celery(Settings.from_env(env))
+    # Let every worker reach its queues before the clock starts.
+    deadline = time.monotonic() + 60
+    while len(app.control.inspect(timeout=1.0).active_queues() or {}) < len(workers):
+        if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
+            raise SystemExit(f"the workers did not start; see {directory}/worker*.log")
+    log(f"{len(workers)} Celery workers up ({', '.join(args.worker)}); peak day starts")
+
+    connection = psycopg.connect(psycopg_url(args.database_url))
+    worker_pids = [pid for worker in workers for pid in process_tree(worker.pid)]
+    cpu_before = cpu_seconds(worker_pids)
+    started = time.perf_counter()
+    app.send_task("pec_renewal.daily_scan", args=[PEAK_DAY.isoformat()])
+    last_report = 0.0
+    scanned_at = notices_at = None
+    while True:
+        time.sleep(0.5)
+        ledger, total, pending, scanned = progress_counts(connection)
+        elapsed = time.perf_counter() - started
+        if scanned and scanned_at is None:
+            scanned_at = elapsed
+        if ledger >= args.due and notices_at is None:
+            notices_at = elapsed
+        if elapsed - last_report >= 5:
+            last_report = elapsed
+            log(f"{elapsed:6.1f} s: {ledger:,} notices, {total - pending:,}/{total:,} emails handled")
+        if notices_at is not None and pending == 0:
+            break
+        if elapsed > args.timeout:
+            raise SystemExit(f"the peak day did not finish in {args.timeout} s ({ledger} notices, {pending} pending)")
+        if any(worker.poll() is not None for worker in workers):
+            raise SystemExit(f"a worker died; see {directory}/worker*.log")
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(worker_pids) - cpu_before
+    connection.close()
+
+    rss = {}
+    for number, (spec, worker) in enumerate(zip(args.worker, workers)):
+        pids = process_tree(worker.pid)
+        rss[f"worker{number} {spec}"] = {
+            "main": peak_rss_mb(pids[0]),
+            "pool": [peak_rss_mb(pid) for pid in pids[1:]],
+        }
+    return wall, scanned_at, notices_at, total, rss, cpu
+
+
+def run_peak_day(args, env: dict[str, str], directory: Path) -> dict:
+    redis.Redis.from_url(args.redis_url).flushdb()
+    workers = [start_worker(spec, env, directory, number) for number, spec in enumerate(args.worker)]
+    try:
+        wall, scanned_at, notices_at, total, rss, cpu = _drive_peak_day(args, env, directory, workers)
+    finally:
+        for worker in workers:
+            stop(worker)
+    return {
+        "wall_seconds": round(wall, 2),
+        "scan_done_seconds": round(scanned_at or 0, 2),
+        "notices_done_seconds": round(notices_at or 0, 2),
+        "emails": total,
+        "workers_cpu_ms_per_email": round(cpu * 1000 / max(total, 1), 3),
+        "peak_rss_mb": rss,
+    }
+
+
+def _peak_child(args, env: dict[str, str], directory: Path, pipe) -> None:
+    os.environ.update(env)  # worker.celery_app builds its app from the environment on import
+    try:
+        pipe.send(("ok", run_peak_day(args, env, directory)))
+    except BaseException as error:  # SystemExit included: the parent reports it
+        pipe.send(("error", str(error)))
+
+
+def run_peak_day_in_child(args, env: dict[str, str], directory: Path) -> dict:
+    """The peak day, driven from a forked process: Celery's client (kombu) never lives in
+    this one, whose later forks (the bare limit) would otherwise hang closing its connections."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_peak_child, args=(args, env, directory, sender))
+    child.start()
+    status, value = receiver.recv()
+    child.join()
+    if status != "ok":
+        raise SystemExit(value)
+    return value
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mailboxes", type=int, default=10_000_000)
+    parser.add_argument("--due", type=int, default=200_000, help="mailboxes due on the peak day (one email each)")
+    parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench_peak")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4", help="the broker (its DB is emptied)")
+    parser.add_argument("--smtp", type=parse_hostport, default=("127.0.0.1", 2525), help="the SMTP sink, host:port")
+    parser.add_argument("--external-sink", action="store_true", help="use a sink already listening on --smtp")
+    parser.add_argument(
+        "--worker", action="append", metavar="QUEUES:CONCURRENCY",
+        help=f"a Celery worker to start, e.g. scan,notices:1 (repeatable; default {' '.join(DEFAULT_WORKERS)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--setting", action="append", default=[], type=lambda text: tuple(text.split("=", 1)), metavar="NAME=VALUE",
+        help="an extra PEC_RENEWAL_NAME=VALUE for the workers, e.g. RELAY_BATCH_SIZE=500",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bare-emails", type=int, default=None, help="emails per bare-limit run (default: min(due, 30000))"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count(), help="bare-limit processes (default: the cores)"
+    )
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    args.worker = args.worker or list(DEFAULT_WORKERS)
+    bare_emails = args.bare_emails or min(args.due, 30_000)
+
+    ensure_database(args.database_url)
+    migrate.upgrade(args.database_url)
+    seconds = seed(args.database_url, args.mailboxes, args.due)
+    if seconds:
+        log(f"seeded {args.mailboxes:,} mailboxes in {seconds:.1f} s")
+    started = time.perf_counter()
+    reset_due_set(args.database_url, args.due)
+    reset_seconds = time.perf_counter() - started
+    log(f"due set reset in {reset_seconds:.1f} s: {args.due:,} mailboxes due on {PEAK_DAY}")
+
+    directory = Path(tempfile.mkdtemp(prefix="daily_peak-"))
+    env = worker_environment(args, directory / "var")
+    host, port = args.smtp
+    sink = None if args.external_sink else start_sink(host, port, directory / "sink.out")
+    try:
+        runtime = Runtime(Settings.from_env(env))
+        renderer = runtime.renderer  # templates compiled before the senders fork
+        freeze_startup_objects()
+        bare_before, bare_cpu_before = bare_limit(renderer, host, port, bare_emails, args.processes)
+        log(f"bare limit: {bare_before:,.0f} emails/s ({args.processes} processes, {bare_emails:,} emails)")
+        peak = run_peak_day_in_child(args, env, directory)
+        rate = peak["emails"] / peak["wall_seconds"]
+        log(f"peak day: {peak['emails']:,} emails in {peak['wall_seconds']:.1f} s, {rate:,.0f} emails/s")
+        bare_after, bare_cpu_after = bare_limit(renderer, host, port, bare_emails, args.processes)
+        log(f"bare limit: {bare_after:,.0f} emails/s")
+    finally:
+        if sink is not None:
+            stop(sink)
+    bare = (bare_before + bare_after) / 2
+    outcomes = outcome_counts(args.database_url)
+    summary = {
+        "mailboxes": args.mailboxes,
+        "due": args.due,
+        "seed_seconds": round(seconds, 1),
+        "reset_seconds": round(reset_seconds, 1),
+        "workers": args.worker,
+        "settings": dict(args.setting),
+        **peak,
+        "emails_per_second": round(rate, 1),
+        "bare_limit_emails_per_second": round(bare, 1),
+        "bare_limit_runs": [round(bare_before, 1), round(bare_after, 1)],
+        "bare_limit_processes": args.processes,
+        "bare_limit_cpu_ms_per_email": round((bare_cpu_before + bare_cpu_after) / 2, 3),
+        "ratio_to_bare_limit": round(rate / bare, 3),
+        "outbox": outcomes,
+        "bench_peak_rss_mb": peak_rss_mb(os.getpid()),
+        "logs": str(directory),
+    }
+    print(json.dumps(summary))
+    if outcomes.get("sent", 0) != peak["emails"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
