@@ -11,8 +11,12 @@
 # LinkSigner, starts both apps with `gunicorn -c python:worker.web.gunicorn_conf`, then
 # alternates wrk runs (baseline, app, baseline, app, ...) of the same length and
 # connections.  --workers/--threads/--worker-class override gunicorn_conf for both apps alike.
-# --profile DIR records the app's first gunicorn worker with py-spy during the first app run.
+# --profile DIR records the app's gunicorn workers with py-spy during the first app run: the first
+# worker's every thread (DIR/app-worker.txt), the second's GIL holder only (DIR/app-worker-gil.txt).
 # Progress goes to stderr; the last line of stdout is the JSON summary (ratio = app / baseline).
+# Each side's CPU time per request (its gunicorn processes' user + system time over the run,
+# from /proc) is reported beside it: on a loaded machine the throughput moves with the load,
+# the CPU a request costs much less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,7 +76,8 @@ app_pid=$!
 pids+=("$app_pid")
 "$GUNICORN" -c python:worker.web.gunicorn_conf --bind "127.0.0.1:$baseline_port" ${gunicorn_args[@]+"${gunicorn_args[@]}"} \
     --pythonpath bench 'link_handler_baseline:create_app()' >"$work/baseline.log" 2>&1 &
-pids+=("$!")
+baseline_pid=$!
+pids+=("$baseline_pid")
 
 # Both must answer 200 to a real link before anything is measured.
 "$PYTHON" - "$app_port" "$baseline_port" "$first_path" <<'EOF' || { cat "$work/app.log" "$work/baseline.log" >&2; exit 1; }
@@ -95,30 +100,49 @@ for port in (app_port, baseline_port):
         sys.exit("the app's link page does not show the mailbox")
 EOF
 
-run_wrk() {  # port, output file, duration
+cpu_ticks() {  # the CPU time (user + system, in clock ticks) of a gunicorn master and its workers so far
+    local pid total=0
+    for pid in "$1" $(pgrep -P "$1"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+run_wrk() {  # port, output file, duration, gunicorn master pid (its CPU goes to OUTPUT.cpu)
+    local before
+    before=$(cpu_ticks "$4")
     "$WRK" --latency -t1 -c"$connections" -d"$3" -s "$work/links.lua" "http://127.0.0.1:$1" >"$2"
+    echo $(($(cpu_ticks "$4") - before)) >"$2.cpu"
 }
 
 echo "warming up both apps..." >&2
-run_wrk "$baseline_port" /dev/null 3s
-run_wrk "$app_port" /dev/null 3s
+run_wrk "$baseline_port" "$work/warm-baseline.txt" 3s "$baseline_pid"
+run_wrk "$app_port" "$work/warm-app.txt" 3s "$app_pid"
 
 baseline_runs=()
 app_runs=()
 for round in $(seq 1 "$rounds"); do
-    run_wrk "$baseline_port" "$work/baseline-$round.txt" "$duration"
+    run_wrk "$baseline_port" "$work/baseline-$round.txt" "$duration" "$baseline_pid"
     baseline_runs+=("$work/baseline-$round.txt")
     if [ -n "$profile" ] && [ "$round" = 1 ]; then
         mkdir -p "$profile"
-        worker_pid=$(pgrep -P "$app_pid" | head -n 1)
         py_spy=${PY_SPY:-$(dirname "$PYTHON")/py-spy}
-        "$py_spy" record --pid "$worker_pid" --duration "${duration%s}" --rate 250 --format raw \
-            --output "$profile/app-worker.txt" --nonblocking >"$profile/py-spy.log" 2>&1 &
-        spy_pid=$!
+        spy_pids=()
+        # Two views of two identical workers: every thread's stack (waits included), and only the
+        # thread holding the GIL, which is where the worker's Python CPU goes.
+        worker_view=0
+        for worker_pid in $(pgrep -P "$app_pid" | head -n 2); do
+            gil=(); name=app-worker
+            if [ "$worker_view" = 1 ]; then gil=(--gil); name=app-worker-gil; fi
+            "$py_spy" record --pid "$worker_pid" --duration "${duration%s}" --rate 250 --format raw ${gil[@]+"${gil[@]}"} \
+                --output "$profile/$name.txt" --nonblocking >"$profile/$name.log" 2>&1 &
+            spy_pids+=("$!")
+            worker_view=$((worker_view + 1))
+        done
     fi
-    run_wrk "$app_port" "$work/app-$round.txt" "$duration"
+    run_wrk "$app_port" "$work/app-$round.txt" "$duration" "$app_pid"
     app_runs+=("$work/app-$round.txt")
-    if [ -n "$profile" ] && [ "$round" = 1 ]; then wait "$spy_pid" || true; fi
+    if [ -n "$profile" ] && [ "$round" = 1 ]; then for pid in "${spy_pids[@]}"; do wait "$pid" || true; done; fi
     echo "round $round: baseline $(grep Requests/sec "$work/baseline-$round.txt" | awk '{print $2}') req/s," \
         "app $(grep Requests/sec "$work/app-$round.txt" | awk '{print $2}') req/s" >&2
 done

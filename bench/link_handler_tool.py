@@ -2,6 +2,7 @@
 
     link_handler_tool.py seed --database-url URL --mailboxes N --links K --lua PATH
     link_handler_tool.py summary --baseline RUN... --app RUN...
+    link_handler_tool.py profile DIR/app-worker-gil.txt
 
 ``seed`` fills the benchmark database (its name must contain ``bench``) with
 ``generate_series`` unless it already holds N mailboxes not yet expired, all
@@ -9,13 +10,15 @@ renewable today,
 then signs K real renewal links with the project's ``LinkSigner`` (the keys
 come from ``PEC_RENEWAL_SECRET_KEYS``, as the served apps read them) and
 writes a wrk script that requests them in turn.  ``summary`` reads wrk's
-``--latency`` reports and prints the JSON summary.
+``--latency`` reports (and each run's server CPU time) and prints the JSON
+summary.  ``profile`` prints the inclusive shares of a py-spy profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from datetime import date, timedelta
@@ -128,13 +131,48 @@ def read_wrk(path: Path) -> dict:
     }
 
 
+def read_cpu_ms(path: Path) -> float | None:
+    """The server's CPU time during one wrk run, in ms (``RUN.cpu``, clock ticks), if recorded."""
+    cpu = path.with_name(path.name + ".cpu")
+    if not cpu.exists():
+        return None
+    return int(cpu.read_text()) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def summarise(runs: list[Path]) -> dict:
-    rounds = [read_wrk(path) for path in runs]
-    return {
+    rounds = []
+    for path in runs:
+        run = read_wrk(path)
+        cpu_ms = read_cpu_ms(path)
+        if cpu_ms is not None:
+            run["cpu_ms_per_request"] = round(cpu_ms / max(run["requests"], 1), 3)
+        rounds.append(run)
+    summary = {
         "requests_per_second": round(sum(r["requests"] for r in rounds) / sum(r["seconds"] for r in rounds), 1),
         "p99_ms": max(r["p99_ms"] for r in rounds),
-        "rounds": rounds,
     }
+    if all("cpu_ms_per_request" in r for r in rounds):
+        total_cpu = sum(r["cpu_ms_per_request"] * r["requests"] for r in rounds)
+        summary["cpu_ms_per_request"] = round(total_cpu / sum(r["requests"] for r in rounds), 3)
+    summary["rounds"] = rounds
+    return summary
+
+
+def profile_shares(path: Path, top: int) -> list[tuple[float, str]]:
+    """The share of py-spy's samples (``--format raw``: collapsed stacks) in which each function is
+    on the stack, largest first: its inclusive time."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        total += int(number)
+        # "function (path/to/file.py:123)" -> "function (file.py)", each once per stack
+        for frame in {re.sub(r" \((?:.*/)?([^/:]+)(?::\d+)?\)$", r" (\1)", frame) for frame in stack.split(";")}:
+            counts[frame] = counts.get(frame, 0) + int(number)
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return [(round(100 * count / max(total, 1), 1), frame) for frame, count in ranked]
 
 
 def main() -> None:
@@ -149,7 +187,15 @@ def main() -> None:
     summary.add_argument("--baseline", type=Path, nargs="+", required=True)
     summary.add_argument("--app", type=Path, nargs="+", required=True)
     summary.add_argument("--extra", default="{}", help="JSON merged into the summary (the run's settings)")
+    profile = commands.add_parser("profile", help="inclusive shares of a py-spy raw profile (--profile DIR)")
+    profile.add_argument("path", type=Path)
+    profile.add_argument("--top", type=int, default=60)
     args = parser.parse_args()
+
+    if args.command == "profile":
+        for share, frame in profile_shares(args.path, args.top):
+            print(f"{share:5.1f}%  {frame}")
+        return
 
     if args.command == "seed":
         seed(args.database_url, args.mailboxes)
@@ -164,6 +210,9 @@ def main() -> None:
         app_p99_ms=app["p99_ms"],
         baseline_p99_ms=baseline["p99_ms"],
     )
+    if "cpu_ms_per_request" in app and "cpu_ms_per_request" in baseline:
+        # Baseline CPU per request / app CPU per request: the ratio CPU alone would allow.
+        result["cpu_ratio"] = round(baseline["cpu_ms_per_request"] / app["cpu_ms_per_request"], 3)
     errors = [
         f"{name} round {index}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors"
         for name, runs in (("baseline", baseline), ("app", app))

@@ -512,3 +512,63 @@ def test_order_email_context_is_checked(settings):
     with pytest.raises(ValueError, match="order number"):
         renderer.render(kind="order-confirmation", stage="0d", language="it", to_address="m@example.it",
                         message_id="abc@pec-provider.example", context=context, now=NOW)  # fmt: skip
+
+
+# -- describe_link on a connection in autocommit (the link page's read) -------------------------------
+
+
+def test_a_mailbox_link_reads_in_one_statement_outside_a_transaction(session_factory, settings):
+    """The link page reads a mailbox link on a connection in autocommit, in one SELECT that joins
+    the holder and the link's order: every state, the holder's name and the order to resume must
+    come out right, and nothing else may be asked of the database."""
+    from sqlalchemy import event
+
+    from worker.models import OrderStatus
+
+    with session_factory() as session:
+        plain = make_mailbox(session, expires_on=EXPIRES, plan="pro", holder_name="Anna Bianchi")
+        auto = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa")
+        on_domain = make_mailbox(session, expires_on=EXPIRES, domain="bianchi.example.it")
+        renewed = make_mailbox(session, expires_on=date(2028, 4, 30), language="en")
+        deleted = make_mailbox(session, expires_on=date(2026, 11, 30))
+        ordered = make_mailbox(session, expires_on=EXPIRES)
+        cancelled = make_mailbox(session, expires_on=EXPIRES)
+        unpaid = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_chargeDeclined")
+        session.commit()
+        started = orders.start_order(session, link_for(ordered), TODAY, NOW)
+        orders.start_order(session, link_for(cancelled), TODAY, NOW).status = OrderStatus.CANCELLED.value
+        left_unpaid = orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY, settings=settings)
+        session.commit()
+        cases = [
+            (link_for(plain), LinkState.RENEWABLE, None),
+            (link_for(auto), LinkState.AUTO_RENEW, None),
+            (link_for(on_domain), LinkState.ON_DOMAIN, None),
+            (link_for(renewed, date(2027, 4, 30)), LinkState.ALREADY_RENEWED, None),
+            (link_for(deleted), LinkState.DELETED, None),
+            (link_for(ordered), LinkState.RENEWABLE, started.public_id),
+            (link_for(cancelled), LinkState.RENEWABLE, None),  # a cancelled order is not resumed
+            (link_for(unpaid), LinkState.RENEWABLE, left_unpaid.public_id),  # payable by any method
+            (link_for(plain, date(2027, 5, 31)), LinkState.NOT_FOUND, None),  # a cycle it never had
+            (RenewalLink(MAILBOX, 999999, EXPIRES), LinkState.NOT_FOUND, None),
+        ]
+
+    engine = session_factory.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+    statements = []
+    with engine.connect() as connection:
+
+        @event.listens_for(connection, "before_cursor_execute")
+        def _record(conn, _cursor, statement, _parameters, _context, _executemany):
+            statements.append((statement, conn.connection.dbapi_connection.autocommit))
+
+        for link, state, order_public_id in cases:
+            statements.clear()
+            view = orders.describe_link(connection, link, TODAY)
+            assert (view.state, view.order_public_id) == (state, order_public_id), link
+            assert len(statements) == 1 and statements[0][1] is True, statements  # one statement, autocommit
+    with engine.connect() as connection:
+        view = orders.describe_link(connection, link_for(plain), TODAY)
+    assert (view.holder_name, view.language, view.mailboxes[0].plan) == ("Anna Bianchi", "it", "pro")
+    assert view.mailboxes[0].expires_on == EXPIRES and view.mailboxes[0].state == "active"
+    with engine.connect() as connection:
+        view = orders.describe_link(connection, link_for(renewed, date(2027, 4, 30)), TODAY)
+    assert (view.language, view.new_expires_on, view.holder_name) == ("en", date(2028, 4, 30), "Mario Rossi")

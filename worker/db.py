@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str, **kwargs) -> Engine:
+def make_engine(database_url: str, *, ping_after_idle: float | None = None, **kwargs) -> Engine:
+    """An engine whose pooled connections are checked before use.
+
+    By default (``ping_after_idle=None``) every checkout from the pool costs
+    a ``SELECT 1`` round trip first (``pool_pre_ping``), so a connection the
+    server dropped (a restart, an idle timeout) is replaced, not used.
+
+    ``ping_after_idle=seconds`` pings only a connection that sat in the pool
+    that long.  The link handler's pages are a round trip or two each, so a
+    ping on every checkout was about a tenth of a page (bench/link_handler.sh);
+    a connection given back a moment ago is as good as a ping would prove.  If
+    the server restarts under load, a connection used just before is found dead
+    by its first statement instead: psycopg's error is a disconnect to
+    SQLAlchemy, which then replaces every connection of the pool, and the
+    caller sees that one error (``DBAPIError.connection_invalidated``).
+    SQLite has no server to drop a connection: it ignores ``ping_after_idle``.
+    """
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -35,8 +53,32 @@ def make_engine(database_url: str, **kwargs) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(database_url, **kwargs)
+    if ping_after_idle is None:
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(database_url, **kwargs)
+    engine = create_engine(database_url, pool_pre_ping=False, **kwargs)
+    _ping_after_idle(engine, ping_after_idle)
+    return engine
+
+
+def _ping_after_idle(engine: Engine, seconds: float) -> None:
+    # SQLAlchemy's recipe for pessimistic disconnect handling through pool
+    # events.  InvalidatePoolError at checkout is what pool_pre_ping raises on a
+    # failed ping: the pool drops this connection and every older one (a dead
+    # connection usually means the server restarted) and opens another.
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()  # cleared if the connection is invalidated
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy):
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < seconds:
+            return  # just opened, or given back a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise InvalidatePoolError("a pooled connection failed its ping") from error
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

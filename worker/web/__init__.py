@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from itsdangerous import Serializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
+from sqlalchemy import Engine
 
 from config.settings import Settings
+from worker.db import make_engine
 from worker.runtime import Runtime
 from worker.web import i18n
 from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY, install_log_redaction, redact
@@ -35,6 +41,28 @@ class _App(Flask):
         self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
 
 
+#: A pooled connection idle longer than this is pinged before use (worker.db.make_engine).
+PING_AFTER_IDLE_SECONDS = 10.0
+#: Connections each web process keeps open between requests.  The pool opens one only when a
+#: thread needs it, so this is a ceiling: at most gunicorn's threads (8) are ever open at once.
+#: SQLAlchemy's default of 5 closed and reopened the extra threads' connections on every request.
+POOL_SIZE = 16
+
+
+class WebRuntime(Runtime):
+    """The link handler's runtime: a pool as large as its threads, pinged only after sitting idle.
+
+    A ping on every checkout was one of the few round trips of a link page.
+    Under load a connection comes back to the pool and goes out again within
+    milliseconds; one that sat idle (a quiet night, a server restart) is still
+    checked first.  The CLI and the Celery workers keep the ping on every checkout.
+    """
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url, ping_after_idle=PING_AFTER_IDLE_SECONDS, pool_size=POOL_SIZE)
+
+
 def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) -> Flask:
     """The Flask app for ``settings_or_runtime`` (default: ``Settings.from_env()``).
 
@@ -44,7 +72,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     """
     if settings_or_runtime is None:
         settings_or_runtime = Settings.from_env()
-    runtime = settings_or_runtime if isinstance(settings_or_runtime, Runtime) else Runtime(settings_or_runtime)
+    runtime = settings_or_runtime if isinstance(settings_or_runtime, Runtime) else WebRuntime(settings_or_runtime)
     settings = runtime.settings
 
     install_log_redaction()
@@ -69,7 +97,10 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         TEMPLATES_AUTO_RELOAD=False,
     )
     app.config.update(config)
+    app.session_interface = _SessionInterface()
     app.extensions["pec_runtime"] = runtime
+    # The link page's read: one statement, no BEGIN/ROLLBACK round trips (views._describe_link).
+    app.extensions["pec_autocommit_engine"] = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
     app.url_map.merge_slashes = False  # no redirect built from a path the visitor typed
     app.jinja_env.autoescape = True  # every template, whatever its name
     app.jinja_env.globals.update(t=i18n.translate_in_context, plan_label=i18n.plan_label)
@@ -104,10 +135,14 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        # One pass over the headers the view set, not a setdefault per header: werkzeug looks a
+        # missing header up by raising and catching an exception (bench/link_handler.sh).
+        present = {name.lower() for name, _ in response.headers}
         for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.is_secure or public_https:
-            response.headers.setdefault("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
+            if name.lower() not in present:
+                response.headers.add(name, value)
+        if (request.is_secure or public_https) and "strict-transport-security" not in present:
+            response.headers.add("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
         if request.endpoint != "static" or response.status_code not in (200, 304):  # only a stylesheet is cached
             response.headers["Cache-Control"] = "no-store"
             response.headers["Pragma"] = "no-cache"
@@ -115,6 +150,41 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         return response
 
     return app
+
+
+class _UncompressedSessionSerializer(URLSafeTimedSerializer):
+    """Flask's session serializer, without trying zlib on every cookie it writes.
+
+    The session holds a random CSRF token, random order ids and at most a
+    flashed message: little that compresses, so itsdangerous nearly always kept
+    the plain payload anyway; but every attempt sets up zlib's state, about
+    0.1 ms on this machine, on every link page a new visitor opens
+    (bench/link_handler.sh).  Reading still accepts a compressed cookie.
+    """
+
+    def dump_payload(self, obj) -> bytes:
+        return base64_encode(Serializer.dump_payload(self, obj))
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its serializer built once per key set, not twice a request."""
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple, URLSafeTimedSerializer] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if not app.secret_key:
+            return None
+        keys = (*app.config["SECRET_KEY_FALLBACKS"], app.secret_key)  # the current key last, as Flask does
+        serializer = self._serializers.get(keys)
+        if serializer is None:
+            serializer = self._serializers[keys] = _UncompressedSessionSerializer(
+                list(keys),
+                salt=self.salt,
+                serializer=self.serializer,
+                signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method},
+            )
+        return serializer
 
 
 def _origin(url: str) -> str:

@@ -15,11 +15,13 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from config import catalogue
+from worker import orders as orders_service
 from worker import pricing
-from worker.links import TokenInvalid
+from worker.links import MAILBOX, TokenInvalid
 from worker.web import forms, i18n
 from worker.web.i18n import translate_in_context as t
 
@@ -43,9 +45,7 @@ STEP_ENDPOINTS = {
 
 
 def _orders():
-    from worker import orders
-
-    return orders
+    return orders_service
 
 
 def _runtime():
@@ -213,9 +213,7 @@ def renewal_link(token: str):
             db_session.commit()
             _remember_order(order.public_id)
             return _step_redirect(order)
-    with _db() as db_session:
-        view = orders.describe_link(db_session, link, _today())
-        db_session.rollback()  # read-only, whatever the service did
+    view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
     i18n.set_language(view.language)
@@ -231,6 +229,33 @@ def renewal_link(token: str):
         ),
         status,
     )
+
+
+def _describe_link(link):
+    """What the link page shows, read without writing.
+
+    A mailbox link, the page nearly every holder opens, is one SELECT on a
+    connection in autocommit: one round trip, with no BEGIN and ROLLBACK
+    around it.  A single statement sees one snapshot and cannot write, so
+    nothing is lost.  If the pooled connection turns out dead (the database
+    restarted), the read is simply made again on a fresh one.  An account link
+    reads several tables: it keeps the session and its rollback.
+    """
+    orders = _orders()
+    if link.target != MAILBOX:
+        with _db() as db_session:
+            view = orders.describe_link(db_session, link, _today())
+            db_session.rollback()  # read-only, whatever the service did
+        return view
+    engine = current_app.extensions["pec_autocommit_engine"]
+    try:
+        with engine.connect() as connection:
+            return orders.describe_link(connection, link, _today())
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    with engine.connect() as connection:  # the pool replaced its connections: once more
+        return orders.describe_link(connection, link, _today())
 
 
 # -- Order steps ------------------------------------------------------------------------------------
