@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import date
 
@@ -13,7 +9,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
+from tests.celery_process import start_celery_worker, stop_celery_worker, worker_environment
+from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
 from worker.celery_app import create_celery
 from worker.models import DailyRun, NoticeLedgerEntry, OutboxMessage
@@ -35,39 +32,14 @@ def wait_until(predicate, *, timeout: float, what: str):
 @pytest.fixture
 def worker_env(tmp_path, database_url, smtp_server):
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
-    return {
-        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
-        "PEC_RENEWAL_DATABASE_URL": database_url,
-        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
-        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
-        "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
-        "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
-        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-        "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
-        "PEC_RENEWAL_SCAN_BATCH_SIZE": "7",
-    }
+    return worker_environment(tmp_path, database_url, smtp_server, scan_batch_size=7)
 
 
 @pytest.fixture
 def celery_worker_process(worker_env, tmp_path):
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--concurrency=2", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "--loglevel=INFO",
-        ],
-        env={**os.environ, **worker_env},
-        cwd=tmp_path,
-        stdout=open(tmp_path / "worker.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    process = start_celery_worker(worker_env, tmp_path)
     yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_celery_worker(process)
 
 
 def test_daily_scan_fans_out_in_batches_and_delivers_once(

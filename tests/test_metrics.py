@@ -6,11 +6,7 @@ Celery worker process on the real Redis.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -24,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from config.settings import Settings, SettingsError
+from tests.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
@@ -267,29 +264,13 @@ def free_port() -> int:
 def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, session_factory, smtp_server):
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     port = free_port()
-    env = {
-        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
-        "PEC_RENEWAL_DATABASE_URL": database_url,
-        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
-        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
-        "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
-        "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
-        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-        "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
-        "PEC_RENEWAL_SCAN_BATCH_SIZE": "4",
-        "PEC_RENEWAL_METRICS_PORT": str(port),
-        "PEC_RENEWAL_LOG_FORMAT": "json",
-    }
+    env = worker_environment(tmp_path, database_url, smtp_server, scan_batch_size=4, metrics_port=port, log_format="json")
     stale = tmp_path / "var" / "metrics" / "worker-999999999"  # left by a worker that is gone
     stale.mkdir(parents=True)
     with session_factory() as session, session.begin():
         for number in range(12):
             make_mailbox(session, expires_on=DAY, reference_email=f"titolare{number}@example.it")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--concurrency=2",
-         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"],
-        env={**os.environ, **env}, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    process = start_celery_worker(env, tmp_path)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
 
@@ -319,12 +300,7 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
         assert not stale.exists()
         assert process.poll() is None, "the worker died"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_celery_worker(process)
 
     lines = [line for line in (tmp_path / "worker.log").read_text().splitlines() if line.startswith("{")]
     import json

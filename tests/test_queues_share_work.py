@@ -10,10 +10,6 @@ connection and its own share of the tasks.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -22,7 +18,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
+from tests.celery_process import start_celery_worker, stop_celery_worker, worker_environment
+from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
 from worker.celery_app import create_celery
@@ -35,20 +32,6 @@ MAILBOXES = 90
 HOLDERS = 60
 
 
-def start_worker(name: str, queues: str, env: dict, directory: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-Q", queues, "--concurrency=1", "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-        ],
-        env={**os.environ, **env},
-        cwd=directory,
-        stdout=open(directory / f"{name}.log", "w"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
 def succeeded(log: Path, task: str) -> int:
     """How many ``task`` runs this worker's log reports as succeeded (text or JSON lines alike)."""
     return sum(1 for line in log.read_text(errors="replace").splitlines() if f"{task}[" in line and "succeeded" in line)
@@ -57,33 +40,15 @@ def succeeded(log: Path, task: str) -> int:
 @pytest.fixture
 def two_workers(tmp_path, database_url, smtp_server):
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
-    env = {
-        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
-        "PEC_RENEWAL_DATABASE_URL": database_url,
-        "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
-        "PEC_RENEWAL_MAIL_BACKEND": "smtp",
-        "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
-        "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
-        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-        "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
-        # Many small batches and relay batches, so both workers get some of each.
-        "PEC_RENEWAL_SCAN_BATCH_SIZE": "3",
-        "PEC_RENEWAL_RELAY_BATCH_SIZE": "2",
-        "PEC_RENEWAL_METRICS_PORT": "0",
-    }
+    # Many small batches and relay batches, so both workers get some of each.
+    env = worker_environment(tmp_path, database_url, smtp_server, scan_batch_size=3, relay_batch_size=2)
     workers = {
-        "worker-a": start_worker("worker-a", "scan,notices,mail", env, tmp_path),
-        "worker-b": start_worker("worker-b", "notices,mail", env, tmp_path),
+        "worker-a": start_celery_worker(env, tmp_path, name="worker-a", queues="scan,notices,mail", concurrency=1),
+        "worker-b": start_celery_worker(env, tmp_path, name="worker-b", queues="notices,mail", concurrency=1),
     }
     yield workers
     for process in workers.values():
-        process.send_signal(signal.SIGTERM)
-    for process in workers.values():
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_celery_worker(process)
 
 
 def test_two_workers_share_the_notices_and_the_mail_and_send_each_email_once(

@@ -22,7 +22,8 @@ from celery import Celery
 from sqlalchemy import func, select, text
 
 from config.celery import celery_config
-from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
+from tests.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
+from tests.conftest import TEST_REDIS_URL, make_settings
 from worker.models import OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,32 +47,6 @@ def flushed_redis():
     client.flushdb()
     yield client
     client.close()
-
-
-def worker_environment(tmp_path, database_url, smtp_server=None, **settings) -> dict:
-    """The environment of a worker process: our database, our Redis DB, SMTP on loopback."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
-            "PEC_RENEWAL_DATABASE_URL": database_url,
-            "PEC_RENEWAL_BROKER_URL": TEST_REDIS_URL,
-            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-            "PEC_RENEWAL_BASE_URL": "https://rinnovi.example.test",
-            "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
-        }
-    )
-    if smtp_server is not None:
-        env.update(
-            {
-                "PEC_RENEWAL_MAIL_BACKEND": "smtp",
-                "PEC_RENEWAL_SMTP_HOST": smtp_server.host,
-                "PEC_RENEWAL_SMTP_PORT": str(smtp_server.port),
-            }
-        )
-    env.update({f"PEC_RENEWAL_{key.upper()}": str(value) for key, value in settings.items()})
-    return env
 
 
 class CeleryWorker:
