@@ -216,8 +216,8 @@ def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_pat
         assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
 
 
-MAILBOXES = 240
-KILLS = 10
+MAILBOXES = 480
+KILLS = 20
 
 
 @pytest.mark.slow
@@ -227,7 +227,7 @@ def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
     """Figure: exactly one charge per (mailbox, cycle) in ``sandbox_charges``; every mailbox renewed once.
 
     A real worker on the scan, charges and mail queues, with two charge sweeps
-    sent at once on the charge day (two beats).  In each of 10 rounds the
+    sent at once on the charge day (two beats).  In each of 20 rounds the
     worker (one pool process, so a round uses at most n + GATEWAY_CONCURRENCY
     charges and every round has work left) kills its whole process group right
     after the n-th answer of the gateway (n seeded-random, tests/faults/celery_at.py): the charge exists at
