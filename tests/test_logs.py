@@ -154,6 +154,15 @@ def test_redaction_leaves_ordinary_text_alone():
     assert redact_tokens(line) == line
 
 
+def test_a_compressed_token_is_redacted_whole():
+    """itsdangerous starts a compressed payload with a dot: no piece of the token may stay behind."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    token = URLSafeTimedSerializer("k" * 40, salt="s").dumps({"mailbox": 1, "padding": "x" * 200})
+    assert token.startswith(".")
+    assert redact_tokens(f"lookup failed for {token} at 06:00") == "lookup failed for [redacted] at 06:00"
+
+
 def test_log_format_setting(tmp_path):
     assert make_settings(tmp_path).log_format == "auto"
     assert make_settings(tmp_path, log_format="JSON").log_format == "json"

@@ -20,8 +20,9 @@ from werkzeug.serving import WSGIRequestHandler
 #: A renewal path, with whatever follows it up to a space or a quote.
 _TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
 #: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
-#: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots.
-_SIGNED_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,12}\.[A-Za-z0-9_\-]{27,}")
+#: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
+#: payload starts with a dot of its own.
+_SIGNED_TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,12}\.[A-Za-z0-9_\-]{27,}")
 REDACTED = "[redacted]"
 
 CONTENT_SECURITY_POLICY = "; ".join(
