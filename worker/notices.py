@@ -11,18 +11,29 @@ process, write nothing more.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, joinedload, sessionmaker
+from sqlalchemy import BigInteger, Row, any_, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session, sessionmaker
 
 from worker import charges, schedule
 from worker.db import dialect_insert
 from worker.emails import message_id_for
-from worker.models import DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
+from worker.models import (
+    DailyRun,
+    Domain,
+    Holder,
+    Mailbox,
+    NoticeLedgerEntry,
+    OutboxMessage,
+    OutboxStatus,
+    WorkerState,
+)
 from worker.schedule import Stage
 
 EXPIRY_NOTICE = "expiry-notice"
@@ -163,6 +174,27 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
         yield batch
 
 
+#: A batch's mailboxes with what the emails need of their holder and domain, locked: plain
+#: rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more than
+#: the rest of the batch; bench/daily_peak.py).  On PostgreSQL the ids go as one array.
+_BATCH_COLUMNS = (*Mailbox.__table__.c, Holder.name.label("holder_name"), Domain.name.label("domain_name"))
+
+
+def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
+    if session.get_bind().dialect.name == "postgresql":
+        chosen = Mailbox.id == any_(bindparam("ids", mailbox_ids, type_=postgresql.ARRAY(BigInteger)))
+    else:
+        chosen = Mailbox.id.in_(mailbox_ids)
+    return session.execute(
+        select(*_BATCH_COLUMNS)
+        .join(Holder, Holder.id == Mailbox.holder_id)
+        .outerjoin(Domain, Domain.id == Mailbox.domain_id)
+        .where(chosen, Mailbox.next_action_on <= today)
+        .order_by(Mailbox.id)
+        .with_for_update(of=Mailbox.__table__)
+    ).all()
+
+
 def process_notice_batch(
     session: Session,
     mailbox_ids: list[int],
@@ -179,13 +211,7 @@ def process_notice_batch(
     has already handled (``next_action_on`` moved past today) are left alone.
     """
     result = BatchResult()
-    mailboxes = session.scalars(
-        select(Mailbox)
-        .options(joinedload(Mailbox.holder), joinedload(Mailbox.domain))
-        .where(Mailbox.id.in_(mailbox_ids), Mailbox.next_action_on <= today)
-        .order_by(Mailbox.id)
-        .with_for_update(of=Mailbox)
-    ).all()
+    mailboxes = _batch_mailboxes(session, mailbox_ids, today)
     if not mailboxes:
         return result
 
@@ -198,17 +224,22 @@ def process_notice_batch(
         # By mailbox id, the cycle checked here: a (mailbox, cycle) IN list let PostgreSQL
         # read every ledger row of the cycle's date, which on a peak day is the whole
         # day's ledger, once per batch (1.5 s a batch at 75,000 rows; bench/daily_peak.py).
+        manual_ids = [mailbox_id for mailbox_id, _ in manual_keys]
+        if session.get_bind().dialect.name == "postgresql":
+            of_batch = NoticeLedgerEntry.mailbox_id == any_(bindparam("ids", manual_ids, type_=postgresql.ARRAY(BigInteger)))
+        else:
+            of_batch = NoticeLedgerEntry.mailbox_id.in_(manual_ids)
         for mailbox_id, cycle, stage in session.execute(
             select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
-                NoticeLedgerEntry.mailbox_id.in_([mailbox_id for mailbox_id, _ in manual_keys])
+                of_batch
             )
         ):
             if (mailbox_id, cycle) in manual_keys:
                 sent[(mailbox_id, cycle)].add(stage)
 
     # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
-    groups: dict[tuple[str, str, str, str, int], list[Mailbox]] = defaultdict(list)
-    moves = []
+    groups: dict[tuple[str, str, str, str, int], list[Row]] = defaultdict(list)
+    moves: list[tuple[int, date | None]] = []
     for mailbox in mailboxes:
         result.examined += 1
         if mailbox.id in auto_renew_states:
@@ -228,7 +259,7 @@ def process_notice_batch(
                 today=today,
                 already_sent=frozenset(sent[(mailbox.id, mailbox.expires_on)]),
             )
-        moves.append({"id": mailbox.id, "next_action_on": decision.next_action_on})
+        moves.append((mailbox.id, decision.next_action_on))
         if decision.stage is None:
             result.skipped[decision.skip_reason] += 1
             continue
@@ -243,7 +274,7 @@ def process_notice_batch(
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         keys = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
-        holder_names = {mailbox.holder.name for mailbox in members}
+        holder_names = {mailbox.holder_name for mailbox in members}
         outbox_rows.append(
             {
                 "message_id": message_id_for(keys, mail_domain),
@@ -260,7 +291,7 @@ def process_notice_batch(
                             "address": mailbox.address,
                             "expires_on": mailbox.expires_on.isoformat(),
                             "plan": mailbox.plan,
-                            "domain": mailbox.domain.name if mailbox.domain else None,
+                            "domain": mailbox.domain_name,
                         }
                         for mailbox in members
                     ],
@@ -271,36 +302,116 @@ def process_notice_batch(
                 "created_at": now,
             }
         )
-        ledger_rows.append(
-            [
-                {
-                    "mailbox_id": mailbox.id,
-                    "cycle_expires_on": mailbox.expires_on,
-                    "stage": stage,
-                    "kind": kind,
-                    "business_date": today,
-                }
-                for mailbox in members
-            ]
-        )
+        ledger_rows.append([(mailbox.id, mailbox.expires_on, stage, kind) for mailbox in members])
         result.emails[(kind, stage)] += 1
         result.planned.append(PlannedEmail(to_address, kind, stage, language, [m.address for m in members]))
 
+    if session.get_bind().dialect.name == "postgresql":
+        write = _write_batch_postgresql
+    else:
+        write = _write_batch
+    result.outbox_ids.extend(write(session, outbox_rows, ledger_rows, moves, today))
+    return result
+
+
+def _write_batch(session: Session, outbox_rows: list[dict], ledger_rows: list[list[tuple]], moves, today: date) -> list[int]:
+    """The batch's outbox messages, their ledger rows and the mailboxes' next dates, with the ORM's bulk statements."""
+    outbox_ids: list[int] = []
     if outbox_rows:
         outbox_ids = session.scalars(
             insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True), outbox_rows
         ).all()
-        result.outbox_ids.extend(outbox_ids)
         session.execute(
             insert(NoticeLedgerEntry),
             [
-                dict(row, outbox_message_id=outbox_id)
+                {
+                    "mailbox_id": mailbox_id,
+                    "cycle_expires_on": cycle,
+                    "stage": stage,
+                    "kind": kind,
+                    "business_date": today,
+                    "outbox_message_id": outbox_id,
+                }
                 for outbox_id, rows in zip(outbox_ids, ledger_rows, strict=True)
-                for row in rows
+                for mailbox_id, cycle, stage, kind in rows
             ],
         )
-    session.execute(update(Mailbox), moves)
-    return result
+    if moves:
+        session.execute(update(Mailbox), [{"id": mailbox_id, "next_action_on": on} for mailbox_id, on in moves])
+    return list(outbox_ids)
+
+
+#: The same three writes on PostgreSQL, each one statement over arrays (``unnest``): a fixed
+#: handful of parameters, so psycopg prepares each statement once, where the bulk INSERT with
+#: one parameter per value (5,000 for a batch) was parsed afresh every batch, and the ORM's
+#: per-row work went with it (bench/daily_peak.py).
+_INSERT_OUTBOX_SQL = """
+INSERT INTO outbox_messages (message_id, kind, stage, language, to_address, business_date, context,
+                             status, attempts, created_at)
+SELECT message_id, kind, stage, language, to_address, %(business_date)s, context::json, %(status)s, 0, %(now)s
+FROM unnest(%(message_id)s::text[], %(kind)s::text[], %(stage)s::text[], %(language)s::text[],
+            %(to_address)s::text[], %(context)s::text[])
+     AS batch (message_id, kind, stage, language, to_address, context)
+RETURNING id, message_id"""
+
+_INSERT_LEDGER_SQL = """
+INSERT INTO notice_ledger (mailbox_id, cycle_expires_on, stage, kind, business_date, outbox_message_id)
+SELECT mailbox_id, cycle_expires_on, stage, kind, %(business_date)s, outbox_message_id
+FROM unnest(%(mailbox_id)s::bigint[], %(cycle_expires_on)s::date[], %(stage)s::text[], %(kind)s::text[],
+            %(outbox_message_id)s::bigint[])
+     AS batch (mailbox_id, cycle_expires_on, stage, kind, outbox_message_id)"""
+
+_MOVE_MAILBOXES_SQL = """
+UPDATE mailboxes SET next_action_on = batch.next_action_on
+FROM unnest(%(id)s::bigint[], %(next_action_on)s::date[]) AS batch (id, next_action_on)
+WHERE mailboxes.id = batch.id"""
+
+
+def _write_batch_postgresql(
+    session: Session, outbox_rows: list[dict], ledger_rows: list[list[tuple]], moves, today: date
+) -> list[int]:
+    cursor = session.connection().connection.cursor()
+    try:
+        outbox_ids: list[int] = []
+        if outbox_rows:
+            cursor.execute(
+                _INSERT_OUTBOX_SQL,
+                {
+                    "business_date": today,
+                    "status": OutboxStatus.PENDING.value,
+                    "now": outbox_rows[0]["created_at"],
+                    **{
+                        column: [row[column] for row in outbox_rows]
+                        for column in ("message_id", "kind", "stage", "language", "to_address")
+                    },
+                    "context": [json.dumps(row["context"]) for row in outbox_rows],
+                },
+                prepare=True,
+            )
+            id_of = dict((message_id, outbox_id) for outbox_id, message_id in cursor.fetchall())
+            outbox_ids = [id_of[row["message_id"]] for row in outbox_rows]
+            ledger = [
+                (*entry, outbox_id) for outbox_id, rows in zip(outbox_ids, ledger_rows, strict=True) for entry in rows
+            ]
+            mailbox_id, cycle_expires_on, stage, kind, outbox_message_id = zip(*ledger)
+            cursor.execute(
+                _INSERT_LEDGER_SQL,
+                {
+                    "business_date": today,
+                    "mailbox_id": list(mailbox_id),
+                    "cycle_expires_on": list(cycle_expires_on),
+                    "stage": list(stage),
+                    "kind": list(kind),
+                    "outbox_message_id": list(outbox_message_id),
+                },
+                prepare=True,
+            )
+        if moves:
+            ids, dates = zip(*moves)
+            cursor.execute(_MOVE_MAILBOXES_SQL, {"id": list(ids), "next_action_on": list(dates)}, prepare=True)
+    finally:
+        cursor.close()
+    return outbox_ids
 
 
 def claim_daily_run(session: Session, business_date: date, now: datetime) -> bool:
