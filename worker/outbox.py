@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import BigInteger, Row, any_, bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,8 +70,14 @@ class RelayResult:
 def claim_due_messages(
     session: Session, now: datetime, limit: int, only_ids: Iterable[int] | None = None
 ) -> list[int]:
-    """Reserve up to ``limit`` due messages for this relay; returns their ids.
+    """Reserve up to ``limit`` due messages for this relay; returns their ids (see :func:`claim_messages`)."""
+    return [row.id for row in claim_messages(session, now, limit, only_ids)]
 
+
+def claim_messages(session: Session, now: datetime, limit: int, only_ids: Iterable[int] | None = None) -> list[Row]:
+    """Reserve up to ``limit`` due messages for this relay; returns what the relay reads of them, by id.
+
+    The lease is written and the rows read back by one ``UPDATE … RETURNING``.
     With ``only_ids``, the rows are found by primary key alone and their status
     is checked here.  On a peak day PostgreSQL combined the key with the status
     index, which holds every pending message (and the dead entries the leases
@@ -100,9 +107,16 @@ def claim_due_messages(
             for row in rows
             if row.status == OutboxStatus.PENDING.value and (row.next_attempt_at is None or row.next_attempt_at <= now)
         ][:limit]
-    if ids:
-        session.execute(update(OutboxMessage).where(id_in(session, ids)).values(next_attempt_at=now + CLAIM_LEASE))
-    return list(ids)
+    if not ids:
+        return []
+    claimed = session.execute(
+        update(OutboxMessage)
+        .where(id_in(session, list(ids)))
+        .values(next_attempt_at=now + CLAIM_LEASE)
+        .returning(*_MESSAGE_COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(claimed, key=lambda row: row.id)
 
 
 def id_in(session: Session, ids: list[int]):
@@ -144,12 +158,12 @@ _WRITE_OUTCOME = (
 )
 
 
-#: The same, for psycopg.
+#: The same, for psycopg's ``RawCursor`` (server-side placeholders, in this order).
 _WRITE_OUTCOME_SQL = (
-    "UPDATE outbox_messages SET status = %(o_status)s, attempts = %(o_attempts)s,"
-    " next_attempt_at = %(o_next_attempt_at)s, last_error = %(o_last_error)s, sent_at = %(o_sent_at)s"
-    " WHERE id = %(o_id)s"
+    "UPDATE outbox_messages SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, sent_at = $5"
+    " WHERE id = $6"
 )
+_WRITE_OUTCOME_ORDER = ("o_status", "o_attempts", "o_next_attempt_at", "o_last_error", "o_sent_at", "o_id")
 
 
 @dataclass(frozen=True)
@@ -196,42 +210,39 @@ class OutboxRelay:
         batches = 0
         while max_batches is None or batches < max_batches:
             with self._sessions() as session, session.begin():
-                ids = claim_due_messages(session, self._clock(), self._batch_size, only)
-            if not ids:
+                messages = claim_messages(session, self._clock(), self._batch_size, only)
+            if not messages:
                 break
             batches += 1
-            delivered = self._deliver(ids)
+            delivered = self._deliver(messages)
             total.add(delivered)
             if progress:
                 progress(delivered.handled)
         return total
 
-    def _deliver(self, ids: list[int]) -> RelayResult:
+    def _deliver(self, messages: list[Row]) -> RelayResult:
         """Send the claimed messages, committing each outcome as soon as it is known.
 
-        The rows are read as Core rows and each outcome is one ``UPDATE``: on
-        PostgreSQL it runs in autocommit mode, so the commit costs the one round
-        trip of the statement (the ORM's flush in a transaction took four:
-        BEGIN, SET LOCAL, UPDATE, COMMIT).  A bounce also records the address,
-        in one transaction with its outcome.
+        Each outcome is one ``UPDATE``: on PostgreSQL it runs in autocommit mode,
+        so the commit costs the one round trip of the statement (the ORM's flush
+        in a transaction took four: BEGIN, SET LOCAL, UPDATE, COMMIT).  A bounce
+        also records the address, in one transaction with its outcome.
         """
         result = RelayResult()
-        with self._sessions() as session, session.begin():
-            # By primary key alone, status checked here (see claim_due_messages).
-            rows = [
-                row
-                for row in session.execute(
-                    select(*_MESSAGE_COLUMNS).where(id_in(session, ids)).order_by(OutboxMessage.id)
-                )
-                if row.status == OutboxStatus.PENDING.value
-            ]
         with self._autocommit_connection() as autocommit:
-            for row in rows:
+            # Straight to psycopg, as a prepared statement with its own placeholders:
+            # SQLAlchemy's execute, and psycopg's conversion of named parameters, cost
+            # more than the statement's own work here.
+            cursor = psycopg.RawCursor(autocommit) if autocommit is not None else None
+            for row in messages:
                 outcome = self._deliver_one(row, result)
-                if autocommit is not None and outcome.bounce_reply is None:
-                    # Straight to psycopg, as a prepared statement: SQLAlchemy's
-                    # execute costs more than the statement's own work here.
-                    autocommit.execute(_WRITE_OUTCOME_SQL, outcome.parameters, prepare=True)
+                if cursor is not None and outcome.bounce_reply is None:
+                    parameters = outcome.parameters
+                    cursor.execute(
+                        _WRITE_OUTCOME_SQL,
+                        [parameters[name] for name in _WRITE_OUTCOME_ORDER],
+                        prepare=True,
+                    )
                     continue
                 with self._sessions() as session, session.begin():
                     if session.get_bind().dialect.name == "postgresql":
