@@ -354,6 +354,7 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
     sink_pids = process_tree(args.sink_pid) if args.sink_pid else []
     redis_pids = redis_server_pids(args.redis_url)
     cpu_before = cpu_seconds(worker_pids)
+    cpu_before_each = {pid: cpu_seconds([pid]) for pid in worker_pids}
     others_before = {"postgres": backend_cpu(connection), "sink": cpu_seconds(sink_pids), "redis": cpu_seconds(redis_pids)}
     postgres_seen = dict(others_before["postgres"])
     started = time.perf_counter()
@@ -397,6 +398,8 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
         rss[f"worker{number} {spec}"] = {
             "main": peak_rss_mb(pids[0]),
             "pool": [peak_rss_mb(pid) for pid in pids[1:]],
+            # CPU seconds each process used during the day: the main process (consumer) and its pool.
+            "cpu_seconds": [round(cpu_seconds([pid]) - cpu_before_each.get(pid, 0), 1) for pid in pids],
         }
     return wall, scanned_at, notices_at, total, rss, cpu, others
 
