@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from worker import migrate  # noqa: E402
+from worker.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
 from worker.daily import charge_day, scan_day  # noqa: E402
 from worker.runtime import Runtime  # noqa: E402
 
@@ -76,6 +77,14 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
             "0, 0, 100, "
             "%s, true, %s, 1, false, 'it', %s FROM holders h",
             (expires_on, token, due_on),
+        )
+        # The charge notice went out 30 days before expiry, as the scan sends it: a holder is
+        # never charged without it (a cycle first seen on its charge day gets the notice
+        # first, and is charged from the next day).
+        connection.execute(
+            "INSERT INTO notice_ledger (mailbox_id, cycle_expires_on, stage, kind, business_date) "
+            "SELECT id, expires_on, %s, %s, expires_on - %s FROM mailboxes",
+            (DEFAULT_CHARGE_PLAN.notice_stage.name, CHARGE_NOTICE, DEFAULT_CHARGE_PLAN.notice_days),
         )
         connection.execute("ANALYZE")
     return time.perf_counter() - started
