@@ -10,6 +10,7 @@ from tests.factories import make_mailbox
 from worker import migrate
 from worker.db import make_engine, make_session_factory
 from worker.models import Mailbox, WorkerState
+from worker.emails import message_id_for
 from worker.notices import (
     SCAN_LEASE,
     claim_daily_run,
@@ -206,3 +207,93 @@ def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT reference_email FROM mailboxes")).scalar_one() == "mario@example.it"
     engine.dispose()
+
+
+def _batch_outcome(factory, today: date) -> dict:
+    """A notice batch over a mixed fleet, and every row it wrote, keyed by mailbox address."""
+    from sqlalchemy import select
+
+    from worker.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
+    from worker.models import NoticeLedgerEntry, OutboxMessage
+    from worker.notices import process_notice_batch
+
+    with factory() as session, session.begin():
+        mailboxes = [
+            make_mailbox(session, expires_on=EXPIRES, address="uno@pec.example.it", reference_email="anna@example.it",
+                         holder_name="Niccolò D'Àrgento <b>&amp;</b>"),
+            make_mailbox(session, expires_on=EXPIRES, address="due@pec.example.it", reference_email="Anna@Example.it",
+                         holder_name="Niccolò D'Àrgento <b>&amp;</b>"),
+            make_mailbox(session, expires_on=EXPIRES, domain="studio-è.example", address="info@pec.studio-è.example",
+                         reference_email="studio@example.it", language="en"),
+            make_mailbox(session, expires_on=EXPIRES - timedelta(days=10), address="tardi@pec.example.it",
+                         reference_email="tardi@example.it"),
+            make_mailbox(session, expires_on=EXPIRES - timedelta(days=400), address="cancellata@pec.example.it",
+                         reference_email="cancellata@example.it"),
+            make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa",
+                         address="carta@pec.example.it", reference_email="carta@example.it"),
+        ]  # fmt: skip
+        for mailbox in mailboxes:
+            mailbox.next_action_on = today
+        # The auto-renew one was told 30 days before: its charge is due, not a notice.
+        session.add(
+            NoticeLedgerEntry(mailbox_id=mailboxes[-1].id, cycle_expires_on=EXPIRES,
+                              stage=DEFAULT_CHARGE_PLAN.notice_stage.name, kind=CHARGE_NOTICE,
+                              business_date=EXPIRES - timedelta(days=30))
+        )  # fmt: skip
+        ids = [mailbox.id for mailbox in mailboxes]
+        address_of = {mailbox.id: mailbox.address for mailbox in mailboxes}
+    with factory() as session, session.begin():
+        result = process_notice_batch(
+            session, ids, today=today, stages=DEFAULT_STAGES, now=NOW, mail_domain="pec-provider.example"
+        )
+    with factory() as session:
+        messages = {row.id: row for row in session.scalars(select(OutboxMessage))}
+        # Ids (and so the Message-IDs, made from them) differ between the two databases:
+        # a message is named by its mailboxes' addresses, and its Message-ID checked here.
+        name_of = {}
+        for row in messages.values():
+            members = [mailbox["id"] for mailbox in row.context["mailboxes"]]
+            keys = [(member, cycle.isoformat(), row.stage) for member, cycle in
+                    session.execute(select(Mailbox.id, Mailbox.expires_on).where(Mailbox.id.in_(members)))]  # fmt: skip
+            assert row.message_id == message_id_for(keys, "pec-provider.example")
+            name_of[row.id] = tuple(address_of[member] for member in members)
+        outbox = sorted(
+            (name_of[row.id], row.kind, row.stage, row.language, row.to_address, row.business_date,
+             {**row.context, "mailboxes": [{**m, "id": address_of[m["id"]]} for m in row.context["mailboxes"]]},
+             row.status, row.attempts, row.created_at)
+            for row in messages.values()
+        )  # fmt: skip
+        ledger = sorted(
+            (address_of[row.mailbox_id], row.cycle_expires_on, row.stage, row.kind, row.business_date,
+             name_of[row.outbox_message_id])
+            for row in session.scalars(select(NoticeLedgerEntry))
+            if row.outbox_message_id is not None
+        )  # fmt: skip
+        next_actions = {address_of[m.id]: m.next_action_on for m in session.scalars(select(Mailbox))}
+    return {
+        "outbox": outbox,
+        "outbox_ids_returned": sorted(name_of[outbox_id] for outbox_id in result.outbox_ids),
+        "ledger": ledger,
+        "next_action_on": next_actions,
+        "charges_due": [address_of[mailbox_id] for mailbox_id in result.charges_due],
+        "counts": (result.examined, dict(result.notices), dict(result.emails), dict(result.skipped), result.superseded),
+    }
+
+
+def test_the_batch_writes_the_same_rows_on_postgresql_and_sqlite(session_factory, tmp_path):
+    """PostgreSQL writes a batch with one statement per table over JSON rows, SQLite with the ORM's
+    bulk statements: the same outbox messages (context included), ledger rows and next dates."""
+    today = EXPIRES - timedelta(days=7)
+    on_postgresql = _batch_outcome(session_factory, today)
+    on_sqlite = _batch_outcome(sqlite_factory(tmp_path), today)
+    assert on_postgresql == on_sqlite
+    # And what they wrote is what the rules say.
+    assert on_postgresql["counts"][1] == {("expiry-notice", "-7d"): 2, ("domain-expiry-notice", "-7d"): 1,
+                                          ("expired-notice", "+1d"): 1}  # fmt: skip
+    assert on_postgresql["charges_due"] == ["carta@pec.example.it"]
+    assert on_postgresql["counts"][3] == {"deleted": 1, "charge-due": 1}
+    (joint,) = [message for message in on_postgresql["outbox"] if message[4] == "anna@example.it"]
+    assert joint[0] == ("due@pec.example.it", "uno@pec.example.it")
+    assert joint[6]["holder_name"] == "Niccolò D'Àrgento <b>&amp;</b>"
+    assert on_postgresql["outbox_ids_returned"] == sorted(message[0] for message in on_postgresql["outbox"])
+    assert len(on_postgresql["ledger"]) == 4
