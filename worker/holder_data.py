@@ -103,7 +103,7 @@ class HolderData:
             self.cig,
             self.cup,
         )
-        text = "\x1f".join("" if value is None else value for value in fields)
+        text = "\x1f".join(["" if value is None else value for value in fields])
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -251,14 +251,6 @@ def _compact(text: str) -> str:
     return "".join(text.split()).replace("-", "").replace(":", "").upper()
 
 
-def _clean(value: str | None) -> str | None:
-    """Strip; an empty value is absent."""
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
 def check_holder(
     *,
     name: str | None,
@@ -274,7 +266,7 @@ def check_holder(
     """Check and normalise holder data.
 
     Returns ``(data, [])`` when all is well, ``(None, problems)`` otherwise.
-    Empty strings count as absent.
+    Every value is stripped; an empty one counts as absent.
     """
     problems: list[HolderProblem] = []
     values: dict[str, str | None] = {}
@@ -282,7 +274,7 @@ def check_holder(
     def problem(field: str, message: str) -> None:
         problems.append(HolderProblem(field, message))
 
-    name = _clean(name)
+    name = (name.strip() or None) if name else None
     if name is None:
         problem("name", "is required")
     elif len(name) > NAME_MAX:
@@ -290,14 +282,14 @@ def check_holder(
     elif _CONTROL_RE.search(name):
         problem("name", "contains a control character")
 
-    given_kind = _clean(kind)
+    given_kind = (kind.strip() or None) if kind else None
     kind = _KINDS.get(given_kind.lower()) if given_kind else None
     if given_kind is None:
         problem("kind", "is required")
     elif kind is None:
         problem("kind", f"{given_kind!r} is not one of {', '.join(HOLDER_KINDS)}")
 
-    reference_email = _clean(reference_email)
+    reference_email = (reference_email.strip() or None) if reference_email else None
     if reference_email is None:
         problem("reference_email", "is required")
     else:
@@ -306,7 +298,7 @@ def check_holder(
         except ValueError as error:
             problem("reference_email", str(error))
 
-    postal_address = _clean(postal_address)
+    postal_address = (postal_address.strip() or None) if postal_address else None
     if postal_address is not None:
         if len(postal_address) > POSTAL_ADDRESS_MAX:
             problem("postal_address", f"is {len(postal_address)} characters long; at most {POSTAL_ADDRESS_MAX}")
@@ -315,7 +307,7 @@ def check_holder(
 
     label = _KIND_LABELS.get(kind or "", "")
 
-    tax_code = _clean(tax_code)
+    tax_code = (tax_code.strip() or None) if tax_code else None
     if tax_code is None:
         if kind == PUBLIC_ADMINISTRATION:
             problem("tax_code", f"is required for {label}: its 11-digit codice fiscale")
@@ -325,7 +317,7 @@ def check_holder(
         except ValueError as error:
             problem("tax_code", str(error))
 
-    vat_number = _clean(vat_number)
+    vat_number = (vat_number.strip() or None) if vat_number else None
     if vat_number is None:
         if kind in BUSINESS_KINDS:
             problem("vat_number", f"is required for {label}: its partita IVA")
@@ -335,7 +327,7 @@ def check_holder(
         except ValueError as error:
             problem("vat_number", str(error))
 
-    einvoice_code = _clean(einvoice_code)
+    einvoice_code = (einvoice_code.strip() or None) if einvoice_code else None
     if einvoice_code is None:
         if kind in BUSINESS_KINDS:
             problem("einvoice_code", f"is required for {label}: a 7-character SDI code or a PEC address")
@@ -348,8 +340,8 @@ def check_holder(
         except ValueError as error:
             problem("einvoice_code", str(error))
 
-    for field, raw, pattern, length in (("cig", cig, _CIG_RE, 10), ("cup", cup, _CUP_RE, 15)):
-        value = _clean(raw)
+    for field, raw, pattern, length in (("cig", cig, _CIG_RE, 10), ("cup", cup, _CUP_RE, 15)) if cig or cup else ():
+        value = (raw.strip() or None) if raw else None
         if value is None:
             continue
         if kind is not None and kind != PUBLIC_ADMINISTRATION:

@@ -14,22 +14,46 @@ checked in SQL on the staging table at the end.  A file with any bad row is
 refused whole with :class:`ImportRefused`, listing every problem as
 ``line N, column NAME: what is wrong`` (N counts CSV records, the header is
 line 1), and the transaction is rolled back: nothing is written, not even
-the chunks upserted before the first problem.  Re-importing a file updates.
+the chunks upserted before the first problem.  Re-importing a file updates
+(a mailbox whose every value is already the file's is left as it is, and
+still counted as updated).
 
 Memory stays flat as the file grows: a row lives in this process only while
 its chunk is checked and sent; what rows must agree on is kept by the
 database.
+
+**Bulk-load path** (PostgreSQL only, for a first import into an empty
+fleet).  When ``mailboxes`` is empty as the import begins, the import drops,
+inside its own transaction, the secondary indexes and the foreign keys of
+``mailboxes`` and ``holders`` (it keeps the primary keys and the unique
+constraints its ``ON CONFLICT`` clauses name: ``uq_accounts_login``,
+``uq_holders_account_id``, ``uq_domains_name``), inserts the mailboxes
+chunk by chunk without an ``ON CONFLICT``, and once the file is known to be
+good builds every index and constraint again, with the names and
+definitions read from the live catalog just before the drop
+(PostgreSQL's "Populating a Database" advice: one index build is far
+cheaper than a million index insertions).  DDL is transactional in
+PostgreSQL: a refused file, or any failure, rolls back the drops with the
+rows, and the schema is as it was.  The drops take an ``ACCESS EXCLUSIVE``
+lock on ``mailboxes`` and ``holders`` (and on ``accounts`` and ``domains``,
+which their foreign keys refer to) until the import commits: the daily
+scan, the link pages and anything else reading those tables wait for the
+import.  On an empty fleet there is nothing for them to do; an import into
+a fleet that has mailboxes takes the normal path and no such lock.  SQLite
+always takes the normal path.
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import csv
 import difflib
 import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,10 +74,12 @@ from sqlalchemy import (
     and_,
     func,
     literal_column,
+    or_,
     select,
     true,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import holder_data
@@ -99,6 +125,17 @@ ACCOUNT_MAX = 254
 CHUNK_ROWS = 50_000
 #: PostgreSQL's ``work_mem`` during an import.
 WORK_MEM = "64MB"
+#: Take the bulk-load path (PostgreSQL, into an empty fleet) when it applies.
+BULK_LOAD = True
+#: PostgreSQL's ``maintenance_work_mem`` while the bulk-load path rebuilds the indexes.
+MAINTENANCE_WORK_MEM = "256MB"
+#: What the bulk-load path drops for the load and rebuilds after it, by table:
+#: every index and constraint of the table but its primary key and the
+#: unique constraints kept (an ``ON CONFLICT`` of the upserts names them).
+BULK_TABLES = ("mailboxes", "holders")
+BULK_KEPT = frozenset({"uq_holders_account_id"})
+#: The unique constraint on ``mailboxes.address``, rebuilt first on the bulk-load path.
+UNIQUE_ADDRESS = "uq_mailboxes_address"
 
 #: The columns a re-import overwrites (all but the address and the id).
 MAILBOX_UPDATE_COLUMNS = (
@@ -184,6 +221,10 @@ class ImportReport:
     updated: int = 0
     domains: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: Whether the bulk-load path was taken (PostgreSQL, into an empty fleet).
+    bulk: bool = field(default=False, compare=False)
+    #: Seconds per phase (the checking thread's CPU, each kind of SQL statement), for benchmarks.
+    timings: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------
@@ -262,6 +303,11 @@ class _StagingWriter:
         self.queue: queue.Queue[tuple[list[StagedRow] | str, int, int, bool] | None] = queue.Queue(maxsize=1)
         self.thread: threading.Thread | None = None
 
+        self.timings = report.timings
+        #: The bulk-load path: the fleet was empty, so the secondary indexes
+        #: and foreign keys of the tables filled were dropped (rebuilt by :meth:`rebuild`).
+        self.bulk: _BulkLoad | None = None
+
         STAGING.create(connection)
         connection.exec_driver_sql(f"CREATE INDEX ix_{STAGING.name}_seq ON {STAGING.name} (seq)")
         if self.postgresql:
@@ -269,6 +315,10 @@ class _StagingWriter:
             # spill to disk with the default 4 MB; this is the server's
             # memory, for this transaction only.
             connection.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            if BULK_LOAD:
+                with self._timed("bulk_drop"):
+                    self.bulk = _BulkLoad.start(connection)
+                report.bulk = self.bulk is not None
             self.thread = threading.Thread(target=self._run, name="import-writer", daemon=True)
             self.thread.start()
 
@@ -276,10 +326,13 @@ class _StagingWriter:
         self.rows.append(_copy_line(row) if self.postgresql else row)
         if good:
             self.good += 1
-            address, domain = row[_ADDRESS], row[_DOMAIN]
-            if address in self.chunk_addresses:
-                self.conflict = True
-            self.chunk_addresses.add(address)
+            if self.bulk is None:
+                # The bulk-load path inserts mailboxes: an address twice is no error there.
+                address = row[_ADDRESS]
+                if address in self.chunk_addresses:
+                    self.conflict = True
+                self.chunk_addresses.add(address)
+            domain = row[_DOMAIN]
             if domain and self.chunk_domains.setdefault(domain, row[_DOMAIN_EXPIRES_ON]) != row[_DOMAIN_EXPIRES_ON]:
                 self.conflict = True
 
@@ -324,6 +377,19 @@ class _StagingWriter:
                     waiting()
             self.thread = None
 
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
+    def rebuild(self) -> None:
+        """On the bulk-load path, once the file is known to be good: rebuild what was dropped."""
+        if self.bulk is not None:
+            self.bulk.rebuild(self.connection, self._timed)
+
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
             if self.failure is None:
@@ -334,20 +400,29 @@ class _StagingWriter:
 
     def _write(self, chunk: list[StagedRow] | str, after_seq: int, last_seq: int, upsert: bool) -> None:
         connection = self.connection
-        if isinstance(chunk, str):
-            cursor = connection.connection.driver_connection.cursor()
-            columns = ", ".join(STAGING.columns.keys())
-            with cursor.copy(f"COPY {STAGING.name} ({columns}) FROM STDIN (FORMAT text, NULL '')") as copy:
-                copy.write(chunk)
-        else:
-            statement = f"INSERT INTO {STAGING.name} VALUES ({', '.join('?' * STAGING_WIDTH)})"
-            connection.exec_driver_sql(statement, [tuple(value or None for value in row) for row in chunk])
+        with self._timed("stage"):
+            if isinstance(chunk, str):
+                cursor = connection.connection.driver_connection.cursor()
+                columns = ", ".join(STAGING.columns.keys())
+                with cursor.copy(f"COPY {STAGING.name} ({columns}) FROM STDIN (FORMAT text, NULL '')") as copy:
+                    copy.write(chunk)
+            else:
+                statement = f"INSERT INTO {STAGING.name} VALUES ({', '.join('?' * STAGING_WIDTH)})"
+                connection.exec_driver_sql(statement, [tuple(value or None for value in row) for row in chunk])
         if upsert and last_seq > after_seq:
             first_chunk = after_seq == 0
             if first_chunk and self.postgresql:
                 # A temporary table has no statistics until it is analysed.
-                connection.exec_driver_sql(f"ANALYZE {STAGING.name} (seq, address, login, holder_key, domain)")
-            created = _upsert_chunk(connection, after_seq, last_seq, analyse=first_chunk and self.postgresql)
+                with self._timed("analyze"):
+                    connection.exec_driver_sql(f"ANALYZE {STAGING.name} (seq, address, login, holder_key, domain)")
+            created = _upsert_chunk(
+                connection,
+                after_seq,
+                last_seq,
+                analyse=first_chunk and self.postgresql,
+                bulk=self.bulk is not None,
+                timed=self._timed,
+            )
             self.report.created += created
             self.report.updated += last_seq - after_seq - created
             self.written = last_seq
@@ -388,19 +463,44 @@ def import_mailboxes(
     with _open(source) as stream, session_factory() as session, session.begin():
         connection = session.connection()
         writer = _StagingWriter(connection, report)
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             checked = _check_file(stream, stages, writer, progress)
         except BaseException:
             writer.stop()
             raise
+        report.timings["checking_cpu"] = time.thread_time() - cpu_started
+        report.timings["checking_wall"] = time.perf_counter() - started
         # The last chunks are written after the file is read: keep the progress moving.
-        writer.finish(
-            upsert=not checked.errors,
-            waiting=None if progress is None else lambda: progress(checked.records + writer.written),
-        )
-        _check_across_rows(connection, checked)
+        with writer._timed("last_chunks_wait"):
+            writer.finish(
+                upsert=not checked.errors,
+                waiting=None if progress is None else lambda: progress(checked.records + writer.written),
+            )
+        # On the bulk-load path, a good file's addresses are checked by
+        # building the unique index on mailboxes.address (the rows are all
+        # there); only when that fails is the staging table searched for
+        # the lines, which saves grouping every address of the file.
+        bulk_addresses = writer.bulk is not None and not checked.errors
+        with writer._timed("rules_across_rows"):
+            _check_across_rows(connection, checked, addresses=not bulk_addresses)
+            if bulk_addresses and checked.errors:
+                # A domain with two expiries: the file is refused; list every problem.
+                _check_across_rows(connection, checked, domains=False)
         if checked.errors:
             raise ImportRefused(checked.errors)  # leaving the block rolls everything back
+        if bulk_addresses:
+            try:
+                with connection.begin_nested():
+                    writer.rebuild()
+            except IntegrityError as error:
+                if getattr(getattr(error.orig, "diag", None), "constraint_name", None) != UNIQUE_ADDRESS:
+                    raise
+                with writer._timed("rules_across_rows"):
+                    _check_across_rows(connection, checked, domains=False)
+                if not checked.errors:
+                    raise
+                raise ImportRefused(checked.errors) from None
         report.rows = checked.rows
         report.warnings = checked.warnings
         report.domains = connection.execute(
@@ -527,6 +627,18 @@ def _check_header(cells: list[str], errors: list[ImportProblem]) -> list[str]:
     return names
 
 
+def _stripped(joined: str) -> bool:
+    """Whether no cell would change with ``str.strip``, given the cells joined with NUL.
+
+    Only for ASCII cells without a control character (:data:`_BAD_CHAR_RE`):
+    there, a space is the only character ``str.strip`` removes, and a NUL
+    can only be a separator.
+    """
+    return not (
+        joined.startswith(" ") or joined.endswith(" ") or " \x00" in joined or "\x00 " in joined
+    )
+
+
 def _printable(text: str) -> str:
     """``text`` with undecodable bytes shown as U+FFFD, safe to print."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -568,13 +680,31 @@ class _RowChecker:
 
     def check(self, line: int, cells: list[str]) -> None:
         joined = "".join(cells)
-        if not joined.strip():
+        if not joined or joined.isspace():
             return  # a blank line
         problems: dict[str, str] = {}
-        if self.bad_char_search(joined):
+        if joined.isascii() and joined.isprintable():
+            # The common case: printable ASCII has no bad character (and only
+            # one character that strip removes, the space).
+            if len(cells) == self.width and _stripped("\x00".join(cells)):
+                cells.append("")
+                row = self._check_values(line, self.known_cells(cells), problems)
+                self.stage(row, not problems)
+                if problems:
+                    self._report(line, problems)
+                return
+        elif self.bad_char_search(joined):
             for name, cell in zip(self.header, cells):
                 if _BAD_CHAR_RE.search(cell):
                     problems.setdefault(name, _bad_char_problem(cell))
+        elif len(cells) == self.width and joined.isascii() and _stripped("\x00".join(cells)):
+            # No cell to strip.
+            cells.append("")
+            row = self._check_values(line, self.known_cells(cells), problems)
+            self.stage(row, not problems)
+            if problems:
+                self._report(line, problems)
+            return
         if len(cells) != self.width:
             column = self.header[min(len(cells), self.width - 1)]
             problems.setdefault(
@@ -585,15 +715,18 @@ class _RowChecker:
         else:
             # Cells with bad characters fail their own checks too; the first
             # problem of a cell is the one reported.
-            cells = [cell.strip() for cell in cells]
+            cells = list(map(str.strip, cells))
             cells.append("")
             row = self._check_values(line, self.known_cells(cells), problems)
             self.stage(row, not problems)
         if problems:
-            order = self.position
-            errors = self.checked.errors
-            for column in sorted(problems, key=lambda name: order.get(name, len(order))):
-                errors.append(ImportProblem(line, column, problems[column]))
+            self._report(line, problems)
+
+    def _report(self, line: int, problems: dict[str, str]) -> None:
+        order = self.position
+        errors = self.checked.errors
+        for column in sorted(problems, key=lambda name: order.get(name, len(order))):
+            errors.append(ImportProblem(line, column, problems[column]))
 
     def _check_values(self, line: int, values: tuple[str, ...], problems: dict[str, str]) -> StagedRow:
         """The row to stage: every value when the row is good, else what rules across rows need.
@@ -642,10 +775,10 @@ class _RowChecker:
             problem("account", "is required")
         elif len(login) > ACCOUNT_MAX:
             problem("account", f"is {len(login)} characters long; at most {ACCOUNT_MAX}")
-        elif _SPACE_RE.search(login):
+        elif (" " in login) if login.isascii() and login.isprintable() else _SPACE_RE.search(login):
             problem("account", f"{login!r} contains a space")
 
-        holder, holder_key, holder_problems = _check_holder(
+        holder, holder_key, holder_values, holder_problems = _check_holder(
             holder_name, holder_kind, reference_email, tax_code, vat_number, einvoice_code, postal_address, cig, cup
         )
         for holder_problem in holder_problems:
@@ -661,10 +794,18 @@ class _RowChecker:
 
         domain_expires_on = ""
         if domain_expires_text:
-            domain_expires_on = _checked(domain_expires_text, "domain_expires_on", _check_date, problem)
+            try:
+                domain_expires_on = _check_date(domain_expires_text)
+            except ValueError as error:
+                problem("domain_expires_on", str(error))
+                domain_expires_on = None
         expires_on = ""
         if expires_text:
-            expires_on = _checked(expires_text, "expires_on", _check_date, problem)
+            try:
+                expires_on = _check_date(expires_text)
+            except ValueError as error:
+                problem("expires_on", str(error))
+                expires_on = None
         domain_text = domain
         if domain:
             try:
@@ -691,10 +832,10 @@ class _RowChecker:
 
         auto_renew = "0"
         if auto_renew_text:
-            auto_renew = _checked(auto_renew_text, "auto_renew", _check_bool, problem) or "0"
+            auto_renew = _BOOLEANS.get(auto_renew_text) or _checked(auto_renew_text, "auto_renew", _check_bool, problem) or "0"
         promo = "0"
         if promo_text:
-            promo = _checked(promo_text, "promo", _check_bool, problem) or "0"
+            promo = _BOOLEANS.get(promo_text) or _checked(promo_text, "promo", _check_bool, problem) or "0"
         if payment_method and not _PAYMENT_METHOD_RE.fullmatch(payment_method):
             problem(
                 "payment_method",
@@ -748,7 +889,7 @@ class _RowChecker:
             if not language:
                 problem("language", f"{language_text!r} is not a language: it or en")
 
-        if holder is not None and address:
+        if holder is not None and address and (domain or holder.reference_email == address):
             self._warn(line, address, holder.reference_email, domain)
 
         if problems:
@@ -774,9 +915,9 @@ class _RowChecker:
             domain_expires_on,
             expires_on,
             plan,
-            str(extra_space_gb),
-            str(extra_archive_gb),
-            str(used_space_mb),
+            str(extra_space_gb) if extra_space_gb else "0",
+            str(extra_archive_gb) if extra_archive_gb else "0",
+            str(used_space_mb) if used_space_mb else "0",
             auto_renew,
             payment_method,
             card_expires_on,
@@ -784,18 +925,7 @@ class _RowChecker:
             promo,
             language,
             next_action_on,
-            holder.name,
-            holder.kind,
-            holder.reference_email,
-            holder.tax_code or "",
-            holder.vat_number or "",
-            holder.postal_address or "",
-            holder.sdi_code or "",
-            holder.einvoice_pec or "",
-            holder.office_code or "",
-            holder.cig or "",
-            holder.cup or "",
-        )
+        ) + holder_values
 
     def _warn(self, line: int, address: str, reference_email: str, domain: str) -> None:
         if reference_email == address:
@@ -831,8 +961,12 @@ def _check_holder(
     postal_address: str,
     cig: str,
     cup: str,
-) -> tuple[HolderData | None, str, tuple[holder_data.HolderProblem, ...]]:
-    """``holder_data.check_holder`` and the holder key, cached: a holder's mailboxes are usually on nearby lines."""
+) -> tuple[HolderData | None, str, tuple[str, ...], tuple[holder_data.HolderProblem, ...]]:
+    """``holder_data.check_holder``, the holder key and the staged holder columns, cached.
+
+    A holder's mailboxes are usually on nearby lines.  The staged columns are
+    ``HOLDER_COLUMNS``, an empty string for an absent value.
+    """
     holder, problems = holder_data.check_holder(
         name=name,
         kind=kind,
@@ -845,11 +979,24 @@ def _check_holder(
         cup=cup,
     )
     if holder is None:
-        return None, "", tuple(problems)
+        return None, "", (), tuple(problems)
+    values = (
+        holder.name,
+        holder.kind,
+        holder.reference_email,
+        holder.tax_code or "",
+        holder.vat_number or "",
+        holder.postal_address or "",
+        holder.sdi_code or "",
+        holder.einvoice_pec or "",
+        holder.office_code or "",
+        holder.cig or "",
+        holder.cup or "",
+    )
     try:
-        return holder, holder.holder_key, ()
+        return holder, holder.holder_key, values, ()
     except UnicodeEncodeError:  # bytes that were not UTF-8: the row is refused for them
-        return holder, "", ()
+        return holder, "", values, ()
 
 
 def _checked(value: str, column: str, checker: Callable[[str], object], problem: _Problem):
@@ -884,6 +1031,7 @@ def _check_card_expiry(text: str) -> str:
     raise ValueError(f"{text!r} is not a month as YYYY-MM")
 
 
+@lru_cache(maxsize=65536)
 def _parse_uint(text: str) -> int:
     if _UINT_RE.fullmatch(text):
         number = int(text)
@@ -916,15 +1064,30 @@ def _normalise_domain(text: str) -> str:
 # Rules across rows, in SQL on the staging table
 
 
-def _check_across_rows(connection: Connection, checked: _CheckedFile) -> None:
+def _check_across_rows(
+    connection: Connection, checked: _CheckedFile, *, addresses: bool = True, domains: bool = True
+) -> None:
     """An address on two lines; a domain given two expiries.  Problems join ``checked.errors`` in file order.
 
     As when a row is checked, a column keeps its first problem: a cell that
-    already has one gets no second.
+    already has one gets no second.  ``addresses``, ``domains``: which of
+    the two rules to check.
     """
     rows = STAGING
     found: list[ImportProblem] = []
+    if addresses:
+        _repeated_addresses(connection, found)
+    if domains:
+        _domains_with_two_expiries(connection, found)
+    if found:
+        taken = {(problem.line, problem.column) for problem in checked.errors}
+        checked.errors.extend(problem for problem in found if (problem.line, problem.column) not in taken)
+    order = checked.position
+    checked.errors.sort(key=lambda problem: (problem.line, order.get(problem.column, len(order))))
 
+
+def _repeated_addresses(connection: Connection, found: list[ImportProblem]) -> None:
+    rows = STAGING
     repeated = (
         select(rows.c.address, func.min(rows.c.line).label("first_line"))
         .where(rows.c.address.is_not(None))
@@ -939,6 +1102,9 @@ def _check_across_rows(connection: Connection, checked: _CheckedFile) -> None:
     ):
         found.append(ImportProblem(line, "address", f"{address} is already on line {first_line}"))
 
+
+def _domains_with_two_expiries(connection: Connection, found: list[ImportProblem]) -> None:
+    rows = STAGING
     first = (
         select(rows.c.domain, func.min(rows.c.line).label("first_line"))
         .where(rows.c.domain.is_not(None))
@@ -960,31 +1126,195 @@ def _check_across_rows(connection: Connection, checked: _CheckedFile) -> None:
             )
         )
 
-    if found:
-        taken = {(problem.line, problem.column) for problem in checked.errors}
-        checked.errors.extend(problem for problem in found if (problem.line, problem.column) not in taken)
-    order = checked.position
-    checked.errors.sort(key=lambda problem: (problem.line, order.get(problem.column, len(order))))
+
+# --------------------------------------------------------------------------
+# The bulk-load path: into an empty fleet, without the secondary indexes
+
+
+#: A phase timer: ``with timed("name"): ...``.
+_Timed = Callable[[str], "contextlib.AbstractContextManager[None]"]
+
+
+def _untimed(phase: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class _BulkLoad:
+    """The indexes and constraints dropped for a first import, to be rebuilt exactly.
+
+    PostgreSQL's own advice for populating a database: writing a million
+    rows into ``mailboxes`` with its indexes and foreign keys live costs
+    far more than building them once at the end.  The definitions are read
+    from the live catalog (``pg_get_indexdef``, ``pg_get_constraintdef``)
+    just before they are dropped, so what is rebuilt is what was there.
+    All of it is DDL inside the import's transaction: a refused file (or any
+    failure) rolls the drops back with the rows.
+    """
+
+    #: ``(table, name, definition)``: plain indexes (``CREATE INDEX …``).
+    indexes: list[tuple[str, str, str]]
+    #: ``(table, name, kind, definition)``: ``u`` unique and ``f`` foreign-key constraints.
+    constraints: list[tuple[str, str, str, str]]
+
+    @classmethod
+    def start(cls, connection: Connection) -> _BulkLoad | None:
+        """Drop what the load does not need if ``mailboxes`` is empty; None (nothing done) otherwise.
+
+        ``DROP INDEX`` and ``ALTER TABLE`` take an ``ACCESS EXCLUSIVE`` lock
+        on ``mailboxes`` and ``holders`` (and a lesser one on the tables the
+        foreign keys refer to) until the import commits or rolls back: the
+        daily scan and the link pages wait for it.  On an empty fleet there
+        is nothing for them to read.
+        """
+        if connection.exec_driver_sql("SELECT EXISTS (SELECT FROM mailboxes)").scalar_one():
+            return None
+        connection.exec_driver_sql("LOCK TABLE mailboxes, holders IN ACCESS EXCLUSIVE MODE")
+        # Another import may have filled the fleet before the lock was granted.
+        if connection.exec_driver_sql("SELECT EXISTS (SELECT FROM mailboxes)").scalar_one():
+            return None
+        indexes: list[tuple[str, str, str]] = []
+        constraints: list[tuple[str, str, str, str]] = []
+        for table in BULK_TABLES:
+            constraints.extend(
+                (table, name, kind, definition)
+                for name, kind, definition in connection.exec_driver_sql(
+                    "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE conrelid = %(table)s::regclass AND contype IN ('u', 'f') ORDER BY conname",
+                    {"table": table},
+                )
+                if name not in BULK_KEPT
+            )
+            # Indexes that are not a constraint's (primary key, unique).
+            indexes.extend(
+                (table, name, definition)
+                for name, definition in connection.exec_driver_sql(
+                    "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                    " WHERE x.indrelid = %(table)s::regclass AND NOT EXISTS (SELECT FROM pg_constraint c"
+                    "  WHERE c.conrelid = x.indrelid AND c.conindid = x.indexrelid AND c.contype IN ('p', 'u', 'x'))"
+                    " ORDER BY i.relname",
+                    {"table": table},
+                )
+            )
+        quote = connection.dialect.identifier_preparer.quote
+        # Foreign keys first: a unique constraint may be what one refers to.
+        for table, name, kind, _ in sorted(constraints, key=lambda item: item[2] != "f"):
+            connection.exec_driver_sql(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
+        for _, name, _ in indexes:
+            connection.exec_driver_sql(f"DROP INDEX {quote(name)}")
+        return cls(indexes, constraints)
+
+    def rebuild(self, connection: Connection, timed: _Timed) -> None:
+        """Create again every index and constraint dropped, with its name and definition."""
+        quote = connection.dialect.identifier_preparer.quote
+        connection.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
+        constraints = sorted(self.constraints, key=lambda item: item[2] == "f")
+        # Unique constraints first (one of them may refuse the file), then
+        # the plain indexes, then the foreign keys.
+        for table, name, kind, definition in constraints:
+            if kind != "f":
+                with timed(f"rebuild {name}"):
+                    connection.exec_driver_sql(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}")
+        for _, name, definition in self.indexes:
+            with timed(f"rebuild {name}"):
+                connection.exec_driver_sql(definition)
+        for table, name, kind, definition in constraints:
+            if kind == "f":
+                with timed(f"rebuild {name}"):
+                    connection.exec_driver_sql(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} {definition}")
 
 
 # --------------------------------------------------------------------------
 # Writing, set-based, from the staging table
 
 
-def _upsert_chunk(connection: Connection, after_seq: int, last_seq: int, *, analyse: bool) -> int:
+# The bulk-load path's holders and mailboxes of one chunk (PostgreSQL).  The
+# accounts and holders a chunk refers to are nearly all new in that chunk:
+# they are found among the rows above the largest id before the chunk (a
+# range of the primary key, so the join hashes a chunk's worth of rows, not
+# the whole table, whose size grows with the file); any other (a holder
+# whose mailboxes straddle two chunks, an account seen earlier in the file
+# or before the import) is looked up by its unique index.
+_CHUNK_ACCOUNT_ID = (
+    "coalesce(new_account.id, (SELECT known.id FROM accounts known WHERE known.login = staged.login))"
+)
+_BULK_HOLDERS = f"""
+INSERT INTO holders (account_id, holder_key, {", ".join(HOLDER_COLUMNS)})
+SELECT {_CHUNK_ACCOUNT_ID}, staged.holder_key, {", ".join(f"staged.{name}" for name in HOLDER_COLUMNS)}
+FROM (
+    SELECT DISTINCT ON (login, holder_key) * FROM {STAGING.name}
+    WHERE seq > %(after_seq)s AND seq <= %(last_seq)s
+) staged
+LEFT JOIN accounts new_account ON new_account.id > %(max_account)s AND new_account.login = staged.login
+ON CONFLICT (account_id, holder_key) DO NOTHING
+"""
+_BULK_MAILBOX_VALUES = {
+    "account_id": "chunk.account_id",
+    "holder_id": (
+        "coalesce(new_holder.id, (SELECT known.id FROM holders known"
+        " WHERE known.account_id = chunk.account_id AND known.holder_key = chunk.holder_key))"
+    ),
+    "domain_id": "domains.id",
+}
+_BULK_MAILBOXES = f"""
+INSERT INTO mailboxes (address, {", ".join(MAILBOX_UPDATE_COLUMNS)})
+SELECT chunk.address, {", ".join(_BULK_MAILBOX_VALUES.get(name, f"chunk.{name}") for name in MAILBOX_UPDATE_COLUMNS)}
+FROM (
+    SELECT staged.*, {_CHUNK_ACCOUNT_ID} AS account_id
+    FROM {STAGING.name} staged
+    LEFT JOIN accounts new_account ON new_account.id > %(max_account)s AND new_account.login = staged.login
+    WHERE staged.seq > %(after_seq)s AND staged.seq <= %(last_seq)s
+    OFFSET 0
+) chunk
+LEFT JOIN holders new_holder ON new_holder.id > %(max_holder)s
+    AND new_holder.account_id = chunk.account_id AND new_holder.holder_key = chunk.holder_key
+LEFT JOIN domains ON domains.name = chunk.domain
+"""
+
+
+def _upsert_chunk(
+    connection: Connection,
+    after_seq: int,
+    last_seq: int,
+    *,
+    analyse: bool,
+    bulk: bool = False,
+    timed: _Timed | None = None,
+) -> int:
     """Upsert the good rows ``after_seq < seq <= last_seq`` of the staging table; return how many were new.
 
     Accounts by login, domains by name (moving every mailbox of a domain to
     its expiry), holders by (account, key), mailboxes by address.  ``analyse``
     (on PostgreSQL, for the first chunk): refresh the statistics of the tables
     the joins read, which rows written by this transaction are missing from.
+
+    ``bulk`` (the bulk-load path: ``mailboxes`` was empty when the import
+    began and has no unique index on ``address`` now): the mailboxes are
+    inserted, all of them new; the file's own rows of a domain all have its
+    expiry (or the file is refused), so none needs moving; holders and
+    mailboxes are written by :data:`_BULK_HOLDERS` and :data:`_BULK_MAILBOXES`,
+    whose cost per chunk does not grow with the tables.
     """
+    if timed is None:
+        timed = _untimed
     rows = STAGING
     accounts, holders, domains, mailboxes = (model.__table__ for model in (Account, Holder, Domain, Mailbox))
     in_chunk = and_(rows.c.seq > after_seq, rows.c.seq <= last_seq)
 
-    statement = dialect_insert(connection, accounts).from_select(["login"], select(rows.c.login).where(in_chunk))
-    connection.execute(statement.on_conflict_do_nothing(index_elements=["login"]))
+    logins = select(rows.c.login).where(in_chunk)
+    if bulk:
+        # The ids of the accounts and holders this chunk adds come from their
+        # sequences, above these (nothing else writes to the tables: the
+        # bulk-load path holds them ACCESS EXCLUSIVE).  _BULK_HOLDERS and
+        # _BULK_MAILBOXES look for them there first.
+        max_account, max_holder = connection.exec_driver_sql(
+            "SELECT (SELECT coalesce(max(id), 0) FROM accounts), (SELECT coalesce(max(id), 0) FROM holders)"
+        ).one()
+        # Each login once: a probe of the unique index per login rather than per row.
+        logins = logins.distinct()
+    statement = dialect_insert(connection, accounts).from_select(["login"], logins)
+    with timed("accounts"):
+        connection.execute(statement.on_conflict_do_nothing(index_elements=["login"]))
 
     # Domains, with their expiry (one per domain in a chunk, or the rows are not upserted).
     chunk_domains = (
@@ -996,20 +1326,39 @@ def _upsert_chunk(connection: Connection, after_seq: int, last_seq: int, *, anal
     statement = dialect_insert(connection, domains).from_select(
         ["name", "expires_on"], select(chunk_domains.c.domain, chunk_domains.c.domain_expires_on).where(true())
     )
-    connection.execute(
-        statement.on_conflict_do_update(index_elements=["name"], set_={"expires_on": statement.excluded.expires_on})
-    )
-    # Mailboxes of these domains that the file does not list follow the domain too.
-    dated = (
-        select(domains.c.id, chunk_domains.c.domain_expires_on, chunk_domains.c.next_action_on)
-        .join(chunk_domains, chunk_domains.c.domain == domains.c.name)
-        .subquery()
-    )
-    connection.execute(
-        update(mailboxes)
-        .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
-        .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
-    )
+    with timed("domains"):
+        connection.execute(
+            statement.on_conflict_do_update(index_elements=["name"], set_={"expires_on": statement.excluded.expires_on})
+        )
+    if not bulk:
+        # Mailboxes of these domains that the file does not list follow the domain too.
+        dated = (
+            select(domains.c.id, chunk_domains.c.domain_expires_on, chunk_domains.c.next_action_on)
+            .join(chunk_domains, chunk_domains.c.domain == domains.c.name)
+            .subquery()
+        )
+        with timed("domain_mailboxes"):
+            connection.execute(
+                update(mailboxes)
+                .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
+                .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
+            )
+
+    if bulk:
+        parameters = {
+            "after_seq": after_seq,
+            "last_seq": last_seq,
+            "max_account": max_account,
+            "max_holder": max_holder,
+        }
+        with timed("holders"):
+            connection.exec_driver_sql(_BULK_HOLDERS, parameters)
+        if analyse:
+            with timed("analyze"):
+                connection.exec_driver_sql("ANALYZE accounts, holders, domains")
+        with timed("mailboxes"):
+            connection.exec_driver_sql(_BULK_MAILBOXES, parameters)
+        return last_seq - after_seq
 
     # Holders: equal data under one account is one row (the key is a digest of it).
     statement = dialect_insert(connection, holders).from_select(
@@ -1018,9 +1367,11 @@ def _upsert_chunk(connection: Connection, after_seq: int, last_seq: int, *, anal
         .join(accounts, accounts.c.login == rows.c.login)
         .where(in_chunk),
     )
-    connection.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "holder_key"]))
+    with timed("holders"):
+        connection.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "holder_key"]))
     if analyse:
-        connection.exec_driver_sql("ANALYZE accounts, holders, domains")
+        with timed("analyze"):
+            connection.exec_driver_sql("ANALYZE accounts, holders, domains")
 
     # Mailboxes, by address.
     chunk = (
@@ -1049,14 +1400,19 @@ def _upsert_chunk(connection: Connection, after_seq: int, last_seq: int, *, anal
         .where(in_chunk)
     )
     statement = dialect_insert(connection, mailboxes)
+    # A mailbox whose every column already has the file's value is left
+    # alone (no new row version, no index entries).  It still counts as
+    # updated: the counts below are "new" and "the rest".
     upsert = statement.from_select(["address", *MAILBOX_UPDATE_COLUMNS], chunk).on_conflict_do_update(
         index_elements=["address"],
         set_={name: statement.excluded[name] for name in MAILBOX_UPDATE_COLUMNS},
+        where=or_(*(mailboxes.c[name].is_distinct_from(statement.excluded[name]) for name in MAILBOX_UPDATE_COLUMNS)),
     )
     if connection.dialect.name == "postgresql":
         # A row this statement inserted has no xmax; an updated one has ours.
         # Cheaper than looking the addresses up first.
-        return sum(connection.execute(upsert.returning(literal_column("xmax = 0"))).scalars())
+        with timed("mailboxes"):
+            return sum(connection.execute(upsert.returning(literal_column("xmax = 0"))).scalars())
     existing = connection.execute(
         select(func.count()).select_from(rows.join(mailboxes, mailboxes.c.address == rows.c.address)).where(in_chunk)
     ).scalar_one()
