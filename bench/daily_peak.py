@@ -68,7 +68,9 @@ STAGE = "-15d"
 MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example>"
 #: A fixed key for the benchmark's links only: nothing is ever verified with it.
 BENCH_SECRET_KEYS = "bench-only-key-0123456789abcdef0123456789"
-DEFAULT_WORKERS = ("scan,notices:2", "mail:4")
+#: Mail processes mostly wait (on the sink's replies and on each outcome's commit): on 2 cores, 4, 6 and 8 of
+#: them sent 1,645, 1,728 and 1,868 emails/s (bench/RESULTS.md).
+DEFAULT_WORKERS = ("scan,notices:2", "mail:8")
 
 
 def log(message: str) -> None:
