@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from config import catalogue
@@ -90,6 +91,7 @@ __all__ = [
     "OrderNotOpen",
     "LinkNotUsable",
     "describe_link",
+    "read_mailbox_link",
     "start_order",
     "find_order",
     "find_order_by_number",
@@ -399,6 +401,181 @@ _MAILBOX_LINK_QUERY = (
 def _describe_mailbox_link(session: Session | Connection, link: RenewalLink, today: date) -> LinkView:
     # A Core row, not an ORM object: it has the attributes _mailbox_summary reads.
     mailbox = session.execute(_MAILBOX_LINK_QUERY, {"mailbox_id": link.target_id, "cycle": link.expires_on}).first()
+    return _mailbox_link_view(mailbox, link, today)
+
+
+class _RawSelect:
+    """One Core ``select`` compiled once for one dialect, run on a DBAPI cursor of the pool.
+
+    The SQL is SQLAlchemy's own (``statement.compile(dialect=...)``), with the
+    dialect's paramstyle, its bind casts and its type processors (SQLite keeps
+    dates as text): the same statement and the same values as
+    ``connection.execute(statement)``, without the execution context, the
+    result object and the events around one row.  Only for drivers whose
+    connection can read outside a transaction without a round trip
+    (:data:`_RAW_DRIVERS`).
+    """
+
+    def __init__(self, statement, dialect, parameter_names: Sequence[str]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        # Every bind parameter: the caller's (given to parameters()) and the statement's own literals.
+        self._defaults = compiled.construct_params(dict.fromkeys(parameter_names))
+        self._bind_processors = {
+            name: processor
+            for name in self._defaults
+            if (processor := compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        self._positions = tuple(compiled.positiontup) if compiled.positional else None
+        self.columns = tuple(column.key for column in statement.selected_columns)
+        self._result_processors = tuple(
+            (index, processor)
+            for index, column in enumerate(statement.selected_columns)
+            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        )
+
+    def parameters(self, values: Mapping[str, Any]):
+        merged = {**self._defaults, **values}
+        for name, processor in self._bind_processors.items():
+            merged[name] = processor(merged[name])
+        if self._positions is None:
+            return merged
+        return tuple(merged[name] for name in self._positions)
+
+    def row(self, raw: Sequence[Any]) -> list:
+        values = list(raw)
+        for index, processor in self._result_processors:
+            values[index] = processor(values[index])
+        return values
+
+
+#: Drivers whose link read skips SQLAlchemy's execution: psycopg switches to autocommit on the client
+#: (no round trip on an idle connection), and make_engine opens SQLite connections with the driver's
+#: transaction handling off (a lone SELECT is its own transaction).  Any other driver reads through Core.
+_RAW_DRIVERS = ("psycopg", "pysqlite")
+
+
+@dataclass(frozen=True)
+class _MailboxLinkRow:
+    """A row of ``_MAILBOX_LINK_QUERY`` with the attributes _mailbox_summary and the view read."""
+
+    id: int
+    address: str
+    plan: str
+    extra_space_gb: int | None
+    extra_archive_gb: int | None
+    used_space_mb: int | None
+    expires_on: date
+    domain_id: int | None
+    auto_renew: bool | None
+    promo: bool | None
+    language: str | None
+    holder_name: str | None
+    order_public_id: str | None
+    order_status: str | None
+    order_origin: str | None
+
+
+_raw_link_selects: "weakref.WeakKeyDictionary[Any, _RawSelect]" = weakref.WeakKeyDictionary()
+
+
+def _raw_link_select(dialect) -> _RawSelect:
+    select_ = _raw_link_selects.get(dialect)
+    if select_ is None:
+        select_ = _raw_link_selects[dialect] = _RawSelect(_MAILBOX_LINK_QUERY, dialect, ("mailbox_id", "cycle"))
+        assert select_.columns == tuple(field for field in _MailboxLinkRow.__dataclass_fields__), select_.columns
+    return select_
+
+
+def read_mailbox_link(engine: Engine, link: RenewalLink, today: date) -> LinkView:
+    """:func:`describe_link` for a mailbox link, read in one SELECT outside any transaction.
+
+    The link page's read (``GET /rinnova/<token>``): the statement of
+    :func:`describe_link`, run on a raw DBAPI cursor of a pooled connection in
+    autocommit, so one round trip, with no BEGIN and no ROLLBACK.  A single
+    SELECT sees one snapshot and cannot write.  If the pooled connection turns
+    out dead (the database restarted), the pool drops it and every connection
+    opened before it, as SQLAlchemy does for a disconnect, and the read is made
+    once more on a fresh connection.  A driver not in :data:`_RAW_DRIVERS`
+    reads through Core, in autocommit.
+    """
+    if link.target != MAILBOX:
+        raise ValueError("read_mailbox_link reads a mailbox link; an account link needs describe_link and a Session")
+    dialect = engine.dialect
+    values = {"mailbox_id": link.target_id, "cycle": link.expires_on}
+    if dialect.driver not in _RAW_DRIVERS:
+        return _read_mailbox_link_core(engine, link, today)
+    compiled = _raw_link_select(dialect)
+    parameters = compiled.parameters(values)
+    for attempt in (1, 2):
+        pooled = engine.raw_connection()
+        try:
+            raw = _fetch_one(pooled, compiled.sql, parameters, dialect.driver)
+        except BaseException as error:
+            if not _is_disconnect(dialect, pooled, error):
+                raise
+            # What SQLAlchemy does on a disconnect: drop this connection and every one opened before it.
+            engine.pool._invalidate(pooled, error)
+            if attempt == 2 or not isinstance(error, Exception):
+                raise
+            continue
+        finally:
+            pooled.close()  # back to the pool, unless invalidated
+        return _mailbox_link_view(None if raw is None else _MailboxLinkRow(*compiled.row(raw)), link, today)
+    raise AssertionError("unreachable")
+
+
+#: Where a pooled psycopg connection keeps the cursor of its link reads (its pool record's ``info``,
+#: which SQLAlchemy clears when it replaces the connection).
+_LINK_CURSOR = "pec_link_cursor"
+
+
+def _fetch_one(pooled, sql: str, parameters, driver: str):
+    connection = pooled.driver_connection
+    if driver != "psycopg":
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+    cursor = pooled.info.get(_LINK_CURSOR)
+    if cursor is None or cursor.closed or cursor.connection is not connection:
+        cursor = pooled.info[_LINK_CURSOR] = connection.cursor()  # one per connection, reused
+    # The pool hands out an idle connection: switching autocommit on and off costs no round trip.
+    connection.autocommit = True
+    try:
+        cursor.execute(sql, parameters, prepare=True)
+        return cursor.fetchone()
+    finally:
+        if not connection.broken:  # a broken one is invalidated by the caller, never pooled again
+            connection.autocommit = False  # as the pool's other users expect it
+
+
+def _is_disconnect(dialect, pooled, error: BaseException) -> bool:
+    """The connection is unusable: a disconnect the driver reported, or a psycopg connection left
+    broken by anything at all (an interrupt in the middle of a round trip)."""
+    connection = pooled.dbapi_connection
+    if connection is None:
+        return True
+    if isinstance(error, dialect.loaded_dbapi.Error) and dialect.is_disconnect(error, connection, None):
+        return True
+    return bool(getattr(connection, "broken", False))
+
+
+def _read_mailbox_link_core(engine: Engine, link: RenewalLink, today: date) -> LinkView:
+    engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            return _describe_mailbox_link(connection, link, today)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    with engine.connect() as connection:  # the pool replaced its connections: once more
+        return _describe_mailbox_link(connection, link, today)
+
+
+def _mailbox_link_view(mailbox, link: RenewalLink, today: date) -> LinkView:
     if mailbox is None:
         return LinkView(state=LinkState.NOT_FOUND, language="it")
     language = mailbox.language if mailbox.language in ("it", "en") else "it"

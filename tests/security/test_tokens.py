@@ -209,7 +209,7 @@ def test_an_exception_on_a_link_page_is_logged_without_the_token(app, runtime, m
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(views.forms, "ButtonForm", explode)  # the link page fails after reading a good token
+    monkeypatch.setattr(views, "_link_page", explode)  # the link page fails after reading a good token
     caplog.set_level(logging.ERROR)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     token = runtime.signer.renewal_token("m", mailbox_id, EXPIRY)

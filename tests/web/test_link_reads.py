@@ -46,23 +46,37 @@ def mailbox_path(runtime, session_factory):
         return link_path(runtime, mailbox)
 
 
-def test_a_mailbox_link_page_is_one_statement_in_autocommit(client, runtime, mailbox_path):
-    statements = []
+class _RecordingCursor(psycopg.Cursor):
+    """A real psycopg cursor that notes each statement, and whether its connection was in autocommit."""
 
-    @event.listens_for(runtime.engine, "before_cursor_execute")
-    def _record(conn, _cursor, statement, _parameters, _context, _executemany):
-        statements.append((statement, conn.connection.dbapi_connection.autocommit))
+    statements: list = []
 
+    def execute(self, query, params=None, **kwargs):
+        type(self).statements.append((str(query), self.connection.autocommit))
+        return super().execute(query, params, **kwargs)
+
+
+def test_a_mailbox_link_page_is_one_statement_in_autocommit(runtime, settings, mailbox_path):
+    # Its own engine, so every connection (and the cursor the link read keeps on it) records.
+    engine = make_engine(settings.database_url, ping_after_idle=PING_AFTER_IDLE_SECONDS)
+    event.listen(engine, "connect", lambda dbapi_connection, _record: setattr(dbapi_connection, "cursor_factory", _RecordingCursor))
+    runtime.__dict__["engine"] = engine
     try:
-        response = client.get(mailbox_path)
+        client = create_app(runtime).test_client()
+        for _ in range(2):  # a new connection, then the same one from the pool
+            _RecordingCursor.statements.clear()
+            response = client.get(mailbox_path)
+            assert response.status_code == 200
+            assert "anna@pec.provider.example.it" in response.get_data(as_text=True)
+            assert len(_RecordingCursor.statements) == 1, _RecordingCursor.statements
+            statement, autocommit = _RecordingCursor.statements[0]
+            assert autocommit is True  # no BEGIN and no ROLLBACK around it
+            assert "holders" in statement and "renewal_orders" in statement  # the holder and the order, joined
+        with engine.connect() as connection:  # the pool's connections are back to transactions
+            assert connection.connection.dbapi_connection.autocommit is False
+            assert connection.connection.dbapi_connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
-        event.remove(runtime.engine, "before_cursor_execute", _record)
-    assert response.status_code == 200
-    assert "anna@pec.provider.example.it" in response.get_data(as_text=True)
-    assert len(statements) == 1, statements
-    statement, autocommit = statements[0]
-    assert autocommit is True  # no BEGIN and no ROLLBACK around it
-    assert "holders" in statement and "renewal_orders" in statement  # the holder and the order, joined
+        engine.dispose()
 
 
 def test_the_web_runtime_pings_only_idle_connections(settings):

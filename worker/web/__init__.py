@@ -17,18 +17,18 @@ from datetime import timedelta
 from functools import cached_property
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from itsdangerous import Serializer, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Engine
 
 from config.settings import Settings
 from worker.db import make_engine
 from worker.runtime import Runtime
-from worker.web import i18n
+from worker.web import i18n, templating
 from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY, install_log_redaction, redact
+from worker.web.signing import FastURLSafeTimedSerializer, SessionJSONSerializer, add_vary_cookie
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ csrf = CSRFProtect()
 
 
 class _App(Flask):
+    #: Templates may also be asked for compiled for one language (worker.web.templating).
+    jinja_environment = templating.Environment
+
+    def create_global_jinja_loader(self):
+        return templating.LocalisedLoader(super().create_global_jinja_loader())
+
     def log_exception(self, exc_info) -> None:
         # Flask's own line names the path: "Exception on /rinnova/<token> [GET]".
         self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
@@ -99,11 +105,11 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.config.update(config)
     app.session_interface = _SessionInterface()
     app.extensions["pec_runtime"] = runtime
-    # The link page's read: one statement, no BEGIN/ROLLBACK round trips (views._describe_link).
-    app.extensions["pec_autocommit_engine"] = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
     app.url_map.merge_slashes = False  # no redirect built from a path the visitor typed
     app.jinja_env.autoescape = True  # every template, whatever its name
-    app.jinja_env.globals.update(t=i18n.translate_in_context, plan_label=i18n.plan_label)
+    app.jinja_env.globals.update(
+        t=i18n.translate_in_context, language=i18n.language, plan_label=i18n.plan_label, static_url=templating.static_url
+    )
     app.jinja_env.filters.update(long_date=i18n.long_date, date_art=i18n.date_with_article, euro=i18n.euro)
     csrf.init_app(app)
 
@@ -122,8 +128,8 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     public_https = settings.base_url.startswith("https://")
 
     @app.before_request
-    def _language_and_origin():
-        g.language = i18n.best_language(request.accept_languages)
+    def _check_origin():
+        # The page's language is the holder's, or the browser's when first asked (i18n.language).
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             # A browser posting from another site names it here ("null" under no-referrer).
             origin = request.headers.get("Origin")
@@ -133,44 +139,62 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
                 return csrf_error(None)
         return None
 
+    security_headers = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS.items())
+
     @app.after_request
     def _headers(response: Response) -> Response:
-        # One pass over the headers the view set, not a setdefault per header: werkzeug looks a
-        # missing header up by raising and catching an exception (bench/link_handler.sh).
-        present = {name.lower() for name, _ in response.headers}
-        for name, value in SECURITY_HEADERS.items():
-            if name.lower() not in present:
-                response.headers.add(name, value)
-        if (request.is_secure or public_https) and "strict-transport-security" not in present:
-            response.headers.add("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY)
+        # One pass over the headers the view set, then the missing ones added in one go: werkzeug
+        # looks a missing header up by raising and catching an exception, and parses Vary again
+        # on every access (bench/link_handler.sh).
+        headers = response.headers
+        present = {name.lower() for name, _ in headers}
+        missing = [(name, value) for lower, name, value in security_headers if lower not in present]
+        if (public_https or request.is_secure) and "strict-transport-security" not in present:
+            missing.append(("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
         if request.endpoint != "static" or response.status_code not in (200, 304):  # only a stylesheet is cached
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["Pragma"] = "no-cache"
-        response.vary.add("Cookie")
+            for name, value in (("Cache-Control", "no-store"), ("Pragma", "no-cache")):
+                if name.lower() in present:
+                    headers[name] = value
+                else:
+                    missing.append((name, value))
+        headers.extend(missing)
+        add_vary_cookie(response)
         return response
 
     return app
 
 
-class _UncompressedSessionSerializer(URLSafeTimedSerializer):
-    """Flask's session serializer, without trying zlib on every cookie it writes.
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its serializer built once per key set, not twice a request.
 
-    The session holds a random CSRF token, random order ids and at most a
-    flashed message: little that compresses, so itsdangerous nearly always kept
-    the plain payload anyway; but every attempt sets up zlib's state, about
-    0.1 ms on this machine, on every link page a new visitor opens
-    (bench/link_handler.sh).  Reading still accepts a compressed cookie.
+    The serializer (:class:`worker.web.signing.FastURLSafeTimedSerializer`) writes
+    the cookie Flask would write, minus the zlib attempt, and keeps its signer
+    and derived keys: a new visitor's cookie is signed without deriving the key
+    again (bench/link_handler.sh).  Older compressed cookies are still read.
     """
 
-    def dump_payload(self, obj) -> bytes:
-        return base64_encode(Serializer.dump_payload(self, obj))
-
-
-class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, with its serializer built once per key set, not twice a request."""
+    serializer = SessionJSONSerializer()
 
     def __init__(self) -> None:
         self._serializers: dict[tuple, URLSafeTimedSerializer] = {}
+
+    def save_session(self, app: Flask, session, response: Response) -> None:
+        if not session or not self.should_set_cookie(app, session):
+            super().save_session(app, session, response)  # nothing to write, or a cookie to delete
+            return
+        # Flask's steps for a session to write, with "Vary: Cookie" added once, not parsed twice.
+        response.set_cookie(
+            self.get_cookie_name(app),
+            self.get_signing_serializer(app).dumps(dict(session)),
+            expires=self.get_expiration_time(app, session),
+            httponly=self.get_cookie_httponly(app),
+            domain=self.get_cookie_domain(app),
+            path=self.get_cookie_path(app),
+            secure=self.get_cookie_secure(app),
+            partitioned=self.get_cookie_partitioned(app),
+            samesite=self.get_cookie_samesite(app),
+        )
+        add_vary_cookie(response)
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         if not app.secret_key:
@@ -178,7 +202,7 @@ class _SessionInterface(SecureCookieSessionInterface):
         keys = (*app.config["SECRET_KEY_FALLBACKS"], app.secret_key)  # the current key last, as Flask does
         serializer = self._serializers.get(keys)
         if serializer is None:
-            serializer = self._serializers[keys] = _UncompressedSessionSerializer(
+            serializer = self._serializers[keys] = FastURLSafeTimedSerializer(
                 list(keys),
                 salt=self.salt,
                 serializer=self.serializer,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from flask import g, has_app_context
+from flask import g, has_app_context, has_request_context, request
 
 from worker.emails import format_date_with_article, format_long_date
 
@@ -18,13 +18,19 @@ PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
 
 
 def language() -> str:
+    """The page's language: the one :func:`set_language` chose, else the browser's (read once, when first
+    asked: a link page takes the holder's and never parses Accept-Language)."""
     if not has_app_context():
         return "it"
-    return getattr(g, "language", "it")
+    value = getattr(g, "language", None)
+    if value is None:
+        value = g.language = best_language(request.accept_languages) if has_request_context() else "it"
+    return value
 
 
-def set_language(value: str | None) -> None:
-    g.language = value if value in LANGUAGES else "it"
+def set_language(value: str | None) -> str:
+    g.language = value = value if value in LANGUAGES else "it"
+    return value
 
 
 def best_language(accept_languages) -> str:

@@ -15,14 +15,13 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
-from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from config import catalogue
 from worker import orders as orders_service
 from worker import pricing
 from worker.links import MAILBOX, TokenInvalid
-from worker.web import forms, i18n
+from worker.web import forms, i18n, signing, templating
 from worker.web.i18n import translate_in_context as t
 
 log = logging.getLogger(__name__)
@@ -216,46 +215,50 @@ def renewal_link(token: str):
     view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
-    i18n.set_language(view.language)
-    status = 410 if view.state == orders.LinkState.DELETED else 200
-    return (
-        render_template(
-            "link.html",
-            view=view,
-            states=orders.LinkState,
-            form=forms.ButtonForm(),
-            account_link=link.target == "a",
-            catalogue=catalogue,
-        ),
-        status,
+    return _link_page(view, account_link=link.target == "a")
+
+
+#: The link page's states that show the button (a POST, with its CSRF token).
+_STATES_WITH_FORM = frozenset((orders_service.LinkState.RENEWABLE, orders_service.LinkState.AUTO_RENEW))
+
+
+def _link_page(view, *, account_link: bool):
+    """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
+
+    The token is the one a Flask-WTF form would carry (:func:`worker.web.signing.csrf_token`):
+    the button's POST is checked by ``CSRFProtect`` like every other.  No WTForms form is
+    built for a form with nothing else in it (bench/link_handler.sh).
+    """
+    app = current_app._get_current_object()
+    language = i18n.set_language(view.language)
+    token = signing.csrf_token(app) if view.state in _STATES_WITH_FORM and signing.csrf_enabled(app) else None
+    status = 410 if view.state == orders_service.LinkState.DELETED else 200
+    page = render_template(
+        templating.localised("link.html", language),  # its fixed texts compiled in (worker.web.templating)
+        view=view,
+        states=orders_service.LinkState,
+        form_token=token,
+        account_link=account_link,
     )
+    return page, status
 
 
 def _describe_link(link):
     """What the link page shows, read without writing.
 
-    A mailbox link, the page nearly every holder opens, is one SELECT on a
-    connection in autocommit: one round trip, with no BEGIN and ROLLBACK
-    around it.  A single statement sees one snapshot and cannot write, so
-    nothing is lost.  If the pooled connection turns out dead (the database
-    restarted), the read is simply made again on a fresh one.  An account link
-    reads several tables: it keeps the session and its rollback.
+    A mailbox link, the page nearly every holder opens, is one SELECT outside
+    any transaction, on a raw cursor of the pool (:func:`worker.orders.read_mailbox_link`:
+    one round trip, and a dead pooled connection is replaced and the read made
+    again).  An account link reads several tables: it keeps the session and its
+    rollback.
     """
     orders = _orders()
-    if link.target != MAILBOX:
-        with _db() as db_session:
-            view = orders.describe_link(db_session, link, _today())
-            db_session.rollback()  # read-only, whatever the service did
-        return view
-    engine = current_app.extensions["pec_autocommit_engine"]
-    try:
-        with engine.connect() as connection:
-            return orders.describe_link(connection, link, _today())
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-    with engine.connect() as connection:  # the pool replaced its connections: once more
-        return orders.describe_link(connection, link, _today())
+    if link.target == MAILBOX:
+        return orders.read_mailbox_link(_runtime().engine, link, _today())
+    with _db() as db_session:
+        view = orders.describe_link(db_session, link, _today())
+        db_session.rollback()  # read-only, whatever the service did
+    return view
 
 
 # -- Order steps ------------------------------------------------------------------------------------
