@@ -683,10 +683,11 @@ class _RowChecker:
         if not joined or joined.isspace():
             return  # a blank line
         problems: dict[str, str] = {}
-        if joined.isascii() and joined.isprintable():
-            # The common case: printable ASCII has no bad character (and only
-            # one character that strip removes, the space).
+        # ASCII without a bad character (printable ASCII never has one) has only
+        # one character that strip removes, the space: the common case.
+        if joined.isascii() and (joined.isprintable() or not self.bad_char_search(joined)):
             if len(cells) == self.width and _stripped("\x00".join(cells)):
+                # No cell to strip.
                 cells.append("")
                 row = self._check_values(line, self.known_cells(cells), problems)
                 self.stage(row, not problems)
@@ -697,14 +698,6 @@ class _RowChecker:
             for name, cell in zip(self.header, cells):
                 if _BAD_CHAR_RE.search(cell):
                     problems.setdefault(name, _bad_char_problem(cell))
-        elif len(cells) == self.width and joined.isascii() and _stripped("\x00".join(cells)):
-            # No cell to strip.
-            cells.append("")
-            row = self._check_values(line, self.known_cells(cells), problems)
-            self.stage(row, not problems)
-            if problems:
-                self._report(line, problems)
-            return
         if len(cells) != self.width:
             column = self.header[min(len(cells), self.width - 1)]
             problems.setdefault(
