@@ -496,3 +496,42 @@ def test_a_configured_charge_plan_moves_the_notice_the_charge_and_the_retries(
         assert "21 marzo 2027" in text_of(received(smtp_server)[0])  # the charge date the notice announces
     finally:
         rt.close()
+
+
+def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, session_factory, smtp_server):
+    """The charges run in a thread pool; their log lines still carry the task id and business date."""
+    import io
+    import json
+    import logging
+
+    from worker.logs import configure_logging, log_context, remove_logging
+
+    rt = build_runtime(tmp_path, database_url, session_factory, smtp_server)
+    try:
+        ids = [add_auto_renew(rt, "pm_card_visa", notified=True).id for _ in range(6)]
+        with rt.session_factory() as session, session.begin():
+            for mailbox_id in ids:
+                session.get(Mailbox, mailbox_id).next_action_on = CHARGE_DAY
+        stream = io.StringIO()
+        handler = configure_logging("json", logging.INFO, stream=stream)
+        try:
+            with log_context(day=CHARGE_DAY, task="charge-task-1", name="pec_renewal.charge_batch"):
+                with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
+                    result = charges.run_charges(
+                        rt.session_factory, rt.gateway, ids, today=CHARGE_DAY, clock=rt.clock,
+                        mail_domain=rt.mail_domain, concurrency=3,
+                    )  # fmt: skip
+        finally:
+            remove_logging(handler)
+    finally:
+        rt.close()
+    assert result.charges == 6
+    charged = [
+        record
+        for record in map(json.loads, stream.getvalue().splitlines())
+        if record["logger"] == "worker.gateways.sandbox" and record["message"].startswith("sandbox: charged")
+    ]
+    assert len(charged) == 6
+    assert {(r["task_id"], r["task"], r["business_date"]) for r in charged} == {
+        ("charge-task-1", "pec_renewal.charge_batch", CHARGE_DAY.isoformat())
+    }

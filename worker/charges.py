@@ -32,6 +32,7 @@ flight holds at most one connection, and only for milliseconds.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -867,8 +868,11 @@ def run_charges(
         for run in results:
             _collect(total, run, progress)
         return total
+    # Each charge runs in a copy of this thread's context: its log lines carry the task's
+    # id and business date (worker.logs), as the lines of the thread that started it do.
+    context = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="charge") as pool:
-        for run in pool.map(one, ids):
+        for run in pool.map(lambda mailbox_id: context.copy().run(one, mailbox_id), ids):
             _collect(total, run, progress)
     return total
 
