@@ -70,3 +70,30 @@ def test_daily_scan_fans_out_in_batches_and_delivers_once(
         assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 25
         assert session.get(DailyRun, date(2027, 3, 31)).summary["batches"] >= 4
     assert celery_worker_process.poll() is None, "the worker died"
+
+
+def test_beat_starts_where_var_dir_does_not_exist_yet(tmp_path, database_url):
+    """With SECRET_KEYS set nothing else creates VAR_DIR: beat makes the folder of its schedule file."""
+    import subprocess
+    import sys
+
+    var_dir = tmp_path / "not" / "yet" / "var"
+    env = worker_environment(tmp_path, database_url, var_dir=var_dir)
+    log_path = tmp_path / "beat.log"
+    with open(log_path, "w") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=INFO"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: beat.poll() is not None or any(var_dir.glob("celerybeat-schedule*")),
+            timeout=60,
+            what="beat to write its schedule",
+        )
+        assert beat.poll() is None, log_path.read_text()
+        assert any(var_dir.glob("celerybeat-schedule*"))
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+    assert "Traceback" not in log_path.read_text()

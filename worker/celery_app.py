@@ -12,8 +12,10 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+from pathlib import Path
 
 from celery import Celery
+from celery.beat import PersistentScheduler
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init, worker_ready
 
 from config.celery import celery_config
@@ -23,6 +25,16 @@ log = logging.getLogger(__name__)
 
 #: The settings of the last app built here: the signal handlers read them.
 _settings: Settings | None = None
+
+
+class BeatScheduler(PersistentScheduler):
+    """Celery's beat scheduler, its schedule file in ``VAR_DIR`` (``beat_schedule_filename``),
+    whose folder it makes first: with ``SECRET_KEYS`` set nothing else creates ``VAR_DIR``, and
+    beat stopped at its first start on a fresh machine."""
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
 
 def create_celery(settings: Settings) -> Celery:
