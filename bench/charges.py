@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from databases import ensure_database, psycopg_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from worker import migrate  # noqa: E402
@@ -39,21 +39,9 @@ from worker.runtime import Runtime  # noqa: E402
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_bench"
 
 
-def plain_url(url: str, database: str | None = None) -> str:
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 def reset_database(url: str) -> None:
-    name = make_url(url).database
-    if "bench" not in (name or ""):
-        sys.exit(f"refusing to empty database {name!r}: its name must contain 'bench'")
-    with psycopg.connect(plain_url(url, "postgres"), autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            connection.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(plain_url(url), autocommit=True) as connection:
+    ensure_database(url)
+    with psycopg.connect(psycopg_url(url), autocommit=True) as connection:
         connection.execute("DROP SCHEMA public CASCADE")
         connection.execute("CREATE SCHEMA public")
     migrate.upgrade(url)
@@ -61,7 +49,7 @@ def reset_database(url: str) -> None:
 
 def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> float:
     started = time.perf_counter()
-    with psycopg.connect(plain_url(url)) as connection:
+    with psycopg.connect(psycopg_url(url)) as connection:
         connection.execute(
             "INSERT INTO accounts (login) SELECT 'bench' || g || '@example.it' FROM generate_series(1, %s) g", (count,)
         )
@@ -91,7 +79,7 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
 
 
 def check_gateway_record(url: str) -> dict:
-    with psycopg.connect(plain_url(url)) as connection:
+    with psycopg.connect(psycopg_url(url)) as connection:
         rows, keys = connection.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM sandbox_charges").fetchone()
         # renewal:{mailbox}:{cycle}:{attempt} -> more than one charge per mailbox and cycle?
         doubled = connection.execute(

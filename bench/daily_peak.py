@@ -51,7 +51,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from quiet_day import FIRST_EXPIRY, ensure_database, psycopg_url, seed  # noqa: E402
+from databases import ensure_database, psycopg_url  # noqa: E402
+from quiet_day import FIRST_EXPIRY, seed  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from worker import migrate  # noqa: E402

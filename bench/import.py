@@ -47,7 +47,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy.engine import make_url  # noqa: E402
+from databases import ensure_database, psycopg_url  # noqa: E402
 from stdnum import luhn  # noqa: E402
 from stdnum.it import codicefiscale  # noqa: E402
 
@@ -65,20 +65,6 @@ BARE_TABLE = "bench_import_bare"
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def psycopg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def ensure_database(url: str) -> None:
-    parsed = make_url(url)
-    if "bench" not in (parsed.database or ""):
-        raise SystemExit(f"{parsed.database}: the benchmark empties its database; its name must contain 'bench'")
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
-            connection.execute(f'CREATE DATABASE "{parsed.database}"')
 
 
 # --------------------------------------------------------------------------

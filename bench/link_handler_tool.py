@@ -28,7 +28,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy.engine import make_url  # noqa: E402
+from databases import ensure_database, psycopg_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from worker import migrate  # noqa: E402
@@ -36,16 +36,9 @@ from worker.links import LinkSigner  # noqa: E402
 
 
 def seed(url: str, mailboxes: int) -> None:
-    parsed = make_url(url)
-    if "bench" not in (parsed.database or ""):
-        raise SystemExit(f"the benchmark database's name must contain 'bench', not {parsed.database!r}")
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
-            connection.execute(f'CREATE DATABASE "{parsed.database}"')
+    ensure_database(url)
     migrate.upgrade(url)
-    plain = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain) as connection:
+    with psycopg.connect(psycopg_url(url)) as connection:
         count, fresh = connection.execute("SELECT count(*), min(expires_on) > current_date FROM mailboxes").fetchone()
         if count == mailboxes and fresh:
             return  # the same fleet, none of it expired since it was seeded
@@ -84,8 +77,7 @@ def write_links(url: str, links: int, lua: Path) -> str:
     """Sign ``links`` renewal links spread over the fleet; write the wrk script; return one path."""
     settings = Settings.from_env()
     signer = LinkSigner(settings.secret_keys, settings.base_url, settings.link_max_age_days)
-    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain) as connection:
+    with psycopg.connect(psycopg_url(url)) as connection:
         rows = connection.execute(
             "SELECT id, expires_on FROM mailboxes WHERE id %% greatest(1, (SELECT count(*) FROM mailboxes) / %s) = 0"
             " ORDER BY id LIMIT %s",

@@ -36,7 +36,7 @@ from rich.progress import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy.engine import make_url  # noqa: E402
+from databases import ensure_database, psycopg_url  # noqa: E402
 
 from worker import migrate  # noqa: E402
 from worker.db import make_engine, make_session_factory  # noqa: E402
@@ -47,18 +47,6 @@ QUIET_DAY = date(2027, 1, 10)
 NORMAL_DAY = date(2027, 1, 11)
 #: Expiries spread over ten years from this date; next_action_on three months before.
 FIRST_EXPIRY = date(2027, 4, 20)
-
-
-def psycopg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def ensure_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
-            connection.execute(f'CREATE DATABASE "{parsed.database}"')
 
 
 #: Rows inserted per statement while seeding: small enough for the progress bar
