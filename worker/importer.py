@@ -787,18 +787,10 @@ class _RowChecker:
 
         domain_expires_on = ""
         if domain_expires_text:
-            try:
-                domain_expires_on = _check_date(domain_expires_text)
-            except ValueError as error:
-                problem("domain_expires_on", str(error))
-                domain_expires_on = None
+            domain_expires_on = _checked(domain_expires_text, "domain_expires_on", _check_date, problem)
         expires_on = ""
         if expires_text:
-            try:
-                expires_on = _check_date(expires_text)
-            except ValueError as error:
-                problem("expires_on", str(error))
-                expires_on = None
+            expires_on = _checked(expires_text, "expires_on", _check_date, problem)
         domain_text = domain
         if domain:
             try:
