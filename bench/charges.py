@@ -26,6 +26,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
 import psycopg  # noqa: E402
 from databases import ensure_database, psycopg_url  # noqa: E402

@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
 from databases import ensure_database, psycopg_url  # noqa: E402
 

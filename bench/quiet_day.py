@@ -35,6 +35,7 @@ from rich.progress import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
 from databases import ensure_database, psycopg_url  # noqa: E402
 
