@@ -136,7 +136,7 @@ def progress_counts(connection: psycopg.Connection) -> tuple[int, int, int, bool
 def maybe_done(connection: psycopg.Connection, due: int) -> bool:
     """A cheap test, every half second, that the day may be over: ``due`` ledger rows exist
     (the highest ledger id, by the primary key, has got that far since the truncation) and no
-    message is pending (one probe of the status index).  The polling of earlier versions counted
+    message is pending (one probe of the pending index).  The polling of earlier versions counted
     both tables every half second: a tenth of a core taken from the measured system."""
     probe = connection.execute(
         """SELECT (SELECT coalesce(max(id), 0) - coalesce(min(id), 1) + 1 FROM notice_ledger) >= %s

@@ -247,7 +247,8 @@ def test_the_gauge_query_uses_the_indexes(engine, session_factory):
         plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {compiled}")))
         connection.rollback()
     assert "Seq Scan" not in plan, plan
-    assert "ix_outbox_messages_due" in plan and "ix_mailboxes_next_action_on" in plan, plan
+    assert "ix_outbox_messages_pending" in plan and "ix_outbox_messages_failed" in plan, plan
+    assert "ix_mailboxes_next_action_on" in plan, plan
     assert "ix_charge_intents_unresolved" in plan, plan
 
 

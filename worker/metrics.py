@@ -154,8 +154,8 @@ def scan_due_at(day: date, settings: Settings) -> datetime:
 
 
 def database_query(now: datetime):
-    """One statement of scalar subqueries, each an index range on ``outbox_messages``
-    (status, next_attempt_at), ``mailboxes`` (next_action_on) or the partial index of
+    """One statement of scalar subqueries, each an index range: the partial indexes of pending
+    and of failed ``outbox_messages``, ``mailboxes`` (next_action_on), the partial index of
     unresolved ``charge_intents``."""
     pending = OutboxMessage.status == OutboxStatus.PENDING.value
     due = and_(pending, or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now))
