@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import psycopg
+import sqlalchemy.exc
 from celery import shared_task
 from celery.signals import worker_init
-from sqlalchemy.exc import OperationalError
 
 from worker import metrics, runtime
 from worker.emails import compile_templates
+
+#: The database could not be reached: through SQLAlchemy, or on the relay's own psycopg
+#: connection (its claims and outcomes go straight to psycopg).
+DATABASE_UNREACHABLE = (sqlalchemy.exc.OperationalError, psycopg.OperationalError)
 
 
 @worker_init.connect
@@ -17,7 +22,7 @@ def _compile_templates_before_the_pool_forks(**_kwargs) -> None:
     compile_templates()
 
 
-@shared_task(name="pec_renewal.deliver_outbox", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+@shared_task(name="pec_renewal.deliver_outbox", autoretry_for=DATABASE_UNREACHABLE, retry_backoff=True, max_retries=10)
 def deliver_outbox(outbox_ids: list[int]) -> int:
     """Deliver these outbox messages if they are still due; returns how many were handled."""
     result = runtime.current().relay.deliver_due([int(outbox_id) for outbox_id in outbox_ids])
@@ -25,7 +30,7 @@ def deliver_outbox(outbox_ids: list[int]) -> int:
     return result.handled
 
 
-@shared_task(name="pec_renewal.relay_outbox", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+@shared_task(name="pec_renewal.relay_outbox", autoretry_for=DATABASE_UNREACHABLE, retry_backoff=True, max_retries=3)
 def relay_outbox(max_batches: int = 50) -> int:
     """Deliver whatever is due: retries whose backoff has passed, and anything a lost task left."""
     rt = runtime.current()

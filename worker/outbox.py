@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import BigInteger, Row, any_, bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
@@ -119,6 +120,47 @@ def claim_messages(session: Session, now: datetime, limit: int, only_ids: Iterab
     return sorted(claimed, key=lambda row: row.id)
 
 
+#: The claim on PostgreSQL as one statement of its own (autocommit, psycopg's ``RawCursor``):
+#: what :func:`claim_messages` does in a transaction of three round trips, with the same
+#: rules.  ``candidate`` locks the rows (skipping those another relay holds); only the due
+#: ones among them get the lease.  Found by id, the rows are not searched by status in SQL
+#: (see :func:`claim_messages`).  ``$1`` now, ``$2`` the lease's end, ``$3`` the limit,
+#: ``$4`` the ids.
+_CLAIM_SQL = """
+WITH candidate AS MATERIALIZED (
+    SELECT id, status, next_attempt_at FROM outbox_messages
+    WHERE {where} ORDER BY id {limit} FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_messages SET next_attempt_at = $2
+FROM (SELECT id FROM candidate
+      WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+      ORDER BY id LIMIT $3) AS claimed
+WHERE outbox_messages.id = claimed.id
+RETURNING outbox_messages.id, kind, stage, language, to_address, message_id, context, attempts, status
+"""
+_CLAIM_DUE_SQL = _CLAIM_SQL.format(
+    where="status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $1)", limit="LIMIT $3"
+)
+_CLAIM_BY_ID_SQL = _CLAIM_SQL.format(where="id = ANY($4::bigint[])", limit="")
+
+
+def claim_messages_on_postgresql(
+    connection: psycopg.Connection, now: datetime, limit: int, only_ids: list[int] | None = None
+) -> list[Any]:
+    """:func:`claim_messages` on a psycopg connection in autocommit mode: one statement, which
+    commits the leases itself.  Returns named tuples with the same fields, by id."""
+    cursor = psycopg.RawCursor(connection, row_factory=namedtuple_row)
+    if only_ids is None:
+        cursor.execute(_CLAIM_DUE_SQL, [now, now + CLAIM_LEASE, limit], prepare=True)
+    else:
+        cursor.execute(_CLAIM_BY_ID_SQL, [now, now + CLAIM_LEASE, limit, only_ids], prepare=True)
+    return sorted(cursor.fetchall(), key=_by_id)
+
+
+def _by_id(row: Any) -> int:
+    return row.id
+
+
 def id_in(session: Session, ids: list[int]):
     """``outbox_messages.id`` is one of ``ids``: on PostgreSQL ``= ANY(array)``, one parameter.
 
@@ -206,58 +248,61 @@ class OutboxRelay:
         ``progress`` is called with the number of messages handled after each batch.
         """
         total = RelayResult()
-        only = list(only_ids) if only_ids is not None else None
+        only = [int(outbox_id) for outbox_id in only_ids] if only_ids is not None else None
         batches = 0
-        while max_batches is None or batches < max_batches:
-            with self._sessions() as session, session.begin():
-                messages = claim_messages(session, self._clock(), self._batch_size, only)
-            if not messages:
-                break
-            batches += 1
-            delivered = self._deliver(messages)
-            total.add(delivered)
-            if progress:
-                progress(delivered.handled)
+        with self._autocommit_connection() as autocommit:
+            while max_batches is None or batches < max_batches:
+                if autocommit is not None:
+                    messages = claim_messages_on_postgresql(autocommit, self._clock(), self._batch_size, only)
+                else:
+                    with self._sessions() as session, session.begin():
+                        messages = claim_messages(session, self._clock(), self._batch_size, only)
+                if not messages:
+                    break
+                batches += 1
+                delivered = self._deliver(messages, autocommit)
+                total.add(delivered)
+                if progress:
+                    progress(delivered.handled)
         return total
 
-    def _deliver(self, messages: list[Row]) -> RelayResult:
+    def _deliver(self, messages: list[Any], autocommit: psycopg.Connection | None) -> RelayResult:
         """Send the claimed messages, committing each outcome as soon as it is known.
 
-        Each outcome is one ``UPDATE``: on PostgreSQL it runs in autocommit mode,
-        so the commit costs the one round trip of the statement (the ORM's flush
-        in a transaction took four: BEGIN, SET LOCAL, UPDATE, COMMIT).  A bounce
+        Each outcome is one ``UPDATE``: on PostgreSQL it runs on the relay's connection in
+        autocommit mode, so the commit costs the one round trip of the statement (the ORM's
+        flush in a transaction took four: BEGIN, SET LOCAL, UPDATE, COMMIT).  A bounce
         also records the address, in one transaction with its outcome.
         """
         result = RelayResult()
-        with self._autocommit_connection() as autocommit:
-            # Straight to psycopg, as a prepared statement with its own placeholders:
-            # SQLAlchemy's execute, and psycopg's conversion of named parameters, cost
-            # more than the statement's own work here.
-            cursor = psycopg.RawCursor(autocommit) if autocommit is not None else None
-            for row in messages:
-                outcome = self._deliver_one(row, result)
-                if cursor is not None and outcome.bounce_reply is None:
-                    parameters = outcome.parameters
-                    cursor.execute(
-                        _WRITE_OUTCOME_SQL,
-                        [parameters[name] for name in _WRITE_OUTCOME_ORDER],
-                        prepare=True,
-                    )
-                    continue
-                with self._sessions() as session, session.begin():
-                    if session.get_bind().dialect.name == "postgresql":
-                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    if outcome.bounce_reply is not None:
-                        self._record_bounce(session, row.to_address, outcome.parameters["o_now"], outcome.bounce_reply)
-                    session.execute(_WRITE_OUTCOME, outcome.parameters)
+        # Straight to psycopg, as a prepared statement with its own placeholders:
+        # SQLAlchemy's execute, and psycopg's conversion of named parameters, cost
+        # more than the statement's own work here.
+        cursor = psycopg.RawCursor(autocommit) if autocommit is not None else None
+        for row in messages:
+            outcome = self._deliver_one(row, result)
+            if cursor is not None and outcome.bounce_reply is None:
+                parameters = outcome.parameters
+                cursor.execute(
+                    _WRITE_OUTCOME_SQL,
+                    [parameters[name] for name in _WRITE_OUTCOME_ORDER],
+                    prepare=True,
+                )
+                continue
+            with self._sessions() as session, session.begin():
+                if session.get_bind().dialect.name == "postgresql":
+                    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                if outcome.bounce_reply is not None:
+                    self._record_bounce(session, row.to_address, outcome.parameters["o_now"], outcome.bounce_reply)
+                session.execute(_WRITE_OUTCOME, outcome.parameters)
         return result
 
     @contextmanager
     def _autocommit_connection(self) -> Iterator[Any | None]:
         """On PostgreSQL, a pooled connection (the psycopg connection itself) whose every
         statement commits on its own, without waiting for the disk (``synchronous_commit``
-        off): a database crash may forget the last outcomes, which resends them (same
-        Message-ID), never loses one.  None elsewhere."""
+        off): a database crash may forget the last leases and outcomes, which resends those
+        messages (same Message-ID), never loses one.  None elsewhere."""
         with self._sessions() as session:
             engine = session.get_bind()
         if engine.dialect.name != "postgresql":
