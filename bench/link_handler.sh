@@ -17,6 +17,8 @@
 # Each side's CPU time per request (its gunicorn processes' user + system time over the run,
 # from /proc) is reported beside it: on a loaded machine the throughput moves with the load,
 # the CPU a request costs much less.
+# The bench database's PostgreSQL backends (the app's reads) are measured the same way: db_cpu_ms_per_request,
+# and cpu_ratio_with_db, the CPU ratio with them counted on the app's side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,11 +110,25 @@ cpu_ticks() {  # the CPU time (user + system, in clock ticks) of a gunicorn mast
     echo "$total"
 }
 
-run_wrk() {  # port, output file, duration, gunicorn master pid (its CPU goes to OUTPUT.cpu)
-    local before
+# The bench database's name: its PostgreSQL backends ("postgres: [CLUSTER: ]USER DBNAME HOST(PORT) STATE") serve the app's
+# reads, on the same cores as both gunicorns; the baseline has none.
+database_name=${database_url##*/}
+database_name=${database_name%%\?*}
+db_cpu_ticks() {  # the CPU time (user + system, in clock ticks) of the bench database's backends so far
+    local pid total=0
+    for pid in $(pgrep -f "^postgres: ([^ ]+: )?[^ ]+ $database_name [^ ]+\\(" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+run_wrk() {  # port, output file, duration, gunicorn master pid (its CPU goes to OUTPUT.cpu, the database's to OUTPUT.dbcpu)
+    local before db_before
     before=$(cpu_ticks "$4")
+    db_before=$(db_cpu_ticks)
     "$WRK" --latency -t1 -c"$connections" -d"$3" -s "$work/links.lua" "http://127.0.0.1:$1" >"$2"
     echo $(($(cpu_ticks "$4") - before)) >"$2.cpu"
+    echo $(($(db_cpu_ticks) - db_before)) >"$2.dbcpu"
 }
 
 echo "warming up both apps..." >&2

@@ -124,9 +124,10 @@ def read_wrk(path: Path) -> dict:
     }
 
 
-def read_cpu_ms(path: Path) -> float | None:
-    """The server's CPU time during one wrk run, in ms (``RUN.cpu``, clock ticks), if recorded."""
-    cpu = path.with_name(path.name + ".cpu")
+def read_cpu_ms(path: Path, suffix: str = ".cpu") -> float | None:
+    """The server's CPU time during one wrk run, in ms (``RUN.cpu``, clock ticks), if recorded; with
+    ``suffix=".dbcpu"``, the bench database's backends' CPU time over the same run."""
+    cpu = path.with_name(path.name + suffix)
     if not cpu.exists():
         return None
     return int(cpu.read_text()) * 1000 / os.sysconf("SC_CLK_TCK")
@@ -139,6 +140,9 @@ def summarise(runs: list[Path]) -> dict:
         cpu_ms = read_cpu_ms(path)
         if cpu_ms is not None:
             run["cpu_ms_per_request"] = round(cpu_ms / max(run["requests"], 1), 3)
+        db_cpu_ms = read_cpu_ms(path, ".dbcpu")
+        if db_cpu_ms is not None:
+            run["db_cpu_ms_per_request"] = round(db_cpu_ms / max(run["requests"], 1), 3)
         rounds.append(run)
     summary = {
         "requests_per_second": round(sum(r["requests"] for r in rounds) / sum(r["seconds"] for r in rounds), 1),
@@ -147,6 +151,9 @@ def summarise(runs: list[Path]) -> dict:
     if all("cpu_ms_per_request" in r for r in rounds):
         total_cpu = sum(r["cpu_ms_per_request"] * r["requests"] for r in rounds)
         summary["cpu_ms_per_request"] = round(total_cpu / sum(r["requests"] for r in rounds), 3)
+    if all("db_cpu_ms_per_request" in r for r in rounds):
+        total_db_cpu = sum(r["db_cpu_ms_per_request"] * r["requests"] for r in rounds)
+        summary["db_cpu_ms_per_request"] = round(total_db_cpu / sum(r["requests"] for r in rounds), 3)
     summary["rounds"] = rounds
     return summary
 
@@ -206,6 +213,13 @@ def main() -> None:
     if "cpu_ms_per_request" in app and "cpu_ms_per_request" in baseline:
         # Baseline CPU per request / app CPU per request: the ratio CPU alone would allow.
         result["cpu_ratio"] = round(baseline["cpu_ms_per_request"] / app["cpu_ms_per_request"], 3)
+        if "db_cpu_ms_per_request" in app and "db_cpu_ms_per_request" in baseline:
+            # The same with each side's PostgreSQL backends' CPU added (the baseline reads nothing: about 0).
+            result["cpu_ratio_with_db"] = round(
+                (baseline["cpu_ms_per_request"] + baseline["db_cpu_ms_per_request"])
+                / (app["cpu_ms_per_request"] + app["db_cpu_ms_per_request"]),
+                3,
+            )
     errors = [
         f"{name} round {index}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors"
         for name, runs in (("baseline", baseline), ("app", app))
