@@ -33,18 +33,20 @@ flight holds at most one connection, and only for milliseconds.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from worker import pricing, schedule
-from worker.db import dialect_insert
+from worker.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
 from worker.emails import message_id_for
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
 from worker.models import ChargeIntent, ChargeStatus, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
@@ -647,6 +649,7 @@ def charge_mailbox(
     stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES,
     mail_domain: str,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    fast: bool = True,
 ) -> ChargeRun:
     """Do the charge work due today for one mailbox: reconcile, charge, record, and tell the holder.
 
@@ -654,12 +657,38 @@ def charge_mailbox(
     with ``FOR UPDATE SKIP LOCKED`` only while it is due, and the intent's
     commit moves ``next_action_on`` past today (the claim) before any gateway
     call; after the call it is locked again (by this claimant only) to record.
+
+    On PostgreSQL through psycopg (and unless ``fast`` is False) a plain charge
+    and its success go through :func:`_charge_mailbox_fast`, which writes the
+    same rows with fewer statements; everything else, and SQLite, through the ORM.
     """
     run = ChargeRun(mailbox_id)
-    claimed = False
+    engine = psycopg_engine(session_factory) if fast else None
+    options = {"today": today, "clock": clock, "stages": stages, "mail_domain": mail_domain, "plan": plan}
+    if engine is not None:
+        return _charge_mailbox_fast(engine, session_factory, gateway, mailbox_id, run, **options)
+    return _charge_rounds(session_factory, gateway, mailbox_id, run, claimed=False, pending=None, **options)
+
+
+def _charge_rounds(
+    session_factory: sessionmaker[Session],
+    gateway: PaymentGateway,
+    mailbox_id: int,
+    run: ChargeRun,
+    *,
+    claimed: bool,
+    pending: tuple[int, ChargeResult] | None,
+    rounds: int = MAX_ROUNDS,
+    today: date,
+    clock: Callable[[], datetime],
+    stages: tuple[Stage, ...],
+    mail_domain: str,
+    plan: ChargePlan,
+) -> ChargeRun:
+    """The charge work through the ORM, from a given point: not claimed yet, or claimed by
+    this caller with the gateway's answer ``pending`` (intent id, answer) still to record."""
     looked_up: set[int] = set()
-    pending: tuple[int, ChargeResult] | None = None  # (intent id, answer) to record
-    for _round in range(MAX_ROUNDS):
+    for _round in range(rounds):
         call: Callable[[], ChargeResult] | None = None
         call_intent_id = None
         with session_factory() as session:
@@ -730,7 +759,11 @@ def _new_intent(mailbox: Mailbox, attempt: int, today: date, now: datetime) -> C
 
 
 def _description(intent: ChargeIntent) -> str:
-    return f"PEC renewal, mailbox {intent.mailbox_id}, expiry {intent.cycle_expires_on.isoformat()}"
+    return _describe(intent.mailbox_id, intent.cycle_expires_on)
+
+
+def _describe(mailbox_id: int, cycle_expires_on: date) -> str:
+    return f"PEC renewal, mailbox {mailbox_id}, expiry {cycle_expires_on.isoformat()}"
 
 
 def _charge_call(gateway: PaymentGateway, intent: ChargeIntent, run: ChargeRun) -> Callable[[], ChargeResult]:
@@ -741,7 +774,10 @@ def _charge_call(gateway: PaymentGateway, intent: ChargeIntent, run: ChargeRun) 
         "idempotency_key": intent.idempotency_key,
         "description": _description(intent),
     }
+    return _charge_call_with(gateway, params, run)
 
+
+def _charge_call_with(gateway: PaymentGateway, params: dict, run: ChargeRun) -> Callable[[], ChargeResult]:
     def call() -> ChargeResult:
         run.charges += 1
         answer = gateway.charge(**params)
@@ -786,6 +822,291 @@ def _reconcile_call(
         return ChargeResult(ChargeOutcome.SOFT_DECLINE, None, "not charged before expiry", NOT_CHARGED)
 
     return call
+
+
+# -- The fast path: PostgreSQL through psycopg ---------------------------------------------------
+#
+# The ORM path costs about 17 statements and 11 ms of CPU per charge (bench/charges.py): a
+# process under the GIL then charges at most ~75 a second, below what 32 gateway calls in
+# flight at 300 ms allow.  Here the same two transactions are two statements each, as
+# prepared statements on the pooled psycopg connection: the claim (the mailbox locked with
+# its holder, this cycle's ledger and intents, then the intent and the claim in one statement)
+# and the record of a success (the same read, then the intent's outcome, the receipt's outbox
+# and ledger rows and the mailbox's new expiry in one statement).  The rule is the same
+# function (decide_auto_renew) and the email the same context.  Anything else (reconcile,
+# charge-failed, a decline, a lost answer, a mailbox changed meanwhile) goes to the ORM path
+# from the same point, after a rollback, so it does exactly what it did.
+
+#: The mailbox locked, with what the rule and the emails need: the holder's name, and the
+#: ledger rows and charge intents of its current cycle and of any later one.
+_FAST_READ = """
+SELECT m.id, m.address, m.plan, m.extra_space_gb, m.extra_archive_gb, m.expires_on, m.payment_method,
+       m.card_expires_on, m.renewal_years, m.language, m.next_action_on, m.reference_email, h.name,
+       (SELECT json_agg(json_build_array(l.cycle_expires_on, l.stage, l.kind, l.business_date))
+          FROM notice_ledger l WHERE l.mailbox_id = m.id AND l.cycle_expires_on >= m.expires_on),
+       (SELECT json_agg(json_build_array(i.id, i.cycle_expires_on, i.attempt, i.status, i.business_date,
+                                         i.reference, i.years, i.amount_cents, i.idempotency_key, i.payment_method)
+                        ORDER BY i.cycle_expires_on, i.attempt)
+          FROM charge_intents i WHERE i.mailbox_id = m.id AND i.cycle_expires_on >= m.expires_on)
+FROM mailboxes m JOIN holders h ON h.id = m.holder_id
+WHERE m.id = $1 AND m.auto_renew IS true AND m.domain_id IS NULL"""
+#: As _lock(claimed=False): only while due, skipping a mailbox another claimant holds.
+_FAST_READ_DUE = _FAST_READ + " AND m.next_action_on <= $2 FOR UPDATE OF m SKIP LOCKED"
+#: As _lock(claimed=True).
+_FAST_READ_CLAIMED = _FAST_READ + " FOR UPDATE OF m"
+
+_FAST_CLAIM = """
+WITH claim AS (UPDATE mailboxes SET next_action_on = $1 WHERE id = $2)
+INSERT INTO charge_intents (mailbox_id, cycle_expires_on, attempt, idempotency_key, amount_cents, currency,
+                            payment_method, years, status, business_date, created_at)
+VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING id"""
+
+#: The success: the intent's outcome, the receipt (outbox, then ledger, unless the ledger holds
+#: the day's stage: ``$14`` false, or the Message-ID exists: as queue_mailbox_email), the expiry.
+_FAST_RECORD = """
+WITH intent AS (
+    UPDATE charge_intents SET status = $1, reference = $2, decline_code = $3, resolved_at = $4 WHERE id = $5
+), outbox AS (
+    INSERT INTO outbox_messages (message_id, kind, stage, language, to_address, business_date, context, status,
+                                 attempts, created_at)
+    SELECT $6, $7, $8, $9, $10, $11, $12::json, $13, 0, $4 WHERE $14
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING id
+), ledger AS (
+    INSERT INTO notice_ledger (mailbox_id, cycle_expires_on, stage, kind, business_date, outbox_message_id)
+    SELECT $15, $16, $8, $7, $11, id FROM outbox
+), mailbox AS (
+    UPDATE mailboxes SET expires_on = $17, next_action_on = $18 WHERE id = $15
+)
+SELECT (SELECT id FROM outbox)"""
+
+
+class _FastMailbox(NamedTuple):
+    """A row of _FAST_READ: the attributes charge_price, charge_context and mailbox_context read."""
+
+    id: int
+    address: str
+    plan: str
+    extra_space_gb: int | None
+    extra_archive_gb: int | None
+    expires_on: date
+    payment_method: str | None
+    card_expires_on: date | None
+    renewal_years: int | None
+    language: str
+    next_action_on: date | None
+    reference_email: str
+    holder_name: str
+
+
+class _FastIntent(NamedTuple):
+    id: int
+    cycle_expires_on: date
+    attempt: int
+    status: str
+    business_date: date
+    reference: str | None
+    years: int
+    amount_cents: int
+    idempotency_key: str
+    payment_method: str
+
+
+_FastLedger = tuple[date, str, str, date]  # cycle, stage, kind, business date
+
+
+def _fast_read(cursor, sql: str, parameters: tuple) -> tuple[_FastMailbox, list[_FastLedger], list[_FastIntent]] | None:
+    cursor.execute(sql, parameters, prepare=True)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    iso = date.fromisoformat
+    ledger = [(iso(cycle), stage, kind, iso(on)) for cycle, stage, kind, on in row[13] or ()]
+    intents = [
+        _FastIntent(intent_id, iso(cycle), attempt, status, iso(on), *rest)
+        for intent_id, cycle, attempt, status, on, *rest in row[14] or ()
+    ]
+    return _FastMailbox(*row[:13]), ledger, intents
+
+
+def _fast_decide(
+    mailbox: _FastMailbox,
+    ledger: list[_FastLedger],
+    intents: list[_FastIntent],
+    cycle: date,
+    *,
+    stages: tuple[Stage, ...],
+    today: date,
+    plan: ChargePlan,
+) -> AutoRenewDecision:
+    """decide_for, on the rows of _FAST_READ for the cycle that expires on ``cycle``."""
+    sent = set()
+    failed_on = None
+    for cycle_on, stage, kind, business_date in ledger:
+        if cycle_on == cycle:
+            sent.add((stage, kind))
+            if kind == CHARGE_FAILED:
+                failed_on = business_date
+    return decide_auto_renew(
+        stages=stages,
+        expires_on=cycle,
+        today=today,
+        card_expires_on=mailbox.card_expires_on,
+        has_payment_method=bool(mailbox.payment_method),
+        sent=frozenset(sent),
+        failed_on=failed_on,
+        attempts=tuple(
+            AttemptRecord(i.attempt, i.status, i.business_date) for i in intents if i.cycle_expires_on == cycle
+        ),
+        pending_since=mailbox.next_action_on,
+        plan=plan,
+    )
+
+
+def _charge_mailbox_fast(
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    gateway: PaymentGateway,
+    mailbox_id: int,
+    run: ChargeRun,
+    *,
+    today: date,
+    clock: Callable[[], datetime],
+    stages: tuple[Stage, ...],
+    mail_domain: str,
+    plan: ChargePlan,
+) -> ChargeRun:
+    options = {"today": today, "clock": clock, "stages": stages, "mail_domain": mail_domain, "plan": plan}
+    with raw_psycopg_cursor(engine, "pec_charges_cursor") as (connection, cursor):
+        read = _fast_read(cursor, _FAST_READ_DUE, (mailbox_id, today))
+        if read is None:
+            connection.rollback()
+            return run  # not due, or claimed elsewhere
+        mailbox, ledger, intents = read
+        now = clock()
+        decision = _fast_decide(mailbox, ledger, intents, mailbox.expires_on, stages=stages, today=today, plan=plan)
+        if decision.charge != CHARGE:
+            connection.rollback()
+            mailbox = None
+        else:
+            # Claim (commit) first, call after.
+            price = charge_price(mailbox)  # type: ignore[arg-type]
+            params = {
+                "payment_method": mailbox.payment_method,
+                "amount_cents": price.total_cents,
+                "currency": CURRENCY,
+                "idempotency_key": idempotency_key(mailbox.id, mailbox.expires_on, decision.attempt),
+                "description": _describe(mailbox.id, mailbox.expires_on),
+            }
+            cursor.execute(
+                _FAST_CLAIM,
+                (
+                    today + timedelta(days=1), mailbox.id, mailbox.expires_on, decision.attempt,
+                    params["idempotency_key"], price.total_cents, CURRENCY, mailbox.payment_method, price.years,
+                    ChargeStatus.STARTED.value, today, now,
+                ),
+                prepare=True,
+            )  # fmt: skip
+            intent_id = cursor.fetchone()[0]
+            connection.commit()
+    if mailbox is None:  # reconcile or charge-failed: the ORM path, from the start
+        return _charge_rounds(session_factory, gateway, mailbox_id, run, claimed=False, pending=None, **options)
+    answer = _charge_call_with(gateway, params, run)()
+    if answer.outcome is ChargeOutcome.SUCCEEDED and _record_success_fast(engine, mailbox_id, intent_id, answer, run,
+                                                                           **options):  # fmt: skip
+        return run
+    return _charge_rounds(
+        session_factory, gateway, mailbox_id, run, claimed=True, pending=(intent_id, answer), rounds=MAX_ROUNDS - 1,
+        **options,
+    )  # fmt: skip
+
+
+def _record_success_fast(
+    engine: Engine,
+    mailbox_id: int,
+    intent_id: int,
+    answer: ChargeResult,
+    run: ChargeRun,
+    *,
+    today: date,
+    clock: Callable[[], datetime],
+    stages: tuple[Stage, ...],
+    mail_domain: str,
+    plan: ChargePlan,
+) -> bool:
+    """_record of a success, and the decision of the new cycle after it, in one transaction.
+
+    False, with nothing written, when the ORM path must do it: the mailbox is no longer
+    auto-renew, the intent is resolved or of another cycle, or the new cycle has work today.
+    """
+    with raw_psycopg_cursor(engine, "pec_charges_cursor") as (connection, cursor):
+        read = _fast_read(cursor, _FAST_READ_CLAIMED, (mailbox_id,))
+        intent = None
+        if read is not None:
+            mailbox, ledger, intents = read
+            intent = next((i for i in intents if i.id == intent_id), None)
+        if intent is None or intent.status not in UNRESOLVED or intent.cycle_expires_on != mailbox.expires_on:
+            connection.rollback()
+            return False
+        now = clock()
+        old = intent.cycle_expires_on
+        new = schedule.add_years(old, intent.years)
+        after = _fast_decide(
+            mailbox._replace(expires_on=new), ledger, intents, new, stages=stages, today=today, plan=plan
+        )
+        if after.charge is not None:
+            connection.rollback()
+            return False
+        next_action_on = after.next_action_on if after.kind is None else min(mailbox.next_action_on or today, today)
+        reference = answer.reference or intent.reference
+        log.info(
+            "charge %s for mailbox %s (%s): %s",
+            intent.idempotency_key,
+            mailbox.id,
+            mask_token(intent.payment_method),
+            answer.outcome.value,
+        )
+        price = pricing.price_order(
+            [pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)],
+            intent.years,
+        )
+        stage = day_stage(stages, old, today)
+        context = {
+            "holder_name": mailbox.holder_name,
+            "mailboxes": [mailbox_context(mailbox, old)],  # type: ignore[arg-type]
+            "charge": charge_context(
+                mailbox,  # type: ignore[arg-type]
+                cycle_expires_on=old,
+                plan=plan,
+                amount_cents=intent.amount_cents,
+                subtotal_cents=price.subtotal_cents,
+                vat_cents=intent.amount_cents - price.subtotal_cents,
+                years=intent.years,
+                new_expires_on=new.isoformat(),
+                charged_on=today.isoformat(),
+                reference=reference,
+            ),
+        }
+        unused_stage = not any(cycle == old and name == stage.name for cycle, name, _kind, _on in ledger)
+        cursor.execute(
+            _FAST_RECORD,
+            (
+                answer.outcome.value, reference, answer.decline_code, now, intent.id,
+                message_id_for([(mailbox.id, old.isoformat(), stage.name)], mail_domain), CHARGE_SUCCEEDED,
+                stage.name, mailbox.language, mailbox.reference_email.lower(), today, json.dumps(context),
+                OutboxStatus.PENDING.value, unused_stage,
+                mailbox.id, old, new, next_action_on,
+            ),
+            prepare=True,
+        )  # fmt: skip
+        outbox_id = cursor.fetchone()[0]
+        connection.commit()
+    if outbox_id is not None:
+        run.outbox_ids.append(outbox_id)
+        run.emails[(CHARGE_SUCCEEDED, stage.name)] += 1
+    run.outcome = "succeeded"
+    return True
 
 
 def due_charge_ids(
@@ -841,11 +1162,13 @@ def run_charges(
     concurrency: int = 1,
     progress: Callable[[int], None] | None = None,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    fast: bool = True,
 ) -> ChargesResult:
     """Charge these mailboxes, ``concurrency`` at a time (threads; each charge uses its own sessions).
 
     An error on one mailbox is logged and counted, and does not stop the
     others: its intent (if any) stays unresolved and is reconciled next run.
+    ``fast=False`` keeps every charge on the ORM path (the reference the fast path is tested against).
     """
     total = ChargesResult()
     ids = list(dict.fromkeys(mailbox_ids))
@@ -856,7 +1179,7 @@ def run_charges(
         try:
             return charge_mailbox(
                 session_factory, gateway, mailbox_id, today=today, clock=clock, stages=stages, mail_domain=mail_domain,
-                plan=plan,
+                plan=plan, fast=fast,
             )  # fmt: skip
         except Exception:
             log.exception("charge of mailbox %s failed; it is reconciled on the next run", mailbox_id)

@@ -34,11 +34,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import dialect_insert
+from worker.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
 from worker.gateways.sandbox_models import SandboxCharge
 
@@ -123,14 +124,17 @@ class SandboxGateway:
             "description": description,
             "at": self._clock(),
         }
-        with self._session_factory() as session:
-            inserted = session.execute(
-                dialect_insert(session, SandboxCharge).values(**values).on_conflict_do_nothing().returning(SandboxCharge.id)
-            ).scalar_one_or_none()
-            session.commit()
-            row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one()
-            session.rollback()
-        if inserted is None:
+        engine = psycopg_engine(self._session_factory)
+        if engine is not None:
+            inserted, row = _charge_psycopg(engine, values)
+        else:
+            with self._session_factory() as session:
+                insert = dialect_insert(session, SandboxCharge).values(**values).on_conflict_do_nothing()
+                inserted = session.execute(insert.returning(SandboxCharge.id)).scalar_one_or_none()
+                session.commit()
+                row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one()
+                session.rollback()
+        if not inserted:
             # A replay: Stripe compares the parameters and refuses a key reused for another charge.
             if (row.payment_method, row.amount_cents, row.currency) != (payment_method, amount_cents, currency):
                 raise IdempotencyConflict(
@@ -148,9 +152,14 @@ class SandboxGateway:
 
     def lookup(self, idempotency_key: str) -> ChargeResult | None:
         self._wait()
-        with self._session_factory() as session:
-            row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one_or_none()
-            session.rollback()
+        engine = psycopg_engine(self._session_factory)
+        if engine is not None:
+            with raw_psycopg_cursor(engine, "pec_sandbox_cursor", autocommit=True) as (_connection, cursor):
+                row = _fetch_row(cursor, idempotency_key)
+        else:
+            with self._session_factory() as session:
+                row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one_or_none()
+                session.rollback()
         return None if row is None else _result(row)
 
     def check_credentials(self) -> str:
@@ -173,6 +182,57 @@ _ROW = select(
     SandboxCharge.outcome,
     SandboxCharge.reference,
 )
+
+
+# On PostgreSQL through psycopg, each call is one statement (two for a replay) on a pooled
+# connection in autocommit: the insert commits on its own, as the session's INSERT and COMMIT
+# did, and the replay's read, a statement of its own, sees the row that won.  The ORM session
+# took seven round trips (the pool's ping, BEGIN, INSERT, COMMIT, BEGIN, SELECT, ROLLBACK).
+
+_INSERT_SQL = """
+INSERT INTO sandbox_charges (idempotency_key, payment_method, amount_cents, currency, outcome, reference,
+                             description, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING
+RETURNING payment_method, amount_cents, currency, outcome, reference"""
+
+_SELECT_SQL = (
+    "SELECT payment_method, amount_cents, currency, outcome, reference FROM sandbox_charges WHERE idempotency_key = $1"
+)
+
+
+class _Row(NamedTuple):
+    payment_method: str
+    amount_cents: int
+    currency: str
+    outcome: str
+    reference: str
+
+
+def _fetch_row(cursor, idempotency_key: str) -> _Row | None:
+    cursor.execute(_SELECT_SQL, (idempotency_key,), prepare=True)
+    found = cursor.fetchone()
+    return None if found is None else _Row(*found)
+
+
+def _charge_psycopg(engine: Engine, values: dict) -> tuple[bool, _Row]:
+    """Record the charge if its key is new: (inserted, the row for the key)."""
+    with raw_psycopg_cursor(engine, "pec_sandbox_cursor", autocommit=True) as (_connection, cursor):
+        cursor.execute(
+            _INSERT_SQL,
+            (
+                values["idempotency_key"], values["payment_method"], values["amount_cents"], values["currency"],
+                values["outcome"], values["reference"], values["description"], values["at"],
+            ),
+            prepare=True,
+        )  # fmt: skip
+        inserted = cursor.fetchone()
+        if inserted is not None:
+            return True, _Row(*inserted)
+        row = _fetch_row(cursor, values["idempotency_key"])
+    if row is None:  # the key's row went away between the two statements (only a reset does that)
+        raise RuntimeError(f"sandbox: no row for {values['idempotency_key']!r} after a conflict")
+    return False, row
 
 
 def _result(row) -> ChargeResult:
