@@ -12,16 +12,16 @@ from __future__ import annotations
 from datetime import date
 
 from celery import shared_task
-from sqlalchemy.exc import OperationalError
 
 from worker import metrics, runtime
+from worker.db import DATABASE_UNREACHABLE
 from worker.charges import iter_due_charge_batches, run_charges
 
 #: Mailboxes per charge task; each task runs its charges GATEWAY_CONCURRENCY at a time.
 CHARGE_BATCH_SIZE = 200
 
 
-@shared_task(name="pec_renewal.charge_sweep", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+@shared_task(name="pec_renewal.charge_sweep", autoretry_for=DATABASE_UNREACHABLE, retry_backoff=True, max_retries=10)
 def sweep_charges(business_date: str | None = None) -> int:
     """Queue the charge work due on a business date (today in Europe/Rome by default), in batches."""
     rt = runtime.current()
@@ -37,7 +37,7 @@ def sweep_charges(business_date: str | None = None) -> int:
     name="pec_renewal.charge_batch",
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
+    autoretry_for=DATABASE_UNREACHABLE,
     retry_backoff=True,
     max_retries=10,
 )

@@ -6,9 +6,9 @@ import logging
 from datetime import date
 
 from celery import shared_task
-from sqlalchemy.exc import OperationalError
 
 from worker import metrics, runtime
+from worker.db import DATABASE_UNREACHABLE
 from worker.notices import (
     SCAN_LEASE,
     claim_daily_run,
@@ -22,7 +22,7 @@ from worker.notices import (
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="pec_renewal.daily_scan", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+@shared_task(name="pec_renewal.daily_scan", autoretry_for=DATABASE_UNREACHABLE, retry_backoff=True, max_retries=10)
 def run_daily_scan(business_date: str | None = None) -> int:
     """Claim the scan of a business date (today in Europe/Rome by default) and fan it out.
 
@@ -56,7 +56,7 @@ def run_daily_scan(business_date: str | None = None) -> int:
     return len(batches)
 
 
-@shared_task(name="pec_renewal.notice_batch", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=10)
+@shared_task(name="pec_renewal.notice_batch", autoretry_for=DATABASE_UNREACHABLE, retry_backoff=True, max_retries=10)
 def process_notices(mailbox_ids: list[int], business_date: str) -> int:
     """Write the ledger and outbox rows of one batch, then queue their delivery and its charges."""
     from tasks.charges import CHARGE_BATCH_SIZE, charge_batch

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import psycopg
-import sqlalchemy.exc
 from celery import shared_task
 from celery.signals import worker_init
 
 from worker import metrics, runtime
+from worker.db import DATABASE_UNREACHABLE
 from worker.emails import compile_templates
-
-#: The database could not be reached: through SQLAlchemy, or on the relay's own psycopg
-#: connection (its claims and outcomes go straight to psycopg).
-DATABASE_UNREACHABLE = (sqlalchemy.exc.OperationalError, psycopg.OperationalError)
 
 
 @worker_init.connect

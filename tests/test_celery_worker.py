@@ -97,3 +97,21 @@ def test_beat_starts_where_var_dir_does_not_exist_yet(tmp_path, database_url):
         beat.terminate()
         beat.wait(timeout=30)
     assert "Traceback" not in log_path.read_text()
+
+
+def test_every_task_retries_when_the_database_is_unreachable_through_sqlalchemy_or_psycopg(tmp_path, database_url):
+    """The relay's, the charges' and the sandbox's statements go straight to psycopg: a dropped
+    connection there raises psycopg's OperationalError, not SQLAlchemy's, and must be retried too."""
+    import psycopg
+    import sqlalchemy.exc
+
+    import tasks.charges
+    import tasks.daily
+    import tasks.mail
+
+    app = create_celery(make_settings(tmp_path, database_url=database_url))
+    names = sorted(name for name in app.tasks if name.startswith("pec_renewal."))
+    assert len(names) >= 6, names
+    for name in names:
+        retried = app.tasks[name].autoretry_for
+        assert sqlalchemy.exc.OperationalError in retried and psycopg.OperationalError in retried, name

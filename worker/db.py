@@ -8,9 +8,15 @@ from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+
+#: The database could not be reached: through SQLAlchemy, or on a raw psycopg cursor (the relay's
+#: claims and outcomes, the charges' and the sandbox's statements).  Celery tasks retry on these.
+DATABASE_UNREACHABLE = (OperationalError, psycopg.OperationalError)
 
 
 def make_engine(database_url: str, *, ping_after_idle: float | None = None, **kwargs) -> Engine:
@@ -124,8 +130,6 @@ def raw_psycopg_cursor(engine: Engine, name: str, *, autocommit: bool = False) -
     An error that broke the connection (a disconnect) drops it and every older one of the pool,
     as SQLAlchemy does on a disconnect.
     """
-    import psycopg
-
     pooled = engine.raw_connection()
     try:
         connection = pooled.driver_connection
