@@ -473,6 +473,33 @@ def test_charges_run_concurrently(tmp_path, database_url, session_factory, smtp_
         rt.close()
 
 
+def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, database_url, smtp_server):
+    """32 threads on the runtime's own engine open at most its pool's 15 connections, once each.
+
+    SQLAlchemy's default pool (5 kept, 10 overflow) closed each overflow connection as it came
+    back: about one new server connection every five charges (bench/charges.py)."""
+    from sqlalchemy import event
+
+    from worker.runtime import POOL_SIZE
+
+    settings = make_settings(
+        tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port, sandbox_latency_ms=50, gateway_concurrency=32,
+    )
+    rt = Runtime(settings)  # its own engine and pool, as in a worker
+    opened = []
+    event.listen(rt.engine, "connect", lambda *_: opened.append(1))
+    try:
+        for _ in range(96):
+            add_auto_renew(rt, "pm_card_visa", notified=True)
+        summary = run_on(rt, CHARGE_DAY)
+        assert summary.charges.outcomes["succeeded"] == 96
+        assert rt.engine.pool.size() == POOL_SIZE
+        assert 1 < len(opened) <= POOL_SIZE  # the threads did share it
+    finally:
+        rt.close()
+
+
 def test_a_configured_charge_plan_moves_the_notice_the_charge_and_the_retries(
     tmp_path, database_url, session_factory, smtp_server
 ):

@@ -45,6 +45,17 @@ def business_date(now: datetime, settings: Settings) -> date:
     return now.astimezone(settings.timezone).date()
 
 
+#: Connections a worker or CLI process keeps open, at most.  SQLAlchemy's default allows the same
+#: 15 (5 kept, 10 "overflow"), but closes every overflow connection when it is given back: the
+#: charges' threads (``GATEWAY_CONCURRENCY``, 32 by default) opened and closed 380 to 430
+#: connections per 2,000 charges that way, a server process forked for each (bench/charges.py).
+#: The pool opens a connection only when a thread needs one, so a single-threaded process (the
+#: mail and notice workers) still holds one or two; a thread finding all 15 busy waits for one
+#: (``pool_timeout``, 30 s), as it did past 15 before.  Size PostgreSQL's ``max_connections``
+#: for 15 per worker process (README, operations).
+POOL_SIZE = 15
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -53,7 +64,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pool_size=POOL_SIZE, max_overflow=0)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
