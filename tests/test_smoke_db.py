@@ -8,3 +8,22 @@ def test_database_is_migrated_and_empty(session_factory):
         session.add(Account(login="someone@example.it"))
         session.commit()
         assert session.scalars(select(Account.login)).all() == ["someone@example.it"]
+
+
+def test_the_runtime_engine_takes_any_sqlite_url(tmp_path, monkeypatch):
+    """The runtime's pool sizes suit a SQLite file; an in-memory database has one connection per
+    thread, nothing to size, and a relative path's folder is made where the path says."""
+    from sqlalchemy import text
+
+    from config.settings import Settings
+    from worker.runtime import POOL_SIZE, Runtime
+
+    monkeypatch.chdir(tmp_path)
+    for url, pooled in (("sqlite://", False), ("sqlite:///:memory:", False), ("sqlite:///data/renewals.db", True)):
+        runtime = Runtime(Settings.from_env({"PEC_RENEWAL_DATABASE_URL": url, "PEC_RENEWAL_SECRET_KEYS": "k" * 40}))
+        with runtime.engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+        assert (runtime.engine.pool.size() == POOL_SIZE) if pooled else not hasattr(runtime.engine.pool, "overflow")
+        runtime.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
+    assert (tmp_path / "data" / "renewals.db").exists()

@@ -9,7 +9,7 @@ from typing import Any
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,9 +37,12 @@ def make_engine(database_url: str, *, ping_after_idle: float | None = None, **kw
     SQLite has no server to drop a connection: it ignores ``ping_after_idle``.
     """
     if database_url.startswith("sqlite"):
-        path = database_url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(database_url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if not path or path == ":memory:":  # one connection per thread (SingletonThreadPool): nothing to size
+            kwargs.pop("pool_size", None)
+            kwargs.pop("max_overflow", None)
         engine = create_engine(database_url, connect_args={"timeout": 60}, **kwargs)
 
         @event.listens_for(engine, "connect")
