@@ -501,6 +501,19 @@ class ChargesResult:
 MAX_ROUNDS = 6
 
 
+@dataclass(frozen=True)
+class ChargeDay:
+    """What every step of one day's charge work reads: the business date, the clock (each step
+    takes ``now`` from it when it writes), the notice stages, the domain of the Message-IDs and
+    the charge plan."""
+
+    today: date
+    clock: Callable[[], datetime]
+    mail_domain: str
+    stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN
+
+
 def _lock(session: Session, mailbox_id: int, today: date, *, claimed: bool) -> Mailbox | None:
     query = (
         select(Mailbox)
@@ -520,12 +533,8 @@ def _record(
     intent: ChargeIntent,
     answer: ChargeResult,
     run: ChargeRun,
-    *,
-    stages: tuple[Stage, ...],
-    today: date,
+    day: ChargeDay,
     now: datetime,
-    mail_domain: str,
-    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> None:
     """Record the gateway's answer; on success move the expiry and write the receipt, in the same transaction."""
     if intent.status not in UNRESOLVED:
@@ -549,24 +558,24 @@ def _record(
             [pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)],
             intent.years,
         )
-        stage = day_stage(stages, old, today)
+        stage = day_stage(day.stages, old, day.today)
         context = {
             "charge": charge_context(
                 mailbox,
                 cycle_expires_on=old,
-                plan=plan,
+                plan=day.plan,
                 amount_cents=intent.amount_cents,
                 subtotal_cents=price.subtotal_cents,
                 vat_cents=intent.amount_cents - price.subtotal_cents,
                 years=intent.years,
                 new_expires_on=new.isoformat(),
-                charged_on=today.isoformat(),
+                charged_on=day.today.isoformat(),
                 reference=intent.reference,
             )
         }
         outbox_id = queue_mailbox_email(
             session, mailbox, cycle_expires_on=old, stage=stage, kind=CHARGE_SUCCEEDED, context=context,
-            today=today, now=now, mail_domain=mail_domain,
+            today=day.today, now=now, mail_domain=day.mail_domain,
         )  # fmt: skip
         if outbox_id is not None:
             run.outbox_ids.append(outbox_id)
@@ -589,16 +598,13 @@ def _fail(
     mailbox: Mailbox,
     state: CycleState,
     run: ChargeRun,
-    *,
-    stages: tuple[Stage, ...],
-    today: date,
+    day: ChargeDay,
     now: datetime,
-    mail_domain: str,
-    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> None:
     """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it."""
     from worker.orders import create_unpaid_renewal_order
 
+    today = day.today
     order = create_unpaid_renewal_order(session, mailbox, mailbox.renewal_years or 1, now, today)
     last = state.intents[-1] if state.intents else None
     if last is None:
@@ -607,11 +613,11 @@ def _fail(
         reason = "retries_exhausted" if last.decline_code != NOT_CHARGED else "not_charged_before_expiry"
     else:
         reason = last.status
-    stage = day_stage(stages, mailbox.expires_on, today)
+    stage = day_stage(day.stages, mailbox.expires_on, today)
     context = {
         "charge": charge_context(
             mailbox,
-            plan=plan,
+            plan=day.plan,
             amount_cents=order.total_cents,
             subtotal_cents=order.subtotal_cents,
             vat_cents=order.vat_cents,
@@ -622,7 +628,7 @@ def _fail(
     }
     outbox_id = queue_mailbox_email(
         session, mailbox, cycle_expires_on=mailbox.expires_on, stage=stage, kind=CHARGE_FAILED, context=context,
-        today=today, now=now, mail_domain=mail_domain,
+        today=today, now=now, mail_domain=day.mail_domain,
     )  # fmt: skip
     if outbox_id is None:
         # The day's stage was already used by another email: record the failure the day after's
@@ -630,7 +636,7 @@ def _fail(
         stage = Stage(days=(today - mailbox.expires_on).days)
         outbox_id = queue_mailbox_email(
             session, mailbox, cycle_expires_on=mailbox.expires_on, stage=stage, kind=CHARGE_FAILED,
-            context=context, today=today, now=now, mail_domain=mail_domain,
+            context=context, today=today, now=now, mail_domain=day.mail_domain,
         )  # fmt: skip
     if outbox_id is not None:
         run.outbox_ids.append(outbox_id)
@@ -663,11 +669,11 @@ def charge_mailbox(
     same rows with fewer statements; everything else, and SQLite, through the ORM.
     """
     run = ChargeRun(mailbox_id)
+    day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan)
     engine = psycopg_engine(session_factory) if fast else None
-    options = {"today": today, "clock": clock, "stages": stages, "mail_domain": mail_domain, "plan": plan}
     if engine is not None:
-        return _charge_mailbox_fast(engine, session_factory, gateway, mailbox_id, run, **options)
-    return _charge_rounds(session_factory, gateway, mailbox_id, run, claimed=False, pending=None, **options)
+        return _charge_mailbox_fast(engine, session_factory, gateway, mailbox_id, run, day)
+    return _charge_rounds(session_factory, gateway, mailbox_id, run, day, claimed=False, pending=None)
 
 
 def _charge_rounds(
@@ -675,18 +681,15 @@ def _charge_rounds(
     gateway: PaymentGateway,
     mailbox_id: int,
     run: ChargeRun,
+    day: ChargeDay,
     *,
     claimed: bool,
     pending: tuple[int, ChargeResult] | None,
     rounds: int = MAX_ROUNDS,
-    today: date,
-    clock: Callable[[], datetime],
-    stages: tuple[Stage, ...],
-    mail_domain: str,
-    plan: ChargePlan,
 ) -> ChargeRun:
     """The charge work through the ORM, from a given point: not claimed yet, or claimed by
     this caller with the gateway's answer ``pending`` (intent id, answer) still to record."""
+    today = day.today
     looked_up: set[int] = set()
     for _round in range(rounds):
         call: Callable[[], ChargeResult] | None = None
@@ -696,18 +699,16 @@ def _charge_rounds(
             if mailbox is None:
                 session.rollback()
                 return run
-            now = clock()
+            now = day.clock()
             if pending is not None:
                 intent = session.get(ChargeIntent, pending[0])
-                _record(session, mailbox, intent, pending[1], run, stages=stages, today=today, now=now,
-                        mail_domain=mail_domain, plan=plan)  # fmt: skip
+                _record(session, mailbox, intent, pending[1], run, day, now)
                 pending = None
             for _step in range(MAX_ROUNDS):
                 state = load_cycle_states(session, [mailbox])[mailbox.id]
-                decision = decide_for(mailbox, state, stages, today, plan)
+                decision = decide_for(mailbox, state, day.stages, today, day.plan)
                 if decision.charge == FAIL:
-                    _fail(session, mailbox, state, run, stages=stages, today=today, now=now, mail_domain=mail_domain,
-                          plan=plan)  # fmt: skip
+                    _fail(session, mailbox, state, run, day, now)
                     continue
                 if decision.charge is None:
                     if decision.kind is None:
@@ -935,10 +936,7 @@ def _fast_decide(
     ledger: list[_FastLedger],
     intents: list[_FastIntent],
     cycle: date,
-    *,
-    stages: tuple[Stage, ...],
-    today: date,
-    plan: ChargePlan,
+    day: ChargeDay,
 ) -> AutoRenewDecision:
     """decide_for, on the rows of _FAST_READ for the cycle that expires on ``cycle``."""
     sent = set()
@@ -949,9 +947,9 @@ def _fast_decide(
             if kind == CHARGE_FAILED:
                 failed_on = business_date
     return decide_auto_renew(
-        stages=stages,
+        stages=day.stages,
         expires_on=cycle,
-        today=today,
+        today=day.today,
         card_expires_on=mailbox.card_expires_on,
         has_payment_method=bool(mailbox.payment_method),
         sent=frozenset(sent),
@@ -960,7 +958,7 @@ def _fast_decide(
             AttemptRecord(i.attempt, i.status, i.business_date) for i in intents if i.cycle_expires_on == cycle
         ),
         pending_since=mailbox.next_action_on,
-        plan=plan,
+        plan=day.plan,
     )
 
 
@@ -970,22 +968,17 @@ def _charge_mailbox_fast(
     gateway: PaymentGateway,
     mailbox_id: int,
     run: ChargeRun,
-    *,
-    today: date,
-    clock: Callable[[], datetime],
-    stages: tuple[Stage, ...],
-    mail_domain: str,
-    plan: ChargePlan,
+    day: ChargeDay,
 ) -> ChargeRun:
-    options = {"today": today, "clock": clock, "stages": stages, "mail_domain": mail_domain, "plan": plan}
+    today = day.today
     with raw_psycopg_cursor(engine, "pec_charges_cursor") as (connection, cursor):
         read = _fast_read(cursor, _FAST_READ_DUE, (mailbox_id, today))
         if read is None:
             connection.rollback()
             return run  # not due, or claimed elsewhere
         mailbox, ledger, intents = read
-        now = clock()
-        decision = _fast_decide(mailbox, ledger, intents, mailbox.expires_on, stages=stages, today=today, plan=plan)
+        now = day.clock()
+        decision = _fast_decide(mailbox, ledger, intents, mailbox.expires_on, day)
         if decision.charge != CHARGE:
             connection.rollback()
             mailbox = None
@@ -1011,15 +1004,13 @@ def _charge_mailbox_fast(
             intent_id = cursor.fetchone()[0]
             connection.commit()
     if mailbox is None:  # reconcile or charge-failed: the ORM path, from the start
-        return _charge_rounds(session_factory, gateway, mailbox_id, run, claimed=False, pending=None, **options)
+        return _charge_rounds(session_factory, gateway, mailbox_id, run, day, claimed=False, pending=None)
     answer = _charge_call_with(gateway, params, run)()
-    if answer.outcome is ChargeOutcome.SUCCEEDED and _record_success_fast(engine, mailbox_id, intent_id, answer, run,
-                                                                           **options):  # fmt: skip
+    if answer.outcome is ChargeOutcome.SUCCEEDED and _record_success_fast(engine, mailbox_id, intent_id, answer, run, day):
         return run
     return _charge_rounds(
-        session_factory, gateway, mailbox_id, run, claimed=True, pending=(intent_id, answer), rounds=MAX_ROUNDS - 1,
-        **options,
-    )  # fmt: skip
+        session_factory, gateway, mailbox_id, run, day, claimed=True, pending=(intent_id, answer), rounds=MAX_ROUNDS - 1
+    )
 
 
 def _record_success_fast(
@@ -1028,12 +1019,7 @@ def _record_success_fast(
     intent_id: int,
     answer: ChargeResult,
     run: ChargeRun,
-    *,
-    today: date,
-    clock: Callable[[], datetime],
-    stages: tuple[Stage, ...],
-    mail_domain: str,
-    plan: ChargePlan,
+    day: ChargeDay,
 ) -> bool:
     """_record of a success, and the decision of the new cycle after it, in one transaction.
 
@@ -1049,12 +1035,11 @@ def _record_success_fast(
         if intent is None or intent.status not in UNRESOLVED or intent.cycle_expires_on != mailbox.expires_on:
             connection.rollback()
             return False
-        now = clock()
+        now = day.clock()
+        today = day.today
         old = intent.cycle_expires_on
         new = schedule.add_years(old, intent.years)
-        after = _fast_decide(
-            mailbox._replace(expires_on=new), ledger, intents, new, stages=stages, today=today, plan=plan
-        )
+        after = _fast_decide(mailbox._replace(expires_on=new), ledger, intents, new, day)
         if after.charge is not None:
             connection.rollback()
             return False
@@ -1071,14 +1056,14 @@ def _record_success_fast(
             [pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)],
             intent.years,
         )
-        stage = day_stage(stages, old, today)
+        stage = day_stage(day.stages, old, today)
         context = {
             "holder_name": mailbox.holder_name,
             "mailboxes": [mailbox_context(mailbox, old)],  # type: ignore[arg-type]
             "charge": charge_context(
                 mailbox,  # type: ignore[arg-type]
                 cycle_expires_on=old,
-                plan=plan,
+                plan=day.plan,
                 amount_cents=intent.amount_cents,
                 subtotal_cents=price.subtotal_cents,
                 vat_cents=intent.amount_cents - price.subtotal_cents,
@@ -1093,7 +1078,7 @@ def _record_success_fast(
             _FAST_RECORD,
             (
                 answer.outcome.value, reference, answer.decline_code, now, intent.id,
-                message_id_for([(mailbox.id, old.isoformat(), stage.name)], mail_domain), CHARGE_SUCCEEDED,
+                message_id_for([(mailbox.id, old.isoformat(), stage.name)], day.mail_domain), CHARGE_SUCCEEDED,
                 stage.name, mailbox.language, mailbox.reference_email.lower(), today, json.dumps(context),
                 OutboxStatus.PENDING.value, unused_stage,
                 mailbox.id, old, new, next_action_on,
