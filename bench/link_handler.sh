@@ -31,6 +31,9 @@ database_url=${PEC_RENEWAL_BENCH_DATABASE_URL:-postgresql+psycopg://postgres@127
 duration=10s
 connections=32
 rounds=2
+# One wrk thread per core: with a single thread the same run gave the bare route 7,100 or 2,300
+# requests/s from one round to the next (bench/RESULTS.md, stop 11); two gave 6,700-7,200 every time.
+wrk_threads=$(nproc)
 app_port=8101
 baseline_port=8102
 profile=""
@@ -126,7 +129,7 @@ run_wrk() {  # port, output file, duration, gunicorn master pid (its CPU goes to
     local before db_before
     before=$(cpu_ticks "$4")
     db_before=$(db_cpu_ticks)
-    "$WRK" --latency -t1 -c"$connections" -d"$3" -s "$work/links.lua" "http://127.0.0.1:$1" >"$2"
+    "$WRK" --latency -t"$wrk_threads" -c"$connections" -d"$3" -s "$work/links.lua" "http://127.0.0.1:$1" >"$2"
     echo $(($(cpu_ticks "$4") - before)) >"$2.cpu"
     echo $(($(db_cpu_ticks) - db_before)) >"$2.dbcpu"
 }
