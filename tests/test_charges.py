@@ -477,7 +477,7 @@ def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, da
     """32 threads on the runtime's own engine open at most its pool's 15 connections, once each.
 
     SQLAlchemy's default pool (5 kept, 10 overflow) closed each overflow connection as it came
-    back: about one new server connection every five charges (bench/charges.py)."""
+    back: this test opened 35 connections with it."""
     from sqlalchemy import event
 
     from worker.runtime import POOL_SIZE

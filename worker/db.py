@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 
 #: The database could not be reached: through SQLAlchemy, or on a raw psycopg cursor (the relay's
@@ -37,10 +38,12 @@ def make_engine(database_url: str, *, ping_after_idle: float | None = None, **kw
     SQLite has no server to drop a connection: it ignores ``ping_after_idle``.
     """
     if database_url.startswith("sqlite"):
-        path = make_url(database_url).database
+        url = make_url(database_url)
+        path = url.database
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if not path or path == ":memory:":  # one connection per thread (SingletonThreadPool): nothing to size
+        if not issubclass(url.get_dialect().get_pool_class(url), QueuePool):
+            # In memory: one connection per thread (SingletonThreadPool), which takes no sizes.
             kwargs.pop("pool_size", None)
             kwargs.pop("max_overflow", None)
         engine = create_engine(database_url, connect_args={"timeout": 60}, **kwargs)

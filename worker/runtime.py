@@ -47,8 +47,9 @@ def business_date(now: datetime, settings: Settings) -> date:
 
 #: Connections a worker or CLI process keeps open, at most.  SQLAlchemy's default allows the same
 #: 15 (5 kept, 10 "overflow"), but closes every overflow connection when it is given back: the
-#: charges' threads (``GATEWAY_CONCURRENCY``, 32 by default) opened and closed 380 to 430
-#: connections per 2,000 charges that way, a server process forked for each (bench/charges.py).
+#: charges' threads (``GATEWAY_CONCURRENCY``, 32 by default) opened and closed 128 connections per
+#: 2,000 charges that way (380 to 430 on a slower machine), a server process forked for each; with
+#: this pool, 19 in all (bench/charges.py, bench/RESULTS.md).
 #: The pool opens a connection only when a thread needs one, so a single-threaded process (the
 #: mail and notice workers) still holds one or two; a thread finding all 15 busy waits for one
 #: (``pool_timeout``, 30 s), as it did past 15 before.  Size PostgreSQL's ``max_connections``
