@@ -1006,7 +1006,8 @@ def _charge_mailbox_fast(
     if mailbox is None:  # reconcile or charge-failed: the ORM path, from the start
         return _charge_rounds(session_factory, gateway, mailbox_id, run, day, claimed=False, pending=None)
     answer = _charge_call_with(gateway, params, run)()
-    if answer.outcome is ChargeOutcome.SUCCEEDED and _record_success_fast(engine, mailbox_id, intent_id, answer, run, day):
+    succeeded = answer.outcome is ChargeOutcome.SUCCEEDED
+    if succeeded and _record_success_fast(engine, mailbox_id, intent_id, answer, run, day):
         return run
     return _charge_rounds(
         session_factory, gateway, mailbox_id, run, day, claimed=True, pending=(intent_id, answer), rounds=MAX_ROUNDS - 1
