@@ -544,35 +544,12 @@ def _record(
     intent.decline_code = answer.decline_code
     if answer.outcome is not ChargeOutcome.UNKNOWN:
         intent.resolved_at = now
-    log.info(
-        "charge %s for mailbox %s (%s): %s",
-        intent.idempotency_key,
-        mailbox.id,
-        mask_token(intent.payment_method),
-        answer.outcome.value,
-    )
+    _log_answer(intent, mailbox.id, answer)
     if answer.outcome is ChargeOutcome.SUCCEEDED and mailbox.expires_on == intent.cycle_expires_on:
         old = intent.cycle_expires_on
         new = schedule.add_years(old, intent.years)
-        price = pricing.price_order(
-            [pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)],
-            intent.years,
-        )
         stage = day_stage(day.stages, old, day.today)
-        context = {
-            "charge": charge_context(
-                mailbox,
-                cycle_expires_on=old,
-                plan=day.plan,
-                amount_cents=intent.amount_cents,
-                subtotal_cents=price.subtotal_cents,
-                vat_cents=intent.amount_cents - price.subtotal_cents,
-                years=intent.years,
-                new_expires_on=new.isoformat(),
-                charged_on=day.today.isoformat(),
-                reference=intent.reference,
-            )
-        }
+        context = {"charge": _receipt_context(mailbox, intent, day, intent.reference)}
         outbox_id = queue_mailbox_email(
             session, mailbox, cycle_expires_on=old, stage=stage, kind=CHARGE_SUCCEEDED, context=context,
             today=day.today, now=now, mail_domain=day.mail_domain,
@@ -591,6 +568,38 @@ def _record(
         )  # fmt: skip
         run.outcome = "succeeded-already-renewed"
     session.flush()
+
+
+def _log_answer(intent, mailbox_id: int, answer: ChargeResult) -> None:
+    """The line each recorded answer logs (both paths: the fast path's test compares them)."""
+    log.info(
+        "charge %s for mailbox %s (%s): %s",
+        intent.idempotency_key,
+        mailbox_id,
+        mask_token(intent.payment_method),
+        answer.outcome.value,
+    )
+
+
+def _receipt_context(mailbox, intent, day: ChargeDay, reference: str | None) -> dict:
+    """The ``charge`` part of a charge-succeeded email: what the intent charged for its cycle.
+
+    ``mailbox`` and ``intent`` are ORM objects (the ORM path) or the fast path's rows.
+    """
+    old = intent.cycle_expires_on
+    price = charge_price(mailbox, intent.years)
+    return charge_context(
+        mailbox,
+        cycle_expires_on=old,
+        plan=day.plan,
+        amount_cents=intent.amount_cents,
+        subtotal_cents=price.subtotal_cents,
+        vat_cents=intent.amount_cents - price.subtotal_cents,
+        years=intent.years,
+        new_expires_on=schedule.add_years(old, intent.years).isoformat(),
+        charged_on=day.today.isoformat(),
+        reference=reference,
+    )
 
 
 def _fail(
@@ -1046,33 +1055,12 @@ def _record_success_fast(
             return False
         next_action_on = after.next_action_on if after.kind is None else min(mailbox.next_action_on or today, today)
         reference = answer.reference or intent.reference
-        log.info(
-            "charge %s for mailbox %s (%s): %s",
-            intent.idempotency_key,
-            mailbox.id,
-            mask_token(intent.payment_method),
-            answer.outcome.value,
-        )
-        price = pricing.price_order(
-            [pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)],
-            intent.years,
-        )
+        _log_answer(intent, mailbox.id, answer)
         stage = day_stage(day.stages, old, today)
         context = {
             "holder_name": mailbox.holder_name,
             "mailboxes": [mailbox_context(mailbox, old)],  # type: ignore[arg-type]
-            "charge": charge_context(
-                mailbox,  # type: ignore[arg-type]
-                cycle_expires_on=old,
-                plan=day.plan,
-                amount_cents=intent.amount_cents,
-                subtotal_cents=price.subtotal_cents,
-                vat_cents=intent.amount_cents - price.subtotal_cents,
-                years=intent.years,
-                new_expires_on=new.isoformat(),
-                charged_on=today.isoformat(),
-                reference=reference,
-            ),
+            "charge": _receipt_context(mailbox, intent, day, reference),
         }
         unused_stage = not any(cycle == old and name == stage.name for cycle, name, _kind, _on in ledger)
         cursor.execute(
