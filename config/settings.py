@@ -71,6 +71,9 @@ class Settings:
     link_max_age_days: int = 200
     outbox_max_attempts: int = 12
     relay_batch_size: int = 200
+    #: Outcomes the relay commits in one statement: the most messages a relay's crash can send
+    #: twice (worker.outbox).  1 commits each before the next send.
+    relay_outcome_group: int = 16
     # Payment gateways.  The *_API_BASE settings point an adapter at another
     # endpoint (the tests' local HTTP servers); production leaves them unset.
     sandbox_latency_ms: int = 0
@@ -227,6 +230,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
     link_max_age_days = _integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=184, high=3650)
     outbox_max_attempts = _integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100)
     relay_batch_size = _integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000)
+    relay_outcome_group = _integer(
+        raw("RELAY_OUTCOME_GROUP"), "RELAY_OUTCOME_GROUP", default=Settings.relay_outcome_group, low=1, high=1_000
+    )
 
     metrics_port = _integer(raw("METRICS_PORT"), "METRICS_PORT", default=9464, low=0, high=65535)
     metrics_address = raw("METRICS_ADDRESS") or "127.0.0.1"
@@ -270,6 +276,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         link_max_age_days=link_max_age_days,
         outbox_max_attempts=outbox_max_attempts,
         relay_batch_size=relay_batch_size,
+        relay_outcome_group=relay_outcome_group,
         sandbox_latency_ms=sandbox_latency_ms,
         stripe_api_key=stripe_api_key,
         stripe_api_base=gateway_urls["STRIPE_API_BASE"],

@@ -108,6 +108,7 @@ class Runtime:
             clock=self.clock,
             max_attempts=self.settings.outbox_max_attempts,
             batch_size=self.settings.relay_batch_size,
+            outcome_group=self.settings.relay_outcome_group,
         )
 
     def today(self) -> date:

@@ -1,0 +1,153 @@
+"""The relay commits its outcomes in groups (``PEC_RENEWAL_RELAY_OUTCOME_GROUP``).
+
+What a group may cost is bounded: when the SMTP server has accepted message
+``i`` of a batch, every group finished before ``i`` was sent is committed, so a
+crash at that point repeats at most one group.  Checked from the server's side,
+at each ``250``, against the database (PostgreSQL in the default test run).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
+import time_machine
+from sqlalchemy import func, select
+
+from tests.conftest import make_settings
+from tests.factories import make_mailbox
+from worker.daily import scan_day
+from worker.models import BouncedAddress, OutboxMessage
+from worker.runtime import Runtime
+
+DAY = date(2027, 3, 31)
+MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
+MESSAGES = 40
+
+
+def make_runtime(tmp_path, database_url, session_factory, smtp_server, **settings) -> Runtime:
+    runtime = Runtime(
+        make_settings(tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
+                      smtp_port=smtp_server.port, **settings)
+    )  # fmt: skip
+    runtime.session_factory = session_factory  # the emptied test database
+    return runtime
+
+
+def queue_notices(runtime: Runtime, count: int) -> None:
+    """``count`` notices due on DAY, one per holder, queued in the outbox by the day's scan."""
+    with runtime.session_factory() as session, session.begin():
+        for number in range(count):
+            make_mailbox(session, expires_on=DAY, reference_email=f"titolare{number}@example.it")
+    with time_machine.travel(MORNING, tick=False):
+        scan_day(runtime, DAY)
+
+
+def outbox_by_status(session_factory) -> dict[str, int]:
+    with session_factory() as session:
+        rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))
+        return dict(rows.all())
+
+
+@pytest.mark.parametrize("group", [1, 4, 16])
+def test_outcomes_trail_the_sends_by_at_most_one_group(tmp_path, database_url, session_factory, smtp_server, group):
+    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=group)
+    queue_notices(runtime, MESSAGES)
+    committed_at_reply: list[int] = []
+
+    def count_committed(index: int, _message) -> None:
+        committed_at_reply.append(outbox_by_status(session_factory).get("sent", 0))
+
+    smtp_server.after_reply = count_committed
+    try:
+        with time_machine.travel(MORNING, tick=False):
+            result = runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+
+    assert result.sent == MESSAGES
+    assert outbox_by_status(session_factory) == {"sent": MESSAGES}  # the last, partial group included
+    assert len(committed_at_reply) == MESSAGES
+    for index, committed in enumerate(committed_at_reply):
+        # Every group finished before message ``index`` was sent is committed; at most the
+        # group that ``index`` closes may be too (the relay may write it before this read),
+        # and the batch's last message closes its group whatever its size.
+        closes = MESSAGES if index == MESSAGES - 1 else ((index + 1) // group) * group
+        assert (index // group) * group <= committed <= closes, (index, committed_at_reply)
+    if group > 1:  # grouped for real: some reply saw earlier messages not yet committed
+        assert any(committed < index for index, committed in enumerate(committed_at_reply))
+
+
+def test_a_bounce_commits_the_group_before_it_then_itself_with_the_address(
+    tmp_path, database_url, session_factory, smtp_server
+):
+    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    queue_notices(runtime, 6)
+    with session_factory() as session:
+        ids = session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)).all()
+        bouncing = session.get(OutboxMessage, ids[3]).to_address
+    sent_before_bounce: list[int] = []
+
+    def fail_the_fourth(index: int, _message) -> None:
+        if index == 2:  # the third was accepted: the fourth is refused
+            smtp_server.fail_next("550 5.1.1 No such user")
+            sent_before_bounce.append(outbox_by_status(session_factory).get("sent", 0))
+
+    smtp_server.after_reply = fail_the_fourth
+    try:
+        with time_machine.travel(MORNING, tick=False):
+            result = runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+
+    assert (result.sent, result.bounced) == (5, 1)
+    with session_factory() as session:
+        statuses = session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id)).all()
+        assert statuses == ["sent", "sent", "sent", "bounced", "sent", "sent"]
+        assert session.get(BouncedAddress, bouncing).bounces == 1
+    assert sent_before_bounce == [0]  # the three sent before the bounce were still one open group
+
+
+class _StopAfter:
+    """The runtime's own SMTP mailer, stopped by ``SystemExit`` (as a worker's shutdown) before send ``n``."""
+
+    def __init__(self, mailer, n: int):
+        self._mailer = mailer
+        self._left = n
+
+    def send(self, sender, recipient, data) -> None:
+        if self._left == 0:
+            raise SystemExit("worker shutting down")
+        self._left -= 1
+        self._mailer.send(sender, recipient, data)
+
+    def close(self) -> None:
+        self._mailer.close()
+
+
+def test_a_batch_stopped_by_an_exception_still_commits_what_it_sent(
+    tmp_path, database_url, session_factory, smtp_server
+):
+    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    runtime.mailer = _StopAfter(runtime.mailer, 5)  # before the relay, which takes the runtime's mailer
+    queue_notices(runtime, 10)
+    try:
+        with time_machine.travel(MORNING, tick=False), pytest.raises(SystemExit):
+            runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+
+    assert len(smtp_server.messages) == 5
+    assert outbox_by_status(session_factory) == {"sent": 5, "pending": 5}  # the rest leased, sent later
+    with session_factory() as session:
+        sent = set(session.scalars(select(OutboxMessage.message_id).where(OutboxMessage.status == "sent")))
+    assert sent == {message.message_id for message in smtp_server.messages}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1001", "16x"])
+def test_a_bad_outcome_group_is_refused_at_start(tmp_path, value):
+    from config.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="RELAY_OUTCOME_GROUP"):
+        make_settings(tmp_path, relay_outcome_group=value)
