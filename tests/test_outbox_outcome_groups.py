@@ -8,7 +8,7 @@ at each ``250``, against the database (PostgreSQL in the default test run).
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -107,6 +107,37 @@ def test_a_bounce_commits_the_group_before_it_then_itself_with_the_address(
         assert statuses == ["sent", "sent", "sent", "bounced", "sent", "sent"]
         assert session.get(BouncedAddress, bouncing).bounces == 1
     assert sent_before_bounce == [0]  # the three sent before the bounce were still one open group
+
+
+def test_a_group_mixes_sent_and_deferred_outcomes(tmp_path, database_url, session_factory, smtp_server):
+    """Every column of a group's arrays with values and NULLs side by side: a 451 in the middle."""
+    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    queue_notices(runtime, 5)
+
+    def defer_the_third(index: int, _message) -> None:
+        if index == 1:
+            smtp_server.fail_next("451 4.3.0 Try again later")
+
+    smtp_server.after_reply = defer_the_third
+    try:
+        with time_machine.travel(MORNING, tick=False):
+            result = runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+
+    assert (result.sent, result.deferred) == (4, 1)
+    with session_factory() as session:
+        rows = session.execute(
+            select(OutboxMessage.status, OutboxMessage.attempts, OutboxMessage.next_attempt_at,
+                   OutboxMessage.last_error, OutboxMessage.sent_at).order_by(OutboxMessage.id)
+        ).all()  # fmt: skip
+    assert [row.status for row in rows] == ["sent", "sent", "pending", "sent", "sent"]
+    assert [row.attempts for row in rows] == [1, 1, 1, 1, 1]
+    deferred = rows[2]
+    assert deferred.next_attempt_at == MORNING + timedelta(minutes=1) and "451" in deferred.last_error
+    assert deferred.sent_at is None
+    for row in rows[:2] + rows[3:]:
+        assert row.sent_at == MORNING and row.next_attempt_at is None and row.last_error is None
 
 
 class _StopAfter:
