@@ -87,6 +87,10 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.config.update(
         SECRET_KEY=keys[-1],  # the newest signs; the others still verify
         SECRET_KEY_FALLBACKS=keys[:-1],
+        # The same for the forms' CSRF tokens: itsdangerous signs with the last key of a list and
+        # verifies with any (Flask-WTF passes this to it as it is), so a page opened before a
+        # key was added can still be posted after.
+        WTF_CSRF_SECRET_KEY=tuple(keys),
         SESSION_COOKIE_NAME="pec_rinnovo",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -1,0 +1,96 @@
+"""``PEC_RENEWAL_SECRET_KEYS`` rotation: every key verifies, the newest signs, the CSRF token included.
+
+A holder who opened a link page before the operator added a key must still be
+able to press its button afterwards: the form's CSRF token and the session
+cookie were signed with the key that was newest then.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.factories import make_mailbox
+from tests.web.conftest import csrf_token, link_path, row_counts
+from worker.runtime import Runtime
+from worker.web import create_app
+
+OLD_KEY = "rotation-old-key-0123456789abcdef0123456789"
+NEW_KEY = "rotation-new-key-0123456789abcdef0123456789"
+
+
+@pytest.fixture
+def make_app(tmp_path, database_url, session_factory, clock):
+    runtimes = []
+
+    def make(secret_keys: str):
+        runtime = Runtime(make_settings(tmp_path, database_url=database_url, secret_keys=secret_keys), clock=clock)
+        runtime.__dict__["session_factory"] = session_factory  # the test database, emptied for this test
+        runtime.__dict__["engine"] = session_factory.kw["bind"]
+        runtimes.append(runtime)
+        return runtime, create_app(runtime)
+
+    yield make
+    for runtime in runtimes:
+        runtime.__dict__.pop("engine")  # shared by the session: not ours to dispose
+        runtime.close()
+
+
+def open_link_page(app, path: str):
+    """A browser that opened the link page: its client (with the session cookie) and the form's CSRF token."""
+    browser = app.test_client()
+    page = browser.get(path)
+    assert page.status_code == 200
+    return browser, csrf_token(page.get_data(as_text=True))
+
+
+def same_browser(client, app):
+    """The browser's session cookie, presented to another app (the server restarted with other keys)."""
+    moved = app.test_client()
+    cookie = client.get_cookie("pec_rinnovo")
+    assert cookie is not None
+    moved.set_cookie("pec_rinnovo", cookie.value, domain=cookie.domain)
+    return moved
+
+
+@pytest.mark.parametrize(
+    "keys_after, status",
+    [
+        (f"{OLD_KEY},{NEW_KEY}", 303),  # a key added: the old one still verifies
+        (NEW_KEY, 400),  # the old key retired: what it signed is refused
+    ],
+)
+def test_a_link_page_opened_before_a_key_rotation_still_starts_the_order(
+    make_app, session_factory, keys_after, status
+):
+    runtime_before, app_before = make_app(OLD_KEY)
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(session, expires_on=date(2027, 2, 1))
+    path = link_path(runtime_before, mailbox)
+    browser, token = open_link_page(app_before, path)
+
+    _, app_after = make_app(keys_after)
+    response = same_browser(browser, app_after).post(path, data={"csrf_token": token})
+
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    if status == 303:
+        assert response.headers["Location"].startswith("/ordine/")
+        assert row_counts(session_factory)["renewal_orders"] == 1
+    else:  # checked before the view runs: the CSRF error page, and no order
+        assert "Modulo scaduto" in response.get_data(as_text=True)
+        assert row_counts(session_factory)["renewal_orders"] == 0
+
+
+def test_after_a_rotation_the_newest_key_signs_the_csrf_token(make_app, session_factory):
+    runtime, app = make_app(f"{OLD_KEY},{NEW_KEY}")
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(session, expires_on=date(2027, 2, 1))
+    path = link_path(runtime, mailbox)
+    browser, token = open_link_page(app, path)
+
+    # An app that knows only the newest key accepts it: it was signed with that one.
+    _, newest_only = make_app(NEW_KEY)
+    response = same_browser(browser, newest_only).post(path, data={"csrf_token": token})
+    assert response.status_code == 303, response.get_data(as_text=True)[:500]
