@@ -44,6 +44,15 @@ def queue_notices(runtime: Runtime, count: int) -> None:
         scan_day(runtime, DAY)
 
 
+def deliver_in_the_morning(runtime: Runtime):
+    """One relay run (every batch due) on DAY's morning; the runtime is closed after it."""
+    try:
+        with time_machine.travel(MORNING, tick=False):
+            return runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+
+
 def outbox_by_status(session_factory) -> dict[str, int]:
     with session_factory() as session:
         rows = session.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status))
@@ -60,11 +69,7 @@ def test_outcomes_trail_the_sends_by_at_most_one_group(tmp_path, database_url, s
         committed_at_reply.append(outbox_by_status(session_factory).get("sent", 0))
 
     smtp_server.after_reply = count_committed
-    try:
-        with time_machine.travel(MORNING, tick=False):
-            result = runtime.relay.deliver_due()
-    finally:
-        runtime.close()
+    result = deliver_in_the_morning(runtime)
 
     assert result.sent == MESSAGES
     assert outbox_by_status(session_factory) == {"sent": MESSAGES}  # the last, partial group included
@@ -95,11 +100,7 @@ def test_a_bounce_commits_the_group_before_it_then_itself_with_the_address(
             sent_before_bounce.append(outbox_by_status(session_factory).get("sent", 0))
 
     smtp_server.after_reply = fail_the_fourth
-    try:
-        with time_machine.travel(MORNING, tick=False):
-            result = runtime.relay.deliver_due()
-    finally:
-        runtime.close()
+    result = deliver_in_the_morning(runtime)
 
     assert (result.sent, result.bounced) == (5, 1)
     with session_factory() as session:
@@ -119,11 +120,7 @@ def test_a_group_mixes_sent_and_deferred_outcomes(tmp_path, database_url, sessio
             smtp_server.fail_next("451 4.3.0 Try again later")
 
     smtp_server.after_reply = defer_the_third
-    try:
-        with time_machine.travel(MORNING, tick=False):
-            result = runtime.relay.deliver_due()
-    finally:
-        runtime.close()
+    result = deliver_in_the_morning(runtime)
 
     assert (result.sent, result.deferred) == (4, 1)
     with session_factory() as session:
@@ -163,11 +160,8 @@ def test_a_batch_stopped_by_an_exception_still_commits_what_it_sent(
     runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
     runtime.mailer = _StopAfter(runtime.mailer, 5)  # before the relay, which takes the runtime's mailer
     queue_notices(runtime, 10)
-    try:
-        with time_machine.travel(MORNING, tick=False), pytest.raises(SystemExit):
-            runtime.relay.deliver_due()
-    finally:
-        runtime.close()
+    with pytest.raises(SystemExit):
+        deliver_in_the_morning(runtime)
 
     assert len(smtp_server.messages) == 5
     assert outbox_by_status(session_factory) == {"sent": 5, "pending": 5}  # the rest leased, sent later

@@ -38,21 +38,24 @@ def make_app(tmp_path, database_url, session_factory, clock):
         runtime.close()
 
 
-def open_link_page(app, path: str):
-    """A browser that opened the link page: its client (with the session cookie) and the form's CSRF token."""
-    browser = app.test_client()
+def post_across_a_restart(make_app, session_factory, keys_before: str, keys_after: str):
+    """A browser opens a mailbox's link page on a server with ``keys_before``; the server restarts
+    with ``keys_after``; the browser presses the button (its cookie and the form's CSRF token)."""
+    runtime_before, app_before = make_app(keys_before)
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(session, expires_on=date(2027, 2, 1))
+    path = link_path(runtime_before, mailbox)
+    browser = app_before.test_client()
     page = browser.get(path)
     assert page.status_code == 200
-    return browser, csrf_token(page.get_data(as_text=True))
+    token = csrf_token(page.get_data(as_text=True))
 
-
-def same_browser(client, app):
-    """The browser's session cookie, presented to another app (the server restarted with other keys)."""
-    moved = app.test_client()
-    cookie = client.get_cookie("pec_rinnovo")
+    _, app_after = make_app(keys_after)
+    restarted = app_after.test_client()
+    cookie = browser.get_cookie("pec_rinnovo")
     assert cookie is not None
-    moved.set_cookie("pec_rinnovo", cookie.value, domain=cookie.domain)
-    return moved
+    restarted.set_cookie("pec_rinnovo", cookie.value, domain=cookie.domain)
+    return restarted.post(path, data={"csrf_token": token})
 
 
 @pytest.mark.parametrize(
@@ -65,15 +68,7 @@ def same_browser(client, app):
 def test_a_link_page_opened_before_a_key_rotation_still_starts_the_order(
     make_app, session_factory, keys_after, status
 ):
-    runtime_before, app_before = make_app(OLD_KEY)
-    with session_factory() as session, session.begin():
-        mailbox = make_mailbox(session, expires_on=date(2027, 2, 1))
-    path = link_path(runtime_before, mailbox)
-    browser, token = open_link_page(app_before, path)
-
-    _, app_after = make_app(keys_after)
-    response = same_browser(browser, app_after).post(path, data={"csrf_token": token})
-
+    response = post_across_a_restart(make_app, session_factory, OLD_KEY, keys_after)
     assert response.status_code == status, response.get_data(as_text=True)[:500]
     if status == 303:
         assert response.headers["Location"].startswith("/ordine/")
@@ -84,13 +79,7 @@ def test_a_link_page_opened_before_a_key_rotation_still_starts_the_order(
 
 
 def test_after_a_rotation_the_newest_key_signs_the_csrf_token(make_app, session_factory):
-    runtime, app = make_app(f"{OLD_KEY},{NEW_KEY}")
-    with session_factory() as session, session.begin():
-        mailbox = make_mailbox(session, expires_on=date(2027, 2, 1))
-    path = link_path(runtime, mailbox)
-    browser, token = open_link_page(app, path)
-
-    # An app that knows only the newest key accepts it: it was signed with that one.
-    _, newest_only = make_app(NEW_KEY)
-    response = same_browser(browser, newest_only).post(path, data={"csrf_token": token})
+    # A server that knows only the newest key accepts what one with both signed.
+    response = post_across_a_restart(make_app, session_factory, f"{OLD_KEY},{NEW_KEY}", NEW_KEY)
     assert response.status_code == 303, response.get_data(as_text=True)[:500]
+    assert row_counts(session_factory)["renewal_orders"] == 1
