@@ -5,9 +5,9 @@ forward by a lease (compare-and-swap; ``SKIP LOCKED`` on PostgreSQL), so two
 relays never send the same message at once, and a relay that dies only delays
 its batch until the lease runs out.  Outcomes are committed in small groups (at
 most ``outcome_group`` sends, ``PEC_RENEWAL_RELAY_OUTCOME_GROUP``; 1 commits each
-before the next send) and at the end of every batch: a crash
-between an SMTP ``250`` and the commit of its group can repeat at most that
-group's messages, each with the same Message-ID, and nothing is ever lost.
+before the next send) and at the end of every batch: a crash between an SMTP
+``250`` and the commit of its group can repeat at most that group's messages,
+each with the same Message-ID, and nothing is ever lost.
 
 Errors are classified: an SMTP 4xx, a timeout or a dropped connection is
 retried with exponential backoff; a 5xx marks the message and the address

@@ -153,8 +153,9 @@ def csrf_token(app: Flask) -> str:
     The same steps, keys, salt and format: the raw token (40 hex digits of
     ``os.urandom``) is kept in the session under ``WTF_CSRF_FIELD_NAME``, made
     once per browser session; the form carries it signed and timestamped with
-    ``WTF_CSRF_SECRET_KEY`` (default ``SECRET_KEY``), which ``validate_csrf``
-    checks on every POST.  Kept in ``g`` like Flask-WTF does, so a WTForms form
+    ``WTF_CSRF_SECRET_KEY`` (default ``SECRET_KEY``; the link handler sets it to
+    its key list, and the newest signs), which ``validate_csrf`` checks, with any
+    key of the list, on every POST.  Kept in ``g`` like Flask-WTF does, so a WTForms form
     built later in the same request carries the same token.
     """
     field_name = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
