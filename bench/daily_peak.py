@@ -120,6 +120,11 @@ def reset_due_set(url: str, due: int) -> None:
         # statistics of an empty table would plan the whole day as if they stayed empty;
         # never analysed, they are planned by their actual size.
         connection.execute("VACUUM (ANALYZE) mailboxes")
+        # Then the reset's and the vacuum's dirty pages are written out, as a quiet night
+        # before the 06:00 scan would have: left in the 128 MB of shared buffers, they were
+        # the day's to write, and PostgreSQL's CPU per email doubled (stop 12, back to back:
+        # 0.35 ms and ratio 0.570 without, 0.146 ms and 0.768 with).
+        connection.execute("CHECKPOINT")
     if due_now != due:
         raise SystemExit(f"{due_now} mailboxes are due on {PEAK_DAY}, not {due}")
 
