@@ -40,14 +40,24 @@ def clock() -> Clock:
     return Clock(date(2027, 1, 10))
 
 
-@pytest.fixture
-def runtime(settings, session_factory, clock):
+def runtime_on_test_database(settings, session_factory, clock) -> Runtime:
+    """A Runtime for ``settings`` on the test database (emptied for this test), with the test's clock."""
     rt = Runtime(settings, clock=clock)
-    rt.__dict__["session_factory"] = session_factory  # the test database, emptied for this test
+    rt.__dict__["session_factory"] = session_factory
     rt.__dict__["engine"] = session_factory.kw["bind"]
-    yield rt
+    return rt
+
+
+def close_runtime(rt: Runtime) -> None:
     rt.__dict__.pop("engine")  # shared by the session: not ours to dispose
     rt.close()
+
+
+@pytest.fixture
+def runtime(settings, session_factory, clock):
+    rt = runtime_on_test_database(settings, session_factory, clock)
+    yield rt
+    close_runtime(rt)
 
 
 @pytest.fixture

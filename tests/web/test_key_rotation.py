@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
-from tests.web.conftest import csrf_token, link_path, row_counts
-from worker.runtime import Runtime
+from tests.web.conftest import close_runtime, csrf_token, link_path, row_counts, runtime_on_test_database
 from worker.web import create_app
 
 OLD_KEY = "rotation-old-key-0123456789abcdef0123456789"
@@ -26,16 +25,14 @@ def make_app(tmp_path, database_url, session_factory, clock):
     runtimes = []
 
     def make(secret_keys: str):
-        runtime = Runtime(make_settings(tmp_path, database_url=database_url, secret_keys=secret_keys), clock=clock)
-        runtime.__dict__["session_factory"] = session_factory  # the test database, emptied for this test
-        runtime.__dict__["engine"] = session_factory.kw["bind"]
+        settings = make_settings(tmp_path, database_url=database_url, secret_keys=secret_keys)
+        runtime = runtime_on_test_database(settings, session_factory, clock)
         runtimes.append(runtime)
         return runtime, create_app(runtime)
 
     yield make
     for runtime in runtimes:
-        runtime.__dict__.pop("engine")  # shared by the session: not ours to dispose
-        runtime.close()
+        close_runtime(runtime)
 
 
 def post_across_a_restart(make_app, session_factory, keys_before: str, keys_after: str):
