@@ -203,17 +203,25 @@ def test_a_valid_token_is_in_no_log_line_through_a_whole_order(client, runtime, 
     assert any(f"/rinnova/{REDACTED}" in message for message in messages)
 
 
-def test_an_exception_on_a_link_page_is_logged_without_the_token(app, runtime, mailbox_id, caplog, monkeypatch):
+@pytest.mark.parametrize("failing", ["the mailbox read", "the page of a returning browser"])
+def test_an_exception_on_a_link_page_is_logged_without_the_token(app, runtime, mailbox_id, caplog, monkeypatch, failing):
+    from worker import orders
     from worker.web import views
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(views, "_link_page", explode)  # the link page fails after reading a good token
-    caplog.set_level(logging.ERROR)
+    client = app.test_client()
+    if failing == "the mailbox read":
+        # Fails on a first visit's own path (worker.web.link_page) and again in Flask, which serves the error.
+        monkeypatch.setattr(orders, "read_mailbox_link", explode)
+    else:
+        monkeypatch.setattr(views, "_link_page", explode)  # the link page fails after reading a good token
+        client.set_cookie("other", "1")  # a browser with a cookie is served by Flask
+    caplog.set_level(logging.WARNING)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     token = runtime.signer.renewal_token("m", mailbox_id, EXPIRY)
-    response = app.test_client().get(f"/rinnova/{token}")
+    response = client.get(f"/rinnova/{token}")
     assert response.status_code == 500
     assert "Errore temporaneo" in response.get_data(as_text=True)
     assert_security_headers(response)

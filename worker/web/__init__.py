@@ -27,6 +27,7 @@ from config.settings import Settings
 from worker.db import make_engine
 from worker.runtime import Runtime
 from worker.web import i18n, templating
+from worker.web.link_page import FirstVisitLinkPage
 from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY, install_log_redaction, redact
 from worker.web.signing import FastURLSafeTimedSerializer, SessionJSONSerializer, add_vary_cookie
 
@@ -165,6 +166,8 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         add_vary_cookie(response)
         return response
 
+    # A holder's first GET of a mailbox link page is answered in front of Flask, with Flask's answer.
+    app.wsgi_app = FirstVisitLinkPage(app, app.wsgi_app, public_https=public_https)
     return app
 
 

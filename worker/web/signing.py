@@ -162,15 +162,28 @@ def csrf_token(app: Flask) -> str:
     token = g.get(field_name)
     if token is not None:
         return token
+    if not field_name:
+        raise RuntimeError("a secret key and a field name are required to use CSRF")
+    serializer = csrf_serializer(app)
+    raw = session.get(field_name)
+    if not isinstance(raw, str):  # none yet (or not a token at all: Flask-WTF replaces it too)
+        raw = session[field_name] = new_raw_csrf_token()
+    token = serializer.dumps(raw)
+    setattr(g, field_name, token)
+    return token
+
+
+def new_raw_csrf_token() -> str:
+    """The secret a browser session keeps for its forms: Flask-WTF's 40 hex digits of ``os.urandom``."""
+    return hashlib.sha1(os.urandom(64)).hexdigest()
+
+
+def csrf_serializer(app: Flask) -> FastURLSafeTimedSerializer:
+    """What signs the forms' CSRF tokens: ``WTF_CSRF_SECRET_KEY`` (default ``SECRET_KEY``), Flask-WTF's salt."""
     secret_key = app.config.get("WTF_CSRF_SECRET_KEY", app.secret_key)
-    if not secret_key or not field_name:
+    if not secret_key:
         raise RuntimeError("a secret key and a field name are required to use CSRF")
     serializer = _csrf_serializers.get(secret_key)
     if serializer is None:
         serializer = _csrf_serializers[secret_key] = FastURLSafeTimedSerializer(secret_key, salt=CSRF_SALT)
-    raw = session.get(field_name)
-    if not isinstance(raw, str):  # none yet (or not a token at all: Flask-WTF replaces it too)
-        raw = session[field_name] = hashlib.sha1(os.urandom(64)).hexdigest()
-    token = serializer.dumps(raw)
-    setattr(g, field_name, token)
-    return token
+    return serializer
