@@ -144,11 +144,15 @@ def test_a_public_https_base_url_sends_hsts_and_a_secure_cookie_on_a_first_visit
 
 @pytest.mark.parametrize(
     "request_kind",
-    ["HEAD", "POST", "a session cookie", "any cookie", "mounted below a path", "an account link", "a tampered token", "CSRF off"],
-)
+    [
+        "HEAD", "POST", "a session cookie", "any cookie", "mounted below a path", "an account link", "a tampered token",
+        "CSRF off", "trusted hosts",
+    ],
+)  # fmt: skip
 def test_everything_but_a_first_get_of_a_mailbox_link_is_flasks(runtime, session_factory, clock, request_kind):
     clock.today = TODAY
-    app = create_app(runtime, WTF_CSRF_ENABLED=request_kind != "CSRF off")
+    trusted_hosts = ["rinnovi.example.test"] if request_kind == "trusted hosts" else None
+    app = create_app(runtime, WTF_CSRF_ENABLED=request_kind != "CSRF off", TRUSTED_HOSTS=trusted_hosts)
     calls = ViewCalls(app)
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=date(2027, 4, 30))
@@ -177,6 +181,8 @@ def test_everything_but_a_first_get_of_a_mailbox_link_is_flasks(runtime, session
         client.get(account_path)
     elif request_kind == "a tampered token":
         assert client.get(path[:-3] + "AAA").status_code == 404
+    elif request_kind == "trusted hosts":
+        assert client.get(path, base_url="http://rinnovi.example.test").status_code == 200  # Flask checked the Host
     else:
         response = client.get(path)
         assert response.status_code == 200 and "csrf_token" not in response.get_data(as_text=True)

@@ -14,8 +14,8 @@ CPU under gunicorn (``bench/link_handler.sh``, ``bench/RESULTS.md``).
 
 Everything else goes to Flask, unchanged: another method or path, a request
 with a ``Cookie`` header (the session may hold flashed messages, a CSRF token
-to keep, orders), an application mounted below a path (``SCRIPT_NAME``), an
-account link, a link that cannot be read or finds no mailbox, and any error
+to keep, orders), an application mounted below a path (``SCRIPT_NAME``) or
+with ``TRUSTED_HOSTS`` or CSRF protection turned off, an account link, a link that cannot be read or finds no mailbox, and any error
 at all on the way (the request is then served by Flask from the start, which
 reads again, logs and shows its error page).  Nothing here writes: a GET
 reads one row.
@@ -67,6 +67,7 @@ class FirstVisitLinkPage:
             or "HTTP_COOKIE" in environ
             or environ.get("SCRIPT_NAME")
             or not signing.csrf_enabled(self.app)
+            or self.app.config["TRUSTED_HOSTS"]  # Flask checks the Host header against them
         ):
             return self.flask_wsgi_app(environ, start_response)
         try:
