@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from datetime import date
 
 import pytest
@@ -719,3 +720,25 @@ def test_backslashes_are_stored_as_they_are(session_factory):
     run(session_factory, make_csv(row(1, holder_name="Studio \\N \\t Neri\\", postal_address="Via \\\\ Roma")))
     holder = holder_of(session_factory, "user1@pec.example.it")
     assert (holder.name, holder.postal_address) == ("Studio \\N \\t Neri\\", "Via \\\\ Roma")
+
+
+@pytest.mark.parametrize("process_interval", [0.005, 0.00005])
+def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session_factory, monkeypatch, process_interval):
+    """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.importer), and only while importing."""
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(process_interval)
+    try:
+        seen: list[float] = []
+        rows = make_csv(*(row(number) for number in range(1, 8)))
+        report = run(session_factory, rows, progress=lambda done: seen.append(sys.getswitchinterval()))
+        assert report.created == 7 and len(seen) >= 4
+        expected = min(process_interval, importer.SWITCH_INTERVAL)  # a process already quicker keeps its own
+        during = seen[:-1]  # the last call reports the end, once the import has committed
+        assert during == [pytest.approx(expected, rel=0.05)] * len(during)  # kept in whole microseconds
+        assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)
+        bad = [row(1), row(2, language="fr")]
+        assert refusal(session_factory, make_csv(*bad)) == ["line 3, column language: 'fr' is not a language: it or en"]
+        assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)  # given back after a refusal too
+    finally:
+        sys.setswitchinterval(previous)

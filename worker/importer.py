@@ -52,6 +52,7 @@ import difflib
 import os
 import queue
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +128,15 @@ CHUNK_ROWS = 50_000
 WORK_MEM = "64MB"
 #: Take the bulk-load path (PostgreSQL, into an empty fleet) when it applies.
 BULK_LOAD = True
+#: The interpreter's thread switch interval during an import (seconds; CPython's default is 5 ms).
+#: The writer thread sends each chunk to ``COPY`` in 128 KB blocks and, whenever the socket is
+#: full, waits for PostgreSQL with the GIL released; the checking thread then kept the GIL for
+#: up to the whole interval before the writer could send the next block, and PostgreSQL sat
+#: idle.  At 5 ms (and at 1 ms) the staging of 1M rows took 12-14 s, against 2.5-2.9 s for the
+#: same COPY alone; at 0.05-0.2 ms it took 2.5-2.9 s, and the whole import 20-23 s instead of
+#: 31-36 s (bench/import.py, bench/RESULTS.md, stop 13).  The interval matters only while a
+#: thread asks for the GIL, so the checking thread's own time did not grow.
+SWITCH_INTERVAL = 0.0001
 #: PostgreSQL's ``maintenance_work_mem`` while the bulk-load path rebuilds the indexes.
 MAINTENANCE_WORK_MEM = "256MB"
 #: What the bulk-load path drops for the load and rebuilds after it, by table:
@@ -460,7 +470,7 @@ def import_mailboxes(
     total is ``2 * count_records(path)``).
     """
     report = ImportReport()
-    with _open(source) as stream, session_factory() as session, session.begin():
+    with _prompt_thread_switches(), _open(source) as stream, session_factory() as session, session.begin():
         connection = session.connection()
         writer = _StagingWriter(connection, report)
         started, cpu_started = time.perf_counter(), time.thread_time()
@@ -510,6 +520,17 @@ def import_mailboxes(
     if progress is not None:
         progress(checked.records + checked.rows)
     return report
+
+
+@contextmanager
+def _prompt_thread_switches() -> Iterator[None]:
+    """:data:`SWITCH_INTERVAL` while the import runs (if shorter than the process's), then the previous one."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def count_records(path: str | os.PathLike[str]) -> int:
