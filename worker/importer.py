@@ -132,10 +132,10 @@ BULK_LOAD = True
 #: The writer thread sends each chunk to ``COPY`` in 128 KB blocks and, whenever the socket is
 #: full, waits for PostgreSQL with the GIL released; the checking thread then kept the GIL for
 #: up to the whole interval before the writer could send the next block, and PostgreSQL sat
-#: idle.  At 5 ms (and at 1 ms) the staging of 1M rows took 12-14 s, against 2.5-2.9 s for the
-#: same COPY alone; at 0.05-0.2 ms it took 2.5-2.9 s, and the whole import 20-23 s instead of
-#: 31-36 s (bench/import.py, bench/RESULTS.md, stop 13).  The interval matters only while a
-#: thread asks for the GIL, so the checking thread's own time did not grow.
+#: idle.  At 1-5 ms the staging of 1M rows took 10-14 s in most runs (4.4 s in one), against
+#: 2.5-2.9 s for the same COPY alone; at 0.05-0.2 ms it took 2.5-2.9 s, and the whole import
+#: 20-24 s instead of 25-36 s (bench/import.py, bench/RESULTS.md, stop 13).  The interval
+#: matters only while a thread asks for the GIL, so the checking thread's own time did not grow.
 SWITCH_INTERVAL = 0.0001
 #: PostgreSQL's ``maintenance_work_mem`` while the bulk-load path rebuilds the indexes.
 MAINTENANCE_WORK_MEM = "256MB"
