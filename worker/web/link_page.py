@@ -7,18 +7,20 @@ Flask's answer: the same status, the same headers in the same order, the
 same page and a session cookie and CSRF token that Flask and Flask-WTF read
 back on the button's POST.  It does the page's work only: verify the token,
 read the mailbox (:func:`worker.orders.read_mailbox_link`), sign a CSRF
-token, render the template compiled for the holder's language.  Flask's
-request machinery (request and session objects, routing, context
-processors, the response object and its hooks) was a third of the page's
-CPU under gunicorn (``bench/link_handler.sh``, ``bench/RESULTS.md``).
+token, render the template compiled for the holder's language.  Without
+Flask's request machinery (request and session objects, routing, context
+processors, the response object and its hooks) a page costs 320 instead of
+540 µs of CPU in process, and 0.80-0.96 instead of 1.06-1.13 ms under
+gunicorn (``bench/link_handler.sh``, ``bench/RESULTS.md``, stop 13).
 
 Everything else goes to Flask, unchanged: another method or path, a request
-with a ``Cookie`` header (the session may hold flashed messages, a CSRF token
-to keep, orders), an application mounted below a path (``SCRIPT_NAME``) or
-with ``TRUSTED_HOSTS`` or CSRF protection turned off, an account link, a link that cannot be read or finds no mailbox, and any error
-at all on the way (the request is then served by Flask from the start, which
-reads again, logs and shows its error page).  Nothing here writes: a GET
-reads one row.
+with a ``Cookie`` header (the session may hold flashed messages, a CSRF
+token to keep, orders), an application mounted below a path
+(``SCRIPT_NAME``) or with ``TRUSTED_HOSTS`` or CSRF protection turned off,
+an account link, a link that cannot be read or finds no mailbox, and any
+error at all on the way (the request is then served by Flask from the
+start, which reads again, logs and shows its error page).  Nothing here
+writes: a GET reads one row.
 
 ``tests/web/test_first_visit_link_page.py`` compares each answer with
 Flask's, state by state and language by language, and posts the token back.
@@ -131,7 +133,7 @@ class FirstVisitLinkPage:
 
             def static_url(filename: str) -> str:
                 url = urls.get(filename)
-                if url is None:
+                if url is None:  # Flask builds URLs inside a request: a dummy one, once per file
                     with app.test_request_context("/"):
                         url = urls[filename] = templating.static_url(filename)
                 return url
