@@ -22,13 +22,20 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Engine
+from werkzeug.http import dump_cookie
 
 from config.settings import Settings
 from worker.db import make_engine
 from worker.runtime import Runtime
 from worker.web import i18n, templating
 from worker.web.link_page import FirstVisitLinkPage
-from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY, install_log_redaction, redact
+from worker.web.security import (
+    NO_STORE_HEADERS,
+    SECURITY_HEADERS,
+    STRICT_TRANSPORT_SECURITY,
+    install_log_redaction,
+    redact,
+)
 from worker.web.signing import FastURLSafeTimedSerializer, SessionJSONSerializer, add_vary_cookie
 
 log = logging.getLogger(__name__)
@@ -157,7 +164,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         if (public_https or request.is_secure) and "strict-transport-security" not in present:
             missing.append(("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
         if request.endpoint != "static" or response.status_code not in (200, 304):  # only a stylesheet is cached
-            for name, value in (("Cache-Control", "no-store"), ("Pragma", "no-cache")):
+            for name, value in NO_STORE_HEADERS:
                 if name.lower() in present:
                     headers[name] = value
                 else:
@@ -190,18 +197,23 @@ class _SessionInterface(SecureCookieSessionInterface):
             super().save_session(app, session, response)  # nothing to write, or a cookie to delete
             return
         # Flask's steps for a session to write, with "Vary: Cookie" added once, not parsed twice.
-        response.set_cookie(
+        response.headers.add("Set-Cookie", self.set_cookie_value(app, session))
+        add_vary_cookie(response)
+
+    def set_cookie_value(self, app: Flask, session) -> str:
+        """The ``Set-Cookie`` value that writes ``session`` (what ``Response.set_cookie`` would make of it)."""
+        return dump_cookie(
             self.get_cookie_name(app),
             self.get_signing_serializer(app).dumps(dict(session)),
             expires=self.get_expiration_time(app, session),
-            httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
             path=self.get_cookie_path(app),
+            domain=self.get_cookie_domain(app),
             secure=self.get_cookie_secure(app),
-            partitioned=self.get_cookie_partitioned(app),
+            httponly=self.get_cookie_httponly(app),
+            max_size=app.config["MAX_COOKIE_SIZE"],  # flask.Response.max_cookie_size
             samesite=self.get_cookie_samesite(app),
+            partitioned=self.get_cookie_partitioned(app),
         )
-        add_vary_cookie(response)
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         if not app.secret_key:

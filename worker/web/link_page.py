@@ -32,18 +32,25 @@ import logging
 from collections.abc import Callable, Iterable
 
 from flask import Flask, g
-from werkzeug.http import dump_cookie
 
 from worker import orders
 from worker.links import MAILBOX, TokenInvalid
 from worker.web import signing, templating
-from worker.web.security import SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
+from worker.web.security import NO_STORE_HEADERS, SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/rinnova/"
-_FORM_STATES = frozenset((orders.LinkState.RENEWABLE, orders.LinkState.AUTO_RENEW))
-_STATUS = {orders.LinkState.DELETED: "410 GONE"}  # views._link_page: 410 for a deleted mailbox, else 200
+#: The link page's states that show the button (a POST, with its CSRF token); here and in views._link_page.
+STATES_WITH_FORM = frozenset((orders.LinkState.RENEWABLE, orders.LinkState.AUTO_RENEW))
+
+
+def status_code(state: str) -> int:
+    """The link page's status: 410 for a deleted mailbox, else 200 (here and in views._link_page)."""
+    return 410 if state == orders.LinkState.DELETED else 200
+
+
+_STATUS_LINES = {200: "200 OK", 410: "410 GONE"}
 
 
 def _no_flashed_messages() -> tuple:
@@ -97,12 +104,14 @@ class FirstVisitLinkPage:
         app = self.app
         cookie = form_token = None
         with app.app_context():
-            if view.state in _FORM_STATES:
+            if view.state in STATES_WITH_FORM:
                 # signing.csrf_token's steps for a browser with no session: a new secret, kept in the
                 # session (the cookie), and the form's signed copy of it.
                 raw = signing.new_raw_csrf_token()
                 form_token = signing.csrf_serializer(app).dumps(raw)
-                cookie = self._session_cookie({app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"): raw})
+                interface = app.session_interface
+                session = interface.session_class({app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token"): raw})
+                cookie = interface.set_cookie_value(app, session)
             g.language = view.language  # the filters' language (worker.web.i18n)
             body = self._template(view.language).render(
                 view=view,
@@ -117,7 +126,7 @@ class FirstVisitLinkPage:
         headers += self._headers(secure_request)
         if cookie is not None:
             headers.append(("Set-Cookie", cookie))
-        return _STATUS.get(view.state, "200 OK"), headers, body
+        return _STATUS_LINES[status_code(view.state)], headers, body
 
     def _template(self, language: str):
         template = self._templates.get(language)
@@ -146,23 +155,5 @@ class FirstVisitLinkPage:
         headers = list(SECURITY_HEADERS.items())
         if secure_request or self.public_https:
             headers.append(("Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
-        headers += [("Cache-Control", "no-store"), ("Pragma", "no-cache"), ("Vary", "Cookie")]
+        headers += [*NO_STORE_HEADERS, ("Vary", "Cookie")]
         return headers
-
-    def _session_cookie(self, session: dict) -> str:
-        """The ``Set-Cookie`` value Flask writes for a new, not permanent ``session``
-        (``_SessionInterface.save_session``, ``Response.set_cookie``)."""
-        app = self.app
-        interface = app.session_interface
-        return dump_cookie(
-            interface.get_cookie_name(app),
-            interface.get_signing_serializer(app).dumps(session),
-            expires=None,
-            path=interface.get_cookie_path(app),
-            domain=interface.get_cookie_domain(app),
-            secure=interface.get_cookie_secure(app),
-            httponly=interface.get_cookie_httponly(app),
-            max_size=app.config["MAX_COOKIE_SIZE"],  # flask.Response.max_cookie_size
-            samesite=interface.get_cookie_samesite(app),
-            partitioned=interface.get_cookie_partitioned(app),
-        )

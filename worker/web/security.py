@@ -46,6 +46,9 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
 
+#: On every answer but the stylesheet's: no page (a holder's name, an order) is kept by a cache.
+NO_STORE_HEADERS = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
 #: Sent when the request came over https, or the public base URL is https (TLS ended at a proxy).
 STRICT_TRANSPORT_SECURITY = "max-age=31536000; includeSubDomains"
 

@@ -23,6 +23,7 @@ from worker import pricing
 from worker.links import MAILBOX, TokenInvalid
 from worker.web import forms, i18n, signing, templating
 from worker.web.i18n import translate_in_context as t
+from worker.web.link_page import STATES_WITH_FORM, status_code
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +219,6 @@ def renewal_link(token: str):
     return _link_page(view, account_link=link.target == "a")
 
 
-#: The link page's states that show the button (a POST, with its CSRF token).
-_STATES_WITH_FORM = frozenset((orders_service.LinkState.RENEWABLE, orders_service.LinkState.AUTO_RENEW))
-
-
 def _link_page(view, *, account_link: bool):
     """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
 
@@ -231,8 +228,8 @@ def _link_page(view, *, account_link: bool):
     """
     app = current_app._get_current_object()
     language = i18n.set_language(view.language)
-    token = signing.csrf_token(app) if view.state in _STATES_WITH_FORM and signing.csrf_enabled(app) else None
-    status = 410 if view.state == orders_service.LinkState.DELETED else 200
+    token = signing.csrf_token(app) if view.state in STATES_WITH_FORM and signing.csrf_enabled(app) else None
+    status = status_code(view.state)
     page = render_template(
         templating.localised("link.html", language),  # its fixed texts compiled in (worker.web.templating)
         view=view,
