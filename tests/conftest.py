@@ -18,6 +18,7 @@ from tests.smtp_server import smtp_server  # noqa: F401
 from worker import migrate
 from worker.db import make_engine, make_session_factory
 from worker.models import Base
+from worker.runtime import Runtime
 
 TEST_DATABASE_URL = os.environ.get(
     "PEC_RENEWAL_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_test"
@@ -72,6 +73,17 @@ def make_settings(tmp_path, **overrides) -> Settings:
     }
     environ.update({f"PEC_RENEWAL_{key.upper()}": str(value) for key, value in overrides.items()})
     return Settings.from_env(environ)
+
+
+def smtp_runtime(tmp_path, database_url, session_factory, smtp, **overrides) -> Runtime:
+    """A Runtime on the emptied test database that mails to ``smtp`` (the loopback server); the caller closes it."""
+    settings = make_settings(
+        tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp.host, smtp_port=smtp.port,
+        **overrides,
+    )  # fmt: skip
+    runtime = Runtime(settings)
+    runtime.session_factory = session_factory
+    return runtime
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
 from worker.daily import run_day, scan_day
 from worker.links import MAILBOX
@@ -29,15 +29,7 @@ def at_morning(day: date) -> datetime:
 
 @pytest.fixture
 def runtime(tmp_path, database_url, session_factory, smtp_server):
-    settings = make_settings(
-        tmp_path,
-        database_url=database_url,
-        mail_backend="smtp",
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-    )
-    rt = Runtime(settings)
-    rt.session_factory = session_factory  # the emptied test database
+    rt = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     yield rt
     rt.close()
 

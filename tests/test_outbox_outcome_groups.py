@@ -15,7 +15,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
+from tests.conftest import make_settings, smtp_runtime
 from tests.factories import make_mailbox
 from worker.daily import scan_day
 from worker.models import BouncedAddress, OutboxMessage
@@ -24,15 +24,6 @@ from worker.runtime import Runtime
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
 MESSAGES = 40
-
-
-def make_runtime(tmp_path, database_url, session_factory, smtp_server, **settings) -> Runtime:
-    runtime = Runtime(
-        make_settings(tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
-                      smtp_port=smtp_server.port, **settings)
-    )  # fmt: skip
-    runtime.session_factory = session_factory  # the emptied test database
-    return runtime
 
 
 def queue_notices(runtime: Runtime, count: int) -> None:
@@ -61,7 +52,7 @@ def outbox_by_status(session_factory) -> dict[str, int]:
 
 @pytest.mark.parametrize("group", [1, 4, 16])
 def test_outcomes_trail_the_sends_by_at_most_one_group(tmp_path, database_url, session_factory, smtp_server, group):
-    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=group)
+    runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=group)
     queue_notices(runtime, MESSAGES)
     committed_at_reply: list[int] = []
 
@@ -87,7 +78,7 @@ def test_outcomes_trail_the_sends_by_at_most_one_group(tmp_path, database_url, s
 def test_a_bounce_commits_the_group_before_it_then_itself_with_the_address(
     tmp_path, database_url, session_factory, smtp_server
 ):
-    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
     queue_notices(runtime, 6)
     with session_factory() as session:
         ids = session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)).all()
@@ -112,7 +103,7 @@ def test_a_bounce_commits_the_group_before_it_then_itself_with_the_address(
 
 def test_a_group_mixes_sent_and_deferred_outcomes(tmp_path, database_url, session_factory, smtp_server):
     """Every column of a group's arrays with values and NULLs side by side: a 451 in the middle."""
-    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
     queue_notices(runtime, 5)
 
     def defer_the_third(index: int, _message) -> None:
@@ -157,7 +148,7 @@ class _StopAfter:
 def test_a_batch_stopped_by_an_exception_still_commits_what_it_sent(
     tmp_path, database_url, session_factory, smtp_server
 ):
-    runtime = make_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
+    runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server, relay_outcome_group=16)
     runtime.mailer = _StopAfter(runtime.mailer, 5)  # before the relay, which takes the runtime's mailer
     queue_notices(runtime, 10)
     with pytest.raises(SystemExit):
