@@ -23,13 +23,29 @@ Then, alternately in one run, it times:
 
 Each import starts from empty tables; after the rounds, one more import of
 the same file over the imported fleet times the re-import (every row an
-update), reported beside the target but not part of it.  Progress goes to
-stderr; the last line is a JSON summary.  The target: import ≤ 5 × COPY.
+update), reported beside the target but not part of it.
+
+Then the **database's floor** (``--floor-rounds``, alternating with the same
+COPY baseline): the imported fleet's own final rows (``accounts``,
+``domains``, ``holders``, ``mailboxes``, dumped once with binary ``COPY
+TO``) written back into the emptied tables with binary ``COPY`` on the
+importer's own bulk-load path (``worker.importer._BulkLoad``: the same
+indexes and constraints dropped and rebuilt, in one transaction).  No
+checking, no staging, no joins: what any importer producing this fleet must
+at least have PostgreSQL do.  With the import's checking thread's CPU it
+gives ``best_ratio_with_this_checking``: the ratio an import could reach if
+the checking and the floor's writes shared every core perfectly and only the
+rebuild, which needs every row, came after them.  Neither is part of the
+target; they say how far a better importer could go on this machine.
+
+Progress goes to stderr; the last line is a JSON summary.  The target:
+import ≤ 5 × COPY.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -40,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -216,6 +233,65 @@ def empty_tables(url: str) -> None:
         connection.execute("VACUUM ANALYZE accounts, holders, domains, mailboxes")
 
 
+#: The tables an import writes, in the order their rows can be loaded.
+FLEET_TABLES = ("accounts", "domains", "holders", "mailboxes")
+
+
+def dump_fleet(url: str, directory: Path) -> dict[str, Path]:
+    """Each of :data:`FLEET_TABLES`' rows as binary ``COPY`` data in a file of ``directory``."""
+    files = {}
+    with psycopg.connect(psycopg_url(url)) as connection, connection.cursor() as cursor:
+        for table in FLEET_TABLES:
+            files[table] = directory / f"{table}.copy"
+            with files[table].open("wb") as file, cursor.copy(f"COPY {table} TO STDOUT (FORMAT binary)") as copy:
+                for block in copy:
+                    file.write(block)
+    return files
+
+
+def database_floor(url: str, files: dict[str, Path]) -> dict:
+    """Seconds to write ``files`` back into the emptied tables on the importer's bulk-load path.
+
+    One transaction, as an import: the importer's own drops (``_BulkLoad.start``),
+    binary ``COPY`` of each table's final rows, the sequences set past them,
+    the importer's own rebuild, the commit.
+    """
+    from worker.db import make_engine
+    from worker.importer import _BulkLoad
+
+    empty_tables(url)
+    engine = make_engine(url)
+    timings: dict[str, float] = {}
+
+    @contextmanager
+    def timed(phase: str):
+        started = time.perf_counter()
+        yield
+        timings[phase] = time.perf_counter() - started
+
+    try:
+        started = time.perf_counter()
+        with engine.begin() as connection:
+            bulk = _BulkLoad.start(connection)
+            if bulk is None:
+                raise SystemExit("the floor needs an empty fleet, and mailboxes is not empty")
+            cursor = connection.connection.driver_connection.cursor()
+            for table in FLEET_TABLES:
+                with timed(table), cursor.copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
+                    with files[table].open("rb") as file:
+                        while block := file.read(1 << 20):
+                            copy.write(block)
+                connection.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table} HAVING max(id) > 0"
+                )
+            with timed("rebuild"):
+                bulk.rebuild(connection, lambda phase: contextlib.nullcontext())
+        seconds = time.perf_counter() - started
+    finally:
+        engine.dispose()
+    return {"seconds": seconds, "timings": {phase: round(value, 2) for phase, value in timings.items()}}
+
+
 def run_import(url: str, path: Path) -> dict:
     """The import in a child process (``--child``); its own timing and peak RSS."""
     result = subprocess.run(
@@ -277,6 +353,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2, help="timed COPY/import pairs (medians are reported)")
     parser.add_argument("--csv", type=Path, help="keep the generated file here (reused if it exists)")
+    parser.add_argument(
+        "--floor-rounds",
+        type=int,
+        default=2,
+        help="timed COPY/database-floor pairs after the imports (0: no floor)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -309,6 +391,17 @@ def main() -> None:
         reimport = run_import(args.database_url, path)
         log(f"re-import over the imported fleet (every row an update): {reimport['seconds']:.2f} s")
         log(f"re-import phases (s) {json.dumps(reimport['timings'])}")
+        floors, floor_copy_times = [], []
+        if args.floor_rounds > 0:
+            files = dump_fleet(args.database_url, Path(scratch))
+        for round_number in range(1, args.floor_rounds + 1):
+            floor_copy_times.append(copy_baseline(args.database_url, path))
+            floors.append(database_floor(args.database_url, files))
+            log(
+                f"floor round {round_number}: COPY {floor_copy_times[-1]:.2f} s,"
+                f" the fleet's final rows written back {floors[-1]['seconds']:.2f} s"
+                f" (ratio {floors[-1]['seconds'] / floor_copy_times[-1]:.2f}) {json.dumps(floors[-1]['timings'])}"
+            )
     if any(result["created"] != args.rows for result in imports) or reimport["updated"] != args.rows:
         raise SystemExit(f"the import did not write {args.rows} rows: {imports} {reimport}")
 
@@ -329,7 +422,28 @@ def main() -> None:
         "target_ratio": TARGET_RATIO,
         "target_met": ratio <= TARGET_RATIO,
     }
+    if floors:
+        summary.update(floor_summary(floors, floor_copy_times, imports))
     print(json.dumps(summary))
+
+
+def floor_summary(floors: list[dict], copy_times: list[float], imports: list[dict]) -> dict:
+    """The database's floor as a ratio to its own COPYs, and the best ratio an import could reach with this checking."""
+    copy_seconds = statistics.median(copy_times)
+    floor_seconds = statistics.median(result["seconds"] for result in floors)
+    rebuild_seconds = statistics.median(result["timings"]["rebuild"] for result in floors)
+    checking_cpu = statistics.median(result["timings"]["checking_cpu"] for result in imports)
+    cores = os.cpu_count() or 1
+    best_seconds = (checking_cpu + floor_seconds - rebuild_seconds) / cores + rebuild_seconds
+    return {
+        "floor_copy_seconds": round(copy_seconds, 2),
+        "floor_seconds": round(floor_seconds, 2),
+        "floor_rebuild_seconds": round(rebuild_seconds, 2),
+        "floor_ratio": round(floor_seconds / copy_seconds, 2),
+        "checking_cpu_seconds": round(checking_cpu, 2),
+        "cores": cores,
+        "best_ratio_with_this_checking": round(best_seconds / copy_seconds, 2),
+    }
 
 
 if __name__ == "__main__":
