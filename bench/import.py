@@ -1,6 +1,6 @@
 """Import of a big CSV file against PostgreSQL ``COPY`` of the same file into a bare table.
 
-    .venv/bin/python bench/import.py --rows 1000000 \
+    .venv/bin/python bench/import.py --mailboxes 1000000 \
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench_import
 
 Generates a valid CSV with the import's columns (deterministic: a mix of
@@ -344,7 +344,14 @@ def child(url: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--mailboxes",
+        "--rows",
+        dest="rows",
+        type=int,
+        default=1_000_000,
+        help="the file's rows, one mailbox each (--rows is the older name)",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -409,6 +416,7 @@ def main() -> None:
     ratio = import_seconds / copy_seconds
     children_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     summary = {
+        "mailboxes": args.rows,
         "rows": args.rows,
         "rounds": args.rounds,
         "copy_seconds": round(copy_seconds, 2),
