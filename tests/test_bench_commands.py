@@ -23,20 +23,14 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench.databases import psycopg_url
 from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _psycopg_url(url: str, database: str | None = None) -> str:
-    url = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        url = url.set(database=database)
-    return url.render_as_string(hide_password=False)
-
-
 def _drop_database(url: str) -> None:
-    with psycopg.connect(_psycopg_url(url, database="postgres"), autocommit=True) as admin:
+    with psycopg.connect(psycopg_url(url, database="postgres"), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
 
@@ -66,7 +60,7 @@ def _run(*command: str, timeout: float = 300) -> dict:
 
 
 def _count(url: str, sql: str) -> int:
-    with psycopg.connect(_psycopg_url(url)) as connection:
+    with psycopg.connect(psycopg_url(url)) as connection:
         return connection.execute(sql).fetchone()[0]
 
 
