@@ -8,9 +8,12 @@
 #
 # Seeds PostgreSQL (a database whose name contains "bench"; default pec_bench_link) with N
 # renewable mailboxes unless it already holds N, signs K real links with the project's
-# LinkSigner, starts both apps with `gunicorn -c python:worker.web.gunicorn_conf`, then
-# alternates wrk runs (baseline, app, baseline, app, ...) of the same length and
-# connections.  --workers/--threads/--worker-class override gunicorn_conf for both apps alike.
+# LinkSigner, starts the apps with `gunicorn -c python:worker.web.gunicorn_conf`, then
+# alternates wrk runs (baseline, read floor, app, baseline, read floor, app, ...) of the same
+# length and connections.  The read floor (bench/link_handler_baseline.py, create_app(read=True))
+# is the bare route plus the link page's own read of the mailbox, and nothing else: read_floor_ratio
+# (read floor / baseline) is the most any page that reads the mailbox could reach here.
+# --workers/--threads/--worker-class override gunicorn_conf for every app alike.
 # --profile DIR records the app's gunicorn workers with py-spy during the first app run: the first
 # worker's every thread (DIR/app-worker.txt), the second's GIL holder only (DIR/app-worker-gil.txt).
 # Progress goes to stderr; the last line of stdout is the JSON summary (ratio = app / baseline).
@@ -36,6 +39,7 @@ rounds=2
 wrk_threads=$(nproc)
 app_port=8101
 baseline_port=8102
+read_floor_port=8103
 profile=""
 gunicorn_args=()
 while [ $# -gt 0 ]; do
@@ -51,6 +55,7 @@ while [ $# -gt 0 ]; do
         --worker-class) gunicorn_args+=(--worker-class "$2"); shift 2 ;;
         --app-port) app_port=$2; shift 2 ;;
         --baseline-port) baseline_port=$2; shift 2 ;;
+        --read-floor-port) read_floor_port=$2; shift 2 ;;
         --profile) profile=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
@@ -83,12 +88,16 @@ pids+=("$app_pid")
     --pythonpath bench 'link_handler_baseline:create_app()' >"$work/baseline.log" 2>&1 &
 baseline_pid=$!
 pids+=("$baseline_pid")
+"$GUNICORN" -c python:worker.web.gunicorn_conf --bind "127.0.0.1:$read_floor_port" ${gunicorn_args[@]+"${gunicorn_args[@]}"} \
+    --pythonpath bench 'link_handler_baseline:create_app(read=True)' >"$work/read-floor.log" 2>&1 &
+read_floor_pid=$!
+pids+=("$read_floor_pid")
 
 # Both must answer 200 to a real link before anything is measured.
-"$PYTHON" - "$app_port" "$baseline_port" "$first_path" <<'EOF' || { cat "$work/app.log" "$work/baseline.log" >&2; exit 1; }
+"$PYTHON" - "$app_port" "$baseline_port" "$read_floor_port" "$first_path" <<'EOF' || { cat "$work/app.log" "$work/baseline.log" "$work/read-floor.log" >&2; exit 1; }
 import sys, time, urllib.request, urllib.error
-app_port, baseline_port, path = sys.argv[1:]
-for port in (app_port, baseline_port):
+app_port, baseline_port, read_floor_port, path = sys.argv[1:]
+for port in (app_port, baseline_port, read_floor_port):
     for attempt in range(300):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
@@ -103,6 +112,8 @@ for port in (app_port, baseline_port):
         sys.exit(f"port {port}: gunicorn did not start")
     if port == app_port and "casella" not in body:
         sys.exit("the app's link page does not show the mailbox")
+    if port == read_floor_port and not body.rstrip().endswith("renewable"):
+        sys.exit(f"the read floor did not read the mailbox: {body!r}")
 EOF
 
 cpu_ticks() {  # the CPU time (user + system, in clock ticks) of a gunicorn master and its workers so far
@@ -134,15 +145,19 @@ run_wrk() {  # port, output file, duration, gunicorn master pid (its CPU goes to
     echo $(($(db_cpu_ticks) - db_before)) >"$2.dbcpu"
 }
 
-echo "warming up both apps..." >&2
+echo "warming up the apps..." >&2
 run_wrk "$baseline_port" "$work/warm-baseline.txt" 3s "$baseline_pid"
+run_wrk "$read_floor_port" "$work/warm-read-floor.txt" 3s "$read_floor_pid"
 run_wrk "$app_port" "$work/warm-app.txt" 3s "$app_pid"
 
 baseline_runs=()
+read_floor_runs=()
 app_runs=()
 for round in $(seq 1 "$rounds"); do
     run_wrk "$baseline_port" "$work/baseline-$round.txt" "$duration" "$baseline_pid"
     baseline_runs+=("$work/baseline-$round.txt")
+    run_wrk "$read_floor_port" "$work/read-floor-$round.txt" "$duration" "$read_floor_pid"
+    read_floor_runs+=("$work/read-floor-$round.txt")
     if [ -n "$profile" ] && [ "$round" = 1 ]; then
         mkdir -p "$profile"
         py_spy=${PY_SPY:-$(dirname "$PYTHON")/py-spy}
@@ -163,10 +178,12 @@ for round in $(seq 1 "$rounds"); do
     app_runs+=("$work/app-$round.txt")
     if [ -n "$profile" ] && [ "$round" = 1 ]; then for pid in "${spy_pids[@]}"; do wait "$pid" || true; done; fi
     echo "round $round: baseline $(grep Requests/sec "$work/baseline-$round.txt" | awk '{print $2}') req/s," \
+        "read floor $(grep Requests/sec "$work/read-floor-$round.txt" | awk '{print $2}') req/s," \
         "app $(grep Requests/sec "$work/app-$round.txt" | awk '{print $2}') req/s" >&2
 done
 
 workers=$("$PYTHON" -c 'import worker.web.gunicorn_conf as c; print(c.workers, c.worker_class, c.threads)')
 extra=$("$PYTHON" -c 'import json, sys; print(json.dumps({"mailboxes": int(sys.argv[1]), "links": int(sys.argv[2]), "duration": sys.argv[3], "connections": int(sys.argv[4]), "rounds": int(sys.argv[5]), "gunicorn_conf": sys.argv[6], "gunicorn_overrides": sys.argv[7]}))' \
     "$mailboxes" "$links" "$duration" "$connections" "$rounds" "$workers" "${gunicorn_args[*]:-}")
-"$PYTHON" bench/link_handler_tool.py summary --baseline "${baseline_runs[@]}" --app "${app_runs[@]}" --extra "$extra"
+"$PYTHON" bench/link_handler_tool.py summary --baseline "${baseline_runs[@]}" --read-floor "${read_floor_runs[@]}" \
+    --app "${app_runs[@]}" --extra "$extra"

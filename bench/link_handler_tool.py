@@ -1,7 +1,7 @@
 """The Python half of ``bench/link_handler.sh``: seed the database and sign links; summarise wrk's output.
 
     link_handler_tool.py seed --database-url URL --mailboxes N --links K --lua PATH
-    link_handler_tool.py summary --baseline RUN... --app RUN...
+    link_handler_tool.py summary --baseline RUN... [--read-floor RUN...] --app RUN...
     link_handler_tool.py profile DIR/app-worker-gil.txt
 
 ``seed`` fills the benchmark database (its name must contain ``bench``) with
@@ -186,6 +186,7 @@ def main() -> None:
     summary = commands.add_parser("summary")
     summary.add_argument("--baseline", type=Path, nargs="+", required=True)
     summary.add_argument("--app", type=Path, nargs="+", required=True)
+    summary.add_argument("--read-floor", type=Path, nargs="+", default=[], help="runs of the bare route plus the read")
     summary.add_argument("--extra", default="{}", help="JSON merged into the summary (the run's settings)")
     profile = commands.add_parser("profile", help="inclusive shares of a py-spy raw profile (--profile DIR)")
     profile.add_argument("path", type=Path)
@@ -202,6 +203,7 @@ def main() -> None:
         print(write_links(args.database_url, args.links, args.lua))
         return
     baseline, app = summarise(args.baseline), summarise(args.app)
+    sides = {"baseline": baseline, "app": app}
     result = json.loads(args.extra)
     result.update(
         baseline=baseline,
@@ -210,6 +212,12 @@ def main() -> None:
         app_p99_ms=app["p99_ms"],
         baseline_p99_ms=baseline["p99_ms"],
     )
+    if args.read_floor:
+        # The bare route plus the page's read: the most a page that reads the mailbox could reach,
+        # and how much of the rest the page itself costs.
+        read_floor = sides["read_floor"] = result["read_floor"] = summarise(args.read_floor)
+        result["read_floor_ratio"] = round(read_floor["requests_per_second"] / baseline["requests_per_second"], 3)
+        result["app_to_read_floor"] = round(app["requests_per_second"] / read_floor["requests_per_second"], 3)
     if "cpu_ms_per_request" in app and "cpu_ms_per_request" in baseline:
         # Baseline CPU per request / app CPU per request: the ratio CPU alone would allow.
         result["cpu_ratio"] = round(baseline["cpu_ms_per_request"] / app["cpu_ms_per_request"], 3)
@@ -222,7 +230,7 @@ def main() -> None:
             )
     errors = [
         f"{name} round {index}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors"
-        for name, runs in (("baseline", baseline), ("app", app))
+        for name, runs in sides.items()
         for index, r in enumerate(runs["rounds"], 1)
         if r["non_2xx"] or r["socket_errors"]
     ]

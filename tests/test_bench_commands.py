@@ -134,12 +134,15 @@ def test_link_handler(bench_database):
     summary = _run(
         "bench/link_handler.sh", "--mailboxes", "2000", "--links", "50", "--duration", "1s", "--rounds", "1",
         "--connections", "4", "--database-url", bench_database,
-        "--app-port", str(_free_port()), "--baseline-port", str(_free_port()),
+        "--app-port", str(_free_port()), "--baseline-port", str(_free_port()), "--read-floor-port", str(_free_port()),
     )  # fmt: skip
     assert summary["mailboxes"] == 2000 and summary["links"] == 50
     assert summary["errors"] == []
-    for side in ("app", "baseline"):
+    for side in ("app", "baseline", "read_floor"):
         assert summary[side]["requests_per_second"] > 0
         assert summary[side]["rounds"][0]["non_2xx"] == summary[side]["rounds"][0]["socket_errors"] == 0
-    assert summary["ratio"] > 0 and summary["app_p99_ms"] > 0
-    assert summary["app"]["db_cpu_ms_per_request"] >= 0 and summary["baseline"]["db_cpu_ms_per_request"] == 0
+    assert summary["ratio"] == pytest.approx(
+        summary["app"]["requests_per_second"] / summary["baseline"]["requests_per_second"], abs=0.002
+    )
+    assert summary["read_floor_ratio"] > 0 and summary["app_to_read_floor"] > 0
+    assert summary["app_p99_ms"] > 0 and summary["app"]["db_cpu_ms_per_request"] > 0
