@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
