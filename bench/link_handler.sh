@@ -93,7 +93,7 @@ pids+=("$baseline_pid")
 read_floor_pid=$!
 pids+=("$read_floor_pid")
 
-# Both must answer 200 to a real link before anything is measured.
+# Each must answer 200 to a real link before anything is measured.
 "$PYTHON" - "$app_port" "$baseline_port" "$read_floor_port" "$first_path" <<'EOF' || { cat "$work/app.log" "$work/baseline.log" "$work/read-floor.log" >&2; exit 1; }
 import sys, time, urllib.request, urllib.error
 app_port, baseline_port, read_floor_port, path = sys.argv[1:]
