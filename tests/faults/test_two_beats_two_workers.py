@@ -58,7 +58,7 @@ def manual_notices(mailbox_id: int, expires_on: date) -> list[tuple[int, date, s
     """The ledger keys of a manual mailbox scanned every day from FIRST_DAY to LAST_DAY.
 
     The first scan sends the most urgent stage already come (the earlier ones are
-    passed over); then every stage falling inside the 30 days is sent on its date.
+    superseded); then every stage falling inside the 30 days is sent on its date.
     """
     dated = sorted((stage.on(expires_on), stage.name) for stage in STAGES)
     come = [name for on, name in dated if on <= FIRST_DAY]
