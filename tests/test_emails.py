@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import os
 import re
+import subprocess
+import sys
 from datetime import date, datetime, timedelta, timezone
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
+import time_machine
 
 from worker.emails import (
     KINDS,
@@ -30,6 +35,7 @@ SECRET_KEYS = ["old-key-0123456789abcdef0123456789abcdef", "new-key-0123456789ab
 HOSTILE_NAME = "<script>alert(1)</script>"
 STAGE_FOR = {"expiry-notice": "-2m", "expired-notice": "+30d", "domain-expiry-notice": "-1m"}
 LINK_RE = re.compile(re.escape(BASE_URL) + r"/rinnova/([A-Za-z0-9_.\-]+)")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -395,9 +401,43 @@ def test_non_ascii_subjects_encode_without_splitting_a_character(renderer, holde
     assert holder_domain in rendered.subject
 
 
-def test_the_output_is_deterministic(renderer):
-    rendered = render(renderer, count=3)
-    assert rendered.as_bytes() == rendered.as_bytes()
+def render_every_notice() -> bytes:
+    """Every notice kind in both languages for three mailboxes, with its Message-ID from its ledger keys,
+    rendered by a new renderer at ``NOW`` (also the signing time of the links: itsdangerous reads the clock)."""
+    renderer = EmailRenderer(mail_from=MAIL_FROM, signer=LinkSigner(SECRET_KEYS, BASE_URL, max_age_days=200))
+    emails = []
+    with time_machine.travel(NOW, tick=False):
+        for kind, stage in STAGE_FOR.items():
+            keys = [(mailbox["id"], mailbox["expires_on"], stage) for mailbox in mailboxes(3, kind=kind)]
+            message_id = message_id_for(keys, "pec-provider.example.it")
+            for language in LANGUAGES:
+                emails.append(render(renderer, kind, language=language, count=3, message_id=message_id).as_bytes())
+    return b"".join(emails)
+
+
+#: A new interpreter that renders and writes the bytes to its standard output.
+RENDER_IN_A_NEW_PROCESS = (
+    "import sys; from tests.test_emails import render_every_notice; sys.stdout.buffer.write(render_every_notice())"
+)
+
+
+def test_the_output_is_the_same_in_two_processes():
+    """Rendered twice here and once in each of two new processes (each with its own string hashes):
+    the same bytes, so nothing in a message (boundary, Message-ID, links, order of parts) depends
+    on the process that renders it."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-c", RENDER_IN_A_NEW_PROCESS], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        outputs.append(done.stdout)
+    here = render_every_notice()
+    assert here.count(b"\r\nMessage-ID: <") == len(STAGE_FOR) * len(LANGUAGES)
+    assert render_every_notice() == here
+    assert outputs[0] == here
+    assert outputs[1] == here
 
 
 @pytest.mark.parametrize(

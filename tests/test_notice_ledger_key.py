@@ -1,0 +1,149 @@
+"""The ledger's unique key (mailbox, expiry cycle, stage): a notice is written once, whoever writes it.
+
+Mailboxes are locked per batch, so two scans over the same mailboxes normally
+wait for each other (tests/test_daily_job.py).  The key is what holds when two
+writers have both decided a notice is due before either has written it: the
+second insert of the same key fails and its whole batch (outbox message
+included) is rolled back.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timezone
+
+import psycopg
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tests.factories import make_mailbox
+from worker import migrate, notices
+from worker.db import make_engine, make_session_factory
+from worker.models import NoticeLedgerEntry, OutboxMessage
+from worker.schedule import DEFAULT_STAGES
+
+EXPIRES = date(2027, 3, 31)
+TODAY = date(2027, 3, 24)  # -7d
+NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
+MAIL_DOMAIN = "pec-provider.example"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_database(request, tmp_path):
+    """A session factory on the test PostgreSQL database, then on a new SQLite file, both migrated."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("session_factory")
+        return
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def ledger_row(mailbox_id: int, *, cycle: date = EXPIRES, stage: str = "-7d") -> dict:
+    return {
+        "mailbox_id": mailbox_id,
+        "cycle_expires_on": cycle,
+        "stage": stage,
+        "kind": "expiry-notice",
+        "business_date": TODAY,
+    }
+
+
+def counts(factory) -> tuple[int, int]:
+    """(ledger rows, outbox messages)."""
+    with factory() as session:
+        return (
+            session.scalar(select(func.count()).select_from(NoticeLedgerEntry)),
+            session.scalar(select(func.count()).select_from(OutboxMessage)),
+        )
+
+
+def test_a_second_insert_of_the_same_mailbox_cycle_and_stage_fails(any_database):
+    factory = any_database
+    with factory() as session, session.begin():
+        mailbox_id = make_mailbox(session, expires_on=EXPIRES).id
+        session.execute(insert(NoticeLedgerEntry), [ledger_row(mailbox_id)])
+    with factory() as session, pytest.raises(IntegrityError, match="uq_notice_ledger_key|UNIQUE constraint failed"):
+        with session.begin():
+            session.execute(insert(NoticeLedgerEntry), [ledger_row(mailbox_id)])
+    # Another stage, or the same stage of another cycle, is another notice.
+    with factory() as session, session.begin():
+        session.execute(
+            insert(NoticeLedgerEntry),
+            [ledger_row(mailbox_id, stage="-1d"), ledger_row(mailbox_id, cycle=date(2028, 3, 31))],
+        )
+    assert counts(factory) == (3, 0)
+
+
+def scan_writes(factory, monkeypatch, batches: list[list[int]]) -> list[tuple]:
+    """What the scan decides to write for each batch (its writer's arguments), each decided with nothing written yet."""
+    captured: list[tuple] = []
+
+    def capture(session, outbox_rows, ledger_rows, moves, today):
+        captured.append((outbox_rows, ledger_rows, moves, today))
+        return []
+
+    with monkeypatch.context() as patch:
+        patch.setattr(notices, "_write_batch_postgresql", capture)
+        patch.setattr(notices, "_write_batch", capture)
+        for mailbox_ids in batches:
+            with factory() as session:
+                notices.process_notice_batch(
+                    session, mailbox_ids, today=TODAY, stages=DEFAULT_STAGES, now=NOW, mail_domain=MAIL_DOMAIN
+                )
+                session.rollback()
+    return captured
+
+
+@pytest.mark.parametrize("writer", ["_write_batch_postgresql", "_write_batch"])
+def test_two_batches_that_both_decided_a_notice_write_it_once(session_factory, monkeypatch, writer):
+    """Two threads on PostgreSQL run the scan's batch writer at once, over the same mailbox.
+
+    One batch holds the holder's two mailboxes (one email for both), the other only the
+    first: two different outbox messages, so only the ledger's key can stop the second
+    notice for the first mailbox.  Both were decided before either was written.
+    """
+    with session_factory() as session, session.begin():
+        first = make_mailbox(session, expires_on=EXPIRES, reference_email="anna.verdi@example.it").id
+        second = make_mailbox(session, expires_on=EXPIRES, reference_email="anna.verdi@example.it").id
+    writes = scan_writes(session_factory, monkeypatch, [[first, second], [first]])
+    assert [[len(rows) for rows in ledger_rows] for _, ledger_rows, _, _ in writes] == [[2], [1]]
+    assert writes[0][0][0]["message_id"] != writes[1][0][0]["message_id"]
+
+    write = getattr(notices, writer)
+    barrier = threading.Barrier(len(writes))
+    committed: list[int] = []
+    refused: list[Exception] = []
+
+    def run(index: int) -> None:
+        outbox_rows, ledger_rows, moves, today = writes[index]
+        with session_factory() as session:
+            session.begin()
+            barrier.wait()
+            try:
+                write(session, outbox_rows, ledger_rows, moves, today)
+                session.commit()
+                committed.append(index)
+            except (IntegrityError, psycopg.IntegrityError) as error:  # the PostgreSQL writer uses psycopg's cursor
+                session.rollback()
+                refused.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(writes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    assert len(committed) == 1 and len(refused) == 1, (committed, refused)
+    assert "uq_notice_ledger_key" in str(refused[0])
+    with session_factory() as session:
+        keys = session.execute(select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.stage)).all()
+        messages = session.scalars(select(OutboxMessage.message_id)).all()
+    # One notice per mailbox, and the refused batch left no outbox message behind.
+    expected_keys = [(first, "-7d"), (second, "-7d")] if committed == [0] else [(first, "-7d")]
+    assert sorted(keys) == expected_keys
+    assert messages == [writes[committed[0]][0][0]["message_id"]]
