@@ -77,13 +77,15 @@ def format_mailbox(details: dict[str, Any]) -> str:
         lines.append("  none")
     for notice in notices:
         lines.append(
-            _wrapped(
-                f"{notice['business_date']}  {notice['kind']} {notice['stage']} (cycle {notice['cycle_expires_on']}):"
-                f" {notice['status']}" + (f" {notice['sent_at'][:16].replace('T', ' ')} UTC" if notice["sent_at"] else "")
-            )
+            _wrapped(f"{notice['business_date']}  {notice['kind']} {notice['stage']} (cycle {notice['cycle_expires_on']})")
         )
+        status = notice["status"]
+        if notice["sent_at"]:
+            status += f" {notice['sent_at'][:16].replace('T', ' ')} UTC"
         if notice["to_address"]:
-            lines.append(_wrapped(f"to {notice['to_address']}", indent="    ", hanging="      "))
+            status += f" to {notice['to_address']}"
+        lines.append(_wrapped(status, indent="    ", hanging="      "))
+        if notice["message_id"]:
             lines.append(_wrapped(f"Message-ID <{notice['message_id']}>", indent="    ", hanging="      "))
         if notice["refused_reason"]:
             lines.append(_wrapped(f"refused: {notice['refused_reason']}", indent="    ", hanging="      "))
@@ -256,6 +258,14 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
             click.echo(f"{result.order_number} was already cancelled; nothing changed")
             return
         click.echo(f"{result.order_number} cancelled (it was {result.previous_status}); a payment of it is now refused")
+        click.echo(
+            _wrapped(
+                f"note: the Rinnova link of the cycle expiring {result.cycle_expires_on} now shows this order as"
+                " cancelled; no new order can be started from that link",
+                indent="",
+                hanging="  ",
+            )
+        )
 
     @click.group("links")
     def links() -> None:

@@ -453,6 +453,8 @@ class Cancelled:
     order_number: str
     already: bool
     previous_status: str
+    #: The expiry cycle of the link the order belongs to: that link now leads to the cancelled order.
+    cycle_expires_on: date
 
 
 def cancel_order(session: Session, order_number: str) -> Cancelled:
@@ -474,7 +476,7 @@ def cancel_order(session: Session, order_number: str) -> Cancelled:
             " and the renewal it paid for is done"
         )
     if order.status == OrderStatus.CANCELLED.value:
-        return Cancelled(number, True, order.status)
+        return Cancelled(number, True, order.status, order.link_cycle)
     if order.gateway_state in UNRESOLVED_GATEWAY_STATES:
         raise DeskRefused(
             f"{number} cannot be cancelled now: its card/PayPal payment has no final answer yet"
@@ -483,7 +485,7 @@ def cancel_order(session: Session, order_number: str) -> Cancelled:
     previous = order.status
     order.status = OrderStatus.CANCELLED.value
     session.flush()
-    return Cancelled(number, False, previous)
+    return Cancelled(number, False, previous, order.link_cycle)
 
 
 # -- links issue -----------------------------------------------------------------------------------
