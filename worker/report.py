@@ -37,6 +37,8 @@ CHARGE = "charge"
 
 #: Mailboxes whose ledger and intents are read at once.
 CHUNK = 2000
+#: What the rule reads of a mailbox (:func:`worker.notices.decide_mailbox`, :func:`worker.charges.decide_for`).
+_RULE_COLUMNS = ("id", "expires_on", "domain_id", "auto_renew", "payment_method", "card_expires_on", "next_action_on")
 #: Decisions one mailbox may take in a window, at most (a safety bound: each moves a day on).
 MAX_STEPS = 400
 
@@ -114,7 +116,9 @@ def forecast_steps(
     in the ledger the next day, the scan moves ``next_action_on``, a charge
     succeeds (the cycle is over), a charge-failed starts the manual schedule.
     """
-    facts = SimpleNamespace(**dict(mailbox._mapping)) if hasattr(mailbox, "_mapping") else SimpleNamespace(**vars(mailbox))
+    # A copy whose next_action_on the forecast moves as the scan would (a row, an ORM object or any
+    # object with the columns the rule reads).
+    facts = SimpleNamespace(**{name: getattr(mailbox, name) for name in _RULE_COLUMNS})
     own_states, own_sent = _copied_states(mailbox, auto_renew_states, sent)
     state = own_states.get(mailbox.id)
     cycle_key = (mailbox.id, mailbox.expires_on)
