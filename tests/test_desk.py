@@ -285,3 +285,26 @@ def test_links_issue_refuses_domains_deleted_and_unknown_mailboxes(fleet):
     one_line_refusal(invoke(fleet, "links", "issue", ROSSI), "customer domain rossi-srl.it", "renewed with the domain")
     one_line_refusal(invoke(fleet, "links", "issue", OLD), "was deleted on 2027-01-31")
     one_line_refusal(invoke(fleet, "links", "issue", "nessuno@pec.provider.example.it"), "no mailbox")
+
+
+def test_resend_of_a_grouped_email_is_about_that_mailbox_only(env, tmp_path, smtp_server):
+    first, second = "uno@pec.provider.example.it", "due@pec.provider.example.it"
+    source = tmp_path / "studio.csv"
+    source.write_text(
+        HEADER
+        + f"{first},studio@example.it,Studio Blu,private,studio@example.it,standard,2027-03-31,,,,,\n"
+        + f"{second},studio@example.it,Studio Blu,private,studio@example.it,standard,2027-03-31,,,,,\n"
+    )
+    assert invoke(env, "import", "mailboxes", str(source)).exit_code == 0
+    assert invoke(env, "run-daily", "--date", TODAY.isoformat()).exit_code == 0
+    [grouped] = received(smtp_server)
+    assert grouped["X-PEC-Renewal-Mailboxes"] == f"{second},{first}"
+
+    assert invoke(env, "notices", "resend", first).exit_code == 0
+    assert invoke(env, "relay").output.startswith("sent 1,")
+    resent = received(smtp_server)[-1]
+    assert resent["X-PEC-Renewal-Mailboxes"] == first
+    assert resent["Message-ID"] != grouped["Message-ID"]
+    # The other mailbox's notice is still the grouped email.
+    assert show(env, second)["notices"][-1]["message_id"] == grouped["Message-ID"].strip("<>")
+    assert show(env, first)["notices"][-1]["message_id"] == resent["Message-ID"].strip("<>")
