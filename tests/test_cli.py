@@ -223,4 +223,4 @@ def test_report_forecasts_the_coming_days_and_the_last_run(tmp_path, embedded_en
     assert after["last_run"]["business_date"] == "2027-03-24" and after["last_run"]["summary"]["sent"] == 3
     assert after["outbox"] == {"sent": 3} and after["bounced_addresses"] == 0
     text = invoke(embedded_env, "report", "--date", "2027-03-25", "--days", "3").output
-    assert "Last run 2027-03-24 (finished): sent 3" in text and "expired-notice" in text
+    assert "Last run 2027-03-24 (finished): sent 3" in text and "expired" in text

@@ -275,9 +275,8 @@ def requeue_failed_messages(session, business_date: date | None = None) -> int:
 def report(ctx: click.Context, start: date | None, days: int, as_json: bool) -> None:
     """What is due in the coming days, by kind, and the failures and bounces of the last run."""
     from rich.console import Console
-    from rich.table import Table
 
-    from worker.report import build_report
+    from worker.report import build_report, print_report
 
     rt = _runtime(ctx)
     _ensure_schema(rt)
@@ -288,30 +287,7 @@ def report(ctx: click.Context, start: date | None, days: int, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(result.as_dict(), sort_keys=True))
         return
-    steps = sorted({step for counts in result.due.values() for step in counts})
-    table = Table(title=f"Due from {result.start} ({days} days)")
-    table.add_column("day")
-    for step in steps:
-        table.add_column(step, justify="right")
-    table.add_column("total", justify="right")
-    for day, counts in sorted(result.due.items()):
-        table.add_row(day.isoformat(), *(str(counts.get(step, 0)) for step in steps), str(sum(counts.values())))
-    console = Console()
-    console.print(table)
-    if result.overdue:
-        console.print(f"{result.overdue} mailboxes are overdue (their date has passed): the next run handles them first.")
-    if result.last_run is None:
-        console.print("No daily run recorded yet.")
-    else:
-        summary = result.last_run["summary"]
-        state = "finished" if result.last_run["finished"] else "NOT FINISHED"
-        console.print(
-            f"Last run {result.last_run['business_date']} ({state}): sent {summary.get('sent', '-')},"
-            f" deferred {summary.get('deferred', '-')}, bounced {summary.get('bounced', '-')},"
-            f" failed {summary.get('failed', '-')}; outbox of that day: "
-            + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
-        )
-    console.print(f"Bounced reference addresses: {result.bounced_addresses}")
+    print_report(result, Console())
 
 
 @main.command("check")
@@ -367,6 +343,10 @@ main.add_command(serve)
 
 from worker.cli_payments import payments  # noqa: E402
 main.add_command(payments)
+
+from worker.cli_desk import desk_commands  # noqa: E402
+for _desk_group in desk_commands(_ensure_schema):
+    main.add_command(_desk_group)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 
 import click
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from worker.desk import failed_without_charge_attempt
+from worker.models import ChargeIntent
 
 
 @click.group()
@@ -29,7 +34,8 @@ def charges(ctx: click.Context, as_json: bool, limit: int | None) -> None:
         click.echo(json.dumps(records, indent=None))
         return
     if not records:
-        click.echo("no sandbox charges recorded")
+        with rt.session_factory() as session:
+            click.echo(empty_record_explained(session, rt.settings.payment_gateway))
         return
     from rich.console import Console
     from rich.table import Table
@@ -54,3 +60,25 @@ def charges(ctx: click.Context, as_json: bool, limit: int | None) -> None:
             record["reference"],
         )
     Console(width=200).print(table)
+
+
+def empty_record_explained(session: Session, gateway: str) -> str:
+    """Why the sandbox recorded nothing: which gateway charges, and what became of the auto-renewals."""
+    intents = session.scalar(select(func.count()).select_from(ChargeIntent)) or 0
+    not_charged = failed_without_charge_attempt(session)
+    if gateway != "sandbox":
+        line = f"no sandbox charges recorded: the payment gateway is {gateway} (PEC_RENEWAL_PAYMENT_GATEWAY)"
+        return line + f"; its {intents} charge attempt(s) are in its own dashboard" if intents else line
+    if intents:
+        return (
+            f"no sandbox charges recorded, although this database holds {intents} charge intent(s):"
+            " they were made with another gateway (PEC_RENEWAL_PAYMENT_GATEWAY) or before the sandbox's record was emptied"
+        )
+    line = "no sandbox charges recorded: no auto-renew charge has been attempted in this database"
+    if not_charged:
+        line += (
+            f"; {not_charged} charge-failed email(s) went out without a charge attempt (the cycle reached the"
+            " worker after its charge days, or no payment method was stored): 'pec-renewal mailbox show ADDRESS'"
+            " shows each one"
+        )
+    return line

@@ -195,6 +195,67 @@ def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> l
     ).all()
 
 
+def load_decision_states(
+    session: Session, mailboxes: list[Row]
+) -> tuple[dict[int, charges.CycleState], dict[tuple[int, date], set[str]]]:
+    """What :func:`decide_mailbox` needs of the database for these mailboxes (rows with the columns of
+    ``mailboxes``): the cycle states of the auto-renew ones, and the stages in the ledger of the
+    current cycle of the others, by ``(mailbox id, expiry)``.
+
+    Each mailbox's ledger is read once: the auto-renew ones with their charge
+    intents (charges.load_cycle_states), the others here.
+    """
+    auto_renew_states = charges.load_cycle_states(session, [m for m in mailboxes if charges.is_auto_renew(m)])
+    manual_keys = {(m.id, m.expires_on) for m in mailboxes if m.id not in auto_renew_states}
+    sent: dict[tuple[int, date], set[str]] = defaultdict(set)
+    if manual_keys:
+        # By mailbox id, the cycle checked here: a (mailbox, cycle) IN list let PostgreSQL
+        # read every ledger row of the cycle's date, which on a peak day is the whole
+        # day's ledger, once per batch (1.5 s a batch at 75,000 rows; bench/daily_peak.py).
+        manual_ids = [mailbox_id for mailbox_id, _ in manual_keys]
+        if session.get_bind().dialect.name == "postgresql":
+            of_batch = NoticeLedgerEntry.mailbox_id == any_(bindparam("ids", manual_ids, type_=postgresql.ARRAY(BigInteger)))
+        else:
+            of_batch = NoticeLedgerEntry.mailbox_id.in_(manual_ids)
+        for mailbox_id, cycle, stage in session.execute(
+            select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
+                of_batch
+            )
+        ):
+            if (mailbox_id, cycle) in manual_keys:
+                sent[(mailbox_id, cycle)].add(stage)
+    return auto_renew_states, sent
+
+
+def decide_mailbox(
+    mailbox: Row,
+    auto_renew_states: dict[int, charges.CycleState],
+    sent: dict[tuple[int, date], set[str]],
+    *,
+    stages: tuple[Stage, ...],
+    today: date,
+    charge_plan: charges.ChargePlan = charges.DEFAULT_CHARGE_PLAN,
+) -> NoticeDecision | charges.AutoRenewDecision:
+    """What is due on ``today`` for one mailbox, from the states of :func:`load_decision_states`.
+
+    The one rule of "what is due on a day": the scan writes what it says, and
+    ``pec-renewal report`` forecasts with it.  An auto-renew decision with a
+    ``charge`` is work for the charge service.
+    """
+    state = auto_renew_states.get(mailbox.id)
+    if state is not None:
+        return charges.decide_for(mailbox, state, stages, today, charge_plan)
+    return decide_notice(
+        stages=stages,
+        expires_on=mailbox.expires_on,
+        on_domain=mailbox.domain_id is not None,
+        auto_renew=mailbox.auto_renew,
+        pending_since=mailbox.next_action_on,
+        today=today,
+        already_sent=frozenset(sent.get((mailbox.id, mailbox.expires_on), ())),
+    )
+
+
 def process_notice_batch(
     session: Session,
     mailbox_ids: list[int],
@@ -215,50 +276,19 @@ def process_notice_batch(
     if not mailboxes:
         return result
 
-    # Each mailbox's ledger is read once: the auto-renew ones with their charge
-    # intents (charges.load_cycle_states), the others here.
-    auto_renew_states = charges.load_cycle_states(session, [m for m in mailboxes if charges.is_auto_renew(m)])
-    manual_keys = {(m.id, m.expires_on) for m in mailboxes if m.id not in auto_renew_states}
-    sent: dict[tuple[int, date], set[str]] = defaultdict(set)
-    if manual_keys:
-        # By mailbox id, the cycle checked here: a (mailbox, cycle) IN list let PostgreSQL
-        # read every ledger row of the cycle's date, which on a peak day is the whole
-        # day's ledger, once per batch (1.5 s a batch at 75,000 rows; bench/daily_peak.py).
-        manual_ids = [mailbox_id for mailbox_id, _ in manual_keys]
-        if session.get_bind().dialect.name == "postgresql":
-            of_batch = NoticeLedgerEntry.mailbox_id == any_(bindparam("ids", manual_ids, type_=postgresql.ARRAY(BigInteger)))
-        else:
-            of_batch = NoticeLedgerEntry.mailbox_id.in_(manual_ids)
-        for mailbox_id, cycle, stage in session.execute(
-            select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
-                of_batch
-            )
-        ):
-            if (mailbox_id, cycle) in manual_keys:
-                sent[(mailbox_id, cycle)].add(stage)
+    auto_renew_states, sent = load_decision_states(session, mailboxes)
 
     # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
     groups: dict[tuple[str, str, str, str, int], list[Row]] = defaultdict(list)
     moves: list[tuple[int, date | None]] = []
     for mailbox in mailboxes:
         result.examined += 1
-        if mailbox.id in auto_renew_states:
-            decision = charges.decide_for(mailbox, auto_renew_states[mailbox.id], stages, today, charge_plan)
-            if decision.charge is not None:
-                # Left due (next_action_on unchanged): the charge service claims it.
-                result.charges_due.append(mailbox.id)
-                result.skipped["charge-due"] += 1
-                continue
-        else:
-            decision = decide_notice(
-                stages=stages,
-                expires_on=mailbox.expires_on,
-                on_domain=mailbox.domain_id is not None,
-                auto_renew=mailbox.auto_renew,
-                pending_since=mailbox.next_action_on,
-                today=today,
-                already_sent=frozenset(sent[(mailbox.id, mailbox.expires_on)]),
-            )
+        decision = decide_mailbox(mailbox, auto_renew_states, sent, stages=stages, today=today, charge_plan=charge_plan)
+        if isinstance(decision, charges.AutoRenewDecision) and decision.charge is not None:
+            # Left due (next_action_on unchanged): the charge service claims it.
+            result.charges_due.append(mailbox.id)
+            result.skipped["charge-due"] += 1
+            continue
         moves.append((mailbox.id, decision.next_action_on))
         if decision.stage is None:
             result.skipped[decision.skip_reason] += 1

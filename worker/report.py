@@ -1,26 +1,66 @@
 """``pec-renewal report``: what is due in the coming days, and how the last run went.
 
 The forecast reads only mailboxes whose ``next_action_on`` falls in the window
-(an index range, like the scan) and names every step each one has in the
-window with the same pure rules the scan uses, assuming no renewal, no
-decline and no retry happens meanwhile.
+(an index range, like the scan) with the state the scan reads (the ledger of
+the current cycle, the charge intents), and decides each day with the scan's
+own rule (:func:`worker.notices.decide_mailbox`).  Its first day is therefore
+exactly what ``run-daily --dry-run`` of that day lists; the later days assume
+that nothing else happens meanwhile: no renewal, and every charge succeeds
+(a charge-failed is followed, as the job follows it, by the manual schedule).
+
+Every figure counts mailboxes.  ``charge`` counts the auto-renew mailboxes
+with charge work that day (a charge, a retry, a lookup of a lost answer, or
+the charge-failed email): the dry run's ``charges_due``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from types import SimpleNamespace
+from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker import charges, schedule
+from worker import charges
 from worker.models import BouncedAddress, DailyRun, Mailbox, OutboxMessage
-from worker.notices import DOMAIN_EXPIRY_NOTICE, EXPIRED_NOTICE, EXPIRY_NOTICE
+from worker.notices import decide_mailbox, load_decision_states
 from worker.schedule import Stage
 
 CHARGE = "charge"
+
+#: Mailboxes whose ledger and intents are read at once.
+CHUNK = 2000
+#: What the rule reads of a mailbox (:func:`worker.notices.decide_mailbox`, :func:`worker.charges.decide_for`).
+_RULE_COLUMNS = ("id", "expires_on", "domain_id", "auto_renew", "payment_method", "card_expires_on", "next_action_on")
+#: Decisions one mailbox may take in a window, at most (a safety bound: each moves a day on).
+MAX_STEPS = 400
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the job does for one mailbox on ``day``: an email (``kind``, ``stage``) or ``charge`` work."""
+
+    day: date
+    step: str  # an email kind, or CHARGE
+    stage: str | None = None  # the email's stage
+    action: str | None = None  # for CHARGE: charges.CHARGE, charges.RECONCILE or charges.FAIL
+    attempt: int | None = None  # for charges.CHARGE
+
+    def describe(self) -> str:
+        if self.step != CHARGE:
+            return f"{self.step} {self.stage}"
+        if self.action == charges.FAIL:
+            return "charge-failed email and an unpaid renewal order (no charge)"
+        if self.action == charges.RECONCILE:
+            return f"look up the unresolved charge (attempt {self.attempt})"
+        return f"charge (attempt {self.attempt})"
 
 
 @dataclass
@@ -46,58 +86,99 @@ class Report:
         }
 
 
-def next_step(
+def _copied_states(
+    mailbox: Any,
+    auto_renew_states: dict[int, charges.CycleState],
+    sent: dict[tuple[int, date], set[str]],
+) -> tuple[dict[int, charges.CycleState], dict[tuple[int, date], set[str]]]:
+    """One mailbox's states, copied: the forecast adds what it assumes is sent without touching the caller's."""
+    state = auto_renew_states.get(mailbox.id)
+    own_states = {} if state is None else {mailbox.id: charges.CycleState(state.sent, state.failed_on, list(state.intents))}
+    key = (mailbox.id, mailbox.expires_on)
+    return own_states, {key: set(sent.get(key, ()))}
+
+
+def forecast_steps(
+    mailbox: Any,
+    auto_renew_states: dict[int, charges.CycleState],
+    sent: dict[tuple[int, date], set[str]],
     *,
     stages: tuple[Stage, ...],
     plan: charges.ChargePlan,
-    expires_on: date,
-    on_domain: bool,
-    auto_renew: bool,
-    day: date,
-) -> str | None:
-    """What the job will do for a mailbox on ``day`` (its next action date), by the pure rules."""
-    if schedule.mailbox_state(expires_on, day) is schedule.MailboxState.DELETED:
-        return None
-    if auto_renew and not on_domain:
-        if day >= charges.charge_on(expires_on, plan):
-            return CHARGE
-        if day >= plan.notice_stage.on(expires_on):
-            return charges.CHARGE_NOTICE
-        return charges.CARD_EXPIRING
-    stage = schedule.due_stage(stages, expires_on, day)
-    if stage is None:
-        return None
-    if on_domain:
-        return DOMAIN_EXPIRY_NOTICE
-    return EXPIRED_NOTICE if stage.after_expiry else EXPIRY_NOTICE
-
-
-def steps_in_window(
-    *,
-    stages: tuple[Stage, ...],
-    plan: charges.ChargePlan,
-    expires_on: date,
-    on_domain: bool,
-    auto_renew: bool,
     first_day: date,
     last_day: date,
-) -> list[tuple[date, str]]:
-    """Every step of one mailbox from ``first_day`` (its next action) to ``last_day``."""
-    facts = dict(stages=stages, plan=plan, expires_on=expires_on, on_domain=on_domain, auto_renew=auto_renew)
-    steps = []
-    first = next_step(day=first_day, **facts)
-    if first is not None:
-        steps.append((first_day, first))
-    if auto_renew and not on_domain:
-        later = [plan.notice_stage.on(expires_on), charges.charge_on(expires_on, plan)]
-    else:
-        later = [day for day, _stage in schedule.stage_dates(stages, expires_on)]
-    for day in later:
-        if first_day < day <= last_day:
-            step = next_step(day=day, **facts)
-            if step is not None:
-                steps.append((day, step))
+) -> list[Step]:
+    """Every step of one mailbox from ``first_day`` (its next action, or the window's start) to ``last_day``.
+
+    ``mailbox`` has the columns of ``mailboxes``; the states are those of
+    :func:`worker.notices.load_decision_states`.  Each day is decided with the
+    scan's rule on the state as the job would have left it: an email sent is
+    in the ledger the next day, the scan moves ``next_action_on``, a charge
+    succeeds (the cycle is over), a charge-failed starts the manual schedule.
+    """
+    # A copy whose next_action_on the forecast moves as the scan would (a row, an ORM object or any
+    # object with the columns the rule reads).
+    facts = SimpleNamespace(**{name: getattr(mailbox, name) for name in _RULE_COLUMNS})
+    own_states, own_sent = _copied_states(mailbox, auto_renew_states, sent)
+    state = own_states.get(mailbox.id)
+    cycle_key = (mailbox.id, mailbox.expires_on)
+    steps: list[Step] = []
+    day = first_day
+    for _ in range(MAX_STEPS):
+        if day > last_day:
+            break
+        decision = decide_mailbox(facts, own_states, own_sent, stages=stages, today=day, charge_plan=plan)
+        if isinstance(decision, charges.AutoRenewDecision) and decision.charge is not None:
+            steps.append(Step(day, CHARGE, action=decision.charge, attempt=decision.attempt))
+            if decision.charge != charges.FAIL:
+                break  # assumed to succeed: this cycle is over, the next starts months later
+            # The charge work sends charge-failed (under the day's stage), then follows the
+            # manual schedule: a stage due that day goes out with the next scan.
+            failed_stage = charges.day_stage(stages, facts.expires_on, day)
+            state.sent = state.sent | {(failed_stage.name, charges.CHARGE_FAILED)}
+            state.failed_on = day
+            after = decide_mailbox(facts, own_states, own_sent, stages=stages, today=day, charge_plan=plan)
+            pending = day if after.kind is not None else after.next_action_on
+        else:
+            if decision.stage is not None:
+                steps.append(Step(day, decision.kind, stage=decision.stage.name))
+                if state is not None:
+                    state.sent = state.sent | {(decision.stage.name, decision.kind)}
+                else:
+                    own_sent[cycle_key].add(decision.stage.name)
+            pending = decision.next_action_on
+        if pending is None:
+            break
+        facts.next_action_on = pending
+        day = max(pending, day + timedelta(days=1))
     return steps
+
+
+def mailbox_steps(
+    session: Session,
+    mailbox: Any,
+    *,
+    stages: tuple[Stage, ...],
+    plan: charges.ChargePlan,
+    first_day: date,
+    last_day: date,
+) -> list[Step]:
+    """:func:`forecast_steps` of one mailbox (a row or an ORM object), its state read here."""
+    auto_renew_states, sent = load_decision_states(session, [mailbox])
+    return forecast_steps(
+        mailbox, auto_renew_states, sent, stages=stages, plan=plan, first_day=first_day, last_day=last_day
+    )
+
+
+def _chunks(rows: Iterable, size: int) -> Iterable[list]:
+    chunk: list = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def build_report(
@@ -107,19 +188,17 @@ def build_report(
     end = start + timedelta(days=days - 1)
     for offset in range(days):
         report.due[start + timedelta(days=offset)] = Counter()
-    rows = session.connection().execute(
-        select(Mailbox.next_action_on, Mailbox.expires_on, Mailbox.domain_id, Mailbox.auto_renew).where(
-            Mailbox.next_action_on <= end
-        )
-    )
-    for next_on, expires_on, domain_id, auto_renew in rows:
-        if next_on < start:
-            report.overdue += 1
-        for day, step in steps_in_window(
-            stages=stages, plan=plan, expires_on=expires_on, on_domain=domain_id is not None,
-            auto_renew=bool(auto_renew), first_day=max(next_on, start), last_day=end,
-        ):  # fmt: skip
-            report.due[day][step] += 1
+    rows = session.execute(select(*Mailbox.__table__.c).where(Mailbox.next_action_on <= end).order_by(Mailbox.id)).all()
+    for chunk in _chunks(rows, CHUNK):
+        auto_renew_states, sent = load_decision_states(session, chunk)
+        for mailbox in chunk:
+            if mailbox.next_action_on < start:
+                report.overdue += 1
+            for step in forecast_steps(
+                mailbox, auto_renew_states, sent, stages=stages, plan=plan,
+                first_day=max(mailbox.next_action_on, start), last_day=end,
+            ):  # fmt: skip
+                report.due[step.day][step.step] += 1
 
     last = session.scalars(
         select(DailyRun).where(DailyRun.business_date < start + timedelta(days=1)).order_by(DailyRun.business_date.desc()).limit(1)
@@ -139,3 +218,35 @@ def build_report(
         )
     report.bounced_addresses = session.scalar(select(func.count()).select_from(BouncedAddress)) or 0
     return report
+
+
+def print_report(result: Report, console: Console) -> None:
+    """The text form: the days as rows, one column per step, readable at 80 columns.
+
+    The day column is never cut; the step names wrap at their hyphens in the header.
+    """
+    steps = sorted({step for counts in result.due.values() for step in counts})
+    table = Table(title=f"Due from {result.start} ({result.days} days), in mailboxes", box=box.SIMPLE_HEAVY)
+    table.add_column("day", no_wrap=True, min_width=10)
+    for step in steps:
+        table.add_column(step.replace("-", "\n"), justify="right")
+    table.add_column("total", justify="right")
+    for day, counts in sorted(result.due.items()):
+        table.add_row(day.isoformat(), *(str(counts.get(step, 0)) for step in steps), str(sum(counts.values())))
+    console.print(table)
+    if CHARGE in steps:
+        console.print("charge: auto-renew mailboxes with charge work (a charge, a retry, a lookup, or charge-failed).")
+    if result.overdue:
+        console.print(f"{result.overdue} mailboxes are overdue (their date has passed): the next run handles them first.")
+    if result.last_run is None:
+        console.print("No daily run recorded yet.")
+    else:
+        summary = result.last_run["summary"]
+        state = "finished" if result.last_run["finished"] else "NOT FINISHED"
+        console.print(
+            f"Last run {result.last_run['business_date']} ({state}): sent {summary.get('sent', '-')},"
+            f" deferred {summary.get('deferred', '-')}, bounced {summary.get('bounced', '-')},"
+            f" failed {summary.get('failed', '-')}; outbox of that day: "
+            + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
+        )
+    console.print(f"Bounced reference addresses: {result.bounced_addresses}")
