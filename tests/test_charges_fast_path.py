@@ -274,7 +274,8 @@ def _outbox_by_message_id(outcome: dict) -> dict:
     message_ids = {row[0]: row[1] for row in rows["outbox_messages"]}
     renamed = dict(rows)
     renamed["outbox_messages"] = [row[1:] for row in rows["outbox_messages"]]
-    renamed["notice_ledger"] = [(*row[:-1], message_ids.get(row[-1])) for row in rows["notice_ledger"]]
+    at = list(NoticeLedgerEntry.__table__.c.keys()).index("outbox_message_id")
+    renamed["notice_ledger"] = [(*row[:at], message_ids.get(row[at]), *row[at + 1 :]) for row in rows["notice_ledger"]]
     reports = [
         (summary, sorted(message_ids[i] for i in outbox_ids), emails, lines)
         for summary, outbox_ids, emails, lines in outcome["reports"]
