@@ -25,6 +25,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -37,8 +40,13 @@ from typing import Any, Literal
 
 import css_inline
 from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateNotFound, pass_context
+from sqlalchemy import Connection, Engine, create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+from worker.db import dialect_insert
 from worker.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.models import WorkerState
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 
 KINDS = (
@@ -426,25 +434,133 @@ def header_address(address: str, what: str = "address") -> str:
     return f"{local}@{domain}"
 
 
-def message_id_for(ledger_keys: Iterable[tuple[int, str, str]], domain: str) -> str:
-    """The Message-ID (without angle brackets) of the message carrying these ledger keys.
+#: The ``worker_state`` key of this installation's id (see :func:`installation_id`).
+INSTALLATION_ID_KEY = "installation_id"
+_INSTALLATION_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_RESEND_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
-    A key is ``(mailbox_id, cycle_expires_on_iso, stage)``.  The value depends
-    only on the set of keys, not on their order, so a message rebuilt from the
-    same ledger rows gets the same Message-ID and a receiver can drop a copy
-    delivered twice.
+
+@dataclass(frozen=True)
+class OrderEmail:
+    """What an order's email is about: its kind and the order's number (one email per kind and order)."""
+
+    kind: str
+    order_number: str
+
+
+LedgerKey = tuple[int, str, str]
+
+
+def message_id_for(
+    about: Iterable[LedgerKey] | OrderEmail,
+    domain: str,
+    *,
+    installation_id: str,
+    resend: int | str = 0,
+) -> str:
+    """The Message-ID (without angle brackets) of an email; the one function every writer of
+    outbox rows uses.
+
+    ``about`` is what the email is about: the ledger keys it carries, each
+    ``(mailbox_id, cycle_expires_on_iso, stage)`` (the notices and the auto-renew emails), or an
+    :class:`OrderEmail`.  ``domain`` is the domain of ``MAIL_FROM``.  The value depends on:
+
+    * ``installation_id`` (:func:`installation_id`: random, kept in the database), so two
+      installations, or one rebuilt from scratch whose ids start again from 1, never give the
+      same Message-ID to different emails;
+    * what the email is about; for ledger keys the set, not their order, so a message rebuilt
+      from the same ledger rows gets the same Message-ID and a receiver can drop a copy
+      delivered twice;
+    * ``resend``: 0 for the email itself.  A deliberate re-send of it as a new message passes
+      anything else, a counter (1, 2, …) or a nonce (``secrets.token_hex(8)``), and gets a
+      Message-ID of its own.
+
+    A retry of an outbox message does not come here: it keeps the Message-ID stored on its row.
     """
     _refuse_line_breaks(domain, "Message-ID domain")
     if not _DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"{domain!r} is not a domain for a Message-ID")
-    canonical = sorted(
-        {(int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
-         for mailbox_id, expires_on, stage in ledger_keys}
-    )  # fmt: skip
-    if not canonical:
-        raise ValueError("a message carries at least one ledger key")
-    digest = hashlib.sha256("\n".join(f"{m}|{e}|{s}" for m, e, s in canonical).encode("ascii")).hexdigest()
+    if not isinstance(installation_id, str) or not _INSTALLATION_ID_RE.fullmatch(installation_id):
+        raise ValueError(f"installation id {installation_id!r} is not 1 to 64 letters, digits, '_', '.' or '-'")
+    if isinstance(resend, bool) or not isinstance(resend, (int, str)):
+        raise ValueError(f"resend {resend!r} is not a counter or a nonce")
+    if isinstance(resend, int) and resend < 0:
+        raise ValueError(f"resend {resend!r} is negative")
+    if isinstance(resend, str) and not _RESEND_RE.fullmatch(resend):
+        raise ValueError(f"resend nonce {resend!r} is not 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    if isinstance(about, OrderEmail):
+        if about.kind not in KINDS:
+            raise ValueError(f"unknown email kind {about.kind!r}")
+        if not isinstance(about.order_number, str) or not _ORDER_NUMBER_RE.fullmatch(about.order_number):
+            raise ValueError(f"order number {about.order_number!r} is not like PEC-2027-000123")
+        lines = [f"order|{about.kind}|{about.order_number}"]
+    else:
+        canonical = sorted(
+            {(int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
+             for mailbox_id, expires_on, stage in about}
+        )  # fmt: skip
+        if not canonical:
+            raise ValueError("a message carries at least one ledger key")
+        lines = [f"{m}|{e}|{s}" for m, e, s in canonical]
+    text = "\n".join([f"installation|{installation_id}", f"resend|{resend}", *lines])
+    digest = hashlib.sha256(text.encode("ascii")).hexdigest()
     return f"{digest[:32]}@{domain}"
+
+
+#: Engine -> the installation id last read through it (it never changes once created).
+_installation_ids: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+_installation_lock = threading.Lock()
+
+
+def installation_id(bind: Session | Connection | Engine) -> str:
+    """This installation's id: random (uuid4), created once and kept in ``worker_state``.
+
+    Migration 0008 creates it; a database without it (emptied by hand, say) gets one at first
+    use.  With a session or a connection it is read in that transaction, and created there if
+    missing: ``INSERT … ON CONFLICT DO NOTHING``, then read again, so processes creating it
+    at once all end with the one that was committed first.  With an engine, the value last
+    read through that engine is reused (it never changes); the first read takes a connection
+    of its own, outside the engine's pool, so a thread that holds a pooled connection never
+    waits for a second one.
+    """
+    if isinstance(bind, Engine):
+        known = _installation_ids.get(bind)
+        if known is not None:
+            return known
+        with _installation_lock:
+            known = _installation_ids.get(bind)
+            if known is None:
+                if bind.dialect.name == "sqlite":
+                    with bind.begin() as connection:
+                        known = _read_or_create_installation_id(connection)
+                else:
+                    own = create_engine(bind.url, poolclass=NullPool)
+                    try:
+                        with own.begin() as connection:
+                            known = _read_or_create_installation_id(connection)
+                    finally:
+                        own.dispose()
+                _installation_ids[bind] = known
+        return known
+    value = _read_or_create_installation_id(bind)
+    engine = bind.get_bind() if isinstance(bind, Session) else bind.engine
+    if isinstance(engine, Connection):
+        engine = engine.engine
+    _installation_ids[engine] = value
+    return value
+
+
+def _read_or_create_installation_id(executor: Session | Connection) -> str:
+    read = select(WorkerState.value).where(WorkerState.key == INSTALLATION_ID_KEY)
+    value = executor.execute(read).scalar()
+    if value is None:
+        executor.execute(
+            dialect_insert(executor, WorkerState)
+            .values(key=INSTALLATION_ID_KEY, value=uuid.uuid4().hex)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        value = executor.execute(read).scalar_one()
+    return value
 
 
 # -- What the templates see ---------------------------------------------------------------
