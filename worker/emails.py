@@ -97,6 +97,10 @@ class KindRules:
     #: Extra template variables (and checks) for this kind, from the stored context
     #: and the common variables.
     extra_context: KindContext | None = None
+    #: Whether each mailbox is a notice of its own (its own ledger row), so that a mailbox
+    #: the renderer refuses is left out and the email goes to the others.  Not for an
+    #: order's emails: their totals cover every mailbox, so one refused refuses the email.
+    mailboxes_apart: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -272,9 +276,11 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before"),
-    "expired-notice": KindRules(renewal_links=True, stages="after"),
-    "domain-expiry-notice": KindRules(renewal_links=False, stages="any", extra_context=_domain_notice_context),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "domain-expiry-notice": KindRules(
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+    ),
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
@@ -401,6 +407,33 @@ def compile_templates() -> None:
 
 # -- Checks on what reaches a header ------------------------------------------------------
 
+#: Why the renderer refused a value: the ``reason`` of a :class:`Refused`, and the ``reason``
+#: label of the refusal metrics (a short, fixed set).
+NON_ASCII_LOCAL_PART = "non-ascii-local-part"
+NOT_AN_ADDRESS = "not-an-address"
+ENCODED_WORD = "encoded-word"
+INVALID_DOMAIN = "invalid-domain"
+INVALID_DATA = "invalid-data"
+#: An email whose every mailbox was refused (each is recorded with its own reason).
+NO_MAILBOX_LEFT = "no-mailbox-left"
+
+
+class Refused(ValueError):
+    """A value the renderer refuses, with a short ``reason`` (one of the constants above).
+
+    ``mailboxes``: when every mailbox of an email was refused, each with its own reason.
+    """
+
+    def __init__(self, message: str, reason: str = INVALID_DATA, mailboxes: tuple["RefusedMailbox", ...] = ()):
+        super().__init__(message)
+        self.reason = reason
+        self.mailboxes = mailboxes
+
+
+def refusal_reason(error: ValueError) -> str:
+    """The short reason of a refusal: a :class:`Refused`'s own, else ``invalid-data``."""
+    return error.reason if isinstance(error, Refused) else INVALID_DATA
+
 
 def _refuse_line_breaks(value: str, what: str) -> str:
     if not isinstance(value, str):
@@ -416,21 +449,24 @@ def header_address(address: str, what: str = "address") -> str:
     A domain in Unicode is turned into its ASCII (IDNA) form; a local part
     outside ASCII would need SMTPUTF8 and is refused.
     """
-    _refuse_line_breaks(address, what)
+    try:
+        _refuse_line_breaks(address, what)
+    except ValueError as error:
+        raise Refused(str(error), NOT_AN_ADDRESS) from None
     if not _ADDRESS_RE.fullmatch(address):
-        raise ValueError(f"{what} {address!r} is not a single plain address")
+        raise Refused(f"{what} {address!r} is not a single plain address", NOT_AN_ADDRESS)
     if "=?" in address:
         # Legal in a local part, but a reader decodes "=?utf-8?…?=" in an
         # unstructured header (X-PEC-Renewal-Mailboxes) into any text at all.
-        raise ValueError(f"{what} {address!r} looks like an encoded word")
+        raise Refused(f"{what} {address!r} looks like an encoded word", ENCODED_WORD)
     local, _, domain = address.rpartition("@")
     if not local.isascii():
-        raise ValueError(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)")
+        raise Refused(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)", NON_ASCII_LOCAL_PART)
     if not domain.isascii():
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise ValueError(f"{what} {address!r} has an invalid domain") from None
+            raise Refused(f"{what} {address!r} has an invalid domain", INVALID_DOMAIN) from None
     return f"{local}@{domain}"
 
 
@@ -613,6 +649,30 @@ def _mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> Mail
     )
 
 
+@dataclass(frozen=True)
+class RefusedMailbox:
+    """A mailbox left out of its email because the renderer refused its data."""
+
+    #: The mailbox's id, when the stored context holds a valid one (it names its ledger row).
+    mailbox_id: int | None
+    #: The address as stored (not fit for a header: for the ledger and the logs only).
+    address: str
+    #: A short code (``non-ascii-local-part``, …) and the full explanation.
+    reason: str
+    detail: str
+
+    @classmethod
+    def of(cls, raw: Any, error: ValueError) -> "RefusedMailbox":
+        mailbox_id = raw.get("id") if isinstance(raw, Mapping) else None
+        address = raw.get("address") if isinstance(raw, Mapping) else None
+        return cls(
+            mailbox_id=mailbox_id if isinstance(mailbox_id, int) and not isinstance(mailbox_id, bool) else None,
+            address=address if isinstance(address, str) else repr(address),
+            reason=refusal_reason(error),
+            detail=str(error),
+        )
+
+
 def _common(values: Iterable[date]) -> date | None:
     distinct = set(values)
     return distinct.pop() if len(distinct) == 1 else None
@@ -644,6 +704,8 @@ class RenderedEmail:
     kind: str
     stage: str
     mailbox_addresses: tuple[str, ...]
+    #: The mailboxes of the stored context left out of this email (their data was refused).
+    refused: tuple[RefusedMailbox, ...] = ()
 
     def __post_init__(self) -> None:
         # render() checked all of these; this guards a RenderedEmail built any other way.
@@ -781,7 +843,7 @@ class EmailRenderer:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be an aware datetime")
 
-        variables = self._variables(kind, rules, parsed_stage, language, context)
+        variables, refused = self._variables(kind, rules, parsed_stage, language, context)
         subject = " ".join(self._templates[kind, "subject", language].render(variables).split())
         if not subject:
             raise ValueError(f"the {kind} subject rendered empty")
@@ -799,6 +861,7 @@ class EmailRenderer:
             kind=kind,
             stage=parsed_stage.name,
             mailbox_addresses=tuple(mailbox.address for mailbox in variables["mailboxes"]),
+            refused=refused,
         )
 
     @staticmethod
@@ -815,13 +878,27 @@ class EmailRenderer:
 
     def _variables(
         self, kind: str, rules: KindRules, stage: Stage, language: str, context: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], tuple[RefusedMailbox, ...]]:
+        """The template variables, and the mailboxes left out (``mailboxes_apart`` kinds only)."""
         if not isinstance(context, Mapping):
             raise ValueError("the context must be an object")
         raw_mailboxes = context.get("mailboxes")
         if not isinstance(raw_mailboxes, list) or not raw_mailboxes:
             raise ValueError("the context names no mailboxes")
-        mailboxes = [_mailbox_view(raw, self._signer, rules.renewal_links) for raw in raw_mailboxes]
+        mailboxes: list[MailboxView] = []
+        refused: list[RefusedMailbox] = []
+        for raw in raw_mailboxes:
+            try:
+                mailboxes.append(_mailbox_view(raw, self._signer, rules.renewal_links))
+            except ValueError as error:
+                if not rules.mailboxes_apart:
+                    raise
+                refused.append(RefusedMailbox.of(raw, error))
+        if not mailboxes:
+            # Each mailbox is recorded with its own reason; the email has nothing left to say.
+            raise Refused(
+                f"every mailbox of the email was refused; the first: {refused[0].detail}", NO_MAILBOX_LEFT, tuple(refused)
+            )
         variables: dict[str, Any] = {
             "kind": kind,
             "language": language,
@@ -841,4 +918,4 @@ class EmailRenderer:
         }
         if rules.extra_context is not None:
             variables.update(rules.extra_context(context, variables, self._signer))
-        return variables
+        return variables, tuple(refused)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker import charges, schedule
-from worker.models import BouncedAddress, DailyRun, Mailbox, OutboxMessage
+from worker.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 from worker.notices import DOMAIN_EXPIRY_NOTICE, EXPIRED_NOTICE, EXPIRY_NOTICE
 from worker.schedule import Stage
 
@@ -129,6 +129,14 @@ def build_report(
             "business_date": last.business_date.isoformat(),
             "finished": last.finished_at is not None,
             "summary": last.summary or {},
+            # Mailbox notices of that day the renderer refused (left out of their email, or the
+            # whole email refused): each ledger row says why (notice_ledger.refused_reason).
+            "refused": session.scalar(
+                select(func.count()).where(
+                    NoticeLedgerEntry.business_date == last.business_date, NoticeLedgerEntry.refused_reason.is_not(None)
+                )
+            )
+            or 0,
         }
         report.outbox = dict(
             session.execute(
