@@ -119,6 +119,22 @@ def test_a_database_without_one_gets_one_at_first_use_and_keeps_it(session_facto
     assert installation_id(session_factory.kw["bind"]) == created  # through the engine too
 
 
+def test_an_engine_reads_it_once_outside_its_pool_and_keeps_it(session_factory, database_url):
+    """The charges' fast path asks an engine: the first read takes a connection of its own (so a
+    thread holding the pool's last connection cannot wait on itself), and creates the id if missing."""
+    engine = make_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=1)
+    try:
+        with engine.connect() as held:  # the engine's only pooled connection, held meanwhile
+            held.exec_driver_sql("SELECT 1")
+            created = installation_id(engine)
+            with session_factory() as session, session.begin():
+                assert stored_id(session) == created
+                session.execute(text("UPDATE worker_state SET value = :v WHERE key = :k"), {"v": OTHER, "k": INSTALLATION_ID_KEY})
+            assert installation_id(engine) == created  # kept: the id of a database never changes
+    finally:
+        engine.dispose()
+
+
 def test_sessions_creating_it_at_once_all_get_the_one_committed(session_factory):
     """Eight transactions find no id and create one at the same moment: one wins, all read it."""
     results: list[str] = []
