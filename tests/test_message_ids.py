@@ -135,6 +135,26 @@ def test_an_engine_reads_it_once_outside_its_pool_and_keeps_it(session_factory, 
         engine.dispose()
 
 
+def test_an_id_created_by_a_dry_run_is_not_remembered(tmp_path, database_url, session_factory, smtp_server):
+    """``run-daily --dry-run`` on a database without an id creates one and rolls it back: the
+    engine must not go on naming emails with it."""
+    engine = make_engine(database_url)
+    runtime = smtp_runtime(tmp_path, database_url, make_session_factory(engine), smtp_server)
+    try:
+        with runtime.session_factory() as session, session.begin():
+            make_mailbox(session, expires_on=DAY)
+        with time_machine.travel(at_morning(DAY), tick=False):
+            assert sum(scan_day(runtime, DAY, dry_run=True).emails.values()) == 1
+        with session_factory() as session:
+            assert stored_id(session) is None
+        kept = installation_id(engine)
+        with session_factory() as session:
+            assert stored_id(session) == kept
+    finally:
+        runtime.close()
+        engine.dispose()
+
+
 def test_sessions_creating_it_at_once_all_get_the_one_committed(session_factory):
     """Eight transactions find no id and create one at the same moment: one wins, all read it."""
     results: list[str] = []

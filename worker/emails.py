@@ -557,7 +557,8 @@ def installation_id(bind: Session | Connection | Engine) -> str:
     at once all end with the one that was committed first.  With an engine, the value last
     read through that engine is reused (it never changes); the first read takes a connection
     of its own, outside the engine's pool, so a thread that holds a pooled connection never
-    waits for a second one.
+    waits for a second one.  An id read through a session is remembered for its engine; one
+    created in a session is not, until it has been read committed.
     """
     if isinstance(bind, Engine):
         known = _installation_ids.get(bind)
@@ -568,35 +569,40 @@ def installation_id(bind: Session | Connection | Engine) -> str:
             if known is None:
                 if bind.dialect.name == "sqlite":
                     with bind.begin() as connection:
-                        known = _read_or_create_installation_id(connection)
+                        known, _created = _read_or_create_installation_id(connection)
                 else:
                     own = create_engine(bind.url, poolclass=NullPool)
                     try:
                         with own.begin() as connection:
-                            known = _read_or_create_installation_id(connection)
+                            known, _created = _read_or_create_installation_id(connection)
                     finally:
                         own.dispose()
                 _installation_ids[bind] = known
         return known
-    value = _read_or_create_installation_id(bind)
+    value, created = _read_or_create_installation_id(bind)
     engine = bind.get_bind() if isinstance(bind, Session) else bind.engine
-    if isinstance(engine, Connection):
-        engine = engine.engine
-    _installation_ids[engine] = value
+    engine = engine.engine if isinstance(engine, Connection) else engine
+    if created:
+        # Not committed yet (a dry run rolls it back): the engine reads it again when it needs it,
+        # and waits for this transaction to end if it reads meanwhile.
+        _installation_ids.pop(engine, None)
+    else:
+        _installation_ids[engine] = value
     return value
 
 
-def _read_or_create_installation_id(executor: Session | Connection) -> str:
+def _read_or_create_installation_id(executor: Session | Connection) -> tuple[str, bool]:
+    """The stored id, and whether this transaction created it."""
     read = select(WorkerState.value).where(WorkerState.key == INSTALLATION_ID_KEY)
     value = executor.execute(read).scalar()
-    if value is None:
-        executor.execute(
-            dialect_insert(executor, WorkerState)
-            .values(key=INSTALLATION_ID_KEY, value=uuid.uuid4().hex)
-            .on_conflict_do_nothing(index_elements=["key"])
-        )
-        value = executor.execute(read).scalar_one()
-    return value
+    if value is not None:
+        return value, False
+    executor.execute(
+        dialect_insert(executor, WorkerState)
+        .values(key=INSTALLATION_ID_KEY, value=uuid.uuid4().hex)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    return executor.execute(read).scalar_one(), True
 
 
 # -- What the templates see ---------------------------------------------------------------
