@@ -311,7 +311,7 @@ def bare_context(mailbox_id: int) -> tuple[str, str, dict]:
             }
         ],
     }
-    message_id = message_id_for([(mailbox_id, PEAK_EXPIRY.isoformat(), STAGE)], "pec-provider.example")
+    message_id = message_id_for([(mailbox_id, PEAK_EXPIRY.isoformat(), STAGE)], "pec-provider.example", installation_id="bench")
     return f"titolare{mailbox_id}@example.it", message_id, context
 
 

@@ -25,9 +25,9 @@ from tests.factories import make_mailbox
 from tests.test_charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_notice_sent
 from worker import charges, migrate
 from worker.db import make_engine, make_session_factory, psycopg_engine
-from worker.emails import message_id_for
+from worker.emails import INSTALLATION_ID_KEY, installation_id, message_id_for
 from worker.gateways.sandbox import SandboxGateway
-from worker.models import Base, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.models import Base, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
 from worker.runtime import Runtime
 
 #: What the charges write (and what they read, for the mailboxes).
@@ -44,6 +44,8 @@ TABLES = (
 )
 #: Random by design (the order's URL id).
 RANDOM_COLUMNS = {("renewal_orders", "public_id")}
+#: Each database is its own installation: the runs compared share this one, so their Message-IDs agree.
+INSTALLATION = "c0ffee0123456789abcdef0123456789"
 
 
 class ChangingGateway:
@@ -95,6 +97,8 @@ def _seed(session_factory) -> dict[str, int]:
     }
     ids = {}
     with session_factory() as session, session.begin():
+        session.merge(WorkerState(key=INSTALLATION_ID_KEY, value=INSTALLATION))
+        assert installation_id(session) == INSTALLATION  # and what an engine read before is forgotten
         for number, (name, case) in enumerate(cases.items()):
             mailbox = make_mailbox(
                 session,
@@ -139,7 +143,8 @@ def _seed(session_factory) -> dict[str, int]:
         session.add(
             OutboxMessage(
                 message_id=message_id_for(
-                    [(ids["message_id_taken"], EXPIRES.isoformat(), "-5d")], "pec-provider.example"
+                    [(ids["message_id_taken"], EXPIRES.isoformat(), "-5d")], "pec-provider.example",
+                    installation_id=INSTALLATION,
                 ),
                 kind="charge-succeeded", stage="-5d", language="it", to_address="someone@example.it",
                 business_date=CHARGE_DAY, context={}, status=OutboxStatus.PENDING.value, attempts=0,
@@ -274,7 +279,8 @@ def _outbox_by_message_id(outcome: dict) -> dict:
     message_ids = {row[0]: row[1] for row in rows["outbox_messages"]}
     renamed = dict(rows)
     renamed["outbox_messages"] = [row[1:] for row in rows["outbox_messages"]]
-    renamed["notice_ledger"] = [(*row[:-1], message_ids.get(row[-1])) for row in rows["notice_ledger"]]
+    at = list(NoticeLedgerEntry.__table__.c.keys()).index("outbox_message_id")
+    renamed["notice_ledger"] = [(*row[:at], message_ids.get(row[at]), *row[at + 1 :]) for row in rows["notice_ledger"]]
     reports = [
         (summary, sorted(message_ids[i] for i in outbox_ids), emails, lines)
         for summary, outbox_ids, emails, lines in outcome["reports"]

@@ -32,6 +32,7 @@ BASE_URL = "https://rinnovi.example.it"
 MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example.it>"
 NOW = datetime(2027, 1, 31, 6, 0, tzinfo=timezone(timedelta(hours=1)))
 SECRET_KEYS = ["old-key-0123456789abcdef0123456789abcdef", "new-key-0123456789abcdef0123456789abcdef"]
+INSTALLATION = "5f0c6a1e9b2d4c7e8a3f1b0d2e4c6a8b"
 HOSTILE_NAME = "<script>alert(1)</script>"
 STAGE_FOR = {"expiry-notice": "-2m", "expired-notice": "+30d", "domain-expiry-notice": "-1m"}
 LINK_RE = re.compile(re.escape(BASE_URL) + r"/rinnova/([A-Za-z0-9_.\-]+)")
@@ -337,31 +338,34 @@ def test_unicode_sender_name_and_domain_are_encoded(signer):
 
 def test_message_id_is_stable_across_key_order():
     keys = [(101, "2027-03-31", "-2m"), (102, "2027-03-31", "-2m"), (103, "2027-03-30", "-2m")]
-    first = message_id_for(keys, "pec-provider.example.it")
-    assert message_id_for(list(reversed(keys)), "pec-provider.example.it") == first
-    assert message_id_for([keys[1], keys[2], keys[0]], "pec-provider.example.it") == first
+    first = message_id_for(keys, "pec-provider.example.it", installation_id=INSTALLATION)
+    assert message_id_for(list(reversed(keys)), "pec-provider.example.it", installation_id=INSTALLATION) == first
+    assert message_id_for([keys[1], keys[2], keys[0]], "pec-provider.example.it", installation_id=INSTALLATION) == first
     assert re.fullmatch(r"[0-9a-f]{32}@pec-provider\.example\.it", first)
 
 
 def test_message_id_differs_for_other_keys():
-    base = message_id_for([(101, "2027-03-31", "-2m")], "example.it")
-    assert message_id_for([(101, "2027-03-31", "-1m")], "example.it") != base
-    assert message_id_for([(102, "2027-03-31", "-2m")], "example.it") != base
-    assert message_id_for([(101, "2028-03-31", "-2m")], "example.it") != base
-    assert message_id_for([(101, "2027-03-31", "-2m"), (102, "2027-03-31", "-2m")], "example.it") != base
+    base = message_id_for([(101, "2027-03-31", "-2m")], "example.it", installation_id=INSTALLATION)
+    assert message_id_for([(101, "2027-03-31", "-1m")], "example.it", installation_id=INSTALLATION) != base
+    assert message_id_for([(102, "2027-03-31", "-2m")], "example.it", installation_id=INSTALLATION) != base
+    assert message_id_for([(101, "2028-03-31", "-2m")], "example.it", installation_id=INSTALLATION) != base
+    both = [(101, "2027-03-31", "-2m"), (102, "2027-03-31", "-2m")]
+    assert message_id_for(both, "example.it", installation_id=INSTALLATION) != base
 
 
 def test_message_id_refuses_bad_input():
     with pytest.raises(ValueError):
-        message_id_for([], "example.it")
+        message_id_for([], "example.it", installation_id=INSTALLATION)
     with pytest.raises(ValueError):
-        message_id_for([(1, "2027-03-31", "-2m")], "example.it\r\nX: y")
+        message_id_for([(1, "2027-03-31", "-2m")], "example.it\r\nX: y", installation_id=INSTALLATION)
     with pytest.raises(ValueError):
-        message_id_for([(1, "2027-02-30", "-2m")], "example.it")
+        message_id_for([(1, "2027-02-30", "-2m")], "example.it", installation_id=INSTALLATION)
 
 
 def test_rendered_message_id_is_used_as_given(renderer):
-    message_id = message_id_for([(102, "2027-03-31", "-2m"), (101, "2027-03-31", "-2m")], "pec-provider.example.it")
+    message_id = message_id_for(
+        [(102, "2027-03-31", "-2m"), (101, "2027-03-31", "-2m")], "pec-provider.example.it", installation_id=INSTALLATION
+    )
     rendered = render(renderer, count=2, message_id=message_id)
     assert parse(rendered.as_bytes())["Message-ID"] == f"<{message_id}>"
 

@@ -10,7 +10,7 @@ from tests.factories import make_mailbox
 from worker import migrate
 from worker.db import make_engine, make_session_factory
 from worker.models import Mailbox, WorkerState
-from worker.emails import message_id_for
+from worker.emails import installation_id, message_id_for
 from worker.notices import (
     SCAN_LEASE,
     claim_daily_run,
@@ -255,7 +255,7 @@ def _batch_outcome(factory, today: date) -> dict:
             members = [mailbox["id"] for mailbox in row.context["mailboxes"]]
             keys = [(member, cycle.isoformat(), row.stage) for member, cycle in
                     session.execute(select(Mailbox.id, Mailbox.expires_on).where(Mailbox.id.in_(members)))]  # fmt: skip
-            assert row.message_id == message_id_for(keys, "pec-provider.example")
+            assert row.message_id == message_id_for(keys, "pec-provider.example", installation_id=installation_id(session))
             name_of[row.id] = tuple(address_of[member] for member in members)
         outbox = sorted(
             (name_of[row.id], row.kind, row.stage, row.language, row.to_address, row.business_date,

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from worker import pricing, schedule
 from worker.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
-from worker.emails import message_id_for
+from worker.emails import installation_id, message_id_for
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
 from worker.models import ChargeIntent, ChargeStatus, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 from worker.schedule import Stage
@@ -342,7 +342,7 @@ def queue_mailbox_email(
     outbox_id = session.scalar(
         dialect_insert(session, OutboxMessage)
         .values(
-            message_id=message_id_for([(mailbox.id, cycle_expires_on.isoformat(), stage.name)], mail_domain),
+            message_id=message_id_for([(mailbox.id, cycle_expires_on.isoformat(), stage.name)], mail_domain, installation_id=installation_id(session)),
             kind=kind,
             stage=stage.name,
             language=mailbox.language,
@@ -1067,7 +1067,7 @@ def _record_success_fast(
             _FAST_RECORD,
             (
                 answer.outcome.value, reference, answer.decline_code, now, intent.id,
-                message_id_for([(mailbox.id, old.isoformat(), stage.name)], day.mail_domain), CHARGE_SUCCEEDED,
+                message_id_for([(mailbox.id, old.isoformat(), stage.name)], day.mail_domain, installation_id=installation_id(engine)), CHARGE_SUCCEEDED,
                 stage.name, mailbox.language, mailbox.reference_email.lower(), today, json.dumps(context),
                 OutboxStatus.PENDING.value, unused_stage,
                 mailbox.id, old, new, next_action_on,

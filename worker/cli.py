@@ -50,16 +50,48 @@ def _parse_date(_ctx, _param, value: str | None) -> date | None:
 
 
 class _Commands(click.Group):
-    """Turns an unreachable database into one clear line instead of a traceback."""
+    """Turns a database that cannot be reached, or goes away at any point of a command (mid-delivery
+    included), into one clear line and exit 1 instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
-        from sqlalchemy.exc import OperationalError
-
         try:
             return super().invoke(ctx)
-        except OperationalError as error:
-            reason = " ".join(str(error.orig).split()) if error.orig is not None else type(error).__name__
-            _fail(f"cannot use the database: {reason[:300]} (is it running? 'pec-renewal check' probes every service)", 1)
+        except Exception as error:
+            reason = self.database_lost(error)
+            if reason is None:
+                raise
+            _fail(
+                f"cannot use the database: {reason[:300]} (is it running? 'pec-renewal check' probes every service;"
+                " once it is back, run the command again: nothing done is lost)",
+                1,
+            )
+
+    @staticmethod
+    def database_lost(error: BaseException) -> str | None:
+        """Why the database could not be used, if that is what ``error`` (or the error it was
+        raised from, or while handling) comes down to; None for any other error.
+
+        That is SQLAlchemy's ``OperationalError`` and ``InterfaceError`` (a refused or lost
+        connection, a disconnect during a commit), any of its DBAPI errors that invalidated the
+        connection, and psycopg's own two, where the relay and the charges use psycopg directly.
+        Other database errors (a constraint, a bad statement) are bugs and keep their traceback.
+        """
+        import psycopg
+        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, DBAPIError) and (
+                isinstance(current, (OperationalError, InterfaceError)) or current.connection_invalidated
+            ):
+                cause = current.orig if current.orig is not None else current
+                return " ".join(str(cause).split()) or type(cause).__name__
+            if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
+                return " ".join(str(current).split()) or type(current).__name__
+            current = current.__cause__ or current.__context__
+        return None
 
 
 @click.group(cls=_Commands)

@@ -18,7 +18,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from worker import charges, pricing, schedule
-from worker.emails import message_id_for
+from worker.emails import installation_id, message_id_for
 from worker.gateways import describe_payment_method, mask_token
 from worker.links import LinkSigner
 from worker.models import (
@@ -82,18 +82,13 @@ def _iso(value: date | datetime | None) -> str | None:
 
 
 def refused_reason(entry: NoticeLedgerEntry) -> str | None:
-    """Why the renderer left this mailbox out of its email, or None.
-
-    The one place that reads ``notice_ledger.refused_reason`` (a TEXT column,
-    NULL unless refused): until the model has it, no notice is refused.
-    """
-    return getattr(entry, "refused_reason", None)
+    """Why the renderer left this mailbox out of its email, or None."""
+    return entry.refused_reason
 
 
 def clear_refused_reason(entry: NoticeLedgerEntry) -> None:
     """A notice sent again is no longer refused (the mailbox's data was corrected first)."""
-    if hasattr(entry, "refused_reason"):
-        entry.refused_reason = None
+    entry.refused_reason = None
 
 
 def _delivery(message: OutboxMessage) -> dict[str, Any]:
@@ -281,16 +276,6 @@ def mailbox_details(
 # -- notices resend --------------------------------------------------------------------------------
 
 
-def resend_message_id(ledger_key: tuple[int, date, str], number: int, domain: str) -> str:
-    """The Message-ID of the ``number``-th deliberate re-send of the notice with this ledger key.
-
-    Distinct from the notice's own Message-ID and from every other re-send's,
-    and the same for the same ``number``, so a retry of one re-send keeps it.
-    """
-    mailbox_id, cycle, stage = ledger_key
-    return message_id_for([(mailbox_id, cycle.isoformat(), stage), (-number, cycle.isoformat(), stage)], domain)
-
-
 @dataclass(frozen=True)
 class Resent:
     address: str
@@ -361,8 +346,11 @@ def resend_latest_notice(
     ]
     if previous is not None:
         context[RESEND_OF] = previous.id
-    message_id = resend_message_id(
-        (mailbox.id, entry.cycle_expires_on, entry.stage), _resend_number(session, previous), mail_domain
+    message_id = message_id_for(
+        [(mailbox.id, entry.cycle_expires_on.isoformat(), entry.stage)],
+        mail_domain,
+        installation_id=installation_id(session),
+        resend=_resend_number(session, previous),
     )
     message = OutboxMessage(
         message_id=message_id,
@@ -546,5 +534,4 @@ __all__ = [
     "list_orders",
     "mailbox_details",
     "resend_latest_notice",
-    "resend_message_id",
 ]

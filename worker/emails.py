@@ -25,6 +25,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -37,8 +40,13 @@ from typing import Any, Literal
 
 import css_inline
 from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateNotFound, pass_context
+from sqlalchemy import Connection, Engine, create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+from worker.db import dialect_insert
 from worker.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.models import WorkerState
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 
 KINDS = (
@@ -89,6 +97,10 @@ class KindRules:
     #: Extra template variables (and checks) for this kind, from the stored context
     #: and the common variables.
     extra_context: KindContext | None = None
+    #: Whether each mailbox is a notice of its own (its own ledger row), so that a mailbox
+    #: the renderer refuses is left out and the email goes to the others.  Not for an
+    #: order's emails: their totals cover every mailbox, so one refused refuses the email.
+    mailboxes_apart: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -264,9 +276,11 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before"),
-    "expired-notice": KindRules(renewal_links=True, stages="after"),
-    "domain-expiry-notice": KindRules(renewal_links=False, stages="any", extra_context=_domain_notice_context),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "domain-expiry-notice": KindRules(
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+    ),
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
@@ -393,6 +407,33 @@ def compile_templates() -> None:
 
 # -- Checks on what reaches a header ------------------------------------------------------
 
+#: Why the renderer refused a value: the ``reason`` of a :class:`Refused`, and the ``reason``
+#: label of the refusal metrics (a short, fixed set).
+NON_ASCII_LOCAL_PART = "non-ascii-local-part"
+NOT_AN_ADDRESS = "not-an-address"
+ENCODED_WORD = "encoded-word"
+INVALID_DOMAIN = "invalid-domain"
+INVALID_DATA = "invalid-data"
+#: An email whose every mailbox was refused (each is recorded with its own reason).
+NO_MAILBOX_LEFT = "no-mailbox-left"
+
+
+class Refused(ValueError):
+    """A value the renderer refuses, with a short ``reason`` (one of the constants above).
+
+    ``mailboxes``: when every mailbox of an email was refused, each with its own reason.
+    """
+
+    def __init__(self, message: str, reason: str = INVALID_DATA, mailboxes: tuple["RefusedMailbox", ...] = ()):
+        super().__init__(message)
+        self.reason = reason
+        self.mailboxes = mailboxes
+
+
+def refusal_reason(error: ValueError) -> str:
+    """The short reason of a refusal: a :class:`Refused`'s own, else ``invalid-data``."""
+    return error.reason if isinstance(error, Refused) else INVALID_DATA
+
 
 def _refuse_line_breaks(value: str, what: str) -> str:
     if not isinstance(value, str):
@@ -408,43 +449,160 @@ def header_address(address: str, what: str = "address") -> str:
     A domain in Unicode is turned into its ASCII (IDNA) form; a local part
     outside ASCII would need SMTPUTF8 and is refused.
     """
-    _refuse_line_breaks(address, what)
+    try:
+        _refuse_line_breaks(address, what)
+    except ValueError as error:
+        raise Refused(str(error), NOT_AN_ADDRESS) from None
     if not _ADDRESS_RE.fullmatch(address):
-        raise ValueError(f"{what} {address!r} is not a single plain address")
+        raise Refused(f"{what} {address!r} is not a single plain address", NOT_AN_ADDRESS)
     if "=?" in address:
         # Legal in a local part, but a reader decodes "=?utf-8?…?=" in an
         # unstructured header (X-PEC-Renewal-Mailboxes) into any text at all.
-        raise ValueError(f"{what} {address!r} looks like an encoded word")
+        raise Refused(f"{what} {address!r} looks like an encoded word", ENCODED_WORD)
     local, _, domain = address.rpartition("@")
     if not local.isascii():
-        raise ValueError(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)")
+        raise Refused(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)", NON_ASCII_LOCAL_PART)
     if not domain.isascii():
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise ValueError(f"{what} {address!r} has an invalid domain") from None
+            raise Refused(f"{what} {address!r} has an invalid domain", INVALID_DOMAIN) from None
     return f"{local}@{domain}"
 
 
-def message_id_for(ledger_keys: Iterable[tuple[int, str, str]], domain: str) -> str:
-    """The Message-ID (without angle brackets) of the message carrying these ledger keys.
+#: The ``worker_state`` key of this installation's id (see :func:`installation_id`).
+INSTALLATION_ID_KEY = "installation_id"
+_INSTALLATION_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_RESEND_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
-    A key is ``(mailbox_id, cycle_expires_on_iso, stage)``.  The value depends
-    only on the set of keys, not on their order, so a message rebuilt from the
-    same ledger rows gets the same Message-ID and a receiver can drop a copy
-    delivered twice.
+
+@dataclass(frozen=True)
+class OrderEmail:
+    """What an order's email is about: its kind and the order's number (one email per kind and order)."""
+
+    kind: str
+    order_number: str
+
+
+LedgerKey = tuple[int, str, str]
+
+
+def message_id_for(
+    about: Iterable[LedgerKey] | OrderEmail,
+    domain: str,
+    *,
+    installation_id: str,
+    resend: int | str = 0,
+) -> str:
+    """The Message-ID (without angle brackets) of an email; the one function every writer of
+    outbox rows uses.
+
+    ``about`` is what the email is about: the ledger keys it carries, each
+    ``(mailbox_id, cycle_expires_on_iso, stage)`` (the notices and the auto-renew emails), or an
+    :class:`OrderEmail`.  ``domain`` is the domain of ``MAIL_FROM``.  The value depends on:
+
+    * ``installation_id`` (:func:`installation_id`: random, kept in the database), so two
+      installations, or one rebuilt from scratch whose ids start again from 1, never give the
+      same Message-ID to different emails;
+    * what the email is about; for ledger keys the set, not their order, so a message rebuilt
+      from the same ledger rows gets the same Message-ID and a receiver can drop a copy
+      delivered twice;
+    * ``resend``: 0 for the email itself.  A deliberate re-send of it as a new message passes
+      anything else, a counter (1, 2, …) or a nonce (``secrets.token_hex(8)``), and gets a
+      Message-ID of its own.
+
+    A retry of an outbox message does not come here: it keeps the Message-ID stored on its row.
     """
     _refuse_line_breaks(domain, "Message-ID domain")
     if not _DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"{domain!r} is not a domain for a Message-ID")
-    canonical = sorted(
-        {(int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
-         for mailbox_id, expires_on, stage in ledger_keys}
-    )  # fmt: skip
-    if not canonical:
-        raise ValueError("a message carries at least one ledger key")
-    digest = hashlib.sha256("\n".join(f"{m}|{e}|{s}" for m, e, s in canonical).encode("ascii")).hexdigest()
+    if not isinstance(installation_id, str) or not _INSTALLATION_ID_RE.fullmatch(installation_id):
+        raise ValueError(f"installation id {installation_id!r} is not 1 to 64 letters, digits, '_', '.' or '-'")
+    if isinstance(resend, bool) or not isinstance(resend, (int, str)):
+        raise ValueError(f"resend {resend!r} is not a counter or a nonce")
+    if isinstance(resend, int) and resend < 0:
+        raise ValueError(f"resend {resend!r} is negative")
+    if isinstance(resend, str) and not _RESEND_RE.fullmatch(resend):
+        raise ValueError(f"resend nonce {resend!r} is not 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    if isinstance(about, OrderEmail):
+        if about.kind not in KINDS:
+            raise ValueError(f"unknown email kind {about.kind!r}")
+        if not isinstance(about.order_number, str) or not _ORDER_NUMBER_RE.fullmatch(about.order_number):
+            raise ValueError(f"order number {about.order_number!r} is not like PEC-2027-000123")
+        lines = [f"order|{about.kind}|{about.order_number}"]
+    else:
+        canonical = sorted(
+            {(int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
+             for mailbox_id, expires_on, stage in about}
+        )  # fmt: skip
+        if not canonical:
+            raise ValueError("a message carries at least one ledger key")
+        lines = [f"{m}|{e}|{s}" for m, e, s in canonical]
+    text = "\n".join([f"installation|{installation_id}", f"resend|{resend}", *lines])
+    digest = hashlib.sha256(text.encode("ascii")).hexdigest()
     return f"{digest[:32]}@{domain}"
+
+
+#: Engine -> the installation id last read through it (it never changes once created).
+_installation_ids: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+_installation_lock = threading.Lock()
+
+
+def installation_id(bind: Session | Connection | Engine) -> str:
+    """This installation's id: random (uuid4), created once and kept in ``worker_state``.
+
+    Migration 0008 creates it; a database without it (emptied by hand, say) gets one at first
+    use.  With a session or a connection it is read in that transaction, and created there if
+    missing: ``INSERT … ON CONFLICT DO NOTHING``, then read again, so processes creating it
+    at once all end with the one that was committed first.  With an engine, the value last
+    read through that engine is reused (it never changes); the first read takes a connection
+    of its own, outside the engine's pool, so a thread that holds a pooled connection never
+    waits for a second one.  An id read through a session is remembered for its engine; one
+    created in a session is not, until it has been read committed.
+    """
+    if isinstance(bind, Engine):
+        known = _installation_ids.get(bind)
+        if known is not None:
+            return known
+        with _installation_lock:
+            known = _installation_ids.get(bind)
+            if known is None:
+                if bind.dialect.name == "sqlite":
+                    with bind.begin() as connection:
+                        known, _created = _read_or_create_installation_id(connection)
+                else:
+                    own = create_engine(bind.url, poolclass=NullPool)
+                    try:
+                        with own.begin() as connection:
+                            known, _created = _read_or_create_installation_id(connection)
+                    finally:
+                        own.dispose()
+                _installation_ids[bind] = known
+        return known
+    value, created = _read_or_create_installation_id(bind)
+    engine = bind.get_bind() if isinstance(bind, Session) else bind.engine
+    engine = engine.engine if isinstance(engine, Connection) else engine
+    if created:
+        # Not committed yet (a dry run rolls it back): the engine reads it again when it needs it,
+        # and waits for this transaction to end if it reads meanwhile.
+        _installation_ids.pop(engine, None)
+    else:
+        _installation_ids[engine] = value
+    return value
+
+
+def _read_or_create_installation_id(executor: Session | Connection) -> tuple[str, bool]:
+    """The stored id, and whether this transaction created it."""
+    read = select(WorkerState.value).where(WorkerState.key == INSTALLATION_ID_KEY)
+    value = executor.execute(read).scalar()
+    if value is not None:
+        return value, False
+    executor.execute(
+        dialect_insert(executor, WorkerState)
+        .values(key=INSTALLATION_ID_KEY, value=uuid.uuid4().hex)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    return executor.execute(read).scalar_one(), True
 
 
 # -- What the templates see ---------------------------------------------------------------
@@ -497,6 +655,30 @@ def _mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> Mail
     )
 
 
+@dataclass(frozen=True)
+class RefusedMailbox:
+    """A mailbox left out of its email because the renderer refused its data."""
+
+    #: The mailbox's id, when the stored context holds a valid one (it names its ledger row).
+    mailbox_id: int | None
+    #: The address as stored (not fit for a header: for the ledger and the logs only).
+    address: str
+    #: A short code (``non-ascii-local-part``, …) and the full explanation.
+    reason: str
+    detail: str
+
+    @classmethod
+    def of(cls, raw: Any, error: ValueError) -> "RefusedMailbox":
+        mailbox_id = raw.get("id") if isinstance(raw, Mapping) else None
+        address = raw.get("address") if isinstance(raw, Mapping) else None
+        return cls(
+            mailbox_id=mailbox_id if isinstance(mailbox_id, int) and not isinstance(mailbox_id, bool) else None,
+            address=address if isinstance(address, str) else repr(address),
+            reason=refusal_reason(error),
+            detail=str(error),
+        )
+
+
 def _common(values: Iterable[date]) -> date | None:
     distinct = set(values)
     return distinct.pop() if len(distinct) == 1 else None
@@ -528,6 +710,8 @@ class RenderedEmail:
     kind: str
     stage: str
     mailbox_addresses: tuple[str, ...]
+    #: The mailboxes of the stored context left out of this email (their data was refused).
+    refused: tuple[RefusedMailbox, ...] = ()
 
     def __post_init__(self) -> None:
         # render() checked all of these; this guards a RenderedEmail built any other way.
@@ -665,7 +849,7 @@ class EmailRenderer:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be an aware datetime")
 
-        variables = self._variables(kind, rules, parsed_stage, language, context)
+        variables, refused = self._variables(kind, rules, parsed_stage, language, context)
         subject = " ".join(self._templates[kind, "subject", language].render(variables).split())
         if not subject:
             raise ValueError(f"the {kind} subject rendered empty")
@@ -683,6 +867,7 @@ class EmailRenderer:
             kind=kind,
             stage=parsed_stage.name,
             mailbox_addresses=tuple(mailbox.address for mailbox in variables["mailboxes"]),
+            refused=refused,
         )
 
     @staticmethod
@@ -699,13 +884,27 @@ class EmailRenderer:
 
     def _variables(
         self, kind: str, rules: KindRules, stage: Stage, language: str, context: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], tuple[RefusedMailbox, ...]]:
+        """The template variables, and the mailboxes left out (``mailboxes_apart`` kinds only)."""
         if not isinstance(context, Mapping):
             raise ValueError("the context must be an object")
         raw_mailboxes = context.get("mailboxes")
         if not isinstance(raw_mailboxes, list) or not raw_mailboxes:
             raise ValueError("the context names no mailboxes")
-        mailboxes = [_mailbox_view(raw, self._signer, rules.renewal_links) for raw in raw_mailboxes]
+        mailboxes: list[MailboxView] = []
+        refused: list[RefusedMailbox] = []
+        for raw in raw_mailboxes:
+            try:
+                mailboxes.append(_mailbox_view(raw, self._signer, rules.renewal_links))
+            except ValueError as error:
+                if not rules.mailboxes_apart:
+                    raise
+                refused.append(RefusedMailbox.of(raw, error))
+        if not mailboxes:
+            # Each mailbox is recorded with its own reason; the email has nothing left to say.
+            raise Refused(
+                f"every mailbox of the email was refused; the first: {refused[0].detail}", NO_MAILBOX_LEFT, tuple(refused)
+            )
         variables: dict[str, Any] = {
             "kind": kind,
             "language": language,
@@ -725,4 +924,4 @@ class EmailRenderer:
         }
         if rules.extra_context is not None:
             variables.update(rules.extra_context(context, variables, self._signer))
-        return variables
+        return variables, tuple(refused)

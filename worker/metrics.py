@@ -58,6 +58,8 @@ class _Counters:
     charges: Counter
     gateway_calls: Counter
     at_capacity: Counter
+    notices_refused: Counter
+    emails_refused: Counter
 
 
 @cache
@@ -93,6 +95,18 @@ def counters() -> _Counters:
             " gateway_concurrency (a charge batch held more mailboxes than PEC_RENEWAL_GATEWAY_CONCURRENCY).",
             ["limit"],
         ),
+        notices_refused=Counter(
+            PREFIX + "notices_refused",
+            "Mailbox notices the renderer refused (an address that needs SMTPUTF8, say), by reason: left out"
+            " of an email that went to the other mailboxes, or in an email refused whole.",
+            ["reason"],
+        ),
+        emails_refused=Counter(
+            PREFIX + "emails_refused",
+            "Emails the renderer refused whole (the reference address, or every mailbox), by reason:"
+            " marked failed at once, never retried; also in pec_renewal_emails_failed_total.",
+            ["reason"],
+        ),
     )
 
 
@@ -112,6 +126,10 @@ def record_relay(result, *, capacity: int | None = None) -> None:
     metrics.deferred.inc(result.deferred)
     metrics.bounced.inc(result.bounced)
     metrics.failed.inc(result.failed)
+    for reason, count in result.refused.items():
+        metrics.notices_refused.labels(reason=reason).inc(count)
+    for reason, count in result.refused_emails.items():
+        metrics.emails_refused.labels(reason=reason).inc(count)
     if capacity is not None and result.handled >= capacity:
         metrics.at_capacity.labels(limit=RELAY_LIMIT).inc()
 

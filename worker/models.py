@@ -224,6 +224,10 @@ class NoticeLedgerEntry(Base):
     kind: Mapped[str] = mapped_column(String(40))
     business_date: Mapped[date] = mapped_column(Date, index=True)
     outbox_message_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"), index=True)
+    #: Set when the renderer refused this mailbox's data (its address, say): a short code, a
+    #: colon and the explanation.  The mailbox was left out of its email, or the whole email was
+    #: refused (its reference address); NULL otherwise.
+    refused_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class BouncedAddress(Base):

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import charges, schedule
 from worker.db import dialect_insert
-from worker.emails import message_id_for
+from worker.emails import installation_id, message_id_for
 from worker.models import (
     DailyRun,
     Domain,
@@ -301,13 +301,14 @@ def process_notice_batch(
 
     outbox_rows = []
     ledger_rows = []
+    installation = installation_id(session) if groups else None
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         keys = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
         holder_names = {mailbox.holder_name for mailbox in members}
         outbox_rows.append(
             {
-                "message_id": message_id_for(keys, mail_domain),
+                "message_id": message_id_for(keys, mail_domain, installation_id=installation),
                 "kind": kind,
                 "stage": stage,
                 "language": language,

@@ -34,7 +34,6 @@ with the order as a whole (wrong status, a step missing).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import weakref
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,7 @@ from sqlalchemy.orm import Session
 from config import catalogue
 from config.settings import Settings
 from worker import pricing, schedule
+from worker.emails import OrderEmail, installation_id, message_id_for
 from worker.holder_data import check_holder
 from worker.links import ACCOUNT, MAILBOX, RenewalLink
 from worker.models import (
@@ -1147,12 +1147,6 @@ def mail_domain(settings: Settings) -> str:
     return parseaddr(settings.mail_from)[1].rpartition("@")[2]
 
 
-def order_message_id(kind: str, order_number: str, domain: str) -> str:
-    """A stable Message-ID for an order's email: one per kind and order."""
-    digest = hashlib.sha256(f"{kind}|{order_number}".encode("ascii")).hexdigest()
-    return f"{digest[:32]}@{domain}"
-
-
 def _check_still_renewable(order: RenewalOrder, today: date) -> dict[str, str]:
     language = _language(order)
     errors: dict[str, str] = {}
@@ -1238,7 +1232,7 @@ def queue_order_email(
     session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
 ) -> OutboxMessage | None:
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
-    message_id = order_message_id(kind, order.order_number, mail_domain(settings))
+    message_id = message_id_for(OrderEmail(kind, order.order_number), mail_domain(settings), installation_id=installation_id(session))
     existing = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == message_id))
     if existing is not None:
         return None

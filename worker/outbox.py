@@ -12,6 +12,13 @@ each with the same Message-ID, and nothing is ever lost.
 Errors are classified: an SMTP 4xx, a timeout or a dropped connection is
 retried with exponential backoff; a 5xx marks the message and the address
 bounced and is never retried.
+
+Data the renderer refuses (an address that needs SMTPUTF8, say) never stops
+the rest of an email: a notice's mailbox that is refused is left out and the
+email goes to the others; the refused mailbox's ledger row gets the reason
+(``notice_ledger.refused_reason``).  When the email itself cannot be sent (its
+reference address is refused, or every mailbox is) the message is ``failed`` at
+once, never retried, with the reason on the message and on its ledger rows.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.db import dialect_insert
-from worker.emails import EmailRenderer
+from worker.emails import EmailRenderer, RefusedMailbox, refusal_reason
 from worker.mailers import DeliveryError, Mailer
-from worker.models import BouncedAddress, OutboxMessage, OutboxStatus
+from worker.models import BouncedAddress, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,19 @@ class RelayResult:
     sent: int = 0
     deferred: int = 0  # transient failure, retried later
     bounced: int = 0  # permanent failure (5xx)
-    failed: int = 0  # transient failures until the attempts ran out
+    failed: int = 0  # transient failures until the attempts ran out, or refused by the renderer
     errors: Counter = field(default_factory=Counter)
     sent_by_kind: Counter = field(default_factory=Counter)  # (kind, stage) -> emails sent
+    #: reason -> mailboxes whose notice the renderer refused: left out of an email that went,
+    #: or in an email refused whole (counted once, when the message's outcome is final).
+    refused: Counter = field(default_factory=Counter)
+    #: reason -> emails refused whole (their reference address, or every mailbox): also in ``failed``.
+    refused_emails: Counter = field(default_factory=Counter)
 
     def add(self, other: "RelayResult") -> None:
         self.sent_by_kind.update(other.sent_by_kind)
+        self.refused.update(other.refused)
+        self.refused_emails.update(other.refused_emails)
         self.sent += other.sent
         self.deferred += other.deferred
         self.bounced += other.bounced
@@ -228,6 +242,19 @@ class _Outcome:
     parameters: dict
     #: The server's reply when the recipient bounced: the address is recorded too.
     bounce_reply: str | None = None
+    #: ``(mailbox id, reason)`` for the message's ledger rows the renderer refused; a mailbox id
+    #: of None names every ledger row of the message.  Written with the outcome.
+    refusals: tuple[tuple[int | None, str], ...] = ()
+
+    @property
+    def needs_session(self) -> bool:
+        """Whether more than the message's own row is written (on PostgreSQL: not in a group)."""
+        return self.bounce_reply is not None or bool(self.refusals)
+
+
+#: A ledger row's ``refused_reason``: the short code, a colon and the explanation.
+def _ledger_reason(reason: str, detail: str) -> str:
+    return f"{reason}: {detail}"[:1000]
 
 
 def _write_outcomes(cursor: psycopg.RawCursor, group: list[dict]) -> None:
@@ -301,10 +328,11 @@ class OutboxRelay:
         """Send the claimed messages, committing their outcomes in groups of ``outcome_group``.
 
         On PostgreSQL a group is one ``UPDATE`` on the relay's connection in autocommit mode
-        (one round trip, one commit), written once the group is full, before a bounce, and at
-        the end of the batch, also when the batch stops on an exception.  A bounce also records
-        the address, in one transaction with its outcome.  Elsewhere each outcome is committed
-        on its own, before the next send.
+        (one round trip, one commit), written once the group is full, before a bounce or a
+        refusal, and at the end of the batch, also when the batch stops on an exception.  A
+        bounce also records the address, and a refusal its ledger rows' reason, in one
+        transaction with the outcome.  Elsewhere each outcome is committed on its own, before
+        the next send.
         """
         result = RelayResult()
         # Straight to psycopg, as a prepared statement with its own placeholders:
@@ -315,7 +343,7 @@ class OutboxRelay:
         try:
             for row in messages:
                 outcome = self._deliver_one(row, result)
-                if cursor is not None and outcome.bounce_reply is None:
+                if cursor is not None and not outcome.needs_session:
                     group.append(outcome.parameters)
                     if len(group) >= self._outcome_group:
                         _write_outcomes(cursor, group)
@@ -327,6 +355,7 @@ class OutboxRelay:
                         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                     if outcome.bounce_reply is not None:
                         self._record_bounce(session, row.to_address, outcome.parameters["o_now"], outcome.bounce_reply)
+                    self._record_refusals(session, row.id, outcome.refusals)
                     session.execute(_WRITE_OUTCOME, outcome.parameters)
         finally:
             if group:  # what was sent is recorded even when the batch stops early
@@ -360,6 +389,7 @@ class OutboxRelay:
         """Render and send one message; returns what to commit (nothing is written here)."""
         now = self._clock()
         attempts = message.attempts + 1
+        left_out: tuple[RefusedMailbox, ...] = ()
 
         def outcome(status: str, next_attempt_at=None, error: str | None = None, bounce_reply=None) -> _Outcome:
             return _Outcome(
@@ -373,6 +403,7 @@ class OutboxRelay:
                     "o_now": now,
                 },
                 bounce_reply,
+                self._left_out(message, left_out, result, final=status != OutboxStatus.PENDING.value),
             )
 
         try:
@@ -385,6 +416,7 @@ class OutboxRelay:
                 context=message.context,
                 now=now,
             )
+            left_out = email.refused
             self._mailer.send(email.sender, email.recipient, email.as_bytes())
         except DeliveryError as error:
             if error.permanent:
@@ -397,10 +429,8 @@ class OutboxRelay:
             return self._defer(outcome, attempts, now, str(error), result)
         except ValueError as error:
             # The stored data can never render (the renderer refuses it): retrying is pointless.
-            result.failed += 1
-            result.errors["invalid"] += 1
-            log.error("outbox %s refused by the renderer: %s", message.id, error)
-            return outcome(OutboxStatus.FAILED.value, error=f"refused by the renderer: {error}")
+            left_out = ()  # the whole email is refused: its own reasons say why
+            return self._refused_whole(message, error, outcome, result)
         except Exception as error:  # a template bug must not stop the other messages; retried after a fix
             result.errors["render"] += 1
             log.exception("outbox %s could not be rendered", message.id)
@@ -409,12 +439,69 @@ class OutboxRelay:
         result.sent_by_kind[(message.kind, message.stage)] += 1
         return outcome(OutboxStatus.SENT.value)
 
+    @staticmethod
+    def _left_out(
+        message: Row, left_out: tuple[RefusedMailbox, ...], result: RelayResult, *, final: bool
+    ) -> tuple[tuple[int | None, str], ...]:
+        """The ledger reasons of the mailboxes left out of this email; counted and logged when the
+        message's outcome is final (a deferred message is counted when it is sent, once)."""
+        if final:
+            for mailbox in left_out:
+                result.refused[mailbox.reason] += 1
+                log.warning(
+                    "outbox %s: mailbox %s left out of the email, refused by the renderer: %s",
+                    message.id, mailbox.mailbox_id, mailbox.detail,
+                )  # fmt: skip
+        return tuple(
+            (mailbox.mailbox_id, _ledger_reason(mailbox.reason, f"left out of the email: {mailbox.detail}"))
+            for mailbox in left_out
+            if mailbox.mailbox_id is not None
+        )
+
+    @staticmethod
+    def _refused_whole(message: Row, error: ValueError, outcome, result: RelayResult) -> _Outcome:
+        """The email cannot be sent at all (its reference address, or every mailbox, refused):
+        failed now, never retried, the reason on the message and on each of its ledger rows."""
+        reason = refusal_reason(error)
+        result.failed += 1
+        result.errors["invalid"] += 1
+        result.refused_emails[reason] += 1
+        log.error("outbox %s refused by the renderer: %s", message.id, error)
+        mailboxes = getattr(error, "mailboxes", ())
+        if mailboxes:  # every mailbox refused: each with its own reason
+            for mailbox in mailboxes:
+                result.refused[mailbox.reason] += 1
+            refusals = tuple(
+                (mailbox.mailbox_id, _ledger_reason(mailbox.reason, f"left out of the email: {mailbox.detail}"))
+                for mailbox in mailboxes
+                if mailbox.mailbox_id is not None
+            )
+        else:
+            raw_mailboxes = message.context.get("mailboxes") if isinstance(message.context, dict) else None
+            result.refused[reason] += len(raw_mailboxes) if isinstance(raw_mailboxes, list) else 0
+            refusals = ((None, _ledger_reason(reason, f"the email was refused: {error}")),)
+        failed = outcome(OutboxStatus.FAILED.value, error=f"refused by the renderer: {error}")
+        return _Outcome(failed.parameters, None, refusals)
+
     def _defer(self, outcome, attempts: int, now: datetime, error: str, result: RelayResult) -> _Outcome:
         if attempts >= self._max_attempts:
             result.failed += 1
             return outcome(OutboxStatus.FAILED.value, error=error)
         result.deferred += 1
         return outcome(OutboxStatus.PENDING.value, next_attempt_at=now + retry_delay(attempts), error=error)
+
+    @staticmethod
+    def _record_refusals(session: Session, outbox_id: int, refusals: tuple[tuple[int | None, str], ...]) -> None:
+        for mailbox_id, reason in refusals:
+            statement = (
+                update(NoticeLedgerEntry)
+                .where(NoticeLedgerEntry.outbox_message_id == outbox_id)
+                .values(refused_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
+            if mailbox_id is not None:
+                statement = statement.where(NoticeLedgerEntry.mailbox_id == mailbox_id)
+            session.execute(statement)
 
     @staticmethod
     def _record_bounce(session: Session, address: str, now: datetime, reply: str) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker import charges
-from worker.models import BouncedAddress, DailyRun, Mailbox, OutboxMessage
+from worker.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 from worker.notices import decide_mailbox, load_decision_states
 from worker.schedule import Stage
 
@@ -208,6 +208,14 @@ def build_report(
             "business_date": last.business_date.isoformat(),
             "finished": last.finished_at is not None,
             "summary": last.summary or {},
+            # Mailbox notices of that day the renderer refused (left out of their email, or the
+            # whole email refused): each ledger row says why (notice_ledger.refused_reason).
+            "refused": session.scalar(
+                select(func.count()).where(
+                    NoticeLedgerEntry.business_date == last.business_date, NoticeLedgerEntry.refused_reason.is_not(None)
+                )
+            )
+            or 0,
         }
         report.outbox = dict(
             session.execute(
@@ -246,7 +254,7 @@ def print_report(result: Report, console: Console) -> None:
         console.print(
             f"Last run {result.last_run['business_date']} ({state}): sent {summary.get('sent', '-')},"
             f" deferred {summary.get('deferred', '-')}, bounced {summary.get('bounced', '-')},"
-            f" failed {summary.get('failed', '-')}; outbox of that day: "
+            f" failed {summary.get('failed', '-')}, refused {result.last_run.get('refused', 0)}; outbox of that day: "
             + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
         )
     console.print(f"Bounced reference addresses: {result.bounced_addresses}")
