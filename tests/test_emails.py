@@ -413,7 +413,7 @@ def render_every_notice() -> bytes:
     with time_machine.travel(NOW, tick=False):
         for kind, stage in STAGE_FOR.items():
             keys = [(mailbox["id"], mailbox["expires_on"], stage) for mailbox in mailboxes(3, kind=kind)]
-            message_id = message_id_for(keys, "pec-provider.example.it")
+            message_id = message_id_for(keys, "pec-provider.example.it", installation_id=INSTALLATION)
             for language in LANGUAGES:
                 emails.append(render(renderer, kind, language=language, count=3, message_id=message_id).as_bytes())
     return b"".join(emails)
