@@ -286,8 +286,40 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "sent 1," in result.stdout, result.stdout
+    assert "warning: 1 mailbox notice(s) refused by the renderer (non-ascii-local-part 1)" in result.stdout, result.stdout
     warnings = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(entry["level"] == "WARNING" and "left out of the email" in entry["message"] for entry in warnings), result.stderr
     (message,) = [parse(m.as_bytes()) for m in maildir.Maildir(var / "mail", create=False)]
     assert header_mailboxes(message) == ["uno@pec.provider.example.it"]
     assert str(message["To"]) == "anna@example.it"
+
+
+def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, database_url, session_factory, smtp_server):
+    """Sending it again unchanged would fail again: ``outbox retry`` requeues only the others, and says how to
+    send the refused one once its data is corrected."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
+    with runtime.session_factory() as session, session.begin():
+        make_mailbox(session, expires_on=DAY, reference_email=f"ann{CYRILLIC_E}@example.it")
+        make_mailbox(session, expires_on=DAY, reference_email="bruno@example.it")
+    try:
+        with time_machine.travel(MORNING, tick=False):
+            scan_day(runtime, DAY)
+            runtime.relay.deliver_due()
+    finally:
+        runtime.close()
+    with session_factory() as session, session.begin():
+        refused = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).one()
+        other = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "sent")).one()
+        other.status, other.last_error = "failed", "SMTP 451 try again later"  # attempts ran out
+    env = {f"PEC_RENEWAL_{name.upper()}": str(value) for name, value in {
+        "database_url": database_url, "var_dir": tmp_path / "var", "secret_keys": TEST_SECRET_KEYS}.items()}
+    result = CliRunner().invoke(main, ["outbox", "retry"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "requeued 1 failed message(s)" in result.output and "notices resend ADDRESS" in result.output
+    with session_factory() as session:
+        assert session.get(OutboxMessage, refused.id).status == "failed"
+        assert session.get(OutboxMessage, other.id).status == "pending"

@@ -249,6 +249,13 @@ def _print_summary(summary) -> None:
     )
     for (kind, stage), count in sorted(delivery.sent_by_kind.items()):
         click.echo(f"    sent {kind:<22} {stage:>5}  {count} emails")
+    refused = sum(delivery.refused.values())
+    if refused:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(delivery.refused.items()))
+        click.echo(
+            f"  warning: {refused} mailbox notice(s) refused by the renderer ({reasons}):"
+            " 'pec-renewal report' and 'pec-renewal mailbox show ADDRESS' say which"
+        )
 
 
 @main.command("relay")
@@ -281,17 +288,27 @@ def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
         count = requeue_failed_messages(session, business_date)
     where = f" of {business_date}" if business_date else ""
     click.echo(f"requeued {count} failed message(s){where}; the relay sends them within a minute ('pec-renewal relay' now)")
+    click.echo(
+        "messages refused by the renderer stay failed: correct the data (re-import),"
+        " then 'pec-renewal notices resend ADDRESS'"
+    )
 
 
 def requeue_failed_messages(session, business_date: date | None = None) -> int:
     """Failed outbox messages back to pending, due now, with their attempts reset; returns how many."""
-    from sqlalchemy import update
+    from sqlalchemy import exists, update
 
-    from worker.models import OutboxMessage, OutboxStatus
+    from worker.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
     statement = (
         update(OutboxMessage)
         .where(OutboxMessage.status == OutboxStatus.FAILED.value)
+        # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
+        .where(
+            ~exists().where(
+                NoticeLedgerEntry.outbox_message_id == OutboxMessage.id, NoticeLedgerEntry.refused_reason.is_not(None)
+            )
+        )
         .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
     )
     if business_date is not None:
