@@ -93,8 +93,9 @@ def charge(session_factory, address: str, today: date, gateway=None) -> charges.
 # -- A registered payment ----------------------------------------------------------------------------
 
 
-def test_an_older_file_does_not_undo_a_registered_payment(session_factory, settings):
+def test_an_older_file_does_not_undo_a_registered_payment(any_database, settings):  # noqa: F811
     """Renewed here (bank transfer registered, Pro for 2 years): the file, exported before, keeps none of it."""
+    session_factory = any_database
     run(session_factory, make_csv(row(1)))  # standard, until 2027-03-31
     order = place_order(session_factory, settings, plan="pro", years=2, today=date(2027, 3, 1))
     register(session_factory, settings, order, date(2027, 3, 2))

@@ -1707,7 +1707,6 @@ def _sync_chunk(connection: Connection, in_chunk, sync: _Sync) -> set[int]:
             mailboxes.c.address,
             rows.c.expires_on,
             mailboxes.c.expires_on,
-            mailboxes.c.next_action_on,
             *(rows.c[name] for name in RENEWAL_COLUMNS),
             *(mailboxes.c[name] for name in RENEWAL_COLUMNS),
         )
@@ -1719,12 +1718,12 @@ def _sync_chunk(connection: Connection, in_chunk, sync: _Sync) -> set[int]:
         return set()
     width = len(RENEWAL_COLUMNS)
     renewals = _renewals_here(connection, [row[2] for row in candidates if row[4] <= row[5]])
-    #: Staged rows to write the worker's values into: with its expiry (an older row), or without.
-    older: list[dict] = []
+    #: Whether any row is older than its mailbox; the rows of a cycle renewed here.
+    older = False
     same_cycle: list[dict] = []
     renewed_elsewhere_rows: list[tuple[int, int, str, date]] = []
     conflicting: set[int] = set()
-    for seq, line, mailbox_id, address, given_expiry, expiry, next_action_on, *values in candidates:
+    for seq, line, mailbox_id, address, given_expiry, expiry, *values in candidates:
         given, held = values[:width], values[width:]
         if given_expiry > expiry:
             renewed_elsewhere_rows.append((line, mailbox_id, address, given_expiry))
@@ -1755,25 +1754,32 @@ def _sync_chunk(connection: Connection, in_chunk, sync: _Sync) -> set[int]:
                 key=lambda conflict: sync.position.get(conflict.column, len(sync.position)),
             )
         )
-        patch = {f"b_{name}": value for name, value in zip(RENEWAL_COLUMNS, held)}
-        patch["b_seq"] = seq
         if given_expiry < expiry:
-            patch["b_expires_on"] = expiry
-            patch["b_next_action_on"] = next_action_on
-            older.append(patch)
+            older = True
         else:
+            patch = {f"b_{name}": value for name, value in zip(RENEWAL_COLUMNS, held)}
+            patch["b_seq"] = seq
             same_cycle.append(patch)
-    for patches, columns in (
-        (older, ("expires_on", "next_action_on", *RENEWAL_COLUMNS)),
-        (same_cycle, RENEWAL_COLUMNS),
-    ):
-        if patches:
-            connection.execute(
-                update(rows)
-                .where(rows.c.seq == bindparam("b_seq"))
-                .values({name: bindparam(f"b_{name}", type_=rows.c[name].type) for name in columns}),
-                patches,
+    if older:
+        # Every older row keeps the worker's expiry, next action and renewal columns: one statement.
+        kept = ("expires_on", "next_action_on", *RENEWAL_COLUMNS)
+        connection.execute(
+            update(rows)
+            .where(
+                in_chunk,
+                rows.c.domain.is_(None),
+                rows.c.address == mailboxes.c.address,
+                rows.c.expires_on < mailboxes.c.expires_on,
             )
+            .values({name: mailboxes.c[name] for name in kept})
+        )
+    if same_cycle:
+        connection.execute(
+            update(rows)
+            .where(rows.c.seq == bindparam("b_seq"))
+            .values({name: bindparam(f"b_{name}", type_=rows.c[name].type) for name in RENEWAL_COLUMNS}),
+            same_cycle,
+        )
     if renewed_elsewhere_rows:
         _close_old_cycles(connection, renewed_elsewhere_rows, sync)
     return conflicting
