@@ -40,8 +40,10 @@ def the_mailbox(session, address: str = ADDRESS) -> Mailbox:
     return session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
 
 
-def place_order(session_factory, settings, *, plan: str, years: int, today: date, address: str = ADDRESS) -> RenewalOrder:
-    """An order confirmed from the mailbox's link (bank transfer), as the holder makes it on the link pages."""
+def place_order(
+    session_factory, settings, *, plan: str, years: int, today: date, address: str = ADDRESS, method: str = "bank_transfer"
+) -> RenewalOrder:
+    """An order confirmed from the mailbox's link, as the holder makes it on the link pages."""
     with session_factory() as session:
         box = the_mailbox(session, address)
         now = at(today)
@@ -49,7 +51,7 @@ def place_order(session_factory, settings, *, plan: str, years: int, today: date
         choice = MailboxChoice(box.id, plan, 0, 0, confirm_archive_deletion=True)
         orders.choose_mailboxes(session, order, [choice], today)
         orders.set_holder(session, order, orders.holder_form_data(order))
-        orders.choose_payment(session, order, "bank_transfer", years, today)
+        orders.choose_payment(session, order, method, years, today)
         orders.accept_terms(session, order, now)
         orders.confirm_order(session, order, now=now, today=today, settings=settings)
         session.commit()
@@ -140,6 +142,30 @@ def test_force_applies_the_file(session_factory, settings):
     after = mailbox(session_factory, ADDRESS)
     assert (after.expires_on, after.plan, after.renewal_years) == (date(2027, 3, 31), "standard", 1)
     assert (report.updated, report.conflicting, report.conflicts) == (1, 0, [])
+
+
+def test_auto_renew_switched_on_by_a_card_payment_here_is_kept(session_factory, settings):
+    """Paid by card here: auto-renew on with that card.  A file with the new expiry but auto-renew off keeps it on."""
+    run(session_factory, make_csv(row(1)))
+    order = place_order(session_factory, settings, plan="standard", years=1, today=date(2027, 3, 1), method="card")
+    with session_factory() as session:
+        paid = payments.pay_order_with_gateway(
+            session, SandboxGateway(session_factory), session.get(RenewalOrder, order.id), "pm_card_visa",
+            method="card", now=at(date(2027, 3, 1)), today=date(2027, 3, 1), settings=settings,
+        )  # fmt: skip
+    assert paid.succeeded
+    report = run(session_factory, make_csv(row(1, expires_on="2028-03-31", auto_renew="false", payment_method="")))
+    box = mailbox(session_factory, ADDRESS)
+    assert (box.expires_on, box.auto_renew, box.payment_method) == (date(2028, 3, 31), True, "pm_card_visa")
+    reason = f"renewed here on 2027-03-01, order {order.order_number}"
+    assert [str(conflict) for conflict in report.conflicts] == [
+        f"line 2, column auto_renew: kept true ({reason}); the file says false",
+        f"line 2, column payment_method: kept pm_…visa ({reason}); the file leaves it empty",
+    ]
+    # A file that knows of a later renewal, made elsewhere, is the newer word: auto-renew off applies.
+    report = run(session_factory, make_csv(row(1, expires_on="2029-03-31", auto_renew="false", payment_method="")))
+    box = mailbox(session_factory, ADDRESS)
+    assert (box.expires_on, box.auto_renew, box.payment_method, report.conflicts) == (date(2029, 3, 31), False, None, [])
 
 
 # -- A successful auto-renew charge --------------------------------------------------------------------
@@ -249,7 +275,7 @@ def test_a_later_expiry_closes_the_orders_of_the_old_cycle(session_factory, sett
     assert report.closed == [
         f"line 2: order {open_order.order_number} (awaiting payment) for the cycle of {ADDRESS} ending 2027-03-31"
         " cancelled: the file renews it to 2028-03-31 elsewhere",
-        "line 3: a draft order (a draft) for the cycle of user2@pec.example.it ending 2027-03-31"
+        "line 3: a draft order for the cycle of user2@pec.example.it ending 2027-03-31"
         " cancelled: the file renews it to 2028-03-31 elsewhere",
     ]
     with session_factory() as session:

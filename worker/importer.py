@@ -253,6 +253,8 @@ _PAYMENT_METHOD_RE = re.compile(r"[A-Za-z0-9_\-.]{1,200}")
 _DOMAIN_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 #: Any character that ``str.isspace`` calls a space.
 _SPACE_RE = re.compile(r"\s")
+#: The line number a warning starts with.
+_LINE_RE = re.compile(r"line ([0-9]+)")
 #: Booleans as staged: "1" and "0" read as true and false in PostgreSQL and SQLite alike.
 _BOOLEANS = {"true": "1", "false": "0"}
 # Known names, mapped to one string object each.
@@ -663,7 +665,8 @@ def _import(
 
 def _line_of(message: str) -> int:
     """N of a message that starts ``line N``."""
-    return int(message[5:].partition(",")[0].partition(":")[0])
+    match = _LINE_RE.match(message)
+    return int(match.group(1)) if match else 0
 
 
 @contextmanager
@@ -1469,9 +1472,9 @@ def _upsert_chunk(
     """Upsert the good rows ``after_seq < seq <= last_seq`` of the staging table; return what each row did.
 
     Accounts by login, domains by name, holders by (account, key), mailboxes
-    by address.  ``analyse``
-    (on PostgreSQL, for the first chunk): refresh the statistics of the tables
-    the joins read, which rows written by this transaction are missing from.
+    by address.  ``analyse`` (on PostgreSQL, for the first chunk): refresh the
+    statistics of the tables the joins read, which rows written by this
+    transaction are missing from.
     Before the mailboxes, :func:`_sync_chunk` keeps what the worker holds
     where the file is older than it (unless ``sync.force``) and closes the
     old cycles of mailboxes renewed elsewhere.
@@ -1747,6 +1750,8 @@ def _sync_chunk(connection: Connection, in_chunk, sync: _Sync) -> set[int]:
             for name, held_value, given_value in zip(RENEWAL_COLUMNS, held, given)
             if held_value != given_value
         )
+        if not kept:
+            continue
         conflicting.add(mailbox_id)
         sync.conflicts.extend(
             sorted(
@@ -1878,11 +1883,11 @@ def _close_old_cycles(connection: Connection, renewed: list[tuple[int, int, str,
                 continue
             cancelled[order_id] = line
             name = f"order {number}" if number else "a draft order"
-            state = "awaiting payment" if status == OrderStatus.AWAITING_PAYMENT.value else "a draft"
+            state = " (awaiting payment)" if status == OrderStatus.AWAITING_PAYMENT.value else ""
             notes.append(
                 (
                     line,
-                    f"line {line}: {name} ({state}) for the cycle of {address} ending {old_expires_on.isoformat()}"
+                    f"line {line}: {name}{state} for the cycle of {address} ending {old_expires_on.isoformat()}"
                     f" {done}: the file renews it to {expires_on.isoformat()} elsewhere",
                 )
             )
