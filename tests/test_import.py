@@ -490,7 +490,7 @@ def test_a_reimport_updates(session_factory):
             row(3),
         ),
     )
-    assert (second.rows, second.created, second.updated) == (3, 1, 2)
+    assert (second.rows, second.created, second.updated, second.unchanged) == (3, 1, 1, 1)
     updated = mailbox(session_factory, "user1@pec.example.it")
     assert updated.reference_email == "jr@example.it"  # the scan's copy follows the holder
     assert mailbox(session_factory, "user2@pec.example.it").reference_email == holder_of(
@@ -508,7 +508,7 @@ def test_a_reimport_of_the_same_file_changes_nothing(session_factory):
     run(session_factory, text)
     with session_factory() as session:
         before = [(m.id, m.holder_id, m.account_id, m.expires_on) for m in session.scalars(select(Mailbox).order_by(Mailbox.id))]
-    assert run(session_factory, text) == ImportReport(rows=2, created=0, updated=2, domains=0, warnings=[])
+    assert run(session_factory, text) == ImportReport(rows=2, created=0, updated=0, unchanged=2, domains=0, warnings=[])
     with session_factory() as session:
         after = [(m.id, m.holder_id, m.account_id, m.expires_on) for m in session.scalars(select(Mailbox).order_by(Mailbox.id))]
     assert after == before
@@ -621,7 +621,7 @@ def test_import_on_sqlite(tmp_path):
         text = make_csv(row(1), domain_row(2, "theirdomain.it", "2027-05-31"), row(3, holder_kind="company", vat_number=VAT, einvoice_code="0000000"))
         assert run(factory, text) == ImportReport(rows=3, created=3, updated=0, domains=1, warnings=[])
         again = make_csv(row(1, plan="pro"), domain_row(2, "theirdomain.it", "2027-06-30"), row(4))
-        assert run(factory, again) == ImportReport(rows=3, created=1, updated=2, domains=1, warnings=[])
+        assert run(factory, again) == ImportReport(rows=3, created=1, updated=2, unchanged=0, domains=1, warnings=[])
         assert mailbox(factory, "user1@pec.example.it").plan == "pro"
         box = mailbox(factory, "box2@pec.theirdomain.it")
         assert (box.expires_on, box.next_action_on) == (date(2027, 6, 30), date(2027, 3, 30))

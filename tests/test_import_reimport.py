@@ -1,4 +1,4 @@
-"""A re-import leaves unchanged mailboxes alone, and counts and moves everything else as before."""
+"""A re-import leaves unchanged mailboxes alone and counts them as unchanged; it moves everything else as before."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_an_unchanged_mailbox_is_not_rewritten(session_factory):
     run(session_factory, text_)
     before = versions(session_factory)
     changed = make_csv(row(1), row(2, plan="premium"), row(3, plan="pro"), row(4))
-    assert run(session_factory, changed) == ImportReport(rows=4, created=1, updated=3, domains=0, warnings=[])
+    assert run(session_factory, changed) == ImportReport(rows=4, created=1, updated=1, unchanged=2, domains=0, warnings=[])
     after = versions(session_factory)
     assert after["user1@pec.example.it"] == before["user1@pec.example.it"]
     assert after["user3@pec.example.it"] == before["user3@pec.example.it"]
@@ -39,7 +39,7 @@ def test_a_mailbox_the_scan_moved_on_goes_back_to_the_start_of_its_cycle(any_dat
         session.execute(
             update(Mailbox).where(Mailbox.address == "user1@pec.example.it").values(next_action_on=date(2027, 5, 1))
         )
-    assert run(factory, text_) == ImportReport(rows=2, created=0, updated=2, domains=0, warnings=[])
+    assert run(factory, text_) == ImportReport(rows=2, created=0, updated=1, unchanged=1, domains=0, warnings=[])
     assert mailbox(factory, "user1@pec.example.it").next_action_on == date(2027, 2, 28)
     with factory() as session:
         assert session.scalars(select(Mailbox.next_action_on)).all() == [date(2027, 2, 28)] * 2

@@ -142,9 +142,25 @@ def import_group() -> None:
 
 @import_group.command("mailboxes")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the file and show what it would do (new, updated, unchanged, conflicts); change nothing.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Apply the file's expiries, plans, extras and auto-renew settings even where they would move an expiry"
+    " earlier or undo a renewal made here.",
+)
 @click.pass_context
-def import_mailboxes_command(ctx: click.Context, csv_file: Path) -> None:
-    """Import (upsert by address) the mailboxes of CSV_FILE; any bad row refuses the whole file."""
+def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, force: bool) -> None:
+    """Import (upsert by address) the mailboxes of CSV_FILE; any bad row refuses the whole file.
+
+    A row older than the worker's data (an earlier expiry than the mailbox's,
+    or other renewal values for a cycle renewed here) does not undo it: the
+    worker's values are kept and listed as conflicts.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from worker.importer import ImportRefused, count_records, import_mailboxes
@@ -160,13 +176,15 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path) -> None:
         console=_stderr_console(),
         disable=total < 5000,
     ) as bar:
-        task = bar.add_task("importing", total=total * 2)
+        task = bar.add_task("checking" if dry_run else "importing", total=total * 2)
         try:
             report = import_mailboxes(
                 rt.session_factory,
                 csv_file,
                 stages=rt.settings.notice_stages,
                 progress=lambda done: bar.update(task, completed=done),
+                force=force,
+                dry_run=dry_run,
             )
         except ImportRefused as refused:
             bar.stop()
@@ -175,10 +193,18 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path) -> None:
             _fail(f"{csv_file}: {len(refused.errors)} problem(s); nothing was imported")
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(
-        f"imported {report.rows} mailboxes from {csv_file}: {report.created} new, {report.updated} updated"
-        f" ({len(report.warnings)} warning(s))"
+    for conflict in report.conflicts:
+        click.echo(f"conflict: {conflict}")
+    for closed in report.closed:
+        click.echo(f"closed: {closed}")
+    counts = (
+        f"{report.created} new, {report.updated} updated, {report.unchanged} unchanged,"
+        f" {report.conflicting} conflict(s) ({len(report.warnings)} warning(s))"
     )
+    if dry_run:
+        click.echo(f"dry run: {report.rows} mailboxes in {csv_file}: {counts}; nothing was changed")
+    else:
+        click.echo(f"imported {report.rows} mailboxes from {csv_file}: {counts}")
 
 
 @main.command("run-daily")

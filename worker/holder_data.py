@@ -14,16 +14,27 @@ Rules by holder kind:
   recipient code (``0000000`` allowed) or a PEC address;
 - ``public_administration``: an 11-digit tax code and a 6-character office
   code (codice univoco ufficio), optionally a CIG and a CUP.
+
+An email address is taken only if mail can be sent to it
+(:func:`sendable_address`, the one definition the renderer shares): an ASCII
+local part of at most 64 characters (a non-ASCII one needs SMTPUTF8, which
+the relay and the mailers do not use), at most 254 characters in all, no
+compatibility forms (full-width letters and the like) and, in each part of
+the domain, letters of one script (or Latin with Chinese, Japanese or Korean
+writing), so that a look-alike of another address is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+import idna
+import regex
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from stdnum import luhn
 from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
@@ -62,6 +73,48 @@ _SDI_CODE_RE = re.compile(r"[A-Z0-9]{7}")
 _OFFICE_CODE_RE = re.compile(r"[A-Z0-9]{6}")
 _CIG_RE = re.compile(r"[A-Z0-9]{10}")
 _CUP_RE = re.compile(r"[A-Z0-9]{15}")
+
+#: RFC 5321, 4.5.3.1: a local part of at most 64 octets, a path of at most 256 (the address and its "<>").
+LOCAL_PART_MAX = 64
+ADDRESS_MAX = 254
+#: One plain address: no space, no second @, nothing a header would read as a list, a comment or a group.
+_PLAIN_ADDRESS_RE = re.compile(r'[^\s@<>(),;:"\[\]\\]+@[^\s@<>(),;:"\[\]\\]+')
+#: The Unicode scripts, by their ISO 15924 codes (Common and Inherited left out: digits, the
+#: hyphen and combining marks go with any script).  A code the installed ``regex`` does not know
+#: (a script newer than its Unicode) is passed over: such letters count as no script.
+_SCRIPT_CODES = """
+Adlm Aghb Ahom Arab Armi Armn Avst Bali Bamu Bass Batk Beng Berf Bhks Bopo Brah Brai Bugi Buhd Cakm
+Cans Cari Cham Cher Chrs Copt Cpmn Cprt Cyrl Deva Diak Dogr Dsrt Dupl Egyp Elba Elym Ethi Gara Geor
+Glag Gong Gonm Goth Gran Grek Gujr Gukh Guru Hang Hani Hano Hatr Hebr Hira Hluw Hmng Hmnp Hung Ital
+Java Jurc Kali Kana Kawi Khar Khmr Khoj Kits Knda Krai Kthi Lana Laoo Latn Lepc Limb Lina Linb Lisu
+Lyci Lydi Mahj Maka Mand Mani Marc Medf Mend Merc Mero Miao Mlym Modi Mong Mroo Mtei Mult Mymr Nagm
+Nand Narb Nbat Newa Nkoo Nshu Ogam Olck Onao Orkh Orya Osge Osma Ougr Palm Pauc Pcun Perm Phag Phli
+Phlp Phnx Prti Rjng Rohg Runr Samr Sarb Saur Seal Sgnw Shaw Shrd Sidd Sidt Sind Sinh Sogd Sogo Sora
+Soyo Sund Sunu Sylo Syrc Tagb Takr Tale Talu Taml Tang Tavt Tayo Telu Tfng Tglg Thaa Thai Tibt Tirh
+Tnsa Todr Tols Toto Tutg Ugar Vaii Vith Wara Wcho Xpeo Xsux Yezi Yiii Zanb
+""".split()
+#: The scripts one part of a domain may mix (Unicode TS #39, "highly restrictive"): Latin with
+#: the scripts of Japanese, Chinese or Korean writing.  Any other mix is refused.
+_SCRIPT_MIXES = (
+    frozenset({"Latn", "Hani", "Hira", "Kana"}),
+    frozenset({"Latn", "Hani", "Bopo"}),
+    frozenset({"Latn", "Hani", "Hang"}),
+)
+
+
+def _script_pattern() -> regex.Pattern:
+    """One pattern whose matching group names the script of a character (no match: Common, Inherited)."""
+    groups = []
+    for code in _SCRIPT_CODES:
+        try:
+            regex.compile(rf"\p{{Script={code}}}")
+        except regex.error:
+            continue
+        groups.append(rf"(?P<{code}>\p{{Script={code}}})")
+    return regex.compile("|".join(groups))
+
+
+_SCRIPT_RE = _script_pattern()
 
 
 class HolderProblem(NamedTuple):
@@ -108,20 +161,149 @@ class HolderData:
 
 
 def normalise_email(text: str) -> str:
-    """A valid email address, lower-cased; ValueError with the reason otherwise.
+    """A valid email address that mail can be sent to, lower-cased; ValueError with the reason otherwise.
 
-    The common case, a plain ASCII address, takes a fast path that checks the
-    domain with email-validator once per domain; anything else goes through
-    email-validator whole.  Both give the same answer.
+    Valid: as email-validator says.  Sendable: as :func:`sendable_address`
+    says, for the address as given (a full-width letter, which email-validator
+    would quietly turn into a plain one, is refused) and as normalised.  The
+    common case, a plain ASCII address, takes a fast path that checks the
+    domain with email-validator once per domain (such an address is always
+    sendable); anything else goes through email-validator whole.  Both give
+    the same answer.
     """
     if "=?" in text:
         # Valid characters, but an encoded word ("=?utf-8?…?=") in our headers
         # would be decoded by mail readers into arbitrary text.
         raise ValueError(f"{text!r} is not accepted: it contains '=?', the start of an encoded word")
+    stripped = text.strip()
+    local, _, domain = stripped.rpartition("@")
+    if (
+        len(stripped) <= ADDRESS_MAX
+        and len(local) <= LOCAL_PART_MAX
+        and domain.isascii()
+        and _DOT_ATOM_RE.fullmatch(local)
+    ):
+        normalised_domain = _normalised_domain(domain)
+        if normalised_domain is not None:
+            normalised = f"{local}@{normalised_domain}".lower()
+            if not normalised_domain.isascii():  # Punycode labels ("xn--"), now in Unicode
+                _refuse_unsendable(text, normalised)
+            return normalised
     try:
-        return _normalise_email(text.strip())
+        normalised = validate_email(stripped, check_deliverability=False).normalized.lower()
     except EmailNotValidError as error:
         raise ValueError(f"{text!r} is not a valid email address: {error}") from None
+    if not stripped.isascii():
+        _refuse_unsendable(text, stripped)
+    _refuse_unsendable(text, normalised)
+    return normalised
+
+
+def _refuse_unsendable(text: str, address: str) -> None:
+    """ValueError naming ``text`` (as given) when ``address`` (a form of it) cannot be sent."""
+    problem = _send_check(address)[1]
+    if problem is not None:
+        raise ValueError(f"{text!r} cannot be sent: {problem}")
+
+
+def sendable_address(address: str) -> str:
+    """``address`` as the SMTP envelope and the message headers carry it; ValueError saying why mail cannot go to it.
+
+    The one definition of an address this worker can send to, for the import
+    and the order form (which refuse any other address at the door, through
+    :func:`normalise_email`) and for the renderer, which must not put any
+    other in a header.  It is not a full syntax check (email-validator does
+    that at the door); it refuses:
+
+    - anything but one plain address, and ``=?`` (an encoded word, which a
+      mail reader would decode into any text);
+    - a local part outside ASCII: mail to it needs SMTPUTF8 (RFC 6531), which
+      the relay and the mailers do not use, and which PEC providers' gateways
+      commonly do not offer either;
+    - a local part over 64 characters, or an address over 254 (RFC 5321) in
+      its ASCII form;
+    - a compatibility form (a character that NFKC normalisation changes, such
+      as a full-width letter);
+    - in one part of the domain (a label, Punycode decoded), letters of more
+      than one script, unless Latin with Han and Hiragana or Katakana
+      (Japanese), Bopomofo (Chinese) or Hangul (Korean).
+
+    Returns the local part as it is and the domain in its ASCII (IDNA 2008)
+    form.
+    """
+    ascii_address, problem = _send_check(address)
+    if problem is not None:
+        raise ValueError(f"{address!r} cannot be sent: {problem}")
+    assert ascii_address is not None
+    return ascii_address
+
+
+def _describe(char: str) -> str:
+    return f"{char!r} (U+{ord(char):04X} {unicodedata.name(char, 'unnamed character')})"
+
+
+@lru_cache(maxsize=65536)
+def _send_check(address: str) -> tuple[str | None, str | None]:
+    """``(the ASCII form, None)``, or ``(None, why mail cannot be sent to address)``."""
+    if not isinstance(address, str) or not _PLAIN_ADDRESS_RE.fullmatch(address):
+        return None, "it is not one plain address"
+    if "=?" in address:
+        return None, "it contains '=?', the start of an encoded word"
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        char = next(char for char in local if not char.isascii())
+        return None, (
+            f"the part before the @ has {_describe(char)}: mail to it needs SMTPUTF8,"
+            " which the relay and the mailers do not use"
+        )
+    if len(local) > LOCAL_PART_MAX:
+        return None, f"the part before the @ is {len(local)} characters long; at most {LOCAL_PART_MAX}"
+    ascii_domain = domain
+    if not domain.isascii():
+        for char in domain:
+            if not char.isascii():
+                plain = unicodedata.normalize("NFKC", char)
+                if plain != unicodedata.normalize("NFC", char):
+                    return None, (
+                        f"{_describe(char)} is a compatibility form of {plain!r}, as in a look-alike"
+                        " of another address: write it with plain letters"
+                    )
+        try:
+            ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError as error:
+            return None, f"the domain {domain!r} has no ASCII (IDNA) form: {error}"
+    for label in ascii_domain.split("."):
+        if label[:4].lower() != "xn--":
+            continue
+        try:
+            unicode_label = idna.decode(label)
+        except idna.IDNAError:
+            return None, f"the domain has {label!r}, which is not a valid internationalised name"
+        problem = _mixed_scripts(unicode_label)
+        if problem is not None:
+            return None, problem
+    if len(local) + 1 + len(ascii_domain) > ADDRESS_MAX:
+        return None, f"it is {len(local) + 1 + len(ascii_domain)} characters long in ASCII; at most {ADDRESS_MAX}"
+    return f"{local}@{ascii_domain}", None
+
+
+def _mixed_scripts(label: str) -> str | None:
+    """What is wrong with one part of a domain whose letters mix scripts (see :data:`_SCRIPT_MIXES`), or None."""
+    first: dict[str, str] = {}  # script -> its first letter in the label
+    for char in label:
+        match = _SCRIPT_RE.match(char)
+        if match is None or match.lastgroup in first:
+            continue
+        script = match.lastgroup
+        scripts = {*first, script}
+        if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
+            other = next(iter(first.values()))
+            return (
+                f"{label!r} mixes scripts: {_describe(other)} and {_describe(char)} are letters of different"
+                " scripts, as in a look-alike of another address"
+            )
+        first[script] = char
+    return None
 
 
 def _normalise_email(text: str) -> str:

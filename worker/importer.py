@@ -16,7 +16,28 @@ refused whole with :class:`ImportRefused`, listing every problem as
 line 1), and the transaction is rolled back: nothing is written, not even
 the chunks upserted before the first problem.  Re-importing a file updates
 (a mailbox whose every value is already the file's is left as it is, and
-still counted as updated).
+counted as unchanged).
+
+**The worker's own renewals win.**  The file is the provider's master data,
+which can be older than what happened here.  A row whose expiry is earlier
+than the mailbox's is older than the worker's data: its expiry and its
+renewal columns (plan, extras, auto-renew, payment method, card expiry,
+renewal years, promo: :data:`RENEWAL_COLUMNS`) are not applied, and neither
+are the renewal columns of a row with the mailbox's own expiry when that
+cycle was renewed here (a registered payment of an order, a successful
+auto-renew charge: they set the plan and extras paid for and how the
+mailbox renews).  Each value kept is reported as an :class:`ImportConflict`
+naming the line, the column, what the worker holds and why; the row's other
+columns (the holder, the reference address, the language …) are applied.
+``force=True`` applies the file anyway.  A row with a later expiry means
+the mailbox was renewed elsewhere: it is applied, and the open orders of the
+cycles before it are cancelled (their payment could only be refused now); a
+charge intent of such a cycle whose answer was never recorded (``started``,
+``unknown``) is left as it is, for the operator to look up, and reported:
+the charge work only ever charges the mailbox's current cycle, so that
+cycle is never charged again.  Mailboxes on a customer domain follow their
+domain's expiry, as before.  ``dry_run=True`` does all of it and rolls it
+back.
 
 Memory stays flat as the file grows: a row lives in this process only while
 its chunk is checked and sent; what rows must agree on is kept by the
@@ -73,6 +94,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     literal_column,
     or_,
@@ -83,10 +105,23 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker import holder_data
+from worker import holder_data, schedule
 from worker.db import dialect_insert
+from worker.gateways.base import mask_token
 from worker.holder_data import HolderData
-from worker.models import Account, Domain, Holder, Mailbox, Plan
+from worker.models import (
+    Account,
+    ChargeIntent,
+    ChargeStatus,
+    Domain,
+    Holder,
+    Mailbox,
+    OrderStatus,
+    Payment,
+    Plan,
+    RenewalOrder,
+    RenewalOrderLine,
+)
 from worker.schedule import Stage, first_action_on
 
 REQUIRED_COLUMNS = ("address", "account", "holder_name", "holder_kind", "reference_email", "plan")
@@ -119,6 +154,12 @@ MAX_STANDARD_EXTRA_SPACE_GB = 1
 PLANS_WITH_ARCHIVE = (Plan.PRO.value, Plan.PREMIUM.value)
 INT32_MAX = 2**31 - 1
 ACCOUNT_MAX = 254
+#: The years a date of the file may fall in (``expires_on``, ``domain_expires_on``,
+#: ``card_expiry``).  Outside them a date is a mistake (PEC began in 2005), and the schedule's
+#: arithmetic (three months before expiry, five years of renewal, 91 days to deletion) stays far
+#: from the calendar's ends: ``0001-01-01`` or ``9999-12-31`` would overflow it.
+FIRST_YEAR = 2000
+LAST_YEAR = 2199
 
 #: Records per chunk, and how often ``progress`` is called.  Bigger chunks
 #: are cheaper to upsert (each statement has a fixed cost); this size keeps
@@ -166,6 +207,27 @@ MAILBOX_UPDATE_COLUMNS = (
     "language",
     "next_action_on",
 )
+#: The columns a renewal sets (what was paid for, and how the mailbox renews): kept as the
+#: worker holds them when the file's row is older, or when this cycle was renewed here.
+RENEWAL_COLUMNS = (
+    "plan",
+    "extra_space_gb",
+    "extra_archive_gb",
+    "auto_renew",
+    "payment_method",
+    "card_expires_on",
+    "renewal_years",
+    "promo",
+)
+#: Staged columns whose import column has another name.
+_FILE_COLUMNS = {"card_expires_on": "card_expiry"}
+#: An order that may still be paid, and so closed when the file renews its cycle elsewhere.
+OPEN_ORDER_STATUSES = (OrderStatus.DRAFT.value, OrderStatus.AWAITING_PAYMENT.value)
+#: A charge intent whose answer was never recorded: money may have moved.
+UNRESOLVED_CHARGES = (ChargeStatus.STARTED.value, ChargeStatus.UNKNOWN.value)
+#: Mailboxes whose renewals are read in one statement.
+LOOKUP_BATCH = 1000
+
 #: Columns of a holder row, as named in the staging table.
 HOLDER_COLUMNS = (
     "name",
@@ -191,6 +253,8 @@ _PAYMENT_METHOD_RE = re.compile(r"[A-Za-z0-9_\-.]{1,200}")
 _DOMAIN_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 #: Any character that ``str.isspace`` calls a space.
 _SPACE_RE = re.compile(r"\s")
+#: The line number a warning starts with.
+_LINE_RE = re.compile(r"line ([0-9]+)")
 #: Booleans as staged: "1" and "0" read as true and false in PostgreSQL and SQLite alike.
 _BOOLEANS = {"true": "1", "false": "0"}
 # Known names, mapped to one string object each.
@@ -216,6 +280,26 @@ class ImportProblem:
         return f"line {self.line}, column {self.column}: {self.message}"
 
 
+@dataclass(frozen=True)
+class ImportConflict:
+    """A value of the file not applied: the worker's is kept.
+
+    ``str()`` is ``line N, column NAME: kept VALUE (why); the file says VALUE``.
+    """
+
+    line: int
+    column: str
+    #: The worker's value, kept.
+    kept: str
+    #: Why it is kept: the renewal made here, or the later expiry an earlier import gave.
+    reason: str
+    #: What the file says, as a phrase (``the file says …``).
+    given: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}, column {self.column}: kept {self.kept} ({self.reason}); {self.given}"
+
+
 class ImportRefused(Exception):
     """The file has problems; nothing was written.  ``errors`` lists them all, in file order."""
 
@@ -226,11 +310,27 @@ class ImportRefused(Exception):
 
 @dataclass
 class ImportReport:
+    """What an import did (or, for a dry run, would do).
+
+    Every good row is counted once: ``created`` (new), ``updated`` (a value
+    changed), ``unchanged`` (every value already the file's) or
+    ``conflicting`` (a value kept as the worker holds it, listed in
+    ``conflicts``; the row's other values may have been applied).
+    """
+
     rows: int = 0
     created: int = 0
     updated: int = 0
     domains: int = 0
     warnings: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    #: Rows with at least one value kept as the worker holds it.
+    conflicting: int = 0
+    #: Every value kept, by line and column.
+    conflicts: list[ImportConflict] = field(default_factory=list)
+    #: Orders cancelled because the file renews their cycle elsewhere, by line.
+    closed: list[str] = field(default_factory=list)
+    dry_run: bool = False
     #: Whether the bulk-load path was taken (PostgreSQL, into an empty fleet).
     bulk: bool = field(default=False, compare=False)
     #: Seconds per phase (the checking thread's CPU, each kind of SQL statement), for benchmarks.
@@ -293,9 +393,10 @@ class _StagingWriter:
     thread uses the connection.  On SQLite it runs in line.
     """
 
-    def __init__(self, connection: Connection, report: ImportReport):
+    def __init__(self, connection: Connection, report: ImportReport, sync: _Sync, *, bulk_load: bool = True):
         self.connection = connection
         self.report = report
+        self.sync = sync
         self.postgresql = connection.dialect.name == "postgresql"
         #: Rows staged since the last hand-over: lines of COPY text on PostgreSQL, tuples on SQLite.
         self.rows: list[str] | list[StagedRow] = []
@@ -325,7 +426,7 @@ class _StagingWriter:
             # spill to disk with the default 4 MB; this is the server's
             # memory, for this transaction only.
             connection.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-            if BULK_LOAD:
+            if BULK_LOAD and bulk_load:
                 with self._timed("bulk_drop"):
                     self.bulk = _BulkLoad.start(connection)
                 report.bulk = self.bulk is not None
@@ -425,16 +526,20 @@ class _StagingWriter:
                 # A temporary table has no statistics until it is analysed.
                 with self._timed("analyze"):
                     connection.exec_driver_sql(f"ANALYZE {STAGING.name} (seq, address, login, holder_key, domain)")
-            created = _upsert_chunk(
+            counts = _upsert_chunk(
                 connection,
                 after_seq,
                 last_seq,
                 analyse=first_chunk and self.postgresql,
                 bulk=self.bulk is not None,
                 timed=self._timed,
+                sync=self.sync,
             )
-            self.report.created += created
-            self.report.updated += last_seq - after_seq - created
+            report = self.report
+            report.created += counts.created
+            report.updated += counts.updated
+            report.unchanged += counts.unchanged
+            report.conflicting += counts.conflicting
             self.written = last_seq
 
 
@@ -454,12 +559,18 @@ def _copy_line(row: StagedRow) -> str:
 # Public API
 
 
+class _DryRunDone(Exception):
+    """Leaves the import's transaction of a dry run, which rolls everything back."""
+
+
 def import_mailboxes(
     session_factory: sessionmaker[Session],
     source: str | os.PathLike[str] | TextIO,
     *,
     stages: tuple[Stage, ...],
     progress: Progress | None = None,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Check the whole CSV ``source`` (a path or a text stream) and upsert it, in one transaction.
 
@@ -468,11 +579,32 @@ def import_mailboxes(
     ``CHUNK_ROWS`` records: ``done`` is the records checked plus the rows
     written, and climbs to twice the number of records (a progress bar's
     total is ``2 * count_records(path)``).
+
+    ``force``: apply the file's expiries and renewal columns even where they
+    would undo a renewal made here or move an expiry earlier (see the
+    module's docstring).  ``dry_run``: do everything, report it, and roll it
+    all back (without the bulk-load path's lock and index rebuild).
     """
-    report = ImportReport()
+    report = ImportReport(dry_run=dry_run)
+    sync = _Sync(force=force, dry_run=dry_run)
+    try:
+        _import(session_factory, source, stages, progress, report, sync)
+    except _DryRunDone:
+        pass
+    return report
+
+
+def _import(
+    session_factory: sessionmaker[Session],
+    source: str | os.PathLike[str] | TextIO,
+    stages: tuple[Stage, ...],
+    progress: Progress | None,
+    report: ImportReport,
+    sync: _Sync,
+) -> None:
     with _prompt_thread_switches(), _open(source) as stream, session_factory() as session, session.begin():
         connection = session.connection()
-        writer = _StagingWriter(connection, report)
+        writer = _StagingWriter(connection, report, sync, bulk_load=not sync.dry_run)
         started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             checked = _check_file(stream, stages, writer, progress)
@@ -499,6 +631,9 @@ def import_mailboxes(
                 _check_across_rows(connection, checked, domains=False)
         if checked.errors:
             raise ImportRefused(checked.errors)  # leaving the block rolls everything back
+        if writer.bulk is None:
+            with writer._timed("domain_mailboxes"):
+                _follow_domains(connection)
         if bulk_addresses:
             try:
                 with connection.begin_nested():
@@ -512,14 +647,26 @@ def import_mailboxes(
                     raise
                 raise ImportRefused(checked.errors) from None
         report.rows = checked.rows
-        report.warnings = checked.warnings
+        # Both lists are in file order; a line's own warnings first.
+        report.warnings = sorted(checked.warnings + sync.warnings, key=_line_of)
+        report.conflicts = sync.conflicts
+        report.closed = sync.closed
         report.domains = connection.execute(
             select(func.count(STAGING.c.domain.distinct())).where(STAGING.c.seq.is_not(None))
         ).scalar_one()
         STAGING.drop(connection)
+        if sync.dry_run:
+            if progress is not None:
+                progress(checked.records + checked.rows)
+            raise _DryRunDone  # leaving the block rolls everything back
     if progress is not None:
         progress(checked.records + checked.rows)
-    return report
+
+
+def _line_of(message: str) -> int:
+    """N of a message that starts ``line N``."""
+    match = _LINE_RE.match(message)
+    return int(match.group(1)) if match else 0
 
 
 @contextmanager
@@ -591,6 +738,7 @@ def _check_file(
         return checked
 
     row_checker = _RowChecker(header, stages, checked, writer.stage)
+    writer.sync.position = row_checker.position
     check = row_checker.check
     line = 1
     while True:
@@ -1016,13 +1164,15 @@ def _checked(value: str, column: str, checker: Callable[[str], object], problem:
 
 @lru_cache(maxsize=65536)
 def _check_date(text: str) -> str:
-    """A real date as YYYY-MM-DD: the text itself."""
+    """A real date as YYYY-MM-DD, from :data:`FIRST_YEAR` to :data:`LAST_YEAR`: the text itself."""
     if _DATE_RE.fullmatch(text):
         try:
-            date.fromisoformat(text)
-            return text
+            day = date.fromisoformat(text)
         except ValueError:
             pass
+        else:
+            _check_year(text, day.year)
+            return text
     raise ValueError(f"{text!r} is not a real date as YYYY-MM-DD")
 
 
@@ -1032,9 +1182,15 @@ def _check_card_expiry(text: str) -> str:
     match = _MONTH_RE.fullmatch(text)
     if match:
         year, month = int(match.group(1)), int(match.group(2))
-        if year >= 1 and 1 <= month <= 12:
+        if 1 <= month <= 12:
+            _check_year(text, year)
             return date(year, month, calendar.monthrange(year, month)[1]).isoformat()
     raise ValueError(f"{text!r} is not a month as YYYY-MM")
+
+
+def _check_year(text: str, year: int) -> None:
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValueError(f"{text!r} is not in the years {FIRST_YEAR} to {LAST_YEAR}")
 
 
 @lru_cache(maxsize=65536)
@@ -1278,6 +1434,31 @@ LEFT JOIN domains ON domains.name = chunk.domain
 """
 
 
+def _follow_domains(connection: Connection) -> None:
+    """Move the mailboxes of the file's domains that the file does not list to their domain's expiry.
+
+    The file's own rows of a domain have its expiry already (or the file is refused).
+    """
+    rows = STAGING
+    domains, mailboxes = Domain.__table__, Mailbox.__table__
+    staged = (
+        select(rows.c.domain, rows.c.domain_expires_on, rows.c.next_action_on)
+        .where(rows.c.seq.is_not(None), rows.c.domain.is_not(None))
+        .group_by(rows.c.domain, rows.c.domain_expires_on, rows.c.next_action_on)
+        .subquery()
+    )
+    dated = (
+        select(domains.c.id, staged.c.domain_expires_on, staged.c.next_action_on)
+        .join(staged, staged.c.domain == domains.c.name)
+        .subquery()
+    )
+    connection.execute(
+        update(mailboxes)
+        .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
+        .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
+    )
+
+
 def _upsert_chunk(
     connection: Connection,
     after_seq: int,
@@ -1286,13 +1467,17 @@ def _upsert_chunk(
     analyse: bool,
     bulk: bool = False,
     timed: _Timed | None = None,
-) -> int:
-    """Upsert the good rows ``after_seq < seq <= last_seq`` of the staging table; return how many were new.
+    sync: _Sync | None = None,
+) -> _ChunkCounts:
+    """Upsert the good rows ``after_seq < seq <= last_seq`` of the staging table; return what each row did.
 
-    Accounts by login, domains by name (moving every mailbox of a domain to
-    its expiry), holders by (account, key), mailboxes by address.  ``analyse``
-    (on PostgreSQL, for the first chunk): refresh the statistics of the tables
-    the joins read, which rows written by this transaction are missing from.
+    Accounts by login, domains by name, holders by (account, key), mailboxes
+    by address.  ``analyse`` (on PostgreSQL, for the first chunk): refresh the
+    statistics of the tables the joins read, which rows written by this
+    transaction are missing from.
+    Before the mailboxes, :func:`_sync_chunk` keeps what the worker holds
+    where the file is older than it (unless ``sync.force``) and closes the
+    old cycles of mailboxes renewed elsewhere.
 
     ``bulk`` (the bulk-load path: ``mailboxes`` was empty when the import
     began and has no unique index on ``address`` now): the mailboxes are
@@ -1336,19 +1521,8 @@ def _upsert_chunk(
         connection.execute(
             statement.on_conflict_do_update(index_elements=["name"], set_={"expires_on": statement.excluded.expires_on})
         )
-    if not bulk:
-        # Mailboxes of these domains that the file does not list follow the domain too.
-        dated = (
-            select(domains.c.id, chunk_domains.c.domain_expires_on, chunk_domains.c.next_action_on)
-            .join(chunk_domains, chunk_domains.c.domain == domains.c.name)
-            .subquery()
-        )
-        with timed("domain_mailboxes"):
-            connection.execute(
-                update(mailboxes)
-                .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
-                .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
-            )
+    # The mailboxes of these domains that the file does not list follow them once the whole
+    # file is written (_follow_domains), so a mailbox the file lists counts as its own row did.
 
     if bulk:
         parameters = {
@@ -1364,7 +1538,7 @@ def _upsert_chunk(
                 connection.exec_driver_sql("ANALYZE accounts, holders, domains")
         with timed("mailboxes"):
             connection.exec_driver_sql(_BULK_MAILBOXES, parameters)
-        return last_seq - after_seq
+        return _ChunkCounts(created=last_seq - after_seq)
 
     # Holders: equal data under one account is one row (the key is a digest of it).
     statement = dialect_insert(connection, holders).from_select(
@@ -1405,22 +1579,344 @@ def _upsert_chunk(
         .outerjoin(domains, domains.c.name == rows.c.domain)
         .where(in_chunk)
     )
+    conflicting: set[int] = set()
+    if sync is not None:
+        with timed("sync"):
+            conflicting = _sync_chunk(connection, in_chunk, sync)
+
     statement = dialect_insert(connection, mailboxes)
     # A mailbox whose every column already has the file's value is left
-    # alone (no new row version, no index entries).  It still counts as
-    # updated: the counts below are "new" and "the rest".
+    # alone (no new row version, no index entries), and counted as unchanged:
+    # the statement returns only the rows it wrote.
     upsert = statement.from_select(["address", *MAILBOX_UPDATE_COLUMNS], chunk).on_conflict_do_update(
         index_elements=["address"],
         set_={name: statement.excluded[name] for name in MAILBOX_UPDATE_COLUMNS},
         where=or_(*(mailboxes.c[name].is_distinct_from(statement.excluded[name]) for name in MAILBOX_UPDATE_COLUMNS)),
     )
+    size = last_seq - after_seq
     if connection.dialect.name == "postgresql":
         # A row this statement inserted has no xmax; an updated one has ours.
         # Cheaper than looking the addresses up first.
         with timed("mailboxes"):
-            return sum(connection.execute(upsert.returning(literal_column("xmax = 0"))).scalars())
-    existing = connection.execute(
-        select(func.count()).select_from(rows.join(mailboxes, mailboxes.c.address == rows.c.address)).where(in_chunk)
-    ).scalar_one()
-    connection.execute(upsert)
-    return last_seq - after_seq - existing
+            if not conflicting:
+                written = connection.execute(upsert.returning(literal_column("xmax = 0"))).scalars().all()
+                created = sum(written)
+                return _ChunkCounts(created, len(written) - created, size - len(written))
+            written_rows = connection.execute(upsert.returning(literal_column("xmax = 0"), mailboxes.c.id)).all()
+        created = sum(1 for new, _ in written_rows if new)
+        rewritten = len(written_rows) - created
+        rewritten_in_conflict = sum(1 for new, mailbox_id in written_rows if not new and mailbox_id in conflicting)
+    else:
+        existing = connection.execute(
+            select(func.count()).select_from(rows.join(mailboxes, mailboxes.c.address == rows.c.address)).where(in_chunk)
+        ).scalar_one()
+        created = size - existing
+        # The rows inserted and those updated (a new row is never in conflict).
+        written_ids = connection.execute(upsert.returning(mailboxes.c.id)).scalars().all()
+        rewritten = len(written_ids) - created
+        rewritten_in_conflict = sum(1 for mailbox_id in written_ids if mailbox_id in conflicting)
+    # A row in conflict counts as such, whether or not its other values were written.
+    updated = rewritten - rewritten_in_conflict
+    return _ChunkCounts(created, updated, size - created - updated - len(conflicting), len(conflicting))
+
+
+@dataclass(frozen=True)
+class _ChunkCounts:
+    """What the rows of one chunk did; each row is in one count."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    conflicting: int = 0
+
+
+# --------------------------------------------------------------------------
+# The worker's own renewals, and mailboxes renewed elsewhere
+
+
+@dataclass
+class _Sync:
+    """How an import treats what the worker holds, and what it found (written by the writer thread)."""
+
+    force: bool = False
+    dry_run: bool = False
+    #: The file's columns by position (set once the header is read): to list a line's
+    #: conflicts in the file's order, and to say when a column is not in the file at all.
+    position: dict[str, int] = field(default_factory=dict)
+    conflicts: list[ImportConflict] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Renewal:
+    """A renewal made here: the expiry it gave, the business date, and what it was."""
+
+    until: date
+    on: date
+    what: str
+
+
+def _sync_chunk(connection: Connection, in_chunk, sync: _Sync) -> set[int]:
+    """Compare the chunk's rows with the mailboxes they update; return the ids of those in conflict.
+
+    Only rows that may matter are read (a row with an earlier expiry than
+    its mailbox's, one with the same expiry and another renewal column, one
+    with a later expiry whose mailbox has an open order or an unresolved
+    charge): on a routine re-import, a few.  A conflict's kept values are
+    written into its staged row, so the upsert that follows writes them back
+    as they are and applies the rest of the row.
+    """
+    rows = STAGING
+    mailboxes = Mailbox.__table__
+    lines, orders, intents = RenewalOrderLine.__table__, RenewalOrder.__table__, ChargeIntent.__table__
+    open_order = (
+        select(lines.c.id)
+        .join(orders, orders.c.id == lines.c.order_id)
+        .where(
+            lines.c.mailbox_id == mailboxes.c.id,
+            lines.c.selected.is_(True),
+            lines.c.old_expires_on < rows.c.expires_on,
+            orders.c.status.in_(OPEN_ORDER_STATUSES),
+        )
+        .exists()
+    )
+    unresolved_charge = (
+        select(intents.c.id)
+        .where(
+            intents.c.mailbox_id == mailboxes.c.id,
+            intents.c.status.in_(UNRESOLVED_CHARGES),
+            intents.c.cycle_expires_on < rows.c.expires_on,
+        )
+        .exists()
+    )
+    renewed_elsewhere = and_(rows.c.expires_on > mailboxes.c.expires_on, or_(open_order, unresolved_charge))
+    if sync.force:
+        wanted = renewed_elsewhere
+    else:
+        wanted = or_(
+            rows.c.expires_on < mailboxes.c.expires_on,
+            and_(
+                rows.c.expires_on == mailboxes.c.expires_on,
+                or_(*(rows.c[name].is_distinct_from(mailboxes.c[name]) for name in RENEWAL_COLUMNS)),
+            ),
+            renewed_elsewhere,
+        )
+    candidates = connection.execute(
+        select(
+            rows.c.seq,
+            rows.c.line,
+            mailboxes.c.id,
+            mailboxes.c.address,
+            rows.c.expires_on,
+            mailboxes.c.expires_on,
+            *(rows.c[name] for name in RENEWAL_COLUMNS),
+            *(mailboxes.c[name] for name in RENEWAL_COLUMNS),
+        )
+        .join(mailboxes, mailboxes.c.address == rows.c.address)
+        .where(in_chunk, rows.c.domain.is_(None), wanted)
+        .order_by(rows.c.seq)
+    ).all()
+    if not candidates:
+        return set()
+    width = len(RENEWAL_COLUMNS)
+    renewals = _renewals_here(connection, [row[2] for row in candidates if row[4] <= row[5]])
+    #: Whether any row is older than its mailbox; the rows of a cycle renewed here.
+    older = False
+    same_cycle: list[dict] = []
+    renewed_elsewhere_rows: list[tuple[int, int, str, date]] = []
+    conflicting: set[int] = set()
+    for seq, line, mailbox_id, address, given_expiry, expiry, *values in candidates:
+        given, held = values[:width], values[width:]
+        if given_expiry > expiry:
+            renewed_elsewhere_rows.append((line, mailbox_id, address, given_expiry))
+            continue
+        in_force = [renewal for renewal in renewals.get(mailbox_id, ()) if renewal.until <= expiry]
+        latest = max(in_force, key=lambda renewal: (renewal.until, renewal.on), default=None)
+        if given_expiry < expiry:
+            if latest is not None and latest.until > given_expiry:
+                reason = f"renewed here on {latest.on.isoformat()}, {latest.what}"
+            else:
+                reason = f"an earlier import gave the later expiry {expiry.isoformat()}"
+        elif latest is not None and latest.until == expiry:
+            reason = f"renewed here on {latest.on.isoformat()}, {latest.what}"
+        else:
+            continue  # the same expiry, not renewed here: the file's values apply
+        kept = []
+        if given_expiry < expiry:
+            kept.append(("expires_on", expiry, given_expiry))
+        kept.extend(
+            (name, held_value, given_value)
+            for name, held_value, given_value in zip(RENEWAL_COLUMNS, held, given)
+            if held_value != given_value
+        )
+        if not kept:
+            continue
+        conflicting.add(mailbox_id)
+        sync.conflicts.extend(
+            sorted(
+                (_conflict(line, name, held_value, given_value, reason, sync) for name, held_value, given_value in kept),
+                key=lambda conflict: sync.position.get(conflict.column, len(sync.position)),
+            )
+        )
+        if given_expiry < expiry:
+            older = True
+        else:
+            patch = {f"b_{name}": value for name, value in zip(RENEWAL_COLUMNS, held)}
+            patch["b_seq"] = seq
+            same_cycle.append(patch)
+    if older:
+        # Every older row keeps the worker's expiry, next action and renewal columns: one statement.
+        kept = ("expires_on", "next_action_on", *RENEWAL_COLUMNS)
+        connection.execute(
+            update(rows)
+            .where(
+                in_chunk,
+                rows.c.domain.is_(None),
+                rows.c.address == mailboxes.c.address,
+                rows.c.expires_on < mailboxes.c.expires_on,
+            )
+            .values({name: mailboxes.c[name] for name in kept})
+        )
+    if same_cycle:
+        connection.execute(
+            update(rows)
+            .where(rows.c.seq == bindparam("b_seq"))
+            .values({name: bindparam(f"b_{name}", type_=rows.c[name].type) for name in RENEWAL_COLUMNS}),
+            same_cycle,
+        )
+    if renewed_elsewhere_rows:
+        _close_old_cycles(connection, renewed_elsewhere_rows, sync)
+    return conflicting
+
+
+def _renewals_here(connection: Connection, mailbox_ids: list[int]) -> dict[int, list[_Renewal]]:
+    """Every renewal made here of these mailboxes: the paid order lines, the successful charges."""
+    lines, orders = RenewalOrderLine.__table__, RenewalOrder.__table__
+    payments, intents = Payment.__table__, ChargeIntent.__table__
+    paid_on = select(func.min(payments.c.business_date)).where(payments.c.order_id == orders.c.id).scalar_subquery()
+    found: dict[int, list[_Renewal]] = {}
+    for start in range(0, len(mailbox_ids), LOOKUP_BATCH):
+        batch = mailbox_ids[start : start + LOOKUP_BATCH]
+        for mailbox_id, until, number, paid_at, on in connection.execute(
+            select(lines.c.mailbox_id, lines.c.new_expires_on, orders.c.order_number, orders.c.paid_at, paid_on)
+            .join(orders, orders.c.id == lines.c.order_id)
+            .where(
+                lines.c.mailbox_id.in_(batch),
+                lines.c.selected.is_(True),
+                lines.c.new_expires_on.is_not(None),
+                orders.c.status == OrderStatus.PAID.value,
+            )
+        ):
+            on = on or (paid_at.date() if paid_at is not None else until)
+            found.setdefault(mailbox_id, []).append(_Renewal(until, on, f"order {number}"))
+        for mailbox_id, cycle, years, on, key in connection.execute(
+            select(
+                intents.c.mailbox_id, intents.c.cycle_expires_on, intents.c.years, intents.c.business_date,
+                intents.c.idempotency_key,
+            ).where(intents.c.mailbox_id.in_(batch), intents.c.status == ChargeStatus.SUCCEEDED.value)
+        ):  # fmt: skip
+            found.setdefault(mailbox_id, []).append(_Renewal(schedule.add_years(cycle, years), on, f"charge {key}"))
+    return found
+
+
+def _conflict(line: int, name: str, held: object, given: object, reason: str, sync: _Sync) -> ImportConflict:
+    column = _FILE_COLUMNS.get(name, name)
+    value = _shown(name, given)
+    if column not in sync.position:
+        said = f"the file has no {column} column (so {value})"
+    elif value == "empty":
+        said = "the file leaves it empty"
+    else:
+        said = f"the file says {value}"
+    return ImportConflict(line, column, _shown(name, held), reason, said)
+
+
+def _shown(name: str, value: object) -> str:
+    """A value as the report shows it: as the file writes it; a payment token masked."""
+    if value is None or value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if name == "payment_method":
+        return mask_token(str(value))
+    if name == "card_expires_on" and isinstance(value, date):
+        return f"{value:%Y-%m}"
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _close_old_cycles(connection: Connection, renewed: list[tuple[int, int, str, date]], sync: _Sync) -> None:
+    """For mailboxes the file renews elsewhere (``(line, id, address, new expiry)``): cancel the
+    open orders of their earlier cycles, and report their unresolved charges.
+
+    Such an order can no longer be paid (registering its payment would be refused:
+    the expiry moved on), so a holder following its link or a bank transfer
+    naming it meets a cancelled order, and the card / PayPal checkout of it
+    is refused before any charge.  An unresolved charge (``started`` or
+    ``unknown``) may have moved money: it stays as it is, still counted by
+    ``pec_renewal_charge_intents_unresolved``, and the charge work, which
+    only charges a mailbox's current cycle, never charges that cycle again.
+    """
+    lines, orders, intents = RenewalOrderLine.__table__, RenewalOrder.__table__, ChargeIntent.__table__
+    by_id = {mailbox_id: (line, address, expires_on) for line, mailbox_id, address, expires_on in renewed}
+    ids = list(by_id)
+    cancelled: dict[int, int] = {}  # order id -> the line that cancels it
+    notes: list[tuple[int, str]] = []
+    done = "would be cancelled" if sync.dry_run else "cancelled"
+    for start in range(0, len(ids), LOOKUP_BATCH):
+        batch = ids[start : start + LOOKUP_BATCH]
+        for order_id, number, status, gateway_state, attempts, mailbox_id, old_expires_on in connection.execute(
+            select(
+                orders.c.id, orders.c.order_number, orders.c.status, orders.c.gateway_state, orders.c.gateway_attempts,
+                lines.c.mailbox_id, lines.c.old_expires_on,
+            )
+            .join(orders, orders.c.id == lines.c.order_id)
+            .where(
+                lines.c.mailbox_id.in_(batch), lines.c.selected.is_(True), orders.c.status.in_(OPEN_ORDER_STATUSES)
+            )
+            .order_by(orders.c.id)
+        ):  # fmt: skip
+            line, address, expires_on = by_id[mailbox_id]
+            if old_expires_on >= expires_on or order_id in cancelled:
+                continue
+            cancelled[order_id] = line
+            name = f"order {number}" if number else "a draft order"
+            state = " (awaiting payment)" if status == OrderStatus.AWAITING_PAYMENT.value else ""
+            notes.append(
+                (
+                    line,
+                    f"line {line}: {name}{state} for the cycle of {address} ending {old_expires_on.isoformat()}"
+                    f" {done}: the file renews it to {expires_on.isoformat()} elsewhere",
+                )
+            )
+            if gateway_state in UNRESOLVED_CHARGES and attempts:
+                sync.warnings.append(
+                    f"line {line}: the card / PayPal payment order:{order_id}:{attempts} of {name} is"
+                    f" {gateway_state} (its answer was never recorded) and may have charged the holder: look it up"
+                    " with the gateway and refund it if it went through"
+                )
+        for mailbox_id, key, status, cycle in connection.execute(
+            select(intents.c.mailbox_id, intents.c.idempotency_key, intents.c.status, intents.c.cycle_expires_on)
+            .where(intents.c.mailbox_id.in_(batch), intents.c.status.in_(UNRESOLVED_CHARGES))
+            .order_by(intents.c.id)
+        ):
+            line, address, expires_on = by_id[mailbox_id]
+            if cycle >= expires_on:
+                continue
+            sync.warnings.append(
+                f"line {line}: the auto-renew charge {key} for the cycle of {address} ending {cycle.isoformat()} is"
+                f" {status} (its answer was never recorded); the file renews the mailbox to"
+                f" {expires_on.isoformat()} elsewhere, so that cycle is not charged again: look the charge up"
+                " (pec-renewal sandbox charges, or the gateway) and refund it if it went through"
+            )
+    if cancelled:
+        order_ids = list(cancelled)
+        for start in range(0, len(order_ids), LOOKUP_BATCH):
+            connection.execute(
+                update(orders)
+                .where(orders.c.id.in_(order_ids[start : start + LOOKUP_BATCH]))
+                .values(status=OrderStatus.CANCELLED.value)
+            )
+    sync.closed.extend(note for _, note in sorted(notes, key=lambda item: item[0]))
