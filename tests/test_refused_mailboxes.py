@@ -107,7 +107,7 @@ def test_an_email_whose_every_mailbox_is_refused_is_refused_with_each_reason(ren
 
 @pytest.mark.parametrize("reference", [f"ann{CYRILLIC_E}@example.it", "\uff41nna@example.it"], ids=["cyrillic", "full-width"])
 def test_a_refused_reference_address_refuses_the_email_with_its_reason(renderer, reference):
-    with pytest.raises(ValueError, match="non-ASCII local part") as refused:
+    with pytest.raises(ValueError, match="needs SMTPUTF8") as refused:
         render(renderer, {"holder_name": None, "mailboxes": boxes("uno@pec.example.it", "due@pec.example.it")}, to_address=reference)
     assert refused.value.reason == NON_ASCII_LOCAL_PART
 
@@ -128,7 +128,7 @@ def test_an_order_email_is_never_sent_without_one_of_its_mailboxes(renderer, kin
     """An order's totals cover every mailbox: one refused refuses the email (it is not a list of notices)."""
     rendered = render(renderer, order_context("uno@pec.example.it", "due@pec.example.it"), kind=kind, stage="0d")
     assert len(rendered.mailbox_addresses) == 2 and rendered.refused == ()
-    with pytest.raises(ValueError, match="non-ASCII local part"):
+    with pytest.raises(ValueError, match="needs SMTPUTF8"):
         render(renderer, order_context("uno@pec.example.it", REFUSED_ADDRESS), kind=kind, stage="0d")
 
 
@@ -236,7 +236,7 @@ def test_a_refused_reference_address_fails_the_message_at_once_and_for_good(
     with session_factory() as session:
         failed = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).one()
         assert failed.attempts == 1 and failed.next_attempt_at is None
-        assert failed.last_error.startswith("refused by the renderer: to_address") and "non-ASCII local part" in failed.last_error
+        assert failed.last_error.startswith("refused by the renderer: to_address") and "needs SMTPUTF8" in failed.last_error
     reasons = ledger(session_factory)
     assert reasons[fine_id] is None
     for mailbox_id in refused_ids:
@@ -323,3 +323,31 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, d
     with session_factory() as session:
         assert session.get(OutboxMessage, refused.id).status == "failed"
         assert session.get(OutboxMessage, other.id).status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("a" * 65 + "@pec.example.it", NOT_AN_ADDRESS),
+        ("anna@ex\u0430mple.it", "invalid-domain"),  # a Cyrillic а among Latin letters
+        ("\uff41nna@example.it", NON_ASCII_LOCAL_PART),  # a full-width a
+        ("anna@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 63 + "." + "g" * 60 + ".it", "invalid-domain"),
+    ],
+)
+def test_the_renderer_refuses_what_the_import_refuses(address, reason):
+    """One rule for a sendable address: what the import refuses at the door never reaches a header."""
+    from worker.emails import Refused, header_address
+    from worker.holder_data import sendable_address
+
+    with pytest.raises(ValueError):
+        sendable_address(address)
+    with pytest.raises(Refused) as refused:
+        header_address(address, "to_address")
+    assert refused.value.reason == reason
+
+
+def test_a_unicode_domain_takes_its_idna_2008_form():
+    """IDNA 2003 would turn faß.de into fass.de, another domain."""
+    from worker.emails import header_address
+
+    assert header_address("anna@faß.de") == "anna@xn--fa-hia.de"

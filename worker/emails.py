@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from worker.db import dialect_insert
+from worker.holder_data import LOCAL_PART_MAX, sendable_address
 from worker.links import ACCOUNT, MAILBOX, LinkSigner
 from worker.models import WorkerState
 from worker.schedule import Stage, deletion_date, last_renewable_day, parse_stage
@@ -444,30 +445,31 @@ def _refuse_line_breaks(value: str, what: str) -> str:
 
 
 def header_address(address: str, what: str = "address") -> str:
-    """An address fit for a header and the SMTP envelope, or ValueError.
+    """An address fit for a header and the SMTP envelope, or :class:`Refused` with the reason.
 
-    A domain in Unicode is turned into its ASCII (IDNA) form; a local part
-    outside ASCII would need SMTPUTF8 and is refused.
+    What can be sent is :func:`worker.holder_data.sendable_address`'s one rule (the import and
+    the order form refuse the same addresses at the door); this adds the reason's code.
     """
     try:
         _refuse_line_breaks(address, what)
     except ValueError as error:
         raise Refused(str(error), NOT_AN_ADDRESS) from None
+    try:
+        return sendable_address(address)
+    except ValueError as error:
+        raise Refused(f"{what} {error}", _refusal_code(address)) from None
+
+
+def _refusal_code(address: str) -> str:
+    """The metric label of an address that :func:`sendable_address` refused."""
     if not _ADDRESS_RE.fullmatch(address):
-        raise Refused(f"{what} {address!r} is not a single plain address", NOT_AN_ADDRESS)
+        return NOT_AN_ADDRESS
     if "=?" in address:
-        # Legal in a local part, but a reader decodes "=?utf-8?…?=" in an
-        # unstructured header (X-PEC-Renewal-Mailboxes) into any text at all.
-        raise Refused(f"{what} {address!r} looks like an encoded word", ENCODED_WORD)
-    local, _, domain = address.rpartition("@")
+        return ENCODED_WORD
+    local = address.rpartition("@")[0]
     if not local.isascii():
-        raise Refused(f"{what} {address!r} has a non-ASCII local part (SMTPUTF8 is not supported)", NON_ASCII_LOCAL_PART)
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise Refused(f"{what} {address!r} has an invalid domain", INVALID_DOMAIN) from None
-    return f"{local}@{domain}"
+        return NON_ASCII_LOCAL_PART
+    return NOT_AN_ADDRESS if len(local) > LOCAL_PART_MAX else INVALID_DOMAIN
 
 
 #: The ``worker_state`` key of this installation's id (see :func:`installation_id`).
