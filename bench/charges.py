@@ -32,10 +32,10 @@ import psycopg  # noqa: E402
 from databases import ensure_database, psycopg_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from worker import migrate  # noqa: E402
-from worker.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
-from worker.daily import charge_day, scan_day  # noqa: E402
-from worker.runtime import Runtime  # noqa: E402
+from worker.store import migrate
+from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
+from worker.services.daily import charge_day, scan_day  # noqa: E402
+from worker.services.runtime import Runtime  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_bench"
 

@@ -55,11 +55,11 @@ from databases import ensure_database, psycopg_url  # noqa: E402
 from quiet_day import FIRST_EXPIRY, seed  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from worker import migrate  # noqa: E402
-from worker.emails import message_id_for  # noqa: E402
-from worker.mailers import SMTPMailer  # noqa: E402
-from worker.notices import SCHEDULE_STATE_KEY  # noqa: E402
-from worker.runtime import Runtime, freeze_startup_objects  # noqa: E402
+from worker.store import migrate
+from worker.mail.emails import message_id_for  # noqa: E402
+from worker.mail.mailers import SMTPMailer  # noqa: E402
+from worker.services.notices import SCHEDULE_STATE_KEY  # noqa: E402
+from worker.services.runtime import Runtime, freeze_startup_objects  # noqa: E402
 
 PEAK_DAY = date(2027, 1, 11)
 #: Every due mailbox expires on the same date (bought the day PEC became compulsory):

@@ -18,7 +18,7 @@ Then, alternately in one run, it times:
   ``pec-renewal import mailboxes`` runs (``count_records`` for the progress
   bar, then ``import_mailboxes``), into emptied tables, so on PostgreSQL's
   bulk-load path (secondary indexes and foreign keys dropped for the load
-  and rebuilt, see ``worker/importer.py``).  Its phases (the checking
+  and rebuilt, see ``worker/services/importer.py``).  Its phases (the checking
   thread's CPU, each kind of SQL statement, each index rebuilt) go to stderr.
 
 Each import starts from empty tables; after the rounds, one more import of
@@ -29,7 +29,7 @@ Then the **database's floor** (``--floor-rounds``, alternating with the same
 COPY baseline): the imported fleet's own final rows (``accounts``,
 ``domains``, ``holders``, ``mailboxes``, dumped once with binary ``COPY
 TO``) written back into the emptied tables with binary ``COPY`` on the
-importer's own bulk-load path (``worker.importer._BulkLoad``: the same
+importer's own bulk-load path (``worker.services.importer._BulkLoad``: the same
 indexes and constraints dropped and rebuilt, in one transaction).  No
 checking, no staging, no joins: what any importer producing this fleet must
 at least have PostgreSQL do.  With the import's checking thread's CPU it
@@ -68,8 +68,8 @@ from databases import ensure_database, psycopg_url  # noqa: E402
 from stdnum import luhn  # noqa: E402
 from stdnum.it import codicefiscale  # noqa: E402
 
-from worker import migrate  # noqa: E402
-from worker.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES  # noqa: E402
+from worker.store import migrate
+from worker.services.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES  # noqa: E402
 
 TARGET_RATIO = 5.0
 #: The import's columns, the demo's plus those only some operators fill in.
@@ -255,8 +255,8 @@ def database_floor(url: str, files: dict[str, Path]) -> dict:
     binary ``COPY`` of each table's final rows, the sequences set past them,
     the importer's own rebuild, the commit.
     """
-    from worker.db import make_engine
-    from worker.importer import _BulkLoad
+    from worker.store.db import make_engine
+    from worker.services.importer import _BulkLoad
 
     empty_tables(url)
     engine = make_engine(url)
@@ -304,9 +304,9 @@ def run_import(url: str, path: Path) -> dict:
 
 def child(url: str, path: Path) -> None:
     """What ``pec-renewal import mailboxes`` runs, timed; prints JSON."""
-    from worker.db import make_engine, make_session_factory
-    from worker.importer import count_records, import_mailboxes
-    from worker.schedule import DEFAULT_STAGES
+    from worker.store.db import make_engine, make_session_factory
+    from worker.services.importer import count_records, import_mailboxes
+    from worker.rules.schedule import DEFAULT_STAGES
 
     engine = make_engine(url)
     session_factory = make_session_factory(engine)

@@ -1,6 +1,6 @@
 """The baselines of ``bench/link_handler.sh``: a bare Flask route that verifies the same renewal token.
 
-Same serializer, salt, keys and maximum age as :class:`worker.links.LinkSigner`
+Same serializer, salt, keys and maximum age as :class:`worker.rules.links.LinkSigner`
 (``PEC_RENEWAL_SECRET_KEYS``, ``PEC_RENEWAL_LINK_MAX_AGE_DAYS``), and nothing
 else: no database, no template, no session, no CSRF token.  Served by gunicorn
 with the link handler's own settings::
@@ -8,7 +8,7 @@ with the link handler's own settings::
     gunicorn -c python:worker.web.gunicorn_conf --pythonpath bench 'link_handler_baseline:create_app()'
 
 ``create_app(read=True)`` is **the read floor**: the same route, then the link
-page's own read of the mailbox (:func:`worker.orders.read_mailbox_link`, on an
+page's own read of the mailbox (:func:`worker.services.orders.read_mailbox_link`, on an
 engine built as the link handler builds it, ``worker.web.WebRuntime``), and a
 one-line answer.  No page, no session, no CSRF token: what any page showing the
 mailbox's current state must at least do.  Not the issue's baseline: it says
@@ -23,8 +23,8 @@ from flask import Flask, abort
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from config.settings import Settings
-from worker import orders
-from worker.links import RENEWAL_SALT, RenewalLink
+from worker.services import orders
+from worker.rules.links import RENEWAL_SALT, RenewalLink
 from worker.web import WebRuntime
 
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, 
 from databases import ensure_database, psycopg_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from worker import migrate  # noqa: E402
-from worker.links import LinkSigner  # noqa: E402
+from worker.store import migrate
+from worker.rules.links import LinkSigner  # noqa: E402
 
 
 def seed(url: str, mailboxes: int) -> None:

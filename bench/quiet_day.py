@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, 
 
 from databases import ensure_database, psycopg_url  # noqa: E402
 
-from worker import migrate  # noqa: E402
-from worker.db import make_engine, make_session_factory  # noqa: E402
-from worker.notices import due_mailbox_batches  # noqa: E402
-from worker.runtime import freeze_startup_objects  # noqa: E402
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory  # noqa: E402
+from worker.services.notices import due_mailbox_batches  # noqa: E402
+from worker.services.runtime import freeze_startup_objects  # noqa: E402
 
 QUIET_DAY = date(2027, 1, 10)
 NORMAL_DAY = date(2027, 1, 11)

@@ -1,7 +1,7 @@
 """The price catalogue: prices in euro cents, VAT excluded, per year.
 
 The limits of each plan (DESIGN.md, "Plans") live here too, so that the
-order rules in ``worker.pricing`` and the pages read one source.  Change a
+order rules in ``worker.rules.pricing`` and the pages read one source.  Change a
 price here; nothing else holds one.
 """
 

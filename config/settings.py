@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worker.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
+from worker.rules.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
 
 PREFIX = "PEC_RENEWAL_"
 MAIL_BACKENDS = ("maildir", "smtp", "console")
@@ -72,7 +72,7 @@ class Settings:
     outbox_max_attempts: int = 12
     relay_batch_size: int = 200
     #: Outcomes the relay commits in one statement: the most messages a relay's crash can send
-    #: twice (worker.outbox).  1 commits each before the next send.
+    #: twice (worker.mail.outbox).  1 commits each before the next send.
     relay_outcome_group: int = 16
     # Payment gateways.  The *_API_BASE settings point an adapter at another
     # endpoint (the tests' local HTTP servers); production leaves them unset.

@@ -1,6 +1,6 @@
 """Auto-renew charges: the sweep that fans them out in batches, and the batch that charges them.
 
-Thin tasks: they parse ids and dates and call :mod:`worker.charges`.  A batch
+Thin tasks: they parse ids and dates and call :mod:`worker.services.charges`.  A batch
 task is acknowledged late and rejected (so redelivered) if its worker dies:
 that is safe because every charge's intent and claim are committed before the
 gateway is called, so a redelivered batch finds those mailboxes claimed, and
@@ -13,9 +13,11 @@ from datetime import date
 
 from celery import shared_task
 
-from worker import metrics, runtime
-from worker.db import DATABASE_UNREACHABLE
-from worker.charges import iter_due_charge_batches, run_charges
+from worker import metrics
+
+from worker.services import runtime
+from worker.store.db import DATABASE_UNREACHABLE
+from worker.services.charges import iter_due_charge_batches, run_charges
 
 #: Mailboxes per charge task; each task runs its charges GATEWAY_CONCURRENCY at a time.
 CHARGE_BATCH_SIZE = 200

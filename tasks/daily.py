@@ -7,9 +7,11 @@ from datetime import date
 
 from celery import shared_task
 
-from worker import metrics, runtime
-from worker.db import DATABASE_UNREACHABLE
-from worker.notices import (
+from worker import metrics
+
+from worker.services import runtime
+from worker.store.db import DATABASE_UNREACHABLE
+from worker.services.notices import (
     SCAN_LEASE,
     claim_daily_run,
     due_mailbox_batches,

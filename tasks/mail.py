@@ -5,9 +5,11 @@ from __future__ import annotations
 from celery import shared_task
 from celery.signals import worker_init
 
-from worker import metrics, runtime
-from worker.db import DATABASE_UNREACHABLE
-from worker.emails import compile_templates
+from worker import metrics
+
+from worker.services import runtime
+from worker.store.db import DATABASE_UNREACHABLE
+from worker.mail.emails import compile_templates
 
 
 @worker_init.connect

@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 
 from config.settings import Settings
 from tests.smtp_server import smtp_server  # noqa: F401
-from worker import migrate
-from worker.db import make_engine, make_session_factory
-from worker.models import Base
-from worker.runtime import Runtime
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import Base
+from worker.services.runtime import Runtime
 
 TEST_DATABASE_URL = os.environ.get(
     "PEC_RENEWAL_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_test"

@@ -13,7 +13,7 @@ from tests.celery_process import start_celery_worker, stop_celery_worker, worker
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
 from worker.celery_app import create_celery
-from worker.models import DailyRun, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
 

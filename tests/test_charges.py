@@ -15,14 +15,14 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
-from worker import charges
-from worker.charges import AttemptRecord, decide_auto_renew
-from worker.daily import run_day
+from worker.services import charges
+from worker.services.charges import AttemptRecord, decide_auto_renew
+from worker.services.daily import run_day
 from worker.gateways.sandbox import list_charges
-from worker.gateways.sandbox_models import SandboxCharge
-from worker.models import ChargeIntent, Mailbox, NoticeLedgerEntry, OrderOrigin, OrderStatus, RenewalOrder
-from worker.runtime import Runtime
-from worker.schedule import DEFAULT_STAGES, Stage
+from worker.store.models import SandboxCharge
+from worker.store.models import ChargeIntent, Mailbox, NoticeLedgerEntry, OrderOrigin, OrderStatus, RenewalOrder
+from worker.services.runtime import Runtime
+from worker.rules.schedule import DEFAULT_STAGES, Stage
 
 ROME = ZoneInfo("Europe/Rome")
 EXPIRES = date(2027, 3, 31)
@@ -480,7 +480,7 @@ def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, da
     back: this test opened 35 connections with it."""
     from sqlalchemy import event
 
-    from worker.runtime import POOL_SIZE
+    from worker.services.runtime import POOL_SIZE
 
     settings = make_settings(
         tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,

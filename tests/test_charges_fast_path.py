@@ -23,12 +23,13 @@ from sqlalchemy import select, text, update
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
 from tests.test_charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_notice_sent
-from worker import charges, migrate
-from worker.db import make_engine, make_session_factory, psycopg_engine
-from worker.emails import INSTALLATION_ID_KEY, installation_id, message_id_for
+from worker.services import charges
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory, psycopg_engine
+from worker.mail.emails import INSTALLATION_ID_KEY, installation_id, message_id_for
 from worker.gateways.sandbox import SandboxGateway
-from worker.models import Base, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
-from worker.runtime import Runtime
+from worker.store.models import Base, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
+from worker.services.runtime import Runtime
 
 #: What the charges write (and what they read, for the mailboxes).
 TABLES = (
@@ -198,7 +199,7 @@ def _run_days(tmp_path, database_url: str, session_factory, *, fast: bool, caplo
             lines = sorted(
                 record.getMessage()
                 for record in caplog.records
-                if record.name in ("worker.charges", "worker.gateways.sandbox") and record.levelno >= logging.INFO
+                if record.name in ("worker.services.charges", "worker.gateways.sandbox") and record.levelno >= logging.INFO
             )
             reports.append((result.as_dict(), sorted(result.outbox_ids), dict(result.emails), lines))
     finally:

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS
 from tests.gateways.servers import PAYPAL_CLIENT, FakePayPal, FakeStripe
-from worker.cli import main
+from worker.cli.main import main
 
 CLOSED_PORT = "1"  # nothing listens on port 1 here
 

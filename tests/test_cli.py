@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import TEST_SECRET_KEYS
-from worker.cli import main
+from worker.cli.main import main
 
 HEADER = ["address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on", "domain", "domain_expires_on", "language"]
 
@@ -148,7 +148,7 @@ def run_command(args, env, cwd):
     ],
 )
 def test_a_bad_setting_stops_with_one_line_naming_the_variable(tmp_path, variable, value):
-    result = run_command(["worker.cli", "run-daily"], {variable: value, "PEC_RENEWAL_VAR_DIR": str(tmp_path)}, tmp_path)
+    result = run_command(["worker.cli.main", "run-daily"], {variable: value, "PEC_RENEWAL_VAR_DIR": str(tmp_path)}, tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -173,7 +173,7 @@ def test_two_processes_running_the_same_day_at_once_send_each_notice_once(tmp_pa
     env = {**os.environ, **embedded_env, "PEC_RENEWAL_SCAN_BATCH_SIZE": "5"}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run-daily", "--date", "2027-03-31", "--json"],
+            [sys.executable, "-m", "worker.cli.main", "run-daily", "--date", "2027-03-31", "--json"],
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(2)
@@ -190,7 +190,7 @@ def test_two_processes_running_the_same_day_at_once_send_each_notice_once(tmp_pa
 
 def test_an_unreachable_database_is_one_clear_line(tmp_path):
     result = run_command(
-        ["worker.cli", "run-daily", "--date", "2027-03-31"],
+        ["worker.cli.main", "run-daily", "--date", "2027-03-31"],
         {
             "PEC_RENEWAL_VAR_DIR": str(tmp_path),
             "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from worker.cli import _Commands
-from worker.db import make_engine
+from worker.cli.main import _Commands
+from worker.store.db import make_engine
 
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 

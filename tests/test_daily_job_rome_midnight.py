@@ -23,12 +23,12 @@ from sqlalchemy import select
 from config.celery import celery_config
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
-from worker import runtime as runtime_module
-from worker.cli import main
-from worker.models import DailyRun, NoticeLedgerEntry, WorkerState
-from worker.notices import SCHEDULE_STATE_KEY
-from worker.runtime import Runtime
-from worker.schedule import DEFAULT_STAGES
+from worker.services import runtime as runtime_module
+from worker.cli.main import main
+from worker.store.models import DailyRun, NoticeLedgerEntry, WorkerState
+from worker.services.notices import SCHEDULE_STATE_KEY
+from worker.services.runtime import Runtime
+from worker.rules.schedule import DEFAULT_STAGES
 
 ROME = ZoneInfo("Europe/Rome")
 DAY = date(2027, 1, 15)  # the business date in Rome

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.factories import make_mailbox
-from worker.cli import main
-from worker.db import make_engine, make_session_factory
-from worker.models import Mailbox
+from worker.cli.main import main
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import Mailbox
 
 DEMO_DAY = date(2027, 3, 10)
 LINE = re.compile(r"^\s+(\S+)\s+(\S+)\s+(\d+) emails$")

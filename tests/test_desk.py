@@ -13,11 +13,12 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEYS, make_settings
-from worker import orders, schedule
-from worker.cli import main
-from worker.links import MAILBOX, LinkSigner, RenewalLink
-from worker.models import Mailbox, OutboxMessage, RenewalOrder
-from worker.orders import MailboxChoice
+from worker.services import orders
+from worker.rules import schedule
+from worker.cli.main import main
+from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
+from worker.store.models import Mailbox, OutboxMessage, RenewalOrder
+from worker.services.orders import MailboxChoice
 
 BASE_URL = "https://rinnovi.example.test"
 ANNA = "anna.neri@pec.provider.example.it"

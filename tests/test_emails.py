@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from worker.emails import (
+from worker.mail.emails import (
     KINDS,
     LANGUAGES,
     EmailRenderer,
@@ -26,7 +26,7 @@ from worker.emails import (
     message_id_for,
     template_environment,
 )
-from worker.links import MAILBOX, LinkSigner, RenewalLink
+from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
 
 BASE_URL = "https://rinnovi.example.it"
 MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example.it>"
@@ -457,7 +457,7 @@ def test_the_output_is_the_same_in_two_processes():
 def test_ascii_subjects_are_folded_as_the_email_package_folds_them(subject):
     from email.header import Header
 
-    from worker.emails import _folded_subject
+    from worker.mail.emails import _folded_subject
 
     expected = "Subject: " + Header(subject, "us-ascii", header_name="Subject").encode(linesep="\r\n")
     assert _folded_subject(subject) == expected
@@ -467,7 +467,7 @@ def test_a_celery_worker_compiles_the_templates_before_its_pool_forks():
     from celery.signals import worker_init
 
     import tasks.mail  # noqa: F401  (connects the signal, as the worker's imports do)
-    from worker.emails import _templates
+    from worker.mail.emails import _templates
 
     _templates.cache_clear()
     worker_init.send(sender=None)

@@ -8,8 +8,8 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from stdnum import luhn
 from stdnum.it import codicefiscale
 
-from worker import holder_data
-from worker.holder_data import HolderData, HolderProblem, check_holder, normalise_email
+from worker.rules import holder_data
+from worker.rules.holder_data import HolderData, HolderProblem, check_holder, normalise_email
 
 
 def vat_number(first_ten: str) -> str:
@@ -357,7 +357,7 @@ def test_normalise_email_agrees_with_email_validator(address):
 def test_an_address_with_an_encoded_word_is_refused():
     import pytest as _pytest
 
-    from worker.holder_data import normalise_email
+    from worker.rules.holder_data import normalise_email
 
     with _pytest.raises(ValueError, match="contains '=\\?', the start of an encoded word"):
         normalise_email("=?utf-8?b?DQpCY2M6IHhAZXZpbC5leGFtcGxl?=@example.it")

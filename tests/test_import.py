@@ -10,11 +10,13 @@ from datetime import date
 import pytest
 from sqlalchemy import func, select
 
-from worker import importer, migrate
-from worker.db import make_engine, make_session_factory
-from worker.importer import ImportRefused, ImportReport, count_records, import_mailboxes
-from worker.models import Account, Domain, Holder, Mailbox
-from worker.schedule import DEFAULT_STAGES, first_action_on
+from worker.services import importer
+
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
+from worker.services.importer import ImportRefused, ImportReport, count_records, import_mailboxes
+from worker.store.models import Account, Domain, Holder, Mailbox
+from worker.rules.schedule import DEFAULT_STAGES, first_action_on
 
 VAT = "00743110157"
 AGENCY_TAX_CODE = "80001250580"  # an 11-digit numeric codice fiscale with a valid check digit
@@ -724,7 +726,7 @@ def test_backslashes_are_stored_as_they_are(session_factory):
 
 @pytest.mark.parametrize("process_interval", [0.005, 0.00005])
 def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session_factory, monkeypatch, process_interval):
-    """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.importer), and only while importing."""
+    """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.services.importer), and only while importing."""
     monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
     previous = sys.getswitchinterval()
     sys.setswitchinterval(process_interval)

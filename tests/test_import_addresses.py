@@ -15,10 +15,10 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from tests.conftest import TEST_SECRET_KEYS
 from tests.test_import import count, make_csv, refusal, row, run
 from tests.test_import_bulk import bulk_starts  # noqa: F401 - a fixture
-from worker import holder_data
-from worker.cli import main
-from worker.holder_data import normalise_email, sendable_address
-from worker.models import Mailbox
+from worker.rules import holder_data
+from worker.cli.main import main
+from worker.rules.holder_data import normalise_email, sendable_address
+from worker.store.models import Mailbox
 
 CYRILLIC_E = "\u0435"  # looks like "e"
 FULL_WIDTH_E = "\uff45"

@@ -18,8 +18,9 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from tests.test_import import count, make_csv, refusal, row, run
-from worker import importer, migrate
-from worker.models import Account, Domain, Holder, Mailbox
+from worker.services import importer
+from worker.store import migrate
+from worker.store.models import Account, Domain, Holder, Mailbox
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "import.py"
 

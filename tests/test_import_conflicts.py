@@ -20,13 +20,13 @@ from sqlalchemy import select
 from tests.conftest import TEST_SECRET_KEYS
 from tests.test_charges import mark_charge_notice_sent
 from tests.test_import import any_database, make_csv, mailbox, row, run  # noqa: F401 - any_database is a fixture
-from worker import charges, orders, payments
-from worker.cli import main
+from worker.services import charges, orders, payments
+from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway, list_charges
-from worker.links import MAILBOX, RenewalLink
-from worker.models import ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
-from worker.orders import MailboxChoice
-from worker.schedule import DEFAULT_STAGES
+from worker.rules.links import MAILBOX, RenewalLink
+from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
+from worker.services.orders import MailboxChoice
+from worker.rules.schedule import DEFAULT_STAGES
 
 MAIL_DOMAIN = "pec-provider.example"
 ADDRESS = "user1@pec.example.it"

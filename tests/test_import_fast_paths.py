@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from worker import importer
-from worker.importer import _BAD_CHAR_RE, _SPACE_RE, ImportProblem, _CheckedFile, _RowChecker, _stripped
-from worker.schedule import DEFAULT_STAGES
+from worker.services import importer
+from worker.services.importer import _BAD_CHAR_RE, _SPACE_RE, ImportProblem, _CheckedFile, _RowChecker, _stripped
+from worker.rules.schedule import DEFAULT_STAGES
 
 # Letters, the characters of real cells, every kind of space str.strip knows, control characters.
 _CHARS = st.sampled_from(

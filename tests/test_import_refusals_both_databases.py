@@ -12,9 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from tests.test_import import count, mailbox, make_csv, refusal, row, run
-from worker import importer, migrate
-from worker.db import make_engine, make_session_factory
-from worker.models import Account, Holder, Mailbox
+from worker.services import importer
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import Account, Holder, Mailbox
 
 #: The same address twice (the second time in other case), and another address twice.
 REPEATS = [

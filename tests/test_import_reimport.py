@@ -7,8 +7,8 @@ from datetime import date
 from sqlalchemy import select, text, update
 
 from tests.test_import import any_database, make_csv, mailbox, row, run  # noqa: F401 - any_database is a fixture
-from worker.importer import ImportReport
-from worker.models import Mailbox
+from worker.services.importer import ImportReport
+from worker.store.models import Mailbox
 
 
 def versions(session_factory) -> dict[str, str]:

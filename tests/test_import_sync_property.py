@@ -25,9 +25,9 @@ from sqlalchemy import func, select, text
 
 from tests.test_import import make_csv, row, run
 from tests.test_import_conflicts import charge, place_order, register
-from worker import orders, payments
-from worker.models import Base, ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
-from worker.schedule import add_years
+from worker.services import orders, payments
+from worker.store.models import Base, ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
+from worker.rules.schedule import add_years
 
 MANUAL = "user1@pec.example.it"  # renewed by orders
 AUTO = "user2@pec.example.it"  # renewed by auto-renew charges

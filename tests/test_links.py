@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
-from worker.links import ACCOUNT, MAILBOX, RENEWAL_SALT, LinkSigner, RenewalLink, TokenExpired, TokenInvalid
+from worker.rules.links import ACCOUNT, MAILBOX, RENEWAL_SALT, LinkSigner, RenewalLink, TokenExpired, TokenInvalid
 
 OLD_KEY = "old-key-0123456789abcdef0123456789abcdef"
 NEW_KEY = "new-key-0123456789abcdef0123456789abcdef"

@@ -16,11 +16,12 @@ import worker.celery_app  # noqa: F401  (connects the signal handlers)
 from config.settings import Settings, SettingsError
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
-from worker import logs, runtime
+from worker import logs
+from worker.services import runtime
 from worker.celery_app import create_celery
-from worker.links import LinkSigner
+from worker.rules.links import LinkSigner
 from worker.logs import JsonFormatter, TextFormatter, configure_logging, log_context, redact_tokens, remove_logging
-from worker.runtime import Runtime
+from worker.services.runtime import Runtime
 
 DAY = date(2027, 3, 31)
 
@@ -54,14 +55,14 @@ def celery_app(tmp_path_factory):
 
     @app.task(name="tests.logs.note_the_day")
     def note_the_day(mailbox_ids: list[int], business_date: str | None = None) -> None:
-        logging.getLogger("worker.notices").info("batch of %s mailboxes", len(mailbox_ids))
+        logging.getLogger("worker.services.notices").info("batch of %s mailboxes", len(mailbox_ids))
 
     return app
 
 
 def test_a_task_s_lines_carry_its_id_and_business_date(celery_app, captured):
     result = celery_app.tasks["tests.logs.note_the_day"].apply(args=[[1, 2, 3], "2027-03-31"])
-    logging.getLogger("worker.outbox").info("after the task")
+    logging.getLogger("worker.mail.outbox").info("after the task")
 
     first, after = [record for record in json_records(captured) if record["logger"].startswith("worker.")]
     assert first["message"] == "batch of 3 mailboxes"
@@ -81,7 +82,7 @@ def test_a_task_left_to_pick_today_logs_today(celery_app, captured, tmp_path):
         celery_app.tasks["tests.logs.note_the_day"].apply(args=[[1]])
     finally:
         runtime.install(None)
-    (record,) = [record for record in json_records(captured) if record["logger"] == "worker.notices"]
+    (record,) = [record for record in json_records(captured) if record["logger"] == "worker.services.notices"]
     assert record["business_date"] == "2027-04-01"
 
 
@@ -112,13 +113,13 @@ def test_the_text_format_is_readable_and_redacted(signer):
     handler = configure_logging("auto", logging.INFO, stream=stream)  # a terminal: text
     try:
         with log_context(day=DAY, task="abc-123"):
-            logging.getLogger("worker.outbox").warning("outbox 5 deferred (token %s)", token)
-        logging.getLogger("worker.outbox").warning("no context")
+            logging.getLogger("worker.mail.outbox").warning("outbox 5 deferred (token %s)", token)
+        logging.getLogger("worker.mail.outbox").warning("no context")
     finally:
         remove_logging(handler)
     first, second = stream.getvalue().splitlines()
-    assert first.endswith(" WARNING worker.outbox [task=abc-123 date=2027-03-31]: outbox 5 deferred (token [redacted])")
-    assert second.endswith(" WARNING worker.outbox: no context")
+    assert first.endswith(" WARNING worker.mail.outbox [task=abc-123 date=2027-03-31]: outbox 5 deferred (token [redacted])")
+    assert second.endswith(" WARNING worker.mail.outbox: no context")
 
 
 def test_auto_is_json_unless_the_stream_is_a_terminal():
@@ -189,12 +190,12 @@ def test_run_daily_logs_json_with_the_business_date(tmp_path, database_url, sess
     }
     env.pop("PEC_RENEWAL_LOG_FORMAT", None)
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "-v", "run-daily", "--date", DAY.isoformat()],
+        [sys.executable, "-m", "worker.cli.main", "-v", "run-daily", "--date", DAY.isoformat()],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    deferred = [record for record in records if record["logger"] == "worker.outbox" and "deferred" in record["message"]]
+    deferred = [record for record in records if record["logger"] == "worker.mail.outbox" and "deferred" in record["message"]]
     assert len(deferred) == 1, done.stderr
     assert deferred[0]["business_date"] == DAY.isoformat()
     assert "deferred 1" in done.stdout

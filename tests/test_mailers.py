@@ -14,9 +14,9 @@ from aiosmtpd.smtp import AuthResult
 
 from tests.conftest import make_settings
 from tests.smtp_server import LoopbackSMTPServer, _Handler
-from worker.emails import EmailRenderer
-from worker.links import LinkSigner
-from worker.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import LinkSigner
+from worker.mail.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
 
 SENDER = "rinnovi@pec-provider.example.it"
 
@@ -295,7 +295,7 @@ def test_make_mailer_chooses_by_settings(tmp_path, smtp_server):
 
 
 def test_maildir_backend_creates_missing_parent_folders(tmp_path):
-    from worker.mailers import MaildirMailer
+    from worker.mail.mailers import MaildirMailer
 
     target = tmp_path / "not" / "yet" / "mail"
     MaildirMailer(target).send("a@example.it", "b@example.it", b"Subject: x\r\n\r\nbody\r\n")

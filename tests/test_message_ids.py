@@ -21,11 +21,12 @@ from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
 from tests.test_charges import CHARGE_DAY, add_auto_renew, at_morning, build_runtime, run_on
 from tests.test_orders import complete_order
-from worker import charges, migrate
-from worker.daily import scan_day
-from worker.db import make_engine, make_session_factory
-from worker.emails import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
-from worker.models import Base, OutboxMessage, WorkerState
+from worker.services import charges
+from worker.store import migrate
+from worker.services.daily import scan_day
+from worker.store.db import make_engine, make_session_factory
+from worker.mail.emails import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
+from worker.store.models import Base, OutboxMessage, WorkerState
 
 DAY = date(2027, 3, 31)
 KEYS = [(101, "2027-03-31", "-2m"), (102, "2027-03-31", "-2m")]

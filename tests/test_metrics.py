@@ -25,12 +25,12 @@ from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
 from worker import metrics
-from worker.charges import ChargesResult
-from worker.daily import run_day
+from worker.services.charges import ChargesResult
+from worker.services.daily import run_day
 from worker.metrics import database_query
-from worker.models import Mailbox, OutboxMessage, OutboxStatus
-from worker.outbox import RelayResult
-from worker.runtime import Runtime
+from worker.store.models import Mailbox, OutboxMessage, OutboxStatus
+from worker.mail.outbox import RelayResult
+from worker.services.runtime import Runtime
 from worker.web import create_app
 
 ROME = ZoneInfo("Europe/Rome")
@@ -319,8 +319,8 @@ def test_outbox_retry_requeues_failed_messages_and_the_relay_sends_them(tmp_path
     from click.testing import CliRunner
     from sqlalchemy import select
 
-    from worker.cli import main
-    from worker.daily import scan_day
+    from worker.cli.main import main
+    from worker.services.daily import scan_day
 
     with runtime.session_factory() as session, session.begin():
         for number in range(4):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from worker import migrate
-from worker.db import make_engine
-from worker.models import Base
+from worker.store import migrate
+from worker.store.db import make_engine
+from worker.store.models import Base
 
 
 def differences(url: str) -> list:

@@ -18,10 +18,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tests.factories import make_mailbox
-from worker import migrate, notices
-from worker.db import make_engine, make_session_factory
-from worker.models import NoticeLedgerEntry, OutboxMessage
-from worker.schedule import DEFAULT_STAGES
+from worker.store import migrate
+from worker.services import notices
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
+from worker.rules.schedule import DEFAULT_STAGES
 
 EXPIRES = date(2027, 3, 31)
 TODAY = date(2027, 3, 24)  # -7d

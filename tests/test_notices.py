@@ -7,11 +7,11 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from tests.factories import make_mailbox
-from worker import migrate
-from worker.db import make_engine, make_session_factory
-from worker.models import Mailbox, WorkerState
-from worker.emails import installation_id, message_id_for
-from worker.notices import (
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import Mailbox, WorkerState
+from worker.mail.emails import installation_id, message_id_for
+from worker.services.notices import (
     SCAN_LEASE,
     claim_daily_run,
     decide_notice,
@@ -20,7 +20,7 @@ from worker.notices import (
     reconcile_schedule,
     record_daily_run,
 )
-from worker.schedule import DEFAULT_STAGES, parse_stages
+from worker.rules.schedule import DEFAULT_STAGES, parse_stages
 
 EXPIRES = date(2027, 3, 31)
 NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
@@ -213,9 +213,9 @@ def _batch_outcome(factory, today: date) -> dict:
     """A notice batch over a mixed fleet, and every row it wrote, keyed by mailbox address."""
     from sqlalchemy import select
 
-    from worker.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
-    from worker.models import NoticeLedgerEntry, OutboxMessage
-    from worker.notices import process_notice_batch
+    from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
+    from worker.store.models import NoticeLedgerEntry, OutboxMessage
+    from worker.services.notices import process_notice_batch
 
     with factory() as session, session.begin():
         mailboxes = [

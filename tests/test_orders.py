@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.factories import make_mailbox
-from worker import orders
-from worker.emails import EmailRenderer
-from worker.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
-from worker.models import OutboxMessage, RenewalOrder
-from worker.orders import LinkNotUsable, LinkState, MailboxChoice, OrderNotOpen, OrderValidationError
+from worker.services import orders
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
+from worker.store.models import OutboxMessage, RenewalOrder
+from worker.services.orders import LinkNotUsable, LinkState, MailboxChoice, OrderNotOpen, OrderValidationError
 
 TODAY = date(2027, 3, 1)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
@@ -523,7 +523,7 @@ def test_a_mailbox_link_reads_in_one_statement_outside_a_transaction(session_fac
     come out right, and nothing else may be asked of the database."""
     from sqlalchemy import event
 
-    from worker.models import OrderStatus
+    from worker.store.models import OrderStatus
 
     with session_factory() as session:
         plain = make_mailbox(session, expires_on=EXPIRES, plan="pro", holder_name="Anna Bianchi")

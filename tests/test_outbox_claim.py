@@ -1,5 +1,5 @@
 """The relay's claim on PostgreSQL (one statement on its own psycopg connection) against the
-general one (:func:`worker.outbox.claim_messages`, SQLAlchemy in a transaction): the same
+general one (:func:`worker.mail.outbox.claim_messages`, SQLAlchemy in a transaction): the same
 messages, the same fields, the same leases, whatever the rows' states and the locks held."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, text
 
-from worker.models import OutboxMessage
-from worker.outbox import CLAIM_LEASE, claim_messages, claim_messages_on_postgresql
+from worker.store.models import OutboxMessage
+from worker.mail.outbox import CLAIM_LEASE, claim_messages, claim_messages_on_postgresql
 
 NOW = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 

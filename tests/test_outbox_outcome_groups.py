@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_settings, smtp_runtime
 from tests.factories import make_mailbox
-from worker.daily import scan_day
-from worker.models import BouncedAddress, OutboxMessage
-from worker.runtime import Runtime
+from worker.services.daily import scan_day
+from worker.store.models import BouncedAddress, OutboxMessage
+from worker.services.runtime import Runtime
 
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))

@@ -15,15 +15,15 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.factories import make_mailbox
-from worker import orders, payments
-from worker.emails import EmailRenderer
+from worker.services import orders, payments
+from worker.mail.emails import EmailRenderer
 from worker.gateways.sandbox import SandboxGateway
-from worker.gateways.sandbox_models import SandboxCharge
-from worker.links import MAILBOX, LinkSigner, RenewalLink
-from worker.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder
-from worker.orders import LinkState, MailboxChoice
-from worker.payments import PaymentRefused
-from worker.schedule import DEFAULT_STAGES, add_years, first_action_on
+from worker.store.models import SandboxCharge
+from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
+from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder
+from worker.services.orders import LinkState, MailboxChoice
+from worker.services.payments import PaymentRefused
+from worker.rules.schedule import DEFAULT_STAGES, add_years, first_action_on
 
 TODAY = date(2027, 3, 1)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
@@ -215,7 +215,7 @@ def test_draft_order_cannot_be_paid(session_factory, settings):
 def test_two_orders_for_one_mailbox_renew_it_once(session_factory, settings):
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=date(2027, 4, 30), reference_email="uno@example.it")
-        from worker.links import ACCOUNT
+        from worker.rules.links import ACCOUNT
 
         first = place_order(session, settings, mailbox)
         account_order = orders.start_order(session, RenewalLink(ACCOUNT, mailbox.account_id, mailbox.expires_on), TODAY, NOW)
@@ -371,7 +371,7 @@ def test_parse_euro(text, cents):
 
 @given(st.integers(min_value=1, max_value=10**9))
 def test_parse_euro_reads_back_every_format(cents):
-    from worker.pricing import format_amount, format_euro
+    from worker.rules.pricing import format_amount, format_euro
 
     assert payments.parse_euro(format_amount(cents)) == cents
     assert payments.parse_euro(format_euro(cents, "it")) == cents
@@ -455,7 +455,7 @@ def cli_env(tmp_path, database_url):
 
 
 def test_cli_register_and_import_bank(session_factory, settings, database_url, tmp_path):
-    from worker.cli import main
+    from worker.cli.main import main
 
     today = date.today()  # the CLI runs on the wall clock
     with session_factory() as session:

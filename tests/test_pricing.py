@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import catalogue
-from worker import pricing
-from worker.pricing import LineInput, check_mailbox_choice
+from worker.rules import pricing
+from worker.rules.pricing import LineInput, check_mailbox_choice
 
 
 def choice(**overrides):

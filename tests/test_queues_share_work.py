@@ -23,7 +23,7 @@ from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
 from worker.celery_app import create_celery
-from worker.models import DailyRun, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
 

@@ -29,13 +29,13 @@ from sqlalchemy import select
 from tests.conftest import TEST_SECRET_KEYS, smtp_runtime
 from tests.factories import make_mailbox
 from worker import metrics
-from worker.daily import run_day, scan_day
-from worker.db import make_engine, make_session_factory
-from worker.emails import EmailRenderer
-from worker.links import LinkSigner
-from worker.models import NoticeLedgerEntry, OutboxMessage
-from worker.report import build_report
-from worker.runtime import Runtime
+from worker.services.daily import run_day, scan_day
+from worker.store.db import make_engine, make_session_factory
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import LinkSigner
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
+from worker.services.report import build_report
+from worker.services.runtime import Runtime
 
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
@@ -160,7 +160,7 @@ def test_the_email_goes_to_the_other_mailboxes_and_the_refused_one_is_recorded(
     ids = queue_group_with_one_refused(runtime)
     before = sample("pec_renewal_notices_refused_total", reason=NON_ASCII_LOCAL_PART)
     try:
-        with time_machine.travel(MORNING, tick=False), caplog.at_level(logging.WARNING, logger="worker.outbox"):
+        with time_machine.travel(MORNING, tick=False), caplog.at_level(logging.WARNING, logger="worker.mail.outbox"):
             result = runtime.relay.deliver_due()
     finally:
         runtime.close()
@@ -188,7 +188,7 @@ def test_a_failed_grouped_email_requeued_goes_out_without_the_refused_mailbox(
     tmp_path, database_url, session_factory, smtp_server
 ):
     """An email that failed whole before (``refused by the renderer``) goes once requeued."""
-    from worker.cli import requeue_failed_messages
+    from worker.cli.main import requeue_failed_messages
 
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     queue_group_with_one_refused(runtime)
@@ -220,7 +220,7 @@ def test_a_refused_reference_address_fails_the_message_at_once_and_for_good(
         scan_day(runtime, DAY)
     emails_before = sample("pec_renewal_emails_refused_total", reason=NON_ASCII_LOCAL_PART)
     try:
-        with time_machine.travel(MORNING, tick=False), caplog.at_level(logging.WARNING, logger="worker.outbox"):
+        with time_machine.travel(MORNING, tick=False), caplog.at_level(logging.WARNING, logger="worker.mail.outbox"):
             result = runtime.relay.deliver_due()
         # Not retried: nothing of it is due again, however late.
         with time_machine.travel(MORNING + timedelta(days=1), tick=False):
@@ -271,7 +271,7 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
     mailbox that can be named; stderr has a warning naming the one left out."""
     var = tmp_path / "var"
     env = {**os.environ, "PEC_RENEWAL_VAR_DIR": str(var), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS}
-    upgrade = subprocess.run([sys.executable, "-m", "worker.cli", "db", "upgrade"], env=env, capture_output=True, text=True)
+    upgrade = subprocess.run([sys.executable, "-m", "worker.cli.main", "db", "upgrade"], env=env, capture_output=True, text=True)
     assert upgrade.returncode == 0, upgrade.stderr
     engine = make_engine(f"sqlite:///{var / 'pec-renewal.sqlite3'}")
     try:
@@ -281,7 +281,7 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
     finally:
         engine.dispose()
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run-daily", "--date", DAY.isoformat()],
+        [sys.executable, "-m", "worker.cli.main", "run-daily", "--date", DAY.isoformat()],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -299,7 +299,7 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, d
     send the refused one once its data is corrected."""
     from click.testing import CliRunner
 
-    from worker.cli import main
+    from worker.cli.main import main
 
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     with runtime.session_factory() as session, session.begin():
@@ -336,8 +336,8 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, d
 )
 def test_the_renderer_refuses_what_the_import_refuses(address, reason):
     """One rule for a sendable address: what the import refuses at the door never reaches a header."""
-    from worker.emails import Refused, header_address
-    from worker.holder_data import sendable_address
+    from worker.mail.emails import Refused, header_address
+    from worker.rules.holder_data import sendable_address
 
     with pytest.raises(ValueError):
         sendable_address(address)
@@ -348,6 +348,6 @@ def test_the_renderer_refuses_what_the_import_refuses(address, reason):
 
 def test_a_unicode_domain_takes_its_idna_2008_form():
     """IDNA 2003 would turn faß.de into fass.de, another domain."""
-    from worker.emails import header_address
+    from worker.mail.emails import header_address
 
     assert header_address("anna@faß.de") == "anna@xn--fa-hia.de"

@@ -3,10 +3,10 @@
 from datetime import date, timedelta
 from types import SimpleNamespace
 
-from worker import charges
-from worker.charges import DEFAULT_CHARGE_PLAN, ChargePlan, CycleState
-from worker.report import forecast_steps
-from worker.schedule import DEFAULT_STAGES, first_action_on
+from worker.services import charges
+from worker.services.charges import DEFAULT_CHARGE_PLAN, ChargePlan, CycleState
+from worker.services.report import forecast_steps
+from worker.rules.schedule import DEFAULT_STAGES, first_action_on
 
 EXPIRES = date(2027, 3, 31)
 

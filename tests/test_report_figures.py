@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import make_settings
-from worker.cli import main
-from worker.daily import run_day
-from worker.demo import build_fleet
-from worker.report import CHARGE, build_report
-from worker.runtime import Runtime
+from worker.cli.main import main
+from worker.services.daily import run_day
+from worker.services.demo import build_fleet
+from worker.services.report import CHARGE, build_report
+from worker.services.runtime import Runtime
 
 START = date(2027, 1, 15)
 FORECAST_DAYS = 7

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.schedule import (
+from worker.rules.schedule import (
     DEFAULT_STAGES,
     MailboxState,
     Stage,

@@ -13,7 +13,7 @@ import pytest
 
 import config.settings as settings_module
 from config.settings import Settings, SettingsError
-from worker.schedule import DEFAULT_STAGES, Stage
+from worker.rules.schedule import DEFAULT_STAGES, Stage
 
 OLD_KEY = "old-key-0123456789abcdef0123456789abcdef"
 NEW_KEY = "new-key-0123456789abcdef0123456789abcdef"

@@ -1,6 +1,6 @@
 from sqlalchemy import select
 
-from worker.models import Account
+from worker.store.models import Account
 
 
 def test_database_is_migrated_and_empty(session_factory):
@@ -16,7 +16,7 @@ def test_the_runtime_engine_takes_any_sqlite_url(tmp_path, monkeypatch):
     from sqlalchemy import text
 
     from config.settings import Settings
-    from worker.runtime import POOL_SIZE, Runtime
+    from worker.services.runtime import POOL_SIZE, Runtime
 
     monkeypatch.chdir(tmp_path)
     for url, pooled in (("sqlite://", False), ("sqlite:///:memory:", False), ("sqlite:///data/renewals.db", True)):

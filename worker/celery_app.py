@@ -66,14 +66,14 @@ def _metrics_directory(**_kwargs) -> None:
 def _serve_metrics(**_kwargs) -> None:
     if _settings is not None and _settings.metrics_port:
         from worker.metrics import serve_worker_metrics
-        from worker.runtime import utc_now
+        from worker.services.runtime import utc_now
 
         serve_worker_metrics(_settings, utc_now)
 
 
 @worker_process_init.connect
 def _freeze_startup_objects(**_kwargs) -> None:
-    from worker.runtime import freeze_startup_objects
+    from worker.services.runtime import freeze_startup_objects
 
     freeze_startup_objects()
 
@@ -108,7 +108,7 @@ def _business_date_of(task, args, kwargs) -> str | None:
     if value:
         return str(value)
     try:
-        from worker import runtime
+        from worker.services import runtime
 
         return runtime.current().today().isoformat()
     except Exception:  # the task reports a bad setting itself; a log field is not worth failing for

@@ -1,7 +1,7 @@
 """Logging, configured once per process: JSON lines in production, readable text on a terminal.
 
 ``configure_logging`` is called by the two entry points, the CLI
-(``worker.cli.main``) and Celery (the ``setup_logging`` signal in
+(``worker.cli.main.main``) and Celery (the ``setup_logging`` signal in
 ``worker.celery_app``, for the worker and beat); nothing else configures
 logging.  Every record carries the Celery task id and the business date it
 is about, when there is one: they live in context variables that the

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.pool import NullPool
 
 from config.settings import Settings
-from worker.models import ChargeIntent, ChargeStatus, Mailbox, OutboxMessage, OutboxStatus
+from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OutboxMessage, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def counters() -> _Counters:
 
 
 def record_notice_batch(result) -> None:
-    """Count a notice batch's (or a whole scan's) ``worker.notices.BatchResult``."""
+    """Count a notice batch's (or a whole scan's) ``worker.services.notices.BatchResult``."""
     metrics = counters()
     metrics.examined.inc(result.examined)
     _count_by_kind(metrics.queued, result.emails.items())
@@ -120,7 +120,7 @@ def record_notice_batch(result) -> None:
 
 
 def record_relay(result, *, capacity: int | None = None) -> None:
-    """Count a ``worker.outbox.RelayResult``; ``capacity``: the most messages the run could handle."""
+    """Count a ``worker.mail.outbox.RelayResult``; ``capacity``: the most messages the run could handle."""
     metrics = counters()
     _count_by_kind(metrics.sent, result.sent_by_kind.items())
     metrics.deferred.inc(result.deferred)
@@ -135,7 +135,7 @@ def record_relay(result, *, capacity: int | None = None) -> None:
 
 
 def record_charges(result, *, concurrency: int | None = None) -> None:
-    """Count a ``worker.charges.ChargesResult``; ``concurrency``: the gateway calls allowed at once."""
+    """Count a ``worker.services.charges.ChargesResult``; ``concurrency``: the gateway calls allowed at once."""
     metrics = counters()
     for outcome, count in result.outcomes.items():
         metrics.charges.labels(result=outcome).inc(count)
@@ -149,7 +149,7 @@ def record_charges(result, *, concurrency: int | None = None) -> None:
 
 
 def record_day(summary) -> None:
-    """Count a whole ``run-daily`` (``worker.daily.DaySummary``)."""
+    """Count a whole ``run-daily`` (``worker.services.daily.DaySummary``)."""
     if summary.dry_run:
         return
     record_notice_batch(summary.scan)
@@ -323,7 +323,7 @@ def serve_worker_metrics(settings: Settings, clock: Callable[[], datetime]):
     from prometheus_client import start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from worker.db import make_engine
+    from worker.store.db import make_engine
 
     registry = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(registry)

@@ -17,7 +17,7 @@ def main() -> None:
         import time_machine
 
         time_machine.travel(datetime.fromisoformat(clock), tick=True).start()
-    from worker.cli import main as cli_main
+    from worker.cli.main import main as cli_main
 
     cli_main(prog_name="pec-renewal")
 

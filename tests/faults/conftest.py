@@ -24,7 +24,7 @@ from sqlalchemy import func, select, text
 from config.celery import celery_config
 from tests.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
 from tests.conftest import TEST_REDIS_URL, make_settings
-from worker.models import OutboxMessage, OutboxStatus
+from worker.store.models import OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,7 +229,7 @@ def recipients_with_two_message_ids(smtp_server) -> dict[str, set[str]]:
 
 def mark_charge_notices_sent(session_factory, mailbox_ids: list[int], expires_on: date) -> None:
     """As if each cycle's charge notice went out on its day (tests that start at the charge)."""
-    from worker import charges
+    from worker.services import charges
 
     with session_factory() as session, session.begin():
         session.execute(
@@ -263,7 +263,7 @@ def queues_idle(redis_client) -> bool:
 
 def charge_intents(session_factory) -> Counter:
     """Charge intents by status."""
-    from worker.models import ChargeIntent
+    from worker.store.models import ChargeIntent
 
     with session_factory() as session:
         return Counter(

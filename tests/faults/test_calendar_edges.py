@@ -43,11 +43,11 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from worker import runtime as runtime_module
-from worker.models import ChargeIntent, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
-from worker.notices import SCHEDULE_STATE_KEY
-from worker.runtime import Runtime
-from worker.schedule import DEFAULT_STAGES, next_action_on
+from worker.services import runtime as runtime_module
+from worker.store.models import ChargeIntent, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
+from worker.services.notices import SCHEDULE_STATE_KEY
+from worker.services.runtime import Runtime
+from worker.rules.schedule import DEFAULT_STAGES, next_action_on
 
 pytestmark = pytest.mark.slow
 

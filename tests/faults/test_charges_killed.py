@@ -39,7 +39,7 @@ from tests.test_charges import (  # noqa: F401
     runtime,
 )
 from worker.gateways import ChargeOutcome, ChargeResult
-from worker.models import ChargeIntent, Mailbox
+from worker.store.models import ChargeIntent, Mailbox
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,9 +87,9 @@ class LostLookups:
 
 def child_main() -> None:  # pragma: no cover - runs in a subprocess
     from config.settings import Settings
-    from worker import charges
-    from worker.daily import run_day
-    from worker.runtime import Runtime
+    from worker.services import charges
+    from worker.services.daily import run_day
+    from worker.services.runtime import Runtime
 
     rt = Runtime(Settings.from_env())
     day = date.fromisoformat(os.environ["CHILD_DAY"])

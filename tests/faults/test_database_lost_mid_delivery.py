@@ -38,9 +38,9 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import at_morning
-from worker.daily import scan_day
-from worker.models import NoticeLedgerEntry, OutboxMessage
-from worker.schedule import add_months
+from worker.services.daily import scan_day
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
+from worker.rules.schedule import add_months
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import CHARGE_DAY, EXPIRES, at_morning
-from worker.models import Mailbox
+from worker.store.models import Mailbox
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,7 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import at_morning
-from worker.models import DailyRun, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
 

@@ -38,8 +38,8 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import at_morning
-from worker.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
-from worker.schedule import parse_stages
+from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.rules.schedule import parse_stages
 
 pytestmark = pytest.mark.slow
 

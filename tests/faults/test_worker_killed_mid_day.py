@@ -57,10 +57,10 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from worker.daily import run_day
-from worker.models import NoticeLedgerEntry, OutboxMessage
-from worker.runtime import Runtime
-from worker.schedule import add_months
+from worker.services.daily import run_day
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
+from worker.services.runtime import Runtime
+from worker.rules.schedule import add_months
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS, make_settings
-from worker.cli import main
+from worker.cli.main import main
 from worker.gateways import (
     ChargeOutcome,
     ChargeResult,
@@ -22,7 +22,7 @@ from worker.gateways import (
     make_gateway,
 )
 from worker.gateways.sandbox import SandboxGateway, sandbox_reference
-from worker.gateways.sandbox_models import SandboxCharge
+from worker.store.models import SandboxCharge
 
 NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
 
@@ -204,7 +204,7 @@ def test_cli_prints_the_sandbox_record_as_json_and_as_a_table(tmp_path, database
 
 
 def _charge_in_another_process(database_url: str, key: str) -> str:
-    from worker.db import make_engine, make_session_factory
+    from worker.store.db import make_engine, make_session_factory
 
     engine = make_engine(database_url)
     try:
@@ -225,8 +225,8 @@ def test_four_processes_charging_one_key_make_one_charge(session_factory, databa
 
 
 def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
-    from worker import migrate
-    from worker.db import make_engine, make_session_factory
+    from worker.store import migrate
+    from worker.store.db import make_engine, make_session_factory
 
     url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
     migrate.upgrade(url)

@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.web.conftest import app, client, clock, runtime  # noqa: F401 (fixtures)
-from worker.runtime import Runtime
+from worker.services.runtime import Runtime
 from worker.web import create_app
 
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.emails import EmailRenderer, header_address
-from worker.links import LinkSigner
+from worker.mail.emails import EmailRenderer, header_address
+from worker.rules.links import LinkSigner
 
 EXPECTED_HEADERS = {
     "from", "to", "subject", "date", "message-id", "mime-version", "content-type", "auto-submitted",

@@ -26,7 +26,7 @@ from tests.conftest import TEST_SECRET_KEYS
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token, row_counts
 from tests.web.flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from worker.links import RENEWAL_SALT
+from worker.rules.links import RENEWAL_SALT
 from worker.web.security import REDACTED, RedactingFilter, RedactingRequestHandler, redact
 
 EXPIRY = date(2027, 2, 10)
@@ -205,7 +205,7 @@ def test_a_valid_token_is_in_no_log_line_through_a_whole_order(client, runtime, 
 
 @pytest.mark.parametrize("failing", ["the mailbox read", "the page of a returning browser"])
 def test_an_exception_on_a_link_page_is_logged_without_the_token(app, runtime, mailbox_id, caplog, monkeypatch, failing):
-    from worker import orders
+    from worker.services import orders
     from worker.web import views
 
     def explode(*args, **kwargs):

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from worker.models import Base
-from worker.runtime import Runtime
+from worker.store.models import Base
+from worker.services.runtime import Runtime
 from worker.web import create_app
 
 ROME = ZoneInfo("Europe/Rome")

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from tests.factories import make_mailbox
 from tests.web.conftest import account_link_path, link_path
 from tests.web.flow import post_form, start
-from worker import orders
-from worker.models import RenewalOrder, RenewalOrderLine
+from worker.services import orders
+from worker.store.models import RenewalOrder, RenewalOrderLine
 
 EXPIRY = date(2027, 2, 10)
 

@@ -22,7 +22,7 @@ def test_create_app_without_arguments_reads_the_environment(monkeypatch, tmp_pat
 
 
 def test_serve_command_is_registered():
-    from worker.cli import main
+    from worker.cli.main import main
 
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0, result.output

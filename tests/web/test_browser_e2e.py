@@ -23,8 +23,8 @@ from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
-from worker.models import Mailbox, RenewalOrder
-from worker.runtime import Runtime
+from worker.store.models import Mailbox, RenewalOrder
+from worker.services.runtime import Runtime
 from worker.web import create_app
 from worker.web.security import RedactingRequestHandler
 
@@ -89,8 +89,8 @@ def _renewal_link_from_maildir(path, base_url: str) -> str:
 def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory, clock, caplog):
     from playwright.sync_api import sync_playwright
 
-    from worker import payments
-    from worker.daily import run_day
+    from worker.services import payments
+    from worker.services.daily import run_day
 
     runtime, base_url = served
     caplog.set_level(logging.INFO)

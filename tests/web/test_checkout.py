@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from tests.web.flow import post_form, start, walk_to_confirm
-from worker.gateways.sandbox_models import SandboxCharge
-from worker.models import Mailbox, Payment, RenewalOrder
+from worker.store.models import SandboxCharge
+from worker.store.models import Mailbox, Payment, RenewalOrder
 
 EXPIRY = date(2027, 2, 10)
 

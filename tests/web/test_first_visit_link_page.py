@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from tests.factories import make_mailbox
 from tests.web.conftest import account_link_path, close_runtime, csrf_token, link_path, runtime_on_test_database
 from tests.web.test_link_page_fast_path import TODAY, _every_state
-from worker import orders
-from worker.links import MAILBOX
-from worker.models import RenewalOrder
+from worker.services import orders
+from worker.rules.links import MAILBOX
+from worker.store.models import RenewalOrder
 from worker.web import create_app
 from worker.web.link_page import FirstVisitLinkPage
 

@@ -13,7 +13,7 @@ from werkzeug.datastructures import MultiDict
 from tests.factories import make_mailbox
 from tests.web.conftest import csrf_token, link_path, row_counts
 from tests.web.flow import PRIVATE_HOLDER, post_form, start
-from worker.models import RenewalOrder
+from worker.store.models import RenewalOrder
 from worker.web import forms
 
 FUZZ = hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

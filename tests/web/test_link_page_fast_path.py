@@ -2,7 +2,7 @@
 
 bench/link_handler.sh measures ``GET /rinnova/<token>`` against a bare token
 check.  To get closer, the page reads its row on a raw DBAPI cursor
-(``worker.orders.read_mailbox_link``), renders a template compiled for the
+(``worker.services.orders.read_mailbox_link``), renders a template compiled for the
 holder's language (``worker.web.templating``), and signs the CSRF token and
 the session cookie with itsdangerous' formats but less work
 (``worker.web.signing``).  These tests pin each of those to what it replaced.
@@ -24,11 +24,12 @@ from wtforms import ValidationError
 
 from tests.factories import make_mailbox
 from tests.web.conftest import csrf_token, link_path
-from worker import migrate, orders
-from worker.db import make_engine, make_session_factory
-from worker.links import MAILBOX, RenewalLink
-from worker.models import OrderStatus
-from worker.orders import LinkState
+from worker.store import migrate
+from worker.services import orders
+from worker.store.db import make_engine, make_session_factory
+from worker.rules.links import MAILBOX, RenewalLink
+from worker.store.models import OrderStatus
+from worker.services.orders import LinkState
 from worker.web import create_app, signing, templating
 
 TODAY = date(2027, 3, 1)

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.factories import make_mailbox
 from tests.web.conftest import link_path
-from worker.db import make_engine
-from worker.runtime import Runtime
+from worker.store.db import make_engine
+from worker.services.runtime import Runtime
 from worker.web import PING_AFTER_IDLE_SECONDS, WebRuntime, create_app
 
 EXPIRY = date(2027, 2, 10)  # the clock stands at 2027-01-10

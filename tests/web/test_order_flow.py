@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from tests.web.flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from worker.models import OutboxMessage, RenewalOrder
+from worker.store.models import OutboxMessage, RenewalOrder
 
 EXPIRY = date(2027, 2, 10)
 

@@ -39,9 +39,9 @@ from typing import NamedTuple
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
+from worker.store.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
-from worker.gateways.sandbox_models import SandboxCharge
+from worker.store.models import SandboxCharge
 
 log = logging.getLogger(__name__)
 

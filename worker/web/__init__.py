@@ -6,7 +6,7 @@
     gunicorn -c python:worker.web.gunicorn_conf 'worker.web:create_app()'
 
 and ``pec-renewal serve`` runs Flask's development server.  The business
-rules live in ``worker.orders``; this package only shows pages, validates
+rules live in ``worker.services.orders``; this package only shows pages, validates
 form input and calls the service.
 """
 
@@ -25,8 +25,8 @@ from sqlalchemy import Engine
 from werkzeug.http import dump_cookie
 
 from config.settings import Settings
-from worker.db import make_engine
-from worker.runtime import Runtime
+from worker.store.db import make_engine
+from worker.services.runtime import Runtime
 from worker.web import i18n, templating
 from worker.web.link_page import FirstVisitLinkPage
 from worker.web.security import (
@@ -55,7 +55,7 @@ class _App(Flask):
         self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
 
 
-#: A pooled connection idle longer than this is pinged before use (worker.db.make_engine).
+#: A pooled connection idle longer than this is pinged before use (worker.store.db.make_engine).
 PING_AFTER_IDLE_SECONDS = 10.0
 #: Connections each web process keeps open between requests.  The pool opens one only when a
 #: thread needs it, so this is a ceiling: at most gunicorn's threads (8) are ever open at once.

@@ -5,7 +5,7 @@ whole number in range, text of a sane length with no control characters, no
 invisible or replacement characters, and codes and addresses in plain ASCII
 (look-alike letters are refused).  The business rules (plan limits, space,
 checksums, e-invoicing by kind, payment delays) are the order service's:
-its :class:`worker.orders.OrderValidationError` messages are put next to the
+its :class:`worker.services.orders.OrderValidationError` messages are put next to the
 field they name.
 """
 

@@ -11,7 +11,7 @@ from datetime import date
 
 from flask import g, has_app_context, has_request_context, request
 
-from worker.emails import format_date_with_article, format_long_date
+from worker.mail.emails import format_date_with_article, format_long_date
 
 LANGUAGES = ("it", "en")
 PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}

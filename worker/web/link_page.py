@@ -6,7 +6,7 @@ That request is answered here, a WSGI layer in front of Flask's own, with
 Flask's answer: the same status, the same headers in the same order, the
 same page and a session cookie and CSRF token that Flask and Flask-WTF read
 back on the button's POST.  It does the page's work only: verify the token,
-read the mailbox (:func:`worker.orders.read_mailbox_link`), sign a CSRF
+read the mailbox (:func:`worker.services.orders.read_mailbox_link`), sign a CSRF
 token, render the template compiled for the holder's language.  Without
 Flask's request machinery (request and session objects, routing, context
 processors, the response object and its hooks) a page costs 320 instead of
@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable
 
 from flask import Flask, g
 
-from worker import orders
-from worker.links import MAILBOX, TokenInvalid
+from worker.services import orders
+from worker.rules.links import MAILBOX, TokenInvalid
 from worker.web import signing, templating
 from worker.web.security import NO_STORE_HEADERS, SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
 

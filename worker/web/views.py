@@ -1,7 +1,7 @@
 """The pages: the link page, the five order steps, the confirmation and the sandbox checkout.
 
-Every view is thin: it reads the request, calls ``worker.orders`` /
-``worker.payments`` in one database session, commits, and redirects (POST,
+Every view is thin: it reads the request, calls ``worker.services.orders`` /
+``worker.services.payments`` in one database session, commits, and redirects (POST,
 then redirect, then GET).  A GET never writes.  An order is reachable only
 from the browser session that started it: its public id is kept in the
 signed Flask session, and any other id is a 404.
@@ -18,9 +18,9 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from werkzeug.exceptions import HTTPException
 
 from config import catalogue
-from worker import orders as orders_service
-from worker import pricing
-from worker.links import MAILBOX, TokenInvalid
+from worker.services import orders as orders_service
+from worker.rules import pricing
+from worker.rules.links import MAILBOX, TokenInvalid
 from worker.web import forms, i18n, signing, templating
 from worker.web.i18n import translate_in_context as t
 from worker.web.link_page import STATES_WITH_FORM, status_code
@@ -244,7 +244,7 @@ def _describe_link(link):
     """What the link page shows, read without writing.
 
     A mailbox link, the page nearly every holder opens, is one SELECT outside
-    any transaction, on a raw cursor of the pool (:func:`worker.orders.read_mailbox_link`:
+    any transaction, on a raw cursor of the pool (:func:`worker.services.orders.read_mailbox_link`:
     one round trip, and a dead pooled connection is replaced and the read made
     again).  An account link reads several tables: it keeps the session and its
     rollback.
@@ -547,7 +547,7 @@ def checkout(public_id: str):
                     return csrf_error(None)
                 forms.localise_errors(form)
                 return _render_checkout(order, form, 422)
-            from worker import payments
+            from worker.services import payments
 
             try:
                 result = payments.pay_order_with_gateway(

@@ -1,0 +1,1 @@
+"""The ``pec-renewal`` command."""

@@ -1,0 +1,121 @@
+"""``pec-renewal payments``: register bank transfers and postal slips, by hand or from a bank statement."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from worker.rules import pricing
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"pec-renewal: {message}", err=True)
+    sys.exit(code)
+
+
+def _runtime(ctx: click.Context):
+    return ctx.find_root().obj
+
+
+def _ensure_schema(rt) -> None:
+    from worker.cli.main import _ensure_schema as ensure
+
+    ensure(rt)
+
+
+def _amount(_ctx, _param, value: str) -> int:
+    from worker.services.payments import parse_euro
+
+    try:
+        cents = parse_euro(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if cents <= 0:
+        raise click.BadParameter(f"{value!r} is not a positive amount")
+    return cents
+
+
+@click.group("payments")
+def payments() -> None:
+    """Register payments of renewal orders (bank transfers, postal slips)."""
+
+
+@payments.command("register")
+@click.argument("order_number")
+@click.option("--amount", required=True, callback=_amount, help="The amount paid in euro: 48.80 or 48,80.")
+@click.option("--reference", required=True, help="The payment's reference (CRO/TRN, slip number): registering it twice registers once.")
+@click.option(
+    "--method",
+    type=click.Choice(pricing.PAYMENT_METHODS),
+    default=pricing.BANK_TRANSFER,
+    show_default=True,
+    help="How it was paid.",
+)
+@click.pass_context
+def register(ctx: click.Context, order_number: str, amount: int, reference: str, method: str) -> None:
+    """Register one payment of ORDER_NUMBER (such as PEC-2027-000123); it completes the renewal."""
+    from worker.services.payments import PaymentRefused, register_payment
+
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    now = rt.clock()
+    try:
+        with rt.session_factory() as session, session.begin():
+            result = register_payment(
+                session,
+                order_number=order_number,
+                amount_cents=amount,
+                method=method,
+                reference=reference,
+                now=now,
+                today=rt.today(),
+                settings=rt.settings,
+            )
+    except PaymentRefused as refused:
+        _fail(f"payment not registered: {refused}")
+    if not result.registered:
+        click.echo(f"{result.order_number}: this payment ({reference}) was already registered; nothing changed")
+        return
+    click.echo(f"{result.order_number}: payment of {pricing.format_amount(result.amount_cents)} EUR registered ({method})")
+    for item in result.renewed:
+        click.echo(f"  {item.address}: renewed from {item.old_expires_on} to {item.new_expires_on} ({item.plan})")
+    click.echo("the renewal-completed email is queued (sent by the next relay run)")
+
+
+@payments.command("import-bank")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_bank(ctx: click.Context, csv_file: Path) -> None:
+    """Register the bank transfers of a statement (CSV: date,amount,reference[,id]).
+
+    Lines are matched to orders by the order number (PEC-YYYY-NNNNNN) in the
+    reference.  Unmatched lines and wrong amounts are reported and change
+    nothing; the exit status is then 1.
+    """
+    from worker.services.payments import BankStatementInvalid, import_bank_statement
+
+    rt = _runtime(ctx)
+    _ensure_schema(rt)
+    try:
+        with rt.session_factory() as session, session.begin():
+            report = import_bank_statement(
+                session, csv_file, now=rt.clock(), today=rt.today(), settings=rt.settings
+            )
+    except BankStatementInvalid as error:
+        _fail(f"{csv_file}: {error}")
+    except (UnicodeDecodeError, OSError) as error:
+        _fail(f"{csv_file}: cannot be read: {error}")
+    for line in report.lines:
+        stream_err = line.status not in ("registered", "already_registered", "skipped")
+        click.echo(f"line {line.line}: {line.status}: {line.message}", err=stream_err)
+    counts = report.counts
+    click.echo(
+        f"{csv_file}: {len(report.lines)} line(s): {counts['registered']} registered, "
+        f"{counts['already_registered']} already registered, {counts['unmatched']} unmatched, "
+        f"{counts['wrong_amount']} wrong amount, {counts['refused']} refused, {counts['invalid']} invalid, "
+        f"{counts['skipped']} skipped"
+    )
+    if report.problems:
+        sys.exit(1)

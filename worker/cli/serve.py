@@ -1,0 +1,41 @@
+"""``pec-renewal serve``: the link handler on Flask's development server.
+
+In production use gunicorn instead (see the README)::
+
+    gunicorn -c python:worker.web.gunicorn_conf 'worker.web:create_app()'
+"""
+
+from __future__ import annotations
+
+import click
+from werkzeug.serving import run_simple
+
+from worker.web.security import RedactingRequestHandler
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--debug", is_flag=True, help="Reload on code changes and show tracebacks (never in production).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
+    """Serve the renewal link handler for development (Flask's server; use gunicorn in production)."""
+    import logging
+
+    from worker.cli.main import _ensure_schema
+    from worker.web import create_app
+
+    runtime = ctx.find_root().obj
+    _ensure_schema(runtime)
+    app = create_app(runtime)
+    logging.getLogger("werkzeug").setLevel(logging.INFO)
+    click.echo(f"serving the link handler on http://{host}:{port}/ (links point at {runtime.settings.base_url})", err=True)
+    run_simple(
+        host,
+        port,
+        app,
+        use_reloader=debug,
+        use_debugger=debug,
+        threaded=True,
+        request_handler=RedactingRequestHandler,
+    )

@@ -1,0 +1,111 @@
+"""``pec-renewal check``: probe every service the worker needs, one clear line each."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+
+from worker.services.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Probe:
+    service: str
+    ok: bool
+    detail: str
+
+
+def check_all(rt: Runtime) -> list[Probe]:
+    return [
+        _probe("database", lambda: check_database(rt)),
+        _probe("broker", lambda: check_broker(rt)),
+        _probe("mail", lambda: check_mail(rt)),
+        _probe("gateway", lambda: check_gateway(rt)),
+    ]
+
+
+def _probe(service: str, check: Callable[[], str]) -> Probe:
+    try:
+        return Probe(service, True, check())
+    except Exception as error:  # every failure is reported, none stops the other probes
+        return Probe(service, False, _one_line(error))
+
+
+def _one_line(error: Exception) -> str:
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(error, DBAPIError):  # the driver's message, without SQLAlchemy's SQL and links
+        error = error.orig
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot connect: {error.strerror}"
+    return (" ".join(str(error).split()) or type(error).__name__)[:300]
+
+
+def check_database(rt: Runtime) -> str:
+    from worker.store import migrate
+
+    with rt.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    current, head = migrate.current_revision(rt.settings.database_url), migrate.head_revision()
+    if current != head:
+        raise RuntimeError(f"reachable, but at revision {current or 'none'} instead of {head}: run 'pec-renewal db upgrade'")
+    return f"{rt.engine.dialect.name}, revision {current}"
+
+
+def check_broker(rt: Runtime) -> str:
+    settings = rt.settings
+    if settings.broker_url.startswith("filesystem"):
+        folder = Path(settings.broker_transport_options["data_folder_in"])
+        _writable(folder)
+        return f"file-system broker in {folder}"
+    from kombu import Connection
+
+    with Connection(settings.broker_url, transport_options=settings.broker_transport_options, connect_timeout=5) as connection:
+        connection.ensure_connection(max_retries=1, timeout=5)
+        return f"{connection.transport_cls} at {connection.as_uri()}"
+
+
+def check_mail(rt: Runtime) -> str:
+    settings = rt.settings
+    if settings.mail_backend == "console":
+        return "console backend (mail is printed, not sent)"
+    if settings.mail_backend == "maildir":
+        _writable(settings.maildir)
+        return f"Maildir {settings.maildir}"
+    timeout = min(settings.smtp_timeout, 10.0)
+    if settings.smtp_tls == "ssl":
+        client = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+    try:
+        client.ehlo()
+        if settings.smtp_tls == "starttls":
+            client.starttls(context=ssl.create_default_context())
+            client.ehlo()
+        if settings.smtp_user:
+            client.login(settings.smtp_user, settings.smtp_password or "")
+        code, _ = client.noop()
+        if code != 250:
+            raise RuntimeError(f"NOOP answered {code}")
+    finally:
+        try:
+            client.quit()
+        except smtplib.SMTPException:
+            client.close()
+    return f"SMTP {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_tls}{', login' if settings.smtp_user else ''})"
+
+
+def check_gateway(rt: Runtime) -> str:
+    return rt.gateway.check_credentials()
+
+
+def _writable(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".pec-renewal-check"
+    probe.write_text("ok")
+    probe.unlink()

@@ -1,0 +1,145 @@
+"""What one process needs, built once from the settings: database, mailer, renderer, signer.
+
+The CLI and the web app build a ``Runtime`` from the settings they were given;
+Celery worker processes build one lazily from the environment (``current()``).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from email.utils import parseaddr
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from worker.store.db import make_engine, make_session_factory
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import LinkSigner
+from worker.mail.mailers import Mailer, make_mailer
+from worker.mail.outbox import OutboxRelay
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (modules, classes, the ORM's mappers) out of the collector's sight.
+
+    A full collection otherwise walks all of them each time a batch of rows
+    is allocated: on a normal day it tripled the time to read 20,000 due rows
+    (bench/RESULTS.md).  Call once, after start-up imports.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def business_date(now: datetime, settings: Settings) -> date:
+    """The calendar date in the business time zone (Europe/Rome by default)."""
+    return now.astimezone(settings.timezone).date()
+
+
+#: Connections a worker or CLI process keeps open, at most.  SQLAlchemy's default allows the same
+#: 15 (5 kept, 10 "overflow"), but closes every overflow connection when it is given back: the
+#: charges' threads (``GATEWAY_CONCURRENCY``, 32 by default) opened and closed 128 connections per
+#: 2,000 charges that way (380 to 430 on a slower machine), a server process forked for each; with
+#: this pool, 19 in all (bench/charges.py, bench/RESULTS.md).
+#: The pool opens a connection only when a thread needs one, so a single-threaded process (the
+#: mail and notice workers) still holds one or two; a thread finding all 15 busy waits for one
+#: (``pool_timeout``, 30 s), as it did past 15 before.  Size PostgreSQL's ``max_connections``
+#: for 15 per worker process (README, operations).
+POOL_SIZE = 15
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Callable[[], datetime] = utc_now
+    mailer_override: Mailer | None = field(default=None, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url, pool_size=POOL_SIZE, max_overflow=0)
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def signer(self) -> LinkSigner:
+        return LinkSigner(self.settings.secret_keys, self.settings.base_url, self.settings.link_max_age_days)
+
+    @cached_property
+    def renderer(self) -> EmailRenderer:
+        return EmailRenderer(mail_from=self.settings.mail_from, signer=self.signer)
+
+    @cached_property
+    def mailer(self) -> Mailer:
+        return self.mailer_override or make_mailer(self.settings)
+
+    @cached_property
+    def gateway(self):
+        from worker.gateways import make_gateway
+
+        return make_gateway(self.settings, self.session_factory, clock=self.clock)
+
+    @cached_property
+    def charge_plan(self):
+        from worker.services.charges import ChargePlan
+
+        return ChargePlan(notice_days=self.settings.charge_notice_days, charge_days=self.settings.charge_days)
+
+    @cached_property
+    def mail_domain(self) -> str:
+        return parseaddr(self.settings.mail_from)[1].rpartition("@")[2]
+
+    @cached_property
+    def relay(self) -> OutboxRelay:
+        return OutboxRelay(
+            self.session_factory,
+            self.mailer,
+            self.renderer,
+            clock=self.clock,
+            max_attempts=self.settings.outbox_max_attempts,
+            batch_size=self.settings.relay_batch_size,
+            outcome_group=self.settings.relay_outcome_group,
+        )
+
+    def today(self) -> date:
+        return business_date(self.clock(), self.settings)
+
+    def close(self) -> None:
+        if "mailer" in self.__dict__:
+            self.mailer.close()
+        if "gateway" in self.__dict__:
+            self.gateway.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+_current: Runtime | None = None
+_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """This process's runtime, built from the environment on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Runtime(Settings.from_env())
+        return _current
+
+
+def install(runtime: Runtime | None) -> None:
+    """Set (or clear) this process's runtime: used by the CLI and by tests."""
+    global _current
+    with _lock:
+        if _current is not None and _current is not runtime:
+            _current.close()
+        _current = runtime

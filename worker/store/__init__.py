@@ -1,0 +1,1 @@
+"""The store: the tables, the engine and sessions, and the migrations."""

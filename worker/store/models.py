@@ -1,0 +1,446 @@
+"""The database schema (SQLAlchemy 2).  Migrations live in ``worker/store/migrations``.
+
+The same models run on SQLite (the embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from enum import Enum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class HolderKind(str, Enum):
+    PRIVATE = "private"
+    SOLE_PROPRIETOR = "sole_proprietor"
+    COMPANY = "company"
+    PROFESSIONAL = "professional"
+    PUBLIC_ADMINISTRATION = "public_administration"
+
+
+class Plan(str, Enum):
+    STANDARD = "standard"
+    PRO = "pro"
+    PREMIUM = "premium"
+
+
+class OutboxStatus(str, Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    BOUNCED = "bounced"
+    FAILED = "failed"  # transient errors until the attempts ran out
+
+
+class Account(Base):
+    """A customer login; it can own many mailboxes."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    login: Mapped[str] = mapped_column(String(254), unique=True)
+
+
+class Holder(Base):
+    """The "Dati intestatario": who holds a mailbox, and where notices go."""
+
+    __tablename__ = "holders"
+    __table_args__ = (UniqueConstraint("account_id", "holder_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    #: A digest of the fields below, so identical holder data is stored once per account.
+    holder_key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    tax_code: Mapped[str | None] = mapped_column(String(16))
+    vat_number: Mapped[str | None] = mapped_column(String(11))
+    reference_email: Mapped[str] = mapped_column(String(254))
+    postal_address: Mapped[str | None] = mapped_column(String(300))
+    #: E-invoicing: a 7-character SDI recipient code, a PEC address, or a
+    #: public administration's 6-character office code (with CIG and CUP).
+    sdi_code: Mapped[str | None] = mapped_column(String(7))
+    einvoice_pec: Mapped[str | None] = mapped_column(String(254))
+    office_code: Mapped[str | None] = mapped_column(String(6))
+    cig: Mapped[str | None] = mapped_column(String(10))
+    cup: Mapped[str | None] = mapped_column(String(15))
+
+    account: Mapped[Account] = relationship()
+
+
+class Domain(Base):
+    """A customer domain; its mailboxes (name@pec.theirdomain.it) share its expiry."""
+
+    __tablename__ = "domains"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    expires_on: Mapped[date] = mapped_column(Date)
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    address: Mapped[str] = mapped_column(String(254), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    #: A copy of the holder's reference address, where every notice goes: the
+    #: daily scan groups the due rows by it without a lookup per row.  Holder
+    #: rows never change in place (new data is a new row), so it is set
+    #: wherever ``holder_id`` is.
+    reference_email: Mapped[str] = mapped_column(String(254))
+    domain_id: Mapped[int | None] = mapped_column(ForeignKey("domains.id"), index=True)
+    plan: Mapped[str] = mapped_column(String(16))
+    extra_space_gb: Mapped[int] = mapped_column(Integer, default=0)
+    extra_archive_gb: Mapped[int] = mapped_column(Integer, default=0)
+    used_space_mb: Mapped[int] = mapped_column(Integer, default=0)
+    #: For a mailbox on a domain, a copy of the domain's expiry, kept in step.
+    expires_on: Mapped[date] = mapped_column(Date)
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    payment_method: Mapped[str | None] = mapped_column(String(200))
+    #: The last day of the stored card's expiry month.
+    card_expires_on: Mapped[date | None] = mapped_column(Date)
+    renewal_years: Mapped[int] = mapped_column(Integer, default=1)
+    promo: Mapped[bool] = mapped_column(Boolean, default=False)
+    language: Mapped[str] = mapped_column(String(2), default="it")
+    #: The next date on which the daily scan must look at this mailbox; the
+    #: scan reads only rows with ``next_action_on <= today``.  NULL: never again.
+    next_action_on: Mapped[date | None] = mapped_column(Date, index=True)
+
+    account: Mapped[Account] = relationship()
+    holder: Mapped[Holder] = relationship()
+    domain: Mapped[Domain | None] = relationship()
+
+
+class OutboxMessage(Base):
+    """One email to send, written in the same transaction as its ledger rows.
+
+    It keeps the data to render, not the rendered text, so the relay renders
+    with the current templates and signs fresh links; tokens are never stored.
+    """
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        # Only pending messages are looked up by when they are due.  A message leaves this
+        # index when it is sent, bounced or failed, so writing its outcome adds no entry to it.
+        Index(
+            "ix_outbox_messages_pending",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # Failed messages wait for an operator (``pec-renewal outbox retry``); few, and counted by the gauges.
+        Index(
+            "ix_outbox_messages_failed",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: The Message-ID header, derived from the ledger keys the message carries.
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    stage: Mapped[str] = mapped_column(String(8))
+    language: Mapped[str] = mapped_column(String(2))
+    #: Not indexed: nothing looks messages up by address, and every index costs each of a
+    #: message's three writes (the insert, the claim's lease, the outcome).
+    to_address: Mapped[str] = mapped_column(String(254))
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    context: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10), default=OutboxStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NoticeLedgerEntry(Base):
+    """One row per (mailbox, expiry cycle, stage): the proof a notice was queued."""
+
+    __tablename__ = "notice_ledger"
+    __table_args__ = (UniqueConstraint("mailbox_id", "cycle_expires_on", "stage", name="uq_notice_ledger_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    #: The expiry date the notice was about: it names the cycle.
+    cycle_expires_on: Mapped[date] = mapped_column(Date)
+    stage: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(40))
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    outbox_message_id: Mapped[int | None] = mapped_column(ForeignKey("outbox_messages.id"), index=True)
+    #: Set when the renderer refused this mailbox's data (its address, say): a short code, a
+    #: colon and the explanation.  The mailbox was left out of its email, or the whole email was
+    #: refused (its reference address); NULL otherwise.
+    refused_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class BouncedAddress(Base):
+    """A reference address that an SMTP server refused permanently (5xx)."""
+
+    __tablename__ = "bounced_addresses"
+
+    address: Mapped[str] = mapped_column(String(254), primary_key=True)
+    first_bounced_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_bounced_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    bounces: Mapped[int] = mapped_column(Integer, default=1)
+    last_reply: Mapped[str | None] = mapped_column(Text)
+
+
+class DailyRun(Base):
+    """One row per business date: the scan for a date is claimed once."""
+
+    __tablename__ = "daily_runs"
+
+    business_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class WorkerState(Base):
+    """Small facts the worker keeps about itself, such as the schedule its dates were computed with."""
+
+    __tablename__ = "worker_state"
+
+    key: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+
+
+# -- Renewal orders and payments (issue 3) ----------------------------------------------------------
+
+
+class OrderStatus(str, Enum):
+    DRAFT = "draft"
+    AWAITING_PAYMENT = "awaiting_payment"  # "in attesa di pagamento"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+class OrderOrigin(str, Enum):
+    LINK = "link"  # started by the holder from a Rinnova link
+    AUTO_RENEW_FAILED = "auto_renew_failed"  # left unpaid by a failed auto-renew charge
+
+
+class RenewalOrder(Base):
+    """A manual renewal order of one or more mailboxes, from a signed link to its registered payment.
+
+    ``(link_target, link_target_id, link_cycle)`` is the link it was started
+    from (mailbox or account, and the expiry cycle): unique, so a second
+    POST of the same link finds the same order.
+    """
+
+    __tablename__ = "renewal_orders"
+    __table_args__ = (UniqueConstraint("link_target", "link_target_id", "link_cycle", name="uq_renewal_orders_link"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: Opaque, for URLs (never the link token).
+    public_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Human-readable, given at confirmation: ``PEC-2027-000123``.
+    order_number: Mapped[str | None] = mapped_column(String(24), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    holder_id: Mapped[int] = mapped_column(ForeignKey("holders.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=OrderStatus.DRAFT.value)
+    origin: Mapped[str] = mapped_column(String(20), default=OrderOrigin.LINK.value)
+    link_target: Mapped[str] = mapped_column(String(1))
+    link_target_id: Mapped[int] = mapped_column(Id)
+    link_cycle: Mapped[date] = mapped_column(Date)
+    language: Mapped[str] = mapped_column(String(2), default="it")
+    #: The holder data confirmed or edited at step 2 (``HolderData`` fields); NULL until then.
+    holder_data: Mapped[dict | None] = mapped_column(JSON)
+    #: Step 1 done: the plans and extras of the lines were confirmed.
+    mailboxes_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    payment_method: Mapped[str | None] = mapped_column(String(20))
+    years: Mapped[int | None] = mapped_column(Integer)
+    terms_accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The totals, set when the payment is chosen and fixed at confirmation.
+    subtotal_cents: Mapped[int | None] = mapped_column(Integer)
+    vat_cents: Mapped[int | None] = mapped_column(Integer)
+    total_cents: Mapped[int | None] = mapped_column(Integer)
+    #: Gateway checkout attempts (card / PayPal): part of the idempotency key ``order:{id}:{n}``.
+    gateway_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The state of the latest gateway attempt: "started" (intent committed), a ChargeOutcome value, or NULL.
+    #: "started" or "unknown" is reconciled with ``gateway.lookup`` before anything else is charged.
+    gateway_state: Mapped[str | None] = mapped_column(String(32))
+    #: The card / PayPal token of the latest gateway attempt (what a reconciled charge was made with).
+    gateway_token: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    account: Mapped[Account] = relationship()
+    holder: Mapped[Holder] = relationship()
+    lines: Mapped[list["RenewalOrderLine"]] = relationship(
+        back_populates="order", order_by="RenewalOrderLine.id", cascade="all, delete-orphan"
+    )
+    payments: Mapped[list["Payment"]] = relationship(back_populates="order", order_by="Payment.id")
+
+
+class RenewalOrderLine(Base):
+    """One mailbox of an order: what it renews from, and the plan and extras it will have."""
+
+    __tablename__ = "renewal_order_lines"
+    __table_args__ = (UniqueConstraint("order_id", "mailbox_id", name="uq_renewal_order_lines_mailbox"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("renewal_orders.id", ondelete="CASCADE"), index=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"), index=True)
+    #: The expiry the renewal counts from; registration refuses if the mailbox's expiry moved since.
+    old_expires_on: Mapped[date] = mapped_column(Date)
+    old_plan: Mapped[str] = mapped_column(String(16))
+    #: Whether the mailbox is renewed by this order (an account order may leave some out).
+    selected: Mapped[bool] = mapped_column(Boolean, default=True)
+    plan: Mapped[str] = mapped_column(String(16))
+    extra_space_gb: Mapped[int] = mapped_column(Integer, default=0)
+    extra_archive_gb: Mapped[int] = mapped_column(Integer, default=0)
+    archive_deletion_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: This line's price for the order's years, VAT excluded (set with the totals).
+    price_cents: Mapped[int | None] = mapped_column(Integer)
+    #: The expiry after the registered payment.
+    new_expires_on: Mapped[date | None] = mapped_column(Date)
+
+    order: Mapped[RenewalOrder] = relationship(back_populates="lines")
+    mailbox: Mapped[Mailbox] = relationship()
+
+
+class Payment(Base):
+    """A registered payment of an order.  ``(order_id, reference)`` is unique: registering twice registers once."""
+
+    __tablename__ = "payments"
+    __table_args__ = (UniqueConstraint("order_id", "reference", name="uq_payments_order_reference"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("renewal_orders.id"), index=True)
+    method: Mapped[str] = mapped_column(String(20))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    #: The bank reference (CRO/TRN or the statement's text), the slip's number, or the gateway's charge id.
+    reference: Mapped[str] = mapped_column(String(200))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    business_date: Mapped[date] = mapped_column(Date)
+
+    order: Mapped[RenewalOrder] = relationship(back_populates="payments")
+
+
+# -- Auto-renew charges (issue 4) ------------------------------------------------------------
+
+
+class ChargeStatus(str, Enum):
+    STARTED = "started"  # the intent is committed; the gateway may or may not have been called
+    SUCCEEDED = "succeeded"
+    SOFT_DECLINE = "soft_decline"
+    HARD_DECLINE = "hard_decline"
+    REQUIRES_AUTHENTICATION = "requires_authentication"
+    UNKNOWN = "unknown"  # the gateway's answer was lost: reconcile with ``lookup`` before anything else
+
+
+class ChargeIntent(Base):
+    """One auto-renew charge attempt, written and committed before the gateway is called.
+
+    ``(mailbox_id, cycle_expires_on, attempt)`` is unique, and so is the
+    idempotency key derived from it (``renewal:{mailbox}:{cycle}:{attempt}``):
+    an attempt is charged at most once whatever crashes or races happen.
+    """
+
+    __tablename__ = "charge_intents"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "cycle_expires_on", "attempt", name="uq_charge_intents_attempt"),
+        Index(
+            "ix_charge_intents_unresolved", "status", postgresql_where=text("status IN ('started', 'unknown')")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True)
+    #: The expiry date the charge renews from: it names the cycle.
+    cycle_expires_on: Mapped[date] = mapped_column(Date)
+    #: 1 for the charge 7 days before expiry, then one number per retry slot.
+    attempt: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    #: The stored token charged (sandbox tokens are not secrets; logs show only ``mask_token``).
+    payment_method: Mapped[str] = mapped_column(String(200))
+    years: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32), default=ChargeStatus.STARTED.value)
+    #: The gateway's charge id, once known.
+    reference: Mapped[str | None] = mapped_column(String(200))
+    decline_code: Mapped[str | None] = mapped_column(String(64))
+    business_date: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- The sandbox gateway's own record -------------------------------------------------------
+
+
+class SandboxCharge(Base):
+    """The sandbox gateway's own record of every charge attempt, as a real gateway's dashboard would keep."""
+
+    __tablename__ = "sandbox_charges"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    payment_method: Mapped[str] = mapped_column(String(200))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    outcome: Mapped[str] = mapped_column(String(32))
+    reference: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
