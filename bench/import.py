@@ -18,7 +18,7 @@ Then, alternately in one run, it times:
   ``pec-renewal import mailboxes`` runs (``count_records`` for the progress
   bar, then ``import_mailboxes``), into emptied tables, so on PostgreSQL's
   bulk-load path (secondary indexes and foreign keys dropped for the load
-  and rebuilt, see ``worker/services/importer.py``).  Its phases (the checking
+  and rebuilt, see ``worker/store/bulk_load.py``).  Its phases (the checking
   thread's CPU, each kind of SQL statement, each index rebuilt) go to stderr.
 
 Each import starts from empty tables; after the rounds, one more import of
@@ -29,7 +29,7 @@ Then the **database's floor** (``--floor-rounds``, alternating with the same
 COPY baseline): the imported fleet's own final rows (``accounts``,
 ``domains``, ``holders``, ``mailboxes``, dumped once with binary ``COPY
 TO``) written back into the emptied tables with binary ``COPY`` on the
-importer's own bulk-load path (``worker.services.importer._BulkLoad``: the same
+importer's own bulk-load path (``worker.store.bulk_load.BulkLoad``: the same
 indexes and constraints dropped and rebuilt, in one transaction).  No
 checking, no staging, no joins: what any importer producing this fleet must
 at least have PostgreSQL do.  With the import's checking thread's CPU it
@@ -68,8 +68,13 @@ from databases import ensure_database, psycopg_url  # noqa: E402
 from stdnum import luhn  # noqa: E402
 from stdnum.it import codicefiscale  # noqa: E402
 
-from worker.store import migrate
+from worker.rules.schedule import DEFAULT_STAGES  # noqa: E402
 from worker.services.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES  # noqa: E402
+from worker.services.importer import count_records, import_mailboxes  # noqa: E402
+from worker.store import migrate  # noqa: E402
+from worker.store.bulk_load import BulkLoad, copy_into  # noqa: E402
+from worker.store.db import make_engine, make_session_factory  # noqa: E402
+from worker.store.models import Base  # noqa: E402
 
 TARGET_RATIO = 5.0
 #: The import's columns, the demo's plus those only some operators fill in.
@@ -242,7 +247,9 @@ def dump_fleet(url: str, directory: Path) -> dict[str, Path]:
     with psycopg.connect(psycopg_url(url)) as connection, connection.cursor() as cursor:
         for table in FLEET_TABLES:
             files[table] = directory / f"{table}.copy"
-            with files[table].open("wb") as file, cursor.copy(f"COPY {table} TO STDOUT (FORMAT binary)") as copy:
+            # In the order of the model's columns, which the floor's COPY FROM names.
+            columns = ", ".join(Base.metadata.tables[table].columns.keys())
+            with files[table].open("wb") as file, cursor.copy(f"COPY {table} ({columns}) TO STDOUT (FORMAT binary)") as copy:
                 for block in copy:
                     file.write(block)
     return files
@@ -251,13 +258,10 @@ def dump_fleet(url: str, directory: Path) -> dict[str, Path]:
 def database_floor(url: str, files: dict[str, Path]) -> dict:
     """Seconds to write ``files`` back into the emptied tables on the importer's bulk-load path.
 
-    One transaction, as an import: the importer's own drops (``_BulkLoad.start``),
+    One transaction, as an import: the importer's own drops (``BulkLoad.start``),
     binary ``COPY`` of each table's final rows, the sequences set past them,
     the importer's own rebuild, the commit.
     """
-    from worker.store.db import make_engine
-    from worker.services.importer import _BulkLoad
-
     empty_tables(url)
     engine = make_engine(url)
     timings: dict[str, float] = {}
@@ -271,15 +275,12 @@ def database_floor(url: str, files: dict[str, Path]) -> dict:
     try:
         started = time.perf_counter()
         with engine.begin() as connection:
-            bulk = _BulkLoad.start(connection)
+            bulk = BulkLoad.start(connection)
             if bulk is None:
                 raise SystemExit("the floor needs an empty fleet, and mailboxes is not empty")
-            cursor = connection.connection.driver_connection.cursor()
             for table in FLEET_TABLES:
-                with timed(table), cursor.copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
-                    with files[table].open("rb") as file:
-                        while block := file.read(1 << 20):
-                            copy.write(block)
+                with timed(table), files[table].open("rb") as file:
+                    copy_into(connection, Base.metadata.tables[table], iter(lambda: file.read(1 << 20), b""), options="FORMAT binary")
                 connection.exec_driver_sql(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table} HAVING max(id) > 0"
                 )
@@ -304,10 +305,6 @@ def run_import(url: str, path: Path) -> dict:
 
 def child(url: str, path: Path) -> None:
     """What ``pec-renewal import mailboxes`` runs, timed; prints JSON."""
-    from worker.store.db import make_engine, make_session_factory
-    from worker.services.importer import count_records, import_mailboxes
-    from worker.rules.schedule import DEFAULT_STAGES
-
     engine = make_engine(url)
     session_factory = make_session_factory(engine)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

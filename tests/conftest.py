@@ -20,6 +20,9 @@ from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base
 from worker.services.runtime import Runtime
 
+#: Fixtures defined beside the test data they go with.
+pytest_plugins = ["tests.support.importing"]
+
 TEST_DATABASE_URL = os.environ.get(
     "PEC_RENEWAL_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_test"
 )

@@ -2,83 +2,31 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from datetime import date
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from worker.services import importer
-
+from tests.support.importing import (
+    AGENCY_TAX_CODE,
+    BASE,
+    TAX_CODE,
+    VAT,
+    count,
+    domain_row,
+    holder_of,
+    mailbox,
+    make_csv,
+    refusal,
+    row,
+    run,
+)
+from worker.rules.schedule import DEFAULT_STAGES, first_action_on
+from worker.services.importer import SWITCH_INTERVAL, ImportRefused, ImportReport, count_records, import_mailboxes
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
-from worker.services.importer import ImportRefused, ImportReport, count_records, import_mailboxes
 from worker.store.models import Account, Domain, Holder, Mailbox
-from worker.rules.schedule import DEFAULT_STAGES, first_action_on
-
-VAT = "00743110157"
-AGENCY_TAX_CODE = "80001250580"  # an 11-digit numeric codice fiscale with a valid check digit
-TAX_CODE = "RSSMRA80A01H501U"
-
-BASE = {
-    "address": "user1@pec.example.it",
-    "account": "mario.rossi",
-    "holder_name": "Mario Rossi",
-    "holder_kind": "private",
-    "reference_email": "mario@example.it",
-    "plan": "standard",
-    "expires_on": "2027-03-31",
-}
-
-
-def row(number: int = 1, **changes: str) -> dict[str, str]:
-    """A good row for mailbox ``user{number}@pec.example.it``, with ``changes``."""
-    values = dict(BASE, address=f"user{number}@pec.example.it")
-    values.update(changes)
-    return values
-
-
-def make_csv(*rows: dict[str, str], columns: list[str] | None = None) -> str:
-    """CSV text whose header is ``columns`` or every key of the rows, in order of appearance."""
-    if columns is None:
-        columns = list(dict.fromkeys(key for values in rows for key in values))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(columns)
-    for values in rows:
-        writer.writerow([values.get(column, "") for column in columns])
-    return out.getvalue()
-
-
-def run(session_factory, text: str, **kwargs) -> ImportReport:
-    return import_mailboxes(session_factory, io.StringIO(text), stages=DEFAULT_STAGES, **kwargs)
-
-
-def refusal(session_factory, text: str) -> list[str]:
-    with pytest.raises(ImportRefused) as refused:
-        run(session_factory, text)
-    return [str(error) for error in refused.value.errors]
-
-
-def count(session_factory, model) -> int:
-    with session_factory() as session:
-        return session.scalar(select(func.count()).select_from(model))
-
-
-def mailbox(session_factory, address: str) -> Mailbox:
-    with session_factory() as session:
-        found = session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
-        session.expunge_all()
-        return found
-
-
-def holder_of(session_factory, address: str) -> Holder:
-    with session_factory() as session:
-        found = session.scalars(select(Holder).join(Mailbox, Mailbox.holder_id == Holder.id).where(Mailbox.address == address)).one()
-        session.expunge_all()
-        return found
 
 
 # --------------------------------------------------------------------------
@@ -517,11 +465,10 @@ def test_a_reimport_of_the_same_file_changes_nothing(session_factory):
     assert count(session_factory, Holder) == 1
 
 
-def test_chunks_and_progress(session_factory, monkeypatch):
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 4)
+def test_chunks_and_progress(session_factory):
     rows = [row(number, account=f"account{number % 5}", holder_name=f"Holder {number % 7}") for number in range(1, 12)]
     seen: list[int] = []
-    report = run(session_factory, make_csv(*rows), progress=seen.append)
+    report = run(session_factory, make_csv(*rows), progress=seen.append, chunk_rows=4)
     assert (report.rows, report.created) == (11, 11)
     # Records checked plus rows written, every 4 records, then the total:
     # writing overlaps checking, so the figures in between vary.
@@ -548,11 +495,6 @@ def test_count_records(tmp_path):
 
 # --------------------------------------------------------------------------
 # Mailboxes on a customer domain
-
-
-def domain_row(number: int, name: str, expires: str, **changes: str) -> dict[str, str]:
-    values = {"address": f"box{number}@pec.{name}", "expires_on": "", "domain": name, "domain_expires_on": expires}
-    return row(number, **{**values, **changes})
 
 
 def test_domain_mailboxes_take_the_domain_expiry(session_factory):
@@ -665,37 +607,22 @@ def test_a_path_given_as_a_string(session_factory, tmp_path):
 # Chunks written before a problem further down the file
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def any_database(request, tmp_path):
-    """A session factory on the test PostgreSQL database, then on a new SQLite file."""
-    if request.param == "postgresql":
-        yield request.getfixturevalue("session_factory")
-        return
-    url = "sqlite:///" + str(tmp_path / "import.db")
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-def test_chunks_written_before_a_bad_row_are_undone(any_database, monkeypatch):
+def test_chunks_written_before_a_bad_row_are_undone(any_database):
     """Good chunks are upserted while the rest of the file is checked; a bad row later undoes them."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 3)
     factory = any_database
     run(factory, make_csv(row(1, plan="pro")))
     rows = [row(number) for number in range(1, 11)]
     rows[8] = row(9, language="fr")
-    assert refusal(factory, make_csv(*rows)) == ["line 10, column language: 'fr' is not a language: it or en"]
+    assert refusal(factory, make_csv(*rows), chunk_rows=3) == ["line 10, column language: 'fr' is not a language: it or en"]
     assert (count(factory, Mailbox), count(factory, Account), count(factory, Holder)) == (1, 1, 1)
     assert mailbox(factory, "user1@pec.example.it").plan == "pro"
-    report = run(factory, make_csv(*(row(number) for number in range(1, 11))))
+    report = run(factory, make_csv(*(row(number) for number in range(1, 11))), chunk_rows=3)
     assert (report.rows, report.created, report.updated) == (10, 9, 1)
     assert mailbox(factory, "user1@pec.example.it").plan == "standard"
 
 
-def test_repeats_inside_one_chunk_and_across_chunks(any_database, monkeypatch):
+def test_repeats_inside_one_chunk_and_across_chunks(any_database):
     """Rows one statement could not upsert together are reported, not a database error."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 4)
     domain = {"expires_on": "", "domain": "example.it"}
     text = make_csv(
         row(1),
@@ -707,7 +634,7 @@ def test_repeats_inside_one_chunk_and_across_chunks(any_database, monkeypatch):
         row(7, address="c@pec.example.it", domain_expires_on="2027-07-31", **domain),  # a later chunk
         row(8, address="USER1@pec.example.it"),  # a later chunk
     )
-    assert refusal(any_database, text) == [
+    assert refusal(any_database, text, chunk_rows=4) == [
         "line 3, column address: user1@pec.example.it is already on line 2",
         "line 5, column domain_expires_on: 2027-06-30 differs from 2027-05-31 given for example.it on line 4",
         "line 7, column address: user5@pec.example.it is already on line 6",
@@ -725,22 +652,21 @@ def test_backslashes_are_stored_as_they_are(session_factory):
 
 
 @pytest.mark.parametrize("process_interval", [0.005, 0.00005])
-def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session_factory, monkeypatch, process_interval):
+def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session_factory, process_interval):
     """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.services.importer), and only while importing."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
     previous = sys.getswitchinterval()
     sys.setswitchinterval(process_interval)
     try:
         seen: list[float] = []
         rows = make_csv(*(row(number) for number in range(1, 8)))
-        report = run(session_factory, rows, progress=lambda done: seen.append(sys.getswitchinterval()))
+        report = run(session_factory, rows, progress=lambda done: seen.append(sys.getswitchinterval()), chunk_rows=2)
         assert report.created == 7 and len(seen) >= 4
-        expected = min(process_interval, importer.SWITCH_INTERVAL)  # a process already quicker keeps its own
+        expected = min(process_interval, SWITCH_INTERVAL)  # a process already quicker keeps its own
         during = seen[:-1]  # the last call reports the end, once the import has committed
         assert during == [pytest.approx(expected, rel=0.05)] * len(during)  # kept in whole microseconds
         assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)
         bad = [row(1), row(2, language="fr")]
-        assert refusal(session_factory, make_csv(*bad)) == ["line 3, column language: 'fr' is not a language: it or en"]
+        assert refusal(session_factory, make_csv(*bad), chunk_rows=2) == ["line 3, column language: 'fr' is not a language: it or en"]
         assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)  # given back after a refusal too
     finally:
         sys.setswitchinterval(previous)

@@ -13,8 +13,7 @@ from email_validator import validate_email
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from tests.conftest import TEST_SECRET_KEYS
-from tests.test_import import count, make_csv, refusal, row, run
-from tests.test_import_bulk import bulk_starts  # noqa: F401 - a fixture
+from tests.support.importing import count, make_csv, refusal, row, run
 from worker.rules import holder_data
 from worker.cli.main import main
 from worker.rules.holder_data import normalise_email, sendable_address
@@ -135,7 +134,7 @@ def test_the_ends_of_the_date_range_are_taken(session_factory):
     assert report.created == 2
 
 
-def test_the_bulk_load_path_refuses_the_same_rows(session_factory, bulk_starts):  # noqa: F811
+def test_the_bulk_load_path_refuses_the_same_rows(session_factory, bulk_starts):
     """An empty fleet takes the bulk-load path: the row checks are the same, and nothing is left."""
     text = make_csv(row(1), row(2, address=f"us{CYRILLIC_E}r@pec.example.it"), row(3, expires_on="9999-12-31"))
     problems = refusal(session_factory, text)

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from tests.test_import import count, make_csv, refusal, row, run
-from worker.services import importer
+from tests.support.importing import count, make_csv, refusal, row, run
+from worker.services.importer import across_rows
 from worker.store import migrate
+from worker.store.bulk_load import BulkLoad
 from worker.store.models import Account, Domain, Holder, Mailbox
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "import.py"
@@ -55,21 +56,6 @@ def fresh_schema(database_url) -> list[list[tuple]]:
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{url.database}_fresh"')
-
-
-@pytest.fixture
-def bulk_starts(monkeypatch) -> list[bool]:
-    """Whether each import took the bulk-load path (True) or found a fleet (False)."""
-    seen: list[bool] = []
-    start = importer._BulkLoad.start.__func__
-
-    def spy(cls, connection):
-        bulk = start(cls, connection)
-        seen.append(bulk is not None)
-        return bulk
-
-    monkeypatch.setattr(importer._BulkLoad, "start", classmethod(spy))
-    return seen
 
 
 def bench_csv(path: Path, rows: int) -> str:
@@ -112,13 +98,12 @@ def test_the_rebuilt_constraints_hold(session_factory):
 
 
 def test_a_file_refused_late_leaves_rows_and_schema_as_they_were(
-    session_factory, database_url, fresh_schema, bulk_starts, monkeypatch
+    session_factory, database_url, fresh_schema, bulk_starts
 ):
     """Chunks are written, the indexes dropped, then a bad row near the end: all of it is rolled back."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 3)
     rows = [row(number, account=f"account{number % 4}") for number in range(1, 21)]
     rows[18] = row(19, renewal_years="9")
-    assert refusal(session_factory, make_csv(*rows)) == ["line 20, column renewal_years: 9 is not a number of years from 1 to 5"]
+    assert refusal(session_factory, make_csv(*rows), chunk_rows=3) == ["line 20, column renewal_years: 9 is not a number of years from 1 to 5"]
     assert bulk_starts == [True]
     assert (count(session_factory, Mailbox), count(session_factory, Account), count(session_factory, Holder)) == (0, 0, 0)
     assert schema(database_url) == fresh_schema
@@ -130,17 +115,16 @@ def test_an_address_twice_is_found_by_the_unique_index_and_reported_by_the_rule(
 ):
     """An address twice is inserted twice (no unique index during the load); rebuilding the index
     fails, and the rule across rows then names the lines."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", chunk_rows)
     calls: list[dict] = []
-    check = importer._check_across_rows
+    check = across_rows.check_across_rows
 
     def spy(connection, checked, **rules):
         calls.append(rules)
         return check(connection, checked, **rules)
 
-    monkeypatch.setattr(importer, "_check_across_rows", spy)
+    monkeypatch.setattr(across_rows, "check_across_rows", spy)
     text_ = make_csv(row(1), row(2), row(3), row(4, address="USER1@pec.example.it"), row(5), row(6, address="user5@pec.example.it"))
-    assert refusal(session_factory, text_) == [
+    assert refusal(session_factory, text_, chunk_rows=chunk_rows) == [
         "line 5, column address: user1@pec.example.it is already on line 2",
         "line 7, column address: user5@pec.example.it is already on line 6",
     ]
@@ -149,16 +133,15 @@ def test_an_address_twice_is_found_by_the_unique_index_and_reported_by_the_rule(
     assert schema(database_url) == fresh_schema
 
 
-def test_an_address_twice_beside_another_problem(session_factory, monkeypatch):
+def test_an_address_twice_beside_another_problem(session_factory):
     """With a problem already found, the rules run whole before anything is rebuilt."""
-    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
     text_ = make_csv(
         row(1, address="a@pec.example.it", expires_on="", domain="example.it", domain_expires_on="2027-05-31"),
         row(2, address="b@pec.example.it", expires_on="", domain="example.it", domain_expires_on="2027-06-30"),
         row(3),
         row(4, address="user3@pec.example.it"),
     )
-    assert refusal(session_factory, text_) == [
+    assert refusal(session_factory, text_, chunk_rows=2) == [
         "line 3, column domain_expires_on: 2027-06-30 differs from 2027-05-31 given for example.it on line 2",
         "line 5, column address: user3@pec.example.it is already on line 4",
     ]
@@ -169,7 +152,7 @@ def test_a_failure_while_rebuilding_rolls_everything_back(session_factory, datab
     def broken(self, connection, timed):
         connection.exec_driver_sql("SELECT 1 / 0")
 
-    monkeypatch.setattr(importer._BulkLoad, "rebuild", broken)
+    monkeypatch.setattr(BulkLoad, "rebuild", broken)
     with pytest.raises(Exception, match="division by zero"):
         run(session_factory, make_csv(row(1), row(2)))
     assert count(session_factory, Mailbox) == 0
@@ -234,8 +217,7 @@ def fleet(session_factory) -> dict[str, list[tuple]]:
 
 
 @pytest.mark.parametrize("chunk_rows", [50_000, 377])
-def test_the_bulk_path_writes_the_rows_of_the_normal_path(session_factory, engine, tmp_path, monkeypatch, chunk_rows):
-    monkeypatch.setattr(importer, "CHUNK_ROWS", chunk_rows)
+def test_the_bulk_path_writes_the_rows_of_the_normal_path(session_factory, engine, tmp_path, chunk_rows):
     generated = bench_csv(tmp_path / "fleet.csv", 3000)
     header = generated.splitlines()[0].split(",")
     # Warnings too: a reference address on the mailbox's own domain, and the mailbox itself.
@@ -247,15 +229,13 @@ def test_the_bulk_path_writes_the_rows_of_the_normal_path(session_factory, engin
     )
     text_ = generated + extra.split("\n", 1)[1]
 
-    monkeypatch.setattr(importer, "BULK_LOAD", False)
-    normal = run(session_factory, text_)
+    normal = run(session_factory, text_, chunk_rows=chunk_rows, bulk_load=False)
     normal_rows = fleet(session_factory)
     assert not normal.bulk
 
     with engine.begin() as connection:
         connection.exec_driver_sql("TRUNCATE mailboxes, holders, domains, accounts RESTART IDENTITY CASCADE")
-    monkeypatch.setattr(importer, "BULK_LOAD", True)
-    bulk = run(session_factory, text_)
+    bulk = run(session_factory, text_, chunk_rows=chunk_rows)
     assert bulk.bulk
     assert bulk == normal  # rows, created, updated, domains, warnings
     assert (bulk.rows, bulk.created, len(bulk.warnings)) == (3002, 3002, 2)

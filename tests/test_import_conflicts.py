@@ -11,61 +11,20 @@ unresolved charges for the operator, never charging that cycle again.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEYS
-from tests.test_charges import mark_charge_notice_sent
-from tests.test_import import any_database, make_csv, mailbox, row, run  # noqa: F401 - any_database is a fixture
-from worker.services import charges, orders, payments
+from tests.support.importing import make_csv, mailbox, row, run
+from tests.support.renewals import ADDRESS, at, charge, place_order, register, the_mailbox
 from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway, list_charges
 from worker.rules.links import MAILBOX, RenewalLink
+from worker.services import orders, payments
 from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
-from worker.services.orders import MailboxChoice
-from worker.rules.schedule import DEFAULT_STAGES
-
-MAIL_DOMAIN = "pec-provider.example"
-ADDRESS = "user1@pec.example.it"
-
-
-def at(day: date) -> datetime:
-    return datetime.combine(day, time(9, 0), tzinfo=timezone.utc)
-
-
-def the_mailbox(session, address: str = ADDRESS) -> Mailbox:
-    return session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
-
-
-def place_order(
-    session_factory, settings, *, plan: str, years: int, today: date, address: str = ADDRESS, method: str = "bank_transfer"
-) -> RenewalOrder:
-    """An order confirmed from the mailbox's link, as the holder makes it on the link pages."""
-    with session_factory() as session:
-        box = the_mailbox(session, address)
-        now = at(today)
-        order = orders.start_order(session, RenewalLink(MAILBOX, box.id, box.expires_on), today, now)
-        choice = MailboxChoice(box.id, plan, 0, 0, confirm_archive_deletion=True)
-        orders.choose_mailboxes(session, order, [choice], today)
-        orders.set_holder(session, order, orders.holder_form_data(order))
-        orders.choose_payment(session, order, method, years, today)
-        orders.accept_terms(session, order, now)
-        orders.confirm_order(session, order, now=now, today=today, settings=settings)
-        session.commit()
-        return order
-
-
-def register(session_factory, settings, order: RenewalOrder, today: date) -> payments.RegistrationResult:
-    with session_factory() as session:
-        result = payments.register_payment(
-            session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
-            reference=f"CRO {order.order_number}", now=at(today), today=today, settings=settings,
-        )  # fmt: skip
-        session.commit()
-        return result
 
 
 class KilledDuringTheCall(Exception):
@@ -79,23 +38,10 @@ class KilledGateway(SandboxGateway):
         raise KilledDuringTheCall
 
 
-def charge(session_factory, address: str, today: date, gateway=None) -> charges.ChargeRun:
-    """The day's charge work for one auto-renew mailbox, after its charge notice went out."""
-    with session_factory() as session, session.begin():
-        box = the_mailbox(session, address)
-        if box.expires_on - today <= timedelta(days=30):
-            mark_charge_notice_sent(session, box)
-        mailbox_id = box.id
-    return charges.charge_mailbox(
-        session_factory, gateway or SandboxGateway(session_factory), mailbox_id, today=today,
-        clock=lambda: at(today), stages=DEFAULT_STAGES, mail_domain=MAIL_DOMAIN,
-    )  # fmt: skip
-
-
 # -- A registered payment ----------------------------------------------------------------------------
 
 
-def test_an_older_file_does_not_undo_a_registered_payment(any_database, settings):  # noqa: F811
+def test_an_older_file_does_not_undo_a_registered_payment(any_database, settings):
     """Renewed here (bank transfer registered, Pro for 2 years): the file, exported before, keeps none of it."""
     session_factory = any_database
     run(session_factory, make_csv(row(1)))  # standard, until 2027-03-31
@@ -232,7 +178,7 @@ def test_the_command_reports_conflicts_and_exits_0(tmp_path, session_factory, se
 # -- No renewal here: an older file still never moves an expiry back ----------------------------------
 
 
-def test_an_older_file_after_a_newer_one_keeps_the_later_expiry(any_database):  # noqa: F811
+def test_an_older_file_after_a_newer_one_keeps_the_later_expiry(any_database):
     factory = any_database
     run(factory, make_csv(row(1, expires_on="2028-03-31", plan="pro"), row(2)))
     report = run(factory, make_csv(row(1, expires_on="2027-03-31", holder_name="Mario Rossi Bianchi"), row(2, plan="pro")))
@@ -247,7 +193,7 @@ def test_an_older_file_after_a_newer_one_keeps_the_later_expiry(any_database):  
     assert mailbox(factory, "user2@pec.example.it").plan == "pro"  # the same expiry, not renewed here: applied
 
 
-def test_a_dry_run_changes_nothing(any_database):  # noqa: F811
+def test_a_dry_run_changes_nothing(any_database):
     factory = any_database
     run(factory, make_csv(row(1, expires_on="2028-03-31"), row(2)))
     with factory() as session:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.test_import import count, mailbox, make_csv, refusal, row, run
-from worker.services import importer
+from tests.support.importing import count, mailbox, make_csv, refusal, row, run
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Account, Holder, Mailbox
@@ -46,21 +45,6 @@ def database(request, tmp_path):
     engine.dispose()
 
 
-@pytest.fixture
-def paths(monkeypatch) -> list[bool]:
-    """For each import on PostgreSQL: True if it took the bulk-load path, False for the normal path."""
-    seen: list[bool] = []
-    start = importer._BulkLoad.start.__func__
-
-    def spy(cls, connection):
-        bulk = start(cls, connection)
-        seen.append(bulk is not None)
-        return bulk
-
-    monkeypatch.setattr(importer._BulkLoad, "start", classmethod(spy))
-    return seen
-
-
 def fleet_of(factory) -> dict[str, tuple]:
     """Every mailbox's stored values that the refused files would change."""
     with factory() as session:
@@ -69,19 +53,18 @@ def fleet_of(factory) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("chunk_rows", [2, 50_000], ids=["across-chunks", "one-chunk"])
 @pytest.mark.parametrize("fleet", ["empty", "with-mailboxes"])
-def test_an_address_twice_is_refused_and_nothing_is_written(database, paths, monkeypatch, fleet, chunk_rows):
+def test_an_address_twice_is_refused_and_nothing_is_written(database, bulk_starts, fleet, chunk_rows):
     name, factory = database
     if fleet == "with-mailboxes":
         run(factory, make_csv(row(1), row(9)))
     before = fleet_of(factory)
     accounts, holders = count(factory, Account), count(factory, Holder)
-    del paths[:]
-    monkeypatch.setattr(importer, "CHUNK_ROWS", chunk_rows)
+    del bulk_starts[:]
 
-    assert refusal(factory, make_csv(*REPEATS)) == REFUSED
+    assert refusal(factory, make_csv(*REPEATS), chunk_rows=chunk_rows) == REFUSED
 
     # The path this import took: bulk only on PostgreSQL into an empty fleet.
-    assert paths == ([fleet == "empty"] if name == "postgresql" else [])
+    assert bulk_starts == ([fleet == "empty"] if name == "postgresql" else [])
     assert fleet_of(factory) == before
     assert (count(factory, Account), count(factory, Holder)) == (accounts, holders)
     if fleet == "with-mailboxes":
@@ -89,18 +72,18 @@ def test_an_address_twice_is_refused_and_nothing_is_written(database, paths, mon
 
 
 @pytest.mark.parametrize("fleet", ["empty", "with-mailboxes"])
-def test_an_address_of_the_fleet_twice_in_a_file_that_is_otherwise_good(database, paths, fleet):
+def test_an_address_of_the_fleet_twice_in_a_file_that_is_otherwise_good(database, bulk_starts, fleet):
     """The repeat is the file's only problem, and its address may already be a mailbox."""
     name, factory = database
     if fleet == "with-mailboxes":
         run(factory, make_csv(row(8, plan="pro")))
     before = fleet_of(factory)
-    del paths[:]
+    del bulk_starts[:]
 
     text = make_csv(row(8), row(9), row(10, address="user8@pec.example.it", plan="premium"))
     assert refusal(factory, text) == ["line 4, column address: user8@pec.example.it is already on line 2"]
 
-    assert paths == ([fleet == "empty"] if name == "postgresql" else [])
+    assert bulk_starts == ([fleet == "empty"] if name == "postgresql" else [])
     assert fleet_of(factory) == before
     # The same file without the repeat imports.
     report = run(factory, make_csv(row(8), row(9)))

@@ -6,7 +6,7 @@ from datetime import date
 
 from sqlalchemy import select, text, update
 
-from tests.test_import import any_database, make_csv, mailbox, row, run  # noqa: F401 - any_database is a fixture
+from tests.support.importing import make_csv, mailbox, row, run
 from worker.services.importer import ImportReport
 from worker.store.models import Mailbox
 
@@ -30,7 +30,7 @@ def test_an_unchanged_mailbox_is_not_rewritten(session_factory):
     assert mailbox(session_factory, "user2@pec.example.it").plan == "premium"
 
 
-def test_a_mailbox_the_scan_moved_on_goes_back_to_the_start_of_its_cycle(any_database):  # noqa: F811
+def test_a_mailbox_the_scan_moved_on_goes_back_to_the_start_of_its_cycle(any_database):
     """As before: a re-import sets next_action_on to the cycle's first stage, even if nothing else changed."""
     factory = any_database
     text_ = make_csv(row(1, expires_on="2027-05-31"), row(2, expires_on="2027-05-31"))
@@ -45,7 +45,7 @@ def test_a_mailbox_the_scan_moved_on_goes_back_to_the_start_of_its_cycle(any_dat
         assert session.scalars(select(Mailbox.next_action_on)).all() == [date(2027, 2, 28)] * 2
 
 
-def test_a_column_set_to_empty_is_updated(any_database):  # noqa: F811
+def test_a_column_set_to_empty_is_updated(any_database):
     """NULL against a value is a change (IS DISTINCT FROM, not <>)."""
     factory = any_database
     run(factory, make_csv(row(1, payment_method="pm_card_visa", card_expiry="2028-02")))

@@ -23,8 +23,8 @@ from datetime import date, timedelta
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import func, select, text
 
-from tests.test_import import make_csv, row, run
-from tests.test_import_conflicts import charge, place_order, register
+from tests.support.importing import make_csv, row, run
+from tests.support.renewals import charge, place_order, register
 from worker.services import orders, payments
 from worker.store.models import Base, ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
 from worker.rules.schedule import add_years

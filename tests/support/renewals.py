@@ -1,0 +1,83 @@
+"""Renewals made here, through the real services: an order paid by bank transfer, an auto-renew charge."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+
+from sqlalchemy import select
+
+from worker.gateways.sandbox import SandboxGateway
+from worker.rules.links import MAILBOX, RenewalLink
+from worker.rules.schedule import DEFAULT_STAGES
+from worker.services import charges, orders, payments
+from worker.services.orders import MailboxChoice
+from worker.store.models import Mailbox, NoticeLedgerEntry, RenewalOrder
+
+#: The domain of the Message-IDs of the emails the charge work writes.
+MAIL_DOMAIN = "pec-provider.example"
+#: The mailbox the renewals are made for unless told otherwise.
+ADDRESS = "user1@pec.example.it"
+
+
+def at(day: date) -> datetime:
+    """9:00 UTC of ``day``: the moment a renewal step of that business day happens."""
+    return datetime.combine(day, time(9, 0), tzinfo=timezone.utc)
+
+
+def the_mailbox(session, address: str = ADDRESS) -> Mailbox:
+    return session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
+
+
+def place_order(
+    session_factory, settings, *, plan: str, years: int, today: date, address: str = ADDRESS, method: str = "bank_transfer"
+) -> RenewalOrder:
+    """An order confirmed from the mailbox's link, as the holder makes it on the link pages."""
+    with session_factory() as session:
+        box = the_mailbox(session, address)
+        now = at(today)
+        order = orders.start_order(session, RenewalLink(MAILBOX, box.id, box.expires_on), today, now)
+        choice = MailboxChoice(box.id, plan, 0, 0, confirm_archive_deletion=True)
+        orders.choose_mailboxes(session, order, [choice], today)
+        orders.set_holder(session, order, orders.holder_form_data(order))
+        orders.choose_payment(session, order, method, years, today)
+        orders.accept_terms(session, order, now)
+        orders.confirm_order(session, order, now=now, today=today, settings=settings)
+        session.commit()
+        return order
+
+
+def register(session_factory, settings, order: RenewalOrder, today: date) -> payments.RegistrationResult:
+    """The order's bank transfer, registered on ``today``."""
+    with session_factory() as session:
+        result = payments.register_payment(
+            session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
+            reference=f"CRO {order.order_number}", now=at(today), today=today, settings=settings,
+        )  # fmt: skip
+        session.commit()
+        return result
+
+
+def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
+    """As if this cycle's charge notice went out on its day (the charge work waits for it)."""
+    session.add(
+        NoticeLedgerEntry(
+            mailbox_id=mailbox.id,
+            cycle_expires_on=mailbox.expires_on,
+            stage=charges.CHARGE_NOTICE_STAGE.name,
+            kind=charges.CHARGE_NOTICE,
+            business_date=charges.CHARGE_NOTICE_STAGE.on(mailbox.expires_on),
+        )
+    )
+
+
+def charge(session_factory, address: str, today: date, gateway=None) -> charges.ChargeRun:
+    """The day's charge work for one auto-renew mailbox, after its charge notice went out."""
+    with session_factory() as session, session.begin():
+        box = the_mailbox(session, address)
+        if box.expires_on - today <= timedelta(days=30):
+            mark_charge_notice_sent(session, box)
+        mailbox_id = box.id
+    return charges.charge_mailbox(
+        session_factory, gateway or SandboxGateway(session_factory), mailbox_id, today=today,
+        clock=lambda: at(today), stages=DEFAULT_STAGES, mail_domain=MAIL_DOMAIN,
+    )  # fmt: skip
