@@ -7,8 +7,10 @@ SQLAlchemy's ``executemany``, and nothing else to do.  PostgreSQL gets
 and a million rows need there:
 
 - ``COPY … FROM STDIN`` instead of the inserts (:func:`copy_into`: the only
-  statement in the project sent on the driver's own cursor; SQLAlchemy has
-  no COPY, and the inserts took several times as long, bench/import.py);
+  statement sent on the driver's own cursor, as SQLAlchemy has no COPY).  In
+  bench/import.py at 200,000 rows, staging the file took 21-22 s with
+  SQLAlchemy's ``executemany`` (psycopg's pipelined inserts) and 1.2-1.7 s
+  with COPY; the whole import 30-33 s against 10-13 s;
 - ``SET LOCAL work_mem``, so that sorts over a whole file stay in memory;
 - ``ANALYZE`` of tables the transaction has just filled, so that the planner
   does not take them for empty;
@@ -32,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from sqlalchemy import (
@@ -40,8 +43,6 @@ from sqlalchemy import (
     Insert,
     Select,
     Table,
-    Text,
-    bindparam,
     cast,
     column,
     exists,
@@ -73,6 +74,10 @@ MAINTENANCE_WORK_MEM = "256MB"
 #: In an upsert's ``RETURNING`` on PostgreSQL: whether the statement inserted the row.
 _INSERTED = literal_column("xmax = 0", Boolean)
 
+#: How a staged value (text: dates as YYYY-MM-DD, booleans as 1 and 0) is read, by the column's
+#: Python type; text as it is.
+_TEXT_READERS: dict[type, Callable[[str], Any]] = {int: int, date: date.fromisoformat, bool: "1".__eq__}
+
 #: A phase timer: ``with timed("name"): ...``.
 Timed = Callable[[str], AbstractContextManager[Any]]
 
@@ -84,7 +89,7 @@ def untimed(phase: str) -> AbstractContextManager[None]:
 
 
 class BulkWriter:
-    """Bulk writes with SQLAlchemy alone: what every database takes (SQLite among them)."""
+    """Bulk writes with SQLAlchemy alone, which any database takes: SQLite's."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
@@ -98,14 +103,15 @@ class BulkWriter:
         return rows
 
     def load(self, target: Table, rows: Any) -> None:
-        """Insert ``rows`` (from :meth:`pack`) into ``target``, whose columns they give in order.
-
-        The values are text in each type's stored form (dates as YYYY-MM-DD,
-        booleans as 1 and 0), bound as text.
-        """
-        names = target.columns.keys()
-        statement = insert(target).values({name: bindparam(name, type_=Text()) for name in names})
-        self.connection.execute(statement, [{name: value or None for name, value in zip(names, row)} for row in rows])
+        """Insert ``rows`` (from :meth:`pack`) into ``target``, whose columns they give in order."""
+        readers = [(column.key, _TEXT_READERS.get(column.type.python_type)) for column in target.columns]
+        self.connection.execute(
+            insert(target),
+            [
+                {name: (read(value) if read else value) if value else None for (name, read), value in zip(readers, row)}
+                for row in rows
+            ],
+        )
 
     def upsert(self, statement: Insert, key: ColumnElement[Any], existing: Select[Any]) -> list[tuple[bool, Any]]:
         """Run ``statement`` (an ``INSERT … ON CONFLICT``); ``(inserted, key)`` for each row it wrote.
