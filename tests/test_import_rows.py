@@ -25,11 +25,14 @@ _PADDING = st.text(st.sampled_from(SPACES), max_size=3)
 BAD_CHARS = ["\x00", "\x01", "\t", "\n", "\r", "\x0b", "\x1f", "\x7f", "\x85", "\x9f", "\udc80", "\udcff"]
 
 
-def check(cells: list[str], header: list[str] = HEADER) -> tuple[list[tuple[tuple[str, ...], bool]], list[ImportProblem], list[str]]:
+Staged = list[tuple[tuple[str, ...], bool]]
+
+
+def check(cells: list[str]) -> tuple[Staged, list[ImportProblem], list[str]]:
     """What checking ``cells`` as line 2 stages, and the problems and warnings it finds."""
-    staged: list[tuple[tuple[str, ...], bool]] = []
+    staged: Staged = []
     checked = CheckedFile()
-    checker = RowChecker(header, DEFAULT_STAGES, checked, lambda row, good: staged.append((row, good)))
+    checker = RowChecker(HEADER, DEFAULT_STAGES, checked, lambda row, good: staged.append((row, good)))
     checker.check(2, list(cells))
     return staged, checked.errors, checked.warnings
 

@@ -193,10 +193,10 @@ def copy_into(
     names = ", ".join(quote(name) for name in (target.columns.keys() if columns is None else columns))
     driver_connection = connection.connection.driver_connection
     assert driver_connection is not None
-    with driver_connection.cursor() as cursor:
-        with cursor.copy(f"COPY {quote(target.name)} ({names}) FROM STDIN ({options})") as copy:
-            for block in data:
-                copy.write(block)
+    statement = f"COPY {quote(target.name)} ({names}) FROM STDIN ({options})"
+    with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for block in data:
+            copy.write(block)
 
 
 def violated_constraint(error: IntegrityError) -> str | None:
@@ -259,7 +259,7 @@ class BulkLoad:
             )
             indexes.extend((target.name, name, definition) for name, definition in connection.execute(_indexes_of(target.name)))
         # Foreign keys first: a unique constraint may be what one refers to.
-        for table_name, name, kind, _ in sorted(constraints, key=lambda item: item[2] != "f"):
+        for table_name, name, _kind, _ in sorted(constraints, key=lambda item: item[2] != "f"):
             connection.exec_driver_sql(f"ALTER TABLE {quote(table_name)} DROP CONSTRAINT {quote(name)}")
         for _, name, _ in indexes:
             connection.exec_driver_sql(f"DROP INDEX {quote(name)}")
