@@ -206,8 +206,10 @@ def renewal_link(token: str):
         with _db() as db_session:
             try:
                 order = orders.start_order(db_session, link, _today(), _now())
-            except orders.LinkNotUsable:
+            except orders.LinkNotUsable as refused:
                 db_session.rollback()
+                if refused.state == orders.LinkState.NOT_FOUND:
+                    return invalid_link_page()  # a link to nothing: the page of any broken link
                 # The page itself says why (already renewed, deleted...): show it again.
                 return redirect(url_for("web.renewal_link", token=token), 303)
             db_session.commit()
