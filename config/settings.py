@@ -90,6 +90,9 @@ class Settings:
     # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
     charge_notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
+    #: A charge whose answer is not recorded this long after its claim is taken for lost (its
+    #: process died): the next run of the day looks it up at the gateway.
+    charge_reconcile_after_minutes: int = 5
     # Operations: the Celery worker's Prometheus port (0: off) and the address it
     # listens on; the bearer token that opens the link handler's /metrics (unset:
     # /metrics is off); log lines as JSON, text, or "auto" (text on a terminal).
@@ -207,6 +210,12 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(
             "CHARGE_NOTICE_DAYS", f"{charge_notice_days} must be more than the charge's {charge_days[0]} days before expiry"
         )
+    # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
+    # adapters' timeouts), so a charge still in flight is never looked up as lost.
+    charge_reconcile_after_minutes = _integer(
+        raw("CHARGE_RECONCILE_AFTER_MINUTES"), "CHARGE_RECONCILE_AFTER_MINUTES",
+        default=Settings.charge_reconcile_after_minutes, low=2, high=720,
+    )  # fmt: skip
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
         raise SettingsError("POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)")
@@ -289,6 +298,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         postal_account=postal_account,
         charge_notice_days=charge_notice_days,
         charge_days=charge_days,
+        charge_reconcile_after_minutes=charge_reconcile_after_minutes,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         metrics_token=metrics_token,

@@ -93,7 +93,12 @@ class Runtime:
     def charge_plan(self):
         from worker.charges import ChargePlan
 
-        return ChargePlan(notice_days=self.settings.charge_notice_days, charge_days=self.settings.charge_days)
+        settings = self.settings
+        return ChargePlan(
+            notice_days=settings.charge_notice_days,
+            charge_days=settings.charge_days,
+            reconcile_after_minutes=settings.charge_reconcile_after_minutes,
+        )
 
     @cached_property
     def mail_domain(self) -> str:
