@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from email.utils import parseaddr
@@ -63,6 +64,9 @@ class Settings:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     secret_key_generated: bool = False
     base_url: str = "http://127.0.0.1:5000"
+    #: False when BASE_URL is unset and base_url is the default: ``pec-renewal serve`` then puts
+    #: its own address and port there.
+    base_url_explicit: bool = False
     timezone: ZoneInfo = ZoneInfo("Europe/Rome")
     payment_gateway: str = "sandbox"
     notice_stages: tuple[Stage, ...] = DEFAULT_STAGES
@@ -255,7 +259,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
     log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
 
     # Last, so that a bad value elsewhere stops the program before a key is
-    # generated (and before its warning).  Set but blank is refused, not taken
+    # generated.  Its warning is logged where the key signs (warn_generated_secret_key).  Set but blank is refused, not taken
     # for "unset": in production that is a deployment mistake, and a generated
     # key would hide it.
     secret_keys, generated = _secret_keys(environ.get(PREFIX + "SECRET_KEYS"), var_dir)
@@ -277,6 +281,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         secret_keys=secret_keys,
         secret_key_generated=generated,
         base_url=base_url,
+        base_url_explicit=raw("BASE_URL") is not None,
         timezone=timezone,
         payment_gateway=payment_gateway,
         notice_stages=notice_stages,
@@ -369,8 +374,27 @@ def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], boo
         raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror or error}") from None
     if len(key) < 32:
         raise SettingsError("SECRET_KEYS", f"is not set and {path} holds no usable key; delete it to make a new one")
-    log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
     return (key,), True
+
+
+_warned_key_files: set[Path] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_generated_secret_key(settings: Settings) -> None:
+    """Log that links are signed with the key generated under ``VAR_DIR``: once per process, and only
+    where a key signs (the link signer, the link handler; a Celery worker before its pool forks).
+
+    Reading the settings says nothing, so ``--help`` and the commands that sign nothing stay quiet.
+    """
+    if not settings.secret_key_generated:
+        return
+    path = settings.var_dir / "secret_key"
+    with _warned_lock:
+        if path in _warned_key_files:
+            return
+        _warned_key_files.add(path)
+    log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
 
 
 def _is_base_url(url: str) -> bool:

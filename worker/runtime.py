@@ -17,7 +17,7 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Settings
+from config.settings import Settings, warn_generated_secret_key
 from worker.db import make_engine, make_session_factory
 from worker.emails import EmailRenderer
 from worker.links import LinkSigner
@@ -73,6 +73,7 @@ class Runtime:
 
     @cached_property
     def signer(self) -> LinkSigner:
+        warn_generated_secret_key(self.settings)
         return LinkSigner(self.settings.secret_keys, self.settings.base_url, self.settings.link_max_age_days)
 
     @cached_property

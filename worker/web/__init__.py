@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.http import dump_cookie
 
-from config.settings import Settings
+from config.settings import Settings, warn_generated_secret_key
 from worker.db import DATABASE_UNREACHABLE, make_engine
 from worker.runtime import Runtime
 from worker.web import i18n, templating
@@ -95,6 +95,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     settings = runtime.settings
 
     install_log_redaction()
+    warn_generated_secret_key(settings)  # the app signs its session cookies and forms with it
     app = _App(__name__, static_folder="static", template_folder="templates")
     keys = list(settings.secret_keys)
     app.config.update(
