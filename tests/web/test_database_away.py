@@ -226,3 +226,29 @@ def test_connections_cut_under_a_running_app_give_503_then_the_app_recovers(
     assert app.test_client().get(link).status_code == 200
     assert browser.get(f"{order}/caselle").status_code == 200
     runtime.close()
+
+
+def test_a_pool_with_every_connection_busy_is_a_503_too(tmp_path, database_url, session_factory, clock, caplog):
+    """Every pooled connection held past the pool's timeout (an overloaded database): the same 503."""
+    from worker.db import make_engine, make_session_factory
+    from worker.runtime import Runtime
+
+    with session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=EXPIRY)
+        session.commit()
+        mailbox_id = mailbox.id
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url), clock=clock)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    runtime.__dict__["engine"] = engine
+    runtime.__dict__["session_factory"] = make_session_factory(engine)
+    app = create_app(runtime)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    link = "/rinnova/" + runtime.signer.renewal_token("m", mailbox_id, EXPIRY)
+    assert app.test_client().get(link).status_code == 200
+    caplog.set_level(logging.DEBUG)
+    with engine.connect():  # the only connection, busy
+        caplog.clear()
+        response = app.test_client().get(link)
+        _assert_unavailable(response, [r for r in caplog.records if r.levelno >= logging.WARNING], "pool exhausted")
+    assert app.test_client().get(link).status_code == 200
+    runtime.close()

@@ -22,11 +22,10 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Engine
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.http import dump_cookie
 
 from config.settings import Settings, warn_generated_secret_key
-from worker.db import DATABASE_UNREACHABLE, make_engine
+from worker.db import DATABASE_UNAVAILABLE, make_engine
 from worker.runtime import Runtime
 from worker.web import i18n, templating
 from worker.web.link_page import FirstVisitLinkPage
@@ -55,10 +54,6 @@ class _App(Flask):
         # Flask's own line names the path: "Exception on /rinnova/<token> [GET]".
         self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
 
-
-#: Errors that mean the database cannot be used now, whatever the page: each is a 503 page
-#: (``views.database_unavailable``).  A pool with every connection busy past its timeout is one.
-DATABASE_UNAVAILABLE = (*DATABASE_UNREACHABLE, PoolTimeout)
 
 #: A pooled connection idle longer than this is pinged before use (worker.db.make_engine).
 PING_AFTER_IDLE_SECONDS = 10.0
@@ -140,7 +135,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.register_error_handler(CSRFError, views.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
         app.register_error_handler(code, views.http_error)
-    for unavailable in DATABASE_UNAVAILABLE:
+    for unavailable in DATABASE_UNAVAILABLE:  # whatever the page: a 503 page, one log line
         app.register_error_handler(unavailable, views.database_unavailable)
 
     base_origin = _origin(settings.base_url)
