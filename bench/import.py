@@ -64,17 +64,17 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
-from databases import ensure_database, psycopg_url  # noqa: E402
-from stdnum import luhn  # noqa: E402
-from stdnum.it import codicefiscale  # noqa: E402
+from databases import ensure_database, psycopg_url
+from stdnum import luhn
+from stdnum.it import codicefiscale
 
-from worker.rules.schedule import DEFAULT_STAGES  # noqa: E402
-from worker.services.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES  # noqa: E402
-from worker.services.importer import count_records, import_mailboxes  # noqa: E402
-from worker.store import migrate  # noqa: E402
-from worker.store.bulk_load import BulkLoad, copy_into  # noqa: E402
-from worker.store.db import make_engine, make_session_factory  # noqa: E402
-from worker.store.models import Base  # noqa: E402
+from worker.rules.schedule import DEFAULT_STAGES
+from worker.services.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES
+from worker.services.importer import count_records, import_mailboxes
+from worker.store import migrate
+from worker.store.bulk_load import BulkLoad, copy_into
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import Base
 
 TARGET_RATIO = 5.0
 #: The import's columns, the demo's plus those only some operators fill in.
@@ -249,7 +249,10 @@ def dump_fleet(url: str, directory: Path) -> dict[str, Path]:
             files[table] = directory / f"{table}.copy"
             # In the order of the model's columns, which the floor's COPY FROM names.
             columns = ", ".join(Base.metadata.tables[table].columns.keys())
-            with files[table].open("wb") as file, cursor.copy(f"COPY {table} ({columns}) TO STDOUT (FORMAT binary)") as copy:
+            with (
+                files[table].open("wb") as file,
+                cursor.copy(f"COPY {table} ({columns}) TO STDOUT (FORMAT binary)") as copy,
+            ):
                 for block in copy:
                     file.write(block)
     return files
@@ -280,7 +283,12 @@ def database_floor(url: str, files: dict[str, Path]) -> dict:
                 raise SystemExit("the floor needs an empty fleet, and mailboxes is not empty")
             for table in FLEET_TABLES:
                 with timed(table), files[table].open("rb") as file:
-                    copy_into(connection, Base.metadata.tables[table], iter(lambda: file.read(1 << 20), b""), options="FORMAT binary")
+                    copy_into(
+                        connection,
+                        Base.metadata.tables[table],
+                        iter(lambda: file.read(1 << 20), b""),
+                        options="FORMAT binary",
+                    )
                 connection.exec_driver_sql(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table} HAVING max(id) > 0"
                 )

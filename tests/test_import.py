@@ -28,7 +28,6 @@ from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Account, Domain, Holder, Mailbox
 
-
 # --------------------------------------------------------------------------
 # One bad value: the exact line and column
 
@@ -36,17 +35,38 @@ from worker.store.models import Account, Domain, Holder, Mailbox
 DOMAIN_COLUMNS = {"domain": "", "domain_expires_on": ""}
 
 BAD_VALUES = [
-    ({"address": "not-an-email"}, ["column address: 'not-an-email' is not a valid email address: An email address must have an @-sign."]),
+    (
+        {"address": "not-an-email"},
+        ["column address: 'not-an-email' is not a valid email address: An email address must have an @-sign."],
+    ),
     ({"address": ""}, ["column address: is required"]),
-    ({"address": "user2@example.test"}, ["column address: 'user2@example.test' is not a valid email address: The part after the @-sign is a special-use or reserved name that cannot be used with email."]),
-    ({"reference_email": "mario@example"}, ["column reference_email: 'mario@example' is not a valid email address: The part after the @-sign is not valid. It should have a period."]),
+    (
+        {"address": "user2@example.test"},
+        [
+            "column address: 'user2@example.test' is not a valid email address: The part after the @-sign is a "
+            "special-use or reserved name that cannot be used with email."
+        ],
+    ),
+    (
+        {"reference_email": "mario@example"},
+        [
+            "column reference_email: 'mario@example' is not a valid email address: The part after the @-sign is not "
+            "valid. It should have a period."
+        ],
+    ),
     ({"reference_email": ""}, ["column reference_email: is required"]),
     ({"account": ""}, ["column account: is required"]),
     ({"account": "mario rossi"}, ["column account: 'mario rossi' contains a space"]),
     ({"account": "m" * 255}, ["column account: is 255 characters long; at most 254"]),
     ({"holder_name": ""}, ["column holder_name: is required"]),
     ({"holder_name": "M" * 201}, ["column holder_name: is 201 characters long; at most 200"]),
-    ({"holder_kind": "alien"}, ["column holder_kind: 'alien' is not one of private, sole_proprietor, company, professional, public_administration"]),
+    (
+        {"holder_kind": "alien"},
+        [
+            "column holder_kind: 'alien' is not one of private, sole_proprietor, company, professional, "
+            "public_administration"
+        ],
+    ),
     ({"holder_kind": ""}, ["column holder_kind: is required"]),
     ({"plan": "gold"}, ["column plan: 'gold' is not a plan: one of standard, pro, premium"]),
     ({"plan": ""}, ["column plan: is required"]),
@@ -54,11 +74,20 @@ BAD_VALUES = [
     ({"expires_on": "20270301"}, ["column expires_on: '20270301' is not a real date as YYYY-MM-DD"]),
     ({"expires_on": "31/03/2027"}, ["column expires_on: '31/03/2027' is not a real date as YYYY-MM-DD"]),
     ({"expires_on": "2027-W13-1"}, ["column expires_on: '2027-W13-1' is not a real date as YYYY-MM-DD"]),
-    ({"expires_on": ""}, ["column expires_on: is required (for a mailbox on a customer domain: domain and domain_expires_on)"]),
+    (
+        {"expires_on": ""},
+        ["column expires_on: is required (for a mailbox on a customer domain: domain and domain_expires_on)"],
+    ),
     ({"auto_renew": "yes"}, ["column auto_renew: 'yes' is not true or false"]),
     ({"auto_renew": "true"}, ["column auto_renew: is true but payment_method is empty"]),
-    ({"payment_method": "pm card visa"}, ["column payment_method: 'pm card visa' is not a payment token: 1 to 200 letters, digits, '_', '-' or '.'"]),
-    ({"payment_method": "pm/visa"}, ["column payment_method: 'pm/visa' is not a payment token: 1 to 200 letters, digits, '_', '-' or '.'"]),
+    (
+        {"payment_method": "pm card visa"},
+        ["column payment_method: 'pm card visa' is not a payment token: 1 to 200 letters, digits, '_', '-' or '.'"],
+    ),
+    (
+        {"payment_method": "pm/visa"},
+        ["column payment_method: 'pm/visa' is not a payment token: 1 to 200 letters, digits, '_', '-' or '.'"],
+    ),
     ({"card_expiry": "2027-13"}, ["column card_expiry: '2027-13' is not a month as YYYY-MM"]),
     ({"card_expiry": "07/2027"}, ["column card_expiry: '07/2027' is not a month as YYYY-MM"]),
     ({"renewal_years": "0"}, ["column renewal_years: 0 is not a number of years from 1 to 5"]),
@@ -68,7 +97,10 @@ BAD_VALUES = [
     ({"promo": "si"}, ["column promo: 'si' is not true or false"]),
     ({"extra_space_gb": "2"}, ["column extra_space_gb: standard allows at most 1 GB of extra space, not 2"]),
     ({"extra_space_gb": "-1"}, ["column extra_space_gb: '-1' is not a whole number of 0 or more"]),
-    ({"extra_archive_gb": "1"}, ["column extra_archive_gb: standard has no archive: extra archive space is only for pro and premium"]),
+    (
+        {"extra_archive_gb": "1"},
+        ["column extra_archive_gb: standard has no archive: extra archive space is only for pro and premium"],
+    ),
     ({"extra_archive_gb": "1.5", "plan": "pro"}, ["column extra_archive_gb: '1.5' is not a whole number of 0 or more"]),
     ({"used_space_mb": "3000000000"}, ["column used_space_mb: 3000000000 is too large"]),
     ({"used_space_mb": "lots"}, ["column used_space_mb: 'lots' is not a whole number of 0 or more"]),
@@ -81,8 +113,14 @@ BAD_VALUES = [
             "column einvoice_code: is required for a company: a 7-character SDI code or a PEC address",
         ],
     ),
-    ({"holder_kind": "professional", "vat_number": "12345678901", "einvoice_code": "0000000"}, ["column vat_number: '12345678901' fails the partita IVA checksum"]),
-    ({"holder_kind": "sole_proprietor", "vat_number": VAT, "einvoice_code": "ABC123"}, ["column einvoice_code: 'ABC123' is neither a 7-character SDI code nor a PEC address"]),
+    (
+        {"holder_kind": "professional", "vat_number": "12345678901", "einvoice_code": "0000000"},
+        ["column vat_number: '12345678901' fails the partita IVA checksum"],
+    ),
+    (
+        {"holder_kind": "sole_proprietor", "vat_number": VAT, "einvoice_code": "ABC123"},
+        ["column einvoice_code: 'ABC123' is neither a 7-character SDI code nor a PEC address"],
+    ),
     (
         {"holder_kind": "public_administration"},
         [
@@ -94,11 +132,15 @@ BAD_VALUES = [
         {"holder_kind": "public_administration", "tax_code": TAX_CODE, "einvoice_code": "0000000"},
         [
             "column tax_code: 'RSSMRA80A01H501U' is not the 11-digit codice fiscale of a public administration",
-            "column einvoice_code: '0000000' is not an office code (codice univoco ufficio): it has 6 letters or digits",
+            "column einvoice_code: '0000000' is not an office code (codice univoco ufficio): it has 6 letters or "
+            "digits",
         ],
     ),
     ({"cig": "Z1A2B3C4D5"}, ["column cig: is only for a public administration"]),
-    ({"holder_kind": "public_administration", "tax_code": AGENCY_TAX_CODE, "einvoice_code": "UF3XQ2", "cup": "J71"}, ["column cup: 'J71' is not a CUP: it has 15 letters or digits"]),
+    (
+        {"holder_kind": "public_administration", "tax_code": AGENCY_TAX_CODE, "einvoice_code": "UF3XQ2", "cup": "J71"},
+        ["column cup: 'J71' is not a CUP: it has 15 letters or digits"],
+    ),
     ({"postal_address": "V" * 301}, ["column postal_address: is 301 characters long; at most 300"]),
     ({"holder_name": "Mario\nRossi"}, ["column holder_name: contains a line break"]),
     ({"postal_address": "Via Roma 1\r00100 Roma"}, ["column postal_address: contains a line break"]),
@@ -110,27 +152,63 @@ BAD_VALUES = [
         {**DOMAIN_COLUMNS, "address": "info@pec.example.it", "domain": "example.it", "domain_expires_on": "2027-05-31"},
         ["column expires_on: must be empty for a mailbox on a domain: it takes the domain's expiry, domain_expires_on"],
     ),
-    ({**DOMAIN_COLUMNS, "domain": "example.it", "expires_on": ""}, ["column domain_expires_on: is required for a mailbox on a domain"]),
-    ({**DOMAIN_COLUMNS, "domain_expires_on": "2027-05-31", "expires_on": ""}, ["column domain_expires_on: is only for a mailbox on a domain: give domain too, or use expires_on"]),
-    ({**DOMAIN_COLUMNS, "domain_expires_on": "2027-05-31"}, ["column domain_expires_on: is only for a mailbox on a domain: give domain too, or use expires_on"]),
     (
-        {**DOMAIN_COLUMNS, "address": "info@pec.other.it", "domain": "example.it", "domain_expires_on": "2027-05-31", "expires_on": ""},
+        {**DOMAIN_COLUMNS, "domain": "example.it", "expires_on": ""},
+        ["column domain_expires_on: is required for a mailbox on a domain"],
+    ),
+    (
+        {**DOMAIN_COLUMNS, "domain_expires_on": "2027-05-31", "expires_on": ""},
+        ["column domain_expires_on: is only for a mailbox on a domain: give domain too, or use expires_on"],
+    ),
+    (
+        {**DOMAIN_COLUMNS, "domain_expires_on": "2027-05-31"},
+        ["column domain_expires_on: is only for a mailbox on a domain: give domain too, or use expires_on"],
+    ),
+    (
+        {
+            **DOMAIN_COLUMNS,
+            "address": "info@pec.other.it",
+            "domain": "example.it",
+            "domain_expires_on": "2027-05-31",
+            "expires_on": "",
+        },
         ["column domain: the address info@pec.other.it is not on example.it"],
     ),
     (
-        {**DOMAIN_COLUMNS, "address": "info@notexample.it", "domain": "example.it", "domain_expires_on": "2027-05-31", "expires_on": ""},
+        {
+            **DOMAIN_COLUMNS,
+            "address": "info@notexample.it",
+            "domain": "example.it",
+            "domain_expires_on": "2027-05-31",
+            "expires_on": "",
+        },
         ["column domain: the address info@notexample.it is not on example.it"],
     ),
-    ({**DOMAIN_COLUMNS, "domain": "not a domain", "domain_expires_on": "2027-05-31", "expires_on": ""}, ["column domain: 'not a domain' is not a domain name such as example.it"]),
-    ({**DOMAIN_COLUMNS, "domain": "example.it", "domain_expires_on": "2027-06-31", "expires_on": ""}, ["column domain_expires_on: '2027-06-31' is not a real date as YYYY-MM-DD"]),
     (
-        {**DOMAIN_COLUMNS, "domain": "example.it", "domain_expires_on": "2027-05-31", "expires_on": "", "auto_renew": "true", "payment_method": "pm_card_visa"},
+        {**DOMAIN_COLUMNS, "domain": "not a domain", "domain_expires_on": "2027-05-31", "expires_on": ""},
+        ["column domain: 'not a domain' is not a domain name such as example.it"],
+    ),
+    (
+        {**DOMAIN_COLUMNS, "domain": "example.it", "domain_expires_on": "2027-06-31", "expires_on": ""},
+        ["column domain_expires_on: '2027-06-31' is not a real date as YYYY-MM-DD"],
+    ),
+    (
+        {
+            **DOMAIN_COLUMNS,
+            "domain": "example.it",
+            "domain_expires_on": "2027-05-31",
+            "expires_on": "",
+            "auto_renew": "true",
+            "payment_method": "pm_card_visa",
+        },
         ["column auto_renew: must be false for a mailbox on a domain: it is renewed with its domain"],
     ),
 ]
 
 
-@pytest.mark.parametrize(("changes", "expected"), BAD_VALUES, ids=[f"{i}-{'-'.join(c)}" for i, (c, _) in enumerate(BAD_VALUES)])
+@pytest.mark.parametrize(
+    ("changes", "expected"), BAD_VALUES, ids=[f"{i}-{'-'.join(c)}" for i, (c, _) in enumerate(BAD_VALUES)]
+)
 def test_a_bad_value_is_refused_with_its_line_and_column(session_factory, changes, expected):
     text = make_csv(row(1), row(2, **changes), row(3))
     assert refusal(session_factory, text) == [f"line 3, {message}" for message in expected]
@@ -140,8 +218,14 @@ def test_a_bad_value_is_refused_with_its_line_and_column(session_factory, change
 def test_a_file_with_one_bad_row_imports_nothing(session_factory):
     rows = [row(number) for number in range(1, 30)]
     rows[20] = row(21, plan="platinum")
-    assert refusal(session_factory, make_csv(*rows)) == ["line 22, column plan: 'platinum' is not a plan: one of standard, pro, premium"]
-    assert (count(session_factory, Mailbox), count(session_factory, Account), count(session_factory, Holder)) == (0, 0, 0)
+    assert refusal(session_factory, make_csv(*rows)) == [
+        "line 22, column plan: 'platinum' is not a plan: one of standard, pro, premium"
+    ]
+    assert (count(session_factory, Mailbox), count(session_factory, Account), count(session_factory, Holder)) == (
+        0,
+        0,
+        0,
+    )
 
 
 def test_every_problem_is_listed_in_file_order(session_factory):
@@ -198,12 +282,15 @@ def test_an_unknown_column_with_a_suggestion(session_factory):
     assert refusal(session_factory, make_csv(row(1), columns=columns)) == [
         "line 1, column expiry_on: is not a known column; did you mean expires_on?",
         "line 1, column colour: is not a known column",
-        "line 1, column expires_on: is missing from the header (or, for mailboxes on a customer domain, give domain and domain_expires_on)",
+        "line 1, column expires_on: is missing from the header (or, for mailboxes on a customer domain, give domain "
+        "and domain_expires_on)",
     ]
 
 
 def test_a_duplicate_column(session_factory):
-    assert refusal(session_factory, make_csv(row(1), columns=[*BASE, "plan"])) == ["line 1, column plan: is in the header twice"]
+    assert refusal(session_factory, make_csv(row(1), columns=[*BASE, "plan"])) == [
+        "line 1, column plan: is in the header twice"
+    ]
 
 
 def test_an_empty_header_cell(session_factory):
@@ -232,7 +319,9 @@ def test_an_empty_file(session_factory, text):
 
 
 def test_a_header_without_rows_imports_nothing(session_factory):
-    assert run(session_factory, make_csv(columns=list(BASE))) == ImportReport(rows=0, created=0, updated=0, domains=0, warnings=[])
+    assert run(session_factory, make_csv(columns=list(BASE))) == ImportReport(
+        rows=0, created=0, updated=0, domains=0, warnings=[]
+    )
 
 
 def test_header_names_are_trimmed_and_case_insensitive(session_factory):
@@ -243,7 +332,9 @@ def test_header_names_are_trimmed_and_case_insensitive(session_factory):
 def test_a_record_with_too_many_or_too_few_fields(session_factory):
     header = ",".join(BASE)
     good = ",".join(row(1).values())
-    text = f"{header}\n{good}\n{good.replace('user1', 'user2')},extra\n{good.replace('user1', 'user3').rsplit(',', 2)[0]}\n"
+    too_many = f"{good.replace('user1', 'user2')},extra"
+    too_few = good.replace("user1", "user3").rsplit(",", 2)[0]
+    text = f"{header}\n{good}\n{too_many}\n{too_few}\n"
     assert refusal(session_factory, text) == [
         "line 3, column expires_on: the record has 8 fields but the header has 7 (quote values that contain a comma)",
         "line 4, column plan: the record has 5 fields but the header has 7 (quote values that contain a comma)",
@@ -253,7 +344,8 @@ def test_a_record_with_too_many_or_too_few_fields(session_factory):
 def test_an_unclosed_quote_is_reported_on_its_line(session_factory):
     header = ",".join(BASE)
     good = ",".join(row(1).values())
-    text = f'{header}\n{good}\nuser2@pec.example.it,mario.rossi,"Mario Rossi,private,m@example.it,standard,2027-03-31\n{good.replace("user1", "user3")}\n'
+    unclosed = 'user2@pec.example.it,mario.rossi,"Mario Rossi,private,m@example.it,standard,2027-03-31'
+    text = f"{header}\n{good}\n{unclosed}\n{good.replace('user1', 'user3')}\n"
     assert refusal(session_factory, text) == [
         "line 3, column holder_name: contains a line break",
         "line 3, column holder_kind: the record has 3 fields but the header has 7 (quote values that contain a comma)",
@@ -291,7 +383,9 @@ def test_a_file_with_a_byte_order_mark_imports(session_factory, tmp_path):
 def test_blank_lines_are_skipped_but_counted(session_factory):
     header, first = make_csv(row(1)).splitlines()
     text = f"{header}\n{first}\n\n,,,,,,\n{make_csv(row(5, plan='gold')).splitlines()[1]}\n"
-    assert refusal(session_factory, text) == ["line 5, column plan: 'gold' is not a plan: one of standard, pro, premium"]
+    assert refusal(session_factory, text) == [
+        "line 5, column plan: 'gold' is not a plan: one of standard, pro, premium"
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -358,7 +452,21 @@ def test_a_good_file_imports_every_field(session_factory, tmp_path):
         first.language,
         first.domain_id,
         first.next_action_on,
-    ) == ("pro", date(2027, 3, 31), True, "pm_card_visa", date(2028, 2, 29), 2, True, 3, 5, 1500, "en", None, date(2026, 12, 31))
+    ) == (
+        "pro",
+        date(2027, 3, 31),
+        True,
+        "pm_card_visa",
+        date(2028, 2, 29),
+        2,
+        True,
+        3,
+        5,
+        1500,
+        "en",
+        None,
+        date(2026, 12, 31),
+    )
     holder = holder_of(session_factory, "mario.rossi@pec.example.it")
     assert (holder.name, holder.kind, holder.reference_email, holder.tax_code, holder.postal_address) == (
         "Mario Rossi",
@@ -370,7 +478,14 @@ def test_a_good_file_imports_every_field(session_factory, tmp_path):
     assert len(holder.holder_key) == 64
 
     second = mailbox(session_factory, "user2@pec.example.it")
-    assert (second.plan, second.auto_renew, second.payment_method, second.card_expires_on, second.renewal_years, second.promo) == (
+    assert (
+        second.plan,
+        second.auto_renew,
+        second.payment_method,
+        second.card_expires_on,
+        second.renewal_years,
+        second.promo,
+    ) == (
         "premium",
         False,
         None,
@@ -409,10 +524,19 @@ def test_next_action_on_is_the_first_stage_of_the_cycle(session_factory):
 
 
 def test_an_empty_cell_means_absent(session_factory):
-    text = make_csv(row(1, renewal_years="", promo="", auto_renew="", language="", extra_space_gb="", payment_method=" "))
+    text = make_csv(
+        row(1, renewal_years="", promo="", auto_renew="", language="", extra_space_gb="", payment_method=" ")
+    )
     run(session_factory, text)
     first = mailbox(session_factory, "user1@pec.example.it")
-    assert (first.renewal_years, first.promo, first.auto_renew, first.language, first.extra_space_gb, first.payment_method) == (
+    assert (
+        first.renewal_years,
+        first.promo,
+        first.auto_renew,
+        first.language,
+        first.extra_space_gb,
+        first.payment_method,
+    ) == (
         1,
         False,
         False,
@@ -435,7 +559,13 @@ def test_a_reimport_updates(session_factory):
     second = run(
         session_factory,
         make_csv(
-            row(1, plan="premium", expires_on="2028-03-31", holder_name="Mario Rossi Jr", reference_email="jr@example.it"),
+            row(
+                1,
+                plan="premium",
+                expires_on="2028-03-31",
+                holder_name="Mario Rossi Jr",
+                reference_email="jr@example.it",
+            ),
             row(2),
             row(3),
         ),
@@ -443,10 +573,15 @@ def test_a_reimport_updates(session_factory):
     assert (second.rows, second.created, second.updated, second.unchanged) == (3, 1, 1, 1)
     updated = mailbox(session_factory, "user1@pec.example.it")
     assert updated.reference_email == "jr@example.it"  # the scan's copy follows the holder
-    assert mailbox(session_factory, "user2@pec.example.it").reference_email == holder_of(
-        session_factory, "user2@pec.example.it"
-    ).reference_email
-    assert (updated.plan, updated.expires_on, updated.next_action_on) == ("premium", date(2028, 3, 31), date(2027, 12, 31))
+    assert (
+        mailbox(session_factory, "user2@pec.example.it").reference_email
+        == holder_of(session_factory, "user2@pec.example.it").reference_email
+    )
+    assert (updated.plan, updated.expires_on, updated.next_action_on) == (
+        "premium",
+        date(2028, 3, 31),
+        date(2027, 12, 31),
+    )
     assert holder_of(session_factory, "user1@pec.example.it").name == "Mario Rossi Jr"
     assert holder_of(session_factory, "user2@pec.example.it").name == "Mario Rossi"
     assert count(session_factory, Mailbox) == 3
@@ -457,10 +592,16 @@ def test_a_reimport_of_the_same_file_changes_nothing(session_factory):
     text = make_csv(row(1), row(2))
     run(session_factory, text)
     with session_factory() as session:
-        before = [(m.id, m.holder_id, m.account_id, m.expires_on) for m in session.scalars(select(Mailbox).order_by(Mailbox.id))]
+        before = [
+            (m.id, m.holder_id, m.account_id, m.expires_on)
+            for m in session.scalars(select(Mailbox).order_by(Mailbox.id))
+        ]
     assert run(session_factory, text) == ImportReport(rows=2, created=0, updated=0, unchanged=2, domains=0, warnings=[])
     with session_factory() as session:
-        after = [(m.id, m.holder_id, m.account_id, m.expires_on) for m in session.scalars(select(Mailbox).order_by(Mailbox.id))]
+        after = [
+            (m.id, m.holder_id, m.account_id, m.expires_on)
+            for m in session.scalars(select(Mailbox).order_by(Mailbox.id))
+        ]
     assert after == before
     assert count(session_factory, Holder) == 1
 
@@ -480,7 +621,9 @@ def test_chunks_and_progress(session_factory):
             .join(Account, Account.id == Mailbox.account_id)
             .join(Holder, Holder.id == Mailbox.holder_id)
         ).all()
-    assert sorted(pairs) == sorted((f"user{n}@pec.example.it", f"account{n % 5}", f"Holder {n % 7}") for n in range(1, 12))
+    assert sorted(pairs) == sorted(
+        (f"user{n}@pec.example.it", f"account{n % 5}", f"Holder {n % 7}") for n in range(1, 12)
+    )
 
 
 def test_count_records(tmp_path):
@@ -518,7 +661,10 @@ def test_domain_mailboxes_take_the_domain_expiry(session_factory):
 
 
 def test_a_new_domain_expiry_moves_every_mailbox_of_the_domain(session_factory):
-    run(session_factory, make_csv(domain_row(1, "theirdomain.it", "2027-05-31"), domain_row(2, "theirdomain.it", "2027-05-31")))
+    run(
+        session_factory,
+        make_csv(domain_row(1, "theirdomain.it", "2027-05-31"), domain_row(2, "theirdomain.it", "2027-05-31")),
+    )
     report = run(session_factory, make_csv(domain_row(1, "theirdomain.it", "2028-05-31")))
     assert (report.rows, report.created, report.updated, report.domains) == (1, 0, 1, 1)
     for address in ("box1@pec.theirdomain.it", "box2@pec.theirdomain.it"):
@@ -546,7 +692,8 @@ def test_warnings_about_reference_addresses(session_factory):
         "line 2, column reference_email: is the mailbox itself; notices may never be read",
         "line 3, column reference_email: boss@theirdomain.it is on theirdomain.it, the domain this mailbox depends on;"
         " if the domain expires, notices may never be read",
-        "line 4, column reference_email: boss@mail.theirdomain.it is on theirdomain.it, the domain this mailbox depends on;"
+        "line 4, column reference_email: boss@mail.theirdomain.it is on theirdomain.it, the domain this mailbox "
+        "depends on;"
         " if the domain expires, notices may never be read",
     ]
     assert report.created == 5
@@ -562,7 +709,11 @@ def test_import_on_sqlite(tmp_path):
     engine = make_engine(url)
     try:
         factory = make_session_factory(engine)
-        text = make_csv(row(1), domain_row(2, "theirdomain.it", "2027-05-31"), row(3, holder_kind="company", vat_number=VAT, einvoice_code="0000000"))
+        text = make_csv(
+            row(1),
+            domain_row(2, "theirdomain.it", "2027-05-31"),
+            row(3, holder_kind="company", vat_number=VAT, einvoice_code="0000000"),
+        )
         assert run(factory, text) == ImportReport(rows=3, created=3, updated=0, domains=1, warnings=[])
         again = make_csv(row(1, plan="pro"), domain_row(2, "theirdomain.it", "2027-06-30"), row(4))
         assert run(factory, again) == ImportReport(rows=3, created=1, updated=2, unchanged=0, domains=1, warnings=[])
@@ -570,7 +721,9 @@ def test_import_on_sqlite(tmp_path):
         box = mailbox(factory, "box2@pec.theirdomain.it")
         assert (box.expires_on, box.next_action_on) == (date(2027, 6, 30), date(2027, 3, 30))
         assert count(factory, Mailbox) == 4
-        assert refusal(factory, make_csv(row(9, plan="gold"))) == ["line 2, column plan: 'gold' is not a plan: one of standard, pro, premium"]
+        assert refusal(factory, make_csv(row(9, plan="gold"))) == [
+            "line 2, column plan: 'gold' is not a plan: one of standard, pro, premium"
+        ]
         assert count(factory, Mailbox) == 4
     finally:
         engine.dispose()
@@ -613,7 +766,9 @@ def test_chunks_written_before_a_bad_row_are_undone(any_database):
     run(factory, make_csv(row(1, plan="pro")))
     rows = [row(number) for number in range(1, 11)]
     rows[8] = row(9, language="fr")
-    assert refusal(factory, make_csv(*rows), chunk_rows=3) == ["line 10, column language: 'fr' is not a language: it or en"]
+    assert refusal(factory, make_csv(*rows), chunk_rows=3) == [
+        "line 10, column language: 'fr' is not a language: it or en"
+    ]
     assert (count(factory, Mailbox), count(factory, Account), count(factory, Holder)) == (1, 1, 1)
     assert mailbox(factory, "user1@pec.example.it").plan == "pro"
     report = run(factory, make_csv(*(row(number) for number in range(1, 11))), chunk_rows=3)
@@ -653,7 +808,8 @@ def test_backslashes_are_stored_as_they_are(session_factory):
 
 @pytest.mark.parametrize("process_interval", [0.005, 0.00005])
 def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session_factory, process_interval):
-    """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.services.importer), and only while importing."""
+    """The writer thread gets the GIL back within ``SWITCH_INTERVAL`` of asking (worker.services.importer), and only "
+    "while importing."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(process_interval)
     try:
@@ -666,7 +822,9 @@ def test_an_import_switches_threads_promptly_and_gives_the_interval_back(session
         assert during == [pytest.approx(expected, rel=0.05)] * len(during)  # kept in whole microseconds
         assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)
         bad = [row(1), row(2, language="fr")]
-        assert refusal(session_factory, make_csv(*bad), chunk_rows=2) == ["line 3, column language: 'fr' is not a language: it or en"]
+        assert refusal(session_factory, make_csv(*bad), chunk_rows=2) == [
+            "line 3, column language: 'fr' is not a language: it or en"
+        ]
         assert sys.getswitchinterval() == pytest.approx(process_interval, rel=0.05)  # given back after a refusal too
     finally:
         sys.setswitchinterval(previous)

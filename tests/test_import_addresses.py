@@ -10,12 +10,14 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 from email_validator import validate_email
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.support.importing import count, make_csv, refusal, row, run
-from worker.rules import holder_data
 from worker.cli.main import main
+from worker.rules import holder_data
 from worker.rules.holder_data import normalise_email, sendable_address
 from worker.store.models import Mailbox
 
@@ -24,7 +26,12 @@ FULL_WIDTH_E = "\uff45"
 
 
 def domain_row(number: int, **changes: str) -> dict[str, str]:
-    values = {"address": f"box{number}@pec.theirdomain.it", "expires_on": "", "domain": "theirdomain.it", "domain_expires_on": "2027-05-31"}
+    values = {
+        "address": f"box{number}@pec.theirdomain.it",
+        "expires_on": "",
+        "domain": "theirdomain.it",
+        "domain_expires_on": "2027-05-31",
+    }
     return row(number, **{**values, **changes})
 
 
@@ -85,8 +92,14 @@ def test_an_address_over_254_characters_is_refused(session_factory):
     ascii_address = "m" * 64 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 59 + ".it"
     label = "".join(chr(0x4E00 + 997 * index) for index in range(16))  # 16 characters, 52 in Punycode
     idn_address = "m" * 40 + "@" + ".".join([label] * 4) + ".jp"
-    assert (len(ascii_address), len(idn_address), len(sendable_address("m@" + ".".join([label] * 4) + ".jp"))) == (255, 111, 216)
-    problems = refusal(session_factory, make_csv(row(1, reference_email=ascii_address), row(2, reference_email=idn_address)))
+    assert (len(ascii_address), len(idn_address), len(sendable_address("m@" + ".".join([label] * 4) + ".jp"))) == (
+        255,
+        111,
+        216,
+    )
+    problems = refusal(
+        session_factory, make_csv(row(1, reference_email=ascii_address), row(2, reference_email=idn_address))
+    )
     assert problems == [
         f"line 2, column reference_email: {ascii_address!r} is not a valid email address:"
         " The email address is too long (1 character too many).",
@@ -130,7 +143,10 @@ def test_a_domain_expiry_out_of_range_is_refused(session_factory):
 
 
 def test_the_ends_of_the_date_range_are_taken(session_factory):
-    report = run(session_factory, make_csv(row(1, expires_on="2000-01-01"), row(2, expires_on="2199-12-31", card_expiry="2199-12")))
+    report = run(
+        session_factory,
+        make_csv(row(1, expires_on="2000-01-01"), row(2, expires_on="2199-12-31", card_expiry="2199-12")),
+    )
     assert report.created == 2
 
 
@@ -139,7 +155,10 @@ def test_the_bulk_load_path_refuses_the_same_rows(session_factory, bulk_starts):
     text = make_csv(row(1), row(2, address=f"us{CYRILLIC_E}r@pec.example.it"), row(3, expires_on="9999-12-31"))
     problems = refusal(session_factory, text)
     assert bulk_starts == [True]
-    assert [problem.partition(":")[0] for problem in problems] == ["line 3, column address", "line 4, column expires_on"]
+    assert [problem.partition(":")[0] for problem in problems] == [
+        "line 3, column address",
+        "line 4, column expires_on",
+    ]
     assert count(session_factory, Mailbox) == 0
     # The normal path (a fleet exists) says the same.
     run(session_factory, make_csv(row(9)))
@@ -149,8 +168,14 @@ def test_the_bulk_load_path_refuses_the_same_rows(session_factory, bulk_starts):
 
 def test_the_command_refuses_with_exit_2_and_one_line_per_problem(tmp_path, session_factory, database_url):
     source = tmp_path / "mailboxes.csv"
-    source.write_text(make_csv(row(1, address=f"us{CYRILLIC_E}r3@pec.example.it"), row(2, expires_on="0001-01-01")), encoding="utf-8")
-    env = {"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_DATABASE_URL": database_url, "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS}
+    source.write_text(
+        make_csv(row(1, address=f"us{CYRILLIC_E}r3@pec.example.it"), row(2, expires_on="0001-01-01")), encoding="utf-8"
+    )
+    env = {
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+    }
     result = CliRunner().invoke(main, ["import", "mailboxes", str(source)], env=env, catch_exceptions=False)
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
@@ -167,10 +192,20 @@ _ADDRESSES = st.one_of(
     st.emails(),
     st.builds(
         lambda local, domain: f"{local}@{domain}",
-        st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=70),
+        st.text(
+            st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=70
+        ),
         st.sampled_from(
-            ["example.it", "b\u00fccher.it", "ex\u0430mple.it", f"{FULL_WIDTH_E}xample.it", "xn--exmple-4nf.it",
-             "\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", "\u4f8b\u3048.jp", "x" * 63 + "." + "y" * 63 + "." + "z" * 60 + ".it"]
+            [
+                "example.it",
+                "b\u00fccher.it",
+                "ex\u0430mple.it",
+                f"{FULL_WIDTH_E}xample.it",
+                "xn--exmple-4nf.it",
+                "\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
+                "\u4f8b\u3048.jp",
+                "x" * 63 + "." + "y" * 63 + "." + "z" * 60 + ".it",
+            ]
         ),
     ),  # fmt: skip
 )

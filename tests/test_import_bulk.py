@@ -37,7 +37,9 @@ SCHEMA_QUERIES = (
 
 def schema(url: str) -> list[list[tuple]]:
     """Every index and constraint of the public schema, as PostgreSQL prints their definitions."""
-    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)) as connection:
+    with psycopg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    ) as connection:
         return [connection.execute(query).fetchall() for query in SCHEMA_QUERIES]
 
 
@@ -76,7 +78,10 @@ def test_the_schema_after_a_bulk_import_is_a_fresh_upgrade(session_factory, data
     assert after == fresh_schema
     # Nothing trivially equal: the definitions are there.
     indexes = {name: definition for _, name, definition in after[0]}
-    assert indexes["uq_mailboxes_address"] == "CREATE UNIQUE INDEX uq_mailboxes_address ON public.mailboxes USING btree (address)"
+    assert (
+        indexes["uq_mailboxes_address"]
+        == "CREATE UNIQUE INDEX uq_mailboxes_address ON public.mailboxes USING btree (address)"
+    )
     assert "ix_mailboxes_next_action_on" in indexes and "ix_holders_account_id" in indexes
     constraints = {name: definition for _, name, _, definition, *_ in after[1]}
     assert constraints["fk_mailboxes_holder_id_holders"] == "FOREIGN KEY (holder_id) REFERENCES holders(id)"
@@ -103,9 +108,15 @@ def test_a_file_refused_late_leaves_rows_and_schema_as_they_were(
     """Chunks are written, the indexes dropped, then a bad row near the end: all of it is rolled back."""
     rows = [row(number, account=f"account{number % 4}") for number in range(1, 21)]
     rows[18] = row(19, renewal_years="9")
-    assert refusal(session_factory, make_csv(*rows), chunk_rows=3) == ["line 20, column renewal_years: 9 is not a number of years from 1 to 5"]
+    assert refusal(session_factory, make_csv(*rows), chunk_rows=3) == [
+        "line 20, column renewal_years: 9 is not a number of years from 1 to 5"
+    ]
     assert bulk_starts == [True]
-    assert (count(session_factory, Mailbox), count(session_factory, Account), count(session_factory, Holder)) == (0, 0, 0)
+    assert (count(session_factory, Mailbox), count(session_factory, Account), count(session_factory, Holder)) == (
+        0,
+        0,
+        0,
+    )
     assert schema(database_url) == fresh_schema
 
 
@@ -123,7 +134,9 @@ def test_an_address_twice_is_found_by_the_unique_index_and_reported_by_the_rule(
         return check(connection, checked, **rules)
 
     monkeypatch.setattr(across_rows, "check_across_rows", spy)
-    text_ = make_csv(row(1), row(2), row(3), row(4, address="USER1@pec.example.it"), row(5), row(6, address="user5@pec.example.it"))
+    text_ = make_csv(
+        row(1), row(2), row(3), row(4, address="USER1@pec.example.it"), row(5), row(6, address="user5@pec.example.it")
+    )
     assert refusal(session_factory, text_, chunk_rows=chunk_rows) == [
         "line 5, column address: user1@pec.example.it is already on line 2",
         "line 7, column address: user5@pec.example.it is already on line 6",
@@ -173,7 +186,9 @@ def test_accounts_and_domains_already_there_are_reused(session_factory):
         session.add(Domain(name="theirdomain.it", expires_on="2026-01-31"))
     text_ = make_csv(
         row(1),
-        row(2, address="box2@pec.theirdomain.it", expires_on="", domain="theirdomain.it", domain_expires_on="2027-05-31"),
+        row(
+            2, address="box2@pec.theirdomain.it", expires_on="", domain="theirdomain.it", domain_expires_on="2027-05-31"
+        ),
     )
     report = run(session_factory, text_)
     assert report.bulk and (report.created, report.domains) == (2, 1)
@@ -190,7 +205,9 @@ def fleet(session_factory) -> dict[str, list[tuple]]:
     domains = Domain.__table__
     mailboxes = Mailbox.__table__
     holder_columns = [column for column in holders.c if column.name not in ("id", "account_id")]
-    mailbox_columns = [column for column in mailboxes.c if column.name not in ("id", "account_id", "holder_id", "domain_id")]
+    mailbox_columns = [
+        column for column in mailboxes.c if column.name not in ("id", "account_id", "holder_id", "domain_id")
+    ]
     with session_factory() as session:
         return {
             "accounts": sorted(session.execute(select(accounts.c.login)).all()),
@@ -205,7 +222,9 @@ def fleet(session_factory) -> dict[str, list[tuple]]:
             ),
             "mailboxes": sorted(
                 session.execute(
-                    select(*mailbox_columns, accounts.c.login, holders.c.holder_key, holder_account.c.login, domains.c.name)
+                    select(
+                        *mailbox_columns, accounts.c.login, holders.c.holder_key, holder_account.c.login, domains.c.name
+                    )
                     .join(accounts, accounts.c.id == mailboxes.c.account_id)
                     .join(holders, holders.c.id == mailboxes.c.holder_id)
                     .join(holder_account, holder_account.c.id == holders.c.account_id)
@@ -222,8 +241,14 @@ def test_the_bulk_path_writes_the_rows_of_the_normal_path(session_factory, engin
     header = generated.splitlines()[0].split(",")
     # Warnings too: a reference address on the mailbox's own domain, and the mailbox itself.
     extra = make_csv(
-        row(1, address="box1@pec.theirdomain.it", expires_on="", domain="theirdomain.it",
-            domain_expires_on="2027-05-31", reference_email="boss@theirdomain.it"),
+        row(
+            1,
+            address="box1@pec.theirdomain.it",
+            expires_on="",
+            domain="theirdomain.it",
+            domain_expires_on="2027-05-31",
+            reference_email="boss@theirdomain.it",
+        ),
         row(2, reference_email="user2@pec.example.it"),
         columns=header,
     )

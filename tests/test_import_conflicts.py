@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEYS
-from tests.support.importing import make_csv, mailbox, row, run
+from tests.support.importing import mailbox, make_csv, row, run
 from tests.support.renewals import ADDRESS, at, charge, place_order, register, the_mailbox
 from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway, list_charges
@@ -76,7 +76,8 @@ def test_the_same_expiry_with_another_plan_keeps_the_plan_paid_for_here(session_
     report = run(session_factory, make_csv(row(1, expires_on="2028-03-31", plan="standard")))
     assert mailbox(session_factory, ADDRESS).plan == "premium"
     assert [str(conflict) for conflict in report.conflicts] == [
-        f"line 2, column plan: kept premium (renewed here on 2027-03-02, order {order.order_number}); the file says standard"
+        f"line 2, column plan: kept premium (renewed here on 2027-03-02, order {order.order_number}); the file says "
+        "standard"
     ]
 
 
@@ -111,7 +112,12 @@ def test_auto_renew_switched_on_by_a_card_payment_here_is_kept(session_factory, 
     # A file that knows of a later renewal, made elsewhere, is the newer word: auto-renew off applies.
     report = run(session_factory, make_csv(row(1, expires_on="2029-03-31", auto_renew="false", payment_method="")))
     box = mailbox(session_factory, ADDRESS)
-    assert (box.expires_on, box.auto_renew, box.payment_method, report.conflicts) == (date(2029, 3, 31), False, None, [])
+    assert (box.expires_on, box.auto_renew, box.payment_method, report.conflicts) == (
+        date(2029, 3, 31),
+        False,
+        None,
+        [],
+    )
 
 
 # -- A successful auto-renew charge --------------------------------------------------------------------
@@ -140,11 +146,18 @@ def test_an_older_file_does_not_undo_a_successful_charge(session_factory, settin
 
 
 def test_the_command_reports_conflicts_and_exits_0(tmp_path, session_factory, settings, database_url):
-    run(session_factory, make_csv(row(1, expires_on="2026-12-13", auto_renew="true", payment_method="pm_card_visa"), row(2)))
+    run(
+        session_factory,
+        make_csv(row(1, expires_on="2026-12-13", auto_renew="true", payment_method="pm_card_visa"), row(2)),
+    )
     charge(session_factory, ADDRESS, date(2026, 12, 6))
     source = tmp_path / "stale.csv"
     source.write_text(make_csv(row(1, expires_on="2026-12-13", auto_renew="false"), row(2), row(3)), encoding="utf-8")
-    env = {"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_DATABASE_URL": database_url, "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS}
+    env = {
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+    }
 
     dry = CliRunner().invoke(main, ["import", "mailboxes", "--dry-run", str(source)], env=env, catch_exceptions=False)
     assert dry.exit_code == 0, dry.output
@@ -155,11 +168,15 @@ def test_the_command_reports_conflicts_and_exits_0(tmp_path, session_factory, se
         "conflict: line 2, column payment_method: kept pm_…visa",
     ]
     assert lines[-1] == (
-        f"dry run: 3 mailboxes in {source}: 1 new, 0 updated, 1 unchanged, 1 conflict(s) (0 warning(s)); nothing was changed"
+        f"dry run: 3 mailboxes in {source}: 1 new, 0 updated, 1 unchanged, 1 conflict(s) (0 warning(s)); nothing was "
+        "changed"
     )
     assert mailbox(session_factory, ADDRESS).expires_on == date(2027, 12, 13)
     with session_factory() as session:
-        assert session.scalars(select(Mailbox.address).order_by(Mailbox.address)).all() == [ADDRESS, "user2@pec.example.it"]
+        assert session.scalars(select(Mailbox.address).order_by(Mailbox.address)).all() == [
+            ADDRESS,
+            "user2@pec.example.it",
+        ]
 
     result = CliRunner().invoke(main, ["import", "mailboxes", str(source)], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -181,7 +198,9 @@ def test_the_command_reports_conflicts_and_exits_0(tmp_path, session_factory, se
 def test_an_older_file_after_a_newer_one_keeps_the_later_expiry(any_database):
     factory = any_database
     run(factory, make_csv(row(1, expires_on="2028-03-31", plan="pro"), row(2)))
-    report = run(factory, make_csv(row(1, expires_on="2027-03-31", holder_name="Mario Rossi Bianchi"), row(2, plan="pro")))
+    report = run(
+        factory, make_csv(row(1, expires_on="2027-03-31", holder_name="Mario Rossi Bianchi"), row(2, plan="pro"))
+    )
     box = mailbox(factory, ADDRESS)
     assert (box.expires_on, box.plan) == (date(2028, 3, 31), "pro")
     assert [str(conflict) for conflict in report.conflicts] == [
@@ -212,7 +231,9 @@ def test_a_later_expiry_closes_the_orders_of_the_old_cycle(session_factory, sett
     open_order = place_order(session_factory, settings, plan="pro", years=1, today=date(2027, 3, 1))
     with session_factory() as session:  # a draft of the other mailbox, left at its first step
         box = the_mailbox(session, "user2@pec.example.it")
-        draft = orders.start_order(session, RenewalLink(MAILBOX, box.id, box.expires_on), date(2027, 3, 1), at(date(2027, 3, 1)))
+        draft = orders.start_order(
+            session, RenewalLink(MAILBOX, box.id, box.expires_on), date(2027, 3, 1), at(date(2027, 3, 1))
+        )
         session.commit()
 
     report = run(session_factory, make_csv(row(1, expires_on="2028-03-31"), row(2, expires_on="2028-03-31")))
@@ -225,7 +246,9 @@ def test_a_later_expiry_closes_the_orders_of_the_old_cycle(session_factory, sett
         " cancelled: the file renews it to 2028-03-31 elsewhere",
     ]
     with session_factory() as session:
-        assert {session.get(RenewalOrder, open_order.id).status, session.get(RenewalOrder, draft.id).status} == {"cancelled"}
+        assert {session.get(RenewalOrder, open_order.id).status, session.get(RenewalOrder, draft.id).status} == {
+            "cancelled"
+        }
     # The transfer that arrives for it now is refused, and renews nothing twice.
     with pytest.raises(payments.PaymentRefused, match="cancelled, not awaiting payment"):
         register(session_factory, settings, open_order, date(2027, 3, 5))
@@ -242,7 +265,9 @@ def test_a_later_expiry_leaves_an_unresolved_charge_to_look_up_and_never_charges
         intent = session.scalars(select(ChargeIntent)).one()
     assert intent.status == ChargeStatus.STARTED.value
 
-    report = run(session_factory, make_csv(row(1, expires_on="2027-12-13", auto_renew="true", payment_method="pm_card_visa")))
+    report = run(
+        session_factory, make_csv(row(1, expires_on="2027-12-13", auto_renew="true", payment_method="pm_card_visa"))
+    )
 
     assert report.warnings == [
         f"line 2: the auto-renew charge {intent.idempotency_key} for the cycle of {ADDRESS} ending 2026-12-13 is"

@@ -6,7 +6,7 @@ from datetime import date
 
 from sqlalchemy import select, text, update
 
-from tests.support.importing import make_csv, mailbox, row, run
+from tests.support.importing import mailbox, make_csv, row, run
 from worker.services.importer import ImportReport
 from worker.store.models import Mailbox
 
@@ -22,7 +22,9 @@ def test_an_unchanged_mailbox_is_not_rewritten(session_factory):
     run(session_factory, text_)
     before = versions(session_factory)
     changed = make_csv(row(1), row(2, plan="premium"), row(3, plan="pro"), row(4))
-    assert run(session_factory, changed) == ImportReport(rows=4, created=1, updated=1, unchanged=2, domains=0, warnings=[])
+    assert run(session_factory, changed) == ImportReport(
+        rows=4, created=1, updated=1, unchanged=2, domains=0, warnings=[]
+    )
     after = versions(session_factory)
     assert after["user1@pec.example.it"] == before["user1@pec.example.it"]
     assert after["user3@pec.example.it"] == before["user3@pec.example.it"]

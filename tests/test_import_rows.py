@@ -7,13 +7,24 @@ whichever path a record takes, the answer is the one the rules give.
 
 from __future__ import annotations
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from worker.rules.import_rows import STAGED_COLUMNS, CheckedFile, ImportProblem, RowChecker
 from worker.rules.schedule import DEFAULT_STAGES
 
 HEADER = ["address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on", "language"]
-GOOD = ["user1@pec.example.it", "mario.rossi", "Mario Rossi", "private", "mario@example.it", "standard", "2027-03-31", "it"]
+GOOD = [
+    "user1@pec.example.it",
+    "mario.rossi",
+    "Mario Rossi",
+    "private",
+    "mario@example.it",
+    "standard",
+    "2027-03-31",
+    "it",
+]
 
 #: Every character ``str.strip`` removes that is not a control character.
 SPACES = [" ", "\xa0", "\u1680", "\u2000", "\u2003", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"]
@@ -41,9 +52,18 @@ def test_a_good_record_is_staged_with_its_values():
     staged, errors, warnings = check(GOOD)
     assert (errors, warnings) == ([], [])
     [(row, good)] = staged
-    values = dict(zip(STAGED_COLUMNS, row))
-    assert good and (values["line"], values["seq"], values["address"], values["plan"]) == ("2", "1", GOOD[0], "standard")
-    assert (values["expires_on"], values["next_action_on"], values["renewal_years"]) == ("2027-03-31", "2026-12-31", "1")
+    values = dict(zip(STAGED_COLUMNS, row, strict=True))
+    assert good and (values["line"], values["seq"], values["address"], values["plan"]) == (
+        "2",
+        "1",
+        GOOD[0],
+        "standard",
+    )
+    assert (values["expires_on"], values["next_action_on"], values["renewal_years"]) == (
+        "2027-03-31",
+        "2026-12-31",
+        "1",
+    )
 
 
 @given(
@@ -94,7 +114,7 @@ def test_an_account_with_a_space_of_any_kind_is_refused(space, where):
     staged, errors, _ = check(cells)
     if login.strip() != login:
         # A space at either end is not part of the account.
-        assert errors == [] and dict(zip(STAGED_COLUMNS, staged[0][0]))["login"] == "mario.rossi"
+        assert errors == [] and dict(zip(STAGED_COLUMNS, staged[0][0], strict=True))["login"] == "mario.rossi"
     else:
         assert errors == [ImportProblem(2, "account", f"{login!r} contains a space")]
 

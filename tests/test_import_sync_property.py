@@ -20,14 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from tests.support.importing import make_csv, row, run
 from tests.support.renewals import charge, place_order, register
+from worker.rules.schedule import add_years
 from worker.services import orders, payments
 from worker.store.models import Base, ChargeIntent, ChargeStatus, Mailbox, OrderStatus, RenewalOrder
-from worker.rules.schedule import add_years
 
 MANUAL = "user1@pec.example.it"  # renewed by orders
 AUTO = "user2@pec.example.it"  # renewed by auto-renew charges
@@ -81,7 +83,9 @@ def settled(session_factory) -> tuple[set[int], set[int]]:
     """The paid orders and the successful charges."""
     with session_factory() as session:
         paid = set(session.scalars(select(RenewalOrder.id).where(RenewalOrder.status == OrderStatus.PAID.value)))
-        charged = set(session.scalars(select(ChargeIntent.id).where(ChargeIntent.status == ChargeStatus.SUCCEEDED.value)))
+        charged = set(
+            session.scalars(select(ChargeIntent.id).where(ChargeIntent.status == ChargeStatus.SUCCEEDED.value))
+        )
         return paid, charged
 
 

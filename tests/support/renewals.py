@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import select
 
@@ -21,7 +21,7 @@ ADDRESS = "user1@pec.example.it"
 
 def at(day: date) -> datetime:
     """9:00 UTC of ``day``: the moment a renewal step of that business day happens."""
-    return datetime.combine(day, time(9, 0), tzinfo=timezone.utc)
+    return datetime.combine(day, time(9, 0), tzinfo=UTC)
 
 
 def the_mailbox(session, address: str = ADDRESS) -> Mailbox:
@@ -29,7 +29,14 @@ def the_mailbox(session, address: str = ADDRESS) -> Mailbox:
 
 
 def place_order(
-    session_factory, settings, *, plan: str, years: int, today: date, address: str = ADDRESS, method: str = "bank_transfer"
+    session_factory,
+    settings,
+    *,
+    plan: str,
+    years: int,
+    today: date,
+    address: str = ADDRESS,
+    method: str = "bank_transfer",
 ) -> RenewalOrder:
     """An order confirmed from the mailbox's link, as the holder makes it on the link pages."""
     with session_factory() as session:

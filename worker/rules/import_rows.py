@@ -147,7 +147,7 @@ class CheckedFile:
     def sort_errors(self) -> None:
         """The problems in file order: by line, then by column as the header orders them."""
         order = self.position
-        self.errors.sort(key=lambda problem: (problem.line, order.get(problem.column, len(order))))
+        self.errors.sort(key=lambda problem: (problem.line, order.get(problem.column or "", len(order))))
 
 
 def check_header(cells: list[str], errors: list[ImportProblem]) -> list[str]:
@@ -177,7 +177,9 @@ def check_header(cells: list[str], errors: list[ImportProblem]) -> list[str]:
 
 def _expiry_header_problems(seen: set[str]) -> list[ImportProblem]:
     if "expires_on" not in seen and "domain" not in seen and "domain_expires_on" not in seen:
-        message = "is missing from the header (or, for mailboxes on a customer domain, give domain and domain_expires_on)"
+        message = (
+            "is missing from the header (or, for mailboxes on a customer domain, give domain and domain_expires_on)"
+        )
         return [ImportProblem(1, "expires_on", message)]
     if "domain" in seen and "domain_expires_on" not in seen:
         return [ImportProblem(1, "domain_expires_on", "is missing from the header: a domain needs its expiry")]
@@ -229,7 +231,7 @@ class RowChecker:
                     self._report(line, problems)
                 return
         elif self.bad_char_search(joined):
-            for name, cell in zip(self.header, cells):
+            for name, cell in zip(self.header, cells, strict=False):
                 if BAD_CHAR_RE.search(cell):
                     problems.setdefault(name, bad_char_problem(cell))
         if len(cells) != self.width:
@@ -260,12 +262,13 @@ class RowChecker:
         Problems go to ``problems``, the first per column.  An empty string is an absent value.
         """
         problem = problems.setdefault
+        # The known columns in KNOWN_COLUMNS order, a few to a line.
         (
             address, login, holder_name, holder_kind, reference_email, plan, expires_text, domain_text,
             domain_expires_text, auto_renew, payment_method, card_expiry, renewal_years, promo,
             extra_space, extra_archive, used_space, tax_code, vat_number, einvoice_code, language,
             postal_address, cig, cup,
-        ) = values  # fmt: skip - the 24 known columns in KNOWN_COLUMNS order, a few to a line
+        ) = values  # fmt: skip
         if not address:
             problem("address", "is required")
         else:
@@ -287,10 +290,14 @@ class RowChecker:
             plan = PLAN_NAMES.get(plan) or checked(plan, "plan", check_plan, problem) or ""
         else:
             problem("plan", "is required")
-        expires_on, domain, domain_expires_on = _check_expiry(address, expires_text, domain_text, domain_expires_text, problem)
+        expires_on, domain, domain_expires_on = _check_expiry(
+            address, expires_text, domain_text, domain_expires_text, problem
+        )
         renewal = ("0", "0", "", "1")
         if auto_renew or promo or payment_method or card_expiry or renewal_years:
-            renewal = _check_renewal(domain_text, auto_renew, promo, payment_method, card_expiry, renewal_years, problem)
+            renewal = _check_renewal(
+                domain_text, auto_renew, promo, payment_method, card_expiry, renewal_years, problem
+            )
         extras = ("0", "0")
         if extra_space or extra_archive:
             extras = _check_extras(plan, extra_space, extra_archive, problem)
@@ -313,11 +320,12 @@ class RowChecker:
         next_action_on = self.next_action.get(expires_on)
         if next_action_on is None:
             next_action_on = self._first_action_on(expires_on)
+        # STAGED_COLUMNS in order, a few to a line.
         return (
             str(line), str(self.checked.rows), address, login, holder_key, domain, domain_expires_on, expires_on,
             plan, *extras, used_space, auto_renew, payment_method, card_expires_on, renewal_years, promo, language,
             next_action_on,
-        ) + holder_values  # fmt: skip - STAGED_COLUMNS in order, a few to a line
+        ) + holder_values  # fmt: skip
 
     def _first_action_on(self, expires_on: str) -> str:
         """The cycle's first stage date, as staged, remembered by expiry: a file repeats its expiries."""
@@ -362,7 +370,9 @@ def _check_expiry(
         return "", "", domain_expires_on
     domain = checked(domain_text, "domain", normalise_domain, problem) or ""
     if expires_text:
-        problem("expires_on", "must be empty for a mailbox on a domain: it takes the domain's expiry, domain_expires_on")
+        problem(
+            "expires_on", "must be empty for a mailbox on a domain: it takes the domain's expiry, domain_expires_on"
+        )
     if not domain_expires_text:
         problem("domain_expires_on", "is required for a mailbox on a domain")
     if domain and address:
@@ -404,7 +414,9 @@ def _check_renewal(
             if not 1 <= years <= MAX_RENEWAL_YEARS:
                 problem("renewal_years", f"{years} is not a number of years from 1 to {MAX_RENEWAL_YEARS}")
             elif promo == "1" and years > MAX_PROMO_RENEWAL_YEARS:
-                problem("renewal_years", f"a promo mailbox renews for 1 or {MAX_PROMO_RENEWAL_YEARS} years, not {years}")
+                problem(
+                    "renewal_years", f"a promo mailbox renews for 1 or {MAX_PROMO_RENEWAL_YEARS} years, not {years}"
+                )
             renewal_years = str(years)
     return auto_renew, promo, card_expires_on, renewal_years
 

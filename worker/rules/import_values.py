@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 from functools import lru_cache
+from typing import Any
 
 from config import catalogue
 
@@ -59,7 +60,7 @@ LANGUAGE_CODES = {language: language for language in LANGUAGES}
 Problem = Callable[[str, str], object]
 
 
-def checked(value: str, column: str, checker: Callable[[str], object], problem: Problem):
+def checked(value: str, column: str, checker: Callable[[str], Any], problem: Problem) -> Any:
     """``checker(value)``, or None when the value is bad (then ``problem`` is told why)."""
     try:
         return checker(value)

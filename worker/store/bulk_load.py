@@ -108,7 +108,10 @@ class BulkWriter:
         self.connection.execute(
             insert(target),
             [
-                {name: (read(value) if read else value) if value else None for (name, read), value in zip(readers, row)}
+                {
+                    name: (read(value) if read else value) if value else None
+                    for (name, read), value in zip(readers, row, strict=True)
+                }
                 for row in rows
             ],
         )
@@ -257,7 +260,9 @@ class BulkLoad:
                 for name, kind, definition in connection.execute(_constraints_of(target.name))
                 if name not in KEPT
             )
-            indexes.extend((target.name, name, definition) for name, definition in connection.execute(_indexes_of(target.name)))
+            indexes.extend(
+                (target.name, name, definition) for name, definition in connection.execute(_indexes_of(target.name))
+            )
         # Foreign keys first: a unique constraint may be what one refers to.
         for table_name, name, _kind, _ in sorted(constraints, key=lambda item: item[2] != "f"):
             connection.exec_driver_sql(f"ALTER TABLE {quote(table_name)} DROP CONSTRAINT {quote(name)}")
@@ -278,14 +283,18 @@ class BulkLoad:
         for table_name, name, kind, definition in constraints:
             if kind != "f":
                 with timed(f"rebuild {name}"):
-                    connection.exec_driver_sql(f"ALTER TABLE {quote(table_name)} ADD CONSTRAINT {quote(name)} {definition}")
+                    connection.exec_driver_sql(
+                        f"ALTER TABLE {quote(table_name)} ADD CONSTRAINT {quote(name)} {definition}"
+                    )
         for _, name, definition in self.indexes:
             with timed(f"rebuild {name}"):
                 connection.exec_driver_sql(definition)
         for table_name, name, kind, definition in constraints:
             if kind == "f":
                 with timed(f"rebuild {name}"):
-                    connection.exec_driver_sql(f"ALTER TABLE {quote(table_name)} ADD CONSTRAINT {quote(name)} {definition}")
+                    connection.exec_driver_sql(
+                        f"ALTER TABLE {quote(table_name)} ADD CONSTRAINT {quote(name)} {definition}"
+                    )
 
 
 def _has_mailboxes(connection: Connection) -> bool:

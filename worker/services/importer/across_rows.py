@@ -12,7 +12,9 @@ from worker.rules.import_rows import CheckedFile, ImportProblem
 from worker.services.importer.staged import STAGING
 
 
-def check_across_rows(connection: Connection, checked: CheckedFile, *, addresses: bool = True, domains: bool = True) -> None:
+def check_across_rows(
+    connection: Connection, checked: CheckedFile, *, addresses: bool = True, domains: bool = True
+) -> None:
     """An address on two lines; a domain given two expiries.  Problems join ``checked.errors`` in file order.
 
     As when a row is checked, a column keeps its first problem: a cell that
@@ -67,7 +69,9 @@ def domains_with_two_expiries(connection: Connection) -> list[ImportProblem]:
             f"{expires_on.isoformat()} differs from {known.isoformat()} given for {domain} on line {first_line}",
         )
         for line, domain, expires_on, first_line, known in connection.execute(
-            select(rows.c.line, rows.c.domain, rows.c.domain_expires_on, first.c.first_line, earlier.c.domain_expires_on)
+            select(
+                rows.c.line, rows.c.domain, rows.c.domain_expires_on, first.c.first_line, earlier.c.domain_expires_on
+            )
             .join(first, first.c.domain == rows.c.domain)
             .join(earlier, earlier.c.line == first.c.first_line)
             .where(rows.c.domain_expires_on != earlier.c.domain_expires_on)

@@ -26,7 +26,15 @@ from worker.gateways.base import mask_token
 from worker.rules import schedule
 from worker.services.importer.report import ImportConflict
 from worker.services.importer.staged import STAGING
-from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OrderStatus, Payment, RenewalOrder, RenewalOrderLine
+from worker.store.models import (
+    ChargeIntent,
+    ChargeStatus,
+    Mailbox,
+    OrderStatus,
+    Payment,
+    RenewalOrder,
+    RenewalOrderLine,
+)
 
 #: The columns a renewal sets (what was paid for, and how the mailbox renews): kept as the
 #: worker holds them when the file's row is older, or when this cycle was renewed here.
@@ -108,7 +116,9 @@ def sync_chunk(connection: Connection, in_chunk: ColumnElement[bool], sync: Sync
         if given_expiry < expiry:
             older = True
         else:
-            same_cycle.append({"b_seq": seq, **{f"b_{name}": value for name, value in zip(RENEWAL_COLUMNS, held)}})
+            same_cycle.append(
+                {"b_seq": seq, **{f"b_{name}": value for name, value in zip(RENEWAL_COLUMNS, held, strict=True)}}
+            )
     _write_back(connection, in_chunk, older, same_cycle)
     if renewed_elsewhere:
         _close_old_cycles(connection, renewed_elsewhere, sync)
@@ -188,7 +198,7 @@ def _keep(
     kept = [("expires_on", expiry, given_expiry)] if given_expiry < expiry else []
     kept.extend(
         (name, held_value, given_value)
-        for name, held_value, given_value in zip(RENEWAL_COLUMNS, held, given)
+        for name, held_value, given_value in zip(RENEWAL_COLUMNS, held, given, strict=True)
         if held_value != given_value
     )
     if not kept:
@@ -332,7 +342,9 @@ def _close_open_orders(
         .where(lines.c.mailbox_id.in_(batch), lines.c.selected.is_(True), orders.c.status.in_(OPEN_ORDER_STATUSES))
         .order_by(orders.c.id)
     )  # fmt: skip
-    for order_id, number, status, gateway_state, attempts, mailbox_id, old_expires_on in connection.execute(open_orders):
+    for order_id, number, status, gateway_state, attempts, mailbox_id, old_expires_on in connection.execute(
+        open_orders
+    ):
         line, address, expires_on = by_id[mailbox_id]
         if old_expires_on >= expires_on or order_id in cancelled:
             continue

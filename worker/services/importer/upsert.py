@@ -197,14 +197,18 @@ def _insert_new_holders(connection: Connection, in_chunk: ColumnElement[bool], m
     new_account = _accounts.alias("new_account")
     statement = dialect_insert(connection, _holders).from_select(
         ["account_id", "holder_key", *HOLDER_COLUMNS],
-        select(_account_id(staged.c.login, new_account), staged.c.holder_key, *(staged.c[name] for name in HOLDER_COLUMNS))
+        select(
+            _account_id(staged.c.login, new_account), staged.c.holder_key, *(staged.c[name] for name in HOLDER_COLUMNS)
+        )
         .select_from(staged)
         .outerjoin(new_account, and_(new_account.c.id > max_account, new_account.c.login == staged.c.login)),
     )
     connection.execute(statement.on_conflict_do_nothing(index_elements=["account_id", "holder_key"]))
 
 
-def _insert_new_mailboxes(connection: Connection, in_chunk: ColumnElement[bool], max_account: int, max_holder: int) -> None:
+def _insert_new_mailboxes(
+    connection: Connection, in_chunk: ColumnElement[bool], max_account: int, max_holder: int
+) -> None:
     """The bulk-load path's mailboxes of one chunk, all new (see :func:`_insert_new_holders`)."""
     new_account, new_holder = _accounts.alias("new_account"), _holders.alias("new_holder")
     known_holder = _holders.alias("known_holder")
@@ -233,7 +237,9 @@ def _insert_new_mailboxes(connection: Connection, in_chunk: ColumnElement[bool],
     connection.execute(
         insert(_mailboxes).from_select(
             ["address", *MAILBOX_UPDATE_COLUMNS],
-            select(chunk.c.address, *(values[name] if name in values else chunk.c[name] for name in MAILBOX_UPDATE_COLUMNS))
+            select(
+                chunk.c.address, *(values[name] if name in values else chunk.c[name] for name in MAILBOX_UPDATE_COLUMNS)
+            )
             .select_from(chunk)
             .outerjoin(new_holder, new_holder_of_row)
             .outerjoin(_domains, _domains.c.name == chunk.c.domain),

@@ -128,7 +128,7 @@ class StagingWriter:
             if self.failure is None:
                 try:
                     self._write(*item)
-                except BaseException as error:  # noqa: BLE001 - raised again in the checking thread
+                except BaseException as error:
                     self.failure = error
 
     def _write(self, chunk: Any, after_seq: int, last_seq: int, upsert: bool) -> None:
