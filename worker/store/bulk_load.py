@@ -128,8 +128,8 @@ class BulkWriter:
     def use_memory(self) -> None:
         """Give the transaction's sorts and hashes the memory a whole file needs (nothing to do here)."""
 
-    def analyze(self, target: Table, columns: Sequence[str] = ()) -> None:
-        """Refresh the planner's statistics of ``target`` (nothing to do here)."""
+    def analyze(self, *targets: Table, columns: Sequence[str] = ()) -> None:
+        """Refresh the planner's statistics of ``targets`` (of their ``columns`` only, if given): nothing to do here."""
 
     def start_bulk_load(self) -> BulkLoad | None:
         """Drop what a load into an empty fleet does without; None: not on this database."""
@@ -166,10 +166,10 @@ class PostgresqlBulkWriter(BulkWriter):
     def use_memory(self) -> None:
         self.connection.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
 
-    def analyze(self, target: Table, columns: Sequence[str] = ()) -> None:
+    def analyze(self, *targets: Table, columns: Sequence[str] = ()) -> None:
         quote = self.connection.dialect.identifier_preparer.quote
         names = f" ({', '.join(quote(name) for name in columns)})" if columns else ""
-        self.connection.exec_driver_sql(f"ANALYZE {quote(target.name)}{names}")
+        self.connection.exec_driver_sql(f"ANALYZE {', '.join(quote(target.name) + names for target in targets)}")
 
     def start_bulk_load(self) -> BulkLoad | None:
         return BulkLoad.start(self.connection)

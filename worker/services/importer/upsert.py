@@ -98,8 +98,7 @@ def upsert_chunk(
             _upsert_holders(connection, in_chunk)
     if analyse:
         with timed("analyze"):
-            for table in _ANALYSED:
-                database.analyze(table)
+            database.analyze(*_ANALYSED)
     if bulk:
         with timed("mailboxes"):
             _insert_new_mailboxes(connection, in_chunk, max_account, max_holder)

@@ -140,7 +140,7 @@ class StagingWriter:
             if first_chunk:
                 # A temporary table has no statistics until it is analysed.
                 with timed("analyze"):
-                    self.database.analyze(STAGING, ANALYSED_COLUMNS)
+                    self.database.analyze(STAGING, columns=ANALYSED_COLUMNS)
             counts = upsert_chunk(
                 self.connection,
                 after_seq,
