@@ -1,4 +1,4 @@
-"""Pure order rules: plan limits, used space, prices with VAT, years, payment methods and working days.
+"""Pure order rules: plan limits, used space, prices with VAT, years, payment delays and working days.
 
 Nothing here touches the database or reads a clock; every function is a
 function of its arguments (``today`` included), unit-tested without I/O.
@@ -18,25 +18,21 @@ from functools import cache
 from typing import Any
 
 from config import catalogue
+from worker.rules.vocabulary import BANK_TRANSFER, CARD, PAYPAL, PLAN_LABELS, POSTAL_SLIP
 
-CARD = "card"
-PAYPAL = "paypal"
-BANK_TRANSFER = "bank_transfer"
-POSTAL_SLIP = "postal_slip"
-PAYMENT_METHODS = (CARD, PAYPAL, BANK_TRANSFER, POSTAL_SLIP)
-#: Methods that go through the payment gateway and switch auto-renew on.
-GATEWAY_METHODS = (CARD, PAYPAL)
+# The payment methods and euro amounts are the vocabulary's; named here too for the callers that
+# price and take payments (the payments CLI's choices among them).
+from worker.rules.vocabulary import (  # noqa: F401 (re-exported)
+    GATEWAY_METHODS,
+    METHOD_LABELS,
+    PAYMENT_METHODS,
+    format_euro,
+)
 
 #: At most this many working days between a payment and its registration.
 REGISTRATION_WORKING_DAYS = {CARD: 0, PAYPAL: 0, BANK_TRANSFER: 1, POSTAL_SLIP: 7}
 
 MB_PER_GB = 1024
-
-PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
-METHOD_LABELS = {
-    "it": {CARD: "carta di credito", PAYPAL: "PayPal", BANK_TRANSFER: "bonifico bancario", POSTAL_SLIP: "bollettino postale"},
-    "en": {CARD: "credit card", PAYPAL: "PayPal", BANK_TRANSFER: "bank transfer", POSTAL_SLIP: "postal slip"},
-}
 
 MESSAGES: dict[str, dict[str, str]] = {
     "on_domain": {
@@ -297,15 +293,6 @@ def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
 def line_price_cents(line: LineInput, years: int) -> int:
     """One mailbox's share of the price, VAT excluded."""
     return price_order([line], years).subtotal_cents
-
-
-def format_euro(cents: int, language: str = "it") -> str:
-    """``48,80 €`` in Italian (``1.234,56 €``), ``€48.80`` in English (``€1,234.56``)."""
-    sign = "-" if cents < 0 else ""
-    euros, rest = divmod(abs(cents), 100)
-    if language == "en":
-        return f"{sign}€{euros:,}.{rest:02d}"
-    return f"{sign}{euros:,}".replace(",", ".") + f",{rest:02d} €"
 
 
 def format_amount(cents: int) -> str:
