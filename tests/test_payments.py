@@ -15,15 +15,17 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.factories import make_mailbox
-from worker.services import orders, payments
-from worker.mail.emails import EmailRenderer
+from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway
-from worker.store.models import SandboxCharge
-from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
-from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
+from worker.rules.pricing import format_amount
+from worker.rules.schedule import DEFAULT_STAGES, add_years, first_action_on
+from worker.rules.vocabulary import format_euro
+from worker.services import orders, payments
 from worker.services.orders import LinkState, MailboxChoice
 from worker.services.payments import PaymentRefused
-from worker.rules.schedule import DEFAULT_STAGES, add_years, first_action_on
+from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge
 
 TODAY = date(2027, 3, 1)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
@@ -215,8 +217,6 @@ def test_draft_order_cannot_be_paid(session_factory, settings):
 def test_two_orders_for_one_mailbox_renew_it_once(session_factory, settings):
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=date(2027, 4, 30), reference_email="uno@example.it")
-        from worker.rules.links import ACCOUNT
-
         first = place_order(session, settings, mailbox)
         account_order = orders.start_order(session, RenewalLink(ACCOUNT, mailbox.account_id, mailbox.expires_on), TODAY, NOW)
         orders.choose_mailboxes(session, account_order, [], TODAY)
@@ -371,8 +371,6 @@ def test_parse_euro(text, cents):
 
 @given(st.integers(min_value=1, max_value=10**9))
 def test_parse_euro_reads_back_every_format(cents):
-    from worker.rules.pricing import format_amount, format_euro
-
     assert payments.parse_euro(format_amount(cents)) == cents
     assert payments.parse_euro(format_euro(cents, "it")) == cents
     assert payments.parse_euro(format_euro(cents, "en")) == cents
@@ -455,8 +453,6 @@ def cli_env(tmp_path, database_url):
 
 
 def test_cli_register_and_import_bank(session_factory, settings, database_url, tmp_path):
-    from worker.cli.main import main
-
     today = date.today()  # the CLI runs on the wall clock
     with session_factory() as session:
         first = place_order(session, settings, make_mailbox(session, expires_on=today + timedelta(days=40)), today=today)
