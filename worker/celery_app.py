@@ -19,7 +19,7 @@ from celery.beat import PersistentScheduler
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init, worker_ready
 
 from config.celery import celery_config
-from config.settings import Settings, SettingsError
+from config.settings import Settings, SettingsError, warn_generated_secret_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ def _configure_logging(loglevel=None, logfile=None, **_kwargs) -> None:
     from worker.logs import configure_logging
 
     configure_logging(_settings.log_format if _settings else "auto", loglevel or logging.INFO, logfile=logfile or None)
+
+
+@worker_init.connect
+def _warn_generated_secret_key(**_kwargs) -> None:
+    """Once, in the worker's main process before its pool forks: the pool signs links with the key."""
+    if _settings is not None:
+        warn_generated_secret_key(_settings)
 
 
 @worker_init.connect

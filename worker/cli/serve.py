@@ -7,10 +7,23 @@ In production use gunicorn instead (see the README)::
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 from werkzeug.serving import run_simple
 
 from worker.web.security import RedactingRequestHandler
+
+
+def serving_url(host: str, port: int) -> str:
+    """The base URL of links to a server listening on ``host``:``port`` (all interfaces: this machine)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 @click.command("serve")
@@ -19,13 +32,19 @@ from worker.web.security import RedactingRequestHandler
 @click.option("--debug", is_flag=True, help="Reload on code changes and show tracebacks (never in production).")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
-    """Serve the renewal link handler for development (Flask's server; use gunicorn in production)."""
+    """Serve the renewal link handler for development (Flask's server; use gunicorn in production).
+
+    With PEC_RENEWAL_BASE_URL unset, the links it writes point at this host and port.
+    """
     import logging
 
     from worker.cli.main import _ensure_schema
     from worker.web import create_app
 
     runtime = ctx.find_root().obj
+    if not runtime.settings.base_url_explicit:
+        # Links (the checkout link of an order, ...) point at this server, not at the default's port.
+        runtime.settings = dataclasses.replace(runtime.settings, base_url=serving_url(host, port))
     _ensure_schema(runtime)
     app = create_app(runtime)
     logging.getLogger("werkzeug").setLevel(logging.INFO)
