@@ -467,7 +467,7 @@ def test_confirm_refuses_a_mailbox_renewed_meanwhile(session_factory, settings):
         }
 
 
-# -- The unpaid order of a failed auto-renew charge (issue 4) ------------------------------------------
+# -- The unpaid order of a failed auto-renew charge ----------------------------------------------------
 
 
 def test_unpaid_renewal_order_is_payable_by_any_method(session_factory, settings):

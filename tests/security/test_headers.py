@@ -10,6 +10,7 @@ import pytest
 from tests.factories import make_mailbox
 from tests.web.conftest import link_path
 from tests.web.flow import post_form, start
+from worker.web import templating
 
 CSP_DIRECTIVES = {
     "default-src": "'none'",
@@ -80,15 +81,13 @@ def pages(app, client, runtime, session_factory, clock):
 
 
 def _server_error(app, client, link):
-    from worker.web import views
-
-    original = views._link_page
+    original = templating.localised
     app.config["PROPAGATE_EXCEPTIONS"] = False
-    views._link_page = None  # the link page fails after reading its link: calling None raises TypeError
+    templating.localised = None  # the link page fails after reading its link: calling None raises TypeError
     try:
         return client.get(link)
     finally:
-        views._link_page = original
+        templating.localised = original
 
 
 def test_every_answer_has_the_security_headers_over_https(pages):

@@ -18,7 +18,9 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, RadioField, SelectField, StringField
 from wtforms.validators import InputRequired, NumberRange, Optional, ValidationError
 
-from worker.web.i18n import PLAN_LABELS, translate_in_context as t
+from worker.rules.vocabulary import HOLDER_KIND_LABELS, HOLDER_KINDS, PLAN_LABELS, label
+from worker.web.i18n import language
+from worker.web.i18n import translate_in_context as t
 
 try:  # WTForms 3.3 deprecates (value, label) tuples in favour of SelectChoice
     from wtforms.fields.choices import SelectChoice
@@ -34,17 +36,11 @@ def choices(pairs) -> list:
 
 #: Extra GB the form accepts at most (the plan's own limits are the service's).
 MAX_EXTRA_GB = 100
-HOLDER_KINDS = ("private", "sole_proprietor", "company", "professional", "public_administration")
 
 
 def kind_label(kind: str) -> str:
-    return {
-        "private": t("Persona fisica (privato)", "Private person"),
-        "sole_proprietor": t("Ditta individuale", "Sole proprietorship"),
-        "company": t("Azienda", "Company"),
-        "professional": t("Libero professionista", "Self-employed professional"),
-        "public_administration": t("Pubblica amministrazione", "Public administration"),
-    }.get(kind, kind)
+    """A holder kind's label in the page's language."""
+    return label(HOLDER_KIND_LABELS, kind, language())
 
 
 def text_problem(value: str, *, multiline: bool = False) -> str | None:

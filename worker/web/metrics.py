@@ -19,14 +19,13 @@ from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.metrics import database_registry
+from worker.web.runtime import runtime_of
 
 blueprint = Blueprint("metrics", __name__)
 
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    from worker.web import runtime_of
-
     runtime = runtime_of(current_app)
     token = runtime.settings.metrics_token
     if token is None:

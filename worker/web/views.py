@@ -15,15 +15,18 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import HTTPException
 
 from config import catalogue
-from worker.services import orders as orders_service
+from worker.gateways import make_gateway
 from worker.rules import pricing
 from worker.rules.links import MAILBOX, TokenInvalid
-from worker.web import forms, i18n, signing, templating
+from worker.rules.vocabulary import METHOD_LABELS, label
+from worker.services import orders, payments
+from worker.web import forms, i18n, templating
 from worker.web.i18n import translate_in_context as t
-from worker.web.link_page import STATES_WITH_FORM, status_code
+from worker.web.runtime import runtime_of
 from worker.web.security import redact
 
 log = logging.getLogger(__name__)
@@ -45,12 +48,12 @@ STEP_ENDPOINTS = {
 }
 
 
-def _orders():
-    return orders_service
+#: The link page's states that show the button (a POST, with its CSRF token).
+STATES_WITH_FORM = frozenset((orders.LinkState.RENEWABLE, orders.LinkState.AUTO_RENEW))
 
 
 def _runtime():
-    return current_app.extensions["pec_runtime"]
+    return runtime_of(current_app)
 
 
 def _today():
@@ -171,7 +174,7 @@ def _load_order(db_session, public_id: str):
     """The order, if it belongs to this browser session; 404 otherwise (never says which)."""
     if not _PUBLIC_ID_RE.fullmatch(public_id) or public_id not in session.get("orders", []):
         abort(404)
-    order = _orders().find_order(db_session, public_id)
+    order = orders.find_order(db_session, public_id)
     if order is None:
         abort(404)
     i18n.set_language(getattr(order, "language", None))
@@ -179,7 +182,7 @@ def _load_order(db_session, public_id: str):
 
 
 def _step_redirect(order):
-    step = _orders().next_step(order)
+    step = orders.next_step(order)
     if step in STEP_ENDPOINTS:
         return redirect(url_for(STEP_ENDPOINTS[step], public_id=order.public_id), 303)
     return redirect(url_for("web.order_status", public_id=order.public_id), 303)
@@ -188,7 +191,7 @@ def _step_redirect(order):
 def _guard_step(order, step: str):
     """A redirect when ``step`` may not be shown: the order is no longer a draft, or an earlier
     step is still to do.  None when the step may be shown."""
-    upcoming = _orders().next_step(order)
+    upcoming = orders.next_step(order)
     if upcoming not in STEPS:
         return redirect(url_for("web.order_status", public_id=order.public_id), 303)
     if STEPS.index(step) > STEPS.index(upcoming):
@@ -223,7 +226,6 @@ def index():
 @blueprint.route("/rinnova/<path:token>", methods=["GET", "POST"])
 def renewal_link(token: str):
     """GET shows the link page and writes nothing; POST (with its CSRF token) starts the order."""
-    orders = _orders()
     try:
         link = _runtime().signer.read_renewal_token(token)
     except TokenInvalid:
@@ -253,34 +255,29 @@ def renewal_link(token: str):
 def _link_page(view, *, account_link: bool):
     """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
 
-    The token is the one a Flask-WTF form would carry (:func:`worker.web.signing.csrf_token`):
-    the button's POST is checked by ``CSRFProtect`` like every other.  No WTForms form is
-    built for a form with nothing else in it (bench/link_handler.sh).
+    The token is Flask-WTF's (``generate_csrf``), kept in the Flask session: the button's
+    POST is checked by ``CSRFProtect`` like every other.  410 for a deleted mailbox.
     """
-    app = current_app._get_current_object()
     language = i18n.set_language(view.language)
-    token = signing.csrf_token(app) if view.state in STATES_WITH_FORM and signing.csrf_enabled(app) else None
-    status = status_code(view.state)
+    with_form = view.state in STATES_WITH_FORM and current_app.config.get("WTF_CSRF_ENABLED", True)
     page = render_template(
         templating.localised("link.html", language),  # its fixed texts compiled in (worker.web.templating)
         view=view,
-        states=orders_service.LinkState,
-        form_token=token,
+        states=orders.LinkState,
+        form_token=generate_csrf() if with_form else None,
         account_link=account_link,
     )
-    return page, status
+    return page, 410 if view.state == orders.LinkState.DELETED else 200
 
 
 def _describe_link(link):
     """What the link page shows, read without writing.
 
-    A mailbox link, the page nearly every holder opens, is one SELECT outside
-    any transaction, on a raw cursor of the pool (:func:`worker.services.orders.read_mailbox_link`:
-    one round trip, and a dead pooled connection is replaced and the read made
-    again).  An account link reads several tables: it keeps the session and its
-    rollback.
+    A mailbox link, the page nearly every holder opens, is one SELECT outside any
+    transaction (:func:`worker.services.orders.read_mailbox_link`: one round trip, and a
+    dead pooled connection is replaced and the read made again).  An account link reads
+    several tables: it keeps the session and its rollback.
     """
-    orders = _orders()
     if link.target == MAILBOX:
         return orders.read_mailbox_link(_runtime().engine, link, _today())
     with _db() as db_session:
@@ -296,7 +293,6 @@ def _describe_link(link):
 def order_status(public_id: str):
     """Where an order stands: the next step while a draft, else the confirmation (awaiting payment,
     paid or cancelled)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         step = orders.next_step(order)
@@ -319,7 +315,6 @@ def order_status(public_id: str):
 @blueprint.route("/ordine/<public_id>/caselle", methods=["GET", "POST"])
 def step_mailboxes(public_id: str):
     """Step 1, "Gestione caselle PEC": the plan and extras of each mailbox."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "mailboxes")) is not None:
@@ -376,7 +371,6 @@ def _current_choices(order, mailboxes, account_order: bool) -> dict:
 
 
 def _choices_from(form, mailboxes, account_order: bool):
-    orders = _orders()
     choices = []
     for mailbox in mailboxes:
         if f"plan-{mailbox.id}" not in form._fields:
@@ -398,7 +392,6 @@ def _choices_from(form, mailboxes, account_order: bool):
 @blueprint.route("/ordine/<public_id>/intestatario", methods=["GET", "POST"])
 def step_holder(public_id: str):
     """Step 2, "Dati intestatario"."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "holder")) is not None:
@@ -427,7 +420,6 @@ def step_holder(public_id: str):
 @blueprint.route("/ordine/<public_id>/modulo", methods=["GET", "POST"])
 def step_payment(public_id: str):
     """Step 3, "Modulo ordine": the payment method, the years, the price line by line."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "payment")) is not None:
@@ -479,14 +471,14 @@ def _selected(order, mailbox) -> bool:
 
 
 def method_label(method: str) -> str:
-    label = pricing.METHOD_LABELS[i18n.language()].get(method, method)
-    return label[:1].upper() + label[1:]
+    """A payment method's label in the page's language, capitalised as a choice on its own."""
+    text = label(METHOD_LABELS, method, i18n.language())
+    return text[:1].upper() + text[1:]
 
 
 @blueprint.route("/ordine/<public_id>/condizioni", methods=["GET", "POST"])
 def step_terms(public_id: str):
     """Step 4: accept the contract terms (required)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "terms")) is not None:
@@ -513,7 +505,6 @@ def step_terms(public_id: str):
 @blueprint.route("/ordine/<public_id>/conferma", methods=["GET", "POST"])
 def step_confirm(public_id: str):
     """Step 5, "Conferma e completa l'ordine": a review, and the button that confirms (idempotent)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if request.method == "POST":
@@ -537,7 +528,6 @@ def step_confirm(public_id: str):
 
 
 def _render_confirm(db_session, order, general, status):
-    orders = _orders()
     return render_template(
         "step_confirm.html",
         **_step_context(
@@ -562,7 +552,6 @@ def checkout(public_id: str):
     calls the gateway, so a double POST or a reload never charges twice.  A
     decline is shown on the page (POST, redirect, GET) with the chance to retry.
     """
-    orders = _orders()
     settings = _runtime().settings
     with _db() as db_session:
         order = _load_order(db_session, public_id)
@@ -578,8 +567,6 @@ def checkout(public_id: str):
                     return csrf_error(None)
                 forms.localise_errors(form)
                 return _render_checkout(order, form, 422)
-            from worker.services import payments
-
             try:
                 result = payments.pay_order_with_gateway(
                     db_session,
@@ -606,7 +593,7 @@ def _render_checkout(order, form, status):
     return render_template(
         "checkout.html",
         order=order,
-        summary=_orders().order_summary(order),
+        summary=orders.order_summary(order),
         form=form,
         sandbox_tokens=_sandbox_tokens(order.payment_method),
     ), status
@@ -616,8 +603,6 @@ def _gateway():
     app = current_app._get_current_object()
     gateway = app.extensions.get("pec_gateway")
     if gateway is None:
-        from worker.gateways import make_gateway
-
         runtime = _runtime()
         gateway = app.extensions["pec_gateway"] = make_gateway(runtime.settings, runtime.session_factory, clock=runtime.clock)
     return gateway
