@@ -6,7 +6,9 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from itsdangerous import URLSafeTimedSerializer
 
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
@@ -38,6 +40,31 @@ class _App(Flask):
         self.logger.error("Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info)
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, its itsdangerous serializer built once per key set.
+
+    Flask builds the serializer anew when it opens the session and again when it
+    saves it, and itsdangerous tries the payload serializer on ``{}`` each time it
+    is built: a sizeable share of a link page (bench/link_handler.sh).  The serializer
+    holds nothing per request, so one per key set serves every thread.
+    """
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple[str | bytes, ...], URLSafeTimedSerializer] = {}
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if not app.secret_key:
+            return None
+        keys = (*(app.config["SECRET_KEY_FALLBACKS"] or ()), app.secret_key)
+        serializer = self._serializers.get(keys)
+        if serializer is None:
+            serializer = super().get_signing_serializer(app)
+            if serializer is None:
+                return None
+            self._serializers[keys] = serializer
+        return serializer
+
+
 def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) -> Flask:
     """The Flask app for ``settings_or_runtime`` (default: ``Settings.from_env()``).
 
@@ -56,6 +83,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app = _App("worker.web", static_folder="static", template_folder="templates")
     _configure(app, settings)
     app.config.update(config)
+    app.session_interface = _SessionInterface()
     app.extensions["pec_runtime"] = runtime
     app.url_map.merge_slashes = False  # no redirect built from a path the visitor typed
     app.jinja_env.autoescape = True  # every template, whatever its name
@@ -138,8 +166,12 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
                     headers[name] = value
                 else:
                     missing.append((name, value))
+        # Every page depends on the browser's session.  (response.vary parses the header on each access.)
+        if "vary" not in present:
+            missing.append(("Vary", "Cookie"))
+        elif "cookie" not in {item.strip().lower() for item in headers.get("Vary", "").split(",")}:
+            response.vary.add("Cookie")
         headers.extend(missing)
-        response.vary.add("Cookie")  # every page depends on the browser's session
         return response
 
 
