@@ -13,7 +13,7 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import i18n, templating, views
+from worker.web import errors, i18n, templating, views
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -100,11 +100,11 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
-    app.register_error_handler(CSRFError, views.csrf_error)
+    app.register_error_handler(CSRFError, errors.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
-        app.register_error_handler(code, views.http_error)
+        app.register_error_handler(code, errors.http_error)
     for unavailable in DATABASE_UNAVAILABLE:  # whatever the page: a 503 page, one log line
-        app.register_error_handler(unavailable, views.database_unavailable)
+        app.register_error_handler(unavailable, errors.database_unavailable)
     _install_hooks(app, settings)
     return app
 
@@ -147,7 +147,7 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
             # A browser posting from another site names it here ("null" under no-referrer).
             origin = request.headers.get("Origin")
             if origin and origin != "null" and origin not in (base_origin, _origin(request.host_url)):
-                return views.csrf_error(None)
+                return errors.csrf_error(None)
         return None
 
     security_headers = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS.items())
