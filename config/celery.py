@@ -78,7 +78,7 @@ def celery_config(settings: Settings) -> dict:
             },
         },
         "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
-        "beat_scheduler": "worker.celery_app:BeatScheduler",
+        "beat_scheduler": "worker.celery_setup:BeatScheduler",
         "worker_hijack_root_logger": False,
     }
     return config
