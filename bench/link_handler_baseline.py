@@ -24,8 +24,8 @@ from flask import Flask, abort
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from config.settings import Settings
-from worker.services import orders
 from worker.rules.links import RENEWAL_SALT, RenewalLink
+from worker.services import orders
 from worker.web import WebRuntime
 
 

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 import email
 import email.policy
-from datetime import date, datetime, timezone
+import json
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import event, func, select
 
 from tests.factories import make_mailbox
-from worker.services import orders
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
+from worker.services import orders
+from worker.services.orders import LinkNotUsable, LinkState, MailboxChoice, OrderNotOpen, OrderValidationError
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import OrderStatus, OutboxMessage, RenewalOrder
-from worker.services.orders import LinkNotUsable, LinkState, MailboxChoice, OrderNotOpen, OrderValidationError
 
 TODAY = date(2027, 3, 1)
-NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 EXPIRES = date(2027, 4, 30)
 
 COMPANY = {
@@ -116,7 +115,9 @@ def test_account_link_lists_every_mailbox_in_its_renewal_window(session_factory)
         first = make_mailbox(session, expires_on=date(2027, 5, 31), reference_email="ufficio@example.it")
         account_id = first.account_id
         expired = make_mailbox(session, expires_on=date(2027, 1, 15), reference_email="ufficio@example.it")
-        later = make_mailbox(session, expires_on=date(2027, 6, 2), reference_email="ufficio@example.it")  # 3m window opens 2 March
+        later = make_mailbox(
+            session, expires_on=date(2027, 6, 2), reference_email="ufficio@example.it"
+        )  # 3m window opens 2 March
         auto = make_mailbox(
             session, expires_on=date(2027, 4, 1), reference_email="ufficio@example.it", auto_renew=True,
             payment_method="pm_card_visa",
@@ -209,7 +210,9 @@ def test_space_rules_and_english_messages(session_factory):
         with pytest.raises(OrderValidationError) as error:
             orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "standard", extra_archive_gb=2)])
         assert error.value.errors == {
-            f"extra_space_gb-{mailbox.id}": "The mailbox uses 1500 MB: on the Standard plan it needs at least 1 GB of extra space.",
+            f"extra_space_gb-{mailbox.id}": (
+                "The mailbox uses 1500 MB: on the Standard plan it needs at least 1 GB of extra space."
+            ),
             f"extra_archive_gb-{mailbox.id}": "Extra archive space is only available on the Pro and Premium plans.",
         }
         mailbox.used_space_mb = 2100
@@ -217,7 +220,9 @@ def test_space_rules_and_english_messages(session_factory):
             orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "standard", extra_space_gb=1)])
         assert list(error.value.errors) == [f"plan-{mailbox.id}"]
         assert "Free some space" in error.value.errors[f"plan-{mailbox.id}"]
-        orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "pro", extra_space_gb=1, extra_archive_gb=2)])
+        orders.choose_mailboxes(
+            session, order, [MailboxChoice(mailbox.id, "pro", extra_space_gb=1, extra_archive_gb=2)]
+        )
         assert (order.lines[0].plan, order.lines[0].extra_space_gb, order.lines[0].extra_archive_gb) == ("pro", 1, 2)
 
 
@@ -258,7 +263,9 @@ def test_holder_rules_in_italian(session_factory):
             orders.set_holder(session, order, bad)
         assert error.value.errors == {
             "vat_number": "La partita IVA non è corretta: la cifra di controllo non corrisponde.",
-            "einvoice_code": "Indichi il codice destinatario SDI (7 caratteri) o un indirizzo PEC per la fattura elettronica.",
+            "einvoice_code": (
+                "Indichi il codice destinatario SDI (7 caratteri) o un indirizzo PEC per la fattura elettronica."
+            ),
         }
         assert order.holder_data is None
         orders.set_holder(session, order, COMPANY)
@@ -401,12 +408,18 @@ def test_confirm_is_idempotent_and_queues_the_confirmation_email(session_factory
         rows = session.scalars(select(OutboxMessage)).all()
         assert len(rows) == 1
         row = rows[0]
-        assert (row.kind, row.to_address, row.language) == ("order-confirmation", "amministrazione@rossi.example.it", "it")
+        assert (row.kind, row.to_address, row.language) == (
+            "order-confirmation",
+            "amministrazione@rossi.example.it",
+            "it",
+        )
         with pytest.raises(OrderNotOpen):
             orders.choose_payment(session, again, "card", 1, TODAY)
 
         message, text, html = parse(render_outbox(settings, row))
-        assert message["Subject"] == f"Conferma ordine {order.order_number}: rinnovo della casella PEC {mailbox.address}"
+        assert (
+            message["Subject"] == f"Conferma ordine {order.order_number}: rinnovo della casella PEC {mailbox.address}"
+        )
         assert message["To"] == "amministrazione@rossi.example.it"
         assert message["X-PEC-Renewal-Kind"] == "order-confirmation"
         for part in (text, html):
@@ -463,7 +476,9 @@ def test_confirm_refuses_a_mailbox_renewed_meanwhile(session_factory, settings):
         with pytest.raises(OrderValidationError) as error:
             orders.confirm_order(session, order, now=NOW, today=TODAY, settings=settings)
         assert error.value.errors == {
-            f"plan-{mailbox.id}": f"La casella PEC {mailbox.address} è stata rinnovata o modificata dopo l'inizio dell'ordine."
+            f"plan-{mailbox.id}": (
+                f"La casella PEC {mailbox.address} è stata rinnovata o modificata dopo l'inizio dell'ordine."
+            )
         }
 
 
@@ -502,18 +517,37 @@ def test_order_emails_escape_the_holder_name(session_factory, settings):
 
 def test_order_email_context_is_checked(settings):
     renderer = renderer_for(settings)
+    mailbox = {"id": 1, "address": "a@pec.example.it", "expires_on": "2027-04-30", "plan": "standard", "domain": None}
     context = {
         "holder_name": "Mario",
-        "mailboxes": [{"id": 1, "address": "a@pec.example.it", "expires_on": "2027-04-30", "plan": "standard",
-                       "domain": None, "new_expires_on": "2028-04-30"}],
-        "order": {"number": "PEC-2027-000001\r\nBcc: x@evil.example", "years": 1, "method": "card", "subtotal_cents": 500,
-                  "vat_percent": 22, "vat_cents": 110, "total_cents": 610, "lines": []},
-        "payment": {"iban": "IT60X0542811101000000123456", "beneficiary": "B", "postal_account": "1",
-                    "checkout_url": "https://x.example/ordine/a/pagamento"},
-    }  # fmt: skip
+        "mailboxes": [{**mailbox, "new_expires_on": "2028-04-30"}],
+        "order": {
+            "number": "PEC-2027-000001\r\nBcc: x@evil.example",
+            "years": 1,
+            "method": "card",
+            "subtotal_cents": 500,
+            "vat_percent": 22,
+            "vat_cents": 110,
+            "total_cents": 610,
+            "lines": [],
+        },
+        "payment": {
+            "iban": "IT60X0542811101000000123456",
+            "beneficiary": "B",
+            "postal_account": "1",
+            "checkout_url": "https://x.example/ordine/a/pagamento",
+        },
+    }
     with pytest.raises(ValueError, match="order number"):
-        renderer.render(kind="order-confirmation", stage="0d", language="it", to_address="m@example.it",
-                        message_id="abc@pec-provider.example", context=context, now=NOW)  # fmt: skip
+        renderer.render(
+            kind="order-confirmation",
+            stage="0d",
+            language="it",
+            to_address="m@example.it",
+            message_id="abc@pec-provider.example",
+            context=context,
+            now=NOW,
+        )
 
 
 # -- describe_link on a connection in autocommit (the link page's read) -------------------------------

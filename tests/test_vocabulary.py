@@ -33,7 +33,9 @@ def test_every_word_has_a_label_in_every_language():
         assert tuple(vocabulary.METHOD_LABELS[language]) == vocabulary.PAYMENT_METHODS
     assert vocabulary.DEFAULT_LANGUAGE in vocabulary.LANGUAGES
     assert set(vocabulary.GATEWAY_METHODS) < set(vocabulary.PAYMENT_METHODS)
-    assert set(vocabulary.BUSINESS_KINDS) | {vocabulary.PRIVATE, vocabulary.PUBLIC_ADMINISTRATION} == set(vocabulary.HOLDER_KINDS)
+    assert set(vocabulary.BUSINESS_KINDS) | {vocabulary.PRIVATE, vocabulary.PUBLIC_ADMINISTRATION} == set(
+        vocabulary.HOLDER_KINDS
+    )
 
 
 def test_a_label_falls_back_to_the_default_language_then_to_the_word_itself():

@@ -29,7 +29,9 @@ def assert_headers(response, what, *, https: bool, no_store: bool = True) -> Non
     assert headers.get("Referrer-Policy") == "no-referrer", what  # the path of a link page carries its token
     assert headers.get("X-Frame-Options") == "DENY", what
     csp = dict(
-        (directive.split(" ", 1) + [""])[:2] for directive in (part.strip() for part in headers["Content-Security-Policy"].split(";")) if directive
+        (directive.split(" ", 1) + [""])[:2]
+        for directive in (part.strip() for part in headers["Content-Security-Policy"].split(";"))
+        if directive
     )
     assert csp == CSP_DIRECTIVES, (what, csp)  # no script at all, no inline style, no framing
     if https:

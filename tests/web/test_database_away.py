@@ -217,7 +217,10 @@ def test_connections_cut_under_a_running_app_give_503_then_the_app_recovers(
         ("GET a link, with a session", lambda: browser.get(link)),
         ("POST a link", lambda: browser.post(link, data={"csrf_token": form_token})),
         ("GET a step", lambda: browser.get(f"{order}/caselle")),
-        ("POST a step", lambda: browser.post(f"{order}/caselle", data={"csrf_token": form_token, f"plan-{mailbox_id}": "pro"})),
+        (
+            "POST a step",
+            lambda: browser.post(f"{order}/caselle", data={"csrf_token": form_token, f"plan-{mailbox_id}": "pro"}),
+        ),
         ("GET the order", lambda: browser.get(order)),
     ]
     for what, send in requests:

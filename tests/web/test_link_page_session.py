@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from flask import render_template, url_for
@@ -25,7 +25,7 @@ from worker.store.models import OrderStatus, RenewalOrder
 from worker.web import create_app, i18n, templating
 
 TODAY = date(2027, 3, 1)
-NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 EXPIRES = date(2027, 4, 30)
 CSRF_SALT = "wtf-csrf-token"  # Flask-WTF's
 
@@ -38,7 +38,9 @@ def _every_state(session_factory, settings) -> list[RenewalLink]:
     """Mailbox links in every state the page knows, in both languages, with a hostile holder name
     and orders to resume."""
     with session_factory() as session:
-        plain = make_mailbox(session, expires_on=EXPIRES, plan="pro", holder_name='Anna <script>alert("x")</script> & C.')
+        plain = make_mailbox(
+            session, expires_on=EXPIRES, plan="pro", holder_name='Anna <script>alert("x")</script> & C.'
+        )
         auto = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa")
         on_domain = make_mailbox(session, expires_on=EXPIRES, domain="bianchi.example.it")
         renewed = make_mailbox(session, expires_on=date(2028, 4, 30), language="en")
@@ -80,7 +82,9 @@ def mailbox_path(runtime, session_factory):
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_each_state_has_its_status_its_language_and_a_cookie_only_with_a_button(app, runtime, session_factory, settings, clock, scheme):
+def test_each_state_has_its_status_its_language_and_a_cookie_only_with_a_button(
+    app, runtime, session_factory, settings, clock, scheme
+):
     clock.today = TODAY
     seen = set()
     for link in _every_state(session_factory, settings):
@@ -139,7 +143,9 @@ def test_a_template_is_compiled_once_per_language_and_keeps_its_includes_in_it(a
 
 def test_the_stylesheet_url_is_flasks_also_below_a_path(app, client, mailbox_path):
     with app.test_request_context("/", base_url="https://rinnovi.example.test/rinnovi"):
-        assert templating.static_url("style.css") == url_for("static", filename="style.css") == "/rinnovi/static/style.css"
+        assert (
+            templating.static_url("style.css") == url_for("static", filename="style.css") == "/rinnovi/static/style.css"
+        )
     with app.test_request_context("/"):
         assert templating.static_url("style.css") == "/static/style.css"
     response = client.get(mailbox_path, base_url="http://localhost/rinnovi")
@@ -166,7 +172,9 @@ def test_the_link_page_carries_a_flask_wtf_token_that_every_post_checks(app, cli
     assert client.post(mailbox_path, data={"csrf_token": token}).status_code == 303
 
 
-def test_the_first_visits_token_and_cookie_start_the_order_and_another_browsers_do_not(app, session_factory, mailbox_path):
+def test_the_first_visits_token_and_cookie_start_the_order_and_another_browsers_do_not(
+    app, session_factory, mailbox_path
+):
     client = app.test_client()
     page = client.get(mailbox_path)
     assert page.status_code == 200 and "Set-Cookie" in page.headers
@@ -210,7 +218,9 @@ def test_with_csrf_off_the_page_has_no_token(runtime, mailbox_path):
 
 
 def test_a_public_https_base_url_sends_hsts_and_a_secure_cookie_over_http_too(settings, session_factory, clock):
-    public = runtime_on_test_database(dataclasses.replace(settings, base_url="https://rinnovi.example.test"), session_factory, clock)
+    public = runtime_on_test_database(
+        dataclasses.replace(settings, base_url="https://rinnovi.example.test"), session_factory, clock
+    )
     try:
         with session_factory() as session:
             mailbox = make_mailbox(session, expires_on=date(2027, 2, 10))

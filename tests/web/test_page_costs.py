@@ -38,7 +38,10 @@ def test_the_session_serializer_is_built_once_per_key_set_and_is_flasks(app):
 def test_a_new_key_set_gets_its_own_serializer(app):
     interface = app.session_interface
     before = interface.get_signing_serializer(app)
-    app.config["SECRET_KEY_FALLBACKS"] = [*app.config["SECRET_KEY_FALLBACKS"], "an-older-key-0123456789abcdef0123456789"]
+    app.config["SECRET_KEY_FALLBACKS"] = [
+        *app.config["SECRET_KEY_FALLBACKS"],
+        "an-older-key-0123456789abcdef0123456789",
+    ]
     after = interface.get_signing_serializer(app)
     assert after is not before
     assert after.loads(before.dumps({"x": 1})) == {"x": 1}

@@ -11,21 +11,26 @@ or English.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from typing import Any
 
 from config import catalogue
-from worker.rules.vocabulary import BANK_TRANSFER, CARD, PAYPAL, PLAN_LABELS, POSTAL_SLIP
 
 # The payment methods and euro amounts are the vocabulary's; named here too for the callers that
 # price and take payments (the payments CLI's choices among them).
 from worker.rules.vocabulary import (  # noqa: F401 (re-exported)
+    BANK_TRANSFER,
+    CARD,
     GATEWAY_METHODS,
     METHOD_LABELS,
     PAYMENT_METHODS,
+    PAYPAL,
+    PLAN_LABELS,
+    POSTAL_SLIP,
     format_euro,
 )
 
@@ -36,11 +41,20 @@ MB_PER_GB = 1024
 
 MESSAGES: dict[str, dict[str, str]] = {
     "on_domain": {
-        "it": "La casella PEC {address} è su un dominio: si rinnova rinnovando il dominio, e la tipologia e lo spazio non si possono modificare.",
-        "en": "The PEC mailbox {address} is on a domain: it is renewed by renewing the domain, and its plan and space cannot be changed.",
+        "it": (
+            "La casella PEC {address} è su un dominio: si rinnova rinnovando il dominio, e la tipologia e lo spazio "
+            "non si possono modificare."
+        ),
+        "en": (
+            "The PEC mailbox {address} is on a domain: it is renewed by renewing the domain, and its plan and space "
+            "cannot be changed."
+        ),
     },
     "deleted": {
-        "it": "La casella PEC {address} è stata cancellata (oltre 90 giorni dalla scadenza) e non può più essere rinnovata.",
+        "it": (
+            "La casella PEC {address} è stata cancellata (oltre 90 giorni dalla scadenza) e non può più essere "
+            "rinnovata."
+        ),
         "en": "The PEC mailbox {address} has been deleted (over 90 days after expiry) and can no longer be renewed.",
     },
     "plan_unknown": {
@@ -68,20 +82,35 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "At most {max} GB of extra archive can be bought.",
     },
     "free_space": {
-        "it": "La casella occupa {used} MB: la tipologia {plan} arriva al massimo a {capacity} GB. Liberi spazio prima di rinnovare, oppure scelga una tipologia più grande.",
-        "en": "The mailbox uses {used} MB: the {plan} plan holds at most {capacity} GB. Free some space before renewing, or choose a larger plan.",
+        "it": (
+            "La casella occupa {used} MB: la tipologia {plan} arriva al massimo a {capacity} GB. Liberi spazio prima "
+            "di rinnovare, oppure scelga una tipologia più grande."
+        ),
+        "en": (
+            "The mailbox uses {used} MB: the {plan} plan holds at most {capacity} GB. Free some space before "
+            "renewing, or choose a larger plan."
+        ),
     },
     "space_needed": {
         "it": "La casella occupa {used} MB: con la tipologia {plan} servono almeno {needed} GB di spazio aggiuntivo.",
         "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least {needed} GB of extra space.",
     },
     "archive_deletion": {
-        "it": "Passando alla tipologia Standard l'archivio della casella {address} verrà cancellato. Confermi di voler procedere.",
+        "it": (
+            "Passando alla tipologia Standard l'archivio della casella {address} verrà cancellato. Confermi di voler "
+            "procedere."
+        ),
         "en": "Moving to the Standard plan deletes the archive of {address}. Confirm that you want to go ahead.",
     },
     "auto_renew_plan_change": {
-        "it": "Per la casella {address} è attivo il rinnovo automatico: il rinnovo manuale è possibile solo cambiando tipologia. Per rinnovare senza cambiare tipologia, disattivi prima il rinnovo automatico.",
-        "en": "Auto-renew is on for {address}: a manual renewal is only possible with a change of plan. To renew without changing plan, first switch auto-renew off.",
+        "it": (
+            "Per la casella {address} è attivo il rinnovo automatico: il rinnovo manuale è possibile solo cambiando "
+            "tipologia. Per rinnovare senza cambiare tipologia, disattivi prima il rinnovo automatico."
+        ),
+        "en": (
+            "Auto-renew is on for {address}: a manual renewal is only possible with a change of plan. To renew "
+            "without changing plan, first switch auto-renew off."
+        ),
     },
 }
 
@@ -96,7 +125,7 @@ class Problem:
 
     field: str
     key: str
-    values: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     def message(self, language: str) -> str:
         return problem_message(self.key, language, **self.values)
@@ -166,11 +195,17 @@ def check_mailbox_choice(
             if needed > maximum:
                 capacity = mailbox_capacity_gb(plan, maximum)
                 problems.append(
-                    Problem("plan", "free_space", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "capacity": capacity})
+                    Problem(
+                        "plan", "free_space", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "capacity": capacity}
+                    )
                 )
             elif extra_space_gb < needed:
                 problems.append(
-                    Problem("extra_space_gb", "space_needed", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed})
+                    Problem(
+                        "extra_space_gb",
+                        "space_needed",
+                        {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed},
+                    )
                 )
     if archive_ok and extra_archive_gb > 0:
         maximum = catalogue.PLAN_MAX_EXTRA_ARCHIVE_GB[plan]
@@ -278,12 +313,28 @@ def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
         if line.extra_space_gb:
             unit = catalogue.EXTRA_SPACE_GB_CENTS
             priced.append(
-                PriceLine(line.address, "extra_space", line.plan, line.extra_space_gb, years, unit, unit * line.extra_space_gb * years)
+                PriceLine(
+                    line.address,
+                    "extra_space",
+                    line.plan,
+                    line.extra_space_gb,
+                    years,
+                    unit,
+                    unit * line.extra_space_gb * years,
+                )
             )
         if line.extra_archive_gb:
             unit = catalogue.EXTRA_ARCHIVE_GB_CENTS
             priced.append(
-                PriceLine(line.address, "extra_archive", line.plan, line.extra_archive_gb, years, unit, unit * line.extra_archive_gb * years)
+                PriceLine(
+                    line.address,
+                    "extra_archive",
+                    line.plan,
+                    line.extra_archive_gb,
+                    years,
+                    unit,
+                    unit * line.extra_archive_gb * years,
+                )
             )
     subtotal = sum(line.amount_cents for line in priced)
     vat = vat_cents(subtotal)

@@ -9,12 +9,12 @@ names.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
 
-class Plan(str, Enum):
+class Plan(StrEnum):
     """A mailbox's plan (tipologia)."""
 
     STANDARD = "standard"
@@ -22,7 +22,7 @@ class Plan(str, Enum):
     PREMIUM = "premium"
 
 
-class HolderKind(str, Enum):
+class HolderKind(StrEnum):
     """Who holds a mailbox: what the holder data must carry (tax code, VAT number, e-invoicing) depends on it."""
 
     PRIVATE = "private"
@@ -43,7 +43,9 @@ DEFAULT_LANGUAGE: Final = "it"
 
 PLANS: Final = tuple(plan.value for plan in Plan)
 #: A plan's name as holders read it, the same in every language.
-PLAN_LABELS: Final = MappingProxyType({Plan.STANDARD.value: "Standard", Plan.PRO.value: "Pro", Plan.PREMIUM.value: "Premium"})
+PLAN_LABELS: Final = MappingProxyType(
+    {Plan.STANDARD.value: "Standard", Plan.PRO.value: "Pro", Plan.PREMIUM.value: "Premium"}
+)
 
 
 # -- Holder kinds ------------------------------------------------------------------------------------
@@ -81,10 +83,21 @@ PAYMENT_METHODS: Final = (CARD, PAYPAL, BANK_TRANSFER, POSTAL_SLIP)
 #: Methods that go through the payment gateway and switch auto-renew on.
 GATEWAY_METHODS: Final = (CARD, PAYPAL)
 #: A method as a sentence names it ("pay by bank transfer"): lower case but for PayPal.
-METHOD_LABELS: Final = MappingProxyType({
-    "it": MappingProxyType({CARD: "carta di credito", PAYPAL: "PayPal", BANK_TRANSFER: "bonifico bancario", POSTAL_SLIP: "bollettino postale"}),
-    "en": MappingProxyType({CARD: "credit card", PAYPAL: "PayPal", BANK_TRANSFER: "bank transfer", POSTAL_SLIP: "postal slip"}),
-})  # fmt: skip
+METHOD_LABELS: Final = MappingProxyType(
+    {
+        "it": MappingProxyType(
+            {
+                CARD: "carta di credito",
+                PAYPAL: "PayPal",
+                BANK_TRANSFER: "bonifico bancario",
+                POSTAL_SLIP: "bollettino postale",
+            }
+        ),
+        "en": MappingProxyType(
+            {CARD: "credit card", PAYPAL: "PayPal", BANK_TRANSFER: "bank transfer", POSTAL_SLIP: "postal slip"}
+        ),
+    }
+)
 
 
 def label(labels: MappingProxyType[str, MappingProxyType[str, str]], value: str, language: str) -> str:

@@ -34,6 +34,7 @@ def choices(pairs) -> list:
         return pairs
     return [SelectChoice(value, label) for value, label in pairs]
 
+
 #: Extra GB the form accepts at most (the plan's own limits are the service's).
 MAX_EXTRA_GB = 100
 
@@ -50,7 +51,9 @@ def text_problem(value: str, *, multiline: bool = False) -> str | None:
             continue
         category = unicodedata.category(character)
         if category in ("Cc", "Cs", "Co", "Cn"):
-            return t("Contiene caratteri di controllo non ammessi.", "Contains control characters that are not allowed.")
+            return t(
+                "Contiene caratteri di controllo non ammessi.", "Contains control characters that are not allowed."
+            )
         if category == "Cf" or character == "\ufffd":
             return t("Contiene caratteri invisibili o non validi.", "Contains invisible or invalid characters.")
     return None
@@ -73,7 +76,10 @@ class PlainAscii:
     def __call__(self, form, field) -> None:
         if field.data and not all(" " <= character <= "~" for character in field.data):
             raise ValidationError(
-                t("Usi solo lettere e cifre senza accenti (caratteri ASCII).", "Use only unaccented letters and digits (ASCII).")
+                t(
+                    "Usi solo lettere e cifre senza accenti (caratteri ASCII).",
+                    "Use only unaccented letters and digits (ASCII).",
+                )
             )
 
 
@@ -174,7 +180,17 @@ class HolderForm(FlaskForm):
     cig = StringField(filters=[_strip], validators=[Optional(), _length(10), PlainAscii()])
     cup = StringField(filters=[_strip], validators=[Optional(), _length(15), PlainAscii()])
 
-    FIELDS = ("name", "kind", "reference_email", "tax_code", "vat_number", "postal_address", "einvoice_code", "cig", "cup")
+    FIELDS = (
+        "name",
+        "kind",
+        "reference_email",
+        "tax_code",
+        "vat_number",
+        "postal_address",
+        "einvoice_code",
+        "cig",
+        "cup",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -201,7 +217,8 @@ class PaymentForm(FlaskForm):
         self.method.choices = choices(methods)
         self.method.validators[0].message = t("Scelga una modalità di pagamento.", "Choose a payment method.")
         self.years.choices = choices(
-            (n, t("{n} anno", "{n} year", n=n) if n == 1 else t("{n} anni", "{n} years", n=n)) for n in range(1, max_years + 1)
+            (n, t("{n} anno", "{n} year", n=n) if n == 1 else t("{n} anni", "{n} years", n=n))
+            for n in range(1, max_years + 1)
         )
         self.years.validators[0].message = t("Scelga la frequenza di rinnovo.", "Choose the renewal frequency.")
 

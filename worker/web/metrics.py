@@ -32,7 +32,9 @@ def metrics() -> Response:
         abort(404)
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
-        return Response("unauthorized\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain"})
+        return Response(
+            "unauthorized\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain"}
+        )
     registry = current_app.extensions.get("pec_metrics_registry")
     if registry is None:
         registry = database_registry(runtime.engine, runtime.settings, runtime.clock)

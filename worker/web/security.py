@@ -75,7 +75,7 @@ def install_log_redaction() -> None:
 class RedactingRequestHandler(WSGIRequestHandler):
     """werkzeug's request handler, with the token taken out of every line it logs."""
 
-    def log(self, type: str, message: str, *args) -> None:  # noqa: A002 (werkzeug's signature)
+    def log(self, type: str, message: str, *args) -> None:
         try:
             text = message % args
         except (TypeError, ValueError):

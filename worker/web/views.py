@@ -231,7 +231,9 @@ def step_mailboxes(public_id: str):
         mailboxes = orders.order_mailboxes(db_session, order, _today())
         account_order = _is_account_order(order, mailboxes)
         current = _current_choices(order, mailboxes, account_order)
-        form = forms.mailboxes_form(mailboxes, account_order=account_order, data=current if request.method == "GET" else None)
+        form = forms.mailboxes_form(
+            mailboxes, account_order=account_order, data=current if request.method == "GET" else None
+        )
         general: list[str] = []
         if request.method == "POST":
             if form.validate_on_submit():
@@ -247,7 +249,15 @@ def step_mailboxes(public_id: str):
             forms.localise_errors(form)
         return render_template(
             "step_mailboxes.html",
-            **_step_context(order, "mailboxes", form=form, mailboxes=mailboxes, account_order=account_order, general=general, catalogue=catalogue),
+            **_step_context(
+                order,
+                "mailboxes",
+                form=form,
+                mailboxes=mailboxes,
+                account_order=account_order,
+                general=general,
+                catalogue=catalogue,
+            ),
         ), (422 if request.method == "POST" else 200)
 
 
@@ -400,7 +410,9 @@ def step_terms(public_id: str):
                     orders.accept_terms(db_session, order, _now(), accepted=bool(form.accept.data))
                 except orders.OrderValidationError as error:
                     db_session.rollback()
-                    general = _apply_errors(form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()})
+                    general = _apply_errors(
+                        form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()}
+                    )
                 else:
                     db_session.commit()
                     return redirect(url_for("web.step_confirm", public_id=public_id), 303)
@@ -428,7 +440,12 @@ def step_confirm(public_id: str):
                 orders.confirm_order(db_session, order, now=_now(), today=_today(), settings=_runtime().settings)
             except orders.OrderValidationError as error:
                 db_session.rollback()
-                return _render_confirm(db_session, orders.find_order(db_session, public_id) or order, _apply_errors(None, error.errors), 422)
+                return _render_confirm(
+                    db_session,
+                    orders.find_order(db_session, public_id) or order,
+                    _apply_errors(None, error.errors),
+                    422,
+                )
             db_session.commit()
             return redirect(url_for("web.order_status", public_id=public_id), 303)
         if (redirect_to := _guard_step(order, "confirm")) is not None:
@@ -513,7 +530,9 @@ def _gateway():
     gateway = app.extensions.get("pec_gateway")
     if gateway is None:
         runtime = _runtime()
-        gateway = app.extensions["pec_gateway"] = make_gateway(runtime.settings, runtime.session_factory, clock=runtime.clock)
+        gateway = app.extensions["pec_gateway"] = make_gateway(
+            runtime.settings, runtime.session_factory, clock=runtime.clock
+        )
     return gateway
 
 
@@ -528,23 +547,37 @@ def _sandbox_tokens(method: str) -> list[tuple[str, str]]:
         ("pm_card_chargeDeclined", t("Carta rifiutata", "Card declined")),
         ("pm_card_chargeDeclinedInsufficientFunds", t("Fondi insufficienti", "Insufficient funds")),
         ("pm_card_chargeDeclinedExpiredCard", t("Carta scaduta", "Expired card")),
-        ("pm_card_authenticationRequired", t("Richiede autenticazione (3-D Secure)", "Needs authentication (3-D Secure)")),
+        (
+            "pm_card_authenticationRequired",
+            t("Richiede autenticazione (3-D Secure)", "Needs authentication (3-D Secure)"),
+        ),
     ]
 
 
 def _decline_message(outcome: str) -> str:
     if outcome == "unknown":
         return t(
-            "Non abbiamo ancora la risposta del circuito di pagamento. Riprovi tra qualche istante: non verrà addebitato due volte.",
+            "Non abbiamo ancora la risposta del circuito di pagamento. Riprovi tra qualche istante: non verrà "
+            "addebitato due volte.",
             "We have no answer from the payment network yet. Try again in a moment: you will not be charged twice.",
         )
     if outcome == "soft_decline":
-        detail = t("Il pagamento è stato rifiutato (fondi insufficienti).", "The payment was declined (insufficient funds).")
+        detail = t(
+            "Il pagamento è stato rifiutato (fondi insufficienti).", "The payment was declined (insufficient funds)."
+        )
     elif outcome == "requires_authentication":
-        detail = t("La carta richiede un'autenticazione che non è stata completata.", "The card needs an authentication that was not completed.")
+        detail = t(
+            "La carta richiede un'autenticazione che non è stata completata.",
+            "The card needs an authentication that was not completed.",
+        )
     else:
         detail = t("Il pagamento è stato rifiutato.", "The payment was declined.")
-    return detail + " " + t(
-        "Nulla è stato addebitato e l'ordine resta in attesa di pagamento: può riprovare, anche con un altro metodo.",
-        "Nothing was charged and the order is still awaiting payment: you can try again, also with another method.",
+    return (
+        detail
+        + " "
+        + t(
+            "Nulla è stato addebitato e l'ordine resta in attesa di pagamento: può riprovare, anche con un altro "
+            "metodo.",
+            "Nothing was charged and the order is still awaiting payment: you can try again, also with another method.",
+        )
     )

@@ -122,7 +122,9 @@ def queue_order_email(
     session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
 ) -> OutboxMessage | None:
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
-    message_id = message_id_for(OrderEmail(kind, order.order_number), mail_domain(settings), installation_id=installation_id(session))
+    message_id = message_id_for(
+        OrderEmail(kind, order.order_number), mail_domain(settings), installation_id=installation_id(session)
+    )
     existing = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == message_id))
     if existing is not None:
         return None

@@ -230,7 +230,11 @@ def _mailbox_link_view(row: Any, link: RenewalLink, today: date) -> LinkView:
     if row is None:
         return LinkView(state=LinkState.NOT_FOUND, language=DEFAULT_LANGUAGE)
     language = holder_language(row.language)
-    common: dict[str, Any] = {"language": language, "mailboxes": (mailbox_summary(row, today),), "holder_name": row.holder_name}
+    common: dict[str, Any] = {
+        "language": language,
+        "mailboxes": (mailbox_summary(row, today),),
+        "holder_name": row.holder_name,
+    }
     if row.domain_id is not None:
         return LinkView(state=LinkState.ON_DOMAIN, **common)
     if row.expires_on > link.expires_on:
@@ -265,8 +269,10 @@ def _describe_account_link(session: Session, link: RenewalLink, today: date) -> 
     if account is None:
         return LinkView(state=LinkState.NOT_FOUND, language=DEFAULT_LANGUAGE)
     window = _account_window_mailboxes(session, account.id, today)
-    first = window[0] if window else session.scalar(
-        select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.id).limit(1)
+    first = (
+        window[0]
+        if window
+        else session.scalar(select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.id).limit(1))
     )
     summaries = tuple(mailbox_summary(mailbox, today) for mailbox in window)
     common: dict[str, Any] = {
@@ -289,7 +295,9 @@ def _describe_account_link(session: Session, link: RenewalLink, today: date) -> 
     return _account_outside_window(session, account.id, link, today, common)
 
 
-def _account_outside_window(session: Session, account_id: int, link: RenewalLink, today: date, common: dict[str, Any]) -> LinkView:
+def _account_outside_window(
+    session: Session, account_id: int, link: RenewalLink, today: date, common: dict[str, Any]
+) -> LinkView:
     """An account with no mailbox in its renewal window: renewed since, deleted, or never of this cycle."""
     expiries = session.scalars(select(Mailbox.expires_on).where(Mailbox.account_id == account_id)).all()
     if any(expires_on > link.expires_on for expires_on in expiries):

@@ -325,10 +325,17 @@ def _check_still_renewable(order: RenewalOrder, today: date) -> dict[str, str]:
     return errors
 
 
-_STEP_MESSAGES = {"mailboxes": "step_mailboxes", "holder": "step_holder", "payment": "step_payment", "terms": "terms_required"}
+_STEP_MESSAGES = {
+    "mailboxes": "step_mailboxes",
+    "holder": "step_holder",
+    "payment": "step_payment",
+    "terms": "terms_required",
+}
 
 
-def confirm_order(session: Session, order: RenewalOrder, *, now: datetime, today: date, settings: Settings) -> RenewalOrder:
+def confirm_order(
+    session: Session, order: RenewalOrder, *, now: datetime, today: date, settings: Settings
+) -> RenewalOrder:
     """Step 5: confirm the order.  Idempotent: a second call returns it unchanged.
 
     Checks every step again (and that no mailbox was renewed or deleted

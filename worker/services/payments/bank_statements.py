@@ -213,7 +213,9 @@ def _register_bank_line(
         return BankLineResult(number, SKIPPED, "not a credit", amount_cents=amount)
     found = find_order_numbers(reference_text)
     if not found:
-        return BankLineResult(number, UNMATCHED, f"no order number in the reference {reference_text!r}", amount_cents=amount)
+        return BankLineResult(
+            number, UNMATCHED, f"no order number in the reference {reference_text!r}", amount_cents=amount
+        )
     if len(found) > 1:
         return BankLineResult(
             number, UNMATCHED, f"several order numbers in the reference: {', '.join(found)}", amount_cents=amount

@@ -102,9 +102,7 @@ def register_payment(
         raise PaymentRefused("bad_reference", "a payment needs a reference (the bank's, the slip's or the gateway's)")
     if not isinstance(amount_cents, int) or amount_cents <= 0:
         raise PaymentRefused("bad_amount", f"{amount_cents!r} is not a positive amount")
-    order = session.scalar(
-        select(RenewalOrder).where(RenewalOrder.order_number == number).with_for_update()
-    )
+    order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == number).with_for_update())
     if order is None:
         raise PaymentRefused("unknown_order", f"no order {number or '(empty)'}", order_number=number or None)
     existing = session.scalar(select(Payment).where(Payment.order_id == order.id, Payment.reference == reference))
@@ -129,7 +127,8 @@ def register_payment(
         _check_still_renewable(mailboxes[line.mailbox_id], line, number, today)
     holder = _holder_for(session, order)
     renewed = tuple(
-        _renew(mailboxes[line.mailbox_id], line, order.years or 1, holder, method, payment_token, stages) for line in lines
+        _renew(mailboxes[line.mailbox_id], line, order.years or 1, holder, method, payment_token, stages)
+        for line in lines
     )
     payment = Payment(
         order_id=order.id,
@@ -227,7 +226,9 @@ def _holder_for(session: Session, order: RenewalOrder) -> Holder | None:
     key = data.holder_key
     holder = session.scalar(select(Holder).where(Holder.account_id == order.account_id, Holder.holder_key == key))
     if holder is None:
-        holder = Holder(account_id=order.account_id, holder_key=key, **{name: getattr(data, name) for name in HOLDER_FIELDS})
+        holder = Holder(
+            account_id=order.account_id, holder_key=key, **{name: getattr(data, name) for name in HOLDER_FIELDS}
+        )
         session.add(holder)
         session.flush()
     return holder
