@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 
 from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
+from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
 from worker.services.daily import run_day, scan_day
+from worker.services.notices import process_notice_batch
 from worker.rules.links import MAILBOX
 from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 from worker.services.runtime import Runtime
@@ -272,8 +274,6 @@ def test_a_message_the_renderer_refuses_fails_without_retries(runtime, smtp_serv
 
 
 def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(session_factory):
-    from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
-
     now = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 
     def message(number: int, status: str = "pending", next_attempt_at: datetime | None = None) -> OutboxMessage:
@@ -309,8 +309,6 @@ def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(se
 
 def test_a_stage_sent_in_an_earlier_cycle_is_sent_again_in_this_one(runtime, session_factory):
     """The ledger is read by mailbox and checked by cycle: last year's -15d does not stop this year's."""
-    from worker.services.notices import process_notice_batch
-
     today = date(2027, 3, 16)
     with session_factory() as session, session.begin():
         renewed = make_mailbox(session, expires_on=date(2027, 3, 31))

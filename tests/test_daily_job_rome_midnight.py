@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from config.celery import celery_config
+from tasks.daily import run_daily_scan
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from worker.services import runtime as runtime_module
@@ -99,8 +100,6 @@ def test_beat_s_scan_without_a_date_at_half_past_midnight_sends_rome_s_notices(f
     app.set_current()
     runtime_module.install(rt)
     try:
-        from tasks.daily import run_daily_scan
-
         with time_machine.travel(INSTANT, tick=False):
             run_daily_scan()  # beat sends no date; the batches and their delivery run eagerly
     finally:

@@ -6,21 +6,18 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
+from sqlalchemy import select, text
+
 from tests.factories import make_mailbox
+from worker.mail.emails import installation_id, message_id_for
+from worker.rules.notices import decide_notice, earliest_action_on
+from worker.rules.schedule import DEFAULT_STAGES, parse_stages
+from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
+from worker.services.daily import SCAN_LEASE, claim_daily_run, record_daily_run
+from worker.services.notices import due_mailbox_batches, process_notice_batch, reconcile_schedule
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
-from worker.store.models import Mailbox, WorkerState
-from worker.mail.emails import installation_id, message_id_for
-from worker.services.notices import (
-    SCAN_LEASE,
-    claim_daily_run,
-    decide_notice,
-    due_mailbox_batches,
-    earliest_action_on,
-    reconcile_schedule,
-    record_daily_run,
-)
-from worker.rules.schedule import DEFAULT_STAGES, parse_stages
+from worker.store.models import Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
 
 EXPIRES = date(2027, 3, 31)
 NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
@@ -185,8 +182,6 @@ def test_a_changed_schedule_brings_next_action_on_forward(any_session_factory):
 
 
 def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path):
-    from sqlalchemy import text
-
     url = f"sqlite:///{tmp_path / 'migrate.sqlite3'}"
     migrate.upgrade(url, "0005")
     engine = make_engine(url)
@@ -211,12 +206,6 @@ def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path)
 
 def _batch_outcome(factory, today: date) -> dict:
     """A notice batch over a mixed fleet, and every row it wrote, keyed by mailbox address."""
-    from sqlalchemy import select
-
-    from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
-    from worker.store.models import NoticeLedgerEntry, OutboxMessage
-    from worker.services.notices import process_notice_batch
-
     with factory() as session, session.begin():
         mailboxes = [
             make_mailbox(session, expires_on=EXPIRES, address="uno@pec.example.it", reference_email="anna@example.it",
@@ -281,8 +270,8 @@ def _batch_outcome(factory, today: date) -> dict:
 
 
 def test_the_batch_writes_the_same_rows_on_postgresql_and_sqlite(session_factory, tmp_path):
-    """PostgreSQL writes a batch with one statement per table over JSON rows, SQLite with the ORM's
-    bulk statements: the same outbox messages (context included), ledger rows and next dates."""
+    """The batch's Core statements give the same outbox messages (context included), ledger rows
+    and next dates on both databases (their dialects differ: JSON, dates, arrays of ids)."""
     today = EXPIRES - timedelta(days=7)
     on_postgresql = _batch_outcome(session_factory, today)
     on_sqlite = _batch_outcome(sqlite_factory(tmp_path), today)

@@ -15,6 +15,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from config.settings import SettingsError
 from tests.conftest import make_settings, smtp_runtime
 from tests.factories import make_mailbox
 from worker.services.daily import scan_day
@@ -163,7 +164,5 @@ def test_a_batch_stopped_by_an_exception_still_commits_what_it_sent(
 
 @pytest.mark.parametrize("value", ["0", "-1", "1001", "16x"])
 def test_a_bad_outcome_group_is_refused_at_start(tmp_path, value):
-    from config.settings import SettingsError
-
     with pytest.raises(SettingsError, match="RELAY_OUTCOME_GROUP"):
         make_settings(tmp_path, relay_outcome_group=value)

@@ -49,7 +49,8 @@ from sqlalchemy.orm import Session
 from config import catalogue
 from config.settings import Settings
 from worker.rules import pricing, schedule
-from worker.mail.emails import OrderEmail, installation_id, message_id_for
+from worker.mail.emails import OrderEmail
+from worker.mail.queue import NewEmail, QueuedEmail, queue_email
 from worker.rules.holder_data import check_holder
 from worker.rules.links import ACCOUNT, MAILBOX, RenewalLink
 from worker.store.models import (
@@ -58,8 +59,6 @@ from worker.store.models import (
     Mailbox,
     OrderOrigin,
     OrderStatus,
-    OutboxMessage,
-    OutboxStatus,
     RenewalOrder,
     RenewalOrderLine,
 )
@@ -1230,28 +1229,18 @@ def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, An
 
 def queue_order_email(
     session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
-) -> OutboxMessage | None:
+) -> QueuedEmail | None:
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
-    message_id = message_id_for(OrderEmail(kind, order.order_number), mail_domain(settings), installation_id=installation_id(session))
-    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == message_id))
-    if existing is not None:
-        return None
     holder = order.holder_data or _holder_snapshot(order.holder)
-    row = OutboxMessage(
-        message_id=message_id,
+    email = NewEmail(
+        about=OrderEmail(kind, order.order_number),
         kind=kind,
         stage=ORDER_EMAIL_STAGE,
         language=_language(order),
         to_address=holder["reference_email"].lower(),
-        business_date=today,
         context=order_email_context(order, settings),
-        status=OutboxStatus.PENDING.value,
-        attempts=0,
-        created_at=now,
     )
-    session.add(row)
-    session.flush()
-    return row
+    return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)
 
 
 ORDER_CONFIRMATION = "order-confirmation"
