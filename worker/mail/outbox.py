@@ -27,18 +27,20 @@ once, never retried, with the reason on the message and on its ledger rows.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Row, literal, or_, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, literal, or_, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.mail.emails import EmailRenderer, RefusedMailbox, refusal_reason
 from worker.mail.mailers import DeliveryError, Mailer
-from worker.store.db import dialect_insert, one_of, quick_commit_connection, update_by_id
+from worker.store.db import dialect_insert, dialect_of, one_of, quick_commit_connection, update_by_id
 from worker.store.models import BouncedAddress, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -127,15 +129,25 @@ def claim_messages(
     (and the dead entries the leases leave), and read it whole at every claim:
     most of a relay's time on 200,000 messages (bench/daily_peak.py).
     """
-    due = (
-        _OUTBOX.c.status == _PENDING,
-        or_(_OUTBOX.c.next_attempt_at.is_(None), _OUTBOX.c.next_attempt_at <= now),
-    )
+    parameters = {"c_now": now, "c_lease_end": now + CLAIM_LEASE, "c_limit": limit}
+    if only_ids is not None:
+        parameters["c_ids"] = [int(outbox_id) for outbox_id in only_ids]
+    statement = _claim_statement(dialect_of(executor), only_ids is not None)
+    return sorted(executor.execute(statement, parameters).all(), key=_by_id)
+
+
+@functools.cache
+def _claim_statement(dialect: Dialect, by_ids: bool):
+    """The claim, built once (its parameters: ``c_now``, ``c_lease_end``, ``c_limit`` and ``c_ids``)."""
+    now = bindparam("c_now", type_=_OUTBOX.c.next_attempt_at.type)
+    limit = bindparam("c_limit", type_=Integer())
     candidate = select(_OUTBOX.c.id, _OUTBOX.c.status, _OUTBOX.c.next_attempt_at).order_by(_OUTBOX.c.id)
-    if only_ids is None:
-        candidate = candidate.where(*due).limit(limit)
+    if by_ids:
+        candidate = candidate.where(one_of(dialect, _OUTBOX.c.id, key="c_ids"))
     else:
-        candidate = candidate.where(one_of(executor, _OUTBOX.c.id, [int(outbox_id) for outbox_id in only_ids]))
+        candidate = candidate.where(
+            _OUTBOX.c.status == _PENDING, or_(_OUTBOX.c.next_attempt_at.is_(None), _OUTBOX.c.next_attempt_at <= now)
+        ).limit(limit)
     candidate = candidate.with_for_update(skip_locked=True).cte("candidate")
     claimed = (
         select(candidate.c.id)
@@ -147,13 +159,12 @@ def claim_messages(
         .limit(limit)
         .subquery("claimed")
     )
-    rows = executor.execute(
+    return (
         update(_OUTBOX)
         .where(_OUTBOX.c.id == claimed.c.id)
-        .values(next_attempt_at=now + CLAIM_LEASE)
+        .values(next_attempt_at=bindparam("c_lease_end", type_=_OUTBOX.c.next_attempt_at.type))
         .returning(*_MESSAGE_COLUMNS)
-    ).all()
-    return sorted(rows, key=_by_id)
+    )
 
 
 def _by_id(row: Row) -> int:

@@ -136,14 +136,23 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 # -- What differs between PostgreSQL and SQLite: chosen here, and only here ---------------------
 
 
-def dialect_of(bind: Session | Connection | Engine) -> Dialect:
-    """The dialect of a session, a connection or an engine."""
+def dialect_of(bind: Session | Connection | Engine | Dialect) -> Dialect:
+    """The dialect of a session, a connection or an engine (or the dialect itself)."""
+    if isinstance(bind, Dialect):
+        return bind
     dialect = getattr(bind, "dialect", None)
     return dialect if dialect is not None else bind.get_bind().dialect
 
 
-def one_of(bind: Session | Connection | Engine, column: ColumnElement, ids: list[int]) -> ColumnElement[bool]:
-    """``column`` is one of ``ids`` (whole numbers).
+def one_of(
+    bind: Session | Connection | Engine | Dialect,
+    column: ColumnElement,
+    ids: list[int] | None = None,
+    *,
+    key: str | None = None,
+) -> ColumnElement[bool]:
+    """``column`` is one of ``ids`` (whole numbers), or of the list given at execution as
+    parameter ``key`` (for a statement built once).
 
     On PostgreSQL ``= ANY(array)``: one parameter however many ids, so the
     statement's text stays the same and psycopg prepares it once, where
@@ -152,8 +161,8 @@ def one_of(bind: Session | Connection | Engine, column: ColumnElement, ids: list
     Elsewhere ``IN``.
     """
     if dialect_of(bind).name == "postgresql":
-        return column == any_(bindparam(None, ids, type_=postgresql.ARRAY(BigInteger)))
-    return column.in_(ids)
+        return column == any_(bindparam(key, ids, type_=postgresql.ARRAY(BigInteger)))
+    return column.in_(bindparam(key, ids, expanding=True))
 
 
 def insert_many(
