@@ -66,6 +66,8 @@ def celery_config(settings: Settings) -> dict:
             # Charge work (charges, retries, reconciliations): cheap to look for (an
             # indexed query), and every charge is claimed before the gateway is called,
             # so a sweep that overlaps another, or the notice scan, does nothing twice.
+            # It also looks up, the same day, a charge whose worker died before recording
+            # the gateway's answer (CHARGE_RECONCILE_AFTER_MINUTES after its claim).
             "charge-sweep": {
                 "task": "pec_renewal.charge_sweep",
                 "schedule": timedelta(minutes=15),
@@ -76,7 +78,7 @@ def celery_config(settings: Settings) -> dict:
             },
         },
         "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
-        "beat_scheduler": "worker.celery_app:BeatScheduler",
+        "beat_scheduler": "worker.celery_setup:BeatScheduler",
         "worker_hijack_root_logger": False,
     }
     return config

@@ -18,12 +18,16 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from worker.rules.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
 
@@ -63,6 +67,9 @@ class Settings:
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
     secret_key_generated: bool = False
     base_url: str = "http://127.0.0.1:5000"
+    #: False when BASE_URL is unset and base_url is the default: ``pec-renewal serve`` then puts
+    #: its own address and port there.
+    base_url_explicit: bool = False
     timezone: ZoneInfo = ZoneInfo("Europe/Rome")
     payment_gateway: str = "sandbox"
     notice_stages: tuple[Stage, ...] = DEFAULT_STAGES
@@ -90,6 +97,9 @@ class Settings:
     # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
     charge_notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
+    #: A charge whose answer is not recorded this long after its claim is taken for lost (its
+    #: process died): the next run of the day looks it up at the gateway.
+    charge_reconcile_after_minutes: int = 5
     # Operations: the Celery worker's Prometheus port (0: off) and the address it
     # listens on; the bearer token that opens the link handler's /metrics (unset:
     # /metrics is off); log lines as JSON, text, or "auto" (text on a terminal).
@@ -133,6 +143,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("DATABASE_URL", "must start with sqlite:// or postgresql+psycopg://")
     if database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    if database_url.startswith("sqlite"):
+        _check_sqlite_file(database_url, var_dir)
 
     broker_url = raw("BROKER_URL") or "filesystem://"
     transport_options: dict = {}
@@ -144,8 +156,16 @@ def _read(environ: Mapping[str, str]) -> Settings:
             "processed_folder": str(broker_dir / "processed"),
             "store_processed": False,
         }
-    elif not re.match(r"^(redis|rediss|amqp|pyamqp|sqla\+\w+)://", broker_url):
-        raise SettingsError("BROKER_URL", "must be redis://HOST:PORT/DB (or filesystem:// for the embedded default)")
+    elif not re.match(r"^rediss?://", broker_url):
+        # Celery speaks other brokers (AMQP, SQLAlchemy...), but what the worker promises after a
+        # crash rests on Redis: a dead worker's tasks come back after the visibility timeout, which
+        # is set here above every task's time limit (config/celery.py), and the fault suite runs on
+        # Redis.  RabbitMQ would need its own consumer timeout set above that limit, and tests.
+        raise SettingsError(
+            "BROKER_URL",
+            "must be redis://HOST:PORT/DB or rediss://HOST:PORT/DB (or filesystem:// for the embedded default);"
+            " other Celery brokers are not supported",
+        )
     elif _has_space(broker_url):
         raise SettingsError("BROKER_URL", "must not hold spaces or control characters")
     else:
@@ -207,6 +227,12 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(
             "CHARGE_NOTICE_DAYS", f"{charge_notice_days} must be more than the charge's {charge_days[0]} days before expiry"
         )
+    # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
+    # adapters' timeouts), so a charge still in flight is never looked up as lost.
+    charge_reconcile_after_minutes = _integer(
+        raw("CHARGE_RECONCILE_AFTER_MINUTES"), "CHARGE_RECONCILE_AFTER_MINUTES",
+        default=Settings.charge_reconcile_after_minutes, low=2, high=720,
+    )  # fmt: skip
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
         raise SettingsError("POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)")
@@ -246,7 +272,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
     log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
 
     # Last, so that a bad value elsewhere stops the program before a key is
-    # generated (and before its warning).  Set but blank is refused, not taken
+    # generated.  Its warning is logged where the key signs (warn_generated_secret_key).  Set but blank is refused, not taken
     # for "unset": in production that is a deployment mistake, and a generated
     # key would hide it.
     secret_keys, generated = _secret_keys(environ.get(PREFIX + "SECRET_KEYS"), var_dir)
@@ -268,6 +294,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         secret_keys=secret_keys,
         secret_key_generated=generated,
         base_url=base_url,
+        base_url_explicit=raw("BASE_URL") is not None,
         timezone=timezone,
         payment_gateway=payment_gateway,
         notice_stages=notice_stages,
@@ -289,11 +316,33 @@ def _read(environ: Mapping[str, str]) -> Settings:
         postal_account=postal_account,
         charge_notice_days=charge_notice_days,
         charge_days=charge_days,
+        charge_reconcile_after_minutes=charge_reconcile_after_minutes,
         metrics_port=metrics_port,
         metrics_address=metrics_address,
         metrics_token=metrics_token,
         log_format=log_format,
     )
+
+
+def _check_sqlite_file(database_url: str, var_dir: Path) -> None:
+    """An SQLite file must be in a folder that exists: SQLite would create a new, empty database
+    anywhere, and a mistyped path would then look like a fleet with no mailboxes.  The folder
+    ``VAR_DIR`` is the exception: the embedded default makes it."""
+    try:
+        path = make_url(database_url).database
+    except ArgumentError:
+        raise SettingsError("DATABASE_URL", f"{_hide_password(database_url)!r} is not a database URL") from None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return  # in memory, or a URI the driver reads itself
+    file = Path(path).resolve()
+    if file.is_dir():
+        raise SettingsError("DATABASE_URL", f"{file} is a folder, not a database file")
+    if file.parent == var_dir or file.parent.is_dir():
+        return
+    missing = file.parent
+    while not missing.parent.is_dir() and missing.parent != missing:
+        missing = missing.parent
+    raise SettingsError("DATABASE_URL", f"the folder {missing} does not exist (create it, or correct the path)")
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
@@ -359,8 +408,27 @@ def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], boo
         raise SettingsError("SECRET_KEYS", f"is not set and {path} cannot be used: {error.strerror or error}") from None
     if len(key) < 32:
         raise SettingsError("SECRET_KEYS", f"is not set and {path} holds no usable key; delete it to make a new one")
-    log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
     return (key,), True
+
+
+_warned_key_files: set[Path] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_generated_secret_key(settings: Settings) -> None:
+    """Log that links are signed with the key generated under ``VAR_DIR``: once per process, and only
+    where a key signs (the link signer, the link handler; a Celery worker before its pool forks).
+
+    Reading the settings says nothing, so ``--help`` and the commands that sign nothing stay quiet.
+    """
+    if not settings.secret_key_generated:
+        return
+    path = settings.var_dir / "secret_key"
+    with _warned_lock:
+        if path in _warned_key_files:
+            return
+        _warned_key_files.add(path)
+    log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
 
 
 def _is_base_url(url: str) -> bool:

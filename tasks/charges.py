@@ -2,9 +2,11 @@
 
 Thin tasks: they parse ids and dates and call :mod:`worker.services.charges`.  A batch
 task is acknowledged late and rejected (so redelivered) if its worker dies:
-that is safe because every charge's intent and claim are committed before the
-gateway is called, so a redelivered batch finds those mailboxes claimed, and
-the next day's run reconciles any intent left unresolved.
+that is safe because every charge's intent (its claim) is committed before the
+gateway is called, so a redelivered batch finds those charges claimed.  A
+charge whose worker died before recording the answer is looked up by the first
+sweep (every 15 minutes) once ``CHARGE_RECONCILE_AFTER_MINUTES`` have passed,
+the same business day.
 """
 
 from __future__ import annotations

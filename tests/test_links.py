@@ -76,6 +76,7 @@ def test_non_string_token_is_invalid():
 def test_unknown_target_and_no_key_are_refused():
     with pytest.raises(ValueError, match="unknown link target 'x'"):
         signer().renewal_token("x", 1, EXPIRES_ON)
+    assert signer().read_renewal_token(signer().renewal_token(MAILBOX, 2**63 - 1, EXPIRES_ON)).target_id == 2**63 - 1
     with pytest.raises(ValueError, match="at least one secret key is needed"):
         LinkSigner((), BASE_URL, MAX_AGE_DAYS)
 
@@ -180,6 +181,11 @@ def test_token_for_another_purpose_is_invalid(frozen):
         [MAILBOX, 42, "2027-02-30"],
         [MAILBOX, 42, 20270531],
         [MAILBOX, 42, None],
+        [MAILBOX, 2**63, "2027-05-31"],  # past PostgreSQL's bigint: no row can have it
+        [ACCOUNT, 2**63, "2027-05-31"],
+        [MAILBOX, 10**40, "2027-05-31"],
+        [MAILBOX, 0, "2027-05-31"],
+        [MAILBOX, -1, "2027-05-31"],
         None,
     ],
 )

@@ -12,13 +12,13 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-import worker.celery_app  # noqa: F401  (connects the signal handlers)
+import worker.celery_setup  # noqa: F401  (connects the signal handlers)
 from config.settings import Settings, SettingsError
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from worker import logs
 from worker.services import runtime
-from worker.celery_app import create_celery
+from worker.celery_setup import create_celery
 from worker.rules.links import LinkSigner
 from worker.logs import JsonFormatter, TextFormatter, configure_logging, log_context, redact_tokens, remove_logging
 from worker.services.runtime import Runtime
@@ -199,3 +199,32 @@ def test_run_daily_logs_json_with_the_business_date(tmp_path, database_url, sess
     assert len(deferred) == 1, done.stderr
     assert deferred[0]["business_date"] == DAY.isoformat()
     assert "deferred 1" in done.stdout
+
+
+ESC = chr(27)
+
+
+@pytest.mark.parametrize(
+    ("log_format", "stream", "coloured"),
+    [("json", Terminal(), False), ("json", io.StringIO(), False), ("text", io.StringIO(), False), ("text", Terminal(), True)],
+)
+def test_colour_codes_reach_only_a_terminal(log_format, stream, coloured):
+    """werkzeug colours its request lines whatever the stream: a log file or a journal gets them plain."""
+    handler = configure_logging(log_format, logging.INFO, stream=stream)
+    try:
+        logging.getLogger("werkzeug").info('127.0.0.1 - - "%s[33mGET /nothing HTTP/1.1%s[0m" 404 -', ESC, ESC)
+        try:
+            raise ValueError(ESC + "[1;31mred" + ESC + "[0m")
+        except ValueError:
+            logging.getLogger("worker.web").exception("failed")
+    finally:
+        remove_logging(handler)
+    text = stream.getvalue()
+    assert (ESC in text) is coloured
+    if log_format == "text" and not coloured:
+        assert '"GET /nothing HTTP/1.1" 404 -' in text and "ValueError: red" in text
+    if log_format == "json":
+        assert "\\u001b" not in text
+        first, second = (json.loads(line) for line in text.splitlines())
+        assert first["message"] == '127.0.0.1 - - "GET /nothing HTTP/1.1" 404 -'
+        assert second["exception"].endswith("ValueError: red")

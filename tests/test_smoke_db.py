@@ -12,13 +12,15 @@ def test_database_is_migrated_and_empty(session_factory):
 
 def test_the_runtime_engine_takes_any_sqlite_url(tmp_path, monkeypatch):
     """The runtime's pool sizes suit a SQLite file; an in-memory database has one connection per
-    thread, nothing to size, and a relative path's folder is made where the path says."""
+    thread, nothing to size, and a relative path is read from the working directory (its folder
+    must exist: PEC_RENEWAL_DATABASE_URL refuses one that does not)."""
     from sqlalchemy import text
 
     from config.settings import Settings
     from worker.services.runtime import POOL_SIZE, Runtime
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
     for url, pooled in (("sqlite://", False), ("sqlite:///:memory:", False), ("sqlite:///data/renewals.db", True)):
         runtime = Runtime(Settings.from_env({"PEC_RENEWAL_DATABASE_URL": url, "PEC_RENEWAL_SECRET_KEYS": "k" * 40}))
         with runtime.engine.connect() as connection:

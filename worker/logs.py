@@ -11,6 +11,15 @@ A renewal token is a bearer credential, so the formatters pass every line,
 tracebacks included, through :func:`redact_tokens` before it is written: the
 ``/rinnova/<token>`` paths and any bare itsdangerous token
 (``worker.web.security.redact``, the one redaction the access log uses too).
+
+Colour codes other libraries put in their messages (werkzeug colours its
+request lines and its start-up warning, whatever the stream) are taken out
+of every JSON line, and of text lines unless they go to a terminal.
+
+Under gunicorn, ``worker.web.gunicorn_conf`` gives gunicorn's error and access
+logs these formatters too (:func:`formatter_for`), and the root logger this
+handler, so every line it writes (gunicorn's, Flask's, the app's, tracebacks)
+is in ``LOG_FORMAT``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -59,33 +69,47 @@ def log_context(*, day: date | str | None = None, task: str | None = None, name:
             variable.reset(token)
 
 
+#: An ANSI escape sequence (colour, bold, cursor movement): CSI, then parameters, then a final byte.
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def strip_colour(text: str) -> str:
+    """``text`` without ANSI escape sequences."""
+    return _ANSI_RE.sub("", text) if "\x1b" in text else text
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC), level, logger, message, process, context, exception."""
+    """One JSON object per line: time (UTC), level, logger, message, process, context, exception.
+
+    No colour codes: a message's, or a traceback's, are taken out."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": strip_colour(record.getMessage()),
             "process": record.processName,  # MainProcess, or a Celery pool process: ForkPoolWorker-1
             "pid": record.process,
         }
         entry.update(context_fields())
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = strip_colour(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = strip_colour(record.exc_text)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return redact_tokens(json.dumps(entry, ensure_ascii=False, default=str))
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger [task=… date=…]: message``, for people reading a terminal."""
+    """``time LEVEL logger [task=… date=…]: message``, for people reading a terminal.
 
-    def __init__(self) -> None:
+    Colour codes in a message are kept only with ``colour`` (the stream is a terminal)."""
+
+    def __init__(self, *, colour: bool = False) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s")
+        self.colour = colour
 
     def format(self, record: logging.LogRecord) -> str:
         fields = context_fields()
@@ -93,14 +117,31 @@ class TextFormatter(logging.Formatter):
         if "business_date" in fields:
             shown.append(f"date={fields['business_date']}")
         record.context = f" [{' '.join(shown)}]" if shown else ""
-        return redact_tokens(super().format(record))
+        line = redact_tokens(super().format(record))
+        return line if self.colour else strip_colour(line)
 
 
 def wants_json(log_format: str, stream: TextIO) -> bool:
     """``auto`` is JSON unless the stream is a terminal (systemd, containers and files get JSON)."""
     if log_format == "auto":
-        return not (hasattr(stream, "isatty") and stream.isatty())
+        return not _is_terminal(stream)
     return log_format == "json"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def formatter_for(log_format: str, stream: TextIO | None) -> logging.Formatter:
+    """The formatter of ``LOG_FORMAT`` for lines written to ``stream`` (None: a file)."""
+    if stream is None:
+        return TextFormatter() if log_format == "text" else JsonFormatter()
+    if wants_json(log_format, stream):
+        return JsonFormatter()
+    return TextFormatter(colour=_is_terminal(stream))
 
 
 def configure_logging(
@@ -127,13 +168,13 @@ def configure_logging(
             handler.close()
     if logfile:
         handler: logging.Handler = logging.FileHandler(logfile, encoding="utf-8")
-        as_json = log_format != "text"
+        formatter = formatter_for(log_format, None)
     else:
         stream = stream or sys.stderr
         handler = logging.StreamHandler(stream)
-        as_json = wants_json(log_format, stream)
+        formatter = formatter_for(log_format, stream)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,13 +31,16 @@ from tests.conftest import TEST_SECRET_KEYS
 from tests.test_charges import (  # noqa: F401
     mark_charge_notice_sent,
     CHARGE_DAY,
+    EXPIRES,
     add_auto_renew,
     at_morning,
+    build_runtime,
     gateway_record,
     received,
     run_on,
     runtime,
 )
+from worker.services.daily import run_day
 from worker.gateways import ChargeOutcome, ChargeResult
 from worker.store.models import ChargeIntent, Mailbox
 
@@ -168,6 +171,87 @@ def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
     assert len(gateway_record(runtime)) == 1 and len(smtp_server.messages) == 1
 
 
+LAST_RETRY_DAY = date(2027, 3, 30)  # the -1d slot of EXPIRES = 2027-03-31
+
+
+def add_on_last_retry(rt) -> Mailbox:
+    """An auto-renew mailbox whose first three attempts were declined softly: its -1d retry is due."""
+    mailbox = add_auto_renew(rt, "pm_card_visa", notified=True)
+    with rt.session_factory() as session, session.begin():
+        for attempt, day in enumerate((date(2027, 3, 24), date(2027, 3, 26), date(2027, 3, 28)), start=1):
+            session.add(
+                ChargeIntent(
+                    mailbox_id=mailbox.id, cycle_expires_on=mailbox.expires_on, attempt=attempt,
+                    idempotency_key=f"renewal:{mailbox.id}:{mailbox.expires_on.isoformat()}:{attempt}",
+                    amount_cents=4880, currency="EUR", payment_method="pm_card_visa", years=1,
+                    status="soft_decline", decline_code="insufficient_funds", business_date=day,
+                    created_at=at_morning(day), resolved_at=at_morning(day),
+                )  # fmt: skip
+            )
+        session.get(Mailbox, mailbox.id).next_action_on = LAST_RETRY_DAY
+    return mailbox
+
+
+def run_at(rt, day: date, moment: datetime):
+    with time_machine.travel(moment, tick=False):
+        return run_day(rt, day)
+
+
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_killed_on_the_last_retry_the_same_day_reconciles_it_after_a_few_minutes(
+    runtime, smtp_server, tmp_path, database_url, when  # noqa: F811
+):
+    """A kill between the claim and the answer on the -1d slot never turns into charge-failed on
+    the expiry day: a later run of the same business date looks the charge up (and, if no money
+    moved, charges with the same key while still before expiry)."""
+    mailbox = add_on_last_retry(runtime)
+    child = spawn(tmp_path, database_url, CHILD_DAY=LAST_RETRY_DAY.isoformat(), PEC_RENEWAL_TEST_KILL=when)
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err
+    killed_at = at_morning(LAST_RETRY_DAY)  # the child's frozen clock
+    with runtime.session_factory() as session:
+        intent = session.scalars(select(ChargeIntent).where(ChargeIntent.attempt == 4)).one()
+        assert intent.status == "started" and intent.created_at == killed_at
+    charged = 1 if when == "after" else 0
+    assert len(gateway_record(runtime)) == charged
+
+    # A minute later the charge may still be in flight (a slow gateway): nobody touches it.
+    summary = run_at(runtime, LAST_RETRY_DAY, killed_at + timedelta(minutes=1))
+    assert summary.charges.lookups == 0 and summary.charges.charges == 0
+    with runtime.session_factory() as session:
+        assert session.scalar(select(ChargeIntent.status).where(ChargeIntent.attempt == 4)) == "started"
+
+    # Past CHARGE_RECONCILE_AFTER_MINUTES (5), the next run of the same day asks the gateway.
+    summary = run_at(runtime, LAST_RETRY_DAY, killed_at + timedelta(minutes=6))
+    assert summary.charges.lookups == 1
+    assert summary.charges.charges == (0 if when == "after" else 1)  # "before": no money moved, same key
+    (charge,) = gateway_record(runtime)
+    assert charge["outcome"] == "succeeded" and charge["idempotency_key"].endswith(":4")
+    with runtime.session_factory() as session:
+        assert session.scalar(select(ChargeIntent.status).where(ChargeIntent.attempt == 4)) == "succeeded"
+        assert session.get(Mailbox, mailbox.id).expires_on == date(2028, 3, 31)
+    assert [m["X-PEC-Renewal-Kind"] for m in received(smtp_server)] == ["charge-succeeded"]
+
+    run_on(runtime, EXPIRES)  # the expiry day: nothing failed, nothing more to send or charge
+    assert len(gateway_record(runtime)) == 1
+    assert [m["X-PEC-Renewal-Kind"] for m in received(smtp_server)] == ["charge-succeeded"]
+
+
+def test_the_reconcile_delay_is_a_setting(tmp_path, database_url, session_factory, smtp_server):
+    rt = build_runtime(tmp_path, database_url, session_factory, smtp_server, charge_reconcile_after_minutes=20)
+    try:
+        add_on_last_retry(rt)
+        child = spawn(tmp_path, database_url, CHILD_DAY=LAST_RETRY_DAY.isoformat(), PEC_RENEWAL_TEST_KILL="before")
+        assert child.communicate(timeout=60) and child.returncode == -signal.SIGKILL
+        killed_at = at_morning(LAST_RETRY_DAY)
+        assert run_at(rt, LAST_RETRY_DAY, killed_at + timedelta(minutes=19)).charges.lookups == 0
+        summary = run_at(rt, LAST_RETRY_DAY, killed_at + timedelta(minutes=21))
+        assert (summary.charges.lookups, summary.charges.charges) == (1, 1)
+        assert [r["outcome"] for r in gateway_record(rt)] == ["succeeded"]
+    finally:
+        rt.close()
+
+
 def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime, smtp_server):  # noqa: F811
     mailbox = add_auto_renew(runtime, "pm_sandbox_timeout", notified=True)
     lost = LostLookups(runtime.gateway)
@@ -296,3 +380,70 @@ def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
     with session_factory() as session:
         assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
     print(f"{kills} kills; {MAILBOXES} mailboxes, {sum(per_cycle.values())} gateway charges")
+
+
+@pytest.mark.slow
+def test_the_15_minute_sweep_reconciles_a_charge_killed_the_same_day(
+    session_factory, tmp_path, database_url, smtp_server, flushed_redis, workers
+):
+    """A Celery worker killed right after the gateway's answer on the -1d slot; twenty minutes later,
+    on the same business date, the charge sweep (beat's, every 15 minutes) looks the charges up
+    and records them: no charge twice, every mailbox renewed, nothing left for the expiry day."""
+    from tests.faults.conftest import (
+        CeleryWorker,
+        celery_client,
+        charge_intents,
+        gateway_charges_per_cycle,
+        mark_charge_notices_sent,
+        seed_mailboxes,
+        wait_until,
+        worker_environment,
+    )
+
+    count = 3
+    ids = seed_mailboxes(
+        session_factory, count, expires_on=EXPIRES, next_action_on=LAST_RETRY_DAY, auto_renew=True,
+        payment_method="pm_card_visa",
+    )  # fmt: skip
+    mark_charge_notices_sent(session_factory, ids, EXPIRES)
+    with session_factory() as session, session.begin():
+        for mailbox_id in ids:  # attempts 1-3 declined softly: the -1d retry is the last one
+            for attempt, day in enumerate((date(2027, 3, 24), date(2027, 3, 26), date(2027, 3, 28)), start=1):
+                session.add(
+                    ChargeIntent(
+                        mailbox_id=mailbox_id, cycle_expires_on=EXPIRES, attempt=attempt,
+                        idempotency_key=f"renewal:{mailbox_id}:{EXPIRES.isoformat()}:{attempt}", amount_cents=4880,
+                        currency="EUR", payment_method="pm_card_visa", years=1, status="soft_decline",
+                        decline_code="insufficient_funds", business_date=day, created_at=at_morning(day),
+                    )  # fmt: skip
+                )
+    env = worker_environment(tmp_path, database_url, smtp_server, gateway_concurrency=1)
+    beat = celery_client(tmp_path)
+    killed_at = at_morning(LAST_RETRY_DAY)
+
+    killed = CeleryWorker(
+        {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": "1"}, tmp_path, queues="scan,charges,mail", concurrency=1,
+        name="killed",
+    )  # fmt: skip
+    workers.append(killed)
+    killed.start(killed_at)
+    beat.send_task("pec_renewal.charge_sweep", args=[LAST_RETRY_DAY.isoformat()])
+    wait_until(lambda: not killed.running, timeout=60, what="the kill after the first answer")
+    killed.kill()
+    assert charge_intents(session_factory)["started"] == 1, killed.log()  # charged at the gateway, not recorded
+    assert sum(gateway_charges_per_cycle(session_factory).values()) == 1
+
+    survivor = CeleryWorker(env, tmp_path, queues="scan,charges,mail", name="survivor")
+    workers.append(survivor)
+    survivor.start(killed_at + timedelta(minutes=20))  # the same business date
+    beat.send_task("pec_renewal.charge_sweep", args=[LAST_RETRY_DAY.isoformat()])
+    wait_until(
+        lambda: charge_intents(session_factory) == Counter(soft_decline=3 * count, succeeded=count), timeout=60,
+        what="the same day's sweep to resolve every charge",
+    )  # fmt: skip
+    per_cycle = gateway_charges_per_cycle(session_factory)
+    assert set(per_cycle.values()) == {1} and len(per_cycle) == count  # the killed charge was looked up, not repeated
+    with session_factory() as session:
+        assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
+    wait_until(lambda: len(smtp_server.messages) == count, timeout=30, what="the receipts")
+    assert survivor.running, survivor.log()

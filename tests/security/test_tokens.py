@@ -72,7 +72,18 @@ def bad_tokens(runtime, mailbox_id: int) -> dict[str, str]:
         "an unknown key": URLSafeTimedSerializer([KEY_C], salt=RENEWAL_SALT).dumps(payload(mailbox_id)),
         "well signed, bad payload": URLSafeTimedSerializer(keys, salt=RENEWAL_SALT).dumps({"m": mailbox_id}),
         "a mailbox that does not exist": runtime.signer.renewal_token("m", 999_999, EXPIRY),
+        "an account that does not exist": runtime.signer.renewal_token("a", 999_999, EXPIRY),
+        # Well signed, with ids no database column holds (PostgreSQL's bigint ends at 2**63 - 1).
+        "a mailbox id out of range": signed(keys, ["m", 2**63, EXPIRY.isoformat()]),
+        "a mailbox id far out of range": signed(keys, ["m", 10**30, EXPIRY.isoformat()]),
+        "a negative mailbox id": signed(keys, ["m", -(2**63) - 1, EXPIRY.isoformat()]),
+        "an account id out of range": signed(keys, ["a", 2**63, EXPIRY.isoformat()]),
+        "a cycle out of range": signed(keys, ["m", mailbox_id, "9999-12-31"]),
     }
+
+
+def signed(keys: list[str], value) -> str:
+    return URLSafeTimedSerializer(keys, salt=RENEWAL_SALT).dumps(value)
 
 
 def assert_invalid_link_page(response) -> str:
@@ -97,6 +108,20 @@ def test_every_bad_token_is_the_same_clear_italian_4xx_and_changes_nothing(clien
         assert_invalid_link_page(client.post(f"/rinnova/{bad}", data={"csrf_token": token}, follow_redirects=True))
     assert len(pages) == 1  # the same page whatever went wrong: nothing said about why
     assert row_counts(session_factory) == before
+
+
+@pytest.mark.parametrize("target,target_id", [("m", 999_999), ("a", 999_999), ("m", 2**63), ("a", 2**63), ("m", 0)])
+def test_a_well_signed_link_whose_ids_do_not_resolve_is_the_broken_link_404(client, runtime, mailbox_id, target, target_id):
+    """GET and POST alike: the page of any broken link, at once (no redirect, no 500)."""
+    token = csrf_token(client.get("/rinnova/" + runtime.signer.renewal_token("m", mailbox_id, EXPIRY)).get_data(as_text=True))
+    bad = signed(list(runtime.settings.secret_keys), [target, target_id, EXPIRY.isoformat()])
+    broken = client.get("/rinnova/garbage").get_data(as_text=True)
+    for response in (client.get(f"/rinnova/{bad}"), client.post(f"/rinnova/{bad}", data={"csrf_token": token})):
+        assert response.status_code == 404
+        assert response.get_data(as_text=True) == broken
+        assert_security_headers(response)
+    fresh = client.application.test_client()  # a first visit (no cookie) takes the link page's own path
+    assert fresh.get(f"/rinnova/{bad}").status_code == 404
 
 
 def test_a_link_signed_with_a_retired_key_is_refused(make_app, session_factory, mailbox_id):

@@ -18,6 +18,10 @@ RENEWAL_SALT = "pec-renewal.renewal-link"
 MAILBOX = "m"
 ACCOUNT = "a"
 
+#: The ids a link may name: those of a table row (a positive 64-bit integer: PostgreSQL's bigint,
+#: SQLite's integer).  Anything else names no row, and a database would refuse to compare it.
+MAX_ID = 2**63 - 1
+
 # What a token can hold: URL-safe base64 and the dots between its parts.  Checked
 # first because itsdangerous drops non-ASCII characters from a signature it decodes.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.]{1,1000}")
@@ -79,6 +83,8 @@ class LinkSigner:
             target, target_id, expires_on = payload
             if target not in (MAILBOX, ACCOUNT) or type(target_id) is not int or not isinstance(expires_on, str):
                 raise ValueError
+            if not 1 <= target_id <= MAX_ID:
+                raise ValueError  # well signed, yet no row can have this id
             return RenewalLink(target, target_id, date.fromisoformat(expires_on))
         except (ValueError, TypeError):
             raise TokenInvalid("link invalid") from None

@@ -21,13 +21,19 @@ notice goes first and the card notice the day after.
 
 Money moves as intent, then act, then record: the :class:`ChargeIntent` row,
 with its idempotency key ``renewal:{mailbox}:{cycle}:{attempt}``, is committed
-*together with the claim* (``next_action_on`` moved past today, so no other
-scan or worker sees the mailbox as due) before the gateway is called; the
-result is recorded afterwards.  An intent left ``started`` or ``unknown`` (a
-crash, a timeout, ``pm_sandbox_timeout``) is reconciled with
-``gateway.lookup`` before anything else happens to that mailbox.  No database
-transaction or row lock is held across a gateway call, so each charge in
-flight holds at most one connection, and only for milliseconds.
+before the gateway is called; the result is recorded afterwards.  The
+``started`` intent is the charge's claim: for ``CHARGE_RECONCILE_AFTER_MINUTES``
+(:attr:`ChargePlan.reconcile_after_minutes`, 5 by default) after it was written
+every other scan or worker leaves the mailbox alone, as a charge in flight.
+Past that, the process that wrote it is taken for dead (killed between the
+claim and the answer), and the next run of the same business date, or the
+15-minute sweep, looks the charge up: a crash on the last retry day is resolved
+that day, not turned into ``charge-failed`` on the expiry day.  A lookup's
+claim moves ``next_action_on`` past today; an ``unknown`` answer (a timeout,
+``pm_sandbox_timeout``) that the gateway still cannot tell is asked again by the
+next day's run.  No database transaction or row lock is held across a gateway
+call, so each charge in flight holds at most one connection, and only for
+milliseconds.
 """
 
 from __future__ import annotations
@@ -72,10 +78,17 @@ class ChargePlan:
 
     notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
+    #: ``PEC_RENEWAL_CHARGE_RECONCILE_AFTER_MINUTES``: how long a ``started`` intent is a charge in
+    #: flight; after that its answer is taken for lost and the charge is looked up.
+    reconcile_after_minutes: int = 5
 
     @property
     def notice_stage(self) -> Stage:
         return Stage(days=-self.notice_days)
+
+    def in_flight(self, intent_created_at: datetime, now: datetime) -> bool:
+        """Whether a ``started`` intent written at ``intent_created_at`` may still be awaiting its answer."""
+        return now - intent_created_at < timedelta(minutes=self.reconcile_after_minutes)
 
 
 DEFAULT_CHARGE_PLAN = ChargePlan()
@@ -670,9 +683,11 @@ def charge_mailbox(
     """Do the charge work due today for one mailbox: reconcile, charge, record, and tell the holder.
 
     Safe to call twice, from many threads or processes: the mailbox is taken
-    with ``FOR UPDATE SKIP LOCKED`` only while it is due, and the intent's
-    commit moves ``next_action_on`` past today (the claim) before any gateway
-    call; after the call it is locked again (by this claimant only) to record.
+    with ``FOR UPDATE SKIP LOCKED`` only while it is due, and the intent is
+    committed (the claim) before any gateway call; another caller that finds it
+    ``started`` and younger than ``plan.reconcile_after_minutes`` leaves the
+    mailbox alone.  After the call it is locked again (by this claimant only) to
+    record.
 
     On PostgreSQL through psycopg (and unless ``fast`` is False) a plain charge
     and its success go through :func:`_charge_mailbox_fast`, which writes the
@@ -729,17 +744,23 @@ def _charge_rounds(
                         run.outcome = "retry" if decision.skip_reason == "retry-scheduled" else "idle"
                     break
                 # A gateway call is due: claim (commit) first, call after.
-                mailbox.next_action_on = today + timedelta(days=1)
                 if decision.charge == RECONCILE:
                     intent = state.intents[-1]
                     if intent.id in looked_up:
                         run.outcome = "unknown"  # still unresolved: tomorrow's run asks again
                         break
+                    if intent.status == ChargeStatus.STARTED.value and day.plan.in_flight(intent.created_at, now):
+                        break  # another process's charge, awaiting its answer: its claim (run.outcome "skipped")
                     looked_up.add(intent.id)
+                    # The lookup's claim: no other run takes the mailbox today.
+                    mailbox.next_action_on = today + timedelta(days=1)
                     call = _reconcile_call(gateway, intent, today, mailbox.expires_on, run)
                 else:
                     intent = _new_intent(mailbox, decision.attempt, today, now)
                     session.add(intent)
+                    # Still due today: the new started intent is the claim, and if this process dies
+                    # before recording the answer, a run after the claim's minutes looks it up.
+                    mailbox.next_action_on = today
                     call = _charge_call(gateway, intent, run)
                 session.flush()
                 call_intent_id = intent.id
@@ -993,7 +1014,8 @@ def _charge_mailbox_fast(
             connection.rollback()
             mailbox = None
         else:
-            # Claim (commit) first, call after.
+            # Claim (commit) first, call after: the started intent is the claim (the mailbox stays
+            # due today, as in _charge_rounds).
             price = charge_price(mailbox)  # type: ignore[arg-type]
             params = {
                 "payment_method": mailbox.payment_method,
@@ -1005,7 +1027,7 @@ def _charge_mailbox_fast(
             cursor.execute(
                 _FAST_CLAIM,
                 (
-                    today + timedelta(days=1), mailbox.id, mailbox.expires_on, decision.attempt,
+                    today, mailbox.id, mailbox.expires_on, decision.attempt,
                     params["idempotency_key"], price.total_cents, CURRENCY, mailbox.payment_method, price.years,
                     ChargeStatus.STARTED.value, today, now,
                 ),

@@ -17,7 +17,7 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.settings import Settings
+from config.settings import Settings, warn_generated_secret_key
 from worker.store.db import make_engine, make_session_factory
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import LinkSigner
@@ -73,6 +73,7 @@ class Runtime:
 
     @cached_property
     def signer(self) -> LinkSigner:
+        warn_generated_secret_key(self.settings)
         return LinkSigner(self.settings.secret_keys, self.settings.base_url, self.settings.link_max_age_days)
 
     @cached_property
@@ -93,7 +94,12 @@ class Runtime:
     def charge_plan(self):
         from worker.services.charges import ChargePlan
 
-        return ChargePlan(notice_days=self.settings.charge_notice_days, charge_days=self.settings.charge_days)
+        settings = self.settings
+        return ChargePlan(
+            notice_days=settings.charge_notice_days,
+            charge_days=settings.charge_days,
+            reconcile_after_minutes=settings.charge_reconcile_after_minutes,
+        )
 
     @cached_property
     def mail_domain(self) -> str:

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -46,6 +47,9 @@ from sqlalchemy.pool import QueuePool
 #: The database could not be reached: through SQLAlchemy, or on a raw psycopg cursor (the relay's
 #: claims and outcomes, the charges' and the sandbox's statements).  Celery tasks retry on these.
 DATABASE_UNREACHABLE = (OperationalError, psycopg.OperationalError)
+#: The database cannot be used now: unreachable, or every connection of the pool busy past its
+#: timeout.  The link handler answers these with a 503 page.
+DATABASE_UNAVAILABLE = (*DATABASE_UNREACHABLE, PoolTimeout)
 
 
 def make_engine(database_url: str, *, ping_after_idle: float | None = None, **kwargs) -> Engine:

@@ -24,8 +24,8 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import Engine
 from werkzeug.http import dump_cookie
 
-from config.settings import Settings
-from worker.store.db import make_engine
+from config.settings import Settings, warn_generated_secret_key
+from worker.store.db import DATABASE_UNAVAILABLE, make_engine
 from worker.services.runtime import Runtime
 from worker.web import i18n, templating
 from worker.web.link_page import FirstVisitLinkPage
@@ -90,6 +90,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     settings = runtime.settings
 
     install_log_redaction()
+    warn_generated_secret_key(settings)  # the app signs its session cookies and forms with it
     app = _App(__name__, static_folder="static", template_folder="templates")
     keys = list(settings.secret_keys)
     app.config.update(
@@ -134,6 +135,8 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.register_error_handler(CSRFError, views.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
         app.register_error_handler(code, views.http_error)
+    for unavailable in DATABASE_UNAVAILABLE:  # whatever the page: a 503 page, one log line
+        app.register_error_handler(unavailable, views.database_unavailable)
 
     base_origin = _origin(settings.base_url)
     # Public over https: a browser only ever reaches us that way (and ignores the header over http).

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from flask import Flask, g
 
 from worker.services import orders
+from worker.store.db import DATABASE_UNAVAILABLE
 from worker.rules.links import MAILBOX, TokenInvalid
 from worker.web import signing, templating
 from worker.web.security import NO_STORE_HEADERS, SECURITY_HEADERS, STRICT_TRANSPORT_SECURITY
@@ -81,6 +82,8 @@ class FirstVisitLinkPage:
             return self.flask_wsgi_app(environ, start_response)
         try:
             answer = self._answer(path[len(PREFIX):], environ.get("wsgi.url_scheme") == "https")
+        except DATABASE_UNAVAILABLE:
+            answer = None  # Flask reads again, and logs the one line of its 503 page if the database is still away
         except Exception as error:  # noqa: BLE001 - Flask serves it from the start: it logs and shows its error page
             log.warning("first visit of a link page: %s; served by Flask instead", type(error).__name__)
             answer = None

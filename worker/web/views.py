@@ -24,6 +24,7 @@ from worker.rules.links import MAILBOX, TokenInvalid
 from worker.web import forms, i18n, signing, templating
 from worker.web.i18n import translate_in_context as t
 from worker.web.link_page import STATES_WITH_FORM, status_code
+from worker.web.security import redact
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,34 @@ def csrf_error(error):
             "The form is no longer valid (the session expired or the page was opened in another window). Go back, reload the page and try again.",
         ),
     )
+
+
+def database_unavailable(error):
+    """The database cannot be reached (down, restarting, every connection cut, the pool exhausted):
+    a 503 page in the error pages' style, and one log line, without a traceback."""
+    log.error(
+        "database unavailable on %s [%s]: %s", redact(request.path), request.method, _one_line(error)
+    )
+    page, status = _error_page(
+        503,
+        t("Servizio momentaneamente non disponibile", "Service temporarily unavailable"),
+        t(
+            "Il servizio di rinnovo non è raggiungibile in questo momento. Riprovi tra qualche minuto con lo stesso link: i dati già inseriti non sono andati persi.",
+            "The renewal service cannot be reached right now. Try again in a few minutes with the same link: what you entered has not been lost.",
+        ),
+    )
+    return page, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+#: What a 503 page asks the browser (and any proxy) to wait before trying again.
+RETRY_AFTER_SECONDS = 60
+
+
+def _one_line(error: BaseException) -> str:
+    """The driver's reason, on one line and short: never a statement or its parameters."""
+    reason = getattr(error, "orig", None) or error
+    text = " ".join(str(reason).split()) or type(reason).__name__
+    return f"{type(reason).__name__}: {text[:300]}"
 
 
 def http_error(error):
@@ -206,8 +235,10 @@ def renewal_link(token: str):
         with _db() as db_session:
             try:
                 order = orders.start_order(db_session, link, _today(), _now())
-            except orders.LinkNotUsable:
+            except orders.LinkNotUsable as refused:
                 db_session.rollback()
+                if refused.state == orders.LinkState.NOT_FOUND:
+                    return invalid_link_page()  # a link to nothing: the page of any broken link
                 # The page itself says why (already renewed, deleted...): show it again.
                 return redirect(url_for("web.renewal_link", token=token), 303)
             db_session.commit()
