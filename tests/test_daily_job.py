@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
 from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
+from worker.rules.links import MAILBOX
 from worker.services.daily import SCAN_LEASE, DayAction, fan_out_day, run_day, scan_day, start_day
 from worker.services.notices import process_notice_batch
-from worker.rules.links import MAILBOX
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 from worker.services.runtime import Runtime
+from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 
 ROME = ZoneInfo("Europe/Rome")
 
@@ -278,10 +278,18 @@ def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(se
 
     def message(number: int, status: str = "pending", next_attempt_at: datetime | None = None) -> OutboxMessage:
         return OutboxMessage(
-            message_id=f"m{number}@pec-provider.example", kind="expiry-notice", stage="-15d", language="it",
-            to_address=f"titolare{number}@example.it", business_date=now.date(), context={}, status=status,
-            attempts=0, next_attempt_at=next_attempt_at, created_at=now,
-        )  # fmt: skip
+            message_id=f"m{number}@pec-provider.example",
+            kind="expiry-notice",
+            stage="-15d",
+            language="it",
+            to_address=f"titolare{number}@example.it",
+            business_date=now.date(),
+            context={},
+            status=status,
+            attempts=0,
+            next_attempt_at=next_attempt_at,
+            created_at=now,
+        )
 
     with session_factory() as session, session.begin():
         session.add_all(
@@ -316,16 +324,23 @@ def test_a_stage_sent_in_an_earlier_cycle_is_sent_again_in_this_one(runtime, ses
         for mailbox, cycle in ((renewed, date(2026, 3, 31)), (already, date(2027, 3, 31))):
             session.add(
                 NoticeLedgerEntry(
-                    mailbox_id=mailbox.id, cycle_expires_on=cycle, stage="-15d", kind="expiry-notice",
+                    mailbox_id=mailbox.id,
+                    cycle_expires_on=cycle,
+                    stage="-15d",
+                    kind="expiry-notice",
                     business_date=cycle - timedelta(days=15),
-                )  # fmt: skip
+                )
             )
         ids = [renewed.id, already.id]
     with session_factory() as session, session.begin():
         result = process_notice_batch(
-            session, ids, today=today, stages=runtime.settings.notice_stages,
-            now=at_morning(today), mail_domain="pec-provider.example",
-        )  # fmt: skip
+            session,
+            ids,
+            today=today,
+            stages=runtime.settings.notice_stages,
+            now=at_morning(today),
+            mail_domain="pec-provider.example",
+        )
     assert result.notices == {("expiry-notice", "-15d"): 1}
     assert result.skipped["already-sent"] == 1
     assert [planned.mailboxes for planned in result.planned] == [[renewed.address]]

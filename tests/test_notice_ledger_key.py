@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -27,7 +27,7 @@ from worker.store.models import NoticeLedgerEntry, OutboxMessage
 
 EXPIRES = date(2027, 3, 31)
 TODAY = date(2027, 3, 24)  # -7d
-NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 24, 5, 0, tzinfo=UTC)
 MAIL_DOMAIN = "pec-provider.example"
 
 
@@ -110,9 +110,7 @@ def test_two_batches_that_both_decided_a_notice_write_it_once(any_database):
     assert [[len(rows) for rows in plan.ledger] for plan in plans] == [[2], [1]]
     with factory() as session, session.begin():
         installation = installation_id(session)  # created here if missing, before the race
-    message_ids = [
-        message_id_for(plan.emails[0].about, MAIL_DOMAIN, installation_id=installation) for plan in plans
-    ]
+    message_ids = [message_id_for(plan.emails[0].about, MAIL_DOMAIN, installation_id=installation) for plan in plans]
     assert message_ids[0] != message_ids[1]
 
     barrier = threading.Barrier(len(plans))

@@ -54,14 +54,23 @@ def seed(session_factory) -> dict[int, int]:
         for number, status, next_attempt_at, attempts in MESSAGES:
             session.add(
                 OutboxMessage(
-                    message_id=f"m{number}@pec-provider.example", kind="expiry-notice", stage="-15d",
-                    language="en" if number % 2 else "it", to_address=f"titolare{number}@example.it",
-                    business_date=NOW.date(), context={"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]},
-                    status=status, attempts=attempts, next_attempt_at=next_attempt_at, created_at=NOW,
-                )  # fmt: skip
+                    message_id=f"m{number}@pec-provider.example",
+                    kind="expiry-notice",
+                    stage="-15d",
+                    language="en" if number % 2 else "it",
+                    to_address=f"titolare{number}@example.it",
+                    business_date=NOW.date(),
+                    context={"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]},
+                    status=status,
+                    attempts=attempts,
+                    next_attempt_at=next_attempt_at,
+                    created_at=NOW,
+                )
             )
     with session_factory() as session:
-        return {int(m.split("@")[0][1:]): i for m, i in session.execute(select(OutboxMessage.message_id, OutboxMessage.id))}
+        return {
+            int(m.split("@")[0][1:]): i for m, i in session.execute(select(OutboxMessage.message_id, OutboxMessage.id))
+        }
 
 
 def check(session_factory, scenario: str, holder=None) -> None:
@@ -86,9 +95,14 @@ def check(session_factory, scenario: str, holder=None) -> None:
         number = number_of[row.id]
         _, status, _, attempts = MESSAGES[number - 1]
         assert (row.kind, row.stage, row.language, row.to_address, row.message_id, row.attempts, row.status) == (
-            "expiry-notice", "-15d", "en" if number % 2 else "it", f"titolare{number}@example.it",
-            f"m{number}@pec-provider.example", attempts, status,
-        )  # fmt: skip
+            "expiry-notice",
+            "-15d",
+            "en" if number % 2 else "it",
+            f"titolare{number}@example.it",
+            f"m{number}@pec-provider.example",
+            attempts,
+            status,
+        )
         assert row.context == {"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]}  # decoded
     # The lease is on what was claimed, and on nothing else; nothing else changed.
     with session_factory() as session:

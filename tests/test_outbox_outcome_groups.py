@@ -19,8 +19,8 @@ from config.settings import SettingsError
 from tests.conftest import make_settings, smtp_runtime
 from tests.factories import make_mailbox
 from worker.services.daily import scan_day
-from worker.store.models import BouncedAddress, OutboxMessage
 from worker.services.runtime import Runtime
+from worker.store.models import BouncedAddress, OutboxMessage
 
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
@@ -117,9 +117,14 @@ def test_a_group_mixes_sent_and_deferred_outcomes(tmp_path, database_url, sessio
     assert (result.sent, result.deferred) == (4, 1)
     with session_factory() as session:
         rows = session.execute(
-            select(OutboxMessage.status, OutboxMessage.attempts, OutboxMessage.next_attempt_at,
-                   OutboxMessage.last_error, OutboxMessage.sent_at).order_by(OutboxMessage.id)
-        ).all()  # fmt: skip
+            select(
+                OutboxMessage.status,
+                OutboxMessage.attempts,
+                OutboxMessage.next_attempt_at,
+                OutboxMessage.last_error,
+                OutboxMessage.sent_at,
+            ).order_by(OutboxMessage.id)
+        ).all()
     assert [row.status for row in rows] == ["sent", "sent", "pending", "sent", "sent"]
     assert [row.attempts for row in rows] == [1, 1, 1, 1, 1]
     deferred = rows[2]

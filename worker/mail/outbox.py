@@ -70,7 +70,7 @@ class RelayResult:
     #: reason -> emails refused whole (their reference address, or every mailbox): also in ``failed``.
     refused_emails: Counter = field(default_factory=Counter)
 
-    def add(self, other: "RelayResult") -> None:
+    def add(self, other: RelayResult) -> None:
         self.sent_by_kind.update(other.sent_by_kind)
         self.refused.update(other.refused)
         self.refused_emails.update(other.refused_emails)
@@ -355,8 +355,10 @@ class OutboxRelay:
                 result.refused[mailbox.reason] += 1
                 log.warning(
                     "outbox %s: mailbox %s left out of the email, refused by the renderer: %s",
-                    message.id, mailbox.mailbox_id, mailbox.detail,
-                )  # fmt: skip
+                    message.id,
+                    mailbox.mailbox_id,
+                    mailbox.detail,
+                )
         return tuple(
             (mailbox.mailbox_id, _ledger_reason(mailbox.reason, f"left out of the email: {mailbox.detail}"))
             for mailbox in left_out

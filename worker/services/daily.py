@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -99,7 +99,7 @@ def record_daily_run(session: Session, business_date: date, now: datetime, summa
 # -- Starting a day ------------------------------------------------------------------------------
 
 
-class DayAction(str, Enum):
+class DayAction(StrEnum):
     #: The date was claimed here (or taken over from a crashed scan): scan it, then mark it finished.
     SCAN = "scan"
     #: Its scan finished more than ``SCAN_LEASE`` ago, yet mailboxes are due: scan them again.
@@ -202,9 +202,7 @@ class DaySummary:
             "failed": self.delivery.failed,
             "charges_due": len(self.scan.charges_due),
             "charges": self.charges.as_dict(),
-            "charge_emails": {
-                f"{kind} {stage}": count for (kind, stage), count in sorted(self.charges.emails.items())
-            },
+            "charge_emails": {f"{kind} {stage}": count for (kind, stage), count in sorted(self.charges.emails.items())},
         }
 
 

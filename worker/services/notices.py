@@ -58,7 +58,7 @@ class BatchResult:
     #: charge-failed): for the charge service, :func:`worker.services.charges.run_charges`.
     charges_due: list[int] = field(default_factory=list)
 
-    def add(self, other: "BatchResult") -> None:
+    def add(self, other: BatchResult) -> None:
         self.examined += other.examined
         self.notices.update(other.notices)
         self.emails.update(other.emails)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
-from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     ColumnElement,
     Connection,
-    JSON,
     Engine,
     Row,
     String,
@@ -42,7 +42,6 @@ from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
-
 
 #: The database could not be reached: through SQLAlchemy, or on a raw psycopg cursor (the relay's
 #: claims and outcomes, the charges' and the sandbox's statements).  Celery tasks retry on these.
