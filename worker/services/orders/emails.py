@@ -10,11 +10,11 @@ from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.mail.emails import OrderEmail, installation_id, message_id_for
+from worker.mail.emails import OrderEmail
+from worker.mail.queue import NewEmail, QueuedEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.vocabulary import GATEWAY_METHODS
 from worker.services.orders.summary import (
@@ -24,8 +24,6 @@ from worker.services.orders.summary import (
     selected_lines,
 )
 from worker.store.models import (
-    OutboxMessage,
-    OutboxStatus,
     RenewalOrder,
     RenewalOrderLine,
 )
@@ -120,27 +118,15 @@ def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, An
 
 def queue_order_email(
     session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
-) -> OutboxMessage | None:
+) -> QueuedEmail | None:
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
-    message_id = message_id_for(
-        OrderEmail(kind, order.order_number), mail_domain(settings), installation_id=installation_id(session)
-    )
-    existing = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == message_id))
-    if existing is not None:
-        return None
     holder = order.holder_data or holder_snapshot(order.holder)
-    row = OutboxMessage(
-        message_id=message_id,
+    email = NewEmail(
+        about=OrderEmail(kind, order.order_number),
         kind=kind,
         stage=ORDER_EMAIL_STAGE,
         language=order_language(order),
         to_address=holder["reference_email"].lower(),
-        business_date=today,
         context=order_email_context(order, settings),
-        status=OutboxStatus.PENDING.value,
-        attempts=0,
-        created_at=now,
     )
-    session.add(row)
-    session.flush()
-    return row
+    return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)
