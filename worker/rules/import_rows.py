@@ -44,6 +44,7 @@ from worker.rules.import_values import (
     stripped,
 )
 from worker.rules.schedule import Stage, first_action_on
+from worker.rules.vocabulary import DEFAULT_LANGUAGE
 
 REQUIRED_COLUMNS = ("address", "account", "holder_name", "holder_kind", "reference_email", "plan")
 #: ``expires_on``, or for a mailbox on a customer domain ``domain`` and ``domain_expires_on``.
@@ -305,7 +306,7 @@ class RowChecker:
         if language:
             language = LANGUAGE_CODES.get(language) or checked(language, "language", check_language, problem) or ""
         else:
-            language = "it"
+            language = DEFAULT_LANGUAGE
 
         if holder is not None and address and (domain or holder.reference_email == address):
             self._warn(line, address, holder.reference_email, domain)

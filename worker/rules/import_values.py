@@ -16,11 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 from config import catalogue
+from worker.rules import vocabulary
 
-# The vocabulary: the plans a row may name, the one whose extra space the import limits, the
-# languages.  The import reads it from this line only, which becomes
-# ``from worker.rules.vocabulary import ...`` once that module holds all three.
-PLANS, STANDARD, LANGUAGES = catalogue.PLANS, "standard", ("it", "en")
+#: The plans and languages a row may name; the one plan whose extra space the import limits.
+PLANS, LANGUAGES, STANDARD = vocabulary.PLANS, vocabulary.LANGUAGES, vocabulary.Plan.STANDARD.value
 
 #: The renewal frequency, in years (catalogue: 1 to 5, 1 to 2 with a promo).
 MAX_RENEWAL_YEARS = catalogue.MAX_YEARS

@@ -52,10 +52,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from worker.rules import pricing, schedule
-from worker.store.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
+from worker.rules.notices import decide_notice
+from worker.store.db import psycopg_engine, raw_psycopg_cursor
 from worker.mail.emails import installation_id, message_id_for
+from worker.mail.queue import NewEmail, queue_email
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
-from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, NoticeLedgerEntry, OutboxStatus
 from worker.rules.schedule import Stage
 
 log = logging.getLogger(__name__)
@@ -186,8 +188,6 @@ def decide_auto_renew(
     ``failed_on``: the business date of this cycle's charge-failed email, if
     any; ``attempts``: this cycle's charge intents, by attempt number.
     """
-    from worker.services.notices import decide_notice
-
     if schedule.mailbox_state(expires_on, today) is schedule.MailboxState.DELETED:
         return AutoRenewDecision(skip_reason="deleted")
 
@@ -352,24 +352,25 @@ def queue_mailbox_email(
     )
     if exists is not None:
         return None
-    outbox_id = session.scalar(
-        dialect_insert(session, OutboxMessage)
-        .values(
-            message_id=message_id_for([(mailbox.id, cycle_expires_on.isoformat(), stage.name)], mail_domain, installation_id=installation_id(session)),
+    queued = queue_email(
+        session,
+        NewEmail(
+            about=[(mailbox.id, cycle_expires_on.isoformat(), stage.name)],
             kind=kind,
             stage=stage.name,
             language=mailbox.language,
             to_address=mailbox.reference_email.lower(),
-            business_date=today,
-            context={"holder_name": mailbox.holder.name, "mailboxes": [mailbox_context(mailbox, cycle_expires_on)], **context},
-            status=OutboxStatus.PENDING.value,
-            attempts=0,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["message_id"])
-        .returning(OutboxMessage.id)
+            context={
+                "holder_name": mailbox.holder.name,
+                "mailboxes": [mailbox_context(mailbox, cycle_expires_on)],
+                **context,
+            },
+        ),
+        mail_domain=mail_domain,
+        business_date=today,
+        now=now,
     )
-    if outbox_id is None:
+    if queued is None:
         return None
     session.add(
         NoticeLedgerEntry(
@@ -378,11 +379,11 @@ def queue_mailbox_email(
             stage=stage.name,
             kind=kind,
             business_date=today,
-            outbox_message_id=outbox_id,
+            outbox_message_id=queued.id,
         )
     )
     session.flush()
-    return outbox_id
+    return queued.id
 
 
 # -- State of a cycle, from the database -------------------------------------------------------
