@@ -33,7 +33,7 @@ from databases import ensure_database, psycopg_url  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from worker.store import migrate
-from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
+from worker.rules.auto_renew import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
 from worker.services.daily import charge_day, scan_day  # noqa: E402
 from worker.services.runtime import Runtime  # noqa: E402
 

@@ -27,7 +27,18 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from config.settings import Settings
 from tests.conftest import TEST_SECRET_KEYS
+from tests.faults.conftest import (
+    CeleryWorker,
+    celery_client,
+    charge_intents,
+    gateway_charges_per_cycle,
+    mark_charge_notices_sent,
+    seed_mailboxes,
+    wait_until,
+    worker_environment,
+)
 from tests.test_charges import (  # noqa: F401
     mark_charge_notice_sent,
     CHARGE_DAY,
@@ -40,8 +51,10 @@ from tests.test_charges import (  # noqa: F401
     run_on,
     runtime,
 )
-from worker.services.daily import run_day
 from worker.gateways import ChargeOutcome, ChargeResult
+from worker.services import charges
+from worker.services.daily import run_day
+from worker.services.runtime import Runtime
 from worker.store.models import ChargeIntent, Mailbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,11 +102,6 @@ class LostLookups:
 
 
 def child_main() -> None:  # pragma: no cover - runs in a subprocess
-    from config.settings import Settings
-    from worker.services import charges
-    from worker.services.daily import run_day
-    from worker.services.runtime import Runtime
-
     rt = Runtime(Settings.from_env())
     day = date.fromisoformat(os.environ["CHILD_DAY"])
     mode = os.environ["PEC_RENEWAL_TEST_KILL"]
@@ -320,15 +328,6 @@ def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
     batches.  Then the next days' sweeps reconcile every intent left
     ``started`` by asking the gateway, never by charging again.
     """
-    from tests.faults.conftest import (
-        CeleryWorker,
-        celery_client,
-        gateway_charges_per_cycle,
-        mark_charge_notices_sent,
-        seed_mailboxes,
-        wait_until,
-        worker_environment,
-    )
 
     ids = seed_mailboxes(
         session_factory, MAILBOXES, expires_on=date(2027, 3, 31), next_action_on=CHARGE_DAY, auto_renew=True,
@@ -389,16 +388,6 @@ def test_the_15_minute_sweep_reconciles_a_charge_killed_the_same_day(
     """A Celery worker killed right after the gateway's answer on the -1d slot; twenty minutes later,
     on the same business date, the charge sweep (beat's, every 15 minutes) looks the charges up
     and records them: no charge twice, every mailbox renewed, nothing left for the expiry day."""
-    from tests.faults.conftest import (
-        CeleryWorker,
-        celery_client,
-        charge_intents,
-        gateway_charges_per_cycle,
-        mark_charge_notices_sent,
-        seed_mailboxes,
-        wait_until,
-        worker_environment,
-    )
 
     count = 3
     ids = seed_mailboxes(

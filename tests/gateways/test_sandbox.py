@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
 from datetime import datetime, timezone
@@ -20,8 +21,11 @@ from worker.gateways import (
     PaymentGateway,
     describe_payment_method,
     make_gateway,
+    mask_token,
 )
 from worker.gateways.sandbox import SandboxGateway, sandbox_reference
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
 from worker.store.models import SandboxCharge
 
 NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
@@ -204,8 +208,6 @@ def test_cli_prints_the_sandbox_record_as_json_and_as_a_table(tmp_path, database
 
 
 def _charge_in_another_process(database_url: str, key: str) -> str:
-    from worker.store.db import make_engine, make_session_factory
-
     engine = make_engine(database_url)
     try:
         gateway = SandboxGateway(make_session_factory(engine))
@@ -215,8 +217,6 @@ def _charge_in_another_process(database_url: str, key: str) -> str:
 
 
 def test_four_processes_charging_one_key_make_one_charge(session_factory, database_url):
-    import multiprocessing
-
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         references = pool.starmap(_charge_in_another_process, [(database_url, "renewal:processes")] * 4)
 
@@ -225,9 +225,6 @@ def test_four_processes_charging_one_key_make_one_charge(session_factory, databa
 
 
 def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
-    from worker.store import migrate
-    from worker.store.db import make_engine, make_session_factory
-
     url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
     migrate.upgrade(url)
     engine = make_engine(url)
@@ -256,6 +253,4 @@ def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
     ],
 )
 def test_tokens_are_masked_for_logs(token, masked):
-    from worker.gateways import mask_token
-
     assert mask_token(token) == masked

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from worker.rules.auto_renew import ChargeStatus
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -379,15 +381,6 @@ class Payment(Base):
 
 
 # -- Auto-renew charges (issue 4) ------------------------------------------------------------
-
-
-class ChargeStatus(str, Enum):
-    STARTED = "started"  # the intent is committed; the gateway may or may not have been called
-    SUCCEEDED = "succeeded"
-    SOFT_DECLINE = "soft_decline"
-    HARD_DECLINE = "hard_decline"
-    REQUIRES_AUTHENTICATION = "requires_authentication"
-    UNKNOWN = "unknown"  # the gateway's answer was lost: reconcile with ``lookup`` before anything else
 
 
 class ChargeIntent(Base):
