@@ -358,7 +358,7 @@ def bare_limit(renderer, host: str, port: int, emails: int, processes: int) -> t
 
 
 def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[subprocess.Popen]):
-    from worker.celery_app import create_celery
+    from worker.celery_setup import create_celery
 
     app = create_celery(Settings.from_env(env))
     # Let every worker reach its queues before the clock starts.

@@ -16,7 +16,9 @@
 # --workers/--threads/--worker-class override gunicorn_conf for every app alike.
 # --profile DIR records the app's gunicorn workers with py-spy during the first app run: the first
 # worker's every thread (DIR/app-worker.txt), the second's GIL holder only (DIR/app-worker-gil.txt).
-# Progress goes to stderr; the last line of stdout is the JSON summary (ratio = app / baseline).
+# Progress goes to stderr; the last line of stdout is the JSON summary (ratio = app / baseline;
+# app_to_read_floor = app / read floor, whose target is 0.55: the page, plain Flask with its session and
+# Flask-WTF's CSRF token, against the bare route plus the page's one read).
 # Each side's CPU time per request (its gunicorn processes' user + system time over the run,
 # from /proc) is reported beside it: on a loaded machine the throughput moves with the load,
 # the CPU a request costs much less.
@@ -35,7 +37,7 @@ duration=10s
 connections=32
 rounds=2
 # One wrk thread per core: with a single thread the same run gave the bare route 7,100 or 2,300
-# requests/s from one round to the next (bench/RESULTS.md, stop 11); two gave 6,700-7,200 every time.
+# requests/s from one round to the next on an idle machine; two gave 6,700-7,200 every time.
 wrk_threads=$(nproc)
 app_port=8101
 baseline_port=8102

@@ -58,7 +58,7 @@ def celery_config(settings: Settings) -> dict:
         "beat_schedule": {
             # Fired every hour from the scan time to the end of the day: the
             # first firing scans, the others find the date claimed and stop, or
-            # take over a scan that crashed (notices.claim_daily_run).
+            # take over a scan that crashed (daily.claim_daily_run).
             "daily-scan": {
                 "task": "pec_renewal.daily_scan",
                 "schedule": crontab(hour=f"{hour}-23", minute=minute),
@@ -78,7 +78,7 @@ def celery_config(settings: Settings) -> dict:
             },
         },
         "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),
-        "beat_scheduler": "worker.celery_app:BeatScheduler",
+        "beat_scheduler": "worker.celery_setup:BeatScheduler",
         "worker_hijack_root_logger": False,
     }
     return config

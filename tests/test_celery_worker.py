@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from tests.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
-from worker.celery_app import create_celery
+from worker.celery_setup import create_celery
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 
 from tests.conftest import make_settings
@@ -444,10 +446,15 @@ def test_two_workers_racing_for_the_same_charges_charge_each_once(tmp_path, data
             with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
                 results.append(
                     charges.run_charges(
-                        rt.session_factory, rt.gateway, order, today=CHARGE_DAY, clock=rt.clock,
-                        mail_domain=rt.mail_domain, concurrency=4,
+                        rt.session_factory,
+                        rt.gateway,
+                        order,
+                        today=CHARGE_DAY,
+                        clock=rt.clock,
+                        mail_domain=rt.mail_domain,
+                        concurrency=4,
                     )
-                )  # fmt: skip
+                )
 
         threads = [threading.Thread(target=worker, args=(o,)) for o in (ids, list(reversed(ids)))]
         for thread in threads:
@@ -460,9 +467,14 @@ def test_two_workers_racing_for_the_same_charges_charge_each_once(tmp_path, data
             assert session.scalar(select(func.count()).select_from(SandboxCharge)) == 20
             assert session.scalar(select(func.count(func.distinct(SandboxCharge.idempotency_key)))) == 20
             assert session.scalar(select(func.count()).select_from(ChargeIntent)) == 20
-            assert session.scalar(
-                select(func.count()).select_from(NoticeLedgerEntry).where(NoticeLedgerEntry.kind == "charge-succeeded")
-            ) == 20
+            assert (
+                session.scalar(
+                    select(func.count())
+                    .select_from(NoticeLedgerEntry)
+                    .where(NoticeLedgerEntry.kind == "charge-succeeded")
+                )
+                == 20
+            )
             assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
     finally:
         rt.close()
@@ -491,8 +503,13 @@ def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, da
     SQLAlchemy's default pool (5 kept, 10 overflow) closed each overflow connection as it came
     back: this test opened 35 connections with it."""
     settings = make_settings(
-        tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port, sandbox_latency_ms=50, gateway_concurrency=32,
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        sandbox_latency_ms=50,
+        gateway_concurrency=32,
     )
     rt = Runtime(settings)  # its own engine and pool, as in a worker
     opened = []
@@ -547,9 +564,14 @@ def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, sess
             with log_context(day=CHARGE_DAY, task="charge-task-1", name="pec_renewal.charge_batch"):
                 with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
                     result = charges.run_charges(
-                        rt.session_factory, rt.gateway, ids, today=CHARGE_DAY, clock=rt.clock,
-                        mail_domain=rt.mail_domain, concurrency=3,
-                    )  # fmt: skip
+                        rt.session_factory,
+                        rt.gateway,
+                        ids,
+                        today=CHARGE_DAY,
+                        clock=rt.clock,
+                        mail_domain=rt.mail_domain,
+                        concurrency=3,
+                    )
         finally:
             remove_logging(handler)
     finally:
@@ -569,8 +591,8 @@ def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, sess
 def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_server, engine):
     """The charge work is SQLAlchemy statements on the engine's connections, and few of them: the
     claim (the mailbox locked with its cycle, the intent), the sandbox's record, then the record
-    (the mailbox locked again, the intent's answer, the receipt's outbox and ledger rows, the
-    new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
+    (the mailbox locked again, the intent's answer, the receipt through the outbox's writer and
+    its ledger row, the new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
     first, second = (add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(2))
     with runtime.session_factory() as session, session.begin():
         for mailbox_id in (first, second):
@@ -585,11 +607,15 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
     def charge(mailbox_id: int) -> charges.ChargesResult:
         with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
             return charges.run_charges(
-                runtime.session_factory, runtime.gateway, [mailbox_id], today=CHARGE_DAY, clock=runtime.clock,
+                runtime.session_factory,
+                runtime.gateway,
+                [mailbox_id],
+                today=CHARGE_DAY,
+                clock=runtime.clock,
                 mail_domain=runtime.mail_domain,
-            )  # fmt: skip
+            )
 
-    charge(first)  # reads what a process reads once (the installation id)
+    charge(first)  # its receipt creates the installation id (the tests empty every table)
     event.listen(engine, "before_cursor_execute", seen)
     try:
         result = charge(second)
@@ -602,7 +628,8 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
         "INSERT sandbox_charges",  # the gateway
         "SELECT mailboxes",
         "UPDATE charge_intents",  # the answer
-        "INSERT outbox_messages",  # the receipt
-        "INSERT notice_ledger",
+        "SELECT worker_state",  # the receipt: the installation id of its Message-ID,
+        "INSERT outbox_messages",  # its outbox row,
+        "INSERT notice_ledger",  # its ledger row
         "UPDATE mailboxes",  # the new expiry and the next cycle's first step
     ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 
-import pytest
 import time_machine
 from sqlalchemy import select, text, update
 
@@ -129,29 +128,43 @@ def _seed(session_factory) -> dict[str, int]:
                     " VALUES (:id, :cycle, 1, :key, 4880, 'EUR', 'pm_card_visa', 1, :status, :day, :at)"
                 ),
                 {
-                    "id": mailbox.id, "cycle": EXPIRES, "key": idempotency_key(mailbox.id, EXPIRES, 1),
-                    "status": cases[name]["attempt_before"], "day": CHARGE_DAY, "at": at_morning(CHARGE_DAY),
+                    "id": mailbox.id,
+                    "cycle": EXPIRES,
+                    "key": idempotency_key(mailbox.id, EXPIRES, 1),
+                    "status": cases[name]["attempt_before"],
+                    "day": CHARGE_DAY,
+                    "at": at_morning(CHARGE_DAY),
                 },
-            )  # fmt: skip
+            )
         # The receipt's stage (-5d on the retry day) already used in this cycle's ledger: no receipt.
         session.add(
             NoticeLedgerEntry(
-                mailbox_id=ids["stage_taken"], cycle_expires_on=EXPIRES, stage="-5d", kind="expiry-notice",
+                mailbox_id=ids["stage_taken"],
+                cycle_expires_on=EXPIRES,
+                stage="-5d",
+                kind="expiry-notice",
                 business_date=CHARGE_DAY,
             )
-        )  # fmt: skip
+        )
         # A message with the receipt's Message-ID already in the outbox (no ledger row): no receipt either.
         session.add(
             OutboxMessage(
                 message_id=message_id_for(
-                    [(ids["message_id_taken"], EXPIRES.isoformat(), "-5d")], "pec-provider.example",
+                    [(ids["message_id_taken"], EXPIRES.isoformat(), "-5d")],
+                    "pec-provider.example",
                     installation_id=INSTALLATION,
                 ),
-                kind="charge-succeeded", stage="-5d", language="it", to_address="someone@example.it",
-                business_date=CHARGE_DAY, context={}, status=OutboxStatus.PENDING.value, attempts=0,
+                kind="charge-succeeded",
+                stage="-5d",
+                language="it",
+                to_address="someone@example.it",
+                business_date=CHARGE_DAY,
+                context={},
+                status=OutboxStatus.PENDING.value,
+                attempts=0,
                 created_at=at_morning(CHARGE_DAY),
             )
-        )  # fmt: skip
+        )
     return ids
 
 
@@ -193,9 +206,14 @@ def _run_days(tmp_path, database_url: str, session_factory, *, caplog) -> dict:
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="worker"), time_machine.travel(at_morning(day), tick=False):
                 result = charges.run_charges(
-                    session_factory, gateway, list(ids.values()), today=day, clock=rt.clock,
-                    mail_domain=rt.mail_domain, concurrency=1,
-                )  # fmt: skip
+                    session_factory,
+                    gateway,
+                    list(ids.values()),
+                    today=day,
+                    clock=rt.clock,
+                    mail_domain=rt.mail_domain,
+                    concurrency=1,
+                )
             lines = sorted(
                 record.getMessage()
                 for record in caplog.records
@@ -265,8 +283,13 @@ def test_every_case_ends_as_the_rule_says_on_postgresql(tmp_path, database_url, 
     assert _cases(session_factory, ids) == EXPECTED
     first_day, same_day_again, retry_day = (summary for summary, *_ in outcome["reports"])
     assert first_day["outcomes"] == {
-        "succeeded": 5, "failed": 4, "retry": 2, "idle": 1, "succeeded-already-renewed": 1, "skipped": 4,
-    }  # fmt: skip
+        "succeeded": 5,
+        "failed": 4,
+        "retry": 2,
+        "idle": 1,
+        "succeeded-already-renewed": 1,
+        "skipped": 4,
+    }
     assert (first_day["gateway_charges"], first_day["gateway_lookups"], first_day["errors"]) == (11, 1, 0)
     assert (same_day_again["gateway_charges"], same_day_again["gateway_lookups"]) == (0, 0)
     assert (retry_day["gateway_charges"], retry_day["gateway_lookups"], retry_day["errors"]) == (5, 1, 0)

@@ -14,10 +14,12 @@ from sqlalchemy import func, select
 
 from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
-from worker.services.daily import run_day, scan_day
+from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
 from worker.rules.links import MAILBOX
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
+from worker.services.daily import SCAN_LEASE, DayAction, fan_out_day, run_day, scan_day, start_day
+from worker.services.notices import process_notice_batch
 from worker.services.runtime import Runtime
+from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 
 ROME = ZoneInfo("Europe/Rome")
 
@@ -272,16 +274,22 @@ def test_a_message_the_renderer_refuses_fails_without_retries(runtime, smtp_serv
 
 
 def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(session_factory):
-    from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
-
     now = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 
     def message(number: int, status: str = "pending", next_attempt_at: datetime | None = None) -> OutboxMessage:
         return OutboxMessage(
-            message_id=f"m{number}@pec-provider.example", kind="expiry-notice", stage="-15d", language="it",
-            to_address=f"titolare{number}@example.it", business_date=now.date(), context={}, status=status,
-            attempts=0, next_attempt_at=next_attempt_at, created_at=now,
-        )  # fmt: skip
+            message_id=f"m{number}@pec-provider.example",
+            kind="expiry-notice",
+            stage="-15d",
+            language="it",
+            to_address=f"titolare{number}@example.it",
+            business_date=now.date(),
+            context={},
+            status=status,
+            attempts=0,
+            next_attempt_at=next_attempt_at,
+            created_at=now,
+        )
 
     with session_factory() as session, session.begin():
         session.add_all(
@@ -309,8 +317,6 @@ def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(se
 
 def test_a_stage_sent_in_an_earlier_cycle_is_sent_again_in_this_one(runtime, session_factory):
     """The ledger is read by mailbox and checked by cycle: last year's -15d does not stop this year's."""
-    from worker.services.notices import process_notice_batch
-
     today = date(2027, 3, 16)
     with session_factory() as session, session.begin():
         renewed = make_mailbox(session, expires_on=date(2027, 3, 31))
@@ -318,16 +324,90 @@ def test_a_stage_sent_in_an_earlier_cycle_is_sent_again_in_this_one(runtime, ses
         for mailbox, cycle in ((renewed, date(2026, 3, 31)), (already, date(2027, 3, 31))):
             session.add(
                 NoticeLedgerEntry(
-                    mailbox_id=mailbox.id, cycle_expires_on=cycle, stage="-15d", kind="expiry-notice",
+                    mailbox_id=mailbox.id,
+                    cycle_expires_on=cycle,
+                    stage="-15d",
+                    kind="expiry-notice",
                     business_date=cycle - timedelta(days=15),
-                )  # fmt: skip
+                )
             )
         ids = [renewed.id, already.id]
     with session_factory() as session, session.begin():
         result = process_notice_batch(
-            session, ids, today=today, stages=runtime.settings.notice_stages,
-            now=at_morning(today), mail_domain="pec-provider.example",
-        )  # fmt: skip
+            session,
+            ids,
+            today=today,
+            stages=runtime.settings.notice_stages,
+            now=at_morning(today),
+            mail_domain="pec-provider.example",
+        )
     assert result.notices == {("expiry-notice", "-15d"): 1}
     assert result.skipped["already-sent"] == 1
     assert [planned.mailboxes for planned in result.planned] == [[renewed.address]]
+
+
+class _StopBeforeSend:
+    """The runtime's mailer, stopped by ``SystemExit`` (as a process being shut down) at its first send."""
+
+    def __init__(self, mailer):
+        self._mailer = mailer
+
+    def send(self, sender, recipient, data) -> None:
+        raise SystemExit("stopped")
+
+    def close(self) -> None:
+        self._mailer.close()
+
+
+class TestStartDay:
+    """Beat's firing and run-daily start a business date through one rule (``start_day``)."""
+
+    def test_run_daily_claims_a_free_date_and_a_crash_keeps_beat_off_it_for_the_lease(self, runtime, smtp_server):
+        day = date(2027, 3, 31)
+        add_mailbox(runtime, expires_on=day)
+        runtime.mailer = _StopBeforeSend(runtime.mailer)  # before the relay, which takes the runtime's mailer
+        with pytest.raises(SystemExit):
+            run_on(runtime, day)  # the scan was written; the process stops at the first send
+        with runtime.session_factory() as session:
+            run = session.get(DailyRun, day)
+            assert run is not None and run.finished_at is None  # claimed, not finished
+        with time_machine.travel(at_morning(day) + timedelta(minutes=20), tick=False):
+            assert start_day(runtime, day).action is DayAction.NOTHING  # beat leaves the date to its claimant
+        with time_machine.travel(at_morning(day) + SCAN_LEASE + timedelta(minutes=1), tick=False):
+            taken_over = start_day(runtime, day)  # the lease ran out: beat takes the date over
+        assert taken_over.action is DayAction.SCAN and taken_over.batches == []  # the scan had been written
+
+    def test_run_daily_on_a_date_claimed_or_finished_elsewhere_still_runs_to_completion(self, runtime, smtp_server):
+        day = date(2027, 3, 31)
+        mailbox = add_mailbox(runtime, expires_on=day)
+        with time_machine.travel(at_morning(day), tick=False):
+            beat = start_day(runtime, day)  # beat claimed the date; its batches are not written yet
+            assert (beat.action, beat.batches) == (DayAction.SCAN, [[mailbox.id]])
+            assert start_day(runtime, day).action is DayAction.NOTHING
+            rerun = start_day(runtime, day, rerun=True)
+            assert (rerun.action, rerun.batches) == (DayAction.RERUN, [[mailbox.id]])
+        summary = run_on(runtime, day)
+        assert summary.delivery.sent == 1
+        with runtime.session_factory() as session:
+            assert session.get(DailyRun, day).finished_at is not None
+        again = run_on(runtime, day)  # a finished date: it runs, and finds nothing more to send
+        assert (again.scan.examined, again.delivery.sent, len(smtp_server.messages)) == (0, 0, 1)
+
+    def test_beat_catches_up_only_long_after_the_scan_finished(self, runtime):
+        day = date(2027, 3, 31)
+        mailbox = add_mailbox(runtime, expires_on=day)
+        queued: list[list[int]] = []
+        with time_machine.travel(at_morning(day), tick=False):
+            assert fan_out_day(runtime, day, queued.append) == 1  # claimed, queued, finished; the batch is lost
+            assert start_day(runtime, day).action is DayAction.NOTHING
+        with time_machine.travel(at_morning(day) + SCAN_LEASE + timedelta(minutes=1), tick=False):
+            assert fan_out_day(runtime, day, queued.append) == 1  # still due: queued again
+        assert queued == [[mailbox.id], [mailbox.id]]
+
+    def test_a_dry_run_claims_nothing(self, runtime):
+        day = date(2027, 3, 31)
+        mailbox = add_mailbox(runtime, expires_on=day)
+        with time_machine.travel(at_morning(day), tick=False):
+            dry = start_day(runtime, day, dry_run=True)
+            assert (dry.action, dry.batches) == (DayAction.DRY_RUN, [[mailbox.id]])
+            assert start_day(runtime, day).action is DayAction.SCAN  # the date was still free

@@ -11,7 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,18 +21,19 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from config.celery import celery_config
+from tasks.daily import run_daily_scan
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
-from worker.services import runtime as runtime_module
 from worker.cli.main import main
-from worker.store.models import DailyRun, NoticeLedgerEntry, WorkerState
+from worker.rules.schedule import DEFAULT_STAGES
+from worker.services import runtime as runtime_module
 from worker.services.notices import SCHEDULE_STATE_KEY
 from worker.services.runtime import Runtime
-from worker.rules.schedule import DEFAULT_STAGES
+from worker.store.models import DailyRun, NoticeLedgerEntry, WorkerState
 
 ROME = ZoneInfo("Europe/Rome")
 DAY = date(2027, 1, 15)  # the business date in Rome
-INSTANT = datetime(2027, 1, 14, 23, 30, tzinfo=timezone.utc)
+INSTANT = datetime(2027, 1, 14, 23, 30, tzinfo=UTC)
 assert INSTANT.astimezone(ROME) == datetime(2027, 1, 15, 0, 30, tzinfo=ROME)
 
 #: (reference address, expiry, next_action_on as the days before left it) -> the notice due on DAY, if any.
@@ -68,7 +69,9 @@ def assert_the_day_is_rome_s(session_factory) -> None:
         assert set(session.scalars(select(NoticeLedgerEntry.business_date))) == {DAY}
 
 
-def test_run_daily_without_a_date_at_half_past_midnight_sends_rome_s_notices(fleet, database_url, smtp_server, tmp_path):
+def test_run_daily_without_a_date_at_half_past_midnight_sends_rome_s_notices(
+    fleet, database_url, smtp_server, tmp_path
+):
     env = {
         "PEC_RENEWAL_DATABASE_URL": database_url,
         "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
@@ -89,9 +92,17 @@ def test_run_daily_without_a_date_at_half_past_midnight_sends_rome_s_notices(fle
     assert_the_day_is_rome_s(fleet)
 
 
-def test_beat_s_scan_without_a_date_at_half_past_midnight_sends_rome_s_notices(fleet, database_url, smtp_server, tmp_path):
-    settings = make_settings(tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
-                             smtp_port=smtp_server.port, daily_scan_at="00:30")  # fmt: skip
+def test_beat_s_scan_without_a_date_at_half_past_midnight_sends_rome_s_notices(
+    fleet, database_url, smtp_server, tmp_path
+):
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        daily_scan_at="00:30",
+    )
     rt = Runtime(settings)
     app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges"], set_as_current=False)
     app.conf.update(celery_config(settings), task_always_eager=True, task_eager_propagates=True)
@@ -99,8 +110,6 @@ def test_beat_s_scan_without_a_date_at_half_past_midnight_sends_rome_s_notices(f
     app.set_current()
     runtime_module.install(rt)
     try:
-        from tasks.daily import run_daily_scan
-
         with time_machine.travel(INSTANT, tick=False):
             run_daily_scan()  # beat sends no date; the batches and their delivery run eagerly
     finally:

@@ -12,13 +12,13 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-import worker.celery_app  # noqa: F401  (connects the signal handlers)
+import worker.celery_setup  # noqa: F401  (connects the signal handlers)
 from config.settings import Settings, SettingsError
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from worker import logs
 from worker.services import runtime
-from worker.celery_app import create_celery
+from worker.celery_setup import create_celery
 from worker.rules.links import LinkSigner
 from worker.logs import JsonFormatter, TextFormatter, configure_logging, log_context, redact_tokens, remove_logging
 from worker.services.runtime import Runtime

@@ -282,7 +282,7 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
                 return None
 
         assert wait_until(scrape, timeout=60, what="the metrics port")[("pec_renewal_database_up", ())] == 1
-        from worker.celery_app import create_celery
+        from worker.celery_setup import create_celery
 
         create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL)).send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
         wait_until(lambda: len(smtp_server.messages) >= 12, timeout=90, what="12 emails")

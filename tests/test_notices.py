@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, text
 
 from tests.factories import make_mailbox
+from worker.mail.emails import installation_id, message_id_for
+from worker.rules.notices import decide_notice, earliest_action_on
+from worker.rules.schedule import DEFAULT_STAGES, parse_stages
+from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
+from worker.services.daily import SCAN_LEASE, claim_daily_run, record_daily_run
+from worker.services.notices import due_mailbox_batches, process_notice_batch, reconcile_schedule
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
-from worker.store.models import Mailbox, WorkerState
-from worker.mail.emails import installation_id, message_id_for
-from worker.services.notices import (
-    SCAN_LEASE,
-    claim_daily_run,
-    decide_notice,
-    due_mailbox_batches,
-    earliest_action_on,
-    reconcile_schedule,
-    record_daily_run,
-)
-from worker.rules.schedule import DEFAULT_STAGES, parse_stages
+from worker.store.models import Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
 
 EXPIRES = date(2027, 3, 31)
-NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 24, 5, 0, tzinfo=UTC)
 
 
 def decide(today: date, **overrides):
@@ -43,11 +39,19 @@ def decide(today: date, **overrides):
 class TestDecideNotice:
     def test_the_due_stage_before_expiry_is_an_expiry_notice(self):
         decision = decide(date(2027, 3, 24))
-        assert (decision.kind, decision.stage.name, decision.next_action_on) == ("expiry-notice", "-7d", date(2027, 3, 30))
+        assert (decision.kind, decision.stage.name, decision.next_action_on) == (
+            "expiry-notice",
+            "-7d",
+            date(2027, 3, 30),
+        )
 
     def test_after_expiry_it_is_an_expired_notice(self):
         decision = decide(date(2027, 4, 30))
-        assert (decision.kind, decision.stage.name, decision.next_action_on) == ("expired-notice", "+30d", date(2027, 5, 30))
+        assert (decision.kind, decision.stage.name, decision.next_action_on) == (
+            "expired-notice",
+            "+30d",
+            date(2027, 5, 30),
+        )
 
     def test_a_domain_mailbox_gets_domain_notices_before_and_after(self):
         assert decide(date(2027, 3, 24), on_domain=True).kind == "domain-expiry-notice"
@@ -55,11 +59,19 @@ class TestDecideNotice:
 
     def test_auto_renew_is_skipped_but_still_scheduled(self):
         decision = decide(date(2027, 3, 24), auto_renew=True)
-        assert (decision.stage, decision.skip_reason, decision.next_action_on) == (None, "auto-renew", date(2027, 3, 30))
+        assert (decision.stage, decision.skip_reason, decision.next_action_on) == (
+            None,
+            "auto-renew",
+            date(2027, 3, 30),
+        )
 
     def test_already_sent_is_skipped(self):
         decision = decide(date(2027, 3, 26), already_sent=frozenset({"-7d"}))
-        assert (decision.stage, decision.skip_reason, decision.next_action_on) == (None, "already-sent", date(2027, 3, 30))
+        assert (decision.stage, decision.skip_reason, decision.next_action_on) == (
+            None,
+            "already-sent",
+            date(2027, 3, 30),
+        )
 
     def test_deleted_gets_nothing_ever_again(self):
         decision = decide(date(2027, 6, 30))
@@ -185,22 +197,24 @@ def test_a_changed_schedule_brings_next_action_on_forward(any_session_factory):
 
 
 def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path):
-    from sqlalchemy import text
-
     url = f"sqlite:///{tmp_path / 'migrate.sqlite3'}"
     migrate.upgrade(url, "0005")
     engine = make_engine(url)
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO accounts (id, login) VALUES (1, 'a@example.it')"))
-        connection.execute(text(
-            "INSERT INTO holders (id, account_id, holder_key, name, kind, reference_email)"
-            " VALUES (1, 1, 'k', 'Mario Rossi', 'private', 'mario@example.it')"
-        ))
-        connection.execute(text(
-            "INSERT INTO mailboxes (id, address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb,"
-            " used_space_mb, expires_on, auto_renew, renewal_years, promo, language)"
-            " VALUES (1, 'm@pec.example.it', 1, 1, 'standard', 0, 0, 0, '2027-03-31', 0, 1, 0, 'it')"
-        ))
+        connection.execute(
+            text(
+                "INSERT INTO holders (id, account_id, holder_key, name, kind, reference_email)"
+                " VALUES (1, 1, 'k', 'Mario Rossi', 'private', 'mario@example.it')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO mailboxes (id, address, account_id, holder_id, plan, extra_space_gb, extra_archive_gb,"
+                " used_space_mb, expires_on, auto_renew, renewal_years, promo, language)"
+                " VALUES (1, 'm@pec.example.it', 1, 1, 'standard', 0, 0, 0, '2027-03-31', 0, 1, 0, 'it')"
+            )
+        )
     engine.dispose()
     migrate.upgrade(url)
     engine = make_engine(url)
@@ -211,35 +225,63 @@ def test_migration_0006_copies_the_reference_address_onto_each_mailbox(tmp_path)
 
 def _batch_outcome(factory, today: date) -> dict:
     """A notice batch over a mixed fleet, and every row it wrote, keyed by mailbox address."""
-    from sqlalchemy import select
-
-    from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
-    from worker.store.models import NoticeLedgerEntry, OutboxMessage
-    from worker.services.notices import process_notice_batch
-
     with factory() as session, session.begin():
         mailboxes = [
-            make_mailbox(session, expires_on=EXPIRES, address="uno@pec.example.it", reference_email="anna@example.it",
-                         holder_name="Niccolò D'Àrgento <b>&amp;</b>"),
-            make_mailbox(session, expires_on=EXPIRES, address="due@pec.example.it", reference_email="Anna@Example.it",
-                         holder_name="Niccolò D'Àrgento <b>&amp;</b>"),
-            make_mailbox(session, expires_on=EXPIRES, domain="studio-è.example", address="info@pec.studio-è.example",
-                         reference_email="studio@example.it", language="en"),
-            make_mailbox(session, expires_on=EXPIRES - timedelta(days=10), address="tardi@pec.example.it",
-                         reference_email="tardi@example.it"),
-            make_mailbox(session, expires_on=EXPIRES - timedelta(days=400), address="cancellata@pec.example.it",
-                         reference_email="cancellata@example.it"),
-            make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa",
-                         address="carta@pec.example.it", reference_email="carta@example.it"),
-        ]  # fmt: skip
+            make_mailbox(
+                session,
+                expires_on=EXPIRES,
+                address="uno@pec.example.it",
+                reference_email="anna@example.it",
+                holder_name="Niccolò D'Àrgento <b>&amp;</b>",
+            ),
+            make_mailbox(
+                session,
+                expires_on=EXPIRES,
+                address="due@pec.example.it",
+                reference_email="Anna@Example.it",
+                holder_name="Niccolò D'Àrgento <b>&amp;</b>",
+            ),
+            make_mailbox(
+                session,
+                expires_on=EXPIRES,
+                domain="studio-è.example",
+                address="info@pec.studio-è.example",
+                reference_email="studio@example.it",
+                language="en",
+            ),
+            make_mailbox(
+                session,
+                expires_on=EXPIRES - timedelta(days=10),
+                address="tardi@pec.example.it",
+                reference_email="tardi@example.it",
+            ),
+            make_mailbox(
+                session,
+                expires_on=EXPIRES - timedelta(days=400),
+                address="cancellata@pec.example.it",
+                reference_email="cancellata@example.it",
+            ),
+            make_mailbox(
+                session,
+                expires_on=EXPIRES,
+                auto_renew=True,
+                payment_method="pm_card_visa",
+                address="carta@pec.example.it",
+                reference_email="carta@example.it",
+            ),
+        ]
         for mailbox in mailboxes:
             mailbox.next_action_on = today
         # The auto-renew one was told 30 days before: its charge is due, not a notice.
         session.add(
-            NoticeLedgerEntry(mailbox_id=mailboxes[-1].id, cycle_expires_on=EXPIRES,
-                              stage=DEFAULT_CHARGE_PLAN.notice_stage.name, kind=CHARGE_NOTICE,
-                              business_date=EXPIRES - timedelta(days=30))
-        )  # fmt: skip
+            NoticeLedgerEntry(
+                mailbox_id=mailboxes[-1].id,
+                cycle_expires_on=EXPIRES,
+                stage=DEFAULT_CHARGE_PLAN.notice_stage.name,
+                kind=CHARGE_NOTICE,
+                business_date=EXPIRES - timedelta(days=30),
+            )
+        )
         ids = [mailbox.id for mailbox in mailboxes]
         address_of = {mailbox.id: mailbox.address for mailbox in mailboxes}
     with factory() as session, session.begin():
@@ -253,22 +295,43 @@ def _batch_outcome(factory, today: date) -> dict:
         name_of = {}
         for row in messages.values():
             members = [mailbox["id"] for mailbox in row.context["mailboxes"]]
-            keys = [(member, cycle.isoformat(), row.stage) for member, cycle in
-                    session.execute(select(Mailbox.id, Mailbox.expires_on).where(Mailbox.id.in_(members)))]  # fmt: skip
-            assert row.message_id == message_id_for(keys, "pec-provider.example", installation_id=installation_id(session))
+            keys = [
+                (member, cycle.isoformat(), row.stage)
+                for member, cycle in session.execute(
+                    select(Mailbox.id, Mailbox.expires_on).where(Mailbox.id.in_(members))
+                )
+            ]
+            assert row.message_id == message_id_for(
+                keys, "pec-provider.example", installation_id=installation_id(session)
+            )
             name_of[row.id] = tuple(address_of[member] for member in members)
         outbox = sorted(
-            (name_of[row.id], row.kind, row.stage, row.language, row.to_address, row.business_date,
-             {**row.context, "mailboxes": [{**m, "id": address_of[m["id"]]} for m in row.context["mailboxes"]]},
-             row.status, row.attempts, row.created_at)
+            (
+                name_of[row.id],
+                row.kind,
+                row.stage,
+                row.language,
+                row.to_address,
+                row.business_date,
+                {**row.context, "mailboxes": [{**m, "id": address_of[m["id"]]} for m in row.context["mailboxes"]]},
+                row.status,
+                row.attempts,
+                row.created_at,
+            )
             for row in messages.values()
-        )  # fmt: skip
+        )
         ledger = sorted(
-            (address_of[row.mailbox_id], row.cycle_expires_on, row.stage, row.kind, row.business_date,
-             name_of[row.outbox_message_id])
+            (
+                address_of[row.mailbox_id],
+                row.cycle_expires_on,
+                row.stage,
+                row.kind,
+                row.business_date,
+                name_of[row.outbox_message_id],
+            )
             for row in session.scalars(select(NoticeLedgerEntry))
             if row.outbox_message_id is not None
-        )  # fmt: skip
+        )
         next_actions = {address_of[m.id]: m.next_action_on for m in session.scalars(select(Mailbox))}
     return {
         "outbox": outbox,
@@ -281,15 +344,18 @@ def _batch_outcome(factory, today: date) -> dict:
 
 
 def test_the_batch_writes_the_same_rows_on_postgresql_and_sqlite(session_factory, tmp_path):
-    """PostgreSQL writes a batch with one statement per table over JSON rows, SQLite with the ORM's
-    bulk statements: the same outbox messages (context included), ledger rows and next dates."""
+    """The batch's Core statements give the same outbox messages (context included), ledger rows
+    and next dates on both databases (their dialects differ: JSON, dates, arrays of ids)."""
     today = EXPIRES - timedelta(days=7)
     on_postgresql = _batch_outcome(session_factory, today)
     on_sqlite = _batch_outcome(sqlite_factory(tmp_path), today)
     assert on_postgresql == on_sqlite
     # And what they wrote is what the rules say.
-    assert on_postgresql["counts"][1] == {("expiry-notice", "-7d"): 2, ("domain-expiry-notice", "-7d"): 1,
-                                          ("expired-notice", "+1d"): 1}  # fmt: skip
+    assert on_postgresql["counts"][1] == {
+        ("expiry-notice", "-7d"): 2,
+        ("domain-expiry-notice", "-7d"): 1,
+        ("expired-notice", "+1d"): 1,
+    }
     assert on_postgresql["charges_due"] == ["carta@pec.example.it"]
     assert on_postgresql["counts"][3] == {"deleted": 1, "charge-due": 1}
     (joint,) = [message for message in on_postgresql["outbox"] if message[4] == "anna@example.it"]

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 import email
 import email.policy
-from datetime import date, datetime, timezone
+import json
+from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from tests.factories import make_mailbox
-from worker.services import orders
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
-from worker.store.models import OutboxMessage, RenewalOrder
+from worker.services import orders
 from worker.services.orders import LinkNotUsable, LinkState, MailboxChoice, OrderNotOpen, OrderValidationError
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import OrderStatus, OutboxMessage, RenewalOrder
 
 TODAY = date(2027, 3, 1)
-NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 EXPIRES = date(2027, 4, 30)
 
 COMPANY = {
@@ -114,7 +115,9 @@ def test_account_link_lists_every_mailbox_in_its_renewal_window(session_factory)
         first = make_mailbox(session, expires_on=date(2027, 5, 31), reference_email="ufficio@example.it")
         account_id = first.account_id
         expired = make_mailbox(session, expires_on=date(2027, 1, 15), reference_email="ufficio@example.it")
-        later = make_mailbox(session, expires_on=date(2027, 6, 2), reference_email="ufficio@example.it")  # 3m window opens 2 March
+        later = make_mailbox(
+            session, expires_on=date(2027, 6, 2), reference_email="ufficio@example.it"
+        )  # 3m window opens 2 March
         auto = make_mailbox(
             session, expires_on=date(2027, 4, 1), reference_email="ufficio@example.it", auto_renew=True,
             payment_method="pm_card_visa",
@@ -207,7 +210,9 @@ def test_space_rules_and_english_messages(session_factory):
         with pytest.raises(OrderValidationError) as error:
             orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "standard", extra_archive_gb=2)])
         assert error.value.errors == {
-            f"extra_space_gb-{mailbox.id}": "The mailbox uses 1500 MB: on the Standard plan it needs at least 1 GB of extra space.",
+            f"extra_space_gb-{mailbox.id}": (
+                "The mailbox uses 1500 MB: on the Standard plan it needs at least 1 GB of extra space."
+            ),
             f"extra_archive_gb-{mailbox.id}": "Extra archive space is only available on the Pro and Premium plans.",
         }
         mailbox.used_space_mb = 2100
@@ -215,7 +220,9 @@ def test_space_rules_and_english_messages(session_factory):
             orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "standard", extra_space_gb=1)])
         assert list(error.value.errors) == [f"plan-{mailbox.id}"]
         assert "Free some space" in error.value.errors[f"plan-{mailbox.id}"]
-        orders.choose_mailboxes(session, order, [MailboxChoice(mailbox.id, "pro", extra_space_gb=1, extra_archive_gb=2)])
+        orders.choose_mailboxes(
+            session, order, [MailboxChoice(mailbox.id, "pro", extra_space_gb=1, extra_archive_gb=2)]
+        )
         assert (order.lines[0].plan, order.lines[0].extra_space_gb, order.lines[0].extra_archive_gb) == ("pro", 1, 2)
 
 
@@ -256,7 +263,9 @@ def test_holder_rules_in_italian(session_factory):
             orders.set_holder(session, order, bad)
         assert error.value.errors == {
             "vat_number": "La partita IVA non è corretta: la cifra di controllo non corrisponde.",
-            "einvoice_code": "Indichi il codice destinatario SDI (7 caratteri) o un indirizzo PEC per la fattura elettronica.",
+            "einvoice_code": (
+                "Indichi il codice destinatario SDI (7 caratteri) o un indirizzo PEC per la fattura elettronica."
+            ),
         }
         assert order.holder_data is None
         orders.set_holder(session, order, COMPANY)
@@ -399,12 +408,18 @@ def test_confirm_is_idempotent_and_queues_the_confirmation_email(session_factory
         rows = session.scalars(select(OutboxMessage)).all()
         assert len(rows) == 1
         row = rows[0]
-        assert (row.kind, row.to_address, row.language) == ("order-confirmation", "amministrazione@rossi.example.it", "it")
+        assert (row.kind, row.to_address, row.language) == (
+            "order-confirmation",
+            "amministrazione@rossi.example.it",
+            "it",
+        )
         with pytest.raises(OrderNotOpen):
             orders.choose_payment(session, again, "card", 1, TODAY)
 
         message, text, html = parse(render_outbox(settings, row))
-        assert message["Subject"] == f"Conferma ordine {order.order_number}: rinnovo della casella PEC {mailbox.address}"
+        assert (
+            message["Subject"] == f"Conferma ordine {order.order_number}: rinnovo della casella PEC {mailbox.address}"
+        )
         assert message["To"] == "amministrazione@rossi.example.it"
         assert message["X-PEC-Renewal-Kind"] == "order-confirmation"
         for part in (text, html):
@@ -461,11 +476,13 @@ def test_confirm_refuses_a_mailbox_renewed_meanwhile(session_factory, settings):
         with pytest.raises(OrderValidationError) as error:
             orders.confirm_order(session, order, now=NOW, today=TODAY, settings=settings)
         assert error.value.errors == {
-            f"plan-{mailbox.id}": f"La casella PEC {mailbox.address} è stata rinnovata o modificata dopo l'inizio dell'ordine."
+            f"plan-{mailbox.id}": (
+                f"La casella PEC {mailbox.address} è stata rinnovata o modificata dopo l'inizio dell'ordine."
+            )
         }
 
 
-# -- The unpaid order of a failed auto-renew charge (issue 4) ------------------------------------------
+# -- The unpaid order of a failed auto-renew charge ----------------------------------------------------
 
 
 def test_unpaid_renewal_order_is_payable_by_any_method(session_factory, settings):
@@ -500,57 +517,78 @@ def test_order_emails_escape_the_holder_name(session_factory, settings):
 
 def test_order_email_context_is_checked(settings):
     renderer = renderer_for(settings)
+    mailbox = {"id": 1, "address": "a@pec.example.it", "expires_on": "2027-04-30", "plan": "standard", "domain": None}
     context = {
         "holder_name": "Mario",
-        "mailboxes": [{"id": 1, "address": "a@pec.example.it", "expires_on": "2027-04-30", "plan": "standard",
-                       "domain": None, "new_expires_on": "2028-04-30"}],
-        "order": {"number": "PEC-2027-000001\r\nBcc: x@evil.example", "years": 1, "method": "card", "subtotal_cents": 500,
-                  "vat_percent": 22, "vat_cents": 110, "total_cents": 610, "lines": []},
-        "payment": {"iban": "IT60X0542811101000000123456", "beneficiary": "B", "postal_account": "1",
-                    "checkout_url": "https://x.example/ordine/a/pagamento"},
-    }  # fmt: skip
+        "mailboxes": [{**mailbox, "new_expires_on": "2028-04-30"}],
+        "order": {
+            "number": "PEC-2027-000001\r\nBcc: x@evil.example",
+            "years": 1,
+            "method": "card",
+            "subtotal_cents": 500,
+            "vat_percent": 22,
+            "vat_cents": 110,
+            "total_cents": 610,
+            "lines": [],
+        },
+        "payment": {
+            "iban": "IT60X0542811101000000123456",
+            "beneficiary": "B",
+            "postal_account": "1",
+            "checkout_url": "https://x.example/ordine/a/pagamento",
+        },
+    }
     with pytest.raises(ValueError, match="order number"):
-        renderer.render(kind="order-confirmation", stage="0d", language="it", to_address="m@example.it",
-                        message_id="abc@pec-provider.example", context=context, now=NOW)  # fmt: skip
+        renderer.render(
+            kind="order-confirmation",
+            stage="0d",
+            language="it",
+            to_address="m@example.it",
+            message_id="abc@pec-provider.example",
+            context=context,
+            now=NOW,
+        )
 
 
 # -- describe_link on a connection in autocommit (the link page's read) -------------------------------
+
+
+def links_in_every_state(session, settings):
+    """(link, state, public id of the order to resume) for a mailbox link in every state the page knows."""
+    plain = make_mailbox(session, expires_on=EXPIRES, plan="pro", holder_name="Anna Bianchi")
+    auto = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa")
+    on_domain = make_mailbox(session, expires_on=EXPIRES, domain="bianchi.example.it")
+    renewed = make_mailbox(session, expires_on=date(2028, 4, 30), language="en")
+    deleted = make_mailbox(session, expires_on=date(2026, 11, 30))
+    ordered = make_mailbox(session, expires_on=EXPIRES)
+    cancelled = make_mailbox(session, expires_on=EXPIRES)
+    unpaid = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_chargeDeclined")
+    session.commit()
+    started = orders.start_order(session, link_for(ordered), TODAY, NOW)
+    orders.start_order(session, link_for(cancelled), TODAY, NOW).status = OrderStatus.CANCELLED.value
+    left_unpaid = orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY, settings=settings)
+    session.commit()
+    return [
+        (link_for(plain), LinkState.RENEWABLE, None),
+        (link_for(auto), LinkState.AUTO_RENEW, None),
+        (link_for(on_domain), LinkState.ON_DOMAIN, None),
+        (link_for(renewed, date(2027, 4, 30)), LinkState.ALREADY_RENEWED, None),
+        (link_for(deleted), LinkState.DELETED, None),
+        (link_for(ordered), LinkState.RENEWABLE, started.public_id),
+        (link_for(cancelled), LinkState.RENEWABLE, None),  # a cancelled order is not resumed
+        (link_for(unpaid), LinkState.RENEWABLE, left_unpaid.public_id),  # payable by any method
+        (link_for(plain, date(2027, 5, 31)), LinkState.NOT_FOUND, None),  # a cycle it never had
+        (RenewalLink(MAILBOX, 999999, EXPIRES), LinkState.NOT_FOUND, None),
+    ]
 
 
 def test_a_mailbox_link_reads_in_one_statement_outside_a_transaction(session_factory, settings):
     """The link page reads a mailbox link on a connection in autocommit, in one SELECT that joins
     the holder and the link's order: every state, the holder's name and the order to resume must
     come out right, and nothing else may be asked of the database."""
-    from sqlalchemy import event
-
-    from worker.store.models import OrderStatus
-
     with session_factory() as session:
-        plain = make_mailbox(session, expires_on=EXPIRES, plan="pro", holder_name="Anna Bianchi")
-        auto = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_visa")
-        on_domain = make_mailbox(session, expires_on=EXPIRES, domain="bianchi.example.it")
-        renewed = make_mailbox(session, expires_on=date(2028, 4, 30), language="en")
-        deleted = make_mailbox(session, expires_on=date(2026, 11, 30))
-        ordered = make_mailbox(session, expires_on=EXPIRES)
-        cancelled = make_mailbox(session, expires_on=EXPIRES)
-        unpaid = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_chargeDeclined")
-        session.commit()
-        started = orders.start_order(session, link_for(ordered), TODAY, NOW)
-        orders.start_order(session, link_for(cancelled), TODAY, NOW).status = OrderStatus.CANCELLED.value
-        left_unpaid = orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY, settings=settings)
-        session.commit()
-        cases = [
-            (link_for(plain), LinkState.RENEWABLE, None),
-            (link_for(auto), LinkState.AUTO_RENEW, None),
-            (link_for(on_domain), LinkState.ON_DOMAIN, None),
-            (link_for(renewed, date(2027, 4, 30)), LinkState.ALREADY_RENEWED, None),
-            (link_for(deleted), LinkState.DELETED, None),
-            (link_for(ordered), LinkState.RENEWABLE, started.public_id),
-            (link_for(cancelled), LinkState.RENEWABLE, None),  # a cancelled order is not resumed
-            (link_for(unpaid), LinkState.RENEWABLE, left_unpaid.public_id),  # payable by any method
-            (link_for(plain, date(2027, 5, 31)), LinkState.NOT_FOUND, None),  # a cycle it never had
-            (RenewalLink(MAILBOX, 999999, EXPIRES), LinkState.NOT_FOUND, None),
-        ]
+        cases = links_in_every_state(session, settings)
+    plain, renewed = cases[0][0], cases[3][0]
 
     engine = session_factory.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
     statements = []
@@ -566,9 +604,45 @@ def test_a_mailbox_link_reads_in_one_statement_outside_a_transaction(session_fac
             assert (view.state, view.order_public_id) == (state, order_public_id), link
             assert len(statements) == 1 and statements[0][1] is True, statements  # one statement, autocommit
     with engine.connect() as connection:
-        view = orders.describe_link(connection, link_for(plain), TODAY)
+        view = orders.describe_link(connection, plain, TODAY)
     assert (view.holder_name, view.language, view.mailboxes[0].plan) == ("Anna Bianchi", "it", "pro")
     assert view.mailboxes[0].expires_on == EXPIRES and view.mailboxes[0].state == "active"
     with engine.connect() as connection:
-        view = orders.describe_link(connection, link_for(renewed, date(2027, 4, 30)), TODAY)
+        view = orders.describe_link(connection, renewed, TODAY)
     assert (view.language, view.new_expires_on, view.holder_name) == ("en", date(2028, 4, 30), "Mario Rossi")
+
+
+def test_the_link_pages_read_gives_every_state_and_leaves_the_pool_as_it_found_it(session_factory, settings):
+    with session_factory() as session:
+        cases = links_in_every_state(session, settings)
+    engine = session_factory.kw["bind"]
+    for link, state, order_public_id in cases:
+        view = orders.read_mailbox_link(engine, link, TODAY)
+        assert (view.state, view.order_public_id) == (state, order_public_id), link
+    with engine.connect() as connection:  # the pooled connection is back out of autocommit
+        assert connection.connection.dbapi_connection.autocommit is False
+
+
+def test_the_link_pages_read_works_on_sqlite_the_embedded_default(tmp_path, settings):
+    url = f"sqlite:///{tmp_path / 'renewal.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            cases = links_in_every_state(session, settings)
+        for link, state, order_public_id in cases:
+            view = orders.read_mailbox_link(engine, link, TODAY)
+            assert (view.state, view.order_public_id) == (state, order_public_id), link
+            if view.mailboxes:  # SQLite keeps dates as text and booleans as integers: read back as such
+                assert type(view.mailboxes[0].expires_on) is date and type(view.mailboxes[0].auto_renew) is bool
+        view = orders.read_mailbox_link(engine, cases[0][0], TODAY)
+        assert (view.holder_name, view.mailboxes[0].plan) == ("Anna Bianchi", "pro")
+    finally:
+        engine.dispose()
+
+
+def test_an_account_link_is_not_the_link_pages_mailbox_read(session_factory):
+    with pytest.raises(ValueError):
+        orders.read_mailbox_link(session_factory.kw["bind"], RenewalLink(ACCOUNT, 1, EXPIRES), TODAY)
+    with session_factory.kw["bind"].connect() as connection, pytest.raises(TypeError):
+        orders.describe_link(connection, RenewalLink(ACCOUNT, 1, EXPIRES), TODAY)

@@ -1,6 +1,9 @@
-"""The relay's claim on PostgreSQL (one statement on its own psycopg connection) against the
-general one (:func:`worker.mail.outbox.claim_messages`, SQLAlchemy in a transaction): the same
-messages, the same fields, the same leases, whatever the rows' states and the locks held."""
+"""The relay's claim (:func:`worker.mail.outbox.claim_messages`): which messages it takes, the lease it
+writes, and what it reads of them, whatever the rows' states and the locks other relays hold.
+
+On PostgreSQL, and on SQLite for the scenarios without another relay's lock (SQLite has one
+writer at a time: there is nothing to skip).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, text
 
+from worker.mail.outbox import CLAIM_LEASE, claim_messages
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory, quick_commit_connection
 from worker.store.models import OutboxMessage
-from worker.mail.outbox import CLAIM_LEASE, claim_messages, claim_messages_on_postgresql
 
 NOW = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 
@@ -30,88 +35,116 @@ MESSAGES = [
 ]
 
 #: (only: the numbers asked for, or None for "whatever is due"; limits of the claims in turn;
-#: the numbers another transaction holds locked meanwhile)
+#: the numbers another transaction holds locked meanwhile; the numbers each claim takes)
 SCENARIOS = {
-    "due, in two claims": (None, [3, 10], ()),
-    "due, one at a time": (None, [1, 1, 1, 1, 1, 1], ()),
-    "due, past a locked row": (None, [2, 10], (9, 1)),
-    "by id, in two claims": ([5, 4, 3, 2, 1, 8], [2, 10], ()),
-    "by id, past a locked row": ([10, 9, 7, 6, 5], [1, 10], (9,)),
-    "by id, none due": ([2, 3, 6, 7], [10], ()),
-    "by id, unknown ids": ([10_000, 10_001], [10], ()),
+    "due, in two claims": (None, [3, 10], (), [[1, 4, 5], [8, 9, 10]]),
+    "due, one at a time": (None, [1, 1, 1, 1, 1, 1, 1], (), [[1], [4], [5], [8], [9], [10], []]),
+    "due, past a locked row": (None, [2, 10], (9, 1), [[4, 5], [8, 10]]),
+    "by id, in two claims": ([5, 4, 3, 2, 1, 8], [2, 10], (), [[1, 4], [5, 8]]),
+    "by id, past a locked row": ([10, 9, 7, 6, 5], [1, 10], (9,), [[5], [10]]),
+    "by id, none due": ([2, 3, 6, 7], [10], (), [[]]),
+    "by id, unknown ids": ([10_000, 10_001], [10], (), [[]]),
 }
+UNLOCKED = sorted(name for name, (_, _, locked, _) in SCENARIOS.items() if not locked)
 
 
 def seed(session_factory) -> dict[int, int]:
+    """The messages above; their ids by number."""
     with session_factory() as session, session.begin():
         for number, status, next_attempt_at, attempts in MESSAGES:
             session.add(
                 OutboxMessage(
-                    message_id=f"m{number}@pec-provider.example", kind="expiry-notice", stage="-15d",
-                    language="en" if number % 2 else "it", to_address=f"titolare{number}@example.it",
-                    business_date=NOW.date(), context={"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]},
-                    status=status, attempts=attempts, next_attempt_at=next_attempt_at, created_at=NOW,
-                )  # fmt: skip
+                    message_id=f"m{number}@pec-provider.example",
+                    kind="expiry-notice",
+                    stage="-15d",
+                    language="en" if number % 2 else "it",
+                    to_address=f"titolare{number}@example.it",
+                    business_date=NOW.date(),
+                    context={"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]},
+                    status=status,
+                    attempts=attempts,
+                    next_attempt_at=next_attempt_at,
+                    created_at=NOW,
+                )
             )
     with session_factory() as session:
-        return {int(m.split("@")[0][1:]): i for m, i in session.execute(select(OutboxMessage.message_id, OutboxMessage.id))}
+        return {
+            int(m.split("@")[0][1:]): i for m, i in session.execute(select(OutboxMessage.message_id, OutboxMessage.id))
+        }
 
 
-def run(engine, session_factory, scenario: str, claim_with: str) -> tuple[list, dict]:
-    only, limits, locked = SCENARIOS[scenario]
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE outbox_messages RESTART IDENTITY CASCADE"))
+def check(session_factory, scenario: str, holder=None) -> None:
+    """Run the scenario's claims (``holder``, a connection, takes its locks first) and check them."""
+    only, limits, locked, expected = SCENARIOS[scenario]
     ids = seed(session_factory)
+    number_of = {outbox_id: number for number, outbox_id in ids.items()}
     asked = None if only is None else [ids.get(number, number) for number in only]
+    if locked:
+        holder.execute(
+            text("SELECT id FROM outbox_messages WHERE id = ANY(:ids) FOR UPDATE"), {"ids": [ids[n] for n in locked]}
+        )
     claims = []
-    with engine.connect() as holder:
-        if locked:
-            holder.execute(
-                text("SELECT id FROM outbox_messages WHERE id = ANY(:ids) FOR UPDATE"), {"ids": [ids[n] for n in locked]}
-            )
-        for limit in limits:
-            if claim_with == "orm":
-                with session_factory() as session, session.begin():
-                    rows = claim_messages(session, NOW, limit, asked)
-            else:
-                with engine.connect() as connection:
-                    connection.execution_options(isolation_level="AUTOCOMMIT")
-                    rows = claim_messages_on_postgresql(connection.connection.driver_connection, NOW, limit, asked)
-            claims.append([tuple(getattr(row, field) for field in FIELDS) for row in rows])
+    for limit in limits:
+        with session_factory() as session, session.begin():
+            claims.append(claim_messages(session, NOW, limit, asked))
+    if holder is not None:
         holder.rollback()
+
+    assert [[number_of[row.id] for row in claim] for claim in claims] == expected
+    for row in (row for claim in claims for row in claim):
+        number = number_of[row.id]
+        _, status, _, attempts = MESSAGES[number - 1]
+        assert (row.kind, row.stage, row.language, row.to_address, row.message_id, row.attempts, row.status) == (
+            "expiry-notice",
+            "-15d",
+            "en" if number % 2 else "it",
+            f"titolare{number}@example.it",
+            f"m{number}@pec-provider.example",
+            attempts,
+            status,
+        )
+        assert row.context == {"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]}  # decoded
+    # The lease is on what was claimed, and on nothing else; nothing else changed.
     with session_factory() as session:
         state = {
-            message_id: (status, next_attempt_at)
-            for message_id, status, next_attempt_at in session.execute(
-                select(OutboxMessage.message_id, OutboxMessage.status, OutboxMessage.next_attempt_at)
+            number_of[outbox_id]: (status, next_attempt_at)
+            for outbox_id, status, next_attempt_at in session.execute(
+                select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.next_attempt_at)
             )
         }
-    return claims, state
-
-
-FIELDS = ("id", "kind", "stage", "language", "to_address", "message_id", "context", "attempts", "status")
+    claimed = {number for claim in expected for number in claim}
+    assert state == {
+        number: (status, NOW + CLAIM_LEASE if number in claimed else next_attempt_at)
+        for number, status, next_attempt_at, _ in MESSAGES
+    }
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_the_postgresql_claim_takes_what_the_general_claim_takes(engine, session_factory, scenario):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the one-statement claim is PostgreSQL's")
-    orm_claims, orm_state = run(engine, session_factory, scenario, "orm")
-    raw_claims, raw_state = run(engine, session_factory, scenario, "raw")
-    assert raw_claims == orm_claims
-    assert raw_state == orm_state
-    # And the claims did something in most scenarios: a lease on what they took.
-    leased = sorted(m for m, (_, at) in raw_state.items() if at == NOW + CLAIM_LEASE)
-    assert leased == sorted(row[5] for claim in raw_claims for row in claim)
+def test_a_claim_takes_the_due_messages_in_order_past_the_locked_ones(engine, session_factory, scenario):
+    with engine.connect() as holder:
+        check(session_factory, scenario, holder)
 
 
-def test_a_claim_found_something_in_the_scenarios_that_ask_for_it(engine, session_factory):
-    """Guards the comparison above against two claims that both return nothing."""
-    claims, _ = run(engine, session_factory, "due, in two claims", "raw")
-    assert [[row[5] for row in claim] for claim in claims] == [
-        ["m1@pec-provider.example", "m4@pec-provider.example", "m5@pec-provider.example"],
-        ["m8@pec-provider.example", "m9@pec-provider.example", "m10@pec-provider.example"],
-    ]
-    claims, _ = run(engine, session_factory, "by id, past a locked row", "raw")
-    assert [[row[5] for row in claim] for claim in claims] == [["m5@pec-provider.example"], ["m10@pec-provider.example"]]
-    assert claims[0][0][6] == {"n": 5, "mailboxes": [{"address": "c5@pec.it"}]}  # the context, decoded
+@pytest.mark.parametrize("scenario", UNLOCKED)
+def test_a_claim_on_sqlite_takes_the_same(tmp_path, scenario):
+    url = f"sqlite:///{tmp_path / 'claims.sqlite3'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    try:
+        check(make_session_factory(engine), scenario)
+    finally:
+        engine.dispose()
+
+
+def test_a_claim_on_the_relay_s_own_connection_commits_with_it(engine, session_factory):
+    """The relay claims on a connection of its own (each statement commits on its own on
+    PostgreSQL): the lease is visible to another relay once the claim is committed."""
+    ids = seed(session_factory)
+    with quick_commit_connection(engine) as connection:
+        rows = claim_messages(connection, NOW, 2)
+        connection.commit()
+        with session_factory() as other:
+            leased = other.scalars(
+                select(OutboxMessage.id).where(OutboxMessage.next_attempt_at == NOW + CLAIM_LEASE)
+            ).all()
+    assert sorted(leased) == [row.id for row in rows] == [ids[1], ids[4]]

@@ -15,11 +15,12 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from config.settings import SettingsError
 from tests.conftest import make_settings, smtp_runtime
 from tests.factories import make_mailbox
 from worker.services.daily import scan_day
-from worker.store.models import BouncedAddress, OutboxMessage
 from worker.services.runtime import Runtime
+from worker.store.models import BouncedAddress, OutboxMessage
 
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
@@ -116,9 +117,14 @@ def test_a_group_mixes_sent_and_deferred_outcomes(tmp_path, database_url, sessio
     assert (result.sent, result.deferred) == (4, 1)
     with session_factory() as session:
         rows = session.execute(
-            select(OutboxMessage.status, OutboxMessage.attempts, OutboxMessage.next_attempt_at,
-                   OutboxMessage.last_error, OutboxMessage.sent_at).order_by(OutboxMessage.id)
-        ).all()  # fmt: skip
+            select(
+                OutboxMessage.status,
+                OutboxMessage.attempts,
+                OutboxMessage.next_attempt_at,
+                OutboxMessage.last_error,
+                OutboxMessage.sent_at,
+            ).order_by(OutboxMessage.id)
+        ).all()
     assert [row.status for row in rows] == ["sent", "sent", "pending", "sent", "sent"]
     assert [row.attempts for row in rows] == [1, 1, 1, 1, 1]
     deferred = rows[2]
@@ -163,7 +169,5 @@ def test_a_batch_stopped_by_an_exception_still_commits_what_it_sent(
 
 @pytest.mark.parametrize("value", ["0", "-1", "1001", "16x"])
 def test_a_bad_outcome_group_is_refused_at_start(tmp_path, value):
-    from config.settings import SettingsError
-
     with pytest.raises(SettingsError, match="RELAY_OUTCOME_GROUP"):
         make_settings(tmp_path, relay_outcome_group=value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import io
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -15,19 +15,21 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET_KEYS
 from tests.factories import make_mailbox
-from worker.services import orders, payments
-from worker.mail.emails import EmailRenderer
+from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway
-from worker.store.models import SandboxCharge
-from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
-from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder
+from worker.mail.emails import EmailRenderer
+from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
+from worker.rules.pricing import format_amount
+from worker.rules.schedule import DEFAULT_STAGES, add_years, first_action_on
+from worker.rules.vocabulary import format_euro
+from worker.services import orders, payments
 from worker.services.orders import LinkState, MailboxChoice
 from worker.services.payments import PaymentRefused
-from worker.rules.schedule import DEFAULT_STAGES, add_years, first_action_on
+from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge
 
 TODAY = date(2027, 3, 1)
-NOW = datetime(2027, 3, 1, 9, 30, tzinfo=timezone.utc)
-LATER = datetime(2027, 3, 2, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
+LATER = datetime(2027, 3, 2, 8, 0, tzinfo=UTC)
 
 
 def link_for(mailbox, expires_on=None) -> RenewalLink:
@@ -44,7 +46,11 @@ def place_order(session, settings, mailbox, *, method="bank_transfer", years=1, 
     orders.choose_mailboxes(
         session,
         order,
-        [MailboxChoice(mailbox.id, plan or mailbox.plan, extra_space_gb, extra_archive_gb, confirm_archive_deletion=True)],
+        [
+            MailboxChoice(
+                mailbox.id, plan or mailbox.plan, extra_space_gb, extra_archive_gb, confirm_archive_deletion=True
+            )
+        ],
         today,
     )
     orders.set_holder(session, order, holder or orders.holder_form_data(order))
@@ -215,10 +221,10 @@ def test_draft_order_cannot_be_paid(session_factory, settings):
 def test_two_orders_for_one_mailbox_renew_it_once(session_factory, settings):
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=date(2027, 4, 30), reference_email="uno@example.it")
-        from worker.rules.links import ACCOUNT
-
         first = place_order(session, settings, mailbox)
-        account_order = orders.start_order(session, RenewalLink(ACCOUNT, mailbox.account_id, mailbox.expires_on), TODAY, NOW)
+        account_order = orders.start_order(
+            session, RenewalLink(ACCOUNT, mailbox.account_id, mailbox.expires_on), TODAY, NOW
+        )
         orders.choose_mailboxes(session, account_order, [], TODAY)
         orders.set_holder(session, account_order, orders.holder_form_data(account_order))
         orders.choose_payment(session, account_order, "bank_transfer", 1, TODAY)
@@ -288,7 +294,7 @@ def test_bank_statement_matches_by_order_number(session_factory, settings):
             "date,amount,reference\n"
             f"2027-03-01,6.10,Bonifico da Mario Rossi causale {paid.order_number.lower()} rinnovo\n"
             f"2027-03-01,6.00,{short.order_number}\n"
-            f"01/03/2027,\"30,50\",RINNOVO {italian.order_number}\n"
+            f'01/03/2027,"30,50",RINNOVO {italian.order_number}\n'
             "2027-03-01,6.10,rinnovo pec senza numero\n"
             "2027-03-01,6.10,PEC-2027-999999\n"
             "2027-03-01,-6.10,commissioni\n"
@@ -371,8 +377,6 @@ def test_parse_euro(text, cents):
 
 @given(st.integers(min_value=1, max_value=10**9))
 def test_parse_euro_reads_back_every_format(cents):
-    from worker.rules.pricing import format_amount, format_euro
-
     assert payments.parse_euro(format_amount(cents)) == cents
     assert payments.parse_euro(format_euro(cents, "it")) == cents
     assert payments.parse_euro(format_euro(cents, "en")) == cents
@@ -455,30 +459,42 @@ def cli_env(tmp_path, database_url):
 
 
 def test_cli_register_and_import_bank(session_factory, settings, database_url, tmp_path):
-    from worker.cli.main import main
-
     today = date.today()  # the CLI runs on the wall clock
     with session_factory() as session:
-        first = place_order(session, settings, make_mailbox(session, expires_on=today + timedelta(days=40)), today=today)
-        second = place_order(session, settings, make_mailbox(session, expires_on=today + timedelta(days=50)), today=today)
+        first = place_order(
+            session, settings, make_mailbox(session, expires_on=today + timedelta(days=40)), today=today
+        )
+        second = place_order(
+            session, settings, make_mailbox(session, expires_on=today + timedelta(days=50)), today=today
+        )
         first_mailbox, second_mailbox = first.lines[0].mailbox_id, second.lines[0].mailbox_id
     runner = CliRunner()
     env = cli_env(tmp_path, database_url)
 
-    result = runner.invoke(main, ["payments", "register", first.order_number, "--amount", "6,00", "--reference", "CRO 1"], env=env)
+    result = runner.invoke(
+        main, ["payments", "register", first.order_number, "--amount", "6,00", "--reference", "CRO 1"], env=env
+    )
     assert result.exit_code == 2
     assert "payment not registered" in result.output and "6.00 EUR" in result.output
 
-    result = runner.invoke(main, ["payments", "register", first.order_number, "--amount", "6,10", "--reference", "CRO 1"], env=env)
+    result = runner.invoke(
+        main, ["payments", "register", first.order_number, "--amount", "6,10", "--reference", "CRO 1"], env=env
+    )
     assert result.exit_code == 0, result.output
     assert f"{first.order_number}: payment of 6.10 EUR registered (bank_transfer)" in result.output
-    result = runner.invoke(main, ["payments", "register", first.order_number, "--amount", "6.10", "--reference", "CRO 1"], env=env)
+    result = runner.invoke(
+        main, ["payments", "register", first.order_number, "--amount", "6.10", "--reference", "CRO 1"], env=env
+    )
     assert result.exit_code == 0
     assert "already registered; nothing changed" in result.output
 
-    result = runner.invoke(main, ["payments", "register", "PEC-2027-424242", "--amount", "6.10", "--reference", "x"], env=env)
+    result = runner.invoke(
+        main, ["payments", "register", "PEC-2027-424242", "--amount", "6.10", "--reference", "x"], env=env
+    )
     assert result.exit_code == 2 and "no order PEC-2027-424242" in result.output
-    result = runner.invoke(main, ["payments", "register", first.order_number, "--amount", "sei", "--reference", "x"], env=env)
+    result = runner.invoke(
+        main, ["payments", "register", first.order_number, "--amount", "sei", "--reference", "x"], env=env
+    )
     assert result.exit_code == 2 and "not an amount" in result.output
 
     statement = tmp_path / "statement.csv"
@@ -520,7 +536,7 @@ def run_together(functions):
         barrier.wait()
         try:
             results[index] = function()
-        except Exception as error:  # noqa: BLE001 - returned to the test
+        except Exception as error:
             results[index] = error
 
     threads = [threading.Thread(target=runner, args=(index, function)) for index, function in enumerate(functions)]

@@ -22,7 +22,7 @@ from tests.celery_process import start_celery_worker, stop_celery_worker, worker
 from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
-from worker.celery_app import create_celery
+from worker.celery_setup import create_celery
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ is about, when there is one: they live in context variables that the
 A renewal token is a bearer credential, so the formatters pass every line,
 tracebacks included, through :func:`redact_tokens` before it is written: the
 ``/rinnova/<token>`` paths and any bare itsdangerous token
-(``worker.web.security.redact``, the one redaction the access log uses too).
+(``worker.rules.links.redact``, the one redaction the access log uses too).
 
 Colour codes other libraries put in their messages (werkzeug colours its
 request lines and its start-up warning, whatever the stream) are taken out
@@ -34,7 +34,7 @@ from contextvars import ContextVar
 from datetime import date, datetime, timezone
 from typing import TextIO
 
-from worker.web.security import redact
+from worker.rules.links import redact
 
 #: The Celery task being run by this thread, and the business date it works on.
 task_id: ContextVar[str | None] = ContextVar("pec_renewal_task_id", default=None)

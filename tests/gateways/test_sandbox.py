@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -28,7 +28,7 @@ from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import SandboxCharge
 
-NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 24, 5, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -105,7 +105,10 @@ def test_the_same_key_with_another_amount_or_method_is_refused(gateway, session_
         charge(gateway, "paypal_ok", amount=2440)
     with pytest.raises(IdempotencyConflict):
         gateway.charge(
-            payment_method="pm_card_visa", amount_cents=2440, currency="USD", idempotency_key="renewal:1:2027-03-31",
+            payment_method="pm_card_visa",
+            amount_cents=2440,
+            currency="USD",
+            idempotency_key="renewal:1:2027-03-31",
             description="x",
         )
     assert count_rows(session_factory) == 1
@@ -136,7 +139,7 @@ def test_eight_threads_charging_one_key_make_one_charge(session_factory):
         try:
             barrier.wait()
             results.append(charge(gateway, "pm_card_visa", key="renewal:race"))
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=run, args=(gateway,)) for gateway in gateways]
@@ -199,7 +202,10 @@ def test_cli_prints_the_sandbox_record_as_json_and_as_a_table(tmp_path, database
     records = json.loads(result.output)
     assert [
         (r["payment_method"], r["amount_cents"], r["idempotency_key"], r["outcome"], r["currency"]) for r in records
-    ] == [("pm_card_visa", 2440, "renewal:1", "succeeded", "EUR"), ("pm_card_chargeDeclined", 6100, "renewal:2", "hard_decline", "EUR")]
+    ] == [
+        ("pm_card_visa", 2440, "renewal:1", "succeeded", "EUR"),
+        ("pm_card_chargeDeclined", 6100, "renewal:2", "hard_decline", "EUR"),
+    ]
     assert [datetime.fromisoformat(r["at"]) for r in records] == [NOW, NOW]
 
     table = CliRunner().invoke(main, ["sandbox", "charges"], env=env, catch_exceptions=False)

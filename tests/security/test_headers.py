@@ -10,6 +10,7 @@ import pytest
 from tests.factories import make_mailbox
 from tests.web.conftest import link_path
 from tests.web.flow import post_form, start
+from worker.web import templating
 
 CSP_DIRECTIVES = {
     "default-src": "'none'",
@@ -28,7 +29,9 @@ def assert_headers(response, what, *, https: bool, no_store: bool = True) -> Non
     assert headers.get("Referrer-Policy") == "no-referrer", what  # the path of a link page carries its token
     assert headers.get("X-Frame-Options") == "DENY", what
     csp = dict(
-        (directive.split(" ", 1) + [""])[:2] for directive in (part.strip() for part in headers["Content-Security-Policy"].split(";")) if directive
+        (directive.split(" ", 1) + [""])[:2]
+        for directive in (part.strip() for part in headers["Content-Security-Policy"].split(";"))
+        if directive
     )
     assert csp == CSP_DIRECTIVES, (what, csp)  # no script at all, no inline style, no framing
     if https:
@@ -80,15 +83,13 @@ def pages(app, client, runtime, session_factory, clock):
 
 
 def _server_error(app, client, link):
-    from worker.web import views
-
-    original = views._link_page
+    original = templating.localised
     app.config["PROPAGATE_EXCEPTIONS"] = False
-    views._link_page = None  # the link page fails after reading its link: calling None raises TypeError
+    templating.localised = None  # the link page fails after reading its link: calling None raises TypeError
     try:
         return client.get(link)
     finally:
-        views._link_page = original
+        templating.localised = original
 
 
 def test_every_answer_has_the_security_headers_over_https(pages):

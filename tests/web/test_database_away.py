@@ -13,13 +13,16 @@ import threading
 from datetime import date
 
 import pytest
+from flask import session as flask_session
+from flask_wtf.csrf import generate_csrf
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token
 from tests.web.flow import start
+from worker.services.runtime import Runtime
+from worker.store.db import make_engine, make_session_factory
 from worker.web import create_app, runtime_of
-from worker.web.signing import csrf_serializer, new_raw_csrf_token
 
 EXPIRY = date(2027, 2, 10)
 HEADING = "Servizio momentaneamente non disponibile"
@@ -108,12 +111,13 @@ def _app(tmp_path, database_url: str, **config):
 
 def _session_with_order(client, app) -> str:
     """A browser session that holds an order id and a CSRF secret (no database needed); its form token."""
-    raw = new_raw_csrf_token()
+    with app.test_request_context():
+        token = generate_csrf()  # Flask-WTF's: a new secret in this session, and the form's signed copy
+        raw = flask_session["csrf_token"]
     with client.session_transaction() as browser_session:
         browser_session["orders"] = [ORDER_ID]
         browser_session["csrf_token"] = raw
-    with app.app_context():
-        return csrf_serializer(app).dumps(raw)
+    return token
 
 
 def _assert_unavailable(response, records, what) -> None:
@@ -213,7 +217,10 @@ def test_connections_cut_under_a_running_app_give_503_then_the_app_recovers(
         ("GET a link, with a session", lambda: browser.get(link)),
         ("POST a link", lambda: browser.post(link, data={"csrf_token": form_token})),
         ("GET a step", lambda: browser.get(f"{order}/caselle")),
-        ("POST a step", lambda: browser.post(f"{order}/caselle", data={"csrf_token": form_token, f"plan-{mailbox_id}": "pro"})),
+        (
+            "POST a step",
+            lambda: browser.post(f"{order}/caselle", data={"csrf_token": form_token, f"plan-{mailbox_id}": "pro"}),
+        ),
         ("GET the order", lambda: browser.get(order)),
     ]
     for what, send in requests:
@@ -230,9 +237,6 @@ def test_connections_cut_under_a_running_app_give_503_then_the_app_recovers(
 
 def test_a_pool_with_every_connection_busy_is_a_503_too(tmp_path, database_url, session_factory, clock, caplog):
     """Every pooled connection held past the pool's timeout (an overloaded database): the same 503."""
-    from worker.store.db import make_engine, make_session_factory
-    from worker.services.runtime import Runtime
-
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=EXPIRY)
         session.commit()

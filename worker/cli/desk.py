@@ -3,34 +3,32 @@
 
 Bad input (an unknown address or order, a request the data does not allow)
 is one line and exit status 2; nothing is written then.  The text output fits
-80 columns.  :func:`desk_commands` builds the command groups around the CLI's
-schema check, which the root command passes in.
+80 columns.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from worker.cli.common import ensure_schema, fail
 from worker.services import desk
 from worker.services.runtime import Runtime
 
 WIDTH = 80
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"pec-renewal: {message}", err=True)
-    sys.exit(code)
-
-
 def _wrapped(text: str, indent: str = "  ", hanging: str = "    ") -> str:
     return textwrap.fill(
-        text, width=WIDTH, initial_indent=indent, subsequent_indent=hanging, break_long_words=False, break_on_hyphens=False
+        text,
+        width=WIDTH,
+        initial_indent=indent,
+        subsequent_indent=hanging,
+        break_long_words=False,
+        break_on_hyphens=False,
     )
 
 
@@ -77,7 +75,9 @@ def format_mailbox(details: dict[str, Any]) -> str:
         lines.append("  none")
     for notice in notices:
         lines.append(
-            _wrapped(f"{notice['business_date']}  {notice['kind']} {notice['stage']} (cycle {notice['cycle_expires_on']})")
+            _wrapped(
+                f"{notice['business_date']}  {notice['kind']} {notice['stage']} (cycle {notice['cycle_expires_on']})"
+            )
         )
         status = notice["status"]
         if notice["sent_at"]:
@@ -128,7 +128,9 @@ def format_mailbox(details: dict[str, Any]) -> str:
             )
         )
     lines.append(f"Opt-outs ({len(details['opt_outs'])})")
-    lines.append("  none" if not details["opt_outs"] else "\n".join(_wrapped(str(item)) for item in details["opt_outs"]))
+    lines.append(
+        "  none" if not details["opt_outs"] else "\n".join(_wrapped(str(item)) for item in details["opt_outs"])
+    )
     return "\n".join(lines)
 
 
@@ -145,8 +147,8 @@ def _order_line(order: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]:
-    """The ``mailbox``, ``notices``, ``orders`` and ``links`` groups; ``ensure_schema`` is the CLI's schema check."""
+def desk_commands() -> list[click.Group]:
+    """The ``mailbox``, ``notices``, ``orders`` and ``links`` groups."""
 
     def runtime(ctx: click.Context) -> Runtime:
         rt = ctx.find_root().obj
@@ -168,7 +170,7 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
             try:
                 found = desk.find_mailbox(session, address)
             except desk.DeskRefused as refused:
-                _fail(str(refused))
+                fail(str(refused))
             details = desk.mailbox_details(
                 session, found, today=rt.today(), stages=rt.settings.notice_stages, plan=rt.charge_plan
             )
@@ -198,11 +200,15 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
                     session, address, today=rt.today(), now=rt.clock(), mail_domain=rt.mail_domain
                 )
         except desk.DeskRefused as refused:
-            _fail(str(refused))
+            fail(str(refused))
         click.echo(f"queued again: {resent.kind} {resent.stage} of {resent.address} (cycle {resent.cycle_expires_on})")
         click.echo(_wrapped(f"to {resent.to_address}, Message-ID <{resent.message_id}>"))
         if resent.previous_to_address is not None:
-            click.echo(_wrapped(f"it replaces the message to {resent.previous_to_address} ({resent.previous_status})", indent="  "))
+            click.echo(
+                _wrapped(
+                    f"it replaces the message to {resent.previous_to_address} ({resent.previous_status})", indent="  "
+                )
+            )
         click.echo(
             _wrapped(
                 "the relay delivers it within a minute under Celery; without workers run 'pec-renewal relay'"
@@ -220,10 +226,12 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
         try:
             return desk.check_order_status(value)
         except desk.DeskRefused as refused:
-            _fail(str(refused))
+            fail(str(refused))
 
     @orders.command("list")
-    @click.option("--status", callback=status_option, help=f"Only orders with this status: {', '.join(desk.ORDER_STATUSES)}.")
+    @click.option(
+        "--status", callback=status_option, help=f"Only orders with this status: {', '.join(desk.ORDER_STATUSES)}."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
     @click.pass_context
     def orders_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
@@ -240,7 +248,9 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
         for order in found:
             click.echo(_wrapped(_order_line(order), indent="", hanging="  "))
             holder = f"{order['holder']}: " if order["holder"] else ""
-            click.echo(_wrapped(holder + (", ".join(order["mailboxes"]) or "no mailbox selected"), indent="  ", hanging="    "))
+            click.echo(
+                _wrapped(holder + (", ".join(order["mailboxes"]) or "no mailbox selected"), indent="  ", hanging="    ")
+            )
         click.echo(f"{len(found)} order(s)")
 
     @orders.command("cancel")
@@ -253,7 +263,7 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
             with rt.session_factory() as session, session.begin():
                 result = desk.cancel_order(session, order_number)
         except desk.DeskRefused as refused:
-            _fail(str(refused))
+            fail(str(refused))
         if result.already:
             click.echo(f"{result.order_number} was already cancelled; nothing changed")
             return
@@ -281,7 +291,7 @@ def desk_commands(ensure_schema: Callable[[Runtime], None]) -> list[click.Group]
             try:
                 issued = desk.issue_link(session, rt.signer, address, today=rt.today())
             except desk.DeskRefused as refused:
-                _fail(str(refused))
+                fail(str(refused))
         click.echo(issued.url)
         click.echo(
             f"{issued.address}, expiry cycle {issued.cycle_expires_on}; the link works for"

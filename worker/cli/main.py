@@ -9,44 +9,31 @@ from datetime import date
 from pathlib import Path
 
 import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy import exists, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from config.settings import Settings, SettingsError
+from worker.celery_setup import create_celery
+from worker.cli.common import ensure_schema, fail, parse_date, runtime_of, stderr_console
+from worker.cli.desk import desk_commands
+from worker.cli.payments import payments
+from worker.cli.sandbox import sandbox
+from worker.cli.serve import serve
+from worker.logs import configure_logging, log_context, remove_logging
 from worker.services import runtime as runtime_module
+from worker.services.daily import count_due, run_day
+from worker.services.demo import run_demo
+from worker.services.health import check_all
+from worker.services.importer import ImportRefused, count_records, import_mailboxes
+from worker.services.report import build_report, print_report
 from worker.services.runtime import Runtime
+from worker.store import migrate
+from worker.store.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 log = logging.getLogger("pec_renewal")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"pec-renewal: {message}", err=True)
-    sys.exit(code)
-
-
-def _runtime(ctx: click.Context) -> Runtime:
-    return ctx.find_root().obj
-
-
-def _ensure_schema(rt: Runtime) -> None:
-    """The embedded SQLite database migrates itself; a server database must be upgraded on purpose."""
-    from worker.store import migrate
-
-    head = migrate.head_revision()
-    current = migrate.current_revision(rt.settings.database_url)
-    if current == head:
-        return
-    if rt.settings.is_embedded:
-        migrate.upgrade(rt.settings.database_url)
-        return
-    _fail(f"the database is at revision {current or 'none'}, not {head}: run 'pec-renewal db upgrade' first")
-
-
-def _parse_date(_ctx, _param, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date like 2027-03-31") from None
 
 
 class _Commands(click.Group):
@@ -60,7 +47,7 @@ class _Commands(click.Group):
             reason = self.database_lost(error)
             if reason is None:
                 raise
-            _fail(
+            fail(
                 f"cannot use the database: {reason[:300]} (is it running? 'pec-renewal check' probes every service;"
                 " once it is back, run the command again: nothing done is lost)",
                 1,
@@ -76,8 +63,6 @@ class _Commands(click.Group):
         connection, and psycopg's own two, where the relay and the charges use psycopg directly.
         Other database errors (a constraint, a bad statement) are bugs and keep their traceback.
         """
-        import psycopg
-        from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
         seen: set[int] = set()
         current: BaseException | None = error
@@ -99,7 +84,6 @@ class _Commands(click.Group):
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
     """Expiry notices, auto-renewal and renewal links for a PEC provider."""
-    from worker.logs import configure_logging, remove_logging
 
     # The one place the CLI configures logging: text until the settings are
     # read (a bad one is reported in one line), then PEC_RENEWAL_LOG_FORMAT.
@@ -110,7 +94,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     try:
         settings = Settings.from_env()
     except SettingsError as error:
-        _fail(str(error))
+        fail(str(error))
     if handler is not None:
         handler = configure_logging(settings.log_format, level)
     ctx.obj = Runtime(settings)
@@ -128,9 +112,8 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply the migrations up to the newest."""
-    from worker.store import migrate
 
-    rt = _runtime(ctx)
+    rt = runtime_of(ctx)
     migrate.upgrade(rt.settings.database_url)
     click.echo(f"database at revision {migrate.current_revision(rt.settings.database_url)}")
 
@@ -161,19 +144,16 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, 
     or other renewal values for a cycle renewed here) does not undo it: the
     worker's values are kept and listed as conflicts.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from worker.services.importer import ImportRefused, count_records, import_mailboxes
-
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     total = count_records(csv_file)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=_stderr_console(),
+        console=stderr_console(),
         disable=total < 5000,
     ) as bar:
         task = bar.add_task("checking" if dry_run else "importing", total=total * 2)
@@ -190,7 +170,7 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, 
             bar.stop()
             for error in refused.errors:
                 click.echo(str(error), err=True)
-            _fail(f"{csv_file}: {len(refused.errors)} problem(s); nothing was imported")
+            fail(f"{csv_file}: {len(refused.errors)} problem(s); nothing was imported")
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for conflict in report.conflicts:
@@ -208,24 +188,32 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, 
 
 
 @main.command("run-daily")
-@click.option("--date", "business_date", callback=_parse_date, help="Business date (YYYY-MM-DD); default: today in the business time zone.")
+@click.option(
+    "--date",
+    "business_date",
+    callback=parse_date,
+    help="Business date (YYYY-MM-DD); default: today in the business time zone.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def run_daily(ctx: click.Context, business_date: date | None, dry_run: bool, as_json: bool) -> None:
     """Run the whole daily job to completion: scan, ledger, rendering and delivery."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from worker.services.daily import count_due, run_day
-    from worker.logs import log_context
-
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     day = business_date or rt.today()
     due = count_due(rt, day)
-    with log_context(day=day), Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=_stderr_console(), disable=due < 5000
-    ) as bar:
+    with (
+        log_context(day=day),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=stderr_console(),
+            disable=due < 5000,
+        ) as bar,
+    ):
         scanning = bar.add_task(f"scanning {day}", total=due)
         delivering = bar.add_task("delivering", total=None, visible=False)
 
@@ -288,8 +276,8 @@ def _print_summary(summary) -> None:
 @click.pass_context
 def relay(ctx: click.Context) -> None:
     """Deliver every outbox message that is due now (retries included)."""
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     result = rt.relay.deliver_due()
     click.echo(f"sent {result.sent}, deferred {result.deferred}, bounced {result.bounced}, failed {result.failed}")
 
@@ -300,7 +288,9 @@ def outbox() -> None:
 
 
 @outbox.command("retry")
-@click.option("--date", "business_date", callback=_parse_date, help="Only the messages of this business date (YYYY-MM-DD).")
+@click.option(
+    "--date", "business_date", callback=parse_date, help="Only the messages of this business date (YYYY-MM-DD)."
+)
 @click.pass_context
 def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
     """Queue again the messages that failed (attempts ran out); bounced ones stay bounced.
@@ -308,12 +298,14 @@ def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
     Each keeps its Message-ID, so a receiver can drop a copy it already had.
     The relay sends them within a minute, or at once with 'pec-renewal relay'.
     """
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     with rt.session_factory() as session, session.begin():
         count = requeue_failed_messages(session, business_date)
     where = f" of {business_date}" if business_date else ""
-    click.echo(f"requeued {count} failed message(s){where}; the relay sends them within a minute ('pec-renewal relay' now)")
+    click.echo(
+        f"requeued {count} failed message(s){where}; the relay sends them within a minute ('pec-renewal relay' now)"
+    )
     click.echo(
         "messages refused by the renderer stay failed: correct the data (re-import),"
         " then 'pec-renewal notices resend ADDRESS'"
@@ -322,9 +314,6 @@ def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
 
 def requeue_failed_messages(session, business_date: date | None = None) -> int:
     """Failed outbox messages back to pending, due now, with their attempts reset; returns how many."""
-    from sqlalchemy import exists, update
-
-    from worker.store.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
     statement = (
         update(OutboxMessage)
@@ -343,18 +332,17 @@ def requeue_failed_messages(session, business_date: date | None = None) -> int:
 
 
 @main.command("report")
-@click.option("--date", "start", callback=_parse_date, help="First day (YYYY-MM-DD); default: today in the business time zone.")
+@click.option(
+    "--date", "start", callback=parse_date, help="First day (YYYY-MM-DD); default: today in the business time zone."
+)
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1, 92), help="How many days ahead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def report(ctx: click.Context, start: date | None, days: int, as_json: bool) -> None:
     """What is due in the coming days, by kind, and the failures and bounces of the last run."""
-    from rich.console import Console
 
-    from worker.services.report import build_report, print_report
-
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     with rt.session_factory() as session:
         result = build_report(
             session, start=start or rt.today(), days=days, stages=rt.settings.notice_stages, plan=rt.charge_plan
@@ -369,9 +357,8 @@ def report(ctx: click.Context, start: date | None, days: int, as_json: bool) -> 
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Probe the database, broker, mail and payment gateway; exit 1 if any is down."""
-    from worker.services.health import check_all
 
-    probes = check_all(_runtime(ctx))
+    probes = check_all(runtime_of(ctx))
     for probe in probes:
         click.echo(f"{probe.service:<9} {'ok' if probe.ok else 'DOWN':<5} {probe.detail}")
     if not all(probe.ok for probe in probes):
@@ -383,9 +370,8 @@ def check(ctx: click.Context) -> None:
 @click.pass_context
 def run(ctx: click.Context, concurrency: int) -> None:
     """Start a Celery worker with beat (the embedded default needs no server)."""
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
-    from worker.celery_app import create_celery
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
 
     app = create_celery(rt.settings)
     if rt.settings.broker_url.startswith("filesystem"):
@@ -399,29 +385,15 @@ def run(ctx: click.Context, concurrency: int) -> None:
 @click.pass_context
 def demo(ctx: click.Context, count: int) -> None:
     """Build a sample database in ./var, import varied mailboxes, run today's job, show what was sent."""
-    from worker.services.demo import run_demo
 
-    run_demo(_runtime(ctx), count, echo=click.echo)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+    run_demo(runtime_of(ctx), count, echo=click.echo)
 
 
-from worker.cli.sandbox import sandbox  # noqa: E402
 main.add_command(sandbox)
-
-from worker.cli.serve import serve  # noqa: E402
 main.add_command(serve)
-
-from worker.cli.payments import payments  # noqa: E402
 main.add_command(payments)
-
-from worker.cli.desk import desk_commands  # noqa: E402
-for _desk_group in desk_commands(_ensure_schema):
-    main.add_command(_desk_group)
+for desk_group in desk_commands():
+    main.add_command(desk_group)
 
 
 if __name__ == "__main__":

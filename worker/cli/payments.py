@@ -7,26 +7,18 @@ from pathlib import Path
 
 import click
 
+from worker.cli.common import ensure_schema, fail, runtime_of
 from worker.rules import pricing
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"pec-renewal: {message}", err=True)
-    sys.exit(code)
-
-
-def _runtime(ctx: click.Context):
-    return ctx.find_root().obj
-
-
-def _ensure_schema(rt) -> None:
-    from worker.cli.main import _ensure_schema as ensure
-
-    ensure(rt)
+from worker.services.payments import (
+    BankStatementInvalid,
+    PaymentRefused,
+    import_bank_statement,
+    parse_euro,
+    register_payment,
+)
 
 
 def _amount(_ctx, _param, value: str) -> int:
-    from worker.services.payments import parse_euro
 
     try:
         cents = parse_euro(value)
@@ -45,7 +37,11 @@ def payments() -> None:
 @payments.command("register")
 @click.argument("order_number")
 @click.option("--amount", required=True, callback=_amount, help="The amount paid in euro: 48.80 or 48,80.")
-@click.option("--reference", required=True, help="The payment's reference (CRO/TRN, slip number): registering it twice registers once.")
+@click.option(
+    "--reference",
+    required=True,
+    help="The payment's reference (CRO/TRN, slip number): registering it twice registers once.",
+)
 @click.option(
     "--method",
     type=click.Choice(pricing.PAYMENT_METHODS),
@@ -56,10 +52,9 @@ def payments() -> None:
 @click.pass_context
 def register(ctx: click.Context, order_number: str, amount: int, reference: str, method: str) -> None:
     """Register one payment of ORDER_NUMBER (such as PEC-2027-000123); it completes the renewal."""
-    from worker.services.payments import PaymentRefused, register_payment
 
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     now = rt.clock()
     try:
         with rt.session_factory() as session, session.begin():
@@ -74,11 +69,13 @@ def register(ctx: click.Context, order_number: str, amount: int, reference: str,
                 settings=rt.settings,
             )
     except PaymentRefused as refused:
-        _fail(f"payment not registered: {refused}")
+        fail(f"payment not registered: {refused}")
     if not result.registered:
         click.echo(f"{result.order_number}: this payment ({reference}) was already registered; nothing changed")
         return
-    click.echo(f"{result.order_number}: payment of {pricing.format_amount(result.amount_cents)} EUR registered ({method})")
+    click.echo(
+        f"{result.order_number}: payment of {pricing.format_amount(result.amount_cents)} EUR registered ({method})"
+    )
     for item in result.renewed:
         click.echo(f"  {item.address}: renewed from {item.old_expires_on} to {item.new_expires_on} ({item.plan})")
     click.echo("the renewal-completed email is queued (sent by the next relay run)")
@@ -94,19 +91,16 @@ def import_bank(ctx: click.Context, csv_file: Path) -> None:
     reference.  Unmatched lines and wrong amounts are reported and change
     nothing; the exit status is then 1.
     """
-    from worker.services.payments import BankStatementInvalid, import_bank_statement
 
-    rt = _runtime(ctx)
-    _ensure_schema(rt)
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
     try:
         with rt.session_factory() as session, session.begin():
-            report = import_bank_statement(
-                session, csv_file, now=rt.clock(), today=rt.today(), settings=rt.settings
-            )
+            report = import_bank_statement(session, csv_file, now=rt.clock(), today=rt.today(), settings=rt.settings)
     except BankStatementInvalid as error:
-        _fail(f"{csv_file}: {error}")
+        fail(f"{csv_file}: {error}")
     except (UnicodeDecodeError, OSError) as error:
-        _fail(f"{csv_file}: cannot be read: {error}")
+        fail(f"{csv_file}: cannot be read: {error}")
     for line in report.lines:
         stream_err = line.status not in ("registered", "already_registered", "skipped")
         click.echo(f"line {line.line}: {line.status}: {line.message}", err=stream_err)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 
 import click
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from worker.cli.common import ensure_schema
+from worker.gateways import describe_payment_method
+from worker.gateways.sandbox import list_charges
 from worker.services.desk import failed_without_charge_attempt
 from worker.store.models import ChargeIntent
 
@@ -23,12 +28,9 @@ def sandbox() -> None:
 @click.pass_context
 def charges(ctx: click.Context, as_json: bool, limit: int | None) -> None:
     """Every charge the sandbox gateway recorded, oldest first, as its dashboard would show them."""
-    from worker.cli.main import _ensure_schema
-    from worker.gateways import describe_payment_method
-    from worker.gateways.sandbox import list_charges
 
     rt = ctx.find_root().obj
-    _ensure_schema(rt)
+    ensure_schema(rt)
     records = list_charges(rt.session_factory, limit=limit)
     if as_json:
         click.echo(json.dumps(records, indent=None))
@@ -37,8 +39,6 @@ def charges(ctx: click.Context, as_json: bool, limit: int | None) -> None:
         with rt.session_factory() as session:
             click.echo(empty_record_explained(session, rt.settings.payment_gateway))
         return
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"Sandbox charges ({len(records)})")
     for column, justify in (

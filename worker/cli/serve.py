@@ -8,10 +8,13 @@ In production use gunicorn instead (see the README)::
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import click
 from werkzeug.serving import run_simple
 
+from worker.cli.common import ensure_schema
+from worker.web import create_app
 from worker.web.security import RedactingRequestHandler
 
 
@@ -36,19 +39,17 @@ def serve(ctx: click.Context, host: str, port: int, debug: bool) -> None:
 
     With PEC_RENEWAL_BASE_URL unset, the links it writes point at this host and port.
     """
-    import logging
-
-    from worker.cli.main import _ensure_schema
-    from worker.web import create_app
 
     runtime = ctx.find_root().obj
     if not runtime.settings.base_url_explicit:
         # Links (the checkout link of an order, ...) point at this server, not at the default's port.
         runtime.settings = dataclasses.replace(runtime.settings, base_url=serving_url(host, port))
-    _ensure_schema(runtime)
+    ensure_schema(runtime)
     app = create_app(runtime)
     logging.getLogger("werkzeug").setLevel(logging.INFO)
-    click.echo(f"serving the link handler on http://{host}:{port}/ (links point at {runtime.settings.base_url})", err=True)
+    click.echo(
+        f"serving the link handler on http://{host}:{port}/ (links point at {runtime.settings.base_url})", err=True
+    )
     run_simple(
         host,
         port,

@@ -33,14 +33,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store.db import dialect_insert
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
+from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ LOST_ANSWER_MESSAGE = "no answer from the sandbox gateway (simulated timeout); l
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def sandbox_reference(idempotency_key: str) -> str:

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from worker.store.db import dialect_insert
+from worker.rules import vocabulary
 from worker.rules.holder_data import LOCAL_PART_MAX, sendable_address
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
 from worker.store.models import WorkerState
@@ -61,9 +62,9 @@ KINDS = (
     "charge-succeeded",
     "charge-failed",
 )
-LANGUAGES = ("it", "en")
-PLANS = ("standard", "pro", "premium")
-PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
+LANGUAGES = vocabulary.LANGUAGES
+PLANS = vocabulary.PLANS
+PLAN_LABELS = vocabulary.PLAN_LABELS
 #: RFC 5322: a line must not be longer than 998 characters (78 is a recommendation).
 MAX_HEADER_LINE = 998
 
@@ -128,11 +129,8 @@ def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], si
 
 _ORDER_NUMBER_RE = re.compile(r"PEC-\d{4}-\d{6,}")
 _IBAN_RE = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}")
-_PAYMENT_METHODS = ("card", "paypal", "bank_transfer", "postal_slip")
-_METHOD_LABELS = {
-    "it": {"card": "carta di credito", "paypal": "PayPal", "bank_transfer": "bonifico bancario", "postal_slip": "bollettino postale"},
-    "en": {"card": "credit card", "paypal": "PayPal", "bank_transfer": "bank transfer", "postal_slip": "postal slip"},
-}
+_PAYMENT_METHODS = vocabulary.PAYMENT_METHODS
+_METHOD_LABELS = vocabulary.METHOD_LABELS
 
 
 def _euro(cents: Any, language: str) -> str:

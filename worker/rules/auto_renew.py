@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from worker.rules import schedule
 from worker.rules.notices import decide_notice
@@ -44,7 +44,7 @@ AUTO_RENEW_KINDS = (CHARGE_NOTICE, CARD_EXPIRING, CHARGE_SUCCEEDED, CHARGE_FAILE
 CURRENCY = "EUR"
 
 
-class ChargeStatus(str, Enum):
+class ChargeStatus(StrEnum):
     """The status of a charge attempt (``charge_intents.status``)."""
 
     STARTED = "started"  # the intent is committed; the gateway may or may not have been called

@@ -40,11 +40,7 @@ from stdnum import luhn
 from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
 from stdnum.it import codicefiscale, iva
 
-PRIVATE = "private"
-PUBLIC_ADMINISTRATION = "public_administration"
-#: The kinds that need a partita IVA and an SDI code or PEC address.
-BUSINESS_KINDS = ("sole_proprietor", "company", "professional")
-HOLDER_KINDS = (PRIVATE, *BUSINESS_KINDS, PUBLIC_ADMINISTRATION)
+from worker.rules.vocabulary import BUSINESS_KINDS, HOLDER_KINDS, PRIVATE, PUBLIC_ADMINISTRATION
 
 #: Each kind by its lower-case name (one string object for every holder of a kind).
 _KINDS = {kind: kind for kind in HOLDER_KINDS}

@@ -3,6 +3,9 @@
 A renewal link is bound to one mailbox (or one account) and to the expiry
 date it was sent for: the expiry cycle.  Once that cycle is renewed the
 mailbox's expiry moves on and the link no longer starts an order.
+
+A token is a bearer credential: :func:`redact` takes it out of any text
+before the text is logged.
 """
 
 from __future__ import annotations
@@ -88,3 +91,18 @@ class LinkSigner:
             return RenewalLink(target, target_id, date.fromisoformat(expires_on))
         except (ValueError, TypeError):
             raise TokenInvalid("link invalid") from None
+
+
+#: A renewal path, with whatever follows it up to a space or a quote.
+_TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
+#: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
+#: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
+#: payload starts with a dot of its own.
+_SIGNED_TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,12}\.[A-Za-z0-9_\-]{27,}")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``, and any other
+    signed token into ``[redacted]``."""
+    return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))

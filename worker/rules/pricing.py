@@ -1,4 +1,4 @@
-"""Pure order rules: plan limits, used space, prices with VAT, years, payment methods and working days.
+"""Pure order rules: plan limits, used space, prices with VAT, years, payment delays and working days.
 
 Nothing here touches the database or reads a clock; every function is a
 function of its arguments (``today`` included), unit-tested without I/O.
@@ -11,40 +11,50 @@ or English.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from typing import Any
 
 from config import catalogue
 
-CARD = "card"
-PAYPAL = "paypal"
-BANK_TRANSFER = "bank_transfer"
-POSTAL_SLIP = "postal_slip"
-PAYMENT_METHODS = (CARD, PAYPAL, BANK_TRANSFER, POSTAL_SLIP)
-#: Methods that go through the payment gateway and switch auto-renew on.
-GATEWAY_METHODS = (CARD, PAYPAL)
+# The payment methods and euro amounts are the vocabulary's; named here too for the callers that
+# price and take payments (the payments CLI's choices among them).
+from worker.rules.vocabulary import (  # noqa: F401 (re-exported)
+    BANK_TRANSFER,
+    CARD,
+    GATEWAY_METHODS,
+    METHOD_LABELS,
+    PAYMENT_METHODS,
+    PAYPAL,
+    PLAN_LABELS,
+    POSTAL_SLIP,
+    format_euro,
+)
 
 #: At most this many working days between a payment and its registration.
 REGISTRATION_WORKING_DAYS = {CARD: 0, PAYPAL: 0, BANK_TRANSFER: 1, POSTAL_SLIP: 7}
 
 MB_PER_GB = 1024
 
-PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
-METHOD_LABELS = {
-    "it": {CARD: "carta di credito", PAYPAL: "PayPal", BANK_TRANSFER: "bonifico bancario", POSTAL_SLIP: "bollettino postale"},
-    "en": {CARD: "credit card", PAYPAL: "PayPal", BANK_TRANSFER: "bank transfer", POSTAL_SLIP: "postal slip"},
-}
-
 MESSAGES: dict[str, dict[str, str]] = {
     "on_domain": {
-        "it": "La casella PEC {address} è su un dominio: si rinnova rinnovando il dominio, e la tipologia e lo spazio non si possono modificare.",
-        "en": "The PEC mailbox {address} is on a domain: it is renewed by renewing the domain, and its plan and space cannot be changed.",
+        "it": (
+            "La casella PEC {address} è su un dominio: si rinnova rinnovando il dominio, e la tipologia e lo spazio "
+            "non si possono modificare."
+        ),
+        "en": (
+            "The PEC mailbox {address} is on a domain: it is renewed by renewing the domain, and its plan and space "
+            "cannot be changed."
+        ),
     },
     "deleted": {
-        "it": "La casella PEC {address} è stata cancellata (oltre 90 giorni dalla scadenza) e non può più essere rinnovata.",
+        "it": (
+            "La casella PEC {address} è stata cancellata (oltre 90 giorni dalla scadenza) e non può più essere "
+            "rinnovata."
+        ),
         "en": "The PEC mailbox {address} has been deleted (over 90 days after expiry) and can no longer be renewed.",
     },
     "plan_unknown": {
@@ -72,20 +82,35 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "At most {max} GB of extra archive can be bought.",
     },
     "free_space": {
-        "it": "La casella occupa {used} MB: la tipologia {plan} arriva al massimo a {capacity} GB. Liberi spazio prima di rinnovare, oppure scelga una tipologia più grande.",
-        "en": "The mailbox uses {used} MB: the {plan} plan holds at most {capacity} GB. Free some space before renewing, or choose a larger plan.",
+        "it": (
+            "La casella occupa {used} MB: la tipologia {plan} arriva al massimo a {capacity} GB. Liberi spazio prima "
+            "di rinnovare, oppure scelga una tipologia più grande."
+        ),
+        "en": (
+            "The mailbox uses {used} MB: the {plan} plan holds at most {capacity} GB. Free some space before "
+            "renewing, or choose a larger plan."
+        ),
     },
     "space_needed": {
         "it": "La casella occupa {used} MB: con la tipologia {plan} servono almeno {needed} GB di spazio aggiuntivo.",
         "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least {needed} GB of extra space.",
     },
     "archive_deletion": {
-        "it": "Passando alla tipologia Standard l'archivio della casella {address} verrà cancellato. Confermi di voler procedere.",
+        "it": (
+            "Passando alla tipologia Standard l'archivio della casella {address} verrà cancellato. Confermi di voler "
+            "procedere."
+        ),
         "en": "Moving to the Standard plan deletes the archive of {address}. Confirm that you want to go ahead.",
     },
     "auto_renew_plan_change": {
-        "it": "Per la casella {address} è attivo il rinnovo automatico: il rinnovo manuale è possibile solo cambiando tipologia. Per rinnovare senza cambiare tipologia, disattivi prima il rinnovo automatico.",
-        "en": "Auto-renew is on for {address}: a manual renewal is only possible with a change of plan. To renew without changing plan, first switch auto-renew off.",
+        "it": (
+            "Per la casella {address} è attivo il rinnovo automatico: il rinnovo manuale è possibile solo cambiando "
+            "tipologia. Per rinnovare senza cambiare tipologia, disattivi prima il rinnovo automatico."
+        ),
+        "en": (
+            "Auto-renew is on for {address}: a manual renewal is only possible with a change of plan. To renew "
+            "without changing plan, first switch auto-renew off."
+        ),
     },
 }
 
@@ -100,7 +125,7 @@ class Problem:
 
     field: str
     key: str
-    values: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     def message(self, language: str) -> str:
         return problem_message(self.key, language, **self.values)
@@ -170,11 +195,17 @@ def check_mailbox_choice(
             if needed > maximum:
                 capacity = mailbox_capacity_gb(plan, maximum)
                 problems.append(
-                    Problem("plan", "free_space", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "capacity": capacity})
+                    Problem(
+                        "plan", "free_space", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "capacity": capacity}
+                    )
                 )
             elif extra_space_gb < needed:
                 problems.append(
-                    Problem("extra_space_gb", "space_needed", {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed})
+                    Problem(
+                        "extra_space_gb",
+                        "space_needed",
+                        {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed},
+                    )
                 )
     if archive_ok and extra_archive_gb > 0:
         maximum = catalogue.PLAN_MAX_EXTRA_ARCHIVE_GB[plan]
@@ -282,12 +313,28 @@ def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
         if line.extra_space_gb:
             unit = catalogue.EXTRA_SPACE_GB_CENTS
             priced.append(
-                PriceLine(line.address, "extra_space", line.plan, line.extra_space_gb, years, unit, unit * line.extra_space_gb * years)
+                PriceLine(
+                    line.address,
+                    "extra_space",
+                    line.plan,
+                    line.extra_space_gb,
+                    years,
+                    unit,
+                    unit * line.extra_space_gb * years,
+                )
             )
         if line.extra_archive_gb:
             unit = catalogue.EXTRA_ARCHIVE_GB_CENTS
             priced.append(
-                PriceLine(line.address, "extra_archive", line.plan, line.extra_archive_gb, years, unit, unit * line.extra_archive_gb * years)
+                PriceLine(
+                    line.address,
+                    "extra_archive",
+                    line.plan,
+                    line.extra_archive_gb,
+                    years,
+                    unit,
+                    unit * line.extra_archive_gb * years,
+                )
             )
     subtotal = sum(line.amount_cents for line in priced)
     vat = vat_cents(subtotal)
@@ -297,15 +344,6 @@ def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
 def line_price_cents(line: LineInput, years: int) -> int:
     """One mailbox's share of the price, VAT excluded."""
     return price_order([line], years).subtotal_cents
-
-
-def format_euro(cents: int, language: str = "it") -> str:
-    """``48,80 €`` in Italian (``1.234,56 €``), ``€48.80`` in English (``€1,234.56``)."""
-    sign = "-" if cents < 0 else ""
-    euros, rest = divmod(abs(cents), 100)
-    if language == "en":
-        return f"{sign}€{euros:,}.{rest:02d}"
-    return f"{sign}{euros:,}".replace(",", ".") + f",{rest:02d} €"
 
 
 def format_amount(cents: int) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from worker.services import charges
 
 from worker.rules import pricing, schedule
-from worker.mail.emails import installation_id, message_id_for
+from worker.mail.queue import NewEmail, queue_email
 from worker.gateways import describe_payment_method, mask_token
 from worker.rules.links import LinkSigner
 from worker.store.models import (
@@ -348,27 +348,24 @@ def resend_latest_notice(
     ]
     if previous is not None:
         context[RESEND_OF] = previous.id
-    message_id = message_id_for(
-        [(mailbox.id, entry.cycle_expires_on.isoformat(), entry.stage)],
-        mail_domain,
-        installation_id=installation_id(session),
-        resend=_resend_number(session, previous),
-    )
-    message = OutboxMessage(
-        message_id=message_id,
-        kind=entry.kind,
-        stage=entry.stage,
-        language=mailbox.language,
-        to_address=to_address,
+    queued = queue_email(
+        session,
+        NewEmail(
+            about=[(mailbox.id, entry.cycle_expires_on.isoformat(), entry.stage)],
+            kind=entry.kind,
+            stage=entry.stage,
+            language=mailbox.language,
+            to_address=to_address,
+            context=context,
+            resend=_resend_number(session, previous),
+        ),
+        mail_domain=mail_domain,
         business_date=today,
-        context=context,
-        status=OutboxStatus.PENDING.value,
-        attempts=0,
-        created_at=now,
+        now=now,
     )
-    session.add(message)
-    session.flush()
-    entry.outbox_message_id = message.id
+    if queued is None:
+        raise DeskRefused(f"{mailbox.address}: the same re-send of its {entry.kind} {entry.stage} is already queued")
+    entry.outbox_message_id = queued.id
     clear_refused_reason(entry)
     session.flush()
     return Resent(
@@ -377,8 +374,8 @@ def resend_latest_notice(
         stage=entry.stage,
         cycle_expires_on=entry.cycle_expires_on,
         to_address=to_address,
-        message_id=message_id,
-        outbox_id=message.id,
+        message_id=queued.message_id,
+        outbox_id=queued.id,
         previous_to_address=previous.to_address if previous is not None else None,
         previous_status=previous.status if previous is not None else None,
     )

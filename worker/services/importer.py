@@ -105,7 +105,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.rules import holder_data, schedule
+from worker.rules import holder_data, schedule, vocabulary
 from worker.store.db import dialect_insert
 from worker.gateways.base import mask_token
 from worker.rules.holder_data import HolderData
@@ -146,8 +146,8 @@ OPTIONAL_COLUMNS = (
 )
 KNOWN_COLUMNS = REQUIRED_COLUMNS + EXPIRY_COLUMNS + OPTIONAL_COLUMNS
 
-PLANS = tuple(plan.value for plan in Plan)
-LANGUAGES = ("it", "en")
+PLANS = vocabulary.PLANS
+LANGUAGES = vocabulary.LANGUAGES
 MAX_RENEWAL_YEARS = 5
 MAX_PROMO_RENEWAL_YEARS = 2
 MAX_STANDARD_EXTRA_SPACE_GB = 1

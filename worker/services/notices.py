@@ -3,96 +3,37 @@
 The scan reads only mailboxes whose ``next_action_on`` has come (an indexed
 column), so its cost follows the work that is due, not the size of the fleet.
 Each batch is handled in one transaction: the mailboxes are locked, the due
-stage is decided by a pure rule, the ledger rows and their outbox messages are
-written together, and ``next_action_on`` moves to the next stage.  The ledger's
-unique key (mailbox, expiry cycle, stage) makes a second run, or a second
-process, write nothing more.
+stage is decided by a pure rule (:mod:`worker.rules.notices`, and
+:mod:`worker.services.charges` for auto-renew), the ledger rows and their
+outbox messages are written together, and ``next_action_on`` moves to the next
+stage.  The ledger's unique key (mailbox, expiry cycle, stage) makes a second
+run, or a second process, write nothing more.
+
+The writes are three SQLAlchemy Core statements whatever the batch's size: the
+outbox messages (``INSERT … RETURNING``), their ledger rows, and the mailboxes'
+next dates (:func:`worker.store.db.insert_many` and ``update_by_id``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import BigInteger, Row, any_, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.services import charges
-
+from worker.mail.queue import NewEmail, queue_emails
 from worker.rules import schedule
-from worker.store.db import dialect_insert
-from worker.mail.emails import installation_id, message_id_for
-from worker.store.models import (
-    DailyRun,
-    Domain,
-    Holder,
-    Mailbox,
-    NoticeLedgerEntry,
-    OutboxMessage,
-    OutboxStatus,
-    WorkerState,
-)
+from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on
 from worker.rules.schedule import Stage
+from worker.services import charges
+from worker.store.db import insert_many, one_of, update_by_id
+from worker.store.models import Domain, Holder, Mailbox, NoticeLedgerEntry, WorkerState
 
-EXPIRY_NOTICE = "expiry-notice"
-EXPIRED_NOTICE = "expired-notice"
-DOMAIN_EXPIRY_NOTICE = "domain-expiry-notice"
-
-#: A daily scan that started this long ago without finishing may be taken over.
-SCAN_LEASE = timedelta(minutes=30)
-
-
-@dataclass(frozen=True)
-class NoticeDecision:
-    """What the scan does today for one mailbox."""
-
-    kind: str | None = None
-    stage: Stage | None = None
-    skip_reason: str | None = None
-    next_action_on: date | None = None
-    superseded: tuple[Stage, ...] = ()
-
-
-def decide_notice(
-    *,
-    stages: tuple[Stage, ...],
-    expires_on: date,
-    on_domain: bool,
-    auto_renew: bool,
-    pending_since: date | None,
-    today: date,
-    already_sent: frozenset[str],
-) -> NoticeDecision:
-    """The pure rule: the most urgent stage due today, unless sent, deleted or not ours.
-
-    ``pending_since`` is the mailbox's ``next_action_on`` before this run: the
-    stages dated from then up to the one sent today were passed over for good.
-    """
-    next_on = schedule.next_action_on(stages, expires_on, today)
-    if schedule.mailbox_state(expires_on, today) is schedule.MailboxState.DELETED:
-        return NoticeDecision(skip_reason="deleted", next_action_on=None)
-    if auto_renew and not on_domain:
-        # Auto-renew mailboxes get charge notices, not these (their own flow).
-        return NoticeDecision(skip_reason="auto-renew", next_action_on=next_on)
-    due = schedule.due_stage(stages, expires_on, today)
-    if due is None:
-        return NoticeDecision(skip_reason="not-due", next_action_on=next_on)
-    if due.name in already_sent:
-        return NoticeDecision(skip_reason="already-sent", next_action_on=next_on)
-    if on_domain:
-        kind = DOMAIN_EXPIRY_NOTICE
-    else:
-        kind = EXPIRED_NOTICE if due.after_expiry else EXPIRY_NOTICE
-    superseded = tuple(
-        stage
-        for stage in schedule.superseded_stages(stages, expires_on, pending_since, due)
-        if stage.name not in already_sent
-    )
-    return NoticeDecision(kind=kind, stage=due, next_action_on=next_on, superseded=superseded)
+_MAILBOXES = Mailbox.__table__
+_LEDGER = NoticeLedgerEntry.__table__
 
 
 @dataclass
@@ -117,7 +58,7 @@ class BatchResult:
     #: charge-failed): for the charge service, :func:`worker.services.charges.run_charges`.
     charges_due: list[int] = field(default_factory=list)
 
-    def add(self, other: "BatchResult") -> None:
+    def add(self, other: BatchResult) -> None:
         self.examined += other.examined
         self.notices.update(other.notices)
         self.emails.update(other.emails)
@@ -135,25 +76,17 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
     one email per kind and stage.  A batch may exceed ``batch_size`` only by the
     mailboxes of its last address.
     """
-    # The due rows come through the DBAPI cursor of the session's own connection
-    # (in its transaction) as plain ``(address, id)`` tuples, and are grouped by
-    # address in a dict: SQLAlchemy's result rows, or a sort (in Python or by
-    # the database's collation), each cost more than the read itself on a
-    # normal day, and a sort costs more the more shuffled the addresses come.
-    # An address keeps a bare id until it has a second mailbox: a list per row
-    # made the garbage collector walk the fresh rows over and over, twice the
-    # cost of the grouping itself (bench/RESULTS.md).
-    connection = session.connection()
-    if connection.dialect.paramstyle == "qmark":  # SQLite keeps dates as ISO text
-        sql, day = "SELECT reference_email, id FROM mailboxes WHERE next_action_on <= ?", today.isoformat()
-    else:
-        sql, day = "SELECT reference_email, id FROM mailboxes WHERE next_action_on <= %s", today
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(sql, (day,))
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    # The due rows are grouped by address in a dict: a sort (in Python or by the
+    # database's collation) costs more than the read itself on a normal day, and
+    # more the more shuffled the addresses come.  An address keeps a bare id until
+    # it has a second mailbox: a list per row made the garbage collector walk the
+    # fresh rows over and over, twice the cost of the grouping itself (bench/RESULTS.md).
+    # Fetched whole (``all()``): iterating the result row by row took twice as long.
+    rows = (
+        session.connection()
+        .execute(select(_MAILBOXES.c.reference_email, _MAILBOXES.c.id).where(_MAILBOXES.c.next_action_on <= today))
+        .all()
+    )
     by_address: dict[str, int | list[int]] = {}
     for address, mailbox_id in rows:
         known = by_address.get(address)
@@ -178,22 +111,18 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
 
 #: A batch's mailboxes with what the emails need of their holder and domain, locked: plain
 #: rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more than
-#: the rest of the batch; bench/daily_peak.py).  On PostgreSQL the ids go as one array.
-_BATCH_COLUMNS = (*Mailbox.__table__.c, Holder.name.label("holder_name"), Domain.name.label("domain_name"))
+#: the rest of the batch; bench/daily_peak.py).
+_BATCH_COLUMNS = (*_MAILBOXES.c, Holder.name.label("holder_name"), Domain.name.label("domain_name"))
 
 
 def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
-    if session.get_bind().dialect.name == "postgresql":
-        chosen = Mailbox.id == any_(bindparam("ids", mailbox_ids, type_=postgresql.ARRAY(BigInteger)))
-    else:
-        chosen = Mailbox.id.in_(mailbox_ids)
     return session.execute(
         select(*_BATCH_COLUMNS)
         .join(Holder, Holder.id == Mailbox.holder_id)
         .outerjoin(Domain, Domain.id == Mailbox.domain_id)
-        .where(chosen, Mailbox.next_action_on <= today)
+        .where(one_of(session, Mailbox.id, mailbox_ids), Mailbox.next_action_on <= today)
         .order_by(Mailbox.id)
-        .with_for_update(of=Mailbox.__table__)
+        .with_for_update(of=_MAILBOXES)
     ).all()
 
 
@@ -215,13 +144,9 @@ def load_decision_states(
         # read every ledger row of the cycle's date, which on a peak day is the whole
         # day's ledger, once per batch (1.5 s a batch at 75,000 rows; bench/daily_peak.py).
         manual_ids = [mailbox_id for mailbox_id, _ in manual_keys]
-        if session.get_bind().dialect.name == "postgresql":
-            of_batch = NoticeLedgerEntry.mailbox_id == any_(bindparam("ids", manual_ids, type_=postgresql.ARRAY(BigInteger)))
-        else:
-            of_batch = NoticeLedgerEntry.mailbox_id.in_(manual_ids)
         for mailbox_id, cycle, stage in session.execute(
-            select(NoticeLedgerEntry.mailbox_id, NoticeLedgerEntry.cycle_expires_on, NoticeLedgerEntry.stage).where(
-                of_batch
+            select(_LEDGER.c.mailbox_id, _LEDGER.c.cycle_expires_on, _LEDGER.c.stage).where(
+                one_of(session, _LEDGER.c.mailbox_id, manual_ids)
             )
         ):
             if (mailbox_id, cycle) in manual_keys:
@@ -258,6 +183,123 @@ def decide_mailbox(
     )
 
 
+#: One ledger row of an email: (mailbox id, cycle's expiry, stage, kind).
+LedgerRow = tuple[int, date, str, str]
+
+
+@dataclass
+class NoticeBatch:
+    """What a batch decided, before anything is written (:func:`plan_notice_batch`)."""
+
+    today: date
+    now: datetime
+    mail_domain: str
+    result: BatchResult
+    #: The emails to queue, and the ledger rows of each (in the same order).
+    emails: list[NewEmail] = field(default_factory=list)
+    ledger: list[list[LedgerRow]] = field(default_factory=list)
+    #: (mailbox id, its next ``next_action_on``) for every mailbox handled here.
+    moves: list[tuple[int, date | None]] = field(default_factory=list)
+
+
+def plan_notice_batch(
+    session: Session,
+    mailbox_ids: list[int],
+    *,
+    today: date,
+    stages: tuple[Stage, ...],
+    now: datetime,
+    mail_domain: str,
+    charge_plan: charges.ChargePlan = charges.DEFAULT_CHARGE_PLAN,
+) -> NoticeBatch:
+    """Lock the batch's mailboxes that are still due and decide what each gets today; writes nothing.
+
+    Mailboxes that another run has already handled (``next_action_on`` moved
+    past today) are left out.
+    """
+    batch = NoticeBatch(today, now, mail_domain, BatchResult())
+    result = batch.result
+    mailboxes = _batch_mailboxes(session, mailbox_ids, today)
+    if not mailboxes:
+        return batch
+
+    auto_renew_states, sent = load_decision_states(session, mailboxes)
+
+    # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
+    groups: dict[tuple[str, str, str, str, int], list[Row]] = defaultdict(list)
+    for mailbox in mailboxes:
+        result.examined += 1
+        decision = decide_mailbox(mailbox, auto_renew_states, sent, stages=stages, today=today, charge_plan=charge_plan)
+        if isinstance(decision, charges.AutoRenewDecision) and decision.charge is not None:
+            # Left due (next_action_on unchanged): the charge service claims it.
+            result.charges_due.append(mailbox.id)
+            result.skipped["charge-due"] += 1
+            continue
+        batch.moves.append((mailbox.id, decision.next_action_on))
+        if decision.stage is None:
+            result.skipped[decision.skip_reason] += 1
+            continue
+        result.superseded += len(decision.superseded)
+        result.notices[(decision.kind, decision.stage.name)] += 1
+        own = mailbox.id if decision.kind in charges.AUTO_RENEW_KINDS else 0
+        key = (mailbox.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
+        groups[key].append(mailbox)
+
+    for (to_address, kind, stage, language, own), members in sorted(groups.items()):
+        members.sort(key=lambda mailbox: mailbox.address)
+        holder_names = {mailbox.holder_name for mailbox in members}
+        context = {
+            "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
+            "mailboxes": [
+                {
+                    "id": mailbox.id,
+                    "address": mailbox.address,
+                    "expires_on": mailbox.expires_on.isoformat(),
+                    "plan": mailbox.plan,
+                    "domain": mailbox.domain_name,
+                }
+                for mailbox in members
+            ],
+        }
+        if own:
+            context["charge"] = charges.charge_context(members[0], today=today, plan=charge_plan)
+        about = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
+        batch.emails.append(NewEmail(about, kind, stage, language, to_address, context))
+        batch.ledger.append([(mailbox.id, mailbox.expires_on, stage, kind) for mailbox in members])
+        result.emails[(kind, stage)] += 1
+        result.planned.append(PlannedEmail(to_address, kind, stage, language, [m.address for m in members]))
+    return batch
+
+
+def write_notice_batch(session: Session, batch: NoticeBatch) -> list[int]:
+    """Write what :func:`plan_notice_batch` decided, in the caller's transaction; returns the outbox ids.
+
+    The outbox messages, then their ledger rows, then the mailboxes' next
+    dates.  A ledger row whose (mailbox, cycle, stage) is already there (a
+    second writer that decided the same notice at the same time) raises
+    SQLAlchemy's ``IntegrityError``: the caller rolls the whole batch back,
+    its outbox messages included.
+    """
+    queued = queue_emails(
+        session, batch.emails, mail_domain=batch.mail_domain, business_date=batch.today, now=batch.now
+    )
+    if queued:
+        ledger = [
+            {
+                "mailbox_id": mailbox_id,
+                "cycle_expires_on": cycle,
+                "stage": stage,
+                "kind": kind,
+                "outbox_message_id": email.id,
+            }
+            for email, rows in zip(queued, batch.ledger, strict=True)
+            for mailbox_id, cycle, stage, kind in rows
+        ]
+        insert_many(session, _LEDGER, ledger, same={"business_date": batch.today})
+    update_by_id(session, _MAILBOXES, [{"id": mailbox_id, "next_action_on": on} for mailbox_id, on in batch.moves])
+    return [email.id for email in queued]
+
+
 def process_notice_batch(
     session: Session,
     mailbox_ids: list[int],
@@ -273,232 +315,14 @@ def process_notice_batch(
     Call inside a transaction; the caller commits.  Mailboxes that another run
     has already handled (``next_action_on`` moved past today) are left alone.
     """
-    result = BatchResult()
-    mailboxes = _batch_mailboxes(session, mailbox_ids, today)
-    if not mailboxes:
-        return result
-
-    auto_renew_states, sent = load_decision_states(session, mailboxes)
-
-    # (address, kind, stage, language, mailbox id for the per-mailbox auto-renew emails or 0)
-    groups: dict[tuple[str, str, str, str, int], list[Row]] = defaultdict(list)
-    moves: list[tuple[int, date | None]] = []
-    for mailbox in mailboxes:
-        result.examined += 1
-        decision = decide_mailbox(mailbox, auto_renew_states, sent, stages=stages, today=today, charge_plan=charge_plan)
-        if isinstance(decision, charges.AutoRenewDecision) and decision.charge is not None:
-            # Left due (next_action_on unchanged): the charge service claims it.
-            result.charges_due.append(mailbox.id)
-            result.skipped["charge-due"] += 1
-            continue
-        moves.append((mailbox.id, decision.next_action_on))
-        if decision.stage is None:
-            result.skipped[decision.skip_reason] += 1
-            continue
-        result.superseded += len(decision.superseded)
-        result.notices[(decision.kind, decision.stage.name)] += 1
-        own = mailbox.id if decision.kind in charges.AUTO_RENEW_KINDS else 0
-        key = (mailbox.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
-        groups[key].append(mailbox)
-
-    outbox_rows = []
-    ledger_rows = []
-    installation = installation_id(session) if groups else None
-    for (to_address, kind, stage, language, own), members in sorted(groups.items()):
-        members.sort(key=lambda mailbox: mailbox.address)
-        keys = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]
-        holder_names = {mailbox.holder_name for mailbox in members}
-        outbox_rows.append(
-            {
-                "message_id": message_id_for(keys, mail_domain, installation_id=installation),
-                "kind": kind,
-                "stage": stage,
-                "language": language,
-                "to_address": to_address,
-                "business_date": today,
-                "context": {
-                    "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
-                    "mailboxes": [
-                        {
-                            "id": mailbox.id,
-                            "address": mailbox.address,
-                            "expires_on": mailbox.expires_on.isoformat(),
-                            "plan": mailbox.plan,
-                            "domain": mailbox.domain_name,
-                        }
-                        for mailbox in members
-                    ],
-                    **({"charge": charges.charge_context(members[0], today=today, plan=charge_plan)} if own else {}),
-                },
-                "status": OutboxStatus.PENDING.value,
-                "attempts": 0,
-                "created_at": now,
-            }
-        )
-        ledger_rows.append([(mailbox.id, mailbox.expires_on, stage, kind) for mailbox in members])
-        result.emails[(kind, stage)] += 1
-        result.planned.append(PlannedEmail(to_address, kind, stage, language, [m.address for m in members]))
-
-    if session.get_bind().dialect.name == "postgresql":
-        write = _write_batch_postgresql
-    else:
-        write = _write_batch
-    result.outbox_ids.extend(write(session, outbox_rows, ledger_rows, moves, today))
-    return result
-
-
-def _write_batch(session: Session, outbox_rows: list[dict], ledger_rows: list[list[tuple]], moves, today: date) -> list[int]:
-    """The batch's outbox messages, their ledger rows and the mailboxes' next dates, with the ORM's bulk statements."""
-    outbox_ids: list[int] = []
-    if outbox_rows:
-        outbox_ids = session.scalars(
-            insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True), outbox_rows
-        ).all()
-        session.execute(
-            insert(NoticeLedgerEntry),
-            [
-                {
-                    "mailbox_id": mailbox_id,
-                    "cycle_expires_on": cycle,
-                    "stage": stage,
-                    "kind": kind,
-                    "business_date": today,
-                    "outbox_message_id": outbox_id,
-                }
-                for outbox_id, rows in zip(outbox_ids, ledger_rows, strict=True)
-                for mailbox_id, cycle, stage, kind in rows
-            ],
-        )
-    if moves:
-        session.execute(update(Mailbox), [{"id": mailbox_id, "next_action_on": on} for mailbox_id, on in moves])
-    return list(outbox_ids)
-
-
-#: The same three writes on PostgreSQL, each one statement over the batch's rows sent as one
-#: JSON document (``json_to_recordset``): a fixed, small statement that psycopg prepares once,
-#: where the bulk INSERT with one parameter per value (5,000 for a batch) was parsed afresh
-#: every batch, and arrays of text cost psycopg a regular expression per element to escape,
-#: four times what ``json.dumps`` costs (bench/daily_peak.py).
-_INSERT_OUTBOX_SQL = """
-INSERT INTO outbox_messages (message_id, kind, stage, language, to_address, business_date, context,
-                             status, attempts, created_at)
-SELECT message_id, kind, stage, language, to_address, %(business_date)s, context, %(status)s, 0, %(now)s
-FROM json_to_recordset(%(rows)s::json)
-     AS batch (message_id text, kind text, stage text, language text, to_address text, context json)
-RETURNING id, message_id"""
-
-_INSERT_LEDGER_SQL = """
-INSERT INTO notice_ledger (mailbox_id, cycle_expires_on, stage, kind, business_date, outbox_message_id)
-SELECT mailbox_id, cycle_expires_on, stage, kind, %(business_date)s, outbox_message_id
-FROM json_to_recordset(%(rows)s::json)
-     AS batch (mailbox_id bigint, cycle_expires_on date, stage text, kind text, outbox_message_id bigint)"""
-
-_MOVE_MAILBOXES_SQL = """
-UPDATE mailboxes SET next_action_on = batch.next_action_on
-FROM json_to_recordset(%(rows)s::json) AS batch (id bigint, next_action_on date)
-WHERE mailboxes.id = batch.id"""
-
-_OUTBOX_JSON_FIELDS = ("message_id", "kind", "stage", "language", "to_address", "context")
-
-
-def _write_batch_postgresql(
-    session: Session, outbox_rows: list[dict], ledger_rows: list[list[tuple]], moves, today: date
-) -> list[int]:
-    cursor = session.connection().connection.cursor()
-    try:
-        outbox_ids: list[int] = []
-        if outbox_rows:
-            cursor.execute(
-                _INSERT_OUTBOX_SQL,
-                {
-                    "business_date": today,
-                    "status": OutboxStatus.PENDING.value,
-                    "now": outbox_rows[0]["created_at"],
-                    "rows": json.dumps([{name: row[name] for name in _OUTBOX_JSON_FIELDS} for row in outbox_rows]),
-                },
-                prepare=True,
-            )
-            id_of = dict((message_id, outbox_id) for outbox_id, message_id in cursor.fetchall())
-            outbox_ids = [id_of[row["message_id"]] for row in outbox_rows]
-            ledger = [
-                {
-                    "mailbox_id": mailbox_id,
-                    "cycle_expires_on": cycle.isoformat(),
-                    "stage": stage,
-                    "kind": kind,
-                    "outbox_message_id": outbox_id,
-                }
-                for outbox_id, rows in zip(outbox_ids, ledger_rows, strict=True)
-                for mailbox_id, cycle, stage, kind in rows
-            ]
-            cursor.execute(_INSERT_LEDGER_SQL, {"business_date": today, "rows": json.dumps(ledger)}, prepare=True)
-        if moves:
-            rows = [{"id": mailbox_id, "next_action_on": on.isoformat() if on else None} for mailbox_id, on in moves]
-            cursor.execute(_MOVE_MAILBOXES_SQL, {"rows": json.dumps(rows)}, prepare=True)
-    finally:
-        cursor.close()
-    return outbox_ids
-
-
-def claim_daily_run(session: Session, business_date: date, now: datetime) -> bool:
-    """Claim the scan of ``business_date``; False if it ran or is running elsewhere.
-
-    The row is the scan's key: two beats, a restart or a daylight-saving
-    change cannot make a date scan twice.  A claim left unfinished for longer
-    than the lease (a crashed scan) may be taken over, by compare-and-swap.
-    """
-    inserted = session.execute(
-        dialect_insert(session, DailyRun)
-        .values(business_date=business_date, started_at=now)
-        .on_conflict_do_nothing(index_elements=["business_date"])
-        .returning(DailyRun.business_date)
-    ).first()
-    if inserted is not None:
-        return True
-    taken_over = session.execute(
-        update(DailyRun)
-        .where(
-            DailyRun.business_date == business_date,
-            DailyRun.finished_at.is_(None),
-            DailyRun.started_at < now - SCAN_LEASE,
-        )
-        .values(started_at=now)
-        .returning(DailyRun.business_date)
-    ).first()
-    return taken_over is not None
-
-
-def scan_finished_before(session: Session, business_date: date, cutoff: datetime) -> bool:
-    """Whether the scan of ``business_date`` finished before ``cutoff``.
-
-    Beat fires the scan every hour; a firing that finds the date's scan finished
-    a while ago re-queues whatever is still due that day (see
-    ``tasks.daily.run_daily_scan``): batches lost with the broker would
-    otherwise wait for the next day, when a stage tied to one day (the expiry
-    day's notice) is already passed over.
-    """
-    finished_at = session.scalar(select(DailyRun.finished_at).where(DailyRun.business_date == business_date))
-    return finished_at is not None and finished_at < cutoff
-
-
-def record_daily_run(session: Session, business_date: date, now: datetime, summary: dict) -> None:
-    """Mark the scan of ``business_date`` finished, creating the row if needed."""
-    run = session.get(DailyRun, business_date, with_for_update=True)
-    if run is None:
-        run = DailyRun(business_date=business_date, started_at=now)
-        session.add(run)
-    run.finished_at = now
-    run.summary = summary
+    batch = plan_notice_batch(
+        session, mailbox_ids, today=today, stages=stages, now=now, mail_domain=mail_domain, charge_plan=charge_plan
+    )
+    batch.result.outbox_ids.extend(write_notice_batch(session, batch))
+    return batch.result
 
 
 SCHEDULE_STATE_KEY = "notice_stages"
-
-
-def earliest_action_on(stages: tuple[Stage, ...], expires_on: date, today: date) -> date | None:
-    """When the scan must next look at a mailbox under ``stages``: today if a stage is due, else the next one."""
-    if schedule.due_stage(stages, expires_on, today) is not None:
-        return today
-    return schedule.next_action_on(stages, expires_on, today)
 
 
 def reconcile_schedule(
@@ -537,7 +361,7 @@ def reconcile_schedule(
                 if wanted is not None and (current is None or wanted < current):
                     moves.append({"id": mailbox_id, "next_action_on": wanted})
             if moves:
-                session.execute(update(Mailbox), moves)
+                update_by_id(session, _MAILBOXES, moves)
                 moved += len(moves)
     with session_factory() as session, session.begin():
         session.merge(WorkerState(key=SCHEDULE_STATE_KEY, value=fingerprint))

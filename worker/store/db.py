@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    create_engine,
+    event,
+    func,
+    insert,
+    make_url,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
-
 
 #: The database could not be reached: through SQLAlchemy, or on a psycopg connection used
 #: directly.  Celery tasks retry on these.
@@ -108,9 +136,179 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+# -- What differs between PostgreSQL and SQLite: chosen here, and only here ---------------------
+
+
+def dialect_of(bind: Session | Connection | Engine | Dialect) -> Dialect:
+    """The dialect of a session, a connection or an engine (or the dialect itself)."""
+    if isinstance(bind, Dialect):
+        return bind
+    dialect = getattr(bind, "dialect", None)
+    return dialect if dialect is not None else bind.get_bind().dialect
+
+
+def one_of(
+    bind: Session | Connection | Engine | Dialect,
+    column: ColumnElement,
+    ids: list[int] | None = None,
+    *,
+    key: str | None = None,
+) -> ColumnElement[bool]:
+    """``column`` is one of ``ids`` (whole numbers), or of the list given at execution as
+    parameter ``key`` (for a statement built once).
+
+    On PostgreSQL ``= ANY(array)``: one parameter however many ids, so the
+    statement's text stays the same and psycopg prepares it once, where
+    ``IN (...)`` sends one parameter per id and is parsed afresh at every new
+    count (about 0.1 ms per message in the relay's claims of 200; bench/daily_peak.py).
+    Elsewhere ``IN``.
+    """
+    if dialect_of(bind).name == "postgresql":
+        return column == any_(bindparam(key, ids, type_=postgresql.ARRAY(BigInteger)))
+    return column.in_(bindparam(key, ids, expanding=True))
+
+
+def insert_many(
+    executor: Session | Connection,
+    table: Table,
+    rows: list[dict],
+    *,
+    same: dict | None = None,
+    returning: tuple[Column, ...] = (),
+) -> list[Row]:
+    """Insert many rows of ``table``: ``rows`` are dicts of column name to value, all with the
+    same columns, and ``same`` the values every row shares.
+
+    Returns the ``returning`` columns of each new row, in no particular order (return a
+    column that names the row to match them).  On PostgreSQL this is one statement over the
+    rows sent as one JSON document (``INSERT … SELECT … FROM json_to_recordset(…)``): a
+    fixed, small statement that psycopg prepares once.  A multi-row ``INSERT … VALUES`` has
+    a parameter per value (5,000 for a notice batch), which psycopg parses afresh every
+    time, and arrays of text cost psycopg a regular expression per element to escape: each
+    more than the rest of the batch (bench/daily_peak.py).  Elsewhere the rows go as
+    SQLAlchemy's multi-row ``INSERT``.
+    """
+    if not rows:
+        return []
+    same = same or {}
+    if dialect_of(executor).name != "postgresql":
+        values = [{**row, **same} for row in rows]
+        if not returning:
+            executor.execute(insert(table), values)
+            return []
+        return executor.execute(insert(table).returning(*returning), values).all()
+    statement = _insert_from_json(table, tuple(rows[0]), tuple(same), returning)
+    parameters = {"rows": _json(rows), **{f"same_{name}": value for name, value in same.items()}}
+    result = executor.execute(statement, parameters)
+    return result.all() if returning else []
+
+
+def update_by_id(executor: Session | Connection, table: Table, rows: list[dict]) -> None:
+    """Set some columns of many rows of ``table``, each found by its ``id``.
+
+    ``rows`` are dicts of column name to value, all with the same columns, ``id`` among
+    them.  On PostgreSQL this is one statement, ``UPDATE … FROM unnest(arrays)``, one array
+    per column: a fixed statement that psycopg prepares once, one round trip, and the
+    server joins the rows in one scan.  For the relay's groups of 16 outcomes that is about
+    half the server's time of an ``UPDATE`` per row, and half that of the same join over
+    the rows as one JSON document (as :func:`insert_many` sends them).  Elsewhere, and for
+    a single row, the ``UPDATE`` by id, executed once per row.
+    """
+    if not rows:
+        return
+    names = tuple(name for name in rows[0] if name != "id")
+    if len(rows) == 1 or dialect_of(executor).name != "postgresql":
+        parameters = [{f"row_{name}": value for name, value in row.items()} for row in rows]
+        executor.execute(_update_by_id(table, names), parameters)
+        return
+    arrays = {f"rows_{name}": [row[name] for row in rows] for name in ("id", *names)}
+    executor.execute(_update_from_arrays(table, names), arrays)
+
+
+def _json(rows: list[dict]) -> str:
+    """The rows as one JSON document: dates and times in ISO 8601, which PostgreSQL reads back."""
+    return json.dumps(rows, default=_iso, ensure_ascii=False, separators=(",", ":"))
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _type_of(table: Table, name: str):
+    """The column's type for a value on its way in: Text, not the column's VARCHAR(n), whose cast
+    would cut a longer value short, where the assignment to the column refuses it."""
+    return Text() if isinstance(table.c[name].type, String) else table.c[name].type
+
+
+def _rows_from_json(table: Table, names: tuple[str, ...]):
+    """``json_to_recordset`` of the parameter ``rows``, as a table named ``given`` of these columns."""
+    columns = (column(name, _type_of(table, name)) for name in names)
+    return (
+        func.json_to_recordset(cast(bindparam("rows", type_=Text()), JSON()))
+        .table_valued(*columns)
+        .render_derived(name="given", with_types=True)
+    )
+
+
+@functools.cache
+def _insert_from_json(table: Table, names: tuple[str, ...], same: tuple[str, ...], returning: tuple[Column, ...]):
+    given = _rows_from_json(table, names)
+    shared = (bindparam(f"same_{name}", type_=table.c[name].type).label(name) for name in same)
+    statement = insert(table).from_select([*names, *same], select(*(given.c[name] for name in names), *shared))
+    return statement.returning(*returning) if returning else statement
+
+
+@functools.cache
+def _update_by_id(table: Table, names: tuple[str, ...]):
+    values = {name: bindparam(f"row_{name}") for name in names}
+    return update(table).where(table.c.id == bindparam("row_id")).values(values)
+
+
+@functools.cache
+def _update_from_arrays(table: Table, names: tuple[str, ...]):
+    columns = ("id", *names)
+    types = {name: _type_of(table, name) for name in columns}
+    given = (
+        func.unnest(*(bindparam(f"rows_{name}", type_=postgresql.ARRAY(types[name])) for name in columns))
+        .table_valued(*(column(name, types[name]) for name in columns))
+        .render_derived(name="given")
+    )
+    return update(table).where(table.c.id == given.c.id).values({name: given.c[name] for name in names})
+
+
+@contextmanager
+def quick_commit_connection(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection for small writes that are safe to lose in a crash of the database.
+
+    On PostgreSQL every statement commits on its own (``AUTOCOMMIT``: no
+    ``BEGIN`` and ``COMMIT`` round trips), without waiting for the disk
+    (``synchronous_commit`` off): a crash of the server may forget the last
+    commits, never half of one.  Elsewhere it is an ordinary connection.  Call
+    ``connection.commit()`` after each write either way (on PostgreSQL it
+    costs nothing); a write of several statements that must hold together
+    needs a transaction of its own, on another connection.
+    """
+    with engine.connect() as connection:
+        if connection.dialect.name != "postgresql":
+            yield connection
+            return
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(text("SET synchronous_commit TO OFF"))
+        try:
+            yield connection
+        finally:
+            # The pool hands this connection to other work next: give it its default back.
+            try:
+                connection.execute(text("RESET synchronous_commit"))
+            except Exception:
+                connection.invalidate()
+
+
 def dialect_insert(session_or_connection, table):
     """``INSERT`` with the dialect's ``ON CONFLICT`` support (PostgreSQL or SQLite)."""
-    dialect = getattr(session_or_connection, "dialect", None) or session_or_connection.get_bind().dialect
+    dialect = dialect_of(session_or_connection)
     if dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from worker.rules.auto_renew import ChargeStatus
+from worker.rules.vocabulary import HolderKind, Plan  # noqa: F401 (the columns' words, defined once there)
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -63,20 +64,6 @@ class UTCDateTime(TypeDecorator):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class HolderKind(str, Enum):
-    PRIVATE = "private"
-    SOLE_PROPRIETOR = "sole_proprietor"
-    COMPANY = "company"
-    PROFESSIONAL = "professional"
-    PUBLIC_ADMINISTRATION = "public_administration"
-
-
-class Plan(str, Enum):
-    STANDARD = "standard"
-    PRO = "pro"
-    PREMIUM = "premium"
 
 
 class OutboxStatus(str, Enum):

@@ -18,7 +18,9 @@ from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, RadioField, SelectField, StringField
 from wtforms.validators import InputRequired, NumberRange, Optional, ValidationError
 
-from worker.web.i18n import PLAN_LABELS, translate_in_context as t
+from worker.rules.vocabulary import HOLDER_KIND_LABELS, HOLDER_KINDS, PLAN_LABELS, label
+from worker.web.i18n import language
+from worker.web.i18n import translate_in_context as t
 
 try:  # WTForms 3.3 deprecates (value, label) tuples in favour of SelectChoice
     from wtforms.fields.choices import SelectChoice
@@ -32,19 +34,14 @@ def choices(pairs) -> list:
         return pairs
     return [SelectChoice(value, label) for value, label in pairs]
 
+
 #: Extra GB the form accepts at most (the plan's own limits are the service's).
 MAX_EXTRA_GB = 100
-HOLDER_KINDS = ("private", "sole_proprietor", "company", "professional", "public_administration")
 
 
 def kind_label(kind: str) -> str:
-    return {
-        "private": t("Persona fisica (privato)", "Private person"),
-        "sole_proprietor": t("Ditta individuale", "Sole proprietorship"),
-        "company": t("Azienda", "Company"),
-        "professional": t("Libero professionista", "Self-employed professional"),
-        "public_administration": t("Pubblica amministrazione", "Public administration"),
-    }.get(kind, kind)
+    """A holder kind's label in the page's language."""
+    return label(HOLDER_KIND_LABELS, kind, language())
 
 
 def text_problem(value: str, *, multiline: bool = False) -> str | None:
@@ -54,7 +51,9 @@ def text_problem(value: str, *, multiline: bool = False) -> str | None:
             continue
         category = unicodedata.category(character)
         if category in ("Cc", "Cs", "Co", "Cn"):
-            return t("Contiene caratteri di controllo non ammessi.", "Contains control characters that are not allowed.")
+            return t(
+                "Contiene caratteri di controllo non ammessi.", "Contains control characters that are not allowed."
+            )
         if category == "Cf" or character == "\ufffd":
             return t("Contiene caratteri invisibili o non validi.", "Contains invisible or invalid characters.")
     return None
@@ -77,7 +76,10 @@ class PlainAscii:
     def __call__(self, form, field) -> None:
         if field.data and not all(" " <= character <= "~" for character in field.data):
             raise ValidationError(
-                t("Usi solo lettere e cifre senza accenti (caratteri ASCII).", "Use only unaccented letters and digits (ASCII).")
+                t(
+                    "Usi solo lettere e cifre senza accenti (caratteri ASCII).",
+                    "Use only unaccented letters and digits (ASCII).",
+                )
             )
 
 
@@ -178,7 +180,17 @@ class HolderForm(FlaskForm):
     cig = StringField(filters=[_strip], validators=[Optional(), _length(10), PlainAscii()])
     cup = StringField(filters=[_strip], validators=[Optional(), _length(15), PlainAscii()])
 
-    FIELDS = ("name", "kind", "reference_email", "tax_code", "vat_number", "postal_address", "einvoice_code", "cig", "cup")
+    FIELDS = (
+        "name",
+        "kind",
+        "reference_email",
+        "tax_code",
+        "vat_number",
+        "postal_address",
+        "einvoice_code",
+        "cig",
+        "cup",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -205,7 +217,8 @@ class PaymentForm(FlaskForm):
         self.method.choices = choices(methods)
         self.method.validators[0].message = t("Scelga una modalità di pagamento.", "Choose a payment method.")
         self.years.choices = choices(
-            (n, t("{n} anno", "{n} year", n=n) if n == 1 else t("{n} anni", "{n} years", n=n)) for n in range(1, max_years + 1)
+            (n, t("{n} anno", "{n} year", n=n) if n == 1 else t("{n} anni", "{n} years", n=n))
+            for n in range(1, max_years + 1)
         )
         self.years.validators[0].message = t("Scelga la frequenza di rinnovo.", "Choose the renewal frequency.")
 

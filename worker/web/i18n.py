@@ -12,29 +12,27 @@ from datetime import date
 from flask import g, has_app_context, has_request_context, request
 
 from worker.mail.emails import format_date_with_article, format_long_date
-
-LANGUAGES = ("it", "en")
-PLAN_LABELS = {"standard": "Standard", "pro": "Pro", "premium": "Premium"}
+from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES, PLAN_LABELS, format_euro
 
 
 def language() -> str:
     """The page's language: the one :func:`set_language` chose, else the browser's (read once, when first
     asked: a link page takes the holder's and never parses Accept-Language)."""
     if not has_app_context():
-        return "it"
+        return DEFAULT_LANGUAGE
     value = getattr(g, "language", None)
     if value is None:
-        value = g.language = best_language(request.accept_languages) if has_request_context() else "it"
+        value = g.language = best_language(request.accept_languages) if has_request_context() else DEFAULT_LANGUAGE
     return value
 
 
 def set_language(value: str | None) -> str:
-    g.language = value = value if value in LANGUAGES else "it"
+    g.language = value = value if value in LANGUAGES else DEFAULT_LANGUAGE
     return value
 
 
 def best_language(accept_languages) -> str:
-    return accept_languages.best_match(LANGUAGES, default="it") or "it"
+    return accept_languages.best_match(LANGUAGES, default=DEFAULT_LANGUAGE) or DEFAULT_LANGUAGE
 
 
 def translate(lang: str, italian: str, english: str, /, **values) -> str:
@@ -60,11 +58,7 @@ def euro(cents: int | None) -> str:
     """``1.234,56 €`` in Italian, ``€1,234.56`` in English."""
     if cents is None:
         return ""
-    sign = "-" if cents < 0 else ""
-    whole, rest = divmod(abs(int(cents)), 100)
-    if language() == "en":
-        return f"{sign}€{whole:,}.{rest:02d}"
-    return f"{sign}{whole:,}".replace(",", ".") + f",{rest:02d} €"
+    return format_euro(int(cents), language())
 
 
 def date_with_article(day: date | None) -> str:

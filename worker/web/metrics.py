@@ -19,21 +19,22 @@ from flask import Blueprint, Response, abort, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker.metrics import database_registry
+from worker.web.runtime import runtime_of
 
 blueprint = Blueprint("metrics", __name__)
 
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    from worker.web import runtime_of
-
     runtime = runtime_of(current_app)
     token = runtime.settings.metrics_token
     if token is None:
         abort(404)
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
-        return Response("unauthorized\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain"})
+        return Response(
+            "unauthorized\n", 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain"}
+        )
     registry = current_app.extensions.get("pec_metrics_registry")
     if registry is None:
         registry = database_registry(runtime.engine, runtime.settings, runtime.clock)

@@ -13,17 +13,11 @@ logged either.
 from __future__ import annotations
 
 import logging
-import re
 
 from werkzeug.serving import WSGIRequestHandler
 
-#: A renewal path, with whatever follows it up to a space or a quote.
-_TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
-#: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
-#: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
-#: payload starts with a dot of its own.
-_SIGNED_TOKEN_RE = re.compile(r"\.?[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,12}\.[A-Za-z0-9_\-]{27,}")
-REDACTED = "[redacted]"
+# The redaction is the links' own (worker.rules.links): named here for the web's loggers and its tests.
+from worker.rules.links import REDACTED, redact  # noqa: F401 (re-exported)
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (
@@ -51,12 +45,6 @@ NO_STORE_HEADERS = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 
 #: Sent when the request came over https, or the public base URL is https (TLS ended at a proxy).
 STRICT_TRANSPORT_SECURITY = "max-age=31536000; includeSubDomains"
-
-
-def redact(text: str) -> str:
-    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``, and any other
-    signed token into ``[redacted]``."""
-    return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))
 
 
 class RedactingFilter(logging.Filter):
@@ -87,7 +75,7 @@ def install_log_redaction() -> None:
 class RedactingRequestHandler(WSGIRequestHandler):
     """werkzeug's request handler, with the token taken out of every line it logs."""
 
-    def log(self, type: str, message: str, *args) -> None:  # noqa: A002 (werkzeug's signature)
+    def log(self, type: str, message: str, *args) -> None:
         try:
             text = message % args
         except (TypeError, ValueError):

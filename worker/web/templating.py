@@ -88,7 +88,9 @@ class _FoldTranslations(NodeTransformer):
         if not node.kwargs:
             return text
         # t(it, en, name=value) is text.format(name=value), as worker.web.i18n.translate does it.
-        return nodes.Call(nodes.Getattr(text, "format", "load", lineno=node.lineno), [], node.kwargs, None, None, lineno=node.lineno)
+        return nodes.Call(
+            nodes.Getattr(text, "format", "load", lineno=node.lineno), [], node.kwargs, None, None, lineno=node.lineno
+        )
 
 
 def _binds(tree: nodes.Template, names: set[str]) -> bool:
@@ -98,7 +100,7 @@ def _binds(tree: nodes.Template, names: set[str]) -> bool:
 class Environment(FlaskEnvironment):
     """Flask's Jinja environment, with the language-compiled templates (:func:`localised`)."""
 
-    def compile(self, source, name=None, filename=None, raw=False, defer_init=False):  # noqa: D102 (Jinja's)
+    def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
         language, _ = _split(name)
         if language is not None and isinstance(source, str):
             tree = self.parse(source, name, filename)

@@ -9,24 +9,23 @@ signed Flask session, and any other id is a 404.
 
 from __future__ import annotations
 
-import logging
 import re
 from contextlib import contextmanager
 from datetime import datetime
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import HTTPException
+from flask_wtf.csrf import generate_csrf
 
 from config import catalogue
-from worker.services import orders as orders_service
+from worker.gateways import make_gateway
 from worker.rules import pricing
 from worker.rules.links import MAILBOX, TokenInvalid
-from worker.web import forms, i18n, signing, templating
+from worker.rules.vocabulary import METHOD_LABELS, label
+from worker.services import orders, payments
+from worker.web import forms, i18n, templating
+from worker.web.errors import csrf_error, invalid_link_page
 from worker.web.i18n import translate_in_context as t
-from worker.web.link_page import STATES_WITH_FORM, status_code
-from worker.web.security import redact
-
-log = logging.getLogger(__name__)
+from worker.web.runtime import runtime_of
 
 blueprint = Blueprint("web", __name__)
 
@@ -45,12 +44,12 @@ STEP_ENDPOINTS = {
 }
 
 
-def _orders():
-    return orders_service
+#: The link page's states that show the button (a POST, with its CSRF token).
+STATES_WITH_FORM = frozenset((orders.LinkState.RENEWABLE, orders.LinkState.AUTO_RENEW))
 
 
 def _runtime():
-    return current_app.extensions["pec_runtime"]
+    return runtime_of(current_app)
 
 
 def _today():
@@ -71,93 +70,6 @@ def _db():
             raise
 
 
-# -- Errors ---------------------------------------------------------------------------------------
-
-
-def _error_page(status: int, heading: str, *paragraphs: str):
-    return render_template("error.html", heading=heading, paragraphs=paragraphs), status
-
-
-def invalid_link_page():
-    """One page for every link that cannot be read: tampered, truncated, expired, unknown.  It says
-    nothing about why."""
-    return _error_page(
-        404,
-        t("Link non valido o scaduto", "This link is not valid or has expired"),
-        t(
-            "Il link che ha aperto non è valido oppure non è più utilizzabile. Controlli di averlo copiato per intero dall'email.",
-            "The link you opened is not valid or can no longer be used. Check that you copied it whole from the email.",
-        ),
-        t(
-            "Se la Sua casella PEC è ancora da rinnovare, usi il link dell'avviso di scadenza più recente, oppure rinnovi dall'area clienti PEC.",
-            "If your PEC mailbox still needs renewing, use the link in the latest expiry notice, or renew from the PEC customer area.",
-        ),
-    )
-
-
-def csrf_error(error):
-    return _error_page(
-        400,
-        t("Modulo scaduto", "The form has expired"),
-        t(
-            "Il modulo non è più valido (la sessione è scaduta o la pagina è stata aperta in un'altra finestra). Torni indietro, ricarichi la pagina e riprovi.",
-            "The form is no longer valid (the session expired or the page was opened in another window). Go back, reload the page and try again.",
-        ),
-    )
-
-
-def database_unavailable(error):
-    """The database cannot be reached (down, restarting, every connection cut, the pool exhausted):
-    a 503 page in the error pages' style, and one log line, without a traceback."""
-    log.error(
-        "database unavailable on %s [%s]: %s", redact(request.path), request.method, _one_line(error)
-    )
-    page, status = _error_page(
-        503,
-        t("Servizio momentaneamente non disponibile", "Service temporarily unavailable"),
-        t(
-            "Il servizio di rinnovo non è raggiungibile in questo momento. Riprovi tra qualche minuto con lo stesso link: i dati già inseriti non sono andati persi.",
-            "The renewal service cannot be reached right now. Try again in a few minutes with the same link: what you entered has not been lost.",
-        ),
-    )
-    return page, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-
-
-#: What a 503 page asks the browser (and any proxy) to wait before trying again.
-RETRY_AFTER_SECONDS = 60
-
-
-def _one_line(error: BaseException) -> str:
-    """The driver's reason, on one line and short: never a statement or its parameters."""
-    reason = getattr(error, "orig", None) or error
-    text = " ".join(str(reason).split()) or type(reason).__name__
-    return f"{type(reason).__name__}: {text[:300]}"
-
-
-def http_error(error):
-    code = error.code if isinstance(error, HTTPException) else 500
-    if code == 404:
-        return _error_page(
-            404,
-            t("Pagina non trovata", "Page not found"),
-            t(
-                "La pagina non esiste o non è disponibile in questa sessione del browser. Riapra il link Rinnova dall'email.",
-                "The page does not exist or is not available in this browser session. Open the Rinnova link from the email again.",
-            ),
-        )
-    if code == 405:
-        return _error_page(405, t("Operazione non consentita", "Not allowed"), t("Usi i pulsanti della pagina.", "Use the buttons on the page."))
-    if code == 413:
-        return _error_page(413, t("Dati troppo lunghi", "Too much data"), t("Il modulo inviato è troppo grande.", "The form sent is too large."))
-    if code < 500:
-        return _error_page(code, t("Richiesta non valida", "Bad request"), t("La richiesta non è valida. Torni indietro e riprovi.", "The request is not valid. Go back and try again."))
-    return _error_page(
-        500,
-        t("Errore temporaneo", "Temporary error"),
-        t("Si è verificato un errore. Riprovi tra qualche minuto: nessun addebito è stato fatto due volte.", "Something went wrong. Try again in a few minutes: nothing has been charged twice."),
-    )
-
-
 # -- Orders in the signed session ------------------------------------------------------------------
 
 
@@ -171,7 +83,7 @@ def _load_order(db_session, public_id: str):
     """The order, if it belongs to this browser session; 404 otherwise (never says which)."""
     if not _PUBLIC_ID_RE.fullmatch(public_id) or public_id not in session.get("orders", []):
         abort(404)
-    order = _orders().find_order(db_session, public_id)
+    order = orders.find_order(db_session, public_id)
     if order is None:
         abort(404)
     i18n.set_language(getattr(order, "language", None))
@@ -179,7 +91,7 @@ def _load_order(db_session, public_id: str):
 
 
 def _step_redirect(order):
-    step = _orders().next_step(order)
+    step = orders.next_step(order)
     if step in STEP_ENDPOINTS:
         return redirect(url_for(STEP_ENDPOINTS[step], public_id=order.public_id), 303)
     return redirect(url_for("web.order_status", public_id=order.public_id), 303)
@@ -188,7 +100,7 @@ def _step_redirect(order):
 def _guard_step(order, step: str):
     """A redirect when ``step`` may not be shown: the order is no longer a draft, or an earlier
     step is still to do.  None when the step may be shown."""
-    upcoming = _orders().next_step(order)
+    upcoming = orders.next_step(order)
     if upcoming not in STEPS:
         return redirect(url_for("web.order_status", public_id=order.public_id), 303)
     if STEPS.index(step) > STEPS.index(upcoming):
@@ -223,7 +135,6 @@ def index():
 @blueprint.route("/rinnova/<path:token>", methods=["GET", "POST"])
 def renewal_link(token: str):
     """GET shows the link page and writes nothing; POST (with its CSRF token) starts the order."""
-    orders = _orders()
     try:
         link = _runtime().signer.read_renewal_token(token)
     except TokenInvalid:
@@ -253,34 +164,29 @@ def renewal_link(token: str):
 def _link_page(view, *, account_link: bool):
     """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
 
-    The token is the one a Flask-WTF form would carry (:func:`worker.web.signing.csrf_token`):
-    the button's POST is checked by ``CSRFProtect`` like every other.  No WTForms form is
-    built for a form with nothing else in it (bench/link_handler.sh).
+    The token is Flask-WTF's (``generate_csrf``), kept in the Flask session: the button's
+    POST is checked by ``CSRFProtect`` like every other.  410 for a deleted mailbox.
     """
-    app = current_app._get_current_object()
     language = i18n.set_language(view.language)
-    token = signing.csrf_token(app) if view.state in STATES_WITH_FORM and signing.csrf_enabled(app) else None
-    status = status_code(view.state)
+    with_form = view.state in STATES_WITH_FORM and current_app.config.get("WTF_CSRF_ENABLED", True)
     page = render_template(
         templating.localised("link.html", language),  # its fixed texts compiled in (worker.web.templating)
         view=view,
-        states=orders_service.LinkState,
-        form_token=token,
+        states=orders.LinkState,
+        form_token=generate_csrf() if with_form else None,
         account_link=account_link,
     )
-    return page, status
+    return page, 410 if view.state == orders.LinkState.DELETED else 200
 
 
 def _describe_link(link):
     """What the link page shows, read without writing.
 
-    A mailbox link, the page nearly every holder opens, is one SELECT outside
-    any transaction, on a raw cursor of the pool (:func:`worker.services.orders.read_mailbox_link`:
-    one round trip, and a dead pooled connection is replaced and the read made
-    again).  An account link reads several tables: it keeps the session and its
-    rollback.
+    A mailbox link, the page nearly every holder opens, is one SELECT outside any
+    transaction (:func:`worker.services.orders.read_mailbox_link`: one round trip, and a
+    dead pooled connection is replaced and the read made again).  An account link reads
+    several tables: it keeps the session and its rollback.
     """
-    orders = _orders()
     if link.target == MAILBOX:
         return orders.read_mailbox_link(_runtime().engine, link, _today())
     with _db() as db_session:
@@ -296,7 +202,6 @@ def _describe_link(link):
 def order_status(public_id: str):
     """Where an order stands: the next step while a draft, else the confirmation (awaiting payment,
     paid or cancelled)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         step = orders.next_step(order)
@@ -319,7 +224,6 @@ def order_status(public_id: str):
 @blueprint.route("/ordine/<public_id>/caselle", methods=["GET", "POST"])
 def step_mailboxes(public_id: str):
     """Step 1, "Gestione caselle PEC": the plan and extras of each mailbox."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "mailboxes")) is not None:
@@ -327,7 +231,9 @@ def step_mailboxes(public_id: str):
         mailboxes = orders.order_mailboxes(db_session, order, _today())
         account_order = _is_account_order(order, mailboxes)
         current = _current_choices(order, mailboxes, account_order)
-        form = forms.mailboxes_form(mailboxes, account_order=account_order, data=current if request.method == "GET" else None)
+        form = forms.mailboxes_form(
+            mailboxes, account_order=account_order, data=current if request.method == "GET" else None
+        )
         general: list[str] = []
         if request.method == "POST":
             if form.validate_on_submit():
@@ -343,7 +249,15 @@ def step_mailboxes(public_id: str):
             forms.localise_errors(form)
         return render_template(
             "step_mailboxes.html",
-            **_step_context(order, "mailboxes", form=form, mailboxes=mailboxes, account_order=account_order, general=general, catalogue=catalogue),
+            **_step_context(
+                order,
+                "mailboxes",
+                form=form,
+                mailboxes=mailboxes,
+                account_order=account_order,
+                general=general,
+                catalogue=catalogue,
+            ),
         ), (422 if request.method == "POST" else 200)
 
 
@@ -376,7 +290,6 @@ def _current_choices(order, mailboxes, account_order: bool) -> dict:
 
 
 def _choices_from(form, mailboxes, account_order: bool):
-    orders = _orders()
     choices = []
     for mailbox in mailboxes:
         if f"plan-{mailbox.id}" not in form._fields:
@@ -398,7 +311,6 @@ def _choices_from(form, mailboxes, account_order: bool):
 @blueprint.route("/ordine/<public_id>/intestatario", methods=["GET", "POST"])
 def step_holder(public_id: str):
     """Step 2, "Dati intestatario"."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "holder")) is not None:
@@ -427,7 +339,6 @@ def step_holder(public_id: str):
 @blueprint.route("/ordine/<public_id>/modulo", methods=["GET", "POST"])
 def step_payment(public_id: str):
     """Step 3, "Modulo ordine": the payment method, the years, the price line by line."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "payment")) is not None:
@@ -479,14 +390,14 @@ def _selected(order, mailbox) -> bool:
 
 
 def method_label(method: str) -> str:
-    label = pricing.METHOD_LABELS[i18n.language()].get(method, method)
-    return label[:1].upper() + label[1:]
+    """A payment method's label in the page's language, capitalised as a choice on its own."""
+    text = label(METHOD_LABELS, method, i18n.language())
+    return text[:1].upper() + text[1:]
 
 
 @blueprint.route("/ordine/<public_id>/condizioni", methods=["GET", "POST"])
 def step_terms(public_id: str):
     """Step 4: accept the contract terms (required)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if (redirect_to := _guard_step(order, "terms")) is not None:
@@ -499,7 +410,9 @@ def step_terms(public_id: str):
                     orders.accept_terms(db_session, order, _now(), accepted=bool(form.accept.data))
                 except orders.OrderValidationError as error:
                     db_session.rollback()
-                    general = _apply_errors(form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()})
+                    general = _apply_errors(
+                        form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()}
+                    )
                 else:
                     db_session.commit()
                     return redirect(url_for("web.step_confirm", public_id=public_id), 303)
@@ -513,7 +426,6 @@ def step_terms(public_id: str):
 @blueprint.route("/ordine/<public_id>/conferma", methods=["GET", "POST"])
 def step_confirm(public_id: str):
     """Step 5, "Conferma e completa l'ordine": a review, and the button that confirms (idempotent)."""
-    orders = _orders()
     with _db() as db_session:
         order = _load_order(db_session, public_id)
         if request.method == "POST":
@@ -528,7 +440,12 @@ def step_confirm(public_id: str):
                 orders.confirm_order(db_session, order, now=_now(), today=_today(), settings=_runtime().settings)
             except orders.OrderValidationError as error:
                 db_session.rollback()
-                return _render_confirm(db_session, orders.find_order(db_session, public_id) or order, _apply_errors(None, error.errors), 422)
+                return _render_confirm(
+                    db_session,
+                    orders.find_order(db_session, public_id) or order,
+                    _apply_errors(None, error.errors),
+                    422,
+                )
             db_session.commit()
             return redirect(url_for("web.order_status", public_id=public_id), 303)
         if (redirect_to := _guard_step(order, "confirm")) is not None:
@@ -537,7 +454,6 @@ def step_confirm(public_id: str):
 
 
 def _render_confirm(db_session, order, general, status):
-    orders = _orders()
     return render_template(
         "step_confirm.html",
         **_step_context(
@@ -562,7 +478,6 @@ def checkout(public_id: str):
     calls the gateway, so a double POST or a reload never charges twice.  A
     decline is shown on the page (POST, redirect, GET) with the chance to retry.
     """
-    orders = _orders()
     settings = _runtime().settings
     with _db() as db_session:
         order = _load_order(db_session, public_id)
@@ -578,8 +493,6 @@ def checkout(public_id: str):
                     return csrf_error(None)
                 forms.localise_errors(form)
                 return _render_checkout(order, form, 422)
-            from worker.services import payments
-
             try:
                 result = payments.pay_order_with_gateway(
                     db_session,
@@ -606,7 +519,7 @@ def _render_checkout(order, form, status):
     return render_template(
         "checkout.html",
         order=order,
-        summary=_orders().order_summary(order),
+        summary=orders.order_summary(order),
         form=form,
         sandbox_tokens=_sandbox_tokens(order.payment_method),
     ), status
@@ -616,10 +529,10 @@ def _gateway():
     app = current_app._get_current_object()
     gateway = app.extensions.get("pec_gateway")
     if gateway is None:
-        from worker.gateways import make_gateway
-
         runtime = _runtime()
-        gateway = app.extensions["pec_gateway"] = make_gateway(runtime.settings, runtime.session_factory, clock=runtime.clock)
+        gateway = app.extensions["pec_gateway"] = make_gateway(
+            runtime.settings, runtime.session_factory, clock=runtime.clock
+        )
     return gateway
 
 
@@ -634,23 +547,37 @@ def _sandbox_tokens(method: str) -> list[tuple[str, str]]:
         ("pm_card_chargeDeclined", t("Carta rifiutata", "Card declined")),
         ("pm_card_chargeDeclinedInsufficientFunds", t("Fondi insufficienti", "Insufficient funds")),
         ("pm_card_chargeDeclinedExpiredCard", t("Carta scaduta", "Expired card")),
-        ("pm_card_authenticationRequired", t("Richiede autenticazione (3-D Secure)", "Needs authentication (3-D Secure)")),
+        (
+            "pm_card_authenticationRequired",
+            t("Richiede autenticazione (3-D Secure)", "Needs authentication (3-D Secure)"),
+        ),
     ]
 
 
 def _decline_message(outcome: str) -> str:
     if outcome == "unknown":
         return t(
-            "Non abbiamo ancora la risposta del circuito di pagamento. Riprovi tra qualche istante: non verrà addebitato due volte.",
+            "Non abbiamo ancora la risposta del circuito di pagamento. Riprovi tra qualche istante: non verrà "
+            "addebitato due volte.",
             "We have no answer from the payment network yet. Try again in a moment: you will not be charged twice.",
         )
     if outcome == "soft_decline":
-        detail = t("Il pagamento è stato rifiutato (fondi insufficienti).", "The payment was declined (insufficient funds).")
+        detail = t(
+            "Il pagamento è stato rifiutato (fondi insufficienti).", "The payment was declined (insufficient funds)."
+        )
     elif outcome == "requires_authentication":
-        detail = t("La carta richiede un'autenticazione che non è stata completata.", "The card needs an authentication that was not completed.")
+        detail = t(
+            "La carta richiede un'autenticazione che non è stata completata.",
+            "The card needs an authentication that was not completed.",
+        )
     else:
         detail = t("Il pagamento è stato rifiutato.", "The payment was declined.")
-    return detail + " " + t(
-        "Nulla è stato addebitato e l'ordine resta in attesa di pagamento: può riprovare, anche con un altro metodo.",
-        "Nothing was charged and the order is still awaiting payment: you can try again, also with another method.",
+    return (
+        detail
+        + " "
+        + t(
+            "Nulla è stato addebitato e l'ordine resta in attesa di pagamento: può riprovare, anche con un altro "
+            "metodo.",
+            "Nothing was charged and the order is still awaiting payment: you can try again, also with another method.",
+        )
     )

@@ -94,9 +94,15 @@ def run_charges(
     def one(mailbox_id: int) -> ChargeRun | None:
         try:
             return charge_mailbox(
-                session_factory, gateway, mailbox_id, today=today, clock=clock, stages=stages, mail_domain=mail_domain,
+                session_factory,
+                gateway,
+                mailbox_id,
+                today=today,
+                clock=clock,
+                stages=stages,
+                mail_domain=mail_domain,
                 plan=plan,
-            )  # fmt: skip
+            )
         except Exception:
             log.exception("charge of mailbox %s failed; it is reconciled on the next run", mailbox_id)
             return None

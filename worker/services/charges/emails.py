@@ -14,30 +14,13 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, insert
 
 from worker.gateways import describe_payment_method
-from worker.mail.emails import installation_id, message_id_for
+from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan, charge_on
 from worker.rules.schedule import Stage
-from worker.store.db import dialect_insert
-from worker.store.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.store.models import NoticeLedgerEntry
 
-_OUTBOX = OutboxMessage.__table__
-_LEDGER = NoticeLedgerEntry.__table__
-_INSERT_LEDGER = insert(_LEDGER)
-#: dialect name -> the outbox insert that does nothing on a Message-ID already queued, built once.
-_QUEUE: dict[str, Any] = {}
-
-
-def _queue(connection: Connection) -> Any:
-    statement = _QUEUE.get(connection.dialect.name)
-    if statement is None:
-        statement = (
-            dialect_insert(connection, _OUTBOX)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(_OUTBOX.c.id)
-        )
-        _QUEUE[connection.dialect.name] = statement
-    return statement
+_INSERT_LEDGER = insert(NoticeLedgerEntry.__table__)
 
 
 class MailboxFacts(Protocol):
@@ -186,38 +169,32 @@ def queue_mailbox_email(
     now: datetime,
     mail_domain: str,
 ) -> int | None:
-    """Write one email about one mailbox's cycle: its outbox row and its ledger row, in the
-    caller's transaction.
+    """Write one email about one mailbox's cycle: its outbox row (through the outbox's one
+    writer, :func:`worker.mail.queue.queue_email`) and its ledger row, in the caller's transaction.
 
     The caller has checked that the cycle's ledger does not hold ``stage`` (the ledger's key
     is unique: a row written meanwhile fails the transaction).  Returns the outbox id, or
     None when the outbox already holds the email's Message-ID: nothing is written then.
     """
-    message_id = message_id_for(
-        [(mailbox.id, cycle_expires_on.isoformat(), stage.name)],
-        mail_domain,
-        installation_id=installation_id(connection.engine),
-    )
-    outbox_id: int | None = connection.execute(
-        _queue(connection),
-        {
-            "message_id": message_id,
-            "kind": kind,
-            "stage": stage.name,
-            "language": mailbox.language,
-            "to_address": mailbox.reference_email.lower(),
-            "business_date": today,
-            "context": {
+    queued = queue_email(
+        connection,
+        NewEmail(
+            about=[(mailbox.id, cycle_expires_on.isoformat(), stage.name)],
+            kind=kind,
+            stage=stage.name,
+            language=mailbox.language,
+            to_address=mailbox.reference_email.lower(),
+            context={
                 "holder_name": mailbox.holder_name,
                 "mailboxes": [mailbox_context(mailbox, cycle_expires_on)],
                 **context,
             },
-            "status": OutboxStatus.PENDING.value,
-            "attempts": 0,
-            "created_at": now,
-        },
-    ).scalar()
-    if outbox_id is None:
+        ),
+        mail_domain=mail_domain,
+        business_date=today,
+        now=now,
+    )
+    if queued is None:
         return None
     connection.execute(
         _INSERT_LEDGER,
@@ -227,10 +204,10 @@ def queue_mailbox_email(
             "stage": stage.name,
             "kind": kind,
             "business_date": today,
-            "outbox_message_id": outbox_id,
+            "outbox_message_id": queued.id,
         },
     )
-    return outbox_id
+    return queued.id
 
 
 __all__ = [

@@ -259,8 +259,11 @@ class _Work:
         mailbox.set_status(intent)
         log.info(
             "charge %s for mailbox %s (%s): %s",
-            intent.idempotency_key, mailbox.id, mask_token(intent.payment_method), answer.outcome.value,
-        )  # fmt: skip
+            intent.idempotency_key,
+            mailbox.id,
+            mask_token(intent.payment_method),
+            answer.outcome.value,
+        )
         if answer.outcome is not ChargeOutcome.SUCCEEDED:
             return
         if mailbox.expires_on != intent.cycle_expires_on:
@@ -268,8 +271,10 @@ class _Work:
             # charge was unresolved: the money moved, the expiry is not moved twice.
             log.warning(
                 "charge %s succeeded but mailbox %s was already renewed (expiry %s): refund needed",
-                intent.idempotency_key, mailbox.id, mailbox.expires_on,
-            )  # fmt: skip
+                intent.idempotency_key,
+                mailbox.id,
+                mailbox.expires_on,
+            )
             self.run.outcome = "succeeded-already-renewed"
             return
         self.renew(mailbox, intent)
@@ -282,10 +287,15 @@ class _Work:
         if not mailbox.state.holds_stage(stage):
             context = {
                 "charge": receipt_context(
-                    mailbox.row, cycle_expires_on=old, years=intent.years, amount_cents=intent.amount_cents,
-                    charged_on=day.today, reference=intent.reference, plan=day.plan,
+                    mailbox.row,
+                    cycle_expires_on=old,
+                    years=intent.years,
+                    amount_cents=intent.amount_cents,
+                    charged_on=day.today,
+                    reference=intent.reference,
+                    plan=day.plan,
                 )
-            }  # fmt: skip
+            }
             self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context)
         mailbox.expires_on = schedule.add_years(old, intent.years)
         self.run.outcome = "succeeded"
@@ -307,11 +317,17 @@ class _Work:
         )
         context = {
             "charge": failure_context(
-                mailbox.row, cycle_expires_on=mailbox.expires_on, order_number=order.order_number,
-                total_cents=order.total_cents, subtotal_cents=order.subtotal_cents, vat_cents=order.vat_cents,
-                years=order.years, reason=reason, plan=self.day.plan,
+                mailbox.row,
+                cycle_expires_on=mailbox.expires_on,
+                order_number=order.order_number,
+                total_cents=order.total_cents,
+                subtotal_cents=order.subtotal_cents,
+                vat_cents=order.vat_cents,
+                years=order.years,
+                reason=reason,
+                plan=self.day.plan,
             )
-        }  # fmt: skip
+        }
         # The day's stage, or, when another email of the cycle used it, the day offset, which no
         # other email of the cycle uses: the failure is recorded either way.
         stages = (day_stage(self.day.stages, mailbox.expires_on, today), Stage(days=(today - mailbox.expires_on).days))
@@ -324,9 +340,16 @@ class _Work:
     def write_email(self, mailbox: LockedMailbox, stage: Stage, kind: str, context: dict[str, Any]) -> bool:
         """Queue one email about the mailbox's current cycle; False when its Message-ID is already queued."""
         outbox_id = queue_mailbox_email(
-            self.connection, mailbox.row, cycle_expires_on=mailbox.expires_on, stage=stage, kind=kind,
-            context=context, today=self.day.today, now=self.now, mail_domain=self.day.mail_domain,
-        )  # fmt: skip
+            self.connection,
+            mailbox.row,
+            cycle_expires_on=mailbox.expires_on,
+            stage=stage,
+            kind=kind,
+            context=context,
+            today=self.day.today,
+            now=self.now,
+            mail_domain=self.day.mail_domain,
+        )
         if outbox_id is None:
             return False
         mailbox.state.add_email(stage, kind, self.day.today)

@@ -106,8 +106,9 @@ def load_cycle_states(session: Session, mailboxes: Iterable[Any]) -> dict[int, C
     ):
         built.ledger(row.mailbox_id, row.stage, row.kind, row.business_date)
     for row in session.execute(
-        select(_INTENTS.c.mailbox_id, _INTENTS.c.id, _INTENTS.c.attempt, _INTENTS.c.status, _INTENTS.c.business_date)
-        .where(tuple_(_INTENTS.c.mailbox_id, _INTENTS.c.cycle_expires_on).in_(keys))
+        select(
+            _INTENTS.c.mailbox_id, _INTENTS.c.id, _INTENTS.c.attempt, _INTENTS.c.status, _INTENTS.c.business_date
+        ).where(tuple_(_INTENTS.c.mailbox_id, _INTENTS.c.cycle_expires_on).in_(keys))
     ):
         built.attempt(row.mailbox_id, row.id, row.attempt, row.status, row.business_date)
     states.update(built.states())
@@ -279,7 +280,9 @@ def lock_mailbox(connection: Connection, mailbox_id: int, today: date, *, claime
         if row.ledger_stage is not None:
             built.ledger(row.ledger_cycle, row.ledger_stage, row.ledger_kind, row.ledger_business_date)
         if row.intent_id is not None:
-            built.attempt(row.intent_cycle, row.intent_id, row.intent_attempt, row.intent_status, row.intent_business_date)
+            built.attempt(
+                row.intent_cycle, row.intent_id, row.intent_attempt, row.intent_status, row.intent_business_date
+            )
     first = rows[0]
     return LockedMailbox(first, built.states(), first.expires_on, first.next_action_on)
 

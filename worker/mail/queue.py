@@ -1,0 +1,113 @@
+"""The outbox queue: the one writer of outbox rows.
+
+Every email is first a row of ``outbox_messages``, written in the transaction
+of the work it reports (a notice and its ledger rows, a charge, an order), so
+it exists exactly when that work was committed; the relay
+(:mod:`worker.mail.outbox`) renders and sends it afterwards.  The row keeps the
+data to render, never the rendered text.
+
+Its Message-ID is :func:`worker.mail.emails.message_id_for` of what the email is
+about (the ledger keys it carries, or an :class:`~worker.mail.emails.OrderEmail`),
+with this installation's id: the same email written twice gets the same
+Message-ID, and the outbox holds each Message-ID once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from worker.mail.emails import LedgerKey, OrderEmail, installation_id, message_id_for
+from worker.store.db import dialect_insert, insert_many
+from worker.store.models import OutboxMessage, OutboxStatus
+
+_OUTBOX = OutboxMessage.__table__
+
+
+@dataclass(frozen=True)
+class NewEmail:
+    """An email to queue: what it is about (which gives its Message-ID), and what it says."""
+
+    #: The ledger keys it carries, each ``(mailbox_id, cycle_expires_on_iso, stage)``, or an order's email.
+    about: Sequence[LedgerKey] | OrderEmail
+    kind: str
+    stage: str
+    language: str
+    to_address: str
+    context: dict = field(default_factory=dict)
+    #: 0 for the email itself; a counter or a nonce for a deliberate re-send as a new message.
+    resend: int | str = 0
+
+
+@dataclass(frozen=True)
+class QueuedEmail:
+    id: int
+    message_id: str
+
+
+def queue_email(
+    executor: Session | Connection, email: NewEmail, *, mail_domain: str, business_date: date, now: datetime
+) -> QueuedEmail | None:
+    """Queue one email in the caller's transaction.
+
+    Returns None, and writes nothing, when the outbox already holds an email
+    with its Message-ID (the same email, queued before).
+    """
+    message_id = message_id_for(
+        email.about, mail_domain, installation_id=installation_id(executor), resend=email.resend
+    )
+    outbox_id = executor.execute(
+        dialect_insert(executor, _OUTBOX)
+        .values({**_row(email, message_id), **_new(business_date, now)})
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(_OUTBOX.c.id)
+    ).scalar()
+    return QueuedEmail(outbox_id, message_id) if outbox_id is not None else None
+
+
+def queue_emails(
+    executor: Session | Connection,
+    emails: Sequence[NewEmail],
+    *,
+    mail_domain: str,
+    business_date: date,
+    now: datetime,
+) -> list[QueuedEmail]:
+    """Queue many emails in the caller's transaction, in one statement (:func:`worker.store.db.insert_many`).
+
+    Returns them in the order of ``emails``.  An email whose Message-ID the
+    outbox already holds raises SQLAlchemy's ``IntegrityError``: the caller's
+    transaction, and everything it wrote, is undone.
+    """
+    if not emails:
+        return []
+    installation = installation_id(executor)
+    rows = [
+        _row(email, message_id_for(email.about, mail_domain, installation_id=installation, resend=email.resend))
+        for email in emails
+    ]
+    new = insert_many(
+        executor, _OUTBOX, rows, same=_new(business_date, now), returning=(_OUTBOX.c.message_id, _OUTBOX.c.id)
+    )
+    id_of = dict(new)
+    return [QueuedEmail(id_of[row["message_id"]], row["message_id"]) for row in rows]
+
+
+def _row(email: NewEmail, message_id: str) -> dict:
+    return {
+        "message_id": message_id,
+        "kind": email.kind,
+        "stage": email.stage,
+        "language": email.language,
+        "to_address": email.to_address,
+        "context": email.context,
+    }
+
+
+def _new(business_date: date, now: datetime) -> dict:
+    """The columns of a new message that do not depend on the email."""
+    return {"business_date": business_date, "status": OutboxStatus.PENDING.value, "attempts": 0, "created_at": now}

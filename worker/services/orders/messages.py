@@ -1,0 +1,187 @@
+"""What the order steps say to the holder when an input or a step is refused, in Italian or English.
+
+:func:`message` words one refusal of the order flow (the pricing rules' own
+messages included); :func:`holder_problem_message` words a problem that
+:func:`worker.rules.holder_data.check_holder` reports in English for operators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from worker.rules import pricing
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "order_not_open": {
+        "it": "L'ordine è già stato confermato e non può più essere modificato.",
+        "en": "The order has already been confirmed and can no longer be changed.",
+    },
+    "order_paid": {"it": "L'ordine è già stato pagato.", "en": "The order has already been paid."},
+    "order_cancelled": {"it": "L'ordine è stato annullato.", "en": "The order has been cancelled."},
+    "no_mailboxes": {
+        "it": "Scelga almeno una casella PEC da rinnovare.",
+        "en": "Choose at least one PEC mailbox to renew.",
+    },
+    "unknown_mailbox": {
+        "it": "Questa casella PEC non fa parte dell'ordine.",
+        "en": "This PEC mailbox is not part of the order.",
+    },
+    "step_mailboxes": {
+        "it": "Confermi prima le caselle PEC da rinnovare.",
+        "en": "First confirm the PEC mailboxes to renew.",
+    },
+    "step_holder": {
+        "it": "Confermi prima i Dati intestatario.",
+        "en": "First confirm the holder details (Dati intestatario).",
+    },
+    "step_payment": {
+        "it": "Scelga prima la modalità di pagamento e la frequenza di rinnovo.",
+        "en": "First choose the payment method and the renewal frequency.",
+    },
+    "terms_required": {
+        "it": "Per completare l'ordine deve leggere e accettare le condizioni contrattuali.",
+        "en": "To complete the order you must read and accept the contract terms.",
+    },
+    "method_unknown": {
+        "it": "Scelga una modalità di pagamento: carta di credito, PayPal, bonifico bancario o bollettino postale.",
+        "en": "Choose a payment method: credit card, PayPal, bank transfer or postal slip.",
+    },
+    "method_too_late": {
+        "it": "Questa modalità di pagamento non è più disponibile: il pagamento verrebbe registrato "
+        "dopo la cancellazione della casella ({deletion}). Scelga carta di credito o PayPal.",
+        "en": "This payment method is no longer available: the payment would be registered after "
+        "the mailbox is deleted ({deletion}). Choose a credit card or PayPal.",
+    },
+    "years_range": {
+        "it": "Scelga una frequenza di rinnovo da 1 a {max} anni.",
+        "en": "Choose a renewal frequency from 1 to {max} years.",
+    },
+    "years_promo": {
+        "it": "Per i prodotti in promozione la frequenza di rinnovo è di 1 o 2 anni.",
+        "en": "For promotional products the renewal frequency is 1 or 2 years.",
+    },
+    "mailbox_changed": {
+        "it": "La casella PEC {address} è stata rinnovata o modificata dopo l'inizio dell'ordine.",
+        "en": "The PEC mailbox {address} was renewed or changed after the order started.",
+    },
+}
+
+
+def message(key: str, language: str, **values: Any) -> str:
+    """One message of the order flow in ``language`` (Italian unless "en")."""
+    texts = MESSAGES.get(key) or pricing.MESSAGES[key]
+    return texts["en" if language == "en" else "it"].format(**values)
+
+
+_FIELD_LABELS_EN = {
+    "name": "The name",
+    "kind": "The holder type",
+    "reference_email": "The reference email",
+    "tax_code": "The tax code",
+    "vat_number": "The VAT number",
+    "einvoice_code": "The e-invoicing code",
+    "postal_address": "The postal address",
+    "cig": "The CIG",
+    "cup": "The CUP",
+}
+
+
+def holder_problem_message(field_name: str, detail: str, kind: str, language: str) -> str:
+    """A holder problem from ``check_holder`` (English, for operators) worded for the holder."""
+    if language == "en":
+        if detail.startswith(("is ", "contains ")):
+            return f"{_FIELD_LABELS_EN.get(field_name, field_name)} {detail}."
+        return detail[0].upper() + detail[1:] + "."
+    wording = _ITALIAN.get(field_name)
+    if wording is None:
+        return "Valore non valido."
+    return wording(field_name, detail, kind)
+
+
+# -- The Italian wording, one function per field -----------------------------------------------------
+
+
+def _name(_field: str, detail: str, _kind: str) -> str:
+    if detail.startswith("is required"):
+        return "Indichi il nome e cognome o la ragione sociale dell'intestatario."
+    if "characters long" in detail:
+        return "Il nome è troppo lungo: al massimo 200 caratteri."
+    return "Il nome contiene caratteri non ammessi."
+
+
+def _kind(_field: str, _detail: str, _kind: str) -> str:
+    return (
+        "Scelga il tipo di intestatario: persona fisica, ditta individuale, azienda, "
+        "libero professionista o pubblica amministrazione."
+    )
+
+
+def _reference_email(_field: str, detail: str, _kind: str) -> str:
+    if detail.startswith("is required"):
+        return "Indichi l'indirizzo email di riferimento: è lì che arrivano tutti gli avvisi."
+    return "L'indirizzo email di riferimento non è valido."
+
+
+def _postal_address(_field: str, detail: str, _kind: str) -> str:
+    if "characters long" in detail:
+        return "L'indirizzo postale è troppo lungo: al massimo 300 caratteri."
+    if "control character" in detail:
+        return "L'indirizzo postale contiene caratteri non ammessi."
+    return "L'indirizzo postale non è valido."
+
+
+def _tax_code(_field: str, detail: str, _kind: str) -> str:
+    if detail.startswith("is required"):
+        return "Per una pubblica amministrazione il codice fiscale (11 cifre) è obbligatorio."
+    if "checksum" in detail:
+        return "Il codice fiscale non è corretto: il carattere di controllo non corrisponde."
+    if "public administration" in detail:
+        return "Il codice fiscale di una pubblica amministrazione ha 11 cifre."
+    if "birth date" in detail:
+        return "Il codice fiscale non è valido: la data di nascita non esiste."
+    return "Il codice fiscale non è valido: ha 16 caratteri (persona fisica) o 11 cifre."
+
+
+def _vat_number(_field: str, detail: str, _kind: str) -> str:
+    if detail.startswith("is required"):
+        return "La partita IVA è obbligatoria per questo tipo di intestatario."
+    if "checksum" in detail:
+        return "La partita IVA non è corretta: la cifra di controllo non corrisponde."
+    if "11 digits" in detail:
+        return "La partita IVA non è valida: ha 11 cifre."
+    return "La partita IVA non è valida."
+
+
+def _einvoice_code(_field: str, detail: str, kind: str) -> str:
+    required = detail.startswith("is required")
+    if kind == "public_administration":
+        if required:
+            return "Indichi il codice univoco ufficio (6 caratteri) per la fattura elettronica."
+        return "Il codice univoco ufficio non è valido: ha 6 lettere o cifre."
+    if required:
+        return "Indichi il codice destinatario SDI (7 caratteri) o un indirizzo PEC per la fattura elettronica."
+    if "PEC address:" in detail:
+        return "L'indirizzo PEC per la fattura elettronica non è valido."
+    return "Indichi un codice destinatario SDI di 7 caratteri oppure un indirizzo PEC."
+
+
+def _cig_or_cup(field_name: str, detail: str, _kind: str) -> str:
+    label = field_name.upper()
+    if "only for" in detail:
+        return f"Il {label} si indica solo per una pubblica amministrazione."
+    length = 10 if field_name == "cig" else 15
+    return f"Il {label} non è valido: ha {length} lettere o cifre."
+
+
+_ITALIAN: dict[str, Callable[[str, str, str], str]] = {
+    "name": _name,
+    "kind": _kind,
+    "reference_email": _reference_email,
+    "postal_address": _postal_address,
+    "tax_code": _tax_code,
+    "vat_number": _vat_number,
+    "einvoice_code": _einvoice_code,
+    "cig": _cig_or_cup,
+    "cup": _cig_or_cup,
+}
