@@ -28,14 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
-import psycopg  # noqa: E402
-from databases import ensure_database, psycopg_url  # noqa: E402
+import psycopg
+from databases import ensure_database, psycopg_url
 
-from config.settings import Settings  # noqa: E402
+from config.settings import Settings
+from worker.rules.auto_renew import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN
+from worker.services.daily import charge_day, scan_day
+from worker.services.runtime import Runtime
 from worker.store import migrate
-from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN  # noqa: E402
-from worker.services.daily import charge_day, scan_day  # noqa: E402
-from worker.services.runtime import Runtime  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/pec_renewal_bench"
 
@@ -81,16 +81,25 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
 
 def check_gateway_record(url: str) -> dict:
     with psycopg.connect(psycopg_url(url)) as connection:
-        rows, keys = connection.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM sandbox_charges").fetchone()
+        rows, keys = connection.execute(
+            "SELECT count(*), count(DISTINCT idempotency_key) FROM sandbox_charges"
+        ).fetchone()
         # renewal:{mailbox}:{cycle}:{attempt} -> more than one charge per mailbox and cycle?
         doubled = connection.execute(
             "SELECT count(*) FROM (SELECT split_part(idempotency_key, ':', 2), split_part(idempotency_key, ':', 3) "
             "FROM sandbox_charges GROUP BY 1, 2 HAVING count(*) > 1) d"
         ).fetchone()[0]
-        renewed = connection.execute("SELECT count(*) FROM mailboxes WHERE expires_on > %s", (date(2027, 3, 31),)).fetchone()[0]
+        renewed = connection.execute(
+            "SELECT count(*) FROM mailboxes WHERE expires_on > %s", (date(2027, 3, 31),)
+        ).fetchone()[0]
         intents = dict(connection.execute("SELECT status, count(*) FROM charge_intents GROUP BY status").fetchall())
-    return {"gateway_charges": rows, "distinct_keys": keys, "mailboxes_charged_twice": doubled,
-            "mailboxes_renewed": renewed, "intents": intents}  # fmt: skip
+    return {
+        "gateway_charges": rows,
+        "distinct_keys": keys,
+        "mailboxes_charged_twice": doubled,
+        "mailboxes_renewed": renewed,
+        "intents": intents,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "outcomes": dict(result.outcomes),
         "errors": result.errors,
         **record,
-        "no_double_charge": record["mailboxes_charged_twice"] == 0 and record["gateway_charges"] == record["distinct_keys"],
+        "no_double_charge": record["mailboxes_charged_twice"] == 0
+        and record["gateway_charges"] == record["distinct_keys"],
     }
     print(json.dumps(summary, sort_keys=True))
     ok = summary["no_double_charge"] and record["gateway_charges"] == args.mailboxes and result.errors == 0

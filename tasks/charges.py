@@ -15,11 +15,11 @@ from datetime import date
 
 from celery import shared_task
 
+from tasks.mail import deliver_outbox
 from worker import metrics
-
 from worker.services import runtime
-from worker.store.db import DATABASE_UNREACHABLE
 from worker.services.charges import iter_due_charge_batches, run_charges
+from worker.store.db import DATABASE_UNREACHABLE
 
 #: Mailboxes per charge task; each task runs its charges GATEWAY_CONCURRENCY at a time.
 CHARGE_BATCH_SIZE = 200
@@ -47,8 +47,6 @@ def sweep_charges(business_date: str | None = None) -> int:
 )
 def charge_batch(mailbox_ids: list[int], business_date: str) -> int:
     """Charge one batch concurrently (threads), then queue the delivery of its emails."""
-    from tasks.mail import deliver_outbox
-
     rt = runtime.current()
     result = run_charges(
         rt.session_factory,

@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from tests.test_charges import add_auto_renew, gateway_record, received, run_on, runtime, walk  # noqa: F401
 from worker.gateways.sandbox import list_charges
-from worker.store.models import Mailbox, OrderStatus, RenewalOrder
 from worker.services.payments import register_payment
+from worker.store.models import Mailbox, OrderStatus, RenewalOrder
 
 
 def test_two_cycles_over_29_february(runtime, smtp_server):  # noqa: F811

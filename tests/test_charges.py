@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
+import json
+import logging
 import threading
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from hypothesis import given, settings as hypothesis_settings, strategies as st
-from sqlalchemy import func, select
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy import event, func, select
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
-from worker.services import charges
-from worker.services.charges import AttemptRecord, decide_auto_renew
-from worker.services.daily import run_day
 from worker.gateways.sandbox import list_charges
-from worker.store.models import SandboxCharge
-from worker.store.models import ChargeIntent, Mailbox, NoticeLedgerEntry, OrderOrigin, OrderStatus, RenewalOrder
-from worker.services.runtime import Runtime
+from worker.logs import configure_logging, log_context, remove_logging
+from worker.rules import auto_renew
+from worker.rules.auto_renew import AttemptRecord, decide_auto_renew
 from worker.rules.schedule import DEFAULT_STAGES, Stage
+from worker.services import charges
+from worker.services.daily import run_day
+from worker.services.runtime import POOL_SIZE, Runtime
+from worker.store.models import (
+    ChargeIntent,
+    Mailbox,
+    NoticeLedgerEntry,
+    OrderOrigin,
+    OrderStatus,
+    RenewalOrder,
+    SandboxCharge,
+)
 
 ROME = ZoneInfo("Europe/Rome")
 EXPIRES = date(2027, 3, 31)
@@ -72,9 +86,9 @@ def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
         NoticeLedgerEntry(
             mailbox_id=mailbox.id,
             cycle_expires_on=mailbox.expires_on,
-            stage=charges.CHARGE_NOTICE_STAGE.name,
-            kind=charges.CHARGE_NOTICE,
-            business_date=charges.CHARGE_NOTICE_STAGE.on(mailbox.expires_on),
+            stage=auto_renew.CHARGE_NOTICE_STAGE.name,
+            kind=auto_renew.CHARGE_NOTICE,
+            business_date=auto_renew.CHARGE_NOTICE_STAGE.on(mailbox.expires_on),
         )
     )
 
@@ -222,13 +236,13 @@ class TestDecideAutoRenew:
             assert decision.next_action_on > today
         if decision.kind is not None:
             assert decision.kind in ("charge-notice", "card-expiring")
-            assert today < charges.charge_on(expires) or decision.kind == "charge-notice"
+            assert today < auto_renew.charge_on(expires) or decision.kind == "charge-notice"
 
     @hypothesis_settings(max_examples=200, deadline=None)
     @given(expires=st.dates(min_value=date(2026, 1, 1), max_value=date(2032, 12, 31)))
     def test_following_next_action_on_meets_every_due_step(self, expires):
         """Jumping from one next_action_on to the next (as the scan does) reaches the notice and the charge."""
-        day = charges.first_auto_renew_action_on(expires, None)
+        day = auto_renew.first_auto_renew_action_on(expires, None)
         sent: set = set()
         seen = []
         for _ in range(20):
@@ -244,9 +258,9 @@ class TestDecideAutoRenew:
 
 
 def test_day_stage_names_a_manual_stage_or_the_offset():
-    assert charges.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 3, 24)).name == "-7d"
-    assert charges.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 3, 26)).name == "-5d"
-    assert charges.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 2, 28)) == Stage(months=-1)
+    assert auto_renew.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 3, 24)).name == "-7d"
+    assert auto_renew.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 3, 26)).name == "-5d"
+    assert auto_renew.day_stage(DEFAULT_STAGES, EXPIRES, date(2027, 2, 28)) == Stage(months=-1)
 
 
 # -- Every outcome, end to end -------------------------------------------------------------------
@@ -432,10 +446,15 @@ def test_two_workers_racing_for_the_same_charges_charge_each_once(tmp_path, data
             with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
                 results.append(
                     charges.run_charges(
-                        rt.session_factory, rt.gateway, order, today=CHARGE_DAY, clock=rt.clock,
-                        mail_domain=rt.mail_domain, concurrency=4,
+                        rt.session_factory,
+                        rt.gateway,
+                        order,
+                        today=CHARGE_DAY,
+                        clock=rt.clock,
+                        mail_domain=rt.mail_domain,
+                        concurrency=4,
                     )
-                )  # fmt: skip
+                )
 
         threads = [threading.Thread(target=worker, args=(o,)) for o in (ids, list(reversed(ids)))]
         for thread in threads:
@@ -448,9 +467,14 @@ def test_two_workers_racing_for_the_same_charges_charge_each_once(tmp_path, data
             assert session.scalar(select(func.count()).select_from(SandboxCharge)) == 20
             assert session.scalar(select(func.count(func.distinct(SandboxCharge.idempotency_key)))) == 20
             assert session.scalar(select(func.count()).select_from(ChargeIntent)) == 20
-            assert session.scalar(
-                select(func.count()).select_from(NoticeLedgerEntry).where(NoticeLedgerEntry.kind == "charge-succeeded")
-            ) == 20
+            assert (
+                session.scalar(
+                    select(func.count())
+                    .select_from(NoticeLedgerEntry)
+                    .where(NoticeLedgerEntry.kind == "charge-succeeded")
+                )
+                == 20
+            )
             assert {m.expires_on for m in session.scalars(select(Mailbox))} == {date(2028, 3, 31)}
     finally:
         rt.close()
@@ -478,13 +502,14 @@ def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, da
 
     SQLAlchemy's default pool (5 kept, 10 overflow) closed each overflow connection as it came
     back: this test opened 35 connections with it."""
-    from sqlalchemy import event
-
-    from worker.services.runtime import POOL_SIZE
-
     settings = make_settings(
-        tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port, sandbox_latency_ms=50, gateway_concurrency=32,
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        sandbox_latency_ms=50,
+        gateway_concurrency=32,
     )
     rt = Runtime(settings)  # its own engine and pool, as in a worker
     opened = []
@@ -527,12 +552,6 @@ def test_a_configured_charge_plan_moves_the_notice_the_charge_and_the_retries(
 
 def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, session_factory, smtp_server):
     """The charges run in a thread pool; their log lines still carry the task id and business date."""
-    import io
-    import json
-    import logging
-
-    from worker.logs import configure_logging, log_context, remove_logging
-
     rt = build_runtime(tmp_path, database_url, session_factory, smtp_server)
     try:
         ids = [add_auto_renew(rt, "pm_card_visa", notified=True).id for _ in range(6)]
@@ -545,9 +564,14 @@ def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, sess
             with log_context(day=CHARGE_DAY, task="charge-task-1", name="pec_renewal.charge_batch"):
                 with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
                     result = charges.run_charges(
-                        rt.session_factory, rt.gateway, ids, today=CHARGE_DAY, clock=rt.clock,
-                        mail_domain=rt.mail_domain, concurrency=3,
-                    )  # fmt: skip
+                        rt.session_factory,
+                        rt.gateway,
+                        ids,
+                        today=CHARGE_DAY,
+                        clock=rt.clock,
+                        mail_domain=rt.mail_domain,
+                        concurrency=3,
+                    )
         finally:
             remove_logging(handler)
     finally:
@@ -562,3 +586,50 @@ def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, sess
     assert {(r["task_id"], r["task"], r["business_date"]) for r in charged} == {
         ("charge-task-1", "pec_renewal.charge_batch", CHARGE_DAY.isoformat())
     }
+
+
+def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_server, engine):
+    """The charge work is SQLAlchemy statements on the engine's connections, and few of them: the
+    claim (the mailbox locked with its cycle, the intent), the sandbox's record, then the record
+    (the mailbox locked again, the intent's answer, the receipt through the outbox's writer and
+    its ledger row, the new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
+    first, second = (add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(2))
+    with runtime.session_factory() as session, session.begin():
+        for mailbox_id in (first, second):
+            session.get(Mailbox, mailbox_id).next_action_on = CHARGE_DAY  # as the rule set it
+    statements: list[str] = []
+
+    def seen(_connection, _cursor, statement, *_args):
+        verb, _, rest = statement.lstrip().partition(" ")
+        table = rest.split("FROM ", 1)[1] if verb == "SELECT" else rest.replace("INTO ", "", 1)
+        statements.append(f"{verb} {table.split()[0]}")
+
+    def charge(mailbox_id: int) -> charges.ChargesResult:
+        with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
+            return charges.run_charges(
+                runtime.session_factory,
+                runtime.gateway,
+                [mailbox_id],
+                today=CHARGE_DAY,
+                clock=runtime.clock,
+                mail_domain=runtime.mail_domain,
+            )
+
+    charge(first)  # its receipt creates the installation id (the tests empty every table)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        result = charge(second)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert result.outcomes == {"succeeded": 1}
+    assert statements == [
+        "SELECT mailboxes",  # locked, with its holder, ledger rows and intents
+        "INSERT charge_intents",  # the claim, committed before the gateway is called
+        "INSERT sandbox_charges",  # the gateway
+        "SELECT mailboxes",
+        "UPDATE charge_intents",  # the answer
+        "SELECT worker_state",  # the receipt: the installation id of its Message-ID,
+        "INSERT outbox_messages",  # its outbox row,
+        "INSERT notice_ledger",  # its ledger row
+        "UPDATE mailboxes",  # the new expiry and the next cycle's first step
+    ]

@@ -27,21 +27,34 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from config.settings import Settings
 from tests.conftest import TEST_SECRET_KEYS
+from tests.faults.conftest import (
+    CeleryWorker,
+    celery_client,
+    charge_intents,
+    gateway_charges_per_cycle,
+    mark_charge_notices_sent,
+    seed_mailboxes,
+    wait_until,
+    worker_environment,
+)
 from tests.test_charges import (  # noqa: F401
-    mark_charge_notice_sent,
     CHARGE_DAY,
     EXPIRES,
     add_auto_renew,
     at_morning,
     build_runtime,
     gateway_record,
+    mark_charge_notice_sent,
     received,
     run_on,
     runtime,
 )
-from worker.services.daily import run_day
 from worker.gateways import ChargeOutcome, ChargeResult
+from worker.services import charges
+from worker.services.daily import run_day
+from worker.services.runtime import Runtime
 from worker.store.models import ChargeIntent, Mailbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,11 +102,6 @@ class LostLookups:
 
 
 def child_main() -> None:  # pragma: no cover - runs in a subprocess
-    from config.settings import Settings
-    from worker.services import charges
-    from worker.services.daily import run_day
-    from worker.services.runtime import Runtime
-
     rt = Runtime(Settings.from_env())
     day = date.fromisoformat(os.environ["CHILD_DAY"])
     mode = os.environ["PEC_RENEWAL_TEST_KILL"]
@@ -101,9 +109,14 @@ def child_main() -> None:  # pragma: no cover - runs in a subprocess
         if mode == "race":
             ids = [int(x) for x in os.environ["CHILD_IDS"].split(",")]
             result = charges.run_charges(
-                rt.session_factory, rt.gateway, ids, today=day, clock=rt.clock, mail_domain=rt.mail_domain,
+                rt.session_factory,
+                rt.gateway,
+                ids,
+                today=day,
+                clock=rt.clock,
+                mail_domain=rt.mail_domain,
                 concurrency=8,
-            )  # fmt: skip
+            )
             print(result.charges)
         else:
             rt.gateway = KillingGateway(rt.gateway, mode)
@@ -140,7 +153,11 @@ def spawn(tmp_path, database_url, **extra) -> subprocess.Popen:
 
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
-    runtime, smtp_server, tmp_path, database_url, when  # noqa: F811
+    runtime,  # noqa: F811 (the fixture of tests/test_charges.py)
+    smtp_server,
+    tmp_path,
+    database_url,
+    when,
 ):
     mailbox = add_auto_renew(runtime, "pm_card_visa", notified=True)
     child = spawn(tmp_path, database_url, CHILD_DAY=CHARGE_DAY.isoformat(), PEC_RENEWAL_TEST_KILL=when)
@@ -181,12 +198,20 @@ def add_on_last_retry(rt) -> Mailbox:
         for attempt, day in enumerate((date(2027, 3, 24), date(2027, 3, 26), date(2027, 3, 28)), start=1):
             session.add(
                 ChargeIntent(
-                    mailbox_id=mailbox.id, cycle_expires_on=mailbox.expires_on, attempt=attempt,
+                    mailbox_id=mailbox.id,
+                    cycle_expires_on=mailbox.expires_on,
+                    attempt=attempt,
                     idempotency_key=f"renewal:{mailbox.id}:{mailbox.expires_on.isoformat()}:{attempt}",
-                    amount_cents=4880, currency="EUR", payment_method="pm_card_visa", years=1,
-                    status="soft_decline", decline_code="insufficient_funds", business_date=day,
-                    created_at=at_morning(day), resolved_at=at_morning(day),
-                )  # fmt: skip
+                    amount_cents=4880,
+                    currency="EUR",
+                    payment_method="pm_card_visa",
+                    years=1,
+                    status="soft_decline",
+                    decline_code="insufficient_funds",
+                    business_date=day,
+                    created_at=at_morning(day),
+                    resolved_at=at_morning(day),
+                )
             )
         session.get(Mailbox, mailbox.id).next_action_on = LAST_RETRY_DAY
     return mailbox
@@ -199,7 +224,11 @@ def run_at(rt, day: date, moment: datetime):
 
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_killed_on_the_last_retry_the_same_day_reconciles_it_after_a_few_minutes(
-    runtime, smtp_server, tmp_path, database_url, when  # noqa: F811
+    runtime,  # noqa: F811 (the fixture of tests/test_charges.py)
+    smtp_server,
+    tmp_path,
+    database_url,
+    when,
 ):
     """A kill between the claim and the answer on the -1d slot never turns into charge-failed on
     the expiry day: a later run of the same business date looks the charge up (and, if no money
@@ -320,20 +349,15 @@ def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
     batches.  Then the next days' sweeps reconcile every intent left
     ``started`` by asking the gateway, never by charging again.
     """
-    from tests.faults.conftest import (
-        CeleryWorker,
-        celery_client,
-        gateway_charges_per_cycle,
-        mark_charge_notices_sent,
-        seed_mailboxes,
-        wait_until,
-        worker_environment,
-    )
 
     ids = seed_mailboxes(
-        session_factory, MAILBOXES, expires_on=date(2027, 3, 31), next_action_on=CHARGE_DAY, auto_renew=True,
+        session_factory,
+        MAILBOXES,
+        expires_on=date(2027, 3, 31),
+        next_action_on=CHARGE_DAY,
+        auto_renew=True,
         payment_method="pm_card_visa",
-    )  # fmt: skip
+    )
     mark_charge_notices_sent(session_factory, ids, date(2027, 3, 31))
     env = worker_environment(tmp_path, database_url, smtp_server, sandbox_latency_ms=10, gateway_concurrency=8)
     beat = celery_client(tmp_path)
@@ -350,14 +374,17 @@ def test_celery_worker_killed_after_the_gateways_answer_charges_each_cycle_once(
     for round_number in range(KILLS):
         answers = rng.randint(1, 12)
         worker = CeleryWorker(
-            {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": str(answers)}, tmp_path, queues="scan,charges,mail",
-            concurrency=1, name=f"killed{round_number}",
-        )  # fmt: skip
+            {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": str(answers)},
+            tmp_path,
+            queues="scan,charges,mail",
+            concurrency=1,
+            name=f"killed{round_number}",
+        )
         workers.append(worker)
         worker.start(clock)
         beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])
         beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])  # a second beat
-        wait_until(lambda: not worker.running, timeout=60, what=f"the kill after answer {answers}")
+        wait_until(lambda worker=worker: not worker.running, timeout=60, what=f"the kill after answer {answers}")
         worker.kill()  # reaps the group; the worker killed itself
         kills += 1
         clock += timedelta(hours=2)
@@ -389,42 +416,47 @@ def test_the_15_minute_sweep_reconciles_a_charge_killed_the_same_day(
     """A Celery worker killed right after the gateway's answer on the -1d slot; twenty minutes later,
     on the same business date, the charge sweep (beat's, every 15 minutes) looks the charges up
     and records them: no charge twice, every mailbox renewed, nothing left for the expiry day."""
-    from tests.faults.conftest import (
-        CeleryWorker,
-        celery_client,
-        charge_intents,
-        gateway_charges_per_cycle,
-        mark_charge_notices_sent,
-        seed_mailboxes,
-        wait_until,
-        worker_environment,
-    )
 
     count = 3
     ids = seed_mailboxes(
-        session_factory, count, expires_on=EXPIRES, next_action_on=LAST_RETRY_DAY, auto_renew=True,
+        session_factory,
+        count,
+        expires_on=EXPIRES,
+        next_action_on=LAST_RETRY_DAY,
+        auto_renew=True,
         payment_method="pm_card_visa",
-    )  # fmt: skip
+    )
     mark_charge_notices_sent(session_factory, ids, EXPIRES)
     with session_factory() as session, session.begin():
         for mailbox_id in ids:  # attempts 1-3 declined softly: the -1d retry is the last one
             for attempt, day in enumerate((date(2027, 3, 24), date(2027, 3, 26), date(2027, 3, 28)), start=1):
                 session.add(
                     ChargeIntent(
-                        mailbox_id=mailbox_id, cycle_expires_on=EXPIRES, attempt=attempt,
-                        idempotency_key=f"renewal:{mailbox_id}:{EXPIRES.isoformat()}:{attempt}", amount_cents=4880,
-                        currency="EUR", payment_method="pm_card_visa", years=1, status="soft_decline",
-                        decline_code="insufficient_funds", business_date=day, created_at=at_morning(day),
-                    )  # fmt: skip
+                        mailbox_id=mailbox_id,
+                        cycle_expires_on=EXPIRES,
+                        attempt=attempt,
+                        idempotency_key=f"renewal:{mailbox_id}:{EXPIRES.isoformat()}:{attempt}",
+                        amount_cents=4880,
+                        currency="EUR",
+                        payment_method="pm_card_visa",
+                        years=1,
+                        status="soft_decline",
+                        decline_code="insufficient_funds",
+                        business_date=day,
+                        created_at=at_morning(day),
+                    )
                 )
     env = worker_environment(tmp_path, database_url, smtp_server, gateway_concurrency=1)
     beat = celery_client(tmp_path)
     killed_at = at_morning(LAST_RETRY_DAY)
 
     killed = CeleryWorker(
-        {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": "1"}, tmp_path, queues="scan,charges,mail", concurrency=1,
+        {**env, "PEC_RENEWAL_TEST_KILL_AFTER_ANSWERS": "1"},
+        tmp_path,
+        queues="scan,charges,mail",
+        concurrency=1,
         name="killed",
-    )  # fmt: skip
+    )
     workers.append(killed)
     killed.start(killed_at)
     beat.send_task("pec_renewal.charge_sweep", args=[LAST_RETRY_DAY.isoformat()])
@@ -438,9 +470,10 @@ def test_the_15_minute_sweep_reconciles_a_charge_killed_the_same_day(
     survivor.start(killed_at + timedelta(minutes=20))  # the same business date
     beat.send_task("pec_renewal.charge_sweep", args=[LAST_RETRY_DAY.isoformat()])
     wait_until(
-        lambda: charge_intents(session_factory) == Counter(soft_decline=3 * count, succeeded=count), timeout=60,
+        lambda: charge_intents(session_factory) == Counter(soft_decline=3 * count, succeeded=count),
+        timeout=60,
         what="the same day's sweep to resolve every charge",
-    )  # fmt: skip
+    )
     per_cycle = gateway_charges_per_cycle(session_factory)
     assert set(per_cycle.values()) == {1} and len(per_cycle) == count  # the killed charge was looked up, not repeated
     with session_factory() as session:

@@ -42,25 +42,39 @@ def test_lost_answers_are_reconciled_by_the_next_sweep_never_charged_again(
     session_factory, database_url, smtp_server, flushed_redis, workers, tmp_path
 ):
     lost = seed_mailboxes(
-        session_factory, LOST, expires_on=EXPIRES, next_action_on=CHARGE_DAY, auto_renew=True,
-        payment_method="pm_sandbox_timeout", prefix="perso",
-    )  # fmt: skip
+        session_factory,
+        LOST,
+        expires_on=EXPIRES,
+        next_action_on=CHARGE_DAY,
+        auto_renew=True,
+        payment_method="pm_sandbox_timeout",
+        prefix="perso",
+    )
     answered = seed_mailboxes(
-        session_factory, ANSWERED, expires_on=EXPIRES, next_action_on=CHARGE_DAY, auto_renew=True,
-        payment_method="pm_card_visa", prefix="risposto",
-    )  # fmt: skip
+        session_factory,
+        ANSWERED,
+        expires_on=EXPIRES,
+        next_action_on=CHARGE_DAY,
+        auto_renew=True,
+        payment_method="pm_card_visa",
+        prefix="risposto",
+    )
     mark_charge_notices_sent(session_factory, lost + answered, EXPIRES)
     env = worker_environment(tmp_path, database_url, smtp_server)
-    worker = CeleryWorker({**env, "PEC_RENEWAL_TEST_LOOKUPS_LOST": "1"}, tmp_path, queues="scan,charges,mail",
-                          name="charge-day")  # fmt: skip
+    worker = CeleryWorker(
+        {**env, "PEC_RENEWAL_TEST_LOOKUPS_LOST": "1"}, tmp_path, queues="scan,charges,mail", name="charge-day"
+    )
     workers.append(worker)
     worker.start(at_morning(CHARGE_DAY))
     beat = celery_client(tmp_path)
 
     beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])
     beat.send_task("pec_renewal.charge_sweep", args=[CHARGE_DAY.isoformat()])  # a second beat
-    wait_until(lambda: charge_intents(session_factory) == {"unknown": LOST, "succeeded": ANSWERED}, timeout=60,
-               what="the charge day's outcomes")  # fmt: skip
+    wait_until(
+        lambda: charge_intents(session_factory) == {"unknown": LOST, "succeeded": ANSWERED},
+        timeout=60,
+        what="the charge day's outcomes",
+    )
     wait_until(lambda: queues_idle(flushed_redis), timeout=30, what="the charge day's work to finish")
     assert sum(gateway_charges_per_cycle(session_factory).values()) == LOST + ANSWERED  # the money moved
     with session_factory() as session:
@@ -78,8 +92,11 @@ def test_lost_answers_are_reconciled_by_the_next_sweep_never_charged_again(
     workers.append(worker)
     worker.start(at_morning(CHARGE_DAY + timedelta(days=1)))
     beat.send_task("pec_renewal.charge_sweep", args=[(CHARGE_DAY + timedelta(days=1)).isoformat()])
-    wait_until(lambda: charge_intents(session_factory) == {"succeeded": LOST + ANSWERED}, timeout=60,
-               what="the next day's reconciliation")  # fmt: skip
+    wait_until(
+        lambda: charge_intents(session_factory) == {"succeeded": LOST + ANSWERED},
+        timeout=60,
+        what="the next day's reconciliation",
+    )
     wait_until(lambda: len(smtp_server.messages) >= LOST + ANSWERED, timeout=30, what="the receipts")
     wait_until(lambda: queues_idle(flushed_redis), timeout=30, what="the worker to finish")
 

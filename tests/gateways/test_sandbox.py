@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -20,11 +21,14 @@ from worker.gateways import (
     PaymentGateway,
     describe_payment_method,
     make_gateway,
+    mask_token,
 )
 from worker.gateways.sandbox import SandboxGateway, sandbox_reference
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
 from worker.store.models import SandboxCharge
 
-NOW = datetime(2027, 3, 24, 5, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 3, 24, 5, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -101,7 +105,10 @@ def test_the_same_key_with_another_amount_or_method_is_refused(gateway, session_
         charge(gateway, "paypal_ok", amount=2440)
     with pytest.raises(IdempotencyConflict):
         gateway.charge(
-            payment_method="pm_card_visa", amount_cents=2440, currency="USD", idempotency_key="renewal:1:2027-03-31",
+            payment_method="pm_card_visa",
+            amount_cents=2440,
+            currency="USD",
+            idempotency_key="renewal:1:2027-03-31",
             description="x",
         )
     assert count_rows(session_factory) == 1
@@ -132,7 +139,7 @@ def test_eight_threads_charging_one_key_make_one_charge(session_factory):
         try:
             barrier.wait()
             results.append(charge(gateway, "pm_card_visa", key="renewal:race"))
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=run, args=(gateway,)) for gateway in gateways]
@@ -195,7 +202,10 @@ def test_cli_prints_the_sandbox_record_as_json_and_as_a_table(tmp_path, database
     records = json.loads(result.output)
     assert [
         (r["payment_method"], r["amount_cents"], r["idempotency_key"], r["outcome"], r["currency"]) for r in records
-    ] == [("pm_card_visa", 2440, "renewal:1", "succeeded", "EUR"), ("pm_card_chargeDeclined", 6100, "renewal:2", "hard_decline", "EUR")]
+    ] == [
+        ("pm_card_visa", 2440, "renewal:1", "succeeded", "EUR"),
+        ("pm_card_chargeDeclined", 6100, "renewal:2", "hard_decline", "EUR"),
+    ]
     assert [datetime.fromisoformat(r["at"]) for r in records] == [NOW, NOW]
 
     table = CliRunner().invoke(main, ["sandbox", "charges"], env=env, catch_exceptions=False)
@@ -204,8 +214,6 @@ def test_cli_prints_the_sandbox_record_as_json_and_as_a_table(tmp_path, database
 
 
 def _charge_in_another_process(database_url: str, key: str) -> str:
-    from worker.store.db import make_engine, make_session_factory
-
     engine = make_engine(database_url)
     try:
         gateway = SandboxGateway(make_session_factory(engine))
@@ -215,8 +223,6 @@ def _charge_in_another_process(database_url: str, key: str) -> str:
 
 
 def test_four_processes_charging_one_key_make_one_charge(session_factory, database_url):
-    import multiprocessing
-
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         references = pool.starmap(_charge_in_another_process, [(database_url, "renewal:processes")] * 4)
 
@@ -225,9 +231,6 @@ def test_four_processes_charging_one_key_make_one_charge(session_factory, databa
 
 
 def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
-    from worker.store import migrate
-    from worker.store.db import make_engine, make_session_factory
-
     url = f"sqlite:///{tmp_path / 'embedded.sqlite3'}"
     migrate.upgrade(url)
     engine = make_engine(url)
@@ -256,6 +259,4 @@ def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
     ],
 )
 def test_tokens_are_masked_for_logs(token, masked):
-    from worker.gateways import mask_token
-
     assert mask_token(token) == masked

@@ -33,14 +33,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
-from typing import NamedTuple
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store.db import dialect_insert, psycopg_engine, raw_psycopg_cursor
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
+from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ LOST_ANSWER_MESSAGE = "no answer from the sandbox gateway (simulated timeout); l
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def sandbox_reference(idempotency_key: str) -> str:
@@ -95,6 +95,10 @@ class SandboxGateway:
         clock: Callable[[], datetime] | None = None,
     ):
         self._session_factory = session_factory
+        with session_factory() as session:
+            bind = session.get_bind()
+        #: Each call is one short transaction on a connection of the factory's engine.
+        self._engine = bind if isinstance(bind, Engine) else bind.engine
         self._latency = max(0, latency_ms) / 1000.0
         self._clock = clock or _utc_now
 
@@ -124,16 +128,14 @@ class SandboxGateway:
             "description": description,
             "at": self._clock(),
         }
-        engine = psycopg_engine(self._session_factory)
-        if engine is not None:
-            inserted, row = _charge_psycopg(engine, values)
-        else:
-            with self._session_factory() as session:
-                insert = dialect_insert(session, SandboxCharge).values(**values).on_conflict_do_nothing()
-                inserted = session.execute(insert.returning(SandboxCharge.id)).scalar_one_or_none()
-                session.commit()
-                row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one()
-                session.rollback()
+        with self._autocommit() as connection:
+            row = connection.execute(_insert(connection), values).first()
+            inserted = row is not None
+            if row is None:
+                # Another call recorded the key first (the insert waited for its transaction on
+                # PostgreSQL; SQLite's transactions are serial): read what it recorded.
+                row = connection.execute(_ROW, {"key": idempotency_key}).one()
+            connection.commit()
         if not inserted:
             # A replay: Stripe compares the parameters and refuses a key reused for another charge.
             if (row.payment_method, row.amount_cents, row.currency) != (payment_method, amount_cents, currency):
@@ -152,15 +154,16 @@ class SandboxGateway:
 
     def lookup(self, idempotency_key: str) -> ChargeResult | None:
         self._wait()
-        engine = psycopg_engine(self._session_factory)
-        if engine is not None:
-            with raw_psycopg_cursor(engine, "pec_sandbox_cursor", autocommit=True) as (_connection, cursor):
-                row = _fetch_row(cursor, idempotency_key)
-        else:
-            with self._session_factory() as session:
-                row = session.execute(_ROW.where(SandboxCharge.idempotency_key == idempotency_key)).one_or_none()
-                session.rollback()
+        with self._autocommit() as connection:
+            row = connection.execute(_ROW, {"key": idempotency_key}).first()
+            connection.commit()
         return None if row is None else _result(row)
+
+    def _autocommit(self) -> Connection:
+        """A connection whose statements commit on their own on PostgreSQL (a call is one statement,
+        two for a replay: no BEGIN or COMMIT to wait for).  SQLite's connections open their own
+        transaction (:func:`worker.store.db.make_engine`): ``commit()`` ends it."""
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def check_credentials(self) -> str:
         with self._session_factory() as session:
@@ -175,67 +178,29 @@ class SandboxGateway:
             time.sleep(self._latency)
 
 
-_ROW = select(
-    SandboxCharge.payment_method,
-    SandboxCharge.amount_cents,
-    SandboxCharge.currency,
-    SandboxCharge.outcome,
-    SandboxCharge.reference,
+_SANDBOX = SandboxCharge.__table__
+_ROW_COLUMNS = (
+    _SANDBOX.c.payment_method,
+    _SANDBOX.c.amount_cents,
+    _SANDBOX.c.currency,
+    _SANDBOX.c.outcome,
+    _SANDBOX.c.reference,
 )
+_ROW = select(*_ROW_COLUMNS).where(_SANDBOX.c.idempotency_key == bindparam("key"))
+#: dialect name -> the insert of a charge whose key is new, built once.
+_INSERTS: dict[str, Any] = {}
 
 
-# On PostgreSQL through psycopg, each call is one statement (two for a replay) on a pooled
-# connection in autocommit: the insert commits on its own, as the session's INSERT and COMMIT
-# did, and the replay's read, a statement of its own, sees the row that won.  The ORM session
-# took seven round trips (the pool's ping, BEGIN, INSERT, COMMIT, BEGIN, SELECT, ROLLBACK).
-
-_INSERT_SQL = """
-INSERT INTO sandbox_charges (idempotency_key, payment_method, amount_cents, currency, outcome, reference,
-                             description, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT DO NOTHING
-RETURNING payment_method, amount_cents, currency, outcome, reference"""
-
-_SELECT_SQL = (
-    "SELECT payment_method, amount_cents, currency, outcome, reference FROM sandbox_charges WHERE idempotency_key = $1"
-)
+def _insert(connection: Connection) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` the row, for the connection's dialect."""
+    statement = _INSERTS.get(connection.dialect.name)
+    if statement is None:
+        statement = dialect_insert(connection, _SANDBOX).on_conflict_do_nothing().returning(*_ROW_COLUMNS)
+        _INSERTS[connection.dialect.name] = statement
+    return statement
 
 
-class _Row(NamedTuple):
-    payment_method: str
-    amount_cents: int
-    currency: str
-    outcome: str
-    reference: str
-
-
-def _fetch_row(cursor, idempotency_key: str) -> _Row | None:
-    cursor.execute(_SELECT_SQL, (idempotency_key,), prepare=True)
-    found = cursor.fetchone()
-    return None if found is None else _Row(*found)
-
-
-def _charge_psycopg(engine: Engine, values: dict) -> tuple[bool, _Row]:
-    """Record the charge if its key is new: (inserted, the row for the key)."""
-    with raw_psycopg_cursor(engine, "pec_sandbox_cursor", autocommit=True) as (_connection, cursor):
-        cursor.execute(
-            _INSERT_SQL,
-            (
-                values["idempotency_key"], values["payment_method"], values["amount_cents"], values["currency"],
-                values["outcome"], values["reference"], values["description"], values["at"],
-            ),
-            prepare=True,
-        )  # fmt: skip
-        inserted = cursor.fetchone()
-        if inserted is not None:
-            return True, _Row(*inserted)
-        row = _fetch_row(cursor, values["idempotency_key"])
-    if row is None:  # the key's row went away between the two statements (only a reset does that)
-        raise RuntimeError(f"sandbox: no row for {values['idempotency_key']!r} after a conflict")
-    return False, row
-
-
-def _result(row) -> ChargeResult:
+def _result(row: Any) -> ChargeResult:
     outcome = ChargeOutcome(row.outcome)
     _, decline_code, message = BEHAVIOUR.get(row.payment_method, UNKNOWN_TOKEN)
     if outcome is ChargeOutcome.SUCCEEDED:

@@ -283,9 +283,10 @@ KIND_RULES: dict[str, KindRules] = {
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
-    # Auto-renew (worker/services/charges.py), one mailbox per email.  The signed Rinnova link of the
-    # cycle leads to the link handler: there the holder changes the plan or learns how to
-    # switch auto-renew off (charge-notice, card-expiring), or pays the unpaid order (charge-failed).
+    # Auto-renew (worker/rules/auto_renew.py, worker/services/charges/), one mailbox per email.
+    # The signed Rinnova link of the cycle leads to the link handler: there the holder changes the
+    # plan or learns how to switch auto-renew off (charge-notice, card-expiring), or pays the
+    # unpaid order (charge-failed).
     "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
     "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),

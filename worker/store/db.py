@@ -43,8 +43,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-#: The database could not be reached: through SQLAlchemy, or on a raw psycopg cursor (the relay's
-#: claims and outcomes, the charges' and the sandbox's statements).  Celery tasks retry on these.
+#: The database could not be reached: through SQLAlchemy, or on a psycopg connection used
+#: directly.  Celery tasks retry on these.
 DATABASE_UNREACHABLE = (OperationalError, psycopg.OperationalError)
 #: The database cannot be used now: unreachable, or every connection of the pool busy past its
 #: timeout.  The link handler answers these with a 503 page.
@@ -314,47 +314,3 @@ def dialect_insert(session_or_connection, table):
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table)
-
-
-def psycopg_engine(factory: sessionmaker[Session]) -> Engine | None:
-    """The factory's engine when it is PostgreSQL through psycopg (where the hot paths use raw
-    cursors), else None."""
-    engine = factory.kw.get("bind")
-    if isinstance(engine, Engine) and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
-        return engine
-    return None
-
-
-@contextmanager
-def raw_psycopg_cursor(engine: Engine, name: str, *, autocommit: bool = False) -> Iterator[tuple[Any, Any]]:
-    """A pooled psycopg connection and a ``RawCursor`` (``$n`` placeholders) on it, kept with the
-    connection under ``name`` (in its pool record's ``info``, which SQLAlchemy clears when it
-    replaces the connection) and reused.
-
-    Without ``autocommit`` the connection is in a transaction from its first statement, and
-    goes back to the pool rolled back unless committed; with it, every statement commits on
-    its own, and the connection goes back out of autocommit, as the pool's other users expect.
-    An error that broke the connection (a disconnect) drops it and every older one of the pool,
-    as SQLAlchemy does on a disconnect.
-    """
-    pooled = engine.raw_connection()
-    try:
-        connection = pooled.driver_connection
-        cursor = pooled.info.get(name)
-        if cursor is None or cursor.closed or cursor.connection is not connection:
-            cursor = pooled.info[name] = psycopg.RawCursor(connection)
-        if autocommit:
-            # The pool hands out an idle connection: switching autocommit costs no round trip.
-            connection.autocommit = True
-        try:
-            yield connection, cursor
-        finally:
-            if autocommit and not connection.broken:
-                connection.autocommit = False
-    except BaseException as error:
-        connection = pooled.dbapi_connection
-        if connection is None or connection.broken:
-            engine.pool._invalidate(pooled, error if isinstance(error, Exception) else None)
-        raise
-    finally:
-        pooled.close()

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from worker.rules.auto_renew import ChargeStatus
 from worker.rules.vocabulary import HolderKind, Plan  # noqa: F401 (the columns' words, defined once there)
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
@@ -367,15 +368,6 @@ class Payment(Base):
 
 
 # -- Auto-renew charges (issue 4) ------------------------------------------------------------
-
-
-class ChargeStatus(str, Enum):
-    STARTED = "started"  # the intent is committed; the gateway may or may not have been called
-    SUCCEEDED = "succeeded"
-    SOFT_DECLINE = "soft_decline"
-    HARD_DECLINE = "hard_decline"
-    REQUIRES_AUTHENTICATION = "requires_authentication"
-    UNKNOWN = "unknown"  # the gateway's answer was lost: reconcile with ``lookup`` before anything else
 
 
 class ChargeIntent(Base):

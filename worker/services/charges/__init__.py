@@ -1,0 +1,86 @@
+"""Auto-renew charges: the service that carries out :mod:`worker.rules.auto_renew`.
+
+- :mod:`~worker.services.charges.state`: the state of a cycle, from the database (the
+  ledger rows and charge intents the rule reads), and the lock of one mailbox;
+- :mod:`~worker.services.charges.emails`: what the auto-renew emails carry, and the
+  writing of one (its outbox and ledger rows);
+- :mod:`~worker.services.charges.service`: one mailbox's charge work, intent then act
+  then record (:func:`charge_mailbox`);
+- :mod:`~worker.services.charges.calls`: the gateway calls it makes between its transactions;
+- :mod:`~worker.services.charges.batch`: which mailboxes are due, and running many at
+  once (:func:`run_charges`).
+
+The rule's own names (plan, kinds, decisions) are :mod:`worker.rules.auto_renew`'s; they
+are also here for the callers of the service.
+"""
+
+from __future__ import annotations
+
+from worker.rules.auto_renew import (
+    AUTO_RENEW_KINDS,
+    CARD_EXPIRING,
+    CHARGE,
+    CHARGE_DAYS_BEFORE_EXPIRY,
+    CHARGE_FAILED,
+    CHARGE_NOTICE,
+    CHARGE_NOTICE_DAYS_BEFORE_EXPIRY,
+    CHARGE_NOTICE_STAGE,
+    CHARGE_SUCCEEDED,
+    DEFAULT_CHARGE_PLAN,
+    FAIL,
+    RECONCILE,
+    UNRESOLVED,
+    AttemptRecord,
+    AutoRenewDecision,
+    ChargePlan,
+    charge_on,
+    day_stage,
+    decide_auto_renew,
+    first_auto_renew_action_on,
+    idempotency_key,
+)
+from worker.services.charges.batch import due_charge_ids, iter_due_charge_batches, run_charges
+from worker.services.charges.emails import charge_context, charge_price, mailbox_context, queue_mailbox_email
+from worker.services.charges.results import ChargeRun, ChargesResult
+from worker.services.charges.service import ChargeDay, charge_mailbox
+from worker.services.charges.state import CycleState, decide_for, is_auto_renew, load_cycle_states, lock_mailbox
+
+__all__ = [
+    "AUTO_RENEW_KINDS",
+    "CARD_EXPIRING",
+    "CHARGE",
+    "CHARGE_DAYS_BEFORE_EXPIRY",
+    "CHARGE_FAILED",
+    "CHARGE_NOTICE",
+    "CHARGE_NOTICE_DAYS_BEFORE_EXPIRY",
+    "CHARGE_NOTICE_STAGE",
+    "CHARGE_SUCCEEDED",
+    "DEFAULT_CHARGE_PLAN",
+    "FAIL",
+    "RECONCILE",
+    "UNRESOLVED",
+    "AttemptRecord",
+    "AutoRenewDecision",
+    "ChargeDay",
+    "ChargePlan",
+    "ChargeRun",
+    "ChargesResult",
+    "CycleState",
+    "charge_context",
+    "charge_mailbox",
+    "charge_on",
+    "charge_price",
+    "day_stage",
+    "decide_auto_renew",
+    "decide_for",
+    "due_charge_ids",
+    "first_auto_renew_action_on",
+    "idempotency_key",
+    "is_auto_renew",
+    "iter_due_charge_batches",
+    "load_cycle_states",
+    "lock_mailbox",
+    "mailbox_context",
+    "queue_mailbox_email",
+    "run_charges",
+]

@@ -1,0 +1,222 @@
+"""What the auto-renew emails carry, and how one is written for one mailbox.
+
+The ``charge`` part of an email's context is plain data (amounts in cents, dates in ISO
+form, the payment method already masked): the relay renders it later from the outbox row.
+The functions read a mailbox through the attributes of :class:`MailboxFacts`, which an
+ORM ``Mailbox`` and a row of the charge service's or the scan's selects both have.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, insert
+
+from worker.gateways import describe_payment_method
+from worker.mail.queue import NewEmail, queue_email
+from worker.rules import pricing, schedule
+from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan, charge_on
+from worker.rules.schedule import Stage
+from worker.store.models import NoticeLedgerEntry
+
+_INSERT_LEDGER = insert(NoticeLedgerEntry.__table__)
+
+
+class MailboxFacts(Protocol):
+    """What the emails read of a mailbox."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def plan(self) -> str: ...
+    @property
+    def extra_space_gb(self) -> int | None: ...
+    @property
+    def extra_archive_gb(self) -> int | None: ...
+    @property
+    def renewal_years(self) -> int | None: ...
+    @property
+    def expires_on(self) -> date: ...
+    @property
+    def payment_method(self) -> str | None: ...
+    @property
+    def card_expires_on(self) -> date | None: ...
+    @property
+    def language(self) -> str: ...
+
+
+class Recipient(MailboxFacts, Protocol):
+    """A mailbox an email is written about: also where it goes, and whom it greets."""
+
+    @property
+    def reference_email(self) -> str: ...
+    @property
+    def holder_name(self) -> str: ...
+
+
+def charge_price(mailbox: MailboxFacts, years: int | None = None) -> pricing.OrderSummary:
+    """The renewal's price for the mailbox's current plan and extras, VAT (22%) included in the total."""
+    line = pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)
+    return pricing.price_order([line], years or mailbox.renewal_years or 1)
+
+
+def charge_context(
+    mailbox: MailboxFacts,
+    *,
+    cycle_expires_on: date | None = None,
+    today: date | None = None,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``charge`` part of an auto-renew email's context: plain data, the method already masked.
+
+    With ``today``, the charge date shown is never before tomorrow (a late charge notice).
+    """
+    cycle = cycle_expires_on or mailbox.expires_on
+    charge_day = charge_on(cycle, plan)
+    if today is not None:
+        charge_day = max(charge_day, today + timedelta(days=1))
+    price = charge_price(mailbox)
+    context = {
+        "amount_cents": price.total_cents,
+        "subtotal_cents": price.subtotal_cents,
+        "vat_cents": price.vat_cents,
+        "vat_percent": price.vat_percent,
+        "years": price.years,
+        "charge_on": charge_day.isoformat(),
+        "method": describe_payment_method(mailbox.payment_method, mailbox.language),
+        "card_expires_on": mailbox.card_expires_on.isoformat() if mailbox.card_expires_on else None,
+        "new_expires_on": schedule.add_years(cycle, price.years).isoformat(),
+    }
+    context.update(extra)
+    return context
+
+
+def receipt_context(
+    mailbox: MailboxFacts,
+    *,
+    cycle_expires_on: date,
+    years: int,
+    amount_cents: int,
+    charged_on: date,
+    reference: str | None,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> dict[str, Any]:
+    """The ``charge`` part of a charge-succeeded email: what the charge paid for its cycle."""
+    price = charge_price(mailbox, years)
+    return charge_context(
+        mailbox,
+        cycle_expires_on=cycle_expires_on,
+        plan=plan,
+        amount_cents=amount_cents,
+        subtotal_cents=price.subtotal_cents,
+        vat_cents=amount_cents - price.subtotal_cents,
+        years=years,
+        new_expires_on=schedule.add_years(cycle_expires_on, years).isoformat(),
+        charged_on=charged_on.isoformat(),
+        reference=reference,
+    )
+
+
+def failure_context(
+    mailbox: MailboxFacts,
+    *,
+    cycle_expires_on: date,
+    order_number: str,
+    total_cents: int,
+    subtotal_cents: int,
+    vat_cents: int,
+    years: int,
+    reason: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> dict[str, Any]:
+    """The ``charge`` part of a charge-failed email: why, and the unpaid renewal order it leads to."""
+    return charge_context(
+        mailbox,
+        cycle_expires_on=cycle_expires_on,
+        plan=plan,
+        amount_cents=total_cents,
+        subtotal_cents=subtotal_cents,
+        vat_cents=vat_cents,
+        years=years,
+        reason=reason,
+        order_number=order_number,
+    )
+
+
+def mailbox_context(mailbox: MailboxFacts, cycle_expires_on: date) -> dict[str, Any]:
+    return {
+        "id": mailbox.id,
+        "address": mailbox.address,
+        "expires_on": cycle_expires_on.isoformat(),
+        "plan": mailbox.plan,
+        "domain": None,
+    }
+
+
+def queue_mailbox_email(
+    connection: Connection,
+    mailbox: Recipient,
+    *,
+    cycle_expires_on: date,
+    stage: Stage,
+    kind: str,
+    context: dict[str, Any],
+    today: date,
+    now: datetime,
+    mail_domain: str,
+) -> int | None:
+    """Write one email about one mailbox's cycle: its outbox row (through the outbox's one
+    writer, :func:`worker.mail.queue.queue_email`) and its ledger row, in the caller's transaction.
+
+    The caller has checked that the cycle's ledger does not hold ``stage`` (the ledger's key
+    is unique: a row written meanwhile fails the transaction).  Returns the outbox id, or
+    None when the outbox already holds the email's Message-ID: nothing is written then.
+    """
+    queued = queue_email(
+        connection,
+        NewEmail(
+            about=[(mailbox.id, cycle_expires_on.isoformat(), stage.name)],
+            kind=kind,
+            stage=stage.name,
+            language=mailbox.language,
+            to_address=mailbox.reference_email.lower(),
+            context={
+                "holder_name": mailbox.holder_name,
+                "mailboxes": [mailbox_context(mailbox, cycle_expires_on)],
+                **context,
+            },
+        ),
+        mail_domain=mail_domain,
+        business_date=today,
+        now=now,
+    )
+    if queued is None:
+        return None
+    connection.execute(
+        _INSERT_LEDGER,
+        {
+            "mailbox_id": mailbox.id,
+            "cycle_expires_on": cycle_expires_on,
+            "stage": stage.name,
+            "kind": kind,
+            "business_date": today,
+            "outbox_message_id": queued.id,
+        },
+    )
+    return queued.id
+
+
+__all__ = [
+    "MailboxFacts",
+    "Recipient",
+    "charge_context",
+    "charge_price",
+    "failure_context",
+    "mailbox_context",
+    "queue_mailbox_email",
+    "receipt_context",
+]

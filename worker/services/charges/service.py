@@ -1,0 +1,364 @@
+"""One mailbox's charge work: reconcile, charge, record, and tell the holder.
+
+Money moves as intent, then act, then record: the ``charge_intents`` row, with its
+idempotency key ``renewal:{mailbox}:{cycle}:{attempt}``, is committed before the gateway
+is called; the answer is recorded afterwards.  The ``started`` intent is the charge's
+claim: for ``CHARGE_RECONCILE_AFTER_MINUTES`` (:attr:`ChargePlan.reconcile_after_minutes`,
+5 by default) after it was written every other scan or worker leaves the mailbox alone,
+as a charge in flight.  Past that, the process that wrote it is taken for dead (killed
+between the claim and the answer), and the next run of the same business date, or the
+15-minute sweep, looks the charge up: a crash on the last retry day is resolved that
+day, not turned into ``charge-failed`` on the expiry day.  A lookup's claim moves
+``next_action_on`` past today; an ``unknown`` answer (a timeout, ``pm_sandbox_timeout``)
+that the gateway still cannot tell is asked again by the next day's run.  No database
+transaction or row lock is held across a gateway call, so each charge in flight holds
+at most one connection, and only for milliseconds.
+
+Each transaction is a few SQLAlchemy Core statements, the same on PostgreSQL and SQLite:
+the mailbox locked with its cycles (:func:`~worker.services.charges.state.lock_mailbox`),
+then the claim (one ``INSERT … RETURNING`` of the intent), or the record (one ``UPDATE …
+RETURNING`` of the intent, the receipt's outbox and ledger rows, and one ``UPDATE`` of the
+mailbox).  A charge-failed, which opens the unpaid renewal order, goes through the ORM.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, func, insert, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, mask_token
+from worker.rules import schedule
+from worker.rules.auto_renew import (
+    CHARGE_FAILED,
+    CHARGE_SUCCEEDED,
+    CURRENCY,
+    DEFAULT_CHARGE_PLAN,
+    FAIL,
+    RECONCILE,
+    UNRESOLVED,
+    ChargePlan,
+    ChargeStatus,
+    day_stage,
+    failure_reason,
+    idempotency_key,
+    next_action_on,
+)
+from worker.rules.schedule import Stage
+from worker.services.charges.calls import Call, charge_call, charge_parameters, reconcile_call
+from worker.services.charges.emails import charge_price, failure_context, queue_mailbox_email, receipt_context
+from worker.services.charges.results import ChargeRun
+from worker.services.charges.state import (
+    CycleState,
+    LockedMailbox,
+    decide_for,
+    lock_mailbox,
+    read_intent,
+)
+from worker.services.orders import create_unpaid_renewal_order
+from worker.store.models import ChargeIntent, Mailbox
+
+log = logging.getLogger(__name__)
+
+#: Steps of one mailbox's charge work in one run (claim/record rounds); a safety bound.
+MAX_ROUNDS = 6
+
+_INTENTS = ChargeIntent.__table__
+_CLAIM = insert(_INTENTS).returning(_INTENTS.c.id)
+#: The gateway's answer, on an intent still unresolved (the reference and the time of
+#: resolution are kept when the answer has none: an ``unknown`` answer resolves nothing).
+_RECORD = (
+    update(_INTENTS)
+    .where(_INTENTS.c.id == bindparam("intent_id"), _INTENTS.c.status.in_(UNRESOLVED))
+    .values(
+        status=bindparam("answer_status"),
+        reference=func.coalesce(bindparam("answer_reference"), _INTENTS.c.reference),
+        decline_code=bindparam("answer_decline_code"),
+        resolved_at=func.coalesce(bindparam("answer_resolved_at"), _INTENTS.c.resolved_at),
+    )
+    .returning(
+        _INTENTS.c.id,
+        _INTENTS.c.cycle_expires_on,
+        _INTENTS.c.status,
+        _INTENTS.c.idempotency_key,
+        _INTENTS.c.payment_method,
+        _INTENTS.c.amount_cents,
+        _INTENTS.c.years,
+        _INTENTS.c.reference,
+    )
+)
+
+
+@dataclass(frozen=True)
+class ChargeDay:
+    """What every step of one day's charge work reads: the business date, the clock (each step
+    takes ``now`` from it when it writes), the notice stages, the domain of the Message-IDs and
+    the charge plan."""
+
+    today: date
+    clock: Callable[[], datetime]
+    mail_domain: str
+    stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN
+
+
+#: A claimed gateway call: the intent's id, and the call.
+Claim = tuple[int, Call]
+
+
+def charge_mailbox(
+    session_factory: sessionmaker[Session],
+    gateway: PaymentGateway,
+    mailbox_id: int,
+    *,
+    today: date,
+    clock: Callable[[], datetime],
+    stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES,
+    mail_domain: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> ChargeRun:
+    """Do the charge work due today for one mailbox: reconcile, charge, record, and tell the holder.
+
+    Safe to call twice, from many threads or processes: the mailbox is taken
+    with ``FOR UPDATE SKIP LOCKED`` only while it is due, and the intent is
+    committed (the claim) before any gateway call; another caller that finds it
+    ``started`` and younger than ``plan.reconcile_after_minutes`` leaves the
+    mailbox alone.  After the call it is locked again (by this claimant only) to
+    record.
+    """
+    run = ChargeRun(mailbox_id)
+    day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan)
+    engine = bound_engine(session_factory)
+    looked_up: set[int] = set()
+    answered: tuple[int, ChargeResult] | None = None
+    for _round in range(MAX_ROUNDS):
+        with engine.connect() as connection:
+            work = _Work(connection, session_factory, gateway, run, day, looked_up)
+            claim = work.round(mailbox_id, answered)
+            connection.commit()
+        if claim is None:
+            return run
+        intent_id, call = claim
+        answered = (intent_id, call())
+    return run
+
+
+def bound_engine(session_factory: sessionmaker[Session]) -> Engine:
+    """The engine the factory's sessions use: the charge work runs its statements on its
+    connections, and opens an ORM session on the same connection only to fail a cycle."""
+    with session_factory() as session:
+        bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+class _Work:
+    """One transaction of one mailbox's charge work, on ``connection``: lock the mailbox,
+    record the answer of the last gateway call, and claim the next call, if any (the caller
+    commits before making it)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        session_factory: sessionmaker[Session],
+        gateway: PaymentGateway,
+        run: ChargeRun,
+        day: ChargeDay,
+        looked_up: set[int],
+    ) -> None:
+        self.connection = connection
+        self.session_factory = session_factory
+        self.gateway = gateway
+        self.run = run
+        self.day = day
+        #: The intents this run looked up already: one still unknown is asked again tomorrow.
+        self.looked_up = looked_up
+        self.now = day.clock()
+
+    def round(self, mailbox_id: int, answered: tuple[int, ChargeResult] | None) -> Claim | None:
+        mailbox = lock_mailbox(self.connection, mailbox_id, self.day.today, claimed=answered is not None)
+        if mailbox is None:
+            return None  # not due, or claimed elsewhere (or no longer auto-renew)
+        if answered is not None:
+            self.record(mailbox, *answered)
+        claim = self.next_work(mailbox)
+        mailbox.write(self.connection)
+        return claim
+
+    def next_work(self, mailbox: LockedMailbox) -> Claim | None:
+        """Follow the rule until the mailbox is left for a later day or a gateway call is claimed."""
+        day = self.day
+        for _step in range(MAX_ROUNDS):
+            state = mailbox.state
+            decision = decide_for(mailbox, state, day.stages, day.today, day.plan)
+            if decision.charge == FAIL:
+                self.fail(mailbox, state)
+                continue
+            if decision.charge is None:
+                mailbox.next_action_on = next_action_on(decision, mailbox.next_action_on, day.today)
+                if self.run.outcome == "skipped":
+                    self.run.outcome = "retry" if decision.skip_reason == "retry-scheduled" else "idle"
+                return None
+            if decision.charge == RECONCILE:
+                return self.claim_lookup(mailbox, read_intent(self.connection, _last_intent_id(state)))
+            assert decision.attempt is not None
+            return self.claim_charge(mailbox, decision.attempt)
+        return None
+
+    def claim_charge(self, mailbox: LockedMailbox, attempt: int) -> Claim:
+        price = charge_price(mailbox.row)
+        intent = {
+            "mailbox_id": mailbox.id,
+            "cycle_expires_on": mailbox.expires_on,
+            "attempt": attempt,
+            "idempotency_key": idempotency_key(mailbox.id, mailbox.expires_on, attempt),
+            "amount_cents": price.total_cents,
+            "currency": CURRENCY,
+            "payment_method": mailbox.payment_method,
+            "years": price.years,
+            "status": ChargeStatus.STARTED.value,
+            "business_date": self.day.today,
+            "created_at": self.now,
+        }
+        intent_id: int = self.connection.execute(_CLAIM, intent).scalar_one()
+        # Still due today: the new started intent is the claim, and if this process dies before
+        # recording the answer, a run after the claim's minutes looks it up.
+        mailbox.next_action_on = self.day.today
+        return intent_id, charge_call(self.gateway, charge_parameters(**intent), self.run)
+
+    def claim_lookup(self, mailbox: LockedMailbox, intent: Any) -> Claim | None:
+        today = self.day.today
+        if intent.id in self.looked_up:
+            self.run.outcome = "unknown"  # still unresolved: tomorrow's run asks again
+            return None
+        if intent.status == ChargeStatus.STARTED.value and self.day.plan.in_flight(intent.created_at, self.now):
+            return None  # another process's charge, awaiting its answer: its claim (run.outcome "skipped")
+        self.looked_up.add(intent.id)
+        # The lookup's claim: no other run takes the mailbox today.
+        mailbox.next_action_on = today + timedelta(days=1)
+        return intent.id, reconcile_call(self.gateway, intent, today, mailbox.expires_on, self.run)
+
+    def record(self, mailbox: LockedMailbox, intent_id: int, answer: ChargeResult) -> None:
+        """Record the gateway's answer; on success move the expiry and write the receipt."""
+        intent = self.connection.execute(
+            _RECORD,
+            {
+                "intent_id": intent_id,
+                "answer_status": answer.outcome.value,
+                "answer_reference": answer.reference or None,
+                "answer_decline_code": answer.decline_code,
+                "answer_resolved_at": None if answer.outcome is ChargeOutcome.UNKNOWN else self.now,
+            },
+        ).first()
+        if intent is None:
+            return  # resolved meanwhile (by a lookup of another run): its answer was recorded
+        mailbox.set_status(intent)
+        log.info(
+            "charge %s for mailbox %s (%s): %s",
+            intent.idempotency_key,
+            mailbox.id,
+            mask_token(intent.payment_method),
+            answer.outcome.value,
+        )
+        if answer.outcome is not ChargeOutcome.SUCCEEDED:
+            return
+        if mailbox.expires_on != intent.cycle_expires_on:
+            # The cycle was renewed another way (a registered manual payment) while this
+            # charge was unresolved: the money moved, the expiry is not moved twice.
+            log.warning(
+                "charge %s succeeded but mailbox %s was already renewed (expiry %s): refund needed",
+                intent.idempotency_key,
+                mailbox.id,
+                mailbox.expires_on,
+            )
+            self.run.outcome = "succeeded-already-renewed"
+            return
+        self.renew(mailbox, intent)
+
+    def renew(self, mailbox: LockedMailbox, intent: Any) -> None:
+        """A successful charge: the receipt (unless the day's stage is taken in the cycle's ledger), the new expiry."""
+        day = self.day
+        old = intent.cycle_expires_on
+        stage = day_stage(day.stages, old, day.today)
+        if not mailbox.state.holds_stage(stage):
+            context = {
+                "charge": receipt_context(
+                    mailbox.row,
+                    cycle_expires_on=old,
+                    years=intent.years,
+                    amount_cents=intent.amount_cents,
+                    charged_on=day.today,
+                    reference=intent.reference,
+                    plan=day.plan,
+                )
+            }
+            self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context)
+        mailbox.expires_on = schedule.add_years(old, intent.years)
+        self.run.outcome = "succeeded"
+
+    def fail(self, mailbox: LockedMailbox, state: CycleState) -> None:
+        """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it."""
+        today = self.day.today
+        mailbox.write(self.connection)  # the order is made from the mailbox as this transaction left it
+        with self.session_factory(bind=self.connection) as session:  # in this transaction
+            order = create_unpaid_renewal_order(
+                session, session.get_one(Mailbox, mailbox.id), mailbox.row.renewal_years or 1, self.now, today
+            )
+            session.flush()
+        last = read_intent(self.connection, _last_intent_id(state)) if state.intents else None
+        reason = failure_reason(
+            last.status if last is not None else None,
+            last.decline_code if last is not None else None,
+            bool(mailbox.payment_method),
+        )
+        context = {
+            "charge": failure_context(
+                mailbox.row,
+                cycle_expires_on=mailbox.expires_on,
+                order_number=order.order_number,
+                total_cents=order.total_cents,
+                subtotal_cents=order.subtotal_cents,
+                vat_cents=order.vat_cents,
+                years=order.years,
+                reason=reason,
+                plan=self.day.plan,
+            )
+        }
+        # The day's stage, or, when another email of the cycle used it, the day offset, which no
+        # other email of the cycle uses: the failure is recorded either way.
+        stages = (day_stage(self.day.stages, mailbox.expires_on, today), Stage(days=(today - mailbox.expires_on).days))
+        for stage in dict.fromkeys(stages):
+            if not state.holds_stage(stage) and self.write_email(mailbox, stage, CHARGE_FAILED, context):
+                break
+        self.run.outcome = "failed"
+        log.info("charge-failed for mailbox %s (%s); unpaid order %s", mailbox.id, reason, order.order_number)
+
+    def write_email(self, mailbox: LockedMailbox, stage: Stage, kind: str, context: dict[str, Any]) -> bool:
+        """Queue one email about the mailbox's current cycle; False when its Message-ID is already queued."""
+        outbox_id = queue_mailbox_email(
+            self.connection,
+            mailbox.row,
+            cycle_expires_on=mailbox.expires_on,
+            stage=stage,
+            kind=kind,
+            context=context,
+            today=self.day.today,
+            now=self.now,
+            mail_domain=self.day.mail_domain,
+        )
+        if outbox_id is None:
+            return False
+        mailbox.state.add_email(stage, kind, self.day.today)
+        self.run.outbox_ids.append(outbox_id)
+        self.run.emails[(kind, stage.name)] += 1
+        return True
+
+
+def _last_intent_id(state: CycleState) -> int:
+    intent_id = state.intents[-1].intent_id
+    assert intent_id is not None, "the cycle's attempts are read with their intents' ids"
+    return intent_id
