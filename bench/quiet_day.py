@@ -37,12 +37,12 @@ from rich.progress import (
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/databases.py, however this is loaded
 
-from databases import ensure_database, psycopg_url  # noqa: E402
+from databases import ensure_database, psycopg_url
 
+from worker.services.notices import due_mailbox_batches
+from worker.services.runtime import freeze_startup_objects
 from worker.store import migrate
-from worker.store.db import make_engine, make_session_factory  # noqa: E402
-from worker.services.notices import due_mailbox_batches  # noqa: E402
-from worker.services.runtime import freeze_startup_objects  # noqa: E402
+from worker.store.db import make_engine, make_session_factory
 
 QUIET_DAY = date(2027, 1, 10)
 NORMAL_DAY = date(2027, 1, 11)
@@ -72,7 +72,9 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
         if count == mailboxes:
             return 0.0
         started = time.perf_counter()
-        connection.execute("TRUNCATE notice_ledger, outbox_messages, mailboxes, holders, accounts RESTART IDENTITY CASCADE")
+        connection.execute(
+            "TRUNCATE notice_ledger, outbox_messages, mailboxes, holders, accounts RESTART IDENTITY CASCADE"
+        )
         holders = max(1, mailboxes // 3)
         # Every mailbox's next action is at least a day after the quiet day, but
         # for the ``normal_day_due`` mailboxes due on the normal day.

@@ -1,6 +1,6 @@
 """The price catalogue: prices in euro cents, VAT excluded, per year.
 
-The limits of each plan (DESIGN.md, "Plans") live here too, so that the
+The limits of each plan (docs/domain.md, "Plans and limits") live here too, so that the
 order rules in ``worker.rules.pricing`` and the pages read one source.  Change a
 price here; nothing else holds one.
 """
@@ -13,11 +13,13 @@ from types import MappingProxyType
 VAT_PERCENT = 22
 
 #: The yearly price of each plan, in euro cents, VAT excluded.
-PLAN_PRICES_CENTS = MappingProxyType({
-    "standard": 500,
-    "pro": 2500,
-    "premium": 4000,
-})
+PLAN_PRICES_CENTS = MappingProxyType(
+    {
+        "standard": 500,
+        "pro": 2500,
+        "premium": 4000,
+    }
+)
 
 #: The yearly price of one extra GB of mailbox space, in euro cents, VAT excluded.
 EXTRA_SPACE_GB_CENTS = 200

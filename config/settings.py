@@ -124,7 +124,7 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return _read(os.environ if environ is None else environ)
 
 
@@ -175,7 +175,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
     mail_backend = _choice(raw("MAIL_BACKEND") or "maildir", "MAIL_BACKEND", MAIL_BACKENDS)
     maildir = Path(raw("MAILDIR") or var_dir / "mail").resolve()
     smtp_tls = _choice(raw("SMTP_TLS") or "none", "SMTP_TLS", SMTP_TLS_MODES)
-    smtp_port = _integer(raw("SMTP_PORT"), "SMTP_PORT", default={"ssl": 465, "starttls": 587}.get(smtp_tls, 25), low=1, high=65535)
+    smtp_port = _integer(
+        raw("SMTP_PORT"), "SMTP_PORT", default={"ssl": 465, "starttls": 587}.get(smtp_tls, 25), low=1, high=65535
+    )
     smtp_timeout = _number(raw("SMTP_TIMEOUT"), "SMTP_TIMEOUT", default=30.0)
 
     mail_from = raw("MAIL_FROM") or "Rinnovi PEC <rinnovi@localhost>"
@@ -225,7 +227,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
     charge_notice_days = _integer(raw("CHARGE_NOTICE_DAYS"), "CHARGE_NOTICE_DAYS", default=30, low=2, high=89)
     if charge_notice_days <= charge_days[0]:
         raise SettingsError(
-            "CHARGE_NOTICE_DAYS", f"{charge_notice_days} must be more than the charge's {charge_days[0]} days before expiry"
+            "CHARGE_NOTICE_DAYS",
+            f"{charge_notice_days} must be more than the charge's {charge_days[0]} days before expiry",
         )
     # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
     # adapters' timeouts), so a charge still in flight is never looked up as lost.
@@ -235,7 +238,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
     )  # fmt: skip
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
-        raise SettingsError("POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)")
+        raise SettingsError(
+            "POSTAL_ACCOUNT", f"{postal_account!r} is not a postal current account number (8 to 12 digits)"
+        )
     bank_beneficiary = raw("BANK_BENEFICIARY") or "Provider PEC S.p.A."
     if any(ord(character) < 32 for character in bank_beneficiary):
         raise SettingsError("BANK_BENEFICIARY", "must be one line of text")
@@ -265,14 +270,17 @@ def _read(environ: Mapping[str, str]) -> Settings:
     try:
         ipaddress.ip_address(metrics_address)
     except ValueError:
-        raise SettingsError("METRICS_ADDRESS", f"{metrics_address!r} is not an IP address such as 127.0.0.1 or 0.0.0.0") from None
+        raise SettingsError(
+            "METRICS_ADDRESS", f"{metrics_address!r} is not an IP address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
     metrics_token = raw("METRICS_TOKEN")
     if metrics_token is not None and (len(metrics_token) < 32 or _has_space(metrics_token)):
         raise SettingsError("METRICS_TOKEN", "must be at least 32 characters, without spaces")
     log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
 
     # Last, so that a bad value elsewhere stops the program before a key is
-    # generated.  Its warning is logged where the key signs (warn_generated_secret_key).  Set but blank is refused, not taken
+    # generated.  Its warning is logged where the key signs (warn_generated_secret_key).
+    # Set but blank is refused, not taken
     # for "unset": in production that is a deployment mistake, and a generated
     # key would hide it.
     secret_keys, generated = _secret_keys(environ.get(PREFIX + "SECRET_KEYS"), var_dir)

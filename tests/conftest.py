@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 
 from config.settings import Settings
 from tests.smtp_server import smtp_server  # noqa: F401
+from worker.services.runtime import Runtime
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base
-from worker.services.runtime import Runtime
 
 #: Fixtures defined beside the test data they go with.
 pytest_plugins = ["tests.support.importing"]

@@ -9,8 +9,8 @@ from datetime import date
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.store.models import Account, Domain, Holder, Mailbox
 from worker.rules.schedule import DEFAULT_STAGES, first_action_on
+from worker.store.models import Account, Domain, Holder, Mailbox
 
 _numbers = itertools.count(1)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 

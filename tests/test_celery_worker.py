@@ -105,10 +105,6 @@ def test_every_task_retries_when_the_database_is_unreachable_through_sqlalchemy_
     import psycopg
     import sqlalchemy.exc
 
-    import tasks.charges
-    import tasks.daily
-    import tasks.mail
-
     app = create_celery(make_settings(tmp_path, database_url=database_url))
     names = sorted(name for name in app.tasks if name.startswith("pec_renewal."))
     assert len(names) >= 6, names

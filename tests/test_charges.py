@@ -82,6 +82,16 @@ def run_on(rt: Runtime, day: date):
 
 def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
     """As if this cycle's charge notice went out on its day (tests that start at the charge)."""
+    # A cycle that an import forced back to an earlier expiry may have had its notice already.
+    sent = session.scalar(
+        select(NoticeLedgerEntry.id).where(
+            NoticeLedgerEntry.mailbox_id == mailbox.id,
+            NoticeLedgerEntry.cycle_expires_on == mailbox.expires_on,
+            NoticeLedgerEntry.stage == charges.CHARGE_NOTICE_STAGE.name,
+        )
+    )
+    if sent is not None:
+        return
     session.add(
         NoticeLedgerEntry(
             mailbox_id=mailbox.id,

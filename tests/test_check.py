@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
 
 from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS
@@ -31,7 +30,10 @@ def test_everything_up(tmp_path, session_factory, database_url, smtp_server):
     )
     assert code == 0, lines
     assert {service: status for service, (status, _detail) in lines.items()} == {
-        "database": "ok", "broker": "ok", "mail": "ok", "gateway": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "mail": "ok",
+        "gateway": "ok",
     }
     assert lines["database"][1].startswith("postgresql, revision ")
     assert lines["gateway"][1] == "sandbox, 0 charge(s) recorded"
@@ -54,8 +56,12 @@ def test_each_service_down_is_named_and_the_exit_is_non_zero(tmp_path, session_f
 def test_stripe_credentials_are_checked_over_http(tmp_path, session_factory, database_url):
     server = FakeStripe().start()
     try:
-        good = run_check(tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_local", stripe_api_base=server.url)
-        bad = run_check(tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_wrong", stripe_api_base=server.url)
+        good = run_check(
+            tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_local", stripe_api_base=server.url
+        )
+        bad = run_check(
+            tmp_path, database_url, payment_gateway="stripe", stripe_api_key="sk_test_wrong", stripe_api_base=server.url
+        )
     finally:
         server.stop()
     assert good[1]["gateway"] == ["ok", "Stripe API key accepted"]
@@ -66,12 +72,20 @@ def test_paypal_credentials_are_checked_over_http(tmp_path, session_factory, dat
     server = FakePayPal().start()
     try:
         good = run_check(
-            tmp_path, database_url, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0],
-            paypal_client_secret=PAYPAL_CLIENT[1], paypal_api_base=server.url,
+            tmp_path,
+            database_url,
+            payment_gateway="paypal",
+            paypal_client_id=PAYPAL_CLIENT[0],
+            paypal_client_secret=PAYPAL_CLIENT[1],
+            paypal_api_base=server.url,
         )
         bad = run_check(
-            tmp_path, database_url, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0],
-            paypal_client_secret="wrong", paypal_api_base=server.url,
+            tmp_path,
+            database_url,
+            payment_gateway="paypal",
+            paypal_client_id=PAYPAL_CLIENT[0],
+            paypal_client_secret="wrong",
+            paypal_api_base=server.url,
         )
     finally:
         server.stop()

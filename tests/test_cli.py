@@ -17,7 +17,18 @@ from click.testing import CliRunner
 from tests.conftest import TEST_SECRET_KEYS
 from worker.cli.main import main
 
-HEADER = ["address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on", "domain", "domain_expires_on", "language"]
+HEADER = [
+    "address",
+    "account",
+    "holder_name",
+    "holder_kind",
+    "reference_email",
+    "plan",
+    "expires_on",
+    "domain",
+    "domain_expires_on",
+    "language",
+]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -63,7 +74,9 @@ def test_embedded_default_runs_the_job_over_many_dates(tmp_path, embedded_env):
         mailbox_row(1, reference_email="studio@example.it"),
         mailbox_row(2, reference_email="studio@example.it"),
         mailbox_row(3, expires_on="2027-02-28", language="en"),
-        mailbox_row(4, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-03-31"),
+        mailbox_row(
+            4, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-03-31"
+        ),
     ]
     source = write_csv(tmp_path / "mailboxes.csv", rows)
     result = invoke(embedded_env, "import", "mailboxes", str(source))
@@ -80,7 +93,11 @@ def test_embedded_default_runs_the_job_over_many_dates(tmp_path, embedded_env):
     keys = [(m["To"], m["X-PEC-Renewal-Kind"], m["X-PEC-Renewal-Stage"]) for m in messages]
     assert len(keys) == len(set(keys)), "a notice was sent twice"
     stages = ["-3m", "-2m", "-1m", "-15d", "-7d", "-1d", "0d", "+1d", "+30d", "+60d", "+83d"]
-    for to, kind in [("studio@example.it", None), ("titolare3@example.it", None), ("titolare4@example.it", "domain-expiry-notice")]:
+    for to, kind in [
+        ("studio@example.it", None),
+        ("titolare3@example.it", None),
+        ("titolare4@example.it", "domain-expiry-notice"),
+    ]:
         got = sorted(stage for (address, k, stage) in keys if address == to and (kind is None or k == kind))
         assert got == sorted(stages), to
     studio = [m for m in messages if m["To"] == "studio@example.it"]
@@ -148,7 +165,9 @@ def run_command(args, env, cwd):
     ],
 )
 def test_a_bad_setting_stops_with_one_line_naming_the_variable(tmp_path, variable, value):
-    result = run_command(["worker.cli.main", "run-daily"], {variable: value, "PEC_RENEWAL_VAR_DIR": str(tmp_path)}, tmp_path)
+    result = run_command(
+        ["worker.cli.main", "run-daily"], {variable: value, "PEC_RENEWAL_VAR_DIR": str(tmp_path)}, tmp_path
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -174,7 +193,11 @@ def test_two_processes_running_the_same_day_at_once_send_each_notice_once(tmp_pa
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "worker.cli.main", "run-daily", "--date", "2027-03-31", "--json"],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]
@@ -208,7 +231,9 @@ def test_report_forecasts_the_coming_days_and_the_last_run(tmp_path, embedded_en
     rows = [
         mailbox_row(1, expires_on="2027-03-31"),  # -7d on 2027-03-24
         mailbox_row(2, expires_on="2027-03-25"),  # -1d on 2027-03-24, 0d on the 25th
-        mailbox_row(3, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-04-08"),
+        mailbox_row(
+            3, address="info@pec.rossi-srl.it", expires_on="", domain="rossi-srl.it", domain_expires_on="2027-04-08"
+        ),
     ]
     invoke(embedded_env, "import", "mailboxes", str(write_csv(tmp_path / "mailboxes.csv", rows)))
     before = json.loads(invoke(embedded_env, "report", "--date", "2027-03-24", "--days", "3", "--json").output)

@@ -28,7 +28,12 @@ def pec_renewal(tmp_path: Path, *args: str, env: dict | None = None) -> subproce
     environ = {name: value for name, value in os.environ.items() if not name.startswith("PEC_RENEWAL_")}
     environ.update({"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), **(env or {})})
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli.main", *args], env=environ, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "worker.cli.main", *args],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -159,15 +164,28 @@ def test_serve_on_another_port_writes_its_links_to_that_port(fleet):
             ).fetchone()
         link = LinkSigner((key,), base, 200).renewal_url(mailbox_id, date.fromisoformat(expires_on))
         with httpx.Client(base_url=base) as browser:
-            started = _post(browser, link[len(base):], {})
+            started = _post(browser, link[len(base) :], {})
             assert started.status_code == 303, started.text[:2000]
             order = "/".join(started.headers["Location"].split("/")[:3])  # /ordine/<public id>
             steps = [
-                ("caselle", {f"plan-{mailbox_id}": "standard", f"extra_space_gb-{mailbox_id}": "0", f"extra_archive_gb-{mailbox_id}": "0"}),
-                ("intestatario", {
-                    "name": "Mario Rossi", "kind": "private", "reference_email": "mario.rossi@example.it",
-                    "tax_code": "RSSMRA80A01H501U", "postal_address": "Via Roma 1, 00100 Roma",
-                }),  # fmt: skip
+                (
+                    "caselle",
+                    {
+                        f"plan-{mailbox_id}": "standard",
+                        f"extra_space_gb-{mailbox_id}": "0",
+                        f"extra_archive_gb-{mailbox_id}": "0",
+                    },
+                ),
+                (
+                    "intestatario",
+                    {
+                        "name": "Mario Rossi",
+                        "kind": "private",
+                        "reference_email": "mario.rossi@example.it",
+                        "tax_code": "RSSMRA80A01H501U",
+                        "postal_address": "Via Roma 1, 00100 Roma",
+                    },
+                ),  # fmt: skip
                 ("modulo", {"method": "card", "years": "1"}),
                 ("condizioni", {"accept": "y"}),
                 ("conferma", {}),

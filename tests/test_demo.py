@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -27,7 +27,7 @@ def env(tmp_path):
 
 
 def invoke(env, *args, day: date = DEMO_DAY):
-    with time_machine.travel(datetime(day.year, day.month, day.day, 7, 0, tzinfo=timezone.utc), tick=False):
+    with time_machine.travel(datetime(day.year, day.month, day.day, 7, 0, tzinfo=UTC), tick=False):
         return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 import time_machine
@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.conftest import TEST_SECRET_KEYS, make_settings
-from worker.services import orders
-from worker.rules import schedule
 from worker.cli.main import main
+from worker.rules import schedule
 from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
-from worker.store.models import Mailbox, OutboxMessage, RenewalOrder
+from worker.services import orders
 from worker.services.orders import MailboxChoice
+from worker.store.models import Mailbox, OutboxMessage, RenewalOrder
 
 BASE_URL = "https://rinnovi.example.test"
 ANNA = "anna.neri@pec.provider.example.it"
@@ -38,7 +38,7 @@ TODAY = date(2027, 3, 24)
 
 
 def at(day: date):
-    return time_machine.travel(datetime(day.year, day.month, day.day, 8, 0, tzinfo=timezone.utc), tick=False)
+    return time_machine.travel(datetime(day.year, day.month, day.day, 8, 0, tzinfo=UTC), tick=False)
 
 
 @pytest.fixture
@@ -118,11 +118,18 @@ def test_mailbox_show_of_an_auto_renew_mailbox_after_a_declined_charge(fleet):
     assert details["auto_renew"] is True
     assert details["payment_method"]["masked"] == "pm_…ined"
     assert "pm_card_chargeDeclined" not in json.dumps(details)
-    assert [(n["kind"], n["stage"]) for n in details["notices"]] == [("charge-notice", "-30d"), ("charge-failed", "-7d")]
+    assert [(n["kind"], n["stage"]) for n in details["notices"]] == [
+        ("charge-notice", "-30d"),
+        ("charge-failed", "-7d"),
+    ]
     [intent] = details["charges"]
     assert (intent["attempt"], intent["status"], intent["decline_code"]) == (1, "hard_decline", "generic_decline")
     [order] = details["orders"]
-    assert (order["status"], order["origin"], order["cycle_expires_on"]) == ("awaiting_payment", "auto_renew_failed", "2027-03-31")
+    assert (order["status"], order["origin"], order["cycle_expires_on"]) == (
+        "awaiting_payment",
+        "auto_renew_failed",
+        "2027-03-31",
+    )
     assert order["payments"] == [] and order["line"]["old_expires_on"] == "2027-03-31"
     # After charge-failed the manual stages follow: the next one is -1d.
     assert (details["next_action"], details["next_action_on"]) == ("expiry-notice -1d", "2027-03-30")
@@ -206,7 +213,7 @@ def test_resend_without_a_notice_in_the_current_cycle_is_one_line(fleet):
 def place_paid_order(env, tmp_path, session_factory) -> str:
     """Anna orders her renewal through the order flow; the bank transfer is registered by hand."""
     settings = make_settings(tmp_path, database_url=env["PEC_RENEWAL_DATABASE_URL"])
-    now = datetime(2027, 3, 24, 9, 0, tzinfo=timezone.utc)
+    now = datetime(2027, 3, 24, 9, 0, tzinfo=UTC)
     with session_factory() as session:
         mailbox = session.scalar(select(Mailbox).where(Mailbox.address == ANNA))
         order = orders.start_order(session, RenewalLink(MAILBOX, mailbox.id, mailbox.expires_on), TODAY, now)
@@ -238,14 +245,18 @@ def test_orders_list_and_cancel(fleet, tmp_path, session_factory):
         "draft, awaiting_payment, paid, cancelled",
     )  # fmt: skip
 
-    one_line_refusal(invoke(fleet, "orders", "cancel", paid_number), f"{paid_number} cannot be cancelled: it is paid", "CRO 42")
+    one_line_refusal(
+        invoke(fleet, "orders", "cancel", paid_number), f"{paid_number} cannot be cancelled: it is paid", "CRO 42"
+    )
     one_line_refusal(invoke(fleet, "orders", "cancel", "PEC-2027-999999"), "no order PEC-2027-999999")
 
     result = invoke(fleet, "orders", "cancel", unpaid_number.lower())
     assert result.exit_code == 0, result.output
     assert f"{unpaid_number} cancelled (it was awaiting_payment)" in result.output
     # The order is tied to its link's cycle: the command says what that means for the holder.
-    assert "Rinnova link of the cycle expiring 2027-03-31 now shows this order as cancelled" in " ".join(result.output.split())
+    assert "Rinnova link of the cycle expiring 2027-03-31 now shows this order as cancelled" in " ".join(
+        result.output.split()
+    )
     assert "already cancelled" in invoke(fleet, "orders", "cancel", unpaid_number).output
     with session_factory() as session:
         statuses = dict(session.execute(select(RenewalOrder.order_number, RenewalOrder.status)).all())

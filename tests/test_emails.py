@@ -54,12 +54,20 @@ def mailboxes(count: int, *, kind: str = "expiry-notice", expires_on: str = "202
     domain = "rossi-srl.example.it" if kind == "domain-expiry-notice" else None
     host = f"pec.{domain}" if domain else "pec.example.it"
     return [
-        {"id": 101 + index, "address": f"{names[index]}@{host}", "expires_on": expires_on, "plan": plan, "domain": domain}
-        for index, plan in zip(range(count), ("standard", "pro", "premium"))
+        {
+            "id": 101 + index,
+            "address": f"{names[index]}@{host}",
+            "expires_on": expires_on,
+            "plan": plan,
+            "domain": domain,
+        }
+        for index, plan in zip(range(count), ("standard", "pro", "premium"), strict=False)
     ]
 
 
-def render(renderer, kind="expiry-notice", *, stage=None, language="it", count=1, holder_name="Mario Rossi", **overrides):
+def render(
+    renderer, kind="expiry-notice", *, stage=None, language="it", count=1, holder_name="Mario Rossi", **overrides
+):
     arguments = dict(
         kind=kind,
         stage=stage or STAGE_FOR.get(kind, "-2m"),
@@ -364,7 +372,9 @@ def test_message_id_refuses_bad_input():
 
 def test_rendered_message_id_is_used_as_given(renderer):
     message_id = message_id_for(
-        [(102, "2027-03-31", "-2m"), (101, "2027-03-31", "-2m")], "pec-provider.example.it", installation_id=INSTALLATION
+        [(102, "2027-03-31", "-2m"), (101, "2027-03-31", "-2m")],
+        "pec-provider.example.it",
+        installation_id=INSTALLATION,
     )
     rendered = render(renderer, count=2, message_id=message_id)
     assert parse(rendered.as_bytes())["Message-ID"] == f"<{message_id}>"
@@ -451,7 +461,7 @@ def test_the_output_is_the_same_in_two_processes():
         "x" * 69,  # "Subject: " + 69 characters: exactly 78 columns
         "x" * 70,
         " ".join(["rinnovo"] * 20),
-        "a=?b ;c: (d) \"e\"",
+        'a=?b ;c: (d) "e"',
     ],
 )
 def test_ascii_subjects_are_folded_as_the_email_package_folds_them(subject):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -19,7 +19,7 @@ NEWER_KEY = "newer-key-0123456789abcdef0123456789abcd"
 BASE_URL = "https://rinnovi.example.test"
 MAX_AGE_DAYS = 200
 EXPIRES_ON = date(2027, 5, 31)
-SIGNED_AT = datetime(2027, 2, 28, 6, 0, tzinfo=timezone.utc)
+SIGNED_AT = datetime(2027, 2, 28, 6, 0, tzinfo=UTC)
 
 
 def signer(*keys: str) -> LinkSigner:

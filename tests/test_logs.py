@@ -8,7 +8,7 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -17,10 +17,10 @@ from config.settings import Settings, SettingsError
 from tests.conftest import TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from worker import logs
-from worker.services import runtime
 from worker.celery_setup import create_celery
-from worker.rules.links import LinkSigner
 from worker.logs import JsonFormatter, TextFormatter, configure_logging, log_context, redact_tokens, remove_logging
+from worker.rules.links import LinkSigner
+from worker.services import runtime
 from worker.services.runtime import Runtime
 
 DAY = date(2027, 3, 31)
@@ -76,7 +76,7 @@ def test_a_task_s_lines_carry_its_id_and_business_date(celery_app, captured):
 
 
 def test_a_task_left_to_pick_today_logs_today(celery_app, captured, tmp_path):
-    rome_noon = datetime(2027, 3, 31, 22, 30, tzinfo=timezone.utc)  # already 1 April in Rome
+    rome_noon = datetime(2027, 3, 31, 22, 30, tzinfo=UTC)  # already 1 April in Rome
     runtime.install(Runtime(make_settings(tmp_path), clock=lambda: rome_noon))
     try:
         celery_app.tasks["tests.logs.note_the_day"].apply(args=[[1]])
@@ -118,7 +118,9 @@ def test_the_text_format_is_readable_and_redacted(signer):
     finally:
         remove_logging(handler)
     first, second = stream.getvalue().splitlines()
-    assert first.endswith(" WARNING worker.mail.outbox [task=abc-123 date=2027-03-31]: outbox 5 deferred (token [redacted])")
+    assert first.endswith(
+        " WARNING worker.mail.outbox [task=abc-123 date=2027-03-31]: outbox 5 deferred (token [redacted])"
+    )
     assert second.endswith(" WARNING worker.mail.outbox: no context")
 
 
@@ -195,7 +197,9 @@ def test_run_daily_logs_json_with_the_business_date(tmp_path, database_url, sess
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    deferred = [record for record in records if record["logger"] == "worker.mail.outbox" and "deferred" in record["message"]]
+    deferred = [
+        record for record in records if record["logger"] == "worker.mail.outbox" and "deferred" in record["message"]
+    ]
     assert len(deferred) == 1, done.stderr
     assert deferred[0]["business_date"] == DAY.isoformat()
     assert "deferred 1" in done.stdout
@@ -206,7 +210,12 @@ ESC = chr(27)
 
 @pytest.mark.parametrize(
     ("log_format", "stream", "coloured"),
-    [("json", Terminal(), False), ("json", io.StringIO(), False), ("text", io.StringIO(), False), ("text", Terminal(), True)],
+    [
+        ("json", Terminal(), False),
+        ("json", io.StringIO(), False),
+        ("text", io.StringIO(), False),
+        ("text", Terminal(), True),
+    ],
 )
 def test_colour_codes_reach_only_a_terminal(log_format, stream, coloured):
     """werkzeug colours its request lines whatever the stream: a log file or a journal gets them plain."""

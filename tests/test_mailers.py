@@ -7,7 +7,7 @@ import email.policy
 import io
 import mailbox
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from aiosmtpd.smtp import AuthResult
@@ -15,8 +15,8 @@ from aiosmtpd.smtp import AuthResult
 from tests.conftest import make_settings
 from tests.smtp_server import LoopbackSMTPServer, _Handler
 from worker.mail.emails import EmailRenderer
-from worker.rules.links import LinkSigner
 from worker.mail.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
+from worker.rules.links import LinkSigner
 
 SENDER = "rinnovi@pec-provider.example.it"
 
@@ -86,9 +86,11 @@ def test_a_rendered_email_arrives_intact_and_parses(smtp_server, mailer):
         message_id="abc123@pec-provider.example.it",
         context={
             "holder_name": "Mario Rossi",
-            "mailboxes": [{"id": 7, "address": "mario@pec.example.it", "expires_on": "2027-03-31", "plan": "pro", "domain": None}],
+            "mailboxes": [
+                {"id": 7, "address": "mario@pec.example.it", "expires_on": "2027-03-31", "plan": "pro", "domain": None}
+            ],
         },
-        now=datetime(2027, 4, 1, 5, 0, tzinfo=timezone.utc),
+        now=datetime(2027, 4, 1, 5, 0, tzinfo=UTC),
     )
     mailer.send(rendered.sender, rendered.recipient, rendered.as_bytes())
     [received] = smtp_server.messages

@@ -21,11 +21,11 @@ from tests.conftest import smtp_runtime
 from tests.factories import make_mailbox
 from tests.test_charges import CHARGE_DAY, add_auto_renew, at_morning, build_runtime, run_on
 from tests.test_orders import complete_order
-from worker.services import charges
-from worker.store import migrate
-from worker.services.daily import scan_day
-from worker.store.db import make_engine, make_session_factory
 from worker.mail.emails import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
+from worker.services import charges
+from worker.services.daily import scan_day
+from worker.store import migrate
+from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base, OutboxMessage, WorkerState
 
 DAY = date(2027, 3, 31)
@@ -46,17 +46,27 @@ def test_two_installations_never_share_a_message_id():
 def test_a_deliberate_resend_gets_a_message_id_of_its_own():
     original = message_id_for(KEYS, "pec-provider.example", installation_id=ONE)
     assert message_id_for(KEYS, "pec-provider.example", installation_id=ONE, resend=0) == original
-    resends = {message_id_for(KEYS, "pec-provider.example", installation_id=ONE, resend=n) for n in (1, 2, "a1b2c3d4e5f60718")}
+    resends = {
+        message_id_for(KEYS, "pec-provider.example", installation_id=ONE, resend=n) for n in (1, 2, "a1b2c3d4e5f60718")
+    }
     assert len(resends) == 3 and original not in resends
     # The same re-send asked twice is the same message (a retry of it, say).
     assert message_id_for(KEYS, "pec-provider.example", installation_id=ONE, resend=1) in resends
 
 
 def test_order_emails_are_named_by_the_same_function():
-    confirmation = message_id_for(OrderEmail("order-confirmation", "PEC-2027-000001"), "pec-provider.example", installation_id=ONE)
-    assert confirmation != message_id_for(OrderEmail("renewal-completed", "PEC-2027-000001"), "pec-provider.example", installation_id=ONE)
-    assert confirmation != message_id_for(OrderEmail("order-confirmation", "PEC-2027-000002"), "pec-provider.example", installation_id=ONE)
-    assert confirmation != message_id_for(OrderEmail("order-confirmation", "PEC-2027-000001"), "pec-provider.example", installation_id=OTHER)
+    confirmation = message_id_for(
+        OrderEmail("order-confirmation", "PEC-2027-000001"), "pec-provider.example", installation_id=ONE
+    )
+    assert confirmation != message_id_for(
+        OrderEmail("renewal-completed", "PEC-2027-000001"), "pec-provider.example", installation_id=ONE
+    )
+    assert confirmation != message_id_for(
+        OrderEmail("order-confirmation", "PEC-2027-000002"), "pec-provider.example", installation_id=ONE
+    )
+    assert confirmation != message_id_for(
+        OrderEmail("order-confirmation", "PEC-2027-000001"), "pec-provider.example", installation_id=OTHER
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,7 +140,9 @@ def test_an_engine_reads_it_once_outside_its_pool_and_keeps_it(session_factory, 
             created = installation_id(engine)
             with session_factory() as session, session.begin():
                 assert stored_id(session) == created
-                session.execute(text("UPDATE worker_state SET value = :v WHERE key = :k"), {"v": OTHER, "k": INSTALLATION_ID_KEY})
+                session.execute(
+                    text("UPDATE worker_state SET value = :v WHERE key = :k"), {"v": OTHER, "k": INSTALLATION_ID_KEY}
+                )
             assert installation_id(engine) == created  # kept: the id of a database never changes
     finally:
         engine.dispose()
@@ -184,7 +196,9 @@ def test_sessions_creating_it_at_once_all_get_the_one_committed(session_factory)
 # -- Every writer of outbox rows ------------------------------------------------------------
 
 
-def test_a_database_rebuilt_from_scratch_names_its_emails_anew(tmp_path, database_url, session_factory, smtp_server, engine):
+def test_a_database_rebuilt_from_scratch_names_its_emails_anew(
+    tmp_path, database_url, session_factory, smtp_server, engine
+):
     """The same mailboxes with the same ids after a rebuild: the notices get other Message-IDs,
     so a receiver that drops copies by Message-ID does not drop the new ones."""
 
@@ -267,7 +281,9 @@ def test_a_retry_keeps_the_message_id_of_its_row(tmp_path, database_url, session
         with session_factory() as session, session.begin():
             queued = session.scalars(select(OutboxMessage.message_id)).one()
             # The installation id changing meanwhile (restored by hand, say) changes nothing for the row.
-            session.execute(text("UPDATE worker_state SET value = :v WHERE key = :k"), {"v": OTHER, "k": INSTALLATION_ID_KEY})
+            session.execute(
+                text("UPDATE worker_state SET value = :v WHERE key = :k"), {"v": OTHER, "k": INSTALLATION_ID_KEY}
+            )
         with time_machine.travel(at_morning(DAY) + timedelta(hours=1), tick=False):
             second = runtime.relay.deliver_due()
     finally:

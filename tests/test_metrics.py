@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -25,12 +25,12 @@ from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
 from tests.factories import make_mailbox
 from tests.test_celery_worker import wait_until
 from worker import metrics
+from worker.mail.outbox import RelayResult
+from worker.metrics import database_query
 from worker.services.charges import ChargesResult
 from worker.services.daily import run_day
-from worker.metrics import database_query
-from worker.store.models import Mailbox, OutboxMessage, OutboxStatus
-from worker.mail.outbox import RelayResult
 from worker.services.runtime import Runtime
+from worker.store.models import Mailbox, OutboxMessage, OutboxStatus
 from worker.web import create_app
 
 ROME = ZoneInfo("Europe/Rome")
@@ -97,7 +97,11 @@ def test_metrics_settings_defaults_and_values(tmp_path):
     [
         ("METRICS_PORT", "http", "PEC_RENEWAL_METRICS_PORT: 'http' is not a whole number"),
         ("METRICS_PORT", "70000", "PEC_RENEWAL_METRICS_PORT: 70000 is outside 0..65535"),
-        ("METRICS_ADDRESS", "prometheus.local", "PEC_RENEWAL_METRICS_ADDRESS: 'prometheus.local' is not an IP address such as 127.0.0.1 or 0.0.0.0"),
+        (
+            "METRICS_ADDRESS",
+            "prometheus.local",
+            "PEC_RENEWAL_METRICS_ADDRESS: 'prometheus.local' is not an IP address such as 127.0.0.1 or 0.0.0.0",
+        ),
         ("METRICS_TOKEN", "short", "PEC_RENEWAL_METRICS_TOKEN: must be at least 32 characters, without spaces"),
     ],
 )
@@ -146,7 +150,9 @@ def test_a_dry_run_counts_nothing(runtime):
 
 
 def test_charges_and_at_capacity_are_counted():
-    result = ChargesResult(examined=40, outcomes=Counter(succeeded=30, unknown=2, idle=6), charges=33, lookups=3, errors=2)
+    result = ChargesResult(
+        examined=40, outcomes=Counter(succeeded=30, unknown=2, idle=6), charges=33, lookups=3, errors=2
+    )
     result.emails[("charge-succeeded", "-7d")] = 30
     before = {
         "succeeded": sample("pec_renewal_charges_total", result="succeeded"),
@@ -181,13 +187,16 @@ def test_link_handler_metrics_need_the_token(runtime, tmp_path):
 
     no_token = Runtime(make_settings(tmp_path, database_url=runtime.settings.database_url))
     try:
-        assert create_app(no_token).test_client().get("/metrics", headers={"Authorization": "Bearer " + TOKEN}).status_code == 404
+        assert (
+            create_app(no_token).test_client().get("/metrics", headers={"Authorization": "Bearer " + TOKEN}).status_code
+            == 404
+        )
     finally:
         no_token.close()
 
 
 def test_link_handler_metrics_read_the_database(runtime, session_factory):
-    now = datetime(2027, 3, 31, 10, 0, tzinfo=timezone.utc)
+    now = datetime(2027, 3, 31, 10, 0, tzinfo=UTC)
     runtime.clock = lambda: now
     with session_factory() as session, session.begin():
         overdue = make_mailbox(session, expires_on=DAY)  # next action: an earlier stage's date
@@ -200,14 +209,34 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
         session.add_all(
             [
                 OutboxMessage(message_id="new@x", created_at=now - timedelta(minutes=3), **common),
-                OutboxMessage(message_id="retry@x", created_at=now - timedelta(hours=5), attempts=2,
-                              next_attempt_at=now - timedelta(seconds=30), **common),  # fmt: skip
-                OutboxMessage(message_id="later@x", created_at=now - timedelta(hours=1), attempts=1,
-                              next_attempt_at=now + timedelta(minutes=4), **common),  # fmt: skip
-                OutboxMessage(message_id="failed@x", created_at=now - timedelta(days=2), attempts=12,
-                              status=OutboxStatus.FAILED.value, **common),  # fmt: skip
-                OutboxMessage(message_id="sent@x", created_at=now - timedelta(days=2), attempts=1,
-                              status=OutboxStatus.SENT.value, **common),  # fmt: skip
+                OutboxMessage(
+                    message_id="retry@x",
+                    created_at=now - timedelta(hours=5),
+                    attempts=2,
+                    next_attempt_at=now - timedelta(seconds=30),
+                    **common,
+                ),  # fmt: skip
+                OutboxMessage(
+                    message_id="later@x",
+                    created_at=now - timedelta(hours=1),
+                    attempts=1,
+                    next_attempt_at=now + timedelta(minutes=4),
+                    **common,
+                ),  # fmt: skip
+                OutboxMessage(
+                    message_id="failed@x",
+                    created_at=now - timedelta(days=2),
+                    attempts=12,
+                    status=OutboxStatus.FAILED.value,
+                    **common,
+                ),  # fmt: skip
+                OutboxMessage(
+                    message_id="sent@x",
+                    created_at=now - timedelta(days=2),
+                    attempts=1,
+                    status=OutboxStatus.SENT.value,
+                    **common,
+                ),  # fmt: skip
             ]
         )
 
@@ -228,7 +257,9 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
 
 
 def test_an_unreachable_database_is_a_gauge_not_a_failed_scrape(tmp_path):
-    settings = make_settings(tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere", metrics_token=TOKEN)
+    settings = make_settings(
+        tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere", metrics_token=TOKEN
+    )
     rt = Runtime(settings)
     try:
         response = create_app(rt).test_client().get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -240,7 +271,7 @@ def test_an_unreachable_database_is_a_gauge_not_a_failed_scrape(tmp_path):
 
 def test_the_gauge_query_uses_the_indexes(engine, session_factory):
     """With sequential scans priced out, every part of the query is an index scan: no full read of a table."""
-    now = datetime(2027, 3, 31, 10, 0, tzinfo=timezone.utc)
+    now = datetime(2027, 3, 31, 10, 0, tzinfo=UTC)
     with engine.connect() as connection:
         connection.execute(text("SET enable_seqscan = off"))
         compiled = database_query(now).compile(engine, compile_kwargs={"literal_binds": True})
@@ -265,7 +296,9 @@ def free_port() -> int:
 def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, session_factory, smtp_server):
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     port = free_port()
-    env = worker_environment(tmp_path, database_url, smtp_server, scan_batch_size=4, metrics_port=port, log_format="json")
+    env = worker_environment(
+        tmp_path, database_url, smtp_server, scan_batch_size=4, metrics_port=port, log_format="json"
+    )
     stale = tmp_path / "var" / "metrics" / "worker-999999999"  # left by a worker that is gone
     stale.mkdir(parents=True)
     with session_factory() as session, session.begin():
@@ -284,7 +317,9 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
         assert wait_until(scrape, timeout=60, what="the metrics port")[("pec_renewal_database_up", ())] == 1
         from worker.celery_setup import create_celery
 
-        create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL)).send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
+        create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL)).send_task(
+            "pec_renewal.daily_scan", args=[DAY.isoformat()]
+        )
         wait_until(lambda: len(smtp_server.messages) >= 12, timeout=90, what="12 emails")
 
         def counted():
@@ -330,7 +365,9 @@ def test_outbox_retry_requeues_failed_messages_and_the_relay_sends_them(tmp_path
         ids = session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.to_address)).all()
         # As if the attempts ran out (3 messages, one of them of the day before) and one bounced.
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids[:3])).values(status="failed", attempts=12))
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[2]).values(business_date=DAY - timedelta(days=1)))
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.id == ids[2]).values(business_date=DAY - timedelta(days=1))
+        )
         session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[3]).values(status="bounced", attempts=1))
     settings = runtime.settings
     env = {
@@ -348,7 +385,10 @@ def test_outbox_retry_requeues_failed_messages_and_the_relay_sends_them(tmp_path
     with runtime.session_factory() as session:
         rows = {m.id: m for m in session.scalars(select(OutboxMessage))}
     assert [(rows[i].status, rows[i].attempts, rows[i].next_attempt_at) for i in ids] == [
-        ("pending", 0, None), ("pending", 0, None), ("failed", 12, None), ("bounced", 1, None)
+        ("pending", 0, None),
+        ("pending", 0, None),
+        ("failed", 12, None),
+        ("bounced", 1, None),
     ]
 
     result = CliRunner().invoke(main, ["relay"], env=env, catch_exceptions=False)

@@ -161,7 +161,10 @@ def test_promo_one_or_two_years():
 
 def test_price_line_by_line_with_vat():
     summary = pricing.price_order(
-        [LineInput("a@pec.example.it", "pro", extra_space_gb=2, extra_archive_gb=3), LineInput("b@pec.example.it", "standard")],
+        [
+            LineInput("a@pec.example.it", "pro", extra_space_gb=2, extra_archive_gb=3),
+            LineInput("b@pec.example.it", "standard"),
+        ],
         years=2,
     )
     assert [(line.address, line.item, line.quantity, line.amount_cents) for line in summary.lines] == [
@@ -194,7 +197,10 @@ def test_vat_rounds_half_up_to_the_cent():
     st.integers(1, 5),
 )
 def test_total_is_the_sum_of_the_lines_plus_vat(items, years):
-    lines = [LineInput(f"m{i}@pec.example.it", plan, space, archive if plan != "standard" else 0) for i, (plan, space, archive) in enumerate(items)]
+    lines = [
+        LineInput(f"m{i}@pec.example.it", plan, space, archive if plan != "standard" else 0)
+        for i, (plan, space, archive) in enumerate(items)
+    ]
     summary = pricing.price_order(lines, years)
     assert summary.subtotal_cents == sum(line.amount_cents for line in summary.lines)
     assert summary.total_cents == summary.subtotal_cents + summary.vat_cents
@@ -216,7 +222,13 @@ def test_euro_formatting():
 
 @pytest.mark.parametrize(
     "year, easter",
-    [(2024, date(2024, 3, 31)), (2025, date(2025, 4, 20)), (2026, date(2026, 4, 5)), (2027, date(2027, 3, 28)), (2038, date(2038, 4, 25))],
+    [
+        (2024, date(2024, 3, 31)),
+        (2025, date(2025, 4, 20)),
+        (2026, date(2026, 4, 5)),
+        (2027, date(2027, 3, 28)),
+        (2038, date(2038, 4, 25)),
+    ],
 )
 def test_easter(year, easter):
     assert pricing.easter_sunday(year) == easter

@@ -29,13 +29,13 @@ from sqlalchemy import select
 from tests.conftest import TEST_SECRET_KEYS, smtp_runtime
 from tests.factories import make_mailbox
 from worker import metrics
-from worker.services.daily import run_day, scan_day
-from worker.store.db import make_engine, make_session_factory
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import LinkSigner
-from worker.store.models import NoticeLedgerEntry, OutboxMessage
+from worker.services.daily import run_day, scan_day
 from worker.services.report import build_report
 from worker.services.runtime import Runtime
+from worker.store.db import make_engine, make_session_factory
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
 
 DAY = date(2027, 3, 31)
 MORNING = datetime.combine(DAY, time(6, 0), tzinfo=ZoneInfo("Europe/Rome"))
@@ -87,7 +87,9 @@ def render(renderer, context, kind="expiry-notice", stage="-2m", to_address="ann
      ("tre@pec.example.it\r\nBcc: x@example.it", NOT_AN_ADDRESS)],
 )  # fmt: skip
 def test_a_refused_mailbox_is_left_out_of_a_notice_and_named_with_its_reason(renderer, bad_address, reason):
-    rendered = render(renderer, {"holder_name": "Anna", "mailboxes": boxes("uno@pec.example.it", bad_address, "tre@pec.example.it")})
+    rendered = render(
+        renderer, {"holder_name": "Anna", "mailboxes": boxes("uno@pec.example.it", bad_address, "tre@pec.example.it")}
+    )
     assert rendered.mailbox_addresses == ("uno@pec.example.it", "tre@pec.example.it")
     ((refused),) = rendered.refused
     assert (refused.mailbox_id, refused.address, refused.reason) == (102, bad_address, reason)
@@ -102,13 +104,22 @@ def test_an_email_whose_every_mailbox_is_refused_is_refused_with_each_reason(ren
     with pytest.raises(ValueError, match="every mailbox of the email was refused") as refused:
         render(renderer, {"holder_name": None, "mailboxes": boxes(REFUSED_ADDRESS, "x@@y.example.it")})
     assert refused.value.reason == NO_MAILBOX_LEFT
-    assert [(m.mailbox_id, m.reason) for m in refused.value.mailboxes] == [(101, NON_ASCII_LOCAL_PART), (102, NOT_AN_ADDRESS)]
+    assert [(m.mailbox_id, m.reason) for m in refused.value.mailboxes] == [
+        (101, NON_ASCII_LOCAL_PART),
+        (102, NOT_AN_ADDRESS),
+    ]
 
 
-@pytest.mark.parametrize("reference", [f"ann{CYRILLIC_E}@example.it", "\uff41nna@example.it"], ids=["cyrillic", "full-width"])
+@pytest.mark.parametrize(
+    "reference", [f"ann{CYRILLIC_E}@example.it", "\uff41nna@example.it"], ids=["cyrillic", "full-width"]
+)
 def test_a_refused_reference_address_refuses_the_email_with_its_reason(renderer, reference):
     with pytest.raises(ValueError, match="needs SMTPUTF8") as refused:
-        render(renderer, {"holder_name": None, "mailboxes": boxes("uno@pec.example.it", "due@pec.example.it")}, to_address=reference)
+        render(
+            renderer,
+            {"holder_name": None, "mailboxes": boxes("uno@pec.example.it", "due@pec.example.it")},
+            to_address=reference,
+        )
     assert refused.value.reason == NON_ASCII_LOCAL_PART
 
 
@@ -236,7 +247,10 @@ def test_a_refused_reference_address_fails_the_message_at_once_and_for_good(
     with session_factory() as session:
         failed = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).one()
         assert failed.attempts == 1 and failed.next_attempt_at is None
-        assert failed.last_error.startswith("refused by the renderer: to_address") and "needs SMTPUTF8" in failed.last_error
+        assert (
+            failed.last_error.startswith("refused by the renderer: to_address")
+            and "needs SMTPUTF8" in failed.last_error
+        )
     reasons = ledger(session_factory)
     assert reasons[fine_id] is None
     for mailbox_id in refused_ids:
@@ -255,7 +269,9 @@ def test_report_counts_the_refused_notices_of_the_last_run(tmp_path, database_ur
         with time_machine.travel(MORNING, tick=False):
             summary = run_day(runtime, DAY)
         with session_factory() as session:
-            report = build_report(session, start=DAY, days=1, stages=runtime.settings.notice_stages, plan=runtime.charge_plan)
+            report = build_report(
+                session, start=DAY, days=1, stages=runtime.settings.notice_stages, plan=runtime.charge_plan
+            )
     finally:
         runtime.close()
     assert (summary.delivery.sent, summary.delivery.failed) == (1, 1)
@@ -271,7 +287,9 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
     mailbox that can be named; stderr has a warning naming the one left out."""
     var = tmp_path / "var"
     env = {**os.environ, "PEC_RENEWAL_VAR_DIR": str(var), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS}
-    upgrade = subprocess.run([sys.executable, "-m", "worker.cli.main", "db", "upgrade"], env=env, capture_output=True, text=True)
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "db", "upgrade"], env=env, capture_output=True, text=True
+    )
     assert upgrade.returncode == 0, upgrade.stderr
     engine = make_engine(f"sqlite:///{var / 'pec-renewal.sqlite3'}")
     try:
@@ -286,15 +304,21 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "sent 1," in result.stdout, result.stdout
-    assert "warning: 1 mailbox notice(s) refused by the renderer (non-ascii-local-part 1)" in result.stdout, result.stdout
+    assert "warning: 1 mailbox notice(s) refused by the renderer (non-ascii-local-part 1)" in result.stdout, (
+        result.stdout
+    )
     warnings = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert any(entry["level"] == "WARNING" and "left out of the email" in entry["message"] for entry in warnings), result.stderr
+    assert any(entry["level"] == "WARNING" and "left out of the email" in entry["message"] for entry in warnings), (
+        result.stderr
+    )
     (message,) = [parse(m.as_bytes()) for m in maildir.Maildir(var / "mail", create=False)]
     assert header_mailboxes(message) == ["uno@pec.provider.example.it"]
     assert str(message["To"]) == "anna@example.it"
 
 
-def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, database_url, session_factory, smtp_server):
+def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(
+    tmp_path, database_url, session_factory, smtp_server
+):
     """Sending it again unchanged would fail again: ``outbox retry`` requeues only the others, and says how to
     send the refused one once its data is corrected."""
     from click.testing import CliRunner
@@ -315,8 +339,14 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(tmp_path, d
         refused = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).one()
         other = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "sent")).one()
         other.status, other.last_error = "failed", "SMTP 451 try again later"  # attempts ran out
-    env = {f"PEC_RENEWAL_{name.upper()}": str(value) for name, value in {
-        "database_url": database_url, "var_dir": tmp_path / "var", "secret_keys": TEST_SECRET_KEYS}.items()}
+    env = {
+        f"PEC_RENEWAL_{name.upper()}": str(value)
+        for name, value in {
+            "database_url": database_url,
+            "var_dir": tmp_path / "var",
+            "secret_keys": TEST_SECRET_KEYS,
+        }.items()
+    }
     result = CliRunner().invoke(main, ["outbox", "retry"], env=env)
     assert result.exit_code == 0, result.output
     assert "requeued 1 failed message(s)" in result.output and "notices resend ADDRESS" in result.output

@@ -3,15 +3,17 @@
 from datetime import date, timedelta
 from types import SimpleNamespace
 
+from worker.rules.schedule import DEFAULT_STAGES, first_action_on
 from worker.services import charges
 from worker.services.charges import DEFAULT_CHARGE_PLAN, ChargePlan, CycleState
 from worker.services.report import forecast_steps
-from worker.rules.schedule import DEFAULT_STAGES, first_action_on
 
 EXPIRES = date(2027, 3, 31)
 
 
-def mailbox(*, auto_renew=False, on_domain=False, card_expires_on=None, payment_method="pm_card_visa", next_action_on=None):
+def mailbox(
+    *, auto_renew=False, on_domain=False, card_expires_on=None, payment_method="pm_card_visa", next_action_on=None
+):
     return SimpleNamespace(
         id=7,
         expires_on=EXPIRES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ class Clock:
         self.day = day
 
     def __call__(self) -> datetime:
-        return datetime.combine(self.day, time(6, 0), tzinfo=timezone.utc)
+        return datetime.combine(self.day, time(6, 0), tzinfo=UTC)
 
 
 def dry_run_figures(rt: Runtime, day: date) -> dict[str, int]:
@@ -46,7 +46,9 @@ def test_report_and_dry_run_agree_every_day_of_a_year_on_the_demo_fleet(tmp_path
     rt.session_factory = session_factory
     settings = rt.settings
     try:
-        imported = build_fleet(session_factory, tmp_path / "fleet.csv", count=300, today=START, stages=settings.notice_stages)
+        imported = build_fleet(
+            session_factory, tmp_path / "fleet.csv", count=300, today=START, stages=settings.notice_stages
+        )
         assert imported.created == 300
         forecasts: dict[date, dict[date, dict[str, int]]] = {}
         observed: dict[date, dict[str, int]] = {}
@@ -55,7 +57,9 @@ def test_report_and_dry_run_agree_every_day_of_a_year_on_the_demo_fleet(tmp_path
             day = START + timedelta(days=offset)
             clock.day = day
             with session_factory() as session:
-                report = build_report(session, start=day, days=FORECAST_DAYS, stages=settings.notice_stages, plan=rt.charge_plan)
+                report = build_report(
+                    session, start=day, days=FORECAST_DAYS, stages=settings.notice_stages, plan=rt.charge_plan
+                )
             forecasts[day] = {when: dict(+counts) for when, counts in report.due.items()}
             observed[day] = dry_run_figures(rt, day)
             assert forecasts[day][day] == observed[day], f"report and run-daily --dry-run disagree on {day}"
@@ -68,7 +72,9 @@ def test_report_and_dry_run_agree_every_day_of_a_year_on_the_demo_fleet(tmp_path
         for day, forecast in forecasts.items():
             for when, figures in forecast.items():
                 if when in observed:
-                    assert figures == observed[when], f"the report of {day} forecast {figures} for {when}, not {observed[when]}"
+                    assert figures == observed[when], (
+                        f"the report of {day} forecast {figures} for {when}, not {observed[when]}"
+                    )
     finally:
         rt.close()
 
@@ -135,7 +141,13 @@ def test_the_report_shows_whole_dates_at_80_columns(tmp_path, embedded_env):
         {"expires_on": "2027-04-06", "card_expiry": "2029-01"},  # charge-notice on 03-30, the charge on 03-31
         {"expires_on": "2027-04-06", **manual},  # expiry-notice -7d on 03-30
         {"expires_on": "2027-03-29", **manual},  # expired-notice +1d on 03-30
-        {"address": "info@pec.rossi-srl.it", "expires_on": "", "domain": "rossi-srl.it", "domain_expires_on": "2027-04-06", **manual},
+        {
+            "address": "info@pec.rossi-srl.it",
+            "expires_on": "",
+            "domain": "rossi-srl.it",
+            "domain_expires_on": "2027-04-06",
+            **manual,
+        },
     ]
     result = invoke(embedded_env, "import", "mailboxes", str(write_auto_renew_fleet(tmp_path / "fleet.csv", rows)))
     assert result.exit_code == 0, result.output

@@ -131,28 +131,83 @@ def test_default_stages():
     [
         (
             date(2027, 5, 31),
-            ["2027-02-28", "2027-03-31", "2027-04-30", "2027-05-16", "2027-05-24", "2027-05-30",
-             "2027-05-31", "2027-06-01", "2027-06-30", "2027-07-30", "2027-08-22"],
+            [
+                "2027-02-28",
+                "2027-03-31",
+                "2027-04-30",
+                "2027-05-16",
+                "2027-05-24",
+                "2027-05-30",
+                "2027-05-31",
+                "2027-06-01",
+                "2027-06-30",
+                "2027-07-30",
+                "2027-08-22",
+            ],
         ),
         (
             date(2028, 2, 29),
-            ["2027-11-29", "2027-12-29", "2028-01-29", "2028-02-14", "2028-02-22", "2028-02-28",
-             "2028-02-29", "2028-03-01", "2028-03-30", "2028-04-29", "2028-05-22"],
+            [
+                "2027-11-29",
+                "2027-12-29",
+                "2028-01-29",
+                "2028-02-14",
+                "2028-02-22",
+                "2028-02-28",
+                "2028-02-29",
+                "2028-03-01",
+                "2028-03-30",
+                "2028-04-29",
+                "2028-05-22",
+            ],
         ),
         (
             date(2026, 3, 31),
-            ["2025-12-31", "2026-01-31", "2026-02-28", "2026-03-16", "2026-03-24", "2026-03-30",
-             "2026-03-31", "2026-04-01", "2026-04-30", "2026-05-30", "2026-06-22"],
+            [
+                "2025-12-31",
+                "2026-01-31",
+                "2026-02-28",
+                "2026-03-16",
+                "2026-03-24",
+                "2026-03-30",
+                "2026-03-31",
+                "2026-04-01",
+                "2026-04-30",
+                "2026-05-30",
+                "2026-06-22",
+            ],
         ),
         (
             date(2024, 12, 31),
-            ["2024-09-30", "2024-10-31", "2024-11-30", "2024-12-16", "2024-12-24", "2024-12-30",
-             "2024-12-31", "2025-01-01", "2025-01-30", "2025-03-01", "2025-03-24"],
+            [
+                "2024-09-30",
+                "2024-10-31",
+                "2024-11-30",
+                "2024-12-16",
+                "2024-12-24",
+                "2024-12-30",
+                "2024-12-31",
+                "2025-01-01",
+                "2025-01-30",
+                "2025-03-01",
+                "2025-03-24",
+            ],
         ),
         (
             date(2027, 1, 1),
-            ["2026-10-01", "2026-11-01", "2026-12-01", "2026-12-17", "2026-12-25", "2026-12-31",
-             "2027-01-01", "2027-01-02", "2027-01-31", "2027-03-02", "2027-03-25"],
+            [
+                "2026-10-01",
+                "2026-11-01",
+                "2026-12-01",
+                "2026-12-17",
+                "2026-12-25",
+                "2026-12-31",
+                "2027-01-01",
+                "2027-01-02",
+                "2027-01-31",
+                "2027-03-02",
+                "2027-03-25",
+            ],
         ),
     ],
 )
@@ -237,13 +292,28 @@ def test_parse_stages_default_text_gives_the_defaults():
         ("-1d,+120d", "stage +120d falls after deletion (+90d is the last day)"),
         ("-4m", "stage -4m is earlier than the 3-month notice window"),
         ("-90d", "stage -90d can fall before the 3-month notice window (3 calendar months can be as short as 89 days)"),
-        ("-100d", "stage -100d can fall before the 3-month notice window (3 calendar months can be as short as 89 days)"),
+        (
+            "-100d",
+            "stage -100d can fall before the 3-month notice window (3 calendar months can be as short as 89 days)",
+        ),
         ("+1m", "stage +1m: give stages after expiry in days, such as +30d"),
         ("-1m,+2m", "stage +2m: give stages after expiry in days, such as +30d"),
-        ("-1m,-30d", "stages -30d and -1m can fall on the same date (-1m is 28 to 31 days before expiry): move -30d outside -31d..-28d"),
-        ("-28d,-1m", "stages -28d and -1m can fall on the same date (-1m is 28 to 31 days before expiry): move -28d outside -31d..-28d"),
-        ("-2m,-60d", "stages -60d and -2m can fall on the same date (-2m is 59 to 62 days before expiry): move -60d outside -62d..-59d"),
-        ("-3m,-89d", "stages -89d and -3m can fall on the same date (-3m is 89 to 92 days before expiry): move -89d outside -92d..-89d"),
+        (
+            "-1m,-30d",
+            "stages -30d and -1m can fall on the same date (-1m is 28 to 31 days before expiry): move -30d outside -31d..-28d",
+        ),
+        (
+            "-28d,-1m",
+            "stages -28d and -1m can fall on the same date (-1m is 28 to 31 days before expiry): move -28d outside -31d..-28d",
+        ),
+        (
+            "-2m,-60d",
+            "stages -60d and -2m can fall on the same date (-2m is 59 to 62 days before expiry): move -60d outside -62d..-59d",
+        ),
+        (
+            "-3m,-89d",
+            "stages -89d and -3m can fall on the same date (-3m is 89 to 92 days before expiry): move -89d outside -92d..-89d",
+        ),
         ("-3w", "'-3w' is not a stage such as -3m, -15d, 0d or +30d"),
         ("-1000d", "'-1000d' is not a stage such as -3m, -15d, 0d or +30d"),
         ("-3M", "'-3M' is not a stage such as -3m, -15d, 0d or +30d"),
@@ -282,7 +352,10 @@ def test_due_stage_and_next_action_on_around_one_expiry():
 def test_superseded_stages():
     expires_on = date(2027, 5, 31)
     minus_1m = Stage(months=-1)
-    assert superseded_stages(DEFAULT_STAGES, expires_on, date(2027, 2, 28), minus_1m) == [Stage(months=-3), Stage(months=-2)]
+    assert superseded_stages(DEFAULT_STAGES, expires_on, date(2027, 2, 28), minus_1m) == [
+        Stage(months=-3),
+        Stage(months=-2),
+    ]
     assert superseded_stages(DEFAULT_STAGES, expires_on, date(2027, 3, 1), minus_1m) == [Stage(months=-2)]
     assert superseded_stages(DEFAULT_STAGES, expires_on, date(2027, 4, 30), minus_1m) == []
     assert superseded_stages(DEFAULT_STAGES, expires_on, None, minus_1m) == []

@@ -137,7 +137,7 @@ def test_generated_secret_is_the_same_for_concurrent_readers(var_dir):
         start.wait()
         try:
             keys.append(read(var_dir).secret_keys)
-        except BaseException as error:  # noqa: BLE001 -- reported below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=reader) for _ in range(8)]
@@ -167,7 +167,10 @@ def test_var_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
     var_dir = tmp_path / "a-file" / "var"
     with pytest.raises(SettingsError) as caught:
         read(var_dir)
-    assert str(caught.value) == f"PEC_RENEWAL_SECRET_KEYS: is not set and {var_dir / 'secret_key'} cannot be used: Not a directory"
+    assert (
+        str(caught.value)
+        == f"PEC_RENEWAL_SECRET_KEYS: is not set and {var_dir / 'secret_key'} cannot be used: Not a directory"
+    )
 
 
 def test_set_secret_keys_generate_nothing(var_dir):
@@ -183,7 +186,11 @@ def test_set_secret_keys_generate_nothing(var_dir):
 @pytest.mark.parametrize(
     ("values", "attribute", "expected"),
     [
-        ({"DATABASE_URL": "postgresql://pec:pw@db.example:5432/pec"}, "database_url", "postgresql+psycopg://pec:pw@db.example:5432/pec"),
+        (
+            {"DATABASE_URL": "postgresql://pec:pw@db.example:5432/pec"},
+            "database_url",
+            "postgresql+psycopg://pec:pw@db.example:5432/pec",
+        ),
         ({"DATABASE_URL": "postgresql+psycopg://pec@db/pec"}, "database_url", "postgresql+psycopg://pec@db/pec"),
         ({"DATABASE_URL": "sqlite:////tmp/db.sqlite3"}, "database_url", "sqlite:////tmp/db.sqlite3"),
         ({"DATABASE_URL": "postgresql://pec@db/pec"}, "is_embedded", False),
@@ -214,13 +221,21 @@ def test_set_secret_keys_generate_nothing(var_dir):
         ({"TIMEZONE": "UTC"}, "timezone", ZoneInfo("UTC")),
         ({"TIMEZONE": "Europe/Rome"}, "timezone", ZoneInfo("Europe/Rome")),
         ({"PAYMENT_GATEWAY": "Stripe", "STRIPE_API_KEY": "sk_test_123"}, "payment_gateway", "stripe"),
-        ({"PAYMENT_GATEWAY": "paypal", "PAYPAL_CLIENT_ID": "id", "PAYPAL_CLIENT_SECRET": "secret"}, "payment_gateway", "paypal"),
+        (
+            {"PAYMENT_GATEWAY": "paypal", "PAYPAL_CLIENT_ID": "id", "PAYPAL_CLIENT_SECRET": "secret"},
+            "payment_gateway",
+            "paypal",
+        ),
         ({"SANDBOX_LATENCY_MS": "300"}, "sandbox_latency_ms", 300),
         ({"CHARGE_DAYS": "10, 2"}, "charge_days", (10, 2)),
         ({"CHARGE_NOTICE_DAYS": "45"}, "charge_notice_days", 45),
         ({"STRIPE_API_BASE": "http://127.0.0.1:8111/"}, "stripe_api_base", "http://127.0.0.1:8111"),
         ({"BANK_IBAN": "it60 x054 2811 1010 0000 0123 456"}, "bank_iban", "IT60X0542811101000000123456"),
-        ({"NOTICE_STAGES": "-1m, -7d, 0d, +30d"}, "notice_stages", (Stage(months=-1), Stage(days=-7), Stage(), Stage(days=30))),
+        (
+            {"NOTICE_STAGES": "-1m, -7d, 0d, +30d"},
+            "notice_stages",
+            (Stage(months=-1), Stage(days=-7), Stage(), Stage(days=30)),
+        ),
         ({"DAILY_SCAN_AT": "23:59"}, "daily_scan_at", (23, 59)),
         ({"DAILY_SCAN_AT": "7:05"}, "daily_scan_at", (7, 5)),
         ({"DAILY_SCAN_AT": "00:00"}, "daily_scan_at", (0, 0)),
@@ -267,14 +282,18 @@ def test_the_embedded_default_and_a_file_under_var_dir_may_create_their_folder(t
 
 def test_relative_paths_resolve_from_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    settings = Settings.from_env({"PEC_RENEWAL_VAR_DIR": "state", "PEC_RENEWAL_MAILDIR": "outgoing", "PEC_RENEWAL_SECRET_KEYS": NEW_KEY})
+    settings = Settings.from_env(
+        {"PEC_RENEWAL_VAR_DIR": "state", "PEC_RENEWAL_MAILDIR": "outgoing", "PEC_RENEWAL_SECRET_KEYS": NEW_KEY}
+    )
     assert settings.var_dir == tmp_path.resolve() / "state"
     assert settings.maildir == tmp_path.resolve() / "outgoing"
     assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/state/pec-renewal.sqlite3"
 
 
 def test_variables_without_the_prefix_are_ignored(var_dir):
-    settings = Settings.from_env({"PEC_RENEWAL_VAR_DIR": str(var_dir), "PEC_RENEWAL_SECRET_KEYS": NEW_KEY, "TIMEZONE": "Mars/Olympus"})
+    settings = Settings.from_env(
+        {"PEC_RENEWAL_VAR_DIR": str(var_dir), "PEC_RENEWAL_SECRET_KEYS": NEW_KEY, "TIMEZONE": "Mars/Olympus"}
+    )
     assert settings.timezone == ZoneInfo("Europe/Rome")
 
 
@@ -344,12 +363,20 @@ BAD_VALUES = [
         "Rinnovi <rinnovi@example.it>\nX-Evil: 1",
         "'Rinnovi <rinnovi@example.it>\\nX-Evil: 1' is not an address like 'Rinnovi PEC <rinnovi@example.it>'",
     ),
-    ("MAIL_FROM", "Rinnovi\r <rinnovi@example.it>", "'Rinnovi\\r <rinnovi@example.it>' is not an address like 'Rinnovi PEC <rinnovi@example.it>'"),
+    (
+        "MAIL_FROM",
+        "Rinnovi\r <rinnovi@example.it>",
+        "'Rinnovi\\r <rinnovi@example.it>' is not an address like 'Rinnovi PEC <rinnovi@example.it>'",
+    ),
     ("SECRET_KEYS", "", "is set but holds no key (unset it to use a generated key under var/)"),
     ("SECRET_KEYS", " , ,", "is set but holds no key (unset it to use a generated key under var/)"),
     ("SECRET_KEYS", TOO_SHORT, "key number 1 is shorter than 32 characters"),
     ("SECRET_KEYS", f"{OLD_KEY},{TOO_SHORT}", "key number 2 is shorter than 32 characters"),
-    ("BASE_URL", "ftp://rinnovi.example.it", "'ftp://rinnovi.example.it' is not an http(s) URL such as https://rinnovi.example.it"),
+    (
+        "BASE_URL",
+        "ftp://rinnovi.example.it",
+        "'ftp://rinnovi.example.it' is not an http(s) URL such as https://rinnovi.example.it",
+    ),
     ("BASE_URL", "rinnovi.example.it", "'rinnovi.example.it' is not an http(s) URL such as https://rinnovi.example.it"),
     ("BASE_URL", "https://", "'https:' is not an http(s) URL such as https://rinnovi.example.it"),
     ("BASE_URL", "https://x.it/?a=1", "'https://x.it/?a=1' is not an http(s) URL such as https://rinnovi.example.it"),
@@ -403,8 +430,19 @@ def test_bad_value_is_one_line_naming_the_variable(var_dir, name, value, problem
 def test_every_required_variable_has_a_bad_value_case():
     covered = {name for name, _, _ in BAD_VALUES}
     assert covered >= {
-        "TIMEZONE", "MAIL_BACKEND", "SMTP_TLS", "SMTP_PORT", "DATABASE_URL", "BROKER_URL", "MAIL_FROM",
-        "SECRET_KEYS", "BASE_URL", "PAYMENT_GATEWAY", "NOTICE_STAGES", "DAILY_SCAN_AT", "SCAN_BATCH_SIZE",
+        "TIMEZONE",
+        "MAIL_BACKEND",
+        "SMTP_TLS",
+        "SMTP_PORT",
+        "DATABASE_URL",
+        "BROKER_URL",
+        "MAIL_FROM",
+        "SECRET_KEYS",
+        "BASE_URL",
+        "PAYMENT_GATEWAY",
+        "NOTICE_STAGES",
+        "DAILY_SCAN_AT",
+        "SCAN_BATCH_SIZE",
     }
 
 
@@ -442,8 +480,14 @@ def test_generated_secret_never_appears_in_repr(var_dir):
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"PAYMENT_GATEWAY": "stripe"}, "PEC_RENEWAL_STRIPE_API_KEY: is required when PEC_RENEWAL_PAYMENT_GATEWAY is stripe"),
-        ({"PAYMENT_GATEWAY": "paypal"}, "PEC_RENEWAL_PAYPAL_CLIENT_ID: is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal"),
+        (
+            {"PAYMENT_GATEWAY": "stripe"},
+            "PEC_RENEWAL_STRIPE_API_KEY: is required when PEC_RENEWAL_PAYMENT_GATEWAY is stripe",
+        ),
+        (
+            {"PAYMENT_GATEWAY": "paypal"},
+            "PEC_RENEWAL_PAYPAL_CLIENT_ID: is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal",
+        ),
         (
             {"PAYMENT_GATEWAY": "paypal", "PAYPAL_CLIENT_ID": "id"},
             "PEC_RENEWAL_PAYPAL_CLIENT_SECRET: is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal",

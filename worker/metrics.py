@@ -26,7 +26,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from functools import cache
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.pool import NullPool
 
 from config.settings import Settings
+from worker.store.db import make_engine
 from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OutboxMessage, OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,23 @@ def counters() -> _Counters:
             ["kind", "stage"],
         ),
         skipped=Counter(
-            PREFIX + "mailboxes_skipped", "Mailboxes the notice scan examined and sent nothing to, by reason.", ["reason"]
+            PREFIX + "mailboxes_skipped",
+            "Mailboxes the notice scan examined and sent nothing to, by reason.",
+            ["reason"],
         ),
-        sent=Counter(PREFIX + "emails_sent", "Emails the SMTP server accepted (250), by kind and stage.", ["kind", "stage"]),
-        deferred=Counter(PREFIX + "emails_deferred", "Delivery attempts that failed for now (4xx, timeout) and are retried."),
-        bounced=Counter(PREFIX + "emails_bounced", "Emails refused for good (5xx): never retried, the address is marked."),
+        sent=Counter(
+            PREFIX + "emails_sent", "Emails the SMTP server accepted (250), by kind and stage.", ["kind", "stage"]
+        ),
+        deferred=Counter(
+            PREFIX + "emails_deferred", "Delivery attempts that failed for now (4xx, timeout) and are retried."
+        ),
+        bounced=Counter(
+            PREFIX + "emails_bounced", "Emails refused for good (5xx): never retried, the address is marked."
+        ),
         failed=Counter(
             PREFIX + "emails_failed",
-            "Emails given up: still failing after PEC_RENEWAL_OUTBOX_MAX_ATTEMPTS attempts, or refused by the renderer.",
+            "Emails given up: still failing after PEC_RENEWAL_OUTBOX_MAX_ATTEMPTS attempts,"
+            " or refused by the renderer.",
         ),
         charges=Counter(
             PREFIX + "charges",
@@ -88,7 +98,9 @@ def counters() -> _Counters:
             " (succeeded, failed, retry, unknown, idle, skipped, error).",
             ["result"],
         ),
-        gateway_calls=Counter(PREFIX + "gateway_calls", "Calls to the payment gateway, by call (charge, lookup).", ["call"]),
+        gateway_calls=Counter(
+            PREFIX + "gateway_calls", "Calls to the payment gateway, by call (charge, lookup).", ["call"]
+        ),
         at_capacity=Counter(
             PREFIX + "at_capacity",
             "Runs that hit a limit: relay_batches (a relay task used all its batches and left mail due),"
@@ -262,7 +274,7 @@ class DatabaseCollector:
 
 def _age(now: datetime, since: datetime) -> float:
     if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
+        since = since.replace(tzinfo=UTC)
     return max(0.0, (now - since).total_seconds())
 
 
@@ -322,8 +334,6 @@ def serve_worker_metrics(settings: Settings, clock: Callable[[], datetime]):
     """
     from prometheus_client import start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
-
-    from worker.store.db import make_engine
 
     registry = CollectorRegistry(auto_describe=False)
     MultiProcessCollector(registry)

@@ -19,8 +19,8 @@ to ask.  The hooks live here, not in production code.
 from __future__ import annotations
 
 import os
-import sys
 import signal
+import sys
 import threading
 from datetime import datetime
 

@@ -152,9 +152,7 @@ def seed_mailboxes(
     with session_factory() as session, session.begin():
         first = session.scalar(select(func.coalesce(func.max(text("id")), 0)).select_from(text("accounts")))
         session.execute(
-            text(
-                "INSERT INTO accounts (login) SELECT :prefix || g || '@example.it' FROM generate_series(1, :count) g"
-            ),
+            text("INSERT INTO accounts (login) SELECT :prefix || g || '@example.it' FROM generate_series(1, :count) g"),
             {"prefix": prefix, "count": count},
         )
         session.execute(

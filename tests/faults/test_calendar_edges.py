@@ -21,7 +21,7 @@ Celery worker instead, started with its clock at that moment
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -43,11 +43,11 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
+from worker.rules.schedule import DEFAULT_STAGES, next_action_on
 from worker.services import runtime as runtime_module
-from worker.store.models import ChargeIntent, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
 from worker.services.notices import SCHEDULE_STATE_KEY
 from worker.services.runtime import Runtime
-from worker.rules.schedule import DEFAULT_STAGES, next_action_on
+from worker.store.models import ChargeIntent, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, WorkerState
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ BLOCKS = [
     [date(2027, 10, 30), date(2027, 10, 31), date(2027, 11, 1)],
     [date(2028, 2, 27), date(2028, 2, 28), date(2028, 2, 29), date(2028, 3, 1), date(2028, 3, 2)],
 ]
-WORKER_TICK = datetime(2027, 10, 30, 22, 30, tzinfo=timezone.utc)  # 00:30 CEST on 31 October
+WORKER_TICK = datetime(2027, 10, 30, 22, 30, tzinfo=UTC)  # 00:30 CEST on 31 October
 
 #: Manual mailboxes by expiry -> the (stage, business date) notices expected inside the blocks.
 EXPECTED = {
@@ -76,13 +76,16 @@ EXPECTED = {
     date(2028, 5, 31): [("-3m", date(2028, 2, 29))],
 }
 #: Auto-renew mailboxes by expiry -> (charge date, new expiry).
-CHARGES = {date(2027, 4, 4): (date(2027, 3, 28), date(2028, 4, 4)), date(2028, 3, 7): (date(2028, 2, 29), date(2029, 3, 7))}
+CHARGES = {
+    date(2027, 4, 4): (date(2027, 3, 28), date(2028, 4, 4)),
+    date(2028, 3, 7): (date(2028, 2, 29), date(2029, 3, 7)),
+}
 
 
 def ticks(day: date) -> Iterator[datetime]:
     """Beat's hourly firings for ``day`` (00:30 to 23:30 Rome time), as UTC instants."""
-    start = datetime.combine(day, time(0, 30), tzinfo=ROME).astimezone(timezone.utc)
-    end = datetime.combine(day + timedelta(days=1), time(0, 30), tzinfo=ROME).astimezone(timezone.utc)
+    start = datetime.combine(day, time(0, 30), tzinfo=ROME).astimezone(UTC)
+    end = datetime.combine(day + timedelta(days=1), time(0, 30), tzinfo=ROME).astimezone(UTC)
     while start < end:
         yield start
         start += timedelta(hours=1)
@@ -183,9 +186,12 @@ def run_tick_under_a_real_worker(tick, session_factory, database_url, smtp_serve
     def scanned() -> bool:
         with session_factory() as session:
             run = session.get(DailyRun, date(2027, 10, 31))
-        return run is not None and run.finished_at is not None and queues_idle(redis_client) and not outbox_status(
-            session_factory
-        ).get("pending")
+        return (
+            run is not None
+            and run.finished_at is not None
+            and queues_idle(redis_client)
+            and not outbox_status(session_factory).get("pending")
+        )
 
     wait_until(scanned, timeout=60, what="the worker's scan of 31 October")
     worker.kill()  # idle: nothing is lost, and a warm stop takes seconds

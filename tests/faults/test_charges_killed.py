@@ -1,6 +1,6 @@
 """Charges under faults: a worker killed around the gateway call, a lost answer, two processes racing.
 
-Figure (fault suite, issue 6): a Celery worker SIGKILLed right after the
+Figure (fault suite): a Celery worker SIGKILLed right after the
 gateway's answer, again and again, then the job run to completion: exactly
 one charge per (mailbox, cycle) in the sandbox gateway's own table
 ``sandbox_charges``, and every mailbox renewed once.

@@ -38,9 +38,9 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import at_morning
+from worker.rules.schedule import add_months
 from worker.services.daily import scan_day
 from worker.store.models import NoticeLedgerEntry, OutboxMessage
-from worker.rules.schedule import add_months
 
 pytestmark = pytest.mark.slow
 
@@ -187,9 +187,7 @@ def test_run_daily_loses_the_database_mid_delivery(
 
 
 @pytest.mark.parametrize(("nth", "group"), [(7, 16), (30, 4)])
-def test_relay_loses_the_database_mid_delivery(
-    session_factory, database_url, smtp_server, proxy, tmp_path, nth, group
-):
+def test_relay_loses_the_database_mid_delivery(session_factory, database_url, smtp_server, proxy, tmp_path, nth, group):
     seed_mailboxes(session_factory, MAILBOXES, expires_on=add_months(DAY, 1), next_action_on=DAY)
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     try:

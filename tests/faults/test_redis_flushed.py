@@ -88,4 +88,6 @@ def test_redis_flushed_mid_scan_everything_due_is_delivered_by_the_next_run(
     assert set(received.values()) == {1}, "a notice was delivered twice"
     assert scans == [DAY], "one scan per business date"
     assert worker.running, worker.log()
-    print(f"written before the flush: {written}; before the hour: {before_the_hour}; after the next firing: {MAILBOXES}")
+    print(
+        f"written before the flush: {written}; before the hour: {before_the_hour}; after the next firing: {MAILBOXES}"
+    )

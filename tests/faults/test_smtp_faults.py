@@ -33,10 +33,10 @@ from tests.faults.conftest import (
 )
 from tests.smtp_server import LoopbackSMTPServer
 from tests.test_charges import at_morning
-from worker.services.daily import run_day
-from worker.store.models import BouncedAddress, OutboxMessage
-from worker.services.runtime import Runtime
 from worker.rules.schedule import add_months
+from worker.services.daily import run_day
+from worker.services.runtime import Runtime
+from worker.store.models import BouncedAddress, OutboxMessage
 
 pytestmark = pytest.mark.slow
 

@@ -38,8 +38,8 @@ from tests.faults.conftest import (
     worker_environment,
 )
 from tests.test_charges import at_morning
-from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 from worker.rules.schedule import parse_stages
+from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 pytestmark = pytest.mark.slow
 
@@ -102,9 +102,7 @@ def test_two_beats_two_workers_thirty_days_one_scan_a_day_nothing_twice(
     def settled(day: date) -> bool:
         with session_factory() as session:
             run = session.get(DailyRun, day)
-            pending = session.scalar(
-                select(func.count()).where(OutboxMessage.status == OutboxStatus.PENDING.value)
-            )
+            pending = session.scalar(select(func.count()).where(OutboxMessage.status == OutboxStatus.PENDING.value))
         return (
             run is not None and run.finished_at is not None and pending == 0 and queues_idle(flushed_redis)
             and not charge_intents(session_factory).get("started")

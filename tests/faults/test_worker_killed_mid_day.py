@@ -57,10 +57,10 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from worker.services.daily import run_day
-from worker.store.models import NoticeLedgerEntry, OutboxMessage
-from worker.services.runtime import Runtime
 from worker.rules.schedule import add_months
+from worker.services.daily import run_day
+from worker.services.runtime import Runtime
+from worker.store.models import NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,9 @@ def test_sigkill_twenty_times_then_run_to_completion(
             wait_until(hook_kills.is_set, timeout=60, what=f"message {armed['index']} to be accepted")
         else:
             wait_until(
-                lambda: ledger_rows() + len(smtp_server.messages) - progress_before >= amount,
+                lambda before=progress_before, amount=amount: (
+                    ledger_rows() + len(smtp_server.messages) - before >= amount
+                ),
                 timeout=60,
                 what=f"{amount} units of progress",
             )
@@ -141,7 +143,9 @@ def test_sigkill_twenty_times_then_run_to_completion(
         received_now = received_ids(smtp_server)
         sent = sent_message_ids(session_factory)
         landed = sum(
-            1 for message_id, copies in received_now.items() if copies > received_before[message_id] and message_id not in sent
+            1
+            for message_id, copies in received_now.items()
+            if copies > received_before[message_id] and message_id not in sent
         )
         landed_in_window += landed
         kinds.append((kind, amount, landed))

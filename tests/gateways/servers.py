@@ -105,7 +105,11 @@ class _Server:
 # --------------------------------------------------------------------------- Stripe
 
 STRIPE_DECLINES = {
-    "pm_card_chargeDeclinedInsufficientFunds": ("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+    "pm_card_chargeDeclinedInsufficientFunds": (
+        "card_declined",
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
     "pm_card_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
     "pm_card_chargeDeclinedExpiredCard": ("expired_card", "expired_card", "Your card has expired."),
     "pm_card_chargeDeclinedLostCard": ("card_declined", "lost_card", "Your card was declined."),
@@ -129,7 +133,8 @@ class FakeStripe(_Server):
     def charges_for(self, key: str) -> list[dict]:
         """The PaymentIntents that moved money for this idempotency key."""
         return [
-            intent for intent in self.intents.values()
+            intent
+            for intent in self.intents.values()
             if intent["metadata"].get("idempotency_key") == key and intent["status"] == "succeeded"
         ]
 
@@ -151,12 +156,16 @@ class FakeStripe(_Server):
             if key in self.idempotency:
                 stored_params, status, body = self.idempotency[key]
                 if stored_params != params:
-                    return 400, {
-                        "error": {
-                            "type": "idempotency_error",
-                            "message": "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                        }
-                    }, 0
+                    return (
+                        400,
+                        {
+                            "error": {
+                                "type": "idempotency_error",
+                                "message": "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                            }
+                        },
+                        0,
+                    )
                 return status, body, 0  # Stripe replays the first answer, whatever it was
             status, body, delay = self._confirm(params)
             if key:
@@ -168,14 +177,18 @@ class FakeStripe(_Server):
     def _confirm(self, params):
         pm = params.get("payment_method")
         if pm == "pm_missing":
-            return 400, {
-                "error": {
-                    "type": "invalid_request_error",
-                    "code": "resource_missing",
-                    "param": "payment_method",
-                    "message": "No such PaymentMethod: 'pm_missing'",
-                }
-            }, 0
+            return (
+                400,
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "resource_missing",
+                        "param": "payment_method",
+                        "message": "No such PaymentMethod: 'pm_missing'",
+                    }
+                },
+                0,
+            )
         intent = {
             "id": f"pi_{next(self.ids):06d}",
             "object": "payment_intent",
@@ -184,7 +197,7 @@ class FakeStripe(_Server):
             "customer": params.get("customer"),
             "payment_method": pm,
             "description": params.get("description"),
-            "metadata": {k[len("metadata["):-1]: v for k, v in params.items() if k.startswith("metadata[")},
+            "metadata": {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")},
             "status": "succeeded",
             "last_payment_error": None,
         }
@@ -206,11 +219,20 @@ class FakeStripe(_Server):
         prefix = "metadata['idempotency_key']:'"
         if not (query.startswith(prefix) and query.endswith("'")):
             return 400, {"error": {"type": "invalid_request_error", "message": "bad query"}}, 0
-        key = query[len(prefix):-1].replace("\\'", "'").replace("\\\\", "\\")
+        key = query[len(prefix) : -1].replace("\\'", "'").replace("\\\\", "\\")
         with self.lock:
             data = [i for i in self.intents.values() if i["metadata"].get("idempotency_key") == key]
-        return 200, {"object": "search_result", "data": data, "has_more": False, "next_page": None,
-                     "url": "/v1/payment_intents/search"}, 0
+        return (
+            200,
+            {
+                "object": "search_result",
+                "data": data,
+                "has_more": False,
+                "next_page": None,
+                "url": "/v1/payment_intents/search",
+            },
+            0,
+        )
 
 
 # --------------------------------------------------------------------------- PayPal
@@ -250,7 +272,7 @@ class FakePayPal(_Server):
         if request.method == "POST" and path == "/v2/checkout/orders":
             return self._idempotent(request, self._create)
         if path.startswith("/v2/checkout/orders/"):
-            rest = path[len("/v2/checkout/orders/"):]
+            rest = path[len("/v2/checkout/orders/") :]
             order_id, _, action = rest.partition("/")
             order = self.orders.get(order_id)
             if order is None:
@@ -271,8 +293,17 @@ class FakePayPal(_Server):
             return 401, {"error": "invalid_client", "error_description": "Client Authentication failed"}, 0
         token = f"A21AA{next(self.ids):08d}"
         self.tokens.add(token)
-        return 200, {"scope": "https://uri.paypal.com/services/payments/payment", "access_token": token,
-                     "token_type": "Bearer", "app_id": "APP-LOCAL", "expires_in": self.token_lifetime}, 0
+        return (
+            200,
+            {
+                "scope": "https://uri.paypal.com/services/payments/payment",
+                "access_token": token,
+                "token_type": "Bearer",
+                "app_id": "APP-LOCAL",
+                "expires_in": self.token_lifetime,
+            },
+            0,
+        )
 
     def _idempotent(self, request, handler):
         rid = request.headers.get("paypal-request-id")
@@ -316,22 +347,52 @@ class FakePayPal(_Server):
         vault_id = source[kind]["vault_id"]
         unit = order["purchase_units"][0]
         if vault_id == "declined":
-            return 422, {"name": "UNPROCESSABLE_ENTITY", "message": "The requested action could not be performed.",
-                         "details": [{"issue": "INSTRUMENT_DECLINED",
-                                      "description": "The instrument presented was either declined by the processor or bank."}]}, 0, None
+            return (
+                422,
+                {
+                    "name": "UNPROCESSABLE_ENTITY",
+                    "message": "The requested action could not be performed.",
+                    "details": [
+                        {
+                            "issue": "INSTRUMENT_DECLINED",
+                            "description": "The instrument presented was either declined by the processor or bank.",
+                        }
+                    ],
+                },
+                0,
+                None,
+            )
         if vault_id == "auth":
             order["status"] = "PAYER_ACTION_REQUIRED"
-            return 422, {"name": "UNPROCESSABLE_ENTITY",
-                         "details": [{"issue": "PAYER_ACTION_REQUIRED",
-                                      "description": "Payer needs to perform the following action before proceeding with payment."}]}, 0, None
+            return (
+                422,
+                {
+                    "name": "UNPROCESSABLE_ENTITY",
+                    "details": [
+                        {
+                            "issue": "PAYER_ACTION_REQUIRED",
+                            "description": "Payer needs to perform the following action before proceeding with payment.",
+                        }
+                    ],
+                },
+                0,
+                None,
+            )
         invoice = unit.get("invoice_id")
         if invoice and any(
             oid != order["id"] and other["purchase_units"][0].get("invoice_id") == invoice
-            for oid, other in self.orders.items() if self.money_moved(oid)
+            for oid, other in self.orders.items()
+            if self.money_moved(oid)
         ):
-            return 422, {"name": "UNPROCESSABLE_ENTITY",
-                         "details": [{"issue": "DUPLICATE_INVOICE_ID",
-                                      "description": "Duplicate Invoice ID detected."}]}, 0, None
+            return (
+                422,
+                {
+                    "name": "UNPROCESSABLE_ENTITY",
+                    "details": [{"issue": "DUPLICATE_INVOICE_ID", "description": "Duplicate Invoice ID detected."}],
+                },
+                0,
+                None,
+            )
         capture = {"id": f"3C{next(self.ids):015d}", "amount": unit["amount"], "status": "COMPLETED"}
         if vault_id in ("insufficient", "expired"):
             capture["status"] = "DECLINED"

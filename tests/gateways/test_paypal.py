@@ -32,7 +32,10 @@ def gateway(server):
 
 def charge(gateway, token, key=KEY, amount=2440):
     return gateway.charge(
-        payment_method=token, amount_cents=amount, currency="EUR", idempotency_key=key,
+        payment_method=token,
+        amount_cents=amount,
+        currency="EUR",
+        idempotency_key=key,
         description="Rinnovo casella@pec.example.it",
     )
 
@@ -199,7 +202,10 @@ def test_a_token_that_is_not_a_vault_reference_is_a_hard_decline(gateway, server
 
 def test_make_gateway_points_paypal_at_the_configured_base(tmp_path, server):
     settings = make_settings(
-        tmp_path, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0], paypal_client_secret=PAYPAL_CLIENT[1],
+        tmp_path,
+        payment_gateway="paypal",
+        paypal_client_id=PAYPAL_CLIENT[0],
+        paypal_client_secret=PAYPAL_CLIENT[1],
         paypal_api_base=server.url,
     )
     gateway = make_gateway(settings)

@@ -28,7 +28,10 @@ def gateway(server):
 
 def charge(gateway, token, key=KEY, amount=2440):
     return gateway.charge(
-        payment_method=token, amount_cents=amount, currency="EUR", idempotency_key=key,
+        payment_method=token,
+        amount_cents=amount,
+        currency="EUR",
+        idempotency_key=key,
         description="Rinnovo casella@pec.example.it",
     )
 
@@ -143,7 +146,9 @@ def test_tokens():
 
 
 def test_make_gateway_points_stripe_at_the_configured_base(tmp_path, server):
-    settings = make_settings(tmp_path, payment_gateway="stripe", stripe_api_key="sk_test_local", stripe_api_base=server.url)
+    settings = make_settings(
+        tmp_path, payment_gateway="stripe", stripe_api_key="sk_test_local", stripe_api_base=server.url
+    )
     gateway = make_gateway(settings)
     assert charge(gateway, "pm_card_visa").outcome is ChargeOutcome.SUCCEEDED
     gateway.close()

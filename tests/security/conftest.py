@@ -16,13 +16,13 @@ def make_app(tmp_path, database_url, session_factory, clock):  # noqa: F811 (the
     runtimes = []
 
     def build(**overrides):
-        runtime = Runtime(make_settings(tmp_path, database_url=database_url, **overrides), clock=clock)
-        runtime.__dict__["session_factory"] = session_factory
-        runtime.__dict__["engine"] = session_factory.kw["bind"]
-        runtimes.append(runtime)
-        return create_app(runtime)
+        built = Runtime(make_settings(tmp_path, database_url=database_url, **overrides), clock=clock)
+        built.__dict__["session_factory"] = session_factory
+        built.__dict__["engine"] = session_factory.kw["bind"]
+        runtimes.append(built)
+        return create_app(built)
 
     yield build
-    for runtime in runtimes:
-        runtime.__dict__.pop("engine")  # shared by the session: not ours to dispose
-        runtime.close()
+    for built in runtimes:
+        built.__dict__.pop("engine")  # shared by the session: not ours to dispose
+        built.close()

@@ -28,25 +28,57 @@ def project(latest: str, *vulnerabilities: dict) -> dict:
     return {"info": {"name": "example", "version": latest}, "vulnerabilities": list(vulnerabilities), "releases": {}}
 
 
-def vulnerability(id: str, fixed_in=(), withdrawn=None, aliases=()) -> dict:  # noqa: A002 (PyPI's field name)
-    return {"id": id, "aliases": list(aliases), "fixed_in": list(fixed_in), "withdrawn": withdrawn, "link": f"https://osv.dev/vulnerability/{id}", "details": "..."}
+def vulnerability(id: str, fixed_in=(), withdrawn=None, aliases=()) -> dict:
+    return {
+        "id": id,
+        "aliases": list(aliases),
+        "fixed_in": list(fixed_in),
+        "withdrawn": withdrawn,
+        "link": f"https://osv.dev/vulnerability/{id}",
+        "details": "...",
+    }
 
 
 @pytest.mark.parametrize(
     "pinned, data, kind, words",
     [
         ("2.0.0", project("2.0.0"), CLEAN, "latest release"),
-        ("2.0.0", project("2.0.0", vulnerability("PYSEC-1", aliases=["CVE-2027-1"])), VULNERABLE, "PYSEC-1/CVE-2027-1 (no fix listed)"),
-        ("2.0.0", project("2.0.0", vulnerability("PYSEC-1", withdrawn="2027-01-01T00:00:00Z")), CLEAN, "latest release"),
+        (
+            "2.0.0",
+            project("2.0.0", vulnerability("PYSEC-1", aliases=["CVE-2027-1"])),
+            VULNERABLE,
+            "PYSEC-1/CVE-2027-1 (no fix listed)",
+        ),
+        (
+            "2.0.0",
+            project("2.0.0", vulnerability("PYSEC-1", withdrawn="2027-01-01T00:00:00Z")),
+            CLEAN,
+            "latest release",
+        ),
         # A fix newer than our pin: vulnerable, whatever the latest release is.
         ("2.0.0", project("2.1.0", vulnerability("GHSA-x", fixed_in=["2.1.1"])), VULNERABLE, "GHSA-x (fixed in 2.1.1)"),
-        ("2.0.0", project("2.0.0", vulnerability("GHSA-x", fixed_in=["1.9.9", "2.0.1"])), VULNERABLE, "fixed in 1.9.9, 2.0.1"),
+        (
+            "2.0.0",
+            project("2.0.0", vulnerability("GHSA-x", fixed_in=["1.9.9", "2.0.1"])),
+            VULNERABLE,
+            "fixed in 1.9.9, 2.0.1",
+        ),
         ("2.0.0rc1", project("2.0.0", vulnerability("GHSA-x", fixed_in=["2.0.0"])), VULNERABLE, "GHSA-x"),
         # The latest release is affected and nothing newer than our older pin fixes it: assume ours is too.
-        ("1.5.0", project("2.0.0", vulnerability("PYSEC-2", fixed_in=["1.4.0"])), VULNERABLE, "the latest release 2.0.0 is affected"),
+        (
+            "1.5.0",
+            project("2.0.0", vulnerability("PYSEC-2", fixed_in=["1.4.0"])),
+            VULNERABLE,
+            "the latest release 2.0.0 is affected",
+        ),
         # An older pin with nothing listed: PyPI's list says nothing about it.
         ("1.5.0", project("2.0.0"), NOT_AUDITED, "older than the latest release 2.0.0"),
-        ("1.5.0", project("2.0.0", vulnerability("PYSEC-3", withdrawn="2027-01-01")), NOT_AUDITED, "latest release only"),
+        (
+            "1.5.0",
+            project("2.0.0", vulnerability("PYSEC-3", withdrawn="2027-01-01")),
+            NOT_AUDITED,
+            "latest release only",
+        ),
         ("3.0.0.dev1", project("2.0.0"), NOT_AUDITED, "newer than the latest release 2.0.0"),
         ("not-a-version", project("2.0.0"), NOT_AUDITED, "no comparable version"),
         ("2.0.0", {"vulnerabilities": []}, NOT_AUDITED, "no comparable version"),
@@ -68,7 +100,11 @@ def test_pip_audit_findings_are_kept_and_its_skips_go_to_the_fallback():
     report = {
         "dependencies": [
             {"name": "Flask", "version": "3.1.3", "vulns": []},
-            {"name": "Jinja2", "version": "3.1.0", "vulns": [{"id": "GHSA-j", "fix_versions": ["3.1.5"], "aliases": ["CVE-2024-9"]}]},
+            {
+                "name": "Jinja2",
+                "version": "3.1.0",
+                "vulns": [{"id": "GHSA-j", "fix_versions": ["3.1.5"], "aliases": ["CVE-2024-9"]}],
+            },
             {"name": "stripe", "skip_reason": "Dependency not found on PyPI and could not be audited: stripe (16.1.0)"},
         ],
         "fixes": [],
@@ -106,8 +142,20 @@ def test_main_prints_one_line_per_package_and_a_summary(tmp_path, capsys):
     lock = tmp_path / "lock.txt"
     lock.write_text("# comment\nflask==3.1.3\nJinja2==3.1.6\nstripe==15.0.0\n\n")
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"dependencies": [{"name": n, "skip_reason": "could not be audited"} for n in ("flask", "jinja2", "stripe")]}))
-    answers = {"flask": project("3.1.3"), "jinja2": project("3.1.6", vulnerability("GHSA-new")), "stripe": project("16.1.0")}
+    report.write_text(
+        json.dumps(
+            {
+                "dependencies": [
+                    {"name": n, "skip_reason": "could not be audited"} for n in ("flask", "jinja2", "stripe")
+                ]
+            }
+        )
+    )
+    answers = {
+        "flask": project("3.1.3"),
+        "jinja2": project("3.1.6", vulnerability("GHSA-new")),
+        "stripe": project("16.1.0"),
+    }
     status = pypi_audit.main([str(lock), "--pip-audit-report", str(report)], fetch=answers.__getitem__)
     lines = capsys.readouterr().out.splitlines()
     assert status == 1
@@ -122,7 +170,10 @@ def test_main_prints_one_line_per_package_and_a_summary(tmp_path, capsys):
 
 
 def test_read_lock_takes_exact_pins_only():
-    assert pypi_audit.read_lock("Flask==3.1.3\n# x\npsycopg[binary]==3.3.9 ; python_version >= '3.11'\n") == {"flask": "3.1.3", "psycopg": "3.3.9"}
+    assert pypi_audit.read_lock("Flask==3.1.3\n# x\npsycopg[binary]==3.3.9 ; python_version >= '3.11'\n") == {
+        "flask": "3.1.3",
+        "psycopg": "3.3.9",
+    }
     with pytest.raises(ValueError):
         pypi_audit.read_lock("flask>=3\n")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,21 +21,52 @@ from worker.mail.emails import EmailRenderer, header_address
 from worker.rules.links import LinkSigner
 
 EXPECTED_HEADERS = {
-    "from", "to", "subject", "date", "message-id", "mime-version", "content-type", "auto-submitted",
-    "x-pec-renewal-kind", "x-pec-renewal-stage", "x-pec-renewal-mailboxes",
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "auto-submitted",
+    "x-pec-renewal-kind",
+    "x-pec-renewal-stage",
+    "x-pec-renewal-mailboxes",
 }
 
 RENDERER = EmailRenderer(
     mail_from="Rinnovi PEC <rinnovi@pec-provider.example.it>",
     signer=LinkSigner(["k" * 40], "https://rinnovi.example.it", 200),
 )
-NOW = datetime(2027, 1, 31, 5, 0, tzinfo=timezone.utc)
+NOW = datetime(2027, 1, 31, 5, 0, tzinfo=UTC)
 
-hostile_pieces = st.sampled_from([
-    "\r\n", "\n", "\r", "Bcc: spia@evil.example", "\r\nBcc: spia@evil.example", "=?utf-8?q?=0D=0ABcc:_x@evil.example?=",
-    "=?utf-8?b?DQpCY2M6IHhAZXZpbC5leGFtcGxl?=", ",", ";", "<", ">", "\"", " ", "\t", "\x00", "\u2028", "\u0085",
-    "Cc: altro@evil.example", ":", "@", "é", "ß", "\u202e",
-])
+hostile_pieces = st.sampled_from(
+    [
+        "\r\n",
+        "\n",
+        "\r",
+        "Bcc: spia@evil.example",
+        "\r\nBcc: spia@evil.example",
+        "=?utf-8?q?=0D=0ABcc:_x@evil.example?=",
+        "=?utf-8?b?DQpCY2M6IHhAZXZpbC5leGFtcGxl?=",
+        ",",
+        ";",
+        "<",
+        ">",
+        '"',
+        " ",
+        "\t",
+        "\x00",
+        "\u2028",
+        "\u0085",
+        "Cc: altro@evil.example",
+        ":",
+        "@",
+        "é",
+        "ß",
+        "\u202e",
+    ]
+)
 hostile_text = st.lists(st.one_of(hostile_pieces, st.text(max_size=8)), max_size=8).map("".join)
 
 
@@ -48,7 +79,9 @@ def render(holder_name, to_address, mailbox_address):
         message_id="0123456789abcdef0123456789abcdef@pec-provider.example.it",
         context={
             "holder_name": holder_name,
-            "mailboxes": [{"id": 7, "address": mailbox_address, "expires_on": "2027-03-31", "plan": "pro", "domain": None}],
+            "mailboxes": [
+                {"id": 7, "address": mailbox_address, "expires_on": "2027-03-31", "plan": "pro", "domain": None}
+            ],
         },
         now=NOW,
     )
@@ -121,7 +154,11 @@ KNOWN_ATTACKS = [
 
 @pytest.mark.parametrize("attack", KNOWN_ATTACKS)
 def test_known_header_attacks_in_each_input_are_refused_or_exact(attack):
-    assert_exact(render(attack, "titolare@example.it", "casella@pec.example.it").as_bytes(), "titolare@example.it", "casella@pec.example.it")
+    assert_exact(
+        render(attack, "titolare@example.it", "casella@pec.example.it").as_bytes(),
+        "titolare@example.it",
+        "casella@pec.example.it",
+    )
     for to_address in (attack, f"titolare@example.it{attack}", f"{attack}@example.it"):
         try:
             rendered = render("Mario Rossi", to_address, "casella@pec.example.it")

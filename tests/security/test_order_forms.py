@@ -10,19 +10,22 @@ from datetime import date
 from html import unescape
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from markupsafe import escape
 from sqlalchemy import func, select
 
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from tests.web.flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from worker.store.models import SandboxCharge
-from worker.store.models import Mailbox, OutboxMessage, Payment, RenewalOrder
+from worker.store.models import Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge
 from worker.web import forms
 
 EXPIRY = date(2027, 2, 10)
-FUZZ = hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = hsettings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @pytest.fixture
@@ -47,7 +50,9 @@ def holder_data(session_factory):
 # -- CSRF -------------------------------------------------------------------------------------------
 
 
-def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(app, client, runtime, session_factory, mailbox):
+def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
+    app, client, runtime, session_factory, mailbox
+):
     link = link_path(runtime, mailbox)
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
@@ -55,7 +60,10 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(app, cl
     # Each POST with data that would do something, were its CSRF token not checked.
     posts = {
         "web.renewal_link": (link, {}),
-        "web.step_mailboxes": (f"{order}/caselle", {f"plan-{mailbox.id}": "standard", f"confirm_archive_deletion-{mailbox.id}": "y"}),
+        "web.step_mailboxes": (
+            f"{order}/caselle",
+            {f"plan-{mailbox.id}": "standard", f"confirm_archive_deletion-{mailbox.id}": "y"},
+        ),
         "web.step_holder": (f"{order}/intestatario", dict(PRIVATE_HOLDER, name="Luigi Verdi")),
         "web.step_payment": (f"{order}/modulo", {"method": "postal_slip", "years": "3"}),
         "web.step_terms": (f"{order}/condizioni", {"accept": "y"}),
@@ -122,11 +130,18 @@ def test_double_submits_and_replays_make_one_order_and_one_payment(app, client, 
     twice(client, f"{order}/conferma", {})
     # Another browser (the phone's mail app) with the same link finds the same order.
     assert post_form(app.test_client(), link).headers["Location"] == order
-    pay_form = {"csrf_token": csrf_token(client.get(f"{order}/pagamento").get_data(as_text=True)), "payment_token": "pm_card_visa"}
+    pay_form = {
+        "csrf_token": csrf_token(client.get(f"{order}/pagamento").get_data(as_text=True)),
+        "payment_token": "pm_card_visa",
+    }
     assert twice(client, f"{order}/pagamento", {"payment_token": "pm_card_visa"}).headers["Location"] == order
 
     # Replays of every POST once the order is paid: the link, the confirmation, the payment.
-    for path, fields in ((link, {"csrf_token": confirm_form["csrf_token"]}), (f"{order}/conferma", confirm_form), (f"{order}/pagamento", pay_form)):
+    for path, fields in (
+        (link, {"csrf_token": confirm_form["csrf_token"]}),
+        (f"{order}/conferma", confirm_form),
+        (f"{order}/pagamento", pay_form),
+    ):
         response = client.post(path, data=fields)
         assert response.status_code == 303 and response.headers["Location"] == order, path
     html = app.test_client().get(link).get_data(as_text=True)
@@ -179,7 +194,9 @@ def order_at_holder_step(client, runtime, mailbox) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
-def test_hostile_holder_input_is_refused_with_a_clear_message_and_nothing_is_stored(client, runtime, session_factory, mailbox, case):
+def test_hostile_holder_input_is_refused_with_a_clear_message_and_nothing_is_stored(
+    client, runtime, session_factory, mailbox, case
+):
     field, value, message = REFUSED[case]
     order = order_at_holder_step(client, runtime, mailbox)
     assert post_form(client, f"{order}/intestatario", PRIVATE_HOLDER).status_code == 303  # a first, good version
@@ -201,15 +218,22 @@ def rendered_emails(runtime, session_factory) -> list[email.message.EmailMessage
     messages = []
     for row in rows:
         rendered = runtime.renderer.render(
-            kind=row.kind, stage=row.stage, language=row.language, to_address=row.to_address,
-            message_id=row.message_id, context=row.context, now=runtime.clock(),
+            kind=row.kind,
+            stage=row.stage,
+            language=row.language,
+            to_address=row.to_address,
+            message_id=row.message_id,
+            context=row.context,
+            now=runtime.clock(),
         )
         messages.append(email.message_from_bytes(rendered.as_bytes(), policy=email.policy.default))
     return messages
 
 
 @pytest.mark.parametrize("case", sorted(SHOWN_ESCAPED))
-def test_markup_in_holder_data_is_stored_as_typed_and_escaped_on_every_page_and_email(client, runtime, session_factory, mailbox, case):
+def test_markup_in_holder_data_is_stored_as_typed_and_escaped_on_every_page_and_email(
+    client, runtime, session_factory, mailbox, case
+):
     value = SHOWN_ESCAPED[case]
     order = order_at_holder_step(client, runtime, mailbox)
     holder = dict(PRIVATE_HOLDER, name=value, postal_address=f"Via {value} 1")
@@ -238,7 +262,9 @@ def test_markup_in_holder_data_is_stored_as_typed_and_escaped_on_every_page_and_
 
 def test_a_hostile_holder_name_in_the_database_is_escaped_on_the_link_page(client, runtime, session_factory):
     with session_factory() as session:
-        mailbox = make_mailbox(session, expires_on=EXPIRY, holder_name='<script>alert(1)</script>"&\r\nBcc: x@evil.example')
+        mailbox = make_mailbox(
+            session, expires_on=EXPIRY, holder_name='<script>alert(1)</script>"&\r\nBcc: x@evil.example'
+        )
         session.commit()
         path = link_path(runtime, mailbox)
     html = client.get(path).get_data(as_text=True)

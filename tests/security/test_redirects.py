@@ -71,7 +71,9 @@ def order(client, runtime, session_factory):
 
 def test_a_redirect_is_always_built_with_url_for():
     tree = ast.parse(inspect.getsource(views))
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "redirect"]
+    calls = [
+        node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "redirect"
+    ]
     assert calls  # the views do redirect (POST, redirect, GET)
     for call in calls:
         target = call.args[0]
@@ -82,7 +84,14 @@ def test_a_redirect_is_always_built_with_url_for():
 
 @pytest.mark.parametrize("bypass", BYPASSES)
 def test_a_bypass_as_the_path_is_a_404_never_a_redirect(client, bypass):
-    for path in (bypass, quote(bypass, safe="/:%"), "/" + bypass, "/rinnova/" + bypass, "/ordine/" + bypass, "/static/" + bypass):
+    for path in (
+        bypass,
+        quote(bypass, safe="/:%"),
+        "/" + bypass,
+        "/rinnova/" + bypass,
+        "/ordine/" + bypass,
+        "/static/" + bypass,
+    ):
         # As a server passes the raw path on (the test client would normalise some of these).
         response = client.get("/", environ_overrides={"PATH_INFO": path, "RAW_URI": path, "REQUEST_URI": path})
         assert response.status_code == 404, (path, response.status_code)
@@ -93,7 +102,16 @@ def test_a_bypass_as_the_path_is_a_404_never_a_redirect(client, bypass):
 def test_a_bypass_as_a_next_parameter_is_ignored_everywhere(client, order, bypass):
     order_path, link, mailbox_id = order
     query = "&".join(f"{name}={quote(bypass, safe='')}" for name in NEXT_PARAMETERS)
-    gets = ["/", link, order_path, f"{order_path}/caselle", f"{order_path}/intestatario", f"{order_path}/modulo", f"{order_path}/conferma", "/static/style.css"]
+    gets = [
+        "/",
+        link,
+        order_path,
+        f"{order_path}/caselle",
+        f"{order_path}/intestatario",
+        f"{order_path}/modulo",
+        f"{order_path}/conferma",
+        "/static/style.css",
+    ]
     for path in gets:
         response = client.get(f"{path}?{query}")
         assert_stays_on_our_origin(response, path)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 
-from worker.store.models import Base
 from worker.services.runtime import Runtime
+from worker.store.models import Base
 from worker.web import create_app
 
 ROME = ZoneInfo("Europe/Rome")
@@ -21,7 +21,7 @@ class Clock:
     """A frozen clock: ``clock.today = date(...)`` moves it to noon of that day in Rome."""
 
     def __init__(self, today: date):
-        self.now = datetime.combine(today, time(12), ROME).astimezone(timezone.utc)
+        self.now = datetime.combine(today, time(12), ROME).astimezone(UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -32,7 +32,7 @@ class Clock:
 
     @today.setter
     def today(self, day: date) -> None:
-        self.now = datetime.combine(day, time(12), ROME).astimezone(timezone.utc)
+        self.now = datetime.combine(day, time(12), ROME).astimezone(UTC)
 
 
 @pytest.fixture
@@ -78,7 +78,9 @@ def csrf_token(html: str) -> str:
 
 def row_counts(session_factory) -> dict[str, int]:
     with session_factory() as session:
-        return {table.name: session.scalar(select(func.count()).select_from(table)) for table in Base.metadata.sorted_tables}
+        return {
+            table.name: session.scalar(select(func.count()).select_from(table)) for table in Base.metadata.sorted_tables
+        }
 
 
 def link_path(runtime, mailbox) -> str:

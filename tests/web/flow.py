@@ -36,8 +36,14 @@ PRIVATE_HOLDER = {
 }
 
 
-def walk_to_confirm(client, order: str, mailbox_id: int, *, plan="standard", method="bank_transfer", years="1", holder=None):
-    response = post_form(client, f"{order}/caselle", {f"plan-{mailbox_id}": plan, f"extra_space_gb-{mailbox_id}": "0", f"extra_archive_gb-{mailbox_id}": "0"})
+def walk_to_confirm(
+    client, order: str, mailbox_id: int, *, plan="standard", method="bank_transfer", years="1", holder=None
+):
+    response = post_form(
+        client,
+        f"{order}/caselle",
+        {f"plan-{mailbox_id}": plan, f"extra_space_gb-{mailbox_id}": "0", f"extra_archive_gb-{mailbox_id}": "0"},
+    )
     assert response.status_code == 303, response.get_data(as_text=True)
     assert response.headers["Location"].endswith("/intestatario")
     response = post_form(client, f"{order}/intestatario", holder or PRIVATE_HOLDER)

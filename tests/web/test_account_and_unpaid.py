@@ -17,8 +17,15 @@ EXPIRY = date(2027, 2, 10)
 
 def test_an_account_order_renews_the_mailboxes_chosen(client, runtime, session_factory):
     with session_factory() as session:
-        first = make_mailbox(session, expires_on=EXPIRY, reference_email="studio@example.it", address="a@pec.provider.example.it")
-        second = make_mailbox(session, expires_on=EXPIRY + timedelta(days=20), reference_email="studio@example.it", address="b@pec.provider.example.it")
+        first = make_mailbox(
+            session, expires_on=EXPIRY, reference_email="studio@example.it", address="a@pec.provider.example.it"
+        )
+        second = make_mailbox(
+            session,
+            expires_on=EXPIRY + timedelta(days=20),
+            reference_email="studio@example.it",
+            address="b@pec.provider.example.it",
+        )
         session.commit()
         ids = first.id, second.id
         link = account_link_path(runtime, first.account_id, EXPIRY)
@@ -40,7 +47,9 @@ def test_an_account_order_renews_the_mailboxes_chosen(client, runtime, session_f
 
 def test_the_unpaid_order_of_a_failed_auto_renew_can_be_paid_by_any_method(client, runtime, session_factory, clock):
     with session_factory() as session:
-        mailbox = make_mailbox(session, expires_on=EXPIRY, auto_renew=True, payment_method="pm_card_chargeDeclined", plan="pro")
+        mailbox = make_mailbox(
+            session, expires_on=EXPIRY, auto_renew=True, payment_method="pm_card_chargeDeclined", plan="pro"
+        )
         session.flush()
         orders.create_unpaid_renewal_order(session, mailbox, 1, clock(), clock.today, settings=runtime.settings)
         session.commit()

@@ -23,8 +23,8 @@ from werkzeug.serving import make_server
 
 from tests.conftest import make_settings
 from tests.factories import make_mailbox
-from worker.store.models import Mailbox, RenewalOrder
 from worker.services.runtime import Runtime
+from worker.store.models import Mailbox, RenewalOrder
 from worker.web import create_app
 from worker.web.security import RedactingRequestHandler
 

@@ -10,8 +10,7 @@ from sqlalchemy import func, select
 from tests.factories import make_mailbox
 from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from tests.web.flow import post_form, start, walk_to_confirm
-from worker.store.models import SandboxCharge
-from worker.store.models import Mailbox, Payment, RenewalOrder
+from worker.store.models import Mailbox, Payment, RenewalOrder, SandboxCharge
 
 EXPIRY = date(2027, 2, 10)
 
@@ -27,7 +26,10 @@ def confirmed_order(client, runtime, session_factory, method: str) -> tuple[str,
     return order, mailbox_id
 
 
-@pytest.mark.parametrize("method, good, bad", [("card", "pm_card_visa", "pm_card_chargeDeclined"), ("paypal", "paypal_ok", "paypal_declined")])
+@pytest.mark.parametrize(
+    "method, good, bad",
+    [("card", "pm_card_visa", "pm_card_chargeDeclined"), ("paypal", "paypal_ok", "paypal_declined")],
+)
 def test_decline_then_retry_then_paid(client, runtime, session_factory, method, good, bad):
     order, mailbox_id = confirmed_order(client, runtime, session_factory, method)
     page = client.get(order).get_data(as_text=True)
@@ -51,7 +53,10 @@ def test_decline_then_retry_then_paid(client, runtime, session_factory, method, 
     assert first.headers["Location"] == order
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Payment)) == 1
-        assert session.scalar(select(func.count()).select_from(SandboxCharge).where(SandboxCharge.outcome == "succeeded")) == 1
+        assert (
+            session.scalar(select(func.count()).select_from(SandboxCharge).where(SandboxCharge.outcome == "succeeded"))
+            == 1
+        )
         mailbox = session.get(Mailbox, mailbox_id)
         assert mailbox.expires_on == date(2029, 2, 10)
         assert mailbox.auto_renew and mailbox.payment_method == good and mailbox.renewal_years == 2

@@ -6,7 +6,9 @@ import unicodedata
 from datetime import date
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
@@ -16,14 +18,17 @@ from tests.web.flow import PRIVATE_HOLDER, post_form, start
 from worker.store.models import RenewalOrder
 from worker.web import forms
 
-FUZZ = hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = hsettings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @given(st.text(max_size=300))
 def test_text_problem_refuses_exactly_the_unsafe_characters(value):
     problem = forms.text_problem(value)
     unsafe = any(
-        unicodedata.category(character) in ("Cc", "Cs", "Co", "Cn", "Cf") or character == "\ufffd" for character in value
+        unicodedata.category(character) in ("Cc", "Cs", "Co", "Cn", "Cf") or character == "\ufffd"
+        for character in value
     )
     assert (problem is not None) == unsafe
 
@@ -38,6 +43,7 @@ def test_ordinary_text_with_accents_is_accepted(value):
 @given(st.text(max_size=60))
 def test_plain_ascii_accepts_only_printable_ascii(app, value):
     with app.test_request_context(method="POST"):
+
         class Form(forms.FlaskForm):
             class Meta:
                 csrf = False
@@ -64,7 +70,16 @@ def holder_step(app, runtime, session_factory):
 
 _hostile = st.one_of(
     st.text(max_size=400),
-    st.sampled_from(["<script>alert(1)</script>", "\r\nBcc: x@evil", "'; DROP TABLE holders; --", "a" * 10_000, "\x00", "ｍａｒｉｏ@ｅｘａｍｐｌｅ.it"]),
+    st.sampled_from(
+        [
+            "<script>alert(1)</script>",
+            "\r\nBcc: x@evil",
+            "'; DROP TABLE holders; --",
+            "a" * 10_000,
+            "\x00",
+            "ｍａｒｉｏ@ｅｘａｍｐｌｅ.it",
+        ]
+    ),
 )
 
 
@@ -88,7 +103,11 @@ def test_holder_step_fuzz_never_500_and_never_half_stored(holder_step, session_f
 
 
 @FUZZ
-@given(data=st.dictionaries(st.sampled_from(["method", "years", "accept", "plan-1", "x"]), st.text(max_size=50), max_size=4))
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["method", "years", "accept", "plan-1", "x"]), st.text(max_size=50), max_size=4
+    )
+)
 def test_random_posts_without_a_csrf_token_change_nothing(app, session_factory, data):
     client = app.test_client()
     before = row_counts(session_factory)

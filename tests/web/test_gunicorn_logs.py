@@ -97,7 +97,7 @@ def test_every_line_gunicorn_writes_is_json(tmp_path, empty_database_url):
     assert any(record["message"].startswith("Starting gunicorn") for record in records)
     access = [record["message"] for record in records if record["logger"] == "gunicorn.access"]
     assert any('"GET /nothing HTTP/1.1" 404' in message for message in access), access
-    assert any(f'"GET /rinnova/[redacted] HTTP/1.1" 500' in message for message in access), access
+    assert any('"GET /rinnova/[redacted] HTTP/1.1" 500' in message for message in access), access
     (failure,) = [record for record in records if record["logger"] == "worker.web" and record["level"] == "ERROR"]
     assert failure["message"] == "Exception on /rinnova/[redacted] [GET]"
     assert failure["exception"].startswith("Traceback") and "UndefinedTable" in failure["exception"]

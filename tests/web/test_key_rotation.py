@@ -62,9 +62,7 @@ def post_across_a_restart(make_app, session_factory, keys_before: str, keys_afte
         (NEW_KEY, 400),  # the old key retired: what it signed is refused
     ],
 )
-def test_a_link_page_opened_before_a_key_rotation_still_starts_the_order(
-    make_app, session_factory, keys_after, status
-):
+def test_a_link_page_opened_before_a_key_rotation_still_starts_the_order(make_app, session_factory, keys_after, status):
     response = post_across_a_restart(make_app, session_factory, OLD_KEY, keys_after)
     assert response.status_code == status, response.get_data(as_text=True)[:500]
     if status == 303:

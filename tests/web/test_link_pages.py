@@ -102,9 +102,21 @@ def test_a_deleted_mailbox_can_no_longer_be_renewed(client, runtime, session_fac
 
 def test_an_account_link_lists_every_mailbox_of_the_account_in_its_window(client, runtime, session_factory):
     with session_factory() as session:
-        first = make_mailbox(session, expires_on=EXPIRY, reference_email="studio@example.it", address="a@pec.provider.example.it")
-        make_mailbox(session, expires_on=EXPIRY + timedelta(days=20), reference_email="studio@example.it", address="b@pec.provider.example.it")
-        make_mailbox(session, expires_on=EXPIRY + timedelta(days=400), reference_email="studio@example.it", address="later@pec.provider.example.it")
+        first = make_mailbox(
+            session, expires_on=EXPIRY, reference_email="studio@example.it", address="a@pec.provider.example.it"
+        )
+        make_mailbox(
+            session,
+            expires_on=EXPIRY + timedelta(days=20),
+            reference_email="studio@example.it",
+            address="b@pec.provider.example.it",
+        )
+        make_mailbox(
+            session,
+            expires_on=EXPIRY + timedelta(days=400),
+            reference_email="studio@example.it",
+            address="later@pec.provider.example.it",
+        )
         session.commit()
         path = account_link_path(runtime, first.account_id, EXPIRY)
     before = row_counts(session_factory)

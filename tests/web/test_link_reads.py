@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.factories import make_mailbox
 from tests.web.conftest import link_path
-from worker.store.db import make_engine
 from worker.services.runtime import Runtime
+from worker.store.db import make_engine
 from worker.web import PING_AFTER_IDLE_SECONDS, WebRuntime, create_app
 
 EXPIRY = date(2027, 2, 10)  # the clock stands at 2027-01-10
@@ -59,7 +59,11 @@ class _RecordingCursor(psycopg.Cursor):
 def test_a_mailbox_link_page_is_one_statement_in_autocommit(runtime, settings, mailbox_path):
     # Its own engine, so every connection (and the cursor the link read keeps on it) records.
     engine = make_engine(settings.database_url, ping_after_idle=PING_AFTER_IDLE_SECONDS)
-    event.listen(engine, "connect", lambda dbapi_connection, _record: setattr(dbapi_connection, "cursor_factory", _RecordingCursor))
+    event.listen(
+        engine,
+        "connect",
+        lambda dbapi_connection, _record: setattr(dbapi_connection, "cursor_factory", _RecordingCursor),
+    )
     runtime.__dict__["engine"] = engine
     try:
         client = create_app(runtime).test_client()

@@ -109,7 +109,8 @@ def format_mailbox(details: dict[str, Any]) -> str:
         for payment in order["payments"]:
             lines.append(
                 _wrapped(
-                    f"paid {payment['amount']} by {payment['method']} on {payment['business_date']}, ref {payment['reference']}",
+                    f"paid {payment['amount']} by {payment['method']} on {payment['business_date']},"
+                    f" ref {payment['reference']}",
                     indent="    ",
                     hanging="      ",
                 )

@@ -72,7 +72,8 @@ def empty_record_explained(session: Session, gateway: str) -> str:
     if intents:
         return (
             f"no sandbox charges recorded, although this database holds {intents} charge intent(s):"
-            " they were made with another gateway (PEC_RENEWAL_PAYMENT_GATEWAY) or before the sandbox's record was emptied"
+            " they were made with another gateway (PEC_RENEWAL_PAYMENT_GATEWAY)"
+            " or before the sandbox's record was emptied"
         )
     line = "no sandbox charges recorded: no auto-renew charge has been attempted in this database"
     if not_charged:

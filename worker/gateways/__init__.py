@@ -21,6 +21,9 @@ from worker.gateways.base import (
     PaymentGateway,
     mask_token,
 )
+from worker.gateways.paypal import PayPalGateway
+from worker.gateways.sandbox import SandboxGateway
+from worker.gateways.stripe_gateway import StripeGateway
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -41,8 +44,8 @@ __all__ = [
 
 
 def make_gateway(
-    settings: "Settings",
-    session_factory: "sessionmaker[Session] | None" = None,
+    settings: Settings,
+    session_factory: sessionmaker[Session] | None = None,
     *,
     clock: Callable[[], datetime] | None = None,
 ) -> PaymentGateway:
@@ -54,22 +57,16 @@ def make_gateway(
     """
     name = settings.payment_gateway
     if name == "sandbox":
-        from worker.gateways.sandbox import SandboxGateway
-
         if session_factory is None:
             raise GatewayError("the sandbox gateway needs a session factory (it records charges in its own table)")
         return SandboxGateway(session_factory, latency_ms=settings.sandbox_latency_ms, clock=clock)
     if name == "stripe":
-        from worker.gateways.stripe_gateway import StripeGateway
-
         return StripeGateway(
             api_key=settings.stripe_api_key or "",
             api_base=settings.stripe_api_base,
             pool_size=settings.gateway_concurrency,
         )
     if name == "paypal":
-        from worker.gateways.paypal import PayPalGateway
-
         return PayPalGateway(
             client_id=settings.paypal_client_id or "",
             client_secret=settings.paypal_client_secret or "",

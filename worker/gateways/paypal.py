@@ -123,7 +123,9 @@ class PayPalGateway:
         pool_size: int = 32,
     ):
         if not (client_id and client_secret):
-            raise GatewayError("the PayPal gateway needs PEC_RENEWAL_PAYPAL_CLIENT_ID and PEC_RENEWAL_PAYPAL_CLIENT_SECRET")
+            raise GatewayError(
+                "the PayPal gateway needs PEC_RENEWAL_PAYPAL_CLIENT_ID and PEC_RENEWAL_PAYPAL_CLIENT_SECRET"
+            )
         self._auth = (client_id, client_secret)
         self._http = httpx.Client(
             base_url=api_base.rstrip("/"),
@@ -181,7 +183,9 @@ class PayPalGateway:
                 # A lookup made this order for a key PayPal had not seen: give it our amount.
                 self._patch(order_id, unit)
             source = _payment_source(kind, vault_id)
-            captured = self._post(f"/v2/checkout/orders/{order_id}/capture", {"payment_source": source}, rid + "-capture")
+            captured = self._post(
+                f"/v2/checkout/orders/{order_id}/capture", {"payment_source": source}, rid + "-capture"
+            )
         except _Refused as refused:
             return self._refused(refused, order_id)
         except _Lost as lost:
@@ -195,9 +199,7 @@ class PayPalGateway:
         rid = request_id(idempotency_key)
         placeholder = {
             "intent": "CAPTURE",
-            "purchase_units": [
-                {"reference_id": REFERENCE_ID, "custom_id": LOOKUP_MARKER, "amount": money(1, "EUR")}
-            ],
+            "purchase_units": [{"reference_id": REFERENCE_ID, "custom_id": LOOKUP_MARKER, "amount": money(1, "EUR")}],
         }
         try:
             order = self._post("/v2/checkout/orders", placeholder, rid)
@@ -242,7 +244,9 @@ class PayPalGateway:
                 self._token_expires = time.monotonic() + max(0, int(body.get("expires_in", 0)) - 60)
             return self._token
 
-    def _send(self, method: str, path: str, *, json: Any = None, request_id_header: str | None = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, json: Any = None, request_id_header: str | None = None
+    ) -> httpx.Response:
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}"}
             if json is not None:
@@ -291,7 +295,9 @@ class PayPalGateway:
         status = order.get("status")
         if status == "PAYER_ACTION_REQUIRED":
             return ChargeResult(
-                ChargeOutcome.REQUIRES_AUTHENTICATION, order_id, "PayPal asks for the payer's action",
+                ChargeOutcome.REQUIRES_AUTHENTICATION,
+                order_id,
+                "PayPal asks for the payer's action",
                 "PAYER_ACTION_REQUIRED",
             )
         units = order.get("purchase_units") or [{}]
@@ -315,7 +321,9 @@ class PayPalGateway:
             try:
                 return self._settled(self._get_order(order_id))
             except (_Lost, _Refused) as error:
-                return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"order already captured; reading it failed ({error})")
+                return ChargeResult(
+                    ChargeOutcome.UNKNOWN, order_id, f"order already captured; reading it failed ({error})"
+                )
         if issue in AUTH_ISSUES:
             return ChargeResult(ChargeOutcome.REQUIRES_AUTHENTICATION, order_id, refused.description or issue, issue)
         if issue == "DUPLICATE_INVOICE_ID":

@@ -154,7 +154,9 @@ class StripeGateway:
                 # The stored method no longer exists at Stripe (detached, deleted): permanent.
                 # Stripe's message quotes the id: keep it out of what is stored and logged.
                 return ChargeResult(
-                    ChargeOutcome.HARD_DECLINE, None, "the stored payment method is unknown to Stripe",
+                    ChargeOutcome.HARD_DECLINE,
+                    None,
+                    "the stored payment method is unknown to Stripe",
                     error.code or "invalid_payment_method",
                 )
             raise GatewayError(f"Stripe refused the request: {error.user_message}") from None
@@ -231,14 +233,19 @@ def _from_intent(intent: Any) -> ChargeResult:
         return ChargeResult(ChargeOutcome.SUCCEEDED, reference, "charge succeeded")
     if status == "requires_action":
         return ChargeResult(
-            ChargeOutcome.REQUIRES_AUTHENTICATION, reference, "the card requires the holder's authentication",
+            ChargeOutcome.REQUIRES_AUTHENTICATION,
+            reference,
+            "the card requires the holder's authentication",
             "authentication_required",
         )
     if status == "requires_payment_method":
         error = intent.get("last_payment_error") or {}
         code, decline_code = error.get("code"), error.get("decline_code")
         return ChargeResult(
-            classify_decline(code, decline_code), reference, error.get("message") or "payment failed", decline_code or code
+            classify_decline(code, decline_code),
+            reference,
+            error.get("message") or "payment failed",
+            decline_code or code,
         )
     if status == "canceled":
         return ChargeResult(ChargeOutcome.HARD_DECLINE, reference, "payment canceled", "canceled")

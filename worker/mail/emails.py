@@ -44,12 +44,12 @@ from sqlalchemy import Connection, Engine, create_engine, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from worker.store.db import dialect_insert
 from worker.rules import vocabulary
 from worker.rules.holder_data import LOCAL_PART_MAX, sendable_address
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
-from worker.store.models import WorkerState
 from worker.rules.schedule import Stage, deletion_date, last_renewable_day, parse_stage
+from worker.store.db import dialect_insert
+from worker.store.models import WorkerState
 
 KINDS = (
     "expiry-notice",
@@ -424,7 +424,7 @@ class Refused(ValueError):
     ``mailboxes``: when every mailbox of an email was refused, each with its own reason.
     """
 
-    def __init__(self, message: str, reason: str = INVALID_DATA, mailboxes: tuple["RefusedMailbox", ...] = ()):
+    def __init__(self, message: str, reason: str = INVALID_DATA, mailboxes: tuple[RefusedMailbox, ...] = ()):
         super().__init__(message)
         self.reason = reason
         self.mailboxes = mailboxes
@@ -669,7 +669,7 @@ class RefusedMailbox:
     detail: str
 
     @classmethod
-    def of(cls, raw: Any, error: ValueError) -> "RefusedMailbox":
+    def of(cls, raw: Any, error: ValueError) -> RefusedMailbox:
         mailbox_id = raw.get("id") if isinstance(raw, Mapping) else None
         address = raw.get("address") if isinstance(raw, Mapping) else None
         return cls(
@@ -904,7 +904,9 @@ class EmailRenderer:
         if not mailboxes:
             # Each mailbox is recorded with its own reason; the email has nothing left to say.
             raise Refused(
-                f"every mailbox of the email was refused; the first: {refused[0].detail}", NO_MAILBOX_LEFT, tuple(refused)
+                f"every mailbox of the email was refused; the first: {refused[0].detail}",
+                NO_MAILBOX_LEFT,
+                tuple(refused),
             )
         variables: dict[str, Any] = {
             "kind": kind,

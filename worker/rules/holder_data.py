@@ -98,7 +98,7 @@ _SCRIPT_MIXES = (
 )
 
 
-def _script_pattern() -> regex.Pattern:
+def _script_pattern() -> regex.Pattern[str]:
     """One pattern whose matching group names the script of a character (no match: Common, Inherited)."""
     groups = []
     for code in _SCRIPT_CODES:
@@ -291,6 +291,7 @@ def _mixed_scripts(label: str) -> str | None:
         if match is None or match.lastgroup in first:
             continue
         script = match.lastgroup
+        assert script is not None  # every alternative of the pattern is a named group
         scripts = {*first, script}
         if len(scripts) > 1 and not any(scripts <= mix for mix in _SCRIPT_MIXES):
             other = next(iter(first.values()))
@@ -409,9 +410,7 @@ def classify_einvoice_code(text: str, *, kind: str) -> tuple[str, str]:
     if kind == PUBLIC_ADMINISTRATION:
         code = value.upper()
         if not _OFFICE_CODE_RE.fullmatch(code):
-            raise ValueError(
-                f"{text!r} is not an office code (codice univoco ufficio): it has 6 letters or digits"
-            )
+            raise ValueError(f"{text!r} is not an office code (codice univoco ufficio): it has 6 letters or digits")
         return "office_code", code
     if "@" in value:
         try:
@@ -532,7 +531,5 @@ def check_holder(
     if problems:
         return None, problems
     assert name is not None and kind is not None and reference_email is not None
-    holder = HolderData(
-        name=name, kind=kind, reference_email=reference_email, postal_address=postal_address, **values
-    )
+    holder = HolderData(name=name, kind=kind, reference_email=reference_email, postal_address=postal_address, **values)
     return holder, []

@@ -97,7 +97,9 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
         if stage.months > 0:
             raise StageSyntaxError(f"stage {stage}: give stages after expiry in days, such as +30d")
         if stage.days > RENEWABLE_DAYS_AFTER_EXPIRY:
-            raise StageSyntaxError(f"stage {stage} falls after deletion (+{RENEWABLE_DAYS_AFTER_EXPIRY}d is the last day)")
+            raise StageSyntaxError(
+                f"stage {stage} falls after deletion (+{RENEWABLE_DAYS_AFTER_EXPIRY}d is the last day)"
+            )
         if stage.days < -window_shortest:
             raise StageSyntaxError(
                 f"stage {stage} can fall before the {NOTICE_WINDOW_MONTHS}-month notice window "
@@ -145,7 +147,7 @@ def add_years(day: date, years: int) -> date:
     return day.replace(year=year)
 
 
-#: The schedule for manual mailboxes and mailboxes on a domain (DESIGN.md, "Notices").
+#: The schedule for manual mailboxes and mailboxes on a domain (docs/domain.md, "The notice schedule").
 DEFAULT_STAGES: tuple[Stage, ...] = parse_stages("-3m,-2m,-1m,-15d,-7d,-1d,0d,+1d,+30d,+60d,+83d")
 
 

@@ -27,14 +27,14 @@ from stdnum import luhn
 from stdnum.it import codicefiscale
 
 from config.settings import Settings
+from worker.rules.schedule import Stage, add_months
 from worker.services.daily import DaySummary, run_day
-from worker.store.db import make_engine
 from worker.services.desk import failed_without_charge_attempt
 from worker.services.importer import ImportReport, import_mailboxes
+from worker.services.runtime import Runtime
+from worker.store.db import make_engine
 from worker.store.migrate import upgrade
 from worker.store.models import Mailbox, WorkerState
-from worker.services.runtime import Runtime
-from worker.rules.schedule import Stage, add_months
 
 #: The ``worker_state`` row that marks a database the demo created (its value: when).
 DEMO_MARK = "demo_database"
@@ -58,9 +58,27 @@ LAST_NAMES = ["Rossi", "Bianchi", "Russo", "Ferrari", "Esposito", "Romano", "Col
 COMPANIES = ["Edilizia Verdi", "Studio Neri", "Trasporti Galli", "Ottica Conti", "Panificio Bruno", "Farmacia Costa"]
 
 COLUMNS = [
-    "address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on",
-    "domain", "domain_expires_on", "auto_renew", "payment_method", "card_expiry", "renewal_years", "promo",
-    "extra_space_gb", "extra_archive_gb", "used_space_mb", "tax_code", "vat_number", "einvoice_code", "language",
+    "address",
+    "account",
+    "holder_name",
+    "holder_kind",
+    "reference_email",
+    "plan",
+    "expires_on",
+    "domain",
+    "domain_expires_on",
+    "auto_renew",
+    "payment_method",
+    "card_expiry",
+    "renewal_years",
+    "promo",
+    "extra_space_gb",
+    "extra_archive_gb",
+    "used_space_mb",
+    "tax_code",
+    "vat_number",
+    "einvoice_code",
+    "language",
 ]
 
 
@@ -86,8 +104,20 @@ def sample_rows(count: int, today: date, seed: int = 2026) -> list[dict[str, str
     """Varied mailboxes whose expiries put many of them on a stage today."""
     rng = random.Random(seed)
     offsets = [
-        ("m", 3), ("m", 2), ("m", 1), ("d", 15), ("d", 7), ("d", 1), ("d", 0),
-        ("d", -1), ("d", -30), ("d", -60), ("d", -83), ("d", -95), ("d", 40), ("d", 200),
+        ("m", 3),
+        ("m", 2),
+        ("m", 1),
+        ("d", 15),
+        ("d", 7),
+        ("d", 1),
+        ("d", 0),
+        ("d", -1),
+        ("d", -30),
+        ("d", -60),
+        ("d", -83),
+        ("d", -95),
+        ("d", 40),
+        ("d", 200),
     ]
     rows = []
     for number in range(count):
@@ -174,15 +204,19 @@ def inspect_existing(path: Path) -> tuple[str | None, bool, int]:
             if "worker_state" in names:
                 mark = connection.scalar(select(WorkerState.value).where(WorkerState.key == DEMO_MARK))
             holds_data = any(
-                connection.scalar(select(exists().select_from(table(name)))) for name in sorted(names - set(_BOOKKEEPING_TABLES))
+                connection.scalar(select(exists().select_from(table(name))))
+                for name in sorted(names - set(_BOOKKEEPING_TABLES))
             )
             foreign = 0
             if "mailboxes" in names:
-                foreign = connection.scalar(
-                    select(func.count())
-                    .select_from(Mailbox)
-                    .where(*(Mailbox.address.not_like(pattern) for pattern in DEMO_ADDRESS_PATTERNS))
-                ) or 0
+                foreign = (
+                    connection.scalar(
+                        select(func.count())
+                        .select_from(Mailbox)
+                        .where(*(Mailbox.address.not_like(pattern) for pattern in DEMO_ADDRESS_PATTERNS))
+                    )
+                    or 0
+                )
             return mark, holds_data, foreign
     except SQLAlchemyError:
         return None, True, 0
@@ -222,7 +256,10 @@ def prepare_database(settings: Settings, now: datetime, echo: Callable[[str], No
                 f"{path} holds {foreign} mailbox(es) the demo did not import; it is left as it is: {elsewhere}"
             )
         if mark is not None:
-            echo(f"rebuilding the demo database {path} (created by the demo at {mark}): everything done in it since is discarded")
+            echo(
+                f"rebuilding the demo database {path} (created by the demo at {mark}):"
+                " everything done in it since is discarded"
+            )
         else:
             echo(f"building the demo database in the empty database {path}")
         _remove_sqlite_files(path)

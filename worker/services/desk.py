@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from worker.services import charges
-
-from worker.rules import pricing, schedule
-from worker.mail.queue import NewEmail, queue_email
 from worker.gateways import describe_payment_method, mask_token
+from worker.mail.queue import NewEmail, queue_email
+from worker.rules import pricing, schedule
 from worker.rules.links import LinkSigner
+from worker.rules.schedule import Stage
+from worker.services import charges
+from worker.services.report import mailbox_steps
 from worker.store.models import (
     ChargeIntent,
     Mailbox,
@@ -33,8 +34,6 @@ from worker.store.models import (
     RenewalOrder,
     RenewalOrderLine,
 )
-from worker.services.report import mailbox_steps
-from worker.rules.schedule import Stage
 
 #: Order statuses, for ``orders list --status``.
 ORDER_STATUSES = tuple(status.value for status in OrderStatus)
@@ -213,9 +212,7 @@ def _charges(session: Session, mailbox: Mailbox) -> list[dict[str, Any]]:
     ]
 
 
-def next_step(
-    session: Session, mailbox: Mailbox, *, today: date, stages: tuple[Stage, ...], plan: charges.ChargePlan
-):
+def next_step(session: Session, mailbox: Mailbox, *, today: date, stages: tuple[Stage, ...], plan: charges.ChargePlan):
     """What the job does next for this mailbox and when (:mod:`worker.services.report`'s forecast), or None."""
     if mailbox.next_action_on is None:
         return None
@@ -305,9 +302,7 @@ def _resend_number(session: Session, previous: OutboxMessage | None) -> int:
     return 1 + len(_earlier_deliveries(session, previous)) if previous is not None else 1
 
 
-def resend_latest_notice(
-    session: Session, address: str, *, today: date, now: datetime, mail_domain: str
-) -> Resent:
+def resend_latest_notice(session: Session, address: str, *, today: date, now: datetime, mail_domain: str) -> Resent:
     """Queue the current cycle's latest notice again, to the mailbox's current reference address.
 
     A new outbox message with a new Message-ID, about this mailbox only, from
@@ -457,7 +452,9 @@ def cancel_order(session: Session, order_number: str) -> Cancelled:
     if order is None:
         raise DeskRefused(f"no order {number or '(empty)'}")
     if order.status == OrderStatus.PAID.value:
-        paid = ", ".join(f"{p.method} {pricing.format_amount(p.amount_cents)} EUR ({p.reference})" for p in order.payments)
+        paid = ", ".join(
+            f"{p.method} {pricing.format_amount(p.amount_cents)} EUR ({p.reference})" for p in order.payments
+        )
         raise DeskRefused(
             f"{number} cannot be cancelled: it is paid (on {order.paid_at:%Y-%m-%d}: {paid or 'payment registered'})"
             " and the renewal it paid for is done"
@@ -495,7 +492,8 @@ def issue_link(session: Session, signer: LinkSigner, address: str, *, today: dat
         )
     if schedule.mailbox_state(mailbox.expires_on, today) is schedule.MailboxState.DELETED:
         raise DeskRefused(
-            f"{mailbox.address} was deleted on {schedule.deletion_date(mailbox.expires_on)}: it can no longer be renewed"
+            f"{mailbox.address} was deleted on {schedule.deletion_date(mailbox.expires_on)}:"
+            " it can no longer be renewed"
         )
     return IssuedLink(mailbox.address, signer.renewal_url(mailbox.id, mailbox.expires_on), mailbox.expires_on)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from worker.services.runtime import Runtime
+from worker.store import migrate
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ def _one_line(error: Exception) -> str:
 
 
 def check_database(rt: Runtime) -> str:
-    from worker.store import migrate
-
     with rt.engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     current, head = migrate.current_revision(rt.settings.database_url), migrate.head_revision()
     if current != head:
-        raise RuntimeError(f"reachable, but at revision {current or 'none'} instead of {head}: run 'pec-renewal db upgrade'")
+        raise RuntimeError(
+            f"reachable, but at revision {current or 'none'} instead of {head}: run 'pec-renewal db upgrade'"
+        )
     return f"{rt.engine.dialect.name}, revision {current}"
 
 
@@ -65,7 +66,9 @@ def check_broker(rt: Runtime) -> str:
         return f"file-system broker in {folder}"
     from kombu import Connection
 
-    with Connection(settings.broker_url, transport_options=settings.broker_transport_options, connect_timeout=5) as connection:
+    with Connection(
+        settings.broker_url, transport_options=settings.broker_transport_options, connect_timeout=5
+    ) as connection:
         connection.ensure_connection(max_retries=1, timeout=5)
         return f"{connection.transport_cls} at {connection.as_uri()}"
 
@@ -79,7 +82,9 @@ def check_mail(rt: Runtime) -> str:
         return f"Maildir {settings.maildir}"
     timeout = min(settings.smtp_timeout, 10.0)
     if settings.smtp_tls == "ssl":
-        client = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=timeout, context=ssl.create_default_context())
+        client = smtplib.SMTP_SSL(
+            settings.smtp_host, settings.smtp_port, timeout=timeout, context=ssl.create_default_context()
+        )
     else:
         client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
     try:
@@ -97,7 +102,9 @@ def check_mail(rt: Runtime) -> str:
             client.quit()
         except smtplib.SMTPException:
             client.close()
-    return f"SMTP {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_tls}{', login' if settings.smtp_user else ''})"
+    return (
+        f"SMTP {settings.smtp_host}:{settings.smtp_port} ({settings.smtp_tls}{', login' if settings.smtp_user else ''})"
+    )
 
 
 def check_gateway(rt: Runtime) -> str:

@@ -28,16 +28,17 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.services import charges
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
-from worker.services.notices import decide_mailbox, load_decision_states
 from worker.rules.schedule import Stage
+from worker.services import charges
+from worker.services.notices import decide_mailbox, load_decision_states
+from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
 
 CHARGE = "charge"
 
 #: Mailboxes whose ledger and intents are read at once.
 CHUNK = 2000
-#: What the rule reads of a mailbox (:func:`worker.services.notices.decide_mailbox`, :func:`worker.services.charges.decide_for`).
+#: What the rule reads of a mailbox (:func:`worker.services.notices.decide_mailbox`,
+#: :func:`worker.services.charges.decide_for`).
 _RULE_COLUMNS = ("id", "expires_on", "domain_id", "auto_renew", "payment_method", "card_expires_on", "next_action_on")
 #: Decisions one mailbox may take in a window, at most (a safety bound: each moves a day on).
 MAX_STEPS = 400
@@ -93,7 +94,9 @@ def _copied_states(
 ) -> tuple[dict[int, charges.CycleState], dict[tuple[int, date], set[str]]]:
     """One mailbox's states, copied: the forecast adds what it assumes is sent without touching the caller's."""
     state = auto_renew_states.get(mailbox.id)
-    own_states = {} if state is None else {mailbox.id: charges.CycleState(state.sent, state.failed_on, list(state.intents))}
+    own_states = (
+        {} if state is None else {mailbox.id: charges.CycleState(state.sent, state.failed_on, list(state.intents))}
+    )
     key = (mailbox.id, mailbox.expires_on)
     return own_states, {key: set(sent.get(key, ()))}
 
@@ -201,7 +204,10 @@ def build_report(
                 report.due[step.day][step.step] += 1
 
     last = session.scalars(
-        select(DailyRun).where(DailyRun.business_date < start + timedelta(days=1)).order_by(DailyRun.business_date.desc()).limit(1)
+        select(DailyRun)
+        .where(DailyRun.business_date < start + timedelta(days=1))
+        .order_by(DailyRun.business_date.desc())
+        .limit(1)
     ).first()
     if last is not None:
         report.last_run = {
@@ -245,7 +251,9 @@ def print_report(result: Report, console: Console) -> None:
     if CHARGE in steps:
         console.print("charge: auto-renew mailboxes with charge work (a charge, a retry, a lookup, or charge-failed).")
     if result.overdue:
-        console.print(f"{result.overdue} mailboxes are overdue (their date has passed): the next run handles them first.")
+        console.print(
+            f"{result.overdue} mailboxes are overdue (their date has passed): the next run handles them first."
+        )
     if result.last_run is None:
         console.print("No daily run recorded yet.")
     else:

@@ -10,7 +10,7 @@ import gc
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import parseaddr
 from functools import cached_property
 
@@ -18,11 +18,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, warn_generated_secret_key
-from worker.store.db import make_engine, make_session_factory
+from worker.gateways import make_gateway
 from worker.mail.emails import EmailRenderer
-from worker.rules.links import LinkSigner
 from worker.mail.mailers import Mailer, make_mailer
 from worker.mail.outbox import OutboxRelay
+from worker.rules.links import LinkSigner
+from worker.services.charges import ChargePlan
+from worker.store.db import make_engine, make_session_factory
 
 
 def freeze_startup_objects() -> None:
@@ -37,7 +39,7 @@ def freeze_startup_objects() -> None:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def business_date(now: datetime, settings: Settings) -> date:
@@ -86,14 +88,10 @@ class Runtime:
 
     @cached_property
     def gateway(self):
-        from worker.gateways import make_gateway
-
         return make_gateway(self.settings, self.session_factory, clock=self.clock)
 
     @cached_property
     def charge_plan(self):
-        from worker.services.charges import ChargePlan
-
         settings = self.settings
         return ChargePlan(
             notice_days=settings.charge_notice_days,

@@ -5,7 +5,7 @@ The same models run on SQLite (the embedded default) and PostgreSQL.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from enum import Enum
 
 from sqlalchemy import (
@@ -51,14 +51,14 @@ class UTCDateTime(TypeDecorator):
         if value is not None:
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
             if dialect.name == "sqlite":
                 value = value.replace(tzinfo=None)
         return value
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value
 
 
@@ -251,9 +251,7 @@ class WorkerState(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-
-
-# -- Renewal orders and payments (issue 3) ----------------------------------------------------------
+# -- Renewal orders and payments ----------------------------------------------------------
 
 
 class OrderStatus(str, Enum):
@@ -316,10 +314,10 @@ class RenewalOrder(Base):
 
     account: Mapped[Account] = relationship()
     holder: Mapped[Holder] = relationship()
-    lines: Mapped[list["RenewalOrderLine"]] = relationship(
+    lines: Mapped[list[RenewalOrderLine]] = relationship(
         back_populates="order", order_by="RenewalOrderLine.id", cascade="all, delete-orphan"
     )
-    payments: Mapped[list["Payment"]] = relationship(back_populates="order", order_by="Payment.id")
+    payments: Mapped[list[Payment]] = relationship(back_populates="order", order_by="Payment.id")
 
 
 class RenewalOrderLine(Base):
@@ -367,7 +365,7 @@ class Payment(Base):
     order: Mapped[RenewalOrder] = relationship(back_populates="payments")
 
 
-# -- Auto-renew charges (issue 4) ------------------------------------------------------------
+# -- Auto-renew charges ------------------------------------------------------------
 
 
 class ChargeIntent(Base):
@@ -381,9 +379,7 @@ class ChargeIntent(Base):
     __tablename__ = "charge_intents"
     __table_args__ = (
         UniqueConstraint("mailbox_id", "cycle_expires_on", "attempt", name="uq_charge_intents_attempt"),
-        Index(
-            "ix_charge_intents_unresolved", "status", postgresql_where=text("status IN ('started', 'unknown')")
-        ),
+        Index("ix_charge_intents_unresolved", "status", postgresql_where=text("status IN ('started', 'unknown')")),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
