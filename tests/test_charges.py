@@ -43,7 +43,7 @@ EXPIRES = date(2027, 3, 31)
 CHARGE_DAY = date(2027, 3, 24)
 
 
-# -- Helpers shared with the other charge test modules ---------------------------------------
+# -- Shared with the other charge test modules ------------------------------------------------
 
 
 def at_morning(day: date) -> datetime:

@@ -8,7 +8,7 @@ one charge per (mailbox, cycle) in the sandbox gateway's own table
 The killed worker is a real subprocess: ``child_main`` runs the daily job with
 the sandbox wrapped so that it SIGKILLs its own process right after
 ``gateway.charge`` returns (or right before calling it), controlled by
-``PEC_RENEWAL_TEST_KILL``.  The hook lives here, in the test helper, not in
+``PEC_RENEWAL_TEST_KILL``.  The hook lives here, in this test module, not in
 production code.
 """
 

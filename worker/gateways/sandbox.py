@@ -21,10 +21,11 @@ Tokens and what they do:
 anything else                              hard decline (``invalid_payment_method``)
 =========================================  =========================
 
-Each call runs in its own session and transaction, committed independently of
-the caller's.  The first writer of a key wins through the unique constraint
-(``INSERT … ON CONFLICT DO NOTHING``), so many threads or processes charging
-the same key at once record exactly one charge.
+Each call is one statement (two for a replay) on a connection of its own,
+committed at once, independently of the caller's transaction.  The first writer
+of a key wins through the unique constraint (``INSERT … ON CONFLICT DO
+NOTHING``), so many threads or processes charging the same key at once record
+exactly one charge.
 """
 
 from __future__ import annotations

@@ -177,12 +177,14 @@ class _Work:
         self.day = day
         #: The intents this run looked up already: one still unknown is asked again tomorrow.
         self.looked_up = looked_up
+        #: When this transaction writes: read from the day's clock once the mailbox is locked.
         self.now = day.clock()
 
     def round(self, mailbox_id: int, answered: tuple[int, ChargeResult] | None) -> Claim | None:
         mailbox = lock_mailbox(self.connection, mailbox_id, self.day.today, claimed=answered is not None)
         if mailbox is None:
             return None  # not due, or claimed elsewhere (or no longer auto-renew)
+        self.now = self.day.clock()
         if answered is not None:
             self.record(mailbox, *answered)
         claim = self.next_work(mailbox)
