@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.databases import psycopg_url
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.settings import TEST_DATABASE_URL, TEST_REDIS_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,9 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.celery_process import start_celery_worker, stop_celery_worker, worker_environment
-from tests.conftest import TEST_REDIS_URL, make_settings
-from tests.factories import make_mailbox
+from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_REDIS_URL, make_settings
 from worker.celery_setup import create_celery
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 

@@ -18,8 +18,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 
-from tests.conftest import make_settings
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import make_settings
 from worker.gateways.sandbox import list_charges
 from worker.logs import configure_logging, log_context, remove_logging
 from worker.rules import auto_renew

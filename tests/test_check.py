@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS
-from tests.gateways.servers import PAYPAL_CLIENT, FakePayPal, FakeStripe
+from tests.support.gateway_servers import PAYPAL_CLIENT, FakePayPal, FakeStripe
+from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS
 from worker.cli.main import main
 
 CLOSED_PORT = "1"  # nothing listens on port 1 here

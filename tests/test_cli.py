@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import TEST_SECRET_KEYS
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 
 HEADER = [

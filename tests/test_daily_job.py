@@ -12,8 +12,8 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.conftest import smtp_runtime
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import smtp_runtime
 from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
 from worker.rules.links import MAILBOX
 from worker.services.daily import SCAN_LEASE, DayAction, fan_out_day, run_day, scan_day, start_day

@@ -22,8 +22,8 @@ from sqlalchemy import select
 
 from config.celery import celery_config
 from tasks.daily import run_daily_scan
-from tests.conftest import TEST_SECRET_KEYS, make_settings
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
 from worker.rules.schedule import DEFAULT_STAGES
 from worker.services import runtime as runtime_module

@@ -11,8 +11,8 @@ import time_machine
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_SECRET_KEYS
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Mailbox

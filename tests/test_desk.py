@@ -12,7 +12,7 @@ import time_machine
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.conftest import TEST_SECRET_KEYS, make_settings
+from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
 from worker.rules import schedule
 from worker.rules.links import MAILBOX, LinkSigner, RenewalLink

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tests.conftest import TEST_SECRET_KEYS
 from tests.support.importing import count, make_csv, refusal, row, run
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 from worker.rules import holder_data
 from worker.rules.holder_data import normalise_email, sendable_address

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from tests.conftest import TEST_SECRET_KEYS
 from tests.support.importing import mailbox, make_csv, row, run
 from tests.support.renewals import ADDRESS, at, charge, place_order, register, the_mailbox
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway, list_charges
 from worker.rules.links import MAILBOX, RenewalLink

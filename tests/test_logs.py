@@ -14,8 +14,8 @@ import pytest
 
 import worker.celery_setup  # noqa: F401  (connects the signal handlers)
 from config.settings import Settings, SettingsError
-from tests.conftest import TEST_SECRET_KEYS, make_settings
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker import logs
 from worker.celery_setup import create_celery
 from worker.logs import JsonFormatter, TextFormatter, configure_logging, log_context, redact_tokens, remove_logging

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from aiosmtpd.smtp import AuthResult
 
-from tests.conftest import make_settings
-from tests.smtp_server import LoopbackSMTPServer, _Handler
+from tests.support.settings import make_settings
+from tests.support.smtp_server import LoopbackSMTPServer, _Handler
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
 from worker.rules.links import LinkSigner

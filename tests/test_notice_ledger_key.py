@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
 from worker.mail.emails import installation_id, message_id_for
 from worker.rules.schedule import DEFAULT_STAGES
 from worker.services import notices

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select, text
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
 from worker.mail.emails import installation_id, message_id_for
 from worker.rules.notices import decide_notice, earliest_action_on
 from worker.rules.schedule import DEFAULT_STAGES, parse_stages

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import event, func, select
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
 from worker.services import orders

@@ -16,8 +16,8 @@ import time_machine
 from sqlalchemy import func, select
 
 from config.settings import SettingsError
-from tests.conftest import make_settings, smtp_runtime
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import make_settings, smtp_runtime
 from worker.services.daily import scan_day
 from worker.services.runtime import Runtime
 from worker.store.models import BouncedAddress, OutboxMessage

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_SECRET_KEYS
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 from worker.gateways.sandbox import SandboxGateway
 from worker.mail.emails import EmailRenderer

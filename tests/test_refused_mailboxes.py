@@ -26,8 +26,8 @@ import time_machine
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from tests.conftest import TEST_SECRET_KEYS, smtp_runtime
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import TEST_SECRET_KEYS, smtp_runtime
 from worker import metrics
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import LinkSigner

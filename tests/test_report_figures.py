@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from worker.cli.main import main
 from worker.services.daily import run_day
 from worker.services.demo import build_fleet

@@ -2,7 +2,7 @@
 
 Every fault test runs against the real PostgreSQL and Redis (the DB given by
 ``PEC_RENEWAL_TEST_REDIS_URL``, flushed first), real ``celery worker``
-subprocesses, and the aiosmtpd server on loopback (``tests/smtp_server.py``).
+subprocesses, and the aiosmtpd server on loopback (``tests/support/smtp_server.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from celery import Celery
 from sqlalchemy import func, select, text
 
 from config.celery import celery_config
-from tests.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
-from tests.conftest import TEST_REDIS_URL, make_settings
+from tests.support.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
+from tests.support.settings import TEST_REDIS_URL, make_settings
 from worker.store.models import OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parents[2]

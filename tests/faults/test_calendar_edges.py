@@ -30,8 +30,6 @@ from celery import Celery, _state
 from sqlalchemy import select
 
 from config.celery import celery_config
-from tests.conftest import make_settings
-from tests.factories import make_mailbox
 from tests.faults.conftest import (
     CeleryWorker,
     celery_client,
@@ -43,6 +41,8 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
+from tests.support.factories import make_mailbox
+from tests.support.settings import make_settings
 from worker.rules.schedule import DEFAULT_STAGES, next_action_on
 from worker.services import runtime as runtime_module
 from worker.services.notices import SCHEDULE_STATE_KEY

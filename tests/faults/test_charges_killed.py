@@ -28,7 +28,6 @@ import time_machine
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from tests.conftest import TEST_SECRET_KEYS
 from tests.faults.conftest import (
     CeleryWorker,
     celery_client,
@@ -39,6 +38,7 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
+from tests.support.settings import TEST_SECRET_KEYS
 from tests.test_charges import (  # noqa: F401
     CHARGE_DAY,
     EXPIRES,

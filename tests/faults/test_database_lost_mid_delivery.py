@@ -27,7 +27,6 @@ import time_machine
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from tests.conftest import smtp_runtime
 from tests.faults.conftest import (
     ROOT,
     duplicates,
@@ -37,6 +36,7 @@ from tests.faults.conftest import (
     seed_mailboxes,
     worker_environment,
 )
+from tests.support.settings import smtp_runtime
 from tests.test_charges import at_morning
 from worker.rules.schedule import add_months
 from worker.services.daily import scan_day

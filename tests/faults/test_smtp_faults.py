@@ -21,7 +21,6 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from tests.conftest import make_settings
 from tests.faults.conftest import (
     CeleryWorker,
     celery_client,
@@ -31,7 +30,8 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from tests.smtp_server import LoopbackSMTPServer
+from tests.support.settings import make_settings
+from tests.support.smtp_server import LoopbackSMTPServer
 from tests.test_charges import at_morning
 from worker.rules.schedule import add_months
 from worker.services.daily import run_day

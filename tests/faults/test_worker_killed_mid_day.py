@@ -42,7 +42,6 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.conftest import make_settings
 from tests.faults.conftest import (
     CeleryWorker,
     celery_client,
@@ -57,6 +56,7 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
+from tests.support.settings import make_settings
 from worker.rules.schedule import add_months
 from worker.services.daily import run_day
 from worker.services.runtime import Runtime

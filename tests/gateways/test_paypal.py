@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_settings
-from tests.gateways.servers import PAYPAL_CLIENT, FakePayPal
+from tests.support.gateway_servers import PAYPAL_CLIENT, FakePayPal
+from tests.support.settings import make_settings
 from worker.gateways import ChargeOutcome, GatewayError, IdempotencyConflict, PaymentGateway, make_gateway
 from worker.gateways.paypal import LOOKUP_MARKER, PayPalGateway, request_id
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from tests.conftest import TEST_SECRET_KEYS, make_settings
+from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
 from worker.gateways import (
     ChargeOutcome,

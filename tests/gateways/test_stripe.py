@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_settings
-from tests.gateways.servers import FakeStripe
+from tests.support.gateway_servers import FakeStripe
+from tests.support.settings import make_settings
 from worker.gateways import ChargeOutcome, GatewayError, IdempotencyConflict, PaymentGateway, make_gateway
 from worker.gateways.stripe_gateway import StripeGateway, parse_token
 

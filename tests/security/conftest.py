@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from tests.web.conftest import app, client, clock, runtime  # noqa: F401 (fixtures)
 from worker.services.runtime import Runtime
 from worker.web import create_app

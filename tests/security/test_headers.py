@@ -7,9 +7,9 @@ from datetime import date
 
 import pytest
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.web_flow import post_form, start
 from tests.web.conftest import link_path
-from tests.web.flow import post_form, start
 from worker.web import templating
 
 CSP_DIRECTIVES = {

@@ -16,9 +16,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import pytest
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
 from tests.web.conftest import csrf_token, link_path
-from tests.web.flow import PRIVATE_HOLDER, post_form, start
 from worker.web import views
 
 BASE_URL = "https://rinnovi.example.test"  # the tests' PEC_RENEWAL_BASE_URL

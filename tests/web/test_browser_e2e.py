@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from tests.conftest import make_settings
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import make_settings
 from worker.services.runtime import Runtime
 from worker.store.models import Mailbox, RenewalOrder
 from worker.web import create_app

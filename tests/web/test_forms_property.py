@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
 from tests.web.conftest import csrf_token, link_path, row_counts
-from tests.web.flow import PRIVATE_HOLDER, post_form, start
 from worker.store.models import RenewalOrder
 from worker.web import forms
 

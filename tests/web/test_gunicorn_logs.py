@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TEST_SECRET_KEYS
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.rules.links import LinkSigner
 
 ROOT = Path(__file__).resolve().parents[2]

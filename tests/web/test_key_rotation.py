@@ -11,8 +11,8 @@ from datetime import date
 
 import pytest
 
-from tests.conftest import make_settings
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
+from tests.support.settings import make_settings
 from tests.web.conftest import close_runtime, csrf_token, link_path, row_counts, runtime_on_test_database
 from worker.web import create_app
 

@@ -16,7 +16,7 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy import func, select
 from wtforms import ValidationError
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
 from tests.web.conftest import close_runtime, csrf_token, link_path, runtime_on_test_database
 from worker.rules.links import MAILBOX, RenewalLink
 from worker.services import orders

@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from tests.factories import make_mailbox
+from tests.support.factories import make_mailbox
 from tests.web.conftest import link_path
 from worker.services.runtime import Runtime
 from worker.store.db import make_engine

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TEST_REDIS_URL, TEST_SECRET_KEYS
+from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
