@@ -19,7 +19,7 @@ from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base
 
 #: Fixtures defined beside the test data they go with.
-pytest_plugins = ["tests.support.importing"]
+pytest_plugins = ["tests.support.importing", "tests.support.charges"]
 
 
 def _ensure_database(url: str) -> None:

@@ -6,13 +6,13 @@ from datetime import date
 
 from sqlalchemy import select
 
-from tests.test_charges import add_auto_renew, gateway_record, received, run_on, runtime, walk  # noqa: F401
+from tests.support.charges import add_auto_renew, gateway_record, received, walk
 from worker.gateways.sandbox import list_charges
 from worker.services.payments import register_payment
 from worker.store.models import Mailbox, OrderStatus, RenewalOrder
 
 
-def test_two_cycles_over_29_february(runtime, smtp_server):  # noqa: F811
+def test_two_cycles_over_29_february(runtime, smtp_server):
     mailbox = add_auto_renew(runtime, "pm_card_visa", expires_on=date(2028, 2, 29), reference_email="anna@example.it")
     sent = walk(runtime, smtp_server, date(2027, 11, 1), date(2029, 3, 10))
     assert sent == [
@@ -35,7 +35,7 @@ def test_two_cycles_over_29_february(runtime, smtp_server):  # noqa: F811
     assert "28 febbraio 2029" in receipts[0].get_body(("plain",)).get_content()
 
 
-def test_charge_failed_then_the_unpaid_order_is_paid_and_auto_renew_resumes(runtime, smtp_server):  # noqa: F811
+def test_charge_failed_then_the_unpaid_order_is_paid_and_auto_renew_resumes(runtime, smtp_server):
     """Hard decline -> unpaid order -> paid by bank transfer -> the next cycle is charged again."""
     mailbox = add_auto_renew(runtime, "pm_card_chargeDeclined", expires_on=date(2027, 3, 31))
     sent = walk(runtime, smtp_server, date(2027, 3, 20), date(2027, 3, 30))

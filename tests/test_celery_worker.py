@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import date
 
 import pytest
@@ -12,21 +11,11 @@ from sqlalchemy import func, select
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_REDIS_URL, make_settings
+from tests.support.waiting import wait_until
 from worker.celery_setup import create_celery
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, *, timeout: float, what: str):
-    """Wait for another process to get something done (this moves no clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from datetime import date, timedelta
 import time_machine
 from sqlalchemy import select, text, update
 
+from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_notice_sent
 from tests.support.factories import make_mailbox
 from tests.support.settings import make_settings
-from tests.test_charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_notice_sent
 from worker.gateways.sandbox import SandboxGateway
 from worker.mail.emails import INSTALLATION_ID_KEY, installation_id, message_id_for
 from worker.rules.auto_renew import idempotency_key

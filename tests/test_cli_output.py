@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_cli import mailbox_row, write_csv
+from tests.support.import_files import mailbox_row, write_csv
 from worker.rules.links import LinkSigner
 
 WARNING = "PEC_RENEWAL_SECRET_KEYS is not set"

@@ -17,10 +17,10 @@ import time_machine
 from alembic import command
 from sqlalchemy import select, text
 
+from tests.support.charges import CHARGE_DAY, add_auto_renew, at_morning, build_runtime, run_on
 from tests.support.factories import make_mailbox
+from tests.support.orders import complete_order
 from tests.support.settings import smtp_runtime
-from tests.test_charges import CHARGE_DAY, add_auto_renew, at_morning, build_runtime, run_on
-from tests.test_orders import complete_order
 from worker.mail.emails import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
 from worker.services import charges
 from worker.services.daily import scan_day

@@ -23,7 +23,7 @@ from config.settings import Settings, SettingsError
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
-from tests.test_celery_worker import wait_until
+from tests.support.waiting import wait_until
 from worker import metrics
 from worker.mail.outbox import RelayResult
 from worker.metrics import database_query

@@ -5,12 +5,13 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-from datetime import UTC, date, datetime
+from datetime import date
 
 import pytest
 from sqlalchemy import event, func, select
 
 from tests.support.factories import make_mailbox
+from tests.support.orders import NOW, TODAY, complete_order, link_for
 from worker.mail.emails import EmailRenderer
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner, RenewalLink
 from worker.services import orders
@@ -19,8 +20,6 @@ from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import OrderStatus, OutboxMessage, RenewalOrder
 
-TODAY = date(2027, 3, 1)
-NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 EXPIRES = date(2027, 4, 30)
 
 COMPANY = {
@@ -31,10 +30,6 @@ COMPANY = {
     "einvoice_code": "abc1234",
     "postal_address": "Via Roma 1, 00100 Roma",
 }
-
-
-def link_for(mailbox, expires_on=None) -> RenewalLink:
-    return RenewalLink(MAILBOX, mailbox.id, expires_on or mailbox.expires_on)
 
 
 def count(session, model) -> int:
@@ -58,17 +53,6 @@ def render_outbox(settings, row: OutboxMessage):
         kind=row.kind, stage=row.stage, language=row.language, to_address=row.to_address,
         message_id=row.message_id, context=row.context, now=NOW,
     )  # fmt: skip
-
-
-def complete_order(session, settings, mailbox, *, method="bank_transfer", years=1, plan=None, today=TODAY):
-    order = orders.start_order(session, link_for(mailbox), today, NOW)
-    orders.choose_mailboxes(
-        session, order, [MailboxChoice(mailbox.id, plan or mailbox.plan, confirm_archive_deletion=True)], today
-    )
-    orders.set_holder(session, order, orders.holder_form_data(order))
-    orders.choose_payment(session, order, method, years, today)
-    orders.accept_terms(session, order, NOW)
-    return orders.confirm_order(session, order, now=NOW, today=today, settings=settings)
 
 
 # -- describe_link ------------------------------------------------------------------------------------

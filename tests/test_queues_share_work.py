@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_REDIS_URL, make_settings
-from tests.test_celery_worker import wait_until
+from tests.support.waiting import wait_until
 from worker.celery_setup import create_celery
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 

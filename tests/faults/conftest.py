@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
@@ -24,20 +23,10 @@ from sqlalchemy import func, select, text
 from config.celery import celery_config
 from tests.support.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
 from tests.support.settings import TEST_REDIS_URL, make_settings
+from tests.support.waiting import wait_until
 from worker.store.models import OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate, *, timeout: float, what: str, every: float = 0.05):
-    """Wait for another process to get something done (this moves no clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

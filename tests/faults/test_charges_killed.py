@@ -38,19 +38,17 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from tests.support.settings import TEST_SECRET_KEYS
-from tests.test_charges import (  # noqa: F401
+from tests.support.charges import (
     CHARGE_DAY,
     EXPIRES,
     add_auto_renew,
     at_morning,
     build_runtime,
     gateway_record,
-    mark_charge_notice_sent,
     received,
     run_on,
-    runtime,
 )
+from tests.support.settings import TEST_SECRET_KEYS
 from worker.gateways import ChargeOutcome, ChargeResult
 from worker.services import charges
 from worker.services.daily import run_day
@@ -153,7 +151,7 @@ def spawn(tmp_path, database_url, **extra) -> subprocess.Popen:
 
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_worker_killed_around_the_gateway_call_then_the_next_run_reconciles(
-    runtime,  # noqa: F811 (the fixture of tests/test_charges.py)
+    runtime,
     smtp_server,
     tmp_path,
     database_url,
@@ -224,7 +222,7 @@ def run_at(rt, day: date, moment: datetime):
 
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_killed_on_the_last_retry_the_same_day_reconciles_it_after_a_few_minutes(
-    runtime,  # noqa: F811 (the fixture of tests/test_charges.py)
+    runtime,
     smtp_server,
     tmp_path,
     database_url,
@@ -281,7 +279,7 @@ def test_the_reconcile_delay_is_a_setting(tmp_path, database_url, session_factor
         rt.close()
 
 
-def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime, smtp_server):  # noqa: F811
+def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime, smtp_server):
     mailbox = add_auto_renew(runtime, "pm_sandbox_timeout", notified=True)
     lost = LostLookups(runtime.gateway)
     runtime.gateway = lost
@@ -305,7 +303,7 @@ def test_an_answer_that_stays_unknown_is_asked_again_never_charged_again(runtime
     assert [m["X-PEC-Renewal-Kind"] for m in received(smtp_server)] == ["charge-succeeded"]
 
 
-def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_path, database_url):  # noqa: F811
+def test_two_processes_racing_for_the_same_charges(runtime, smtp_server, tmp_path, database_url):
     ids = [add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(40)]
     with runtime.session_factory() as session, session.begin():
         for mailbox_id in ids:

@@ -36,8 +36,8 @@ from tests.faults.conftest import (
     seed_mailboxes,
     worker_environment,
 )
+from tests.support.charges import at_morning
 from tests.support.settings import smtp_runtime
-from tests.test_charges import at_morning
 from worker.rules.schedule import add_months
 from worker.services.daily import scan_day
 from worker.store.models import NoticeLedgerEntry, OutboxMessage

@@ -29,7 +29,7 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from tests.test_charges import CHARGE_DAY, EXPIRES, at_morning
+from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning
 from worker.store.models import Mailbox
 
 pytestmark = pytest.mark.slow

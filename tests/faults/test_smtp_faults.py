@@ -30,9 +30,9 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
+from tests.support.charges import at_morning
 from tests.support.settings import make_settings
 from tests.support.smtp_server import LoopbackSMTPServer
-from tests.test_charges import at_morning
 from worker.rules.schedule import add_months
 from worker.services.daily import run_day
 from worker.services.runtime import Runtime

@@ -37,7 +37,7 @@ from tests.faults.conftest import (
     wait_until,
     worker_environment,
 )
-from tests.test_charges import at_morning
+from tests.support.charges import at_morning
 from worker.rules.schedule import parse_stages
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 

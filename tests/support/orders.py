@@ -1,0 +1,27 @@
+"""Orders walked through the service's steps, from a mailbox's link to its confirmation."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from worker.rules.links import MAILBOX, RenewalLink
+from worker.services import orders
+from worker.services.orders import MailboxChoice
+
+TODAY = date(2027, 3, 1)
+NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
+
+
+def link_for(mailbox, expires_on=None) -> RenewalLink:
+    return RenewalLink(MAILBOX, mailbox.id, expires_on or mailbox.expires_on)
+
+
+def complete_order(session, settings, mailbox, *, method="bank_transfer", years=1, plan=None, today=TODAY):
+    order = orders.start_order(session, link_for(mailbox), today, NOW)
+    orders.choose_mailboxes(
+        session, order, [MailboxChoice(mailbox.id, plan or mailbox.plan, confirm_archive_deletion=True)], today
+    )
+    orders.set_holder(session, order, orders.holder_form_data(order))
+    orders.choose_payment(session, order, method, years, today)
+    orders.accept_terms(session, order, NOW)
+    return orders.confirm_order(session, order, now=NOW, today=today, settings=settings)
