@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/support/ is two folders down
 
 
 def worker_environment(tmp_path: Path, database_url: str, smtp_server=None, **settings) -> dict:
