@@ -6,12 +6,13 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import select
 
+from tests.support.charges import mark_charge_notice_sent
 from worker.gateways.sandbox import SandboxGateway
 from worker.rules.links import MAILBOX, RenewalLink
 from worker.rules.schedule import DEFAULT_STAGES
 from worker.services import charges, orders, payments
 from worker.services.orders import MailboxChoice
-from worker.store.models import Mailbox, NoticeLedgerEntry, RenewalOrder
+from worker.store.models import Mailbox, RenewalOrder
 
 #: The domain of the Message-IDs of the emails the charge work writes.
 MAIL_DOMAIN = "pec-provider.example"
@@ -62,29 +63,6 @@ def register(session_factory, settings, order: RenewalOrder, today: date) -> pay
         )  # fmt: skip
         session.commit()
         return result
-
-
-def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
-    """As if this cycle's charge notice went out on its day (the charge work waits for it)."""
-    # A cycle that an import forced back to an earlier expiry may have had its notice already.
-    sent = session.scalar(
-        select(NoticeLedgerEntry.id).where(
-            NoticeLedgerEntry.mailbox_id == mailbox.id,
-            NoticeLedgerEntry.cycle_expires_on == mailbox.expires_on,
-            NoticeLedgerEntry.stage == charges.CHARGE_NOTICE_STAGE.name,
-        )
-    )
-    if sent is not None:
-        return
-    session.add(
-        NoticeLedgerEntry(
-            mailbox_id=mailbox.id,
-            cycle_expires_on=mailbox.expires_on,
-            stage=charges.CHARGE_NOTICE_STAGE.name,
-            kind=charges.CHARGE_NOTICE,
-            business_date=charges.CHARGE_NOTICE_STAGE.on(mailbox.expires_on),
-        )
-    )
 
 
 def charge(session_factory, address: str, today: date, gateway=None) -> charges.ChargeRun:
