@@ -44,9 +44,10 @@ from sqlalchemy import Connection, Engine, create_engine, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from worker.mail.group_links import renew_all_url
 from worker.rules import vocabulary
 from worker.rules.holder_data import LOCAL_PART_MAX, sendable_address
-from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.rules.links import TARGETS, LinkSigner
 from worker.rules.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 from worker.store.db import dialect_insert
 from worker.store.models import WorkerState
@@ -99,6 +100,9 @@ class KindRules:
     #: Extra template variables (and checks) for this kind, from the stored context
     #: and the common variables.
     extra_context: KindContext | None = None
+    #: Whether a grouped email also carries one "Rinnova tutte" link for all its mailboxes of one
+    #: account (``renew_all_url`` in the templates; worker.mail.group_links).
+    renew_all: bool = False
     #: Whether each mailbox is a notice of its own (its own ledger row), so that a mailbox
     #: the renderer refuses is left out and the email goes to the others.  Not for an
     #: order's emails: their totals cover every mailbox, so one refused refuses the email.
@@ -116,9 +120,9 @@ def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
     if not isinstance(resume, Mapping):
         return payment["checkout_url"]
     target, target_id, cycle = resume.get("target"), resume.get("id"), resume.get("cycle")
-    if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int) or not isinstance(cycle, str):
+    if target not in TARGETS or not isinstance(target_id, int) or not isinstance(cycle, str):
         raise ValueError(f"resume_link {dict(resume)!r} is not a link target")
-    return signer.url_for(target, target_id, date.fromisoformat(cycle))
+    return signer.url_for(target, target_id, date.fromisoformat(cycle), resume.get("ids") or ())
 
 
 def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
@@ -275,8 +279,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True),
     "domain-expiry-notice": KindRules(
         renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
     ),
@@ -924,6 +928,7 @@ class EmailRenderer:
             "common_last_renewable_on": _common(m.last_renewable_on for m in mailboxes),
             "common_deletion_on": _common(m.deletion_on for m in mailboxes),
             "domains": sorted({m.domain for m in mailboxes if m.domain}),
+            "renew_all_url": renew_all_url(raw_mailboxes, mailboxes, self._signer) if rules.renew_all else None,
         }
         if rules.extra_context is not None:
             variables.update(rules.extra_context(context, variables, self._signer))
