@@ -15,8 +15,9 @@ from sqlalchemy import select
 from tests.support.factories import make_mailbox
 from tests.support.settings import smtp_runtime
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
+from tests.web.conftest import row_counts
 from worker.rules.links import GROUP
-from worker.services import payments
+from worker.services import orders, payments
 from worker.services.daily import run_day
 from worker.store.models import Account, Mailbox, OutboxMessage, RenewalOrder
 from worker.web import create_app
@@ -172,3 +173,43 @@ def test_an_expired_notice_carries_it_in_english_too(runtime, smtp_server):
     assert f'href="{url}"' in html and ">Renew all</a>" in html
     page = create_app(runtime).test_client().get(url.removeprefix(BASE_URL))
     assert page.status_code == 200 and 'method="post"' in page.get_data(as_text=True)
+
+
+def group_view(runtime, ids, *, today=NOTICE_DAY):
+    link = runtime.signer.read_renewal_token(runtime.signer.group_token(ids, EXPIRY))
+    with runtime.session_factory() as session:
+        return orders.describe_link(session, link, today)
+
+
+def test_a_group_link_follows_its_mailboxes(runtime, session_factory):
+    """Renewed on its own, a mailbox leaves the group's page; all renewed, the link says so; moved to
+    another account, the group is no longer one order; past deletion, deleted."""
+    ids = [add(runtime, expires_on=EXPIRY, reference_email="studio@example.it").id for _ in range(3)]
+    before = row_counts(session_factory)
+    view = group_view(runtime, ids)
+    assert view.state == orders.LinkState.RENEWABLE and [m.id for m in view.mailboxes] == ids
+    assert (
+        create_app(runtime).test_client().get("/rinnova/" + runtime.signer.group_token(ids, EXPIRY)).status_code == 200
+    )
+    assert row_counts(session_factory) == before  # a GET writes nothing
+
+    with session_factory() as session, session.begin():
+        session.get(Mailbox, ids[0]).expires_on = date(2028, 3, 31)
+    assert [m.id for m in group_view(runtime, ids).mailboxes] == ids[1:]
+    with session_factory() as session, session.begin():
+        for mailbox_id in ids[1:]:
+            session.get(Mailbox, mailbox_id).expires_on = date(2028, 3, 31)
+    assert group_view(runtime, ids).state == orders.LinkState.ALREADY_RENEWED
+
+    with session_factory() as session, session.begin():
+        for mailbox_id in ids:
+            session.get(Mailbox, mailbox_id).expires_on = EXPIRY
+        account = Account(login="altro-account@example.it")
+        session.add(account)
+        session.flush()
+        session.get(Mailbox, ids[0]).account_id = account.id
+    assert group_view(runtime, ids).state == orders.LinkState.NOT_FOUND
+
+    with session_factory() as session, session.begin():
+        session.get(Mailbox, ids[0]).account_id = session.get(Mailbox, ids[1]).account_id
+    assert group_view(runtime, ids, today=date(2027, 6, 30)).state == orders.LinkState.DELETED
