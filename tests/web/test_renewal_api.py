@@ -25,7 +25,7 @@ TODAY = date(2027, 1, 10)  # the tests' clock
 
 @pytest.fixture
 def api_runtime(tmp_path, database_url, session_factory, clock):
-    settings = make_settings(tmp_path, database_url=database_url, renewal_api_token=API_TOKEN)
+    settings = make_settings(tmp_path, database_url=database_url, api_token=API_TOKEN)
     rt = runtime_on_test_database(settings, session_factory, clock)
     yield rt
     close_runtime(rt)

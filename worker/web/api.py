@@ -5,7 +5,7 @@ notices' three months: they ask here, server to server, for the link of one
 mailbox's current cycle, the same link that ``pec-renewal links issue`` prints
 (:func:`worker.services.desk.issue_link`).
 
-- ``Authorization: Bearer <PEC_RENEWAL_RENEWAL_API_TOKEN>``, compared in
+- ``Authorization: Bearer <PEC_RENEWAL_API_TOKEN>``, compared in
   constant time; with no token set the route does not exist (404).
 - Body ``{"address": "…"}`` (JSON); answers
   ``{"url": "{BASE_URL}/rinnova/{token}", "expires_on": "YYYY-MM-DD", "deletion_on": "YYYY-MM-DD"}``.
@@ -67,7 +67,7 @@ def _address_from_body() -> str | Response:
 @blueprint.post("/api/v1/renewal-links")
 def renewal_links() -> Response:
     runtime = runtime_of(current_app)
-    token = runtime.settings.renewal_api_token
+    token = runtime.settings.api_token
     if token is None:
         abort(404)
     if not _authorised(token):

@@ -100,7 +100,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
-    app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_RENEWAL_API_TOKEN
+    app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_API_TOKEN
     csrf.exempt(api.renewal_links)  # a bearer token authorises it, not a cookie; the one route exempt
     app.register_error_handler(CSRFError, errors.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
