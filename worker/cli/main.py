@@ -19,6 +19,7 @@ from config.settings import Settings, SettingsError
 from worker.celery_setup import create_celery
 from worker.cli.common import ensure_schema, fail, parse_date, runtime_of, stderr_console
 from worker.cli.desk import desk_commands
+from worker.cli.events import events
 from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
 from worker.cli.serve import serve
@@ -392,6 +393,7 @@ def demo(ctx: click.Context, count: int) -> None:
 main.add_command(sandbox)
 main.add_command(serve)
 main.add_command(payments)
+main.add_command(events)
 for desk_group in desk_commands():
     main.add_command(desk_group)
 
