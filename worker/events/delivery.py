@@ -173,15 +173,12 @@ class EventSender:
         """False without ``PLATFORM_WEBHOOK_URL``: events are kept, not sent."""
         return self._url is not None and self._webhook is not None
 
-    def deliver_due(
-        self, *, max_batches: int | None = None, after_post: Callable[[Row], None] | None = None
-    ) -> SendResult:
+    def deliver_due(self, *, max_batches: int | None = None) -> SendResult:
         """Post every event due now, batch after batch, until none is due (or ``max_batches``).
 
         Each claimed event leaves the due set (delivered, failed, or deferred), and the next of
         its mailbox becomes due, so the loop ends with every mailbox's queue delivered as far as
-        the platform accepts it.  ``after_post`` is called after each POST, before its outcome is
-        written (the fault tests stop the process there).
+        the platform accepts it.
         """
         total = SendResult()
         if not self.enabled:
@@ -197,8 +194,6 @@ class EventSender:
                     batches += 1
                     for event in events:
                         outcome = self._post(client, event, total)
-                        if after_post is not None:
-                            after_post(event)
                         update_by_id(connection, _EVENTS, [outcome])
                         connection.commit()
         return total
