@@ -11,6 +11,8 @@ from sqlalchemy import select
 
 from tests.support.charges import add_auto_renew, run_on
 from tests.support.factories import make_mailbox
+from tests.support.importing import make_csv, row
+from tests.support.importing import run as import_rows
 from tests.support.orders import complete_order
 from tests.support.settings import make_settings
 from tests.support.webhook_receiver import WebhookReceiver
@@ -306,3 +308,21 @@ def test_without_a_url_the_events_are_kept_not_sent(tmp_path, database_url, sess
     assert not rt.event_sender.enabled
     assert summary.as_dict()["platform_events"]["delivered"] == 0
     assert [event.status for event in stored(rt)] == ["pending"]
+
+
+def test_an_import_that_switches_auto_renew_tells_the_platform(rt, receiver):
+    first = make_csv(row(1), row(2))
+    switched = make_csv(row(1, auto_renew="true", payment_method="pm_card_visa"), row(2))
+    import_rows(rt.session_factory, first, now=PAID_AT, today=PAID_ON)  # new mailboxes: no switch
+    import_rows(rt.session_factory, switched, now=PAID_AT, today=PAID_ON, dry_run=True)  # rolled back
+    assert stored(rt) == []
+    import_rows(rt.session_factory, switched, now=PAID_AT, today=PAID_ON)
+    import_rows(rt.session_factory, switched, now=PAID_AT, today=PAID_ON)  # the same again: no switch
+    deliver(rt, PAID_AT)
+    (event,) = receiver.accepted
+    assert event.type == "auto_renew.changed"
+    assert (event.data["address"], event.data["auto_renew"], event.data["source"]) == (
+        "user1@pec.example.it",
+        True,
+        "import",
+    )

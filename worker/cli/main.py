@@ -166,6 +166,8 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, 
                 progress=lambda done: bar.update(task, completed=done),
                 force=force,
                 dry_run=dry_run,
+                now=rt.clock(),
+                today=rt.today(),
             )
         except ImportRefused as refused:
             bar.stop()

@@ -39,6 +39,9 @@ EVENT_TYPES = (
 #: job did not run is caught up, and a fleet's history is not replayed at the first run.
 CATCH_UP_DAYS = 7
 
+#: Events written by one statement.
+WRITE_CHUNK = 500
+
 _EVENTS = PlatformEvent.__table__
 _MAILBOXES = Mailbox.__table__
 WEBHOOK_ID_PREFIX = "msg_"
@@ -142,8 +145,13 @@ def auto_renew_event(mailbox_id: int, address: str, *, auto_renew: bool, source:
 
 
 def write_events(executor: Session | Connection, events: list[NewEvent], *, now: datetime, business_date: date) -> int:
-    """Write these events in the caller's transaction, in order, in one statement; an event
-    already written (the same ``event_key``) is left as it is.  Returns how many were new."""
+    """Write these events in the caller's transaction, in order, one statement per ``WRITE_CHUNK``;
+    an event already written (the same ``event_key``) is left as it is.  Returns how many were new."""
+    if len(events) > WRITE_CHUNK:
+        return sum(
+            write_events(executor, events[start : start + WRITE_CHUNK], now=now, business_date=business_date)
+            for start in range(0, len(events), WRITE_CHUNK)
+        )
     if not events:
         return 0
     rows = [
@@ -168,7 +176,7 @@ def write_lifecycle_events(executor: Session | Connection, *, today: date, now: 
     """The day's step: ``mailbox.expired`` for each mailbox whose expiry fell in the last
     ``CATCH_UP_DAYS`` days (receive-only from the day after it), and ``mailbox.deleted`` for each
     whose deletion date came in those days.  One read of each window (``expires_on`` is indexed)
-    and one insert per ``LIFECYCLE_CHUNK`` events, each keyed by the mailbox and its expiry: a
+    and one insert per ``WRITE_CHUNK`` events, each keyed by the mailbox and its expiry: a
     second run of any day writes nothing.  Returns how many of each were new.
     """
     days_back = timedelta(days=CATCH_UP_DAYS)
@@ -185,15 +193,8 @@ def write_lifecycle_events(executor: Session | Connection, *, today: date, now: 
             .order_by(_MAILBOXES.c.id)
         ).all()
         events = [_lifecycle_event(event_type, row.id, row.address, row.expires_on) for row in found]
-        written[event_type] = sum(
-            write_events(executor, events[start : start + LIFECYCLE_CHUNK], now=now, business_date=today)
-            for start in range(0, len(events), LIFECYCLE_CHUNK)
-        )
+        written[event_type] = write_events(executor, events, now=now, business_date=today)
     return written
-
-
-#: Events written by one statement of the day's step.
-LIFECYCLE_CHUNK = 500
 
 
 def _lifecycle_event(event_type: str, mailbox_id: int, address: str, expires_on: date) -> NewEvent:
