@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 
+import time_machine
 from sqlalchemy import select
 
-from tests.support.charges import CHARGE_DAY, EXPIRES, add_auto_renew, gateway_record, received, text_of, walk
+from tests.support.charges import (
+    CHARGE_DAY,
+    EXPIRES,
+    add_auto_renew,
+    at_morning,
+    gateway_record,
+    received,
+    text_of,
+    walk,
+)
 from worker.gateways import SavedMethod
 from worker.rules import schedule
 from worker.rules.auto_renew import AttemptRecord, can_switch_on, manual_action_on, next_charge_on
@@ -189,3 +200,19 @@ def test_a_mailbox_on_a_domain_has_nothing_to_switch(runtime):
     assert _page(runtime, mailbox.id, EXPIRES - timedelta(days=20)).state is PageState.ON_DOMAIN
     assert _off(runtime, mailbox.id, EXPIRES - timedelta(days=20)).outcome is Outcome.NOT_ALLOWED
     assert _page(runtime, 10**9, EXPIRES).state is PageState.NOT_FOUND
+
+
+def test_every_auto_renew_email_carries_the_mailbox_s_auto_renew_page(runtime, smtp_server):
+    paid = add_auto_renew(runtime, "pm_card_visa", card_expires_on=date(2027, 2, 28), reference_email="a@example.it")
+    declined = add_auto_renew(runtime, "pm_card_chargeDeclined", reference_email="b@example.it")
+    walk(runtime, smtp_server, EXPIRES - timedelta(days=93), CHARGE_DAY)
+    kinds = set()
+    for message in received(smtp_server):
+        mailbox_id = paid.id if message["To"] == "a@example.it" else declined.id
+        for body in (text_of(message), message.get_body(("html",)).get_content()):
+            tokens = re.findall(r"https://rinnovi\.example\.test/rinnovo-automatico/([A-Za-z0-9_\-.]+)", body)
+            assert tokens, message["X-PEC-Renewal-Kind"]
+            with time_machine.travel(at_morning(CHARGE_DAY), tick=False):  # when the emails were signed
+                assert {runtime.signer.read_auto_renew_token(token) for token in tokens} == {mailbox_id}
+        kinds.add(message["X-PEC-Renewal-Kind"])
+    assert kinds == {"card-expiring", "charge-notice", "charge-succeeded", "charge-failed"}

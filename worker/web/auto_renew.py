@@ -186,19 +186,20 @@ def sandbox_method(token: str):
     if view.state in (PageState.NOT_FOUND, PageState.ON_DOMAIN, PageState.DELETED):
         return invalid_link_page()
     form = SandboxMethodForm()
-    form.payment_token.choices = forms.choices(_sandbox_methods())
+    methods = _sandbox_methods()
+    form.payment_token.choices = forms.choices(methods)
     if request.method == "POST":
         if not form.validate_on_submit():
             if form.csrf_token.errors:
                 return csrf_error(None)
-            return render_template("auto_renew_sandbox.html", view=view, form=form, token=token), 422
+            return render_template("auto_renew_sandbox.html", view=view, form=form, token=token, methods=methods), 422
         runtime = _runtime()
         result = switch.replace_method(
             runtime.session_factory, mailbox_id, gateway.save_method(form.payment_token.data), today=runtime.today()
         )
         flash(_message(result))
         return _back(token)
-    return render_template("auto_renew_sandbox.html", view=view, form=form, token=token)
+    return render_template("auto_renew_sandbox.html", view=view, form=form, token=token, methods=methods)
 
 
 def _sandbox_methods() -> list[tuple[str, str]]:
