@@ -288,8 +288,8 @@ KIND_RULES: dict[str, KindRules] = {
     # Auto-renew (worker/rules/auto_renew.py, worker/services/charges/), one mailbox per email.
     # Each carries the mailbox's auto-renew page (``auto_renew_url``): switch it off or on, replace
     # the method.  charge-failed also carries the cycle's Rinnova link, to pay the unpaid order.
-    "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
-    "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    "charge-notice": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
+    "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
 }

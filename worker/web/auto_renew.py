@@ -152,7 +152,7 @@ def _switch(token: str, action: str):
         )
     else:
         result = switch.switch_on(runtime.session_factory, mailbox_id, today=runtime.today(), plan=runtime.charge_plan)
-    flash(_message(result))
+    flash(*_message(result))
     return _back(token)
 
 
@@ -197,7 +197,7 @@ def sandbox_method(token: str):
         result = switch.replace_method(
             runtime.session_factory, mailbox_id, gateway.save_method(form.payment_token.data), today=runtime.today()
         )
-        flash(_message(result))
+        flash(*_message(result))
         return _back(token)
     return render_template("auto_renew_sandbox.html", view=view, form=form, token=token, methods=methods)
 
@@ -211,8 +211,13 @@ def _sandbox_methods() -> list[tuple[str, str]]:
     ]
 
 
-def _message(result: switch.SwitchResult) -> str:
-    """What the holder is told after a POST: what happened, and who won when a charge came first."""
+#: The outcomes told as done (a notice); the others are told as what stopped the change.
+_DONE = frozenset((Outcome.SWITCHED_OFF, Outcome.SWITCHED_ON, Outcome.METHOD_SAVED))
+
+
+def _message(result: switch.SwitchResult) -> tuple[str, str]:
+    """What the holder is told after a POST, and its flash category ("notice" when done, else
+    "error"): what happened, and who won when a charge came first."""
     expires = i18n.date_with_article(result.expires_on) if result.expires_on else ""
     messages = {
         Outcome.SWITCHED_OFF: t(
@@ -262,4 +267,4 @@ def _message(result: switch.SwitchResult) -> str:
             "Auto-renew cannot be changed for this PEC mailbox.",
         ),
     }
-    return messages[result.outcome]
+    return messages[result.outcome], "notice" if result.outcome in _DONE else "error"
