@@ -80,17 +80,14 @@ def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(se
             page.screenshot(path=str(runtime.settings.var_dir / "auto-renew-off.png"), full_page=True)
 
             _run_days(runtime, clock, SWITCH_DAY, EXPIRY)
-            notices = sorted(
-                (m["X-PEC-Renewal-Stage"], m) for m in maildir_messages(runtime.settings.maildir) if m is not notice
-            )
-            manual = [
-                (stage, m["X-PEC-Renewal-Kind"]) for stage, m in notices if m["X-PEC-Renewal-Kind"] != "charge-notice"
-            ]
-            assert sorted(manual) == sorted(
-                [("-15d", "expiry-notice"), ("-7d", "expiry-notice"), ("-1d", "expiry-notice"), ("0d", "expiry-notice")]
-            )
-            seven_days = next(m for stage, m in notices if stage == "-7d")
-            (renew_link,) = links_in(seven_days, base_url, "rinnova")
+            manual = {
+                message["X-PEC-Renewal-Stage"]: message
+                for message in maildir_messages(runtime.settings.maildir)
+                if message["X-PEC-Renewal-Kind"] != "charge-notice"
+            }
+            assert sorted(manual) == sorted(["-15d", "-7d", "-1d", "0d"])
+            assert {message["X-PEC-Renewal-Kind"] for message in manual.values()} == {"expiry-notice"}
+            (renew_link,) = links_in(manual["-7d"], base_url, "rinnova")
             page.goto(renew_link)
             page.get_by_role("button", name="Rinnova").click()
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")

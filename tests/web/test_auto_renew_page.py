@@ -9,7 +9,7 @@ import pytest
 from tests.support.factories import make_mailbox
 from tests.support.rows import every_row
 from tests.web.conftest import assert_security_headers, csrf_token, link_path
-from worker.store.models import ChargeIntent, Mailbox
+from worker.store.models import ChargeIntent, Mailbox, NoticeLedgerEntry
 from worker.web.security import redact
 
 EXPIRY = date(2027, 1, 30)  # the clock stands at 2027-01-10: 20 days before expiry, charge on 2027-01-23
@@ -193,3 +193,46 @@ def test_the_token_is_redacted_from_log_lines(runtime, mailbox_id):
     path = _path(runtime, mailbox_id)
     token = path.rsplit("/", 1)[1]
     assert token not in redact(f"GET {path}/disattiva HTTP/1.1")
+
+
+def test_the_page_in_english_for_an_english_holder(client, runtime, session_factory):
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(session, expires_on=EXPIRY, auto_renew=True, payment_method="paypal_ok", language="en")
+        session.flush()
+        path = _path(runtime, mailbox.id)
+    html = client.get(path).get_data(as_text=True)
+    assert "Auto-renew of your PEC mailbox" in html and "23 January 2027" in html and "PayPal" in html
+    assert "Switch auto-renew off" in html and "Disattiva" not in html
+    confirm = _post(client, path + "/disattiva", html, cycle=EXPIRY.isoformat())
+    assert "Confirm: switch auto-renew off" in confirm.get_data(as_text=True)
+
+
+def test_after_a_failed_charge_the_page_says_so_and_offers_the_renewal(client, runtime, session_factory, mailbox_id):
+    with session_factory() as session, session.begin():
+        session.add(
+            ChargeIntent(
+                mailbox_id=mailbox_id,
+                cycle_expires_on=EXPIRY,
+                attempt=1,
+                idempotency_key=f"renewal:{mailbox_id}:{EXPIRY}:1",
+                amount_cents=1000,
+                currency="EUR",
+                payment_method="pm_card_visa",
+                years=1,
+                status="hard_decline",
+                business_date=date(2027, 1, 10),
+                created_at=datetime(2027, 1, 10, 11, tzinfo=UTC),
+            )
+        )
+        session.add(
+            NoticeLedgerEntry(
+                mailbox_id=mailbox_id,
+                cycle_expires_on=EXPIRY,
+                stage="-20d",
+                kind="charge-failed",
+                business_date=date(2027, 1, 10),
+            )
+        )
+    html = client.get(_path(runtime, mailbox_id)).get_data(as_text=True)
+    assert "l&#39;addebito per questa scadenza non è riuscito" in html
+    assert "/rinnova/" in html and "Riattiva" not in html
