@@ -236,3 +236,18 @@ def test_after_a_failed_charge_the_page_says_so_and_offers_the_renewal(client, r
     html = client.get(_path(runtime, mailbox_id)).get_data(as_text=True)
     assert "l&#39;addebito per questa scadenza non è riuscito" in html
     assert "/rinnova/" in html and "Riattiva" not in html
+
+
+def test_a_switch_the_page_does_not_offer_is_told_why_and_changes_nothing(client, runtime, session_factory, mailbox_id):
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(session, expires_on=EXPIRY, auto_renew=True, domain="studio.example.it")
+        session.flush()
+        path = _path(runtime, mailbox.id)
+    html = client.get(path).get_data(as_text=True)
+    assert "si rinnova con il dominio" in html and "<form" not in html
+    with_form = client.get(_path(runtime, mailbox_id)).get_data(as_text=True)  # this browser's CSRF token
+    before = every_row(session_factory)
+    response = _post(client, path + "/disattiva", with_form, cycle=EXPIRY.isoformat())
+    assert response.status_code == 303
+    assert "non può essere modificato" in client.get(path).get_data(as_text=True)
+    assert every_row(session_factory) == before

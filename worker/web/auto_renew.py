@@ -125,6 +125,9 @@ def switch_on(token: str):
 
 
 def _switch(token: str, action: str):
+    """The confirmation page when the page offers the switch and it is not confirmed yet; else the
+    service, which decides under the charge's lock (and changes nothing where the switch is not
+    allowed, saying why)."""
     mailbox_id = _mailbox_id(token)
     form = SwitchForm()
     if not form.validate_on_submit():
@@ -132,7 +135,8 @@ def _switch(token: str, action: str):
     view = _read(mailbox_id)
     if view.state is PageState.NOT_FOUND:
         return invalid_link_page()
-    if form.confirmed.data != "yes":
+    offered = view.state in (PageState.ON, PageState.FAILED) if action == "off" else view.can_switch_on
+    if offered and form.confirmed.data != "yes":
         return render_template(
             "auto_renew_confirm.html",
             view=view,
