@@ -71,8 +71,10 @@ def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(se
             content = page.content()
             assert "23 gennaio 2027" in content and "Visa •••• 4242" in content
             assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            page.screenshot(path=str(runtime.settings.var_dir / "auto-renew-on.png"), full_page=True)
             page.get_by_role("button", name="Disattiva").click()
             page.wait_for_selector("h1:has-text('Disattivare il rinnovo automatico?')")
+            page.screenshot(path=str(runtime.settings.var_dir / "auto-renew-confirm.png"), full_page=True)
             page.get_by_role("button", name="Conferma").click()
             page.wait_for_selector("text=Il rinnovo automatico è stato disattivato")
             assert page.locator(".auto-renew-state").inner_text().strip() == "disattivato"
