@@ -7,6 +7,7 @@ manual notices of the remaining stages come with their Rinnova link, which opens
 
 from __future__ import annotations
 
+import logging
 from datetime import date, timedelta
 
 import pytest
@@ -39,9 +40,10 @@ def _run_days(runtime, clock, first: date, last: date) -> None:
         day += timedelta(days=1)
 
 
-def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(served, session_factory, clock):
+def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(served, session_factory, clock, caplog):
     from playwright.sync_api import sync_playwright
 
+    caplog.set_level(logging.INFO)
     runtime, base_url = served
     with session_factory() as session, session.begin():
         mailbox = make_mailbox(
@@ -101,3 +103,6 @@ def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(se
         assert session.scalars(select(ChargeIntent)).all() == []
         stored = session.get_one(Mailbox, mailbox_id)
         assert (stored.auto_renew, stored.expires_on) == (False, EXPIRY)
+    token = page_link.rsplit("/", 1)[1]
+    assert "/rinnovo-automatico/[redacted]" in caplog.text  # the request log was written ...
+    assert token not in caplog.text  # ... without the token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
@@ -178,6 +179,8 @@ def test_a_bad_or_foreign_token_is_the_broken_link_page(client, runtime, session
         assert response.status_code == 404
         assert "Link non valido o scaduto" in response.get_data(as_text=True)
     assert client.get(_path(runtime, 10**12)).status_code == 404
+    # And the other way round: the auto-renew page's token opens no renewal.
+    assert client.get("/rinnova/" + _path(runtime, mailbox_id).rsplit("/", 1)[1]).status_code == 404
 
 
 def test_the_link_page_of_an_auto_renew_mailbox_leads_to_the_auto_renew_page(
@@ -185,7 +188,8 @@ def test_the_link_page_of_an_auto_renew_mailbox_leads_to_the_auto_renew_page(
 ):
     with session_factory() as session:
         html = client.get(link_path(runtime, session.get_one(Mailbox, mailbox_id))).get_data(as_text=True)
-    assert _path(runtime, mailbox_id) in html
+    (token,) = re.findall(r'href="/rinnovo-automatico/([A-Za-z0-9_\-.]+)"', html)
+    assert runtime.signer.read_auto_renew_token(token) == mailbox_id
     assert "area clienti PEC con le credenziali" not in html
 
 
