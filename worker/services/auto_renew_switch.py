@@ -45,6 +45,7 @@ from worker.rules.auto_renew import (
 from worker.rules.schedule import Stage
 from worker.services.charges import charge_price
 from worker.services.orders.link import holder_language
+from worker.store.db import update_by_id
 from worker.store.models import ChargeIntent, Holder, Mailbox, NoticeLedgerEntry
 
 _MAILBOXES = Mailbox.__table__
@@ -145,10 +146,8 @@ _FAILED = select(_LEDGER.c.id).where(
     _LEDGER.c.cycle_expires_on == bindparam("cycle"),
     _LEDGER.c.kind == CHARGE_FAILED,
 )
-_SET_SWITCH = (
-    update(_MAILBOXES)
-    .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
-    .values(auto_renew=bindparam("new_auto_renew"), next_action_on=bindparam("new_next_action_on"))
+_SET_AUTO_RENEW = (
+    update(_MAILBOXES).where(_MAILBOXES.c.id == bindparam("mailbox_id")).values(auto_renew=bindparam("new_auto_renew"))
 )
 _SET_METHOD = (
     update(_MAILBOXES)
@@ -187,6 +186,13 @@ def _closed_state(mailbox: Any, today: date) -> PageState | None:
     if schedule.mailbox_state(mailbox.expires_on, today) is schedule.MailboxState.DELETED:
         return PageState.DELETED
     return None
+
+
+def _switch(session: Session, mailbox_id: int, auto_renew: bool, next_action_on: date | None) -> None:
+    """Set the flag, and the date the scan next looks at the mailbox, as the scan sets it
+    (:func:`worker.store.db.update_by_id`, the notice batch's own write of the schedule)."""
+    session.execute(_SET_AUTO_RENEW, {"mailbox_id": mailbox_id, "new_auto_renew": auto_renew})
+    update_by_id(session, _MAILBOXES, [{"id": mailbox_id, "next_action_on": next_action_on}])
 
 
 def read_auto_renew(
@@ -257,14 +263,7 @@ def switch_off(
             return SwitchResult(Outcome.ALREADY_OFF, mailbox.expires_on)
         if _cycle(session, mailbox).charging:
             return SwitchResult(Outcome.CHARGE_RUNNING, mailbox.expires_on)
-        session.execute(
-            _SET_SWITCH,
-            {
-                "mailbox_id": mailbox_id,
-                "new_auto_renew": False,
-                "new_next_action_on": manual_action_on(stages, mailbox.expires_on, today),
-            },
-        )
+        _switch(session, mailbox_id, False, manual_action_on(stages, mailbox.expires_on, today))
         return SwitchResult(Outcome.SWITCHED_OFF, mailbox.expires_on)
 
 
@@ -289,10 +288,7 @@ def switch_on(
         if not can_switch_on(mailbox.expires_on, today, plan) or _cycle(session, mailbox).failed:
             return SwitchResult(Outcome.TOO_LATE, mailbox.expires_on)
         first = first_auto_renew_action_on(mailbox.expires_on, mailbox.card_expires_on, plan)
-        session.execute(
-            _SET_SWITCH,
-            {"mailbox_id": mailbox_id, "new_auto_renew": True, "new_next_action_on": max(first, today)},
-        )
+        _switch(session, mailbox_id, True, max(first, today))
         return SwitchResult(Outcome.SWITCHED_ON, mailbox.expires_on)
 
 
