@@ -60,6 +60,7 @@ from worker.gateways.base import (
     InvalidPaymentMethod,
     mask_token,
 )
+from worker.gateways.refunds import RefundOutcome, RefundResult, WebhookUnverifiable
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,47 @@ class PayPalGateway:
         if status in ("COMPLETED", "PAYER_ACTION_REQUIRED"):
             return self._settled(order)
         return None  # CREATED, SAVED, APPROVED, VOIDED: no money moved under this key
+
+    def refund(
+        self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
+    ) -> RefundResult:
+        """``POST /v2/payments/captures/{reference}/refund`` with ``PayPal-Request-Id``."""
+        body = {"amount": money(amount_cents, currency), "note_to_payer": reason[:255]}
+        del kind  # PayPal has no reason codes for a refund; the note says why
+        try:
+            answer = self._post(f"/v2/payments/captures/{reference}/refund", body, request_id(idempotency_key))
+        except _Refused as refused:
+            # CAPTURE_FULLY_REFUNDED, REFUND_AMOUNT_EXCEEDED, INVALID_RESOURCE_ID...: nothing refunded by this call.
+            return RefundResult(RefundOutcome.FAILED, None, f"PayPal refused the refund ({refused.issue})")
+        except _Lost as lost:
+            return RefundResult(RefundOutcome.UNKNOWN, None, f"no usable answer from PayPal ({lost})")
+        status = answer.get("status")
+        outcome = {
+            "COMPLETED": RefundOutcome.SUCCEEDED,
+            "PENDING": RefundOutcome.PENDING,
+            "CANCELLED": RefundOutcome.FAILED,
+            "FAILED": RefundOutcome.FAILED,
+        }.get(status, RefundOutcome.UNKNOWN)
+        log.info("paypal: refund %s of capture %s -> %s", answer.get("id"), reference, outcome.value)
+        return RefundResult(outcome, answer.get("id"), f"refund {status}")
+
+    def verify_webhook(self, headers: dict[str, str], event: dict, webhook_id: str) -> bool:
+        """PayPal's answer to ``POST /v1/notifications/verify-webhook-signature`` for a webhook:
+        True for ``SUCCESS``.  ``headers``: the notification's, lower-cased.  Raises
+        :class:`WebhookUnverifiable` when PayPal cannot be asked now."""
+        names = ("auth-algo", "cert-url", "transmission-id", "transmission-sig", "transmission-time")
+        values = {name: headers.get("paypal-" + name) for name in names}
+        if not all(values.values()):
+            return False
+        body = {name.replace("-", "_"): value for name, value in values.items()}
+        body.update(webhook_id=webhook_id, webhook_event=event)
+        try:
+            answer = _json(self._send("POST", "/v1/notifications/verify-webhook-signature", json=body))
+        except _Refused:
+            return False  # a malformed header value: PayPal answers 400
+        except (_Lost, GatewayError) as error:
+            raise WebhookUnverifiable(f"PayPal could not verify the webhook ({error})") from None
+        return answer.get("verification_status") == "SUCCESS"
 
     def check_credentials(self) -> str:
         try:

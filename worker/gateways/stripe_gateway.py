@@ -46,6 +46,7 @@ from worker.gateways.base import (
     InvalidPaymentMethod,
     mask_token,
 )
+from worker.gateways.refunds import STRIPE_REFUND_REASONS, RefundOutcome, RefundResult, WebhookRefused
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,56 @@ class StripeGateway:
         # One key makes one PaymentIntent; should there be more, a success wins.
         intents.sort(key=lambda intent: intent.get("status") != "succeeded")
         return _from_intent(intents[0])
+
+    def refund(
+        self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
+    ) -> RefundResult:
+        """``POST /v1/refunds`` for the PaymentIntent ``reference``, with ``Idempotency-Key``."""
+        params: dict[str, Any] = {
+            "payment_intent": reference,
+            "amount": amount_cents,
+            "metadata": {"idempotency_key": idempotency_key, "reason": reason[:500]},
+        }
+        if kind in STRIPE_REFUND_REASONS:
+            params["reason"] = STRIPE_REFUND_REASONS[kind]
+        del currency  # a refund is in the currency of the payment
+        try:
+            refund = _plain(self._client.v1.refunds.create(params, {"idempotency_key": idempotency_key}))
+        except stripe.IdempotencyError as error:
+            raise IdempotencyConflict(f"Stripe refused the idempotency key: {error.user_message}") from None
+        except stripe.InvalidRequestError as error:
+            # charge_already_refunded, amount_too_large, resource_missing: nothing was refunded by this call.
+            return RefundResult(RefundOutcome.FAILED, None, f"Stripe refused the refund ({error.code or 'invalid'})")
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            raise GatewayError(f"Stripe refused the credentials: {error.user_message}") from None
+        except stripe.StripeError as error:
+            return RefundResult(RefundOutcome.UNKNOWN, None, f"no usable answer from Stripe ({type(error).__name__})")
+        status = refund.get("status")
+        outcome = {
+            "succeeded": RefundOutcome.SUCCEEDED,
+            "pending": RefundOutcome.PENDING,
+            "requires_action": RefundOutcome.PENDING,
+            "failed": RefundOutcome.FAILED,
+            "canceled": RefundOutcome.FAILED,
+        }.get(status, RefundOutcome.UNKNOWN)
+        log.info("stripe: refund %s of %s -> %s", refund.get("id"), reference, outcome.value)
+        return RefundResult(outcome, refund.get("id"), f"refund {status}")
+
+    @staticmethod
+    def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict:
+        """The event of a webhook, once ``stripe.Webhook.construct_event`` has verified its
+        ``Stripe-Signature`` (HMAC-SHA256 of ``t.payload``, default tolerance); raises
+        :class:`WebhookRefused` for a bad or stale signature or a body that is not an event."""
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret)
+        except stripe.SignatureVerificationError:
+            raise WebhookRefused("the Stripe-Signature does not verify") from None
+        except ValueError:
+            raise WebhookRefused("the body is not a Stripe event") from None
+        plain = _plain(event)
+        if not isinstance(plain.get("id"), str) or not isinstance(plain.get("type"), str):
+            raise WebhookRefused("the body is not a Stripe event")
+        return plain
 
     def check_credentials(self) -> str:
         try:
