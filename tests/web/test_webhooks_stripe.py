@@ -7,6 +7,7 @@ import time
 from datetime import date
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
@@ -20,6 +21,7 @@ from tests.support.gateway_webhooks import (
 from tests.support.orders import complete_order
 from tests.support.settings import make_settings
 from tests.web.conftest import Clock, close_runtime, row_counts, runtime_on_test_database
+from worker.metrics import database_registry
 from worker.services.payments import register_payment
 from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, OutboxMessage, Payment, RenewalOrder
 from worker.web import create_app
@@ -278,3 +280,26 @@ def test_without_a_secret_the_route_does_not_exist(tmp_path, database_url, sessi
         assert create_app(runtime).test_client().post("/webhooks/stripe", data=b"{}").status_code == 404
     finally:
         close_runtime(runtime)
+
+
+def test_mismatches_refunds_and_disputes_are_counted_for_prometheus(
+    client, runtime, session_factory, settings, order, stripe_server
+):
+    number, total, _ = order
+    post(client, stripe_event("checkout.session.completed", checkout_session(number, 1, payment_intent="pi_one")))
+    assert post(client, paid_event(number, total, pi="pi_good")).json == {"outcome": "registered"}
+    stripe_server.paid("pi_second", total, order_number=number)
+    assert post(client, paid_event(number, total, pi="pi_second")).json == {"outcome": "refund_due"}
+    dispute = {"id": "dp_2", "object": "dispute", "payment_intent": "pi_good", "amount": total, "currency": "eur"}
+    post(client, stripe_event("charge.dispute.created", dispute))
+
+    scraped = generate_latest(database_registry(runtime.engine, settings, runtime.clock)).decode()
+
+    for line in (
+        'pec_renewal_gateway_events_total{gateway="stripe",outcome="amount_mismatch"} 1.0',
+        'pec_renewal_gateway_events_total{gateway="stripe",outcome="registered"} 1.0',
+        'pec_renewal_gateway_events_total{gateway="stripe",outcome="refund_due"} 1.0',
+        'pec_renewal_gateway_events_total{gateway="stripe",outcome="dispute"} 1.0',
+        'pec_renewal_gateway_refunds_total{kind="automatic",status="succeeded"} 1.0',
+    ):
+        assert line in scraped
