@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 
 from flask import Blueprint, Response, abort, current_app, request
 
@@ -94,7 +93,7 @@ def _process(notice: gateway_events.GatewayNotice) -> Response:
                     today=runtime.today(),
                     settings=runtime.settings,
                 )
-            except Exception as error:  # the refund stays open; `payments refunds-retry` asks again, same key
+            except Exception as error:  # the refund stays open: `payments refunds-retry` asks again with its key
                 session.rollback()
                 log.error("refund %s left open: %s", result.refund_id, type(error).__name__, exc_info=True)
     return _answer(200, result.outcome)
@@ -107,8 +106,7 @@ def gateway_named(name: str):
     gateway = cache.get(name)
     if gateway is None:
         runtime = runtime_of(app)
-        settings = replace(runtime.settings, payment_gateway=name)
-        gateway = cache[name] = make_gateway(settings, runtime.session_factory, clock=runtime.clock)
+        gateway = cache[name] = make_gateway(runtime.settings, runtime.session_factory, clock=runtime.clock, name=name)
     return gateway
 
 
