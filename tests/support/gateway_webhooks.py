@@ -267,3 +267,129 @@ def paypal_event(event_type: str, resource: dict, *, event_id: str | None = None
         "summary": event_type,
         "resource": resource,
     }
+
+
+class HostedStripe(StripeServer):
+    """The local Stripe with Customers and Checkout Sessions (mode payment), and the holder's side of
+    the hosted page: :meth:`pay` (the card is accepted) and :meth:`expire`."""
+
+    def __init__(self):
+        super().__init__()
+        self.sessions: dict[str, dict] = {}
+
+    def respond(self, request):
+        if request.headers.get("authorization") == "Bearer sk_test_local":
+            if request.method == "POST" and request.path == "/v1/customers":
+                return self._keyed(request, lambda params: (200, {"id": f"cus_{next(self.ids):06d}", "object": "customer",
+                                                              "email": params.get("email")}))  # fmt: skip
+            if request.method == "POST" and request.path == "/v1/checkout/sessions":
+                return self._keyed(request, self._new_session)
+            if request.method == "GET" and request.path.startswith("/v1/checkout/sessions/"):
+                return self._read_session(request)
+        return super().respond(request)
+
+    def _keyed(self, request, make):
+        params, key = request.form, request.headers.get("idempotency-key")
+        with self.lock:
+            if key in self.idempotency:
+                stored, status, body = self.idempotency[key]
+                if stored != params:
+                    return 400, {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests "
+                                 "can only be used with the same parameters they were first used with."}}, 0  # fmt: skip
+                return status, body, 0
+            status, body = make(params)
+            if key:
+                self.idempotency[key] = (params, status, body)
+        return status, body, 0
+
+    def _new_session(self, params):
+        if params.get("mode") != "payment" or "{CHECKOUT_SESSION_ID}" not in params.get("success_url", ""):
+            return 400, {"error": {"type": "invalid_request_error", "message": "bad session"}}
+        session_id = f"cs_test_{next(self.ids):06d}"
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "status": "open",
+            "payment_status": "unpaid",
+            "client_reference_id": params.get("client_reference_id"),
+            "amount_total": int(params["line_items[0][price_data][unit_amount]"]),
+            "currency": params["line_items[0][price_data][currency]"],
+            "customer": params.get("customer"),
+            "payment_intent": None,
+            "metadata": {"order_number": params.get("metadata[order_number]")},
+            "success_url": params["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id),
+            "cancel_url": params["cancel_url"],
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+        }
+        self.sessions[session_id] = session
+        return 200, session
+
+    def _read_session(self, request):
+        session = self.sessions.get(request.path.rsplit("/", 1)[1])
+        if session is None:
+            return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                         "message": "No such checkout.session"}}, 0  # fmt: skip
+        body = dict(session)
+        if request.query.get("expand[0]") == "payment_intent" and session["payment_intent"]:
+            body["payment_intent"] = self.intents[session["payment_intent"]]
+        return 200, body, 0
+
+    def pay(self, session_id: str, payment_method: str = "pm_card_visa") -> dict:
+        """The holder pays on Stripe's page: a succeeded PaymentIntent; the session, complete and paid."""
+        with self.lock:
+            session = self.sessions[session_id]
+            intent_id = f"pi_{next(self.ids):06d}"
+            session.update(status="complete", payment_status="paid", payment_intent=intent_id)
+        self.paid(intent_id, session["amount_total"], order_number=session["client_reference_id"])
+        self.intents[intent_id].update(payment_method=payment_method, customer=session["customer"])
+        return session
+
+    def expire(self, session_id: str) -> None:
+        with self.lock:
+            self.sessions[session_id].update(status="expired")
+
+
+class HostedPayPal(PayPalServer):
+    """The local PayPal with orders the payer approves on PayPal's page (:meth:`approve`), captured
+    without a payment source, and accounts stored in the vault when asked."""
+
+    def _create(self, request):
+        status, order, delay, wire = super()._create(request)
+        paypal = (request.json.get("payment_source") or {}).get("paypal")
+        if paypal:
+            order["status"] = "PAYER_ACTION_REQUIRED"
+            order["hosted"] = paypal
+            order["links"] = [
+                {"rel": "self", "href": f"{self.url}/v2/checkout/orders/{order['id']}", "method": "GET"},
+                {"rel": "payer-action", "href": f"https://www.paypal.com/checkoutnow?token={order['id']}",
+                 "method": "GET"},
+            ]  # fmt: skip
+        return status, order, delay, wire
+
+    def approve(self, order_id: str) -> str:
+        """The payer approves on PayPal's page; the return URL PayPal sends them to."""
+        with self.lock:
+            order = self.orders[order_id]
+            order["status"] = "APPROVED"
+            return f"{order['hosted']['experience_context']['return_url']}?token={order_id}&PayerID=PAYERLOCAL"
+
+    def _capture(self, order, request):
+        if "hosted" not in order or request.json.get("payment_source"):
+            return super()._capture(order, request)
+        if order["status"] == "COMPLETED":
+            return 422, {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_ALREADY_CAPTURED"}]}, 0, None
+        if order["status"] != "APPROVED":
+            return 422, {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_NOT_APPROVED"}]}, 0, None
+        unit = order["purchase_units"][0]
+        capture = {"id": f"3C{next(self.ids):015d}", "status": "COMPLETED", "amount": unit["amount"],
+                   "custom_id": unit.get("custom_id"), "invoice_id": unit.get("invoice_id")}  # fmt: skip
+        self.captures.append((order["id"], {"paypal": {}}))
+        order["status"] = "COMPLETED"
+        unit["payments"] = {"captures": [capture]}
+        source = {"email_address": "payer@example.it"}
+        if (order["hosted"].get("attributes") or {}).get("vault", {}).get("store_in_vault") == "ON_SUCCESS":
+            source["attributes"] = {"vault": {"id": f"VLT{next(self.ids):08d}", "status": "VAULTED",
+                                              "customer": {"id": "CUSLOCAL"}}}  # fmt: skip
+        order["payment_source"] = {"paypal": source}
+        return 201, order, 0, None

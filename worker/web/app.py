@@ -13,7 +13,7 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import errors, i18n, templating, views, webhooks
+from worker.web import errors, hosted_checkout, i18n, templating, views, webhooks
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -99,6 +99,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     csrf.init_app(app)
 
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(hosted_checkout.blueprint)  # card and PayPal on the gateway's page
     app.register_blueprint(webhooks.blueprint)  # POST /webhooks/<gateway>: signed by the gateway, no CSRF token
     csrf.exempt(webhooks.blueprint)
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN

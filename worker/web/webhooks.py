@@ -23,9 +23,10 @@ import logging
 from flask import Blueprint, Response, abort, current_app, request
 
 from worker.gateways import make_gateway
+from worker.gateways.base import GatewayError
 from worker.gateways.refunds import WebhookRefused, WebhookUnverifiable
 from worker.gateways.stripe_gateway import StripeGateway
-from worker.services.payments import gateway_events, refunds, webhooks
+from worker.services.payments import gateway_events, hosted_checkout, refunds, webhooks
 from worker.web.runtime import runtime_of
 
 log = logging.getLogger(__name__)
@@ -83,20 +84,34 @@ def _process(notice: gateway_events.GatewayNotice) -> Response:
         except BaseException:
             session.rollback()
             raise
-        if result.refund_id is not None:
+        if result.outcome == webhooks.REGISTERED and notice.saved_method_checkout:
             try:
-                refunds.settle_refund(
-                    session,
-                    gateway_named(notice.gateway),
-                    result.refund_id,
-                    now=runtime.clock(),
-                    today=runtime.today(),
-                    settings=runtime.settings,
+                hosted_checkout.remember_saved_method(
+                    session, gateway_named(notice.gateway), result.order_number, notice.saved_method_checkout
                 )
-            except Exception as error:  # the refund stays open: `payments refunds-retry` asks again with its key
+            except GatewayError as error:
                 session.rollback()
-                log.error("refund %s left open: %s", result.refund_id, type(error).__name__, exc_info=True)
+                log.warning("order %s: the kept card was not read: %s", result.order_number, error)
+        settle_after(session, notice.gateway, result)
     return _answer(200, result.outcome)
+
+
+def settle_after(session, gateway: str, result: webhooks.EventResult) -> None:
+    """Ask for the refund an event (or a return from a hosted page) started, once it is committed."""
+    runtime = runtime_of(current_app)
+    if result.refund_id is not None:
+        try:
+            refunds.settle_refund(
+                session,
+                gateway_named(gateway),
+                result.refund_id,
+                now=runtime.clock(),
+                today=runtime.today(),
+                settings=runtime.settings,
+            )
+        except Exception as error:  # the refund stays open: `payments refunds-retry` asks again with its key
+            session.rollback()
+            log.error("refund %s left open: %s", result.refund_id, type(error).__name__, exc_info=True)
 
 
 def gateway_named(name: str):

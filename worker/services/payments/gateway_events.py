@@ -61,6 +61,9 @@ class GatewayNotice:
     currency: str | None = None
     #: A short, token-free word on what happened (a decline code, a dispute's reason, a status).
     detail: str | None = None
+    #: The Checkout Session of a Stripe checkout event, when it keeps the card for auto-renew
+    #: (it names a Customer): the card's id is read from it after the payment is registered.
+    saved_method_checkout: str | None = None
 
 
 def _text(value: Any, limit: int = 200) -> str | None:
@@ -96,6 +99,7 @@ def stripe_notice(event: dict) -> GatewayNotice:
             payment_reference=_text(item.get("payment_intent")),
             amount_cents=_cents(item.get("amount_total")),
             detail=f"payment_status {status}",
+            saved_method_checkout=_text(item.get("id")) if item.get("customer") else None,
         )
     if event_type == "payment_intent.payment_failed":
         error = item.get("last_payment_error") if isinstance(item.get("last_payment_error"), dict) else {}

@@ -39,7 +39,7 @@ from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
 from worker.services.payments.refunds import AUTOMATIC, OPEN_STATES, start_refund
 from worker.services.payments.registration import PaymentRefused, register_payment
 from worker.store.db import dialect_insert
-from worker.store.models import GatewayEvent, GatewayRefund, RenewalOrder
+from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, RenewalOrder
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def record_event(
 def _apply(session: Session, notice: GatewayNotice, *, now, today, settings) -> tuple[EventResult, str | None]:
     kind = notice.kind
     if kind is NoticeKind.PAYMENT:
-        return _payment(session, notice, now=now, today=today, settings=settings)
+        return apply_gateway_payment(session, notice, now=now, today=today, settings=settings)
     if kind is NoticeKind.REFUNDED:
         if notice.payment_reference:
             session.execute(
@@ -127,7 +127,11 @@ def _apply(session: Session, notice: GatewayNotice, *, now, today, settings) -> 
     return EventResult(kind.value, notice.order_number), None
 
 
-def _payment(session: Session, notice: GatewayNotice, *, now, today, settings) -> tuple[EventResult, str | None]:
+def apply_gateway_payment(
+    session: Session, notice: GatewayNotice, *, now, today, settings, payment_token: str | None = None
+) -> tuple[EventResult, str | None]:
+    """Register (or refund, or refuse) a payment a gateway took for an order: the one path for the
+    webhooks and the return from a hosted page.  ``payment_token``: the method kept for auto-renew."""
     number = (notice.order_number or "").upper()
     if not number.startswith("PEC-"):
         # Not a checkout of ours (an auto-renew charge, recorded by the charge service).
@@ -161,6 +165,7 @@ def _payment(session: Session, notice: GatewayNotice, *, now, today, settings) -
             now=now,
             today=today,
             settings=settings,
+            payment_token=payment_token,
         )
     except PaymentRefused as refused:
         if refused.code not in REFUND_CODES:
@@ -178,9 +183,22 @@ def _payment(session: Session, notice: GatewayNotice, *, now, today, settings) -
         )
         return EventResult(REFUND_DUE, number, refund.id), f"{refused.code}: refunded automatically"
     if not registration.registered:
+        if payment_token:
+            store_payment_method(session, order, payment_token)
         return EventResult(ALREADY_REGISTERED, number), None
     order.gateway_state = "succeeded"
     return EventResult(REGISTERED, number), None
+
+
+def store_payment_method(session: Session, order: RenewalOrder, payment_token: str) -> None:
+    """Keep the method of an order's registered gateway payment for auto-renew on its mailboxes, when it
+    became known after the registration (Stripe's card is read from the Checkout Session)."""
+    ids = [line.mailbox_id for line in order.lines if line.selected]
+    for mailbox in session.scalars(select(Mailbox).where(Mailbox.id.in_(ids)).with_for_update()):
+        if mailbox.payment_method != payment_token:
+            mailbox.card_expires_on = None
+        mailbox.payment_method = payment_token
+        mailbox.auto_renew = True
 
 
 _REFUND_REASONS = {
