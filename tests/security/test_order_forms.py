@@ -72,11 +72,12 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "hosted.start": (f"{order}/pagamento/sicuro", {}),
         "hosted.result": (f"{order}/pagamento/esito?token=5O0000000001", {}),
     }
-    # A POST route added later must be added here.  The webhooks carry the gateway's signature
-    # instead of a form token (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py).
-    signed_by_the_gateway = {"webhooks.stripe_webhook", "webhooks.paypal_webhook"}
+    # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
+    # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the
+    # gateway's signature (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py).
+    not_cookie_authorised = {"api.renewal_links", "webhooks.stripe_webhook", "webhooks.paypal_webhook"}
     assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == (
-        set(posts) | signed_by_the_gateway
+        set(posts) | not_cookie_authorised
     )
 
     other_browser = app.test_client()
