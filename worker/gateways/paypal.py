@@ -218,11 +218,13 @@ class PayPalGateway:
     def refund(
         self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
     ) -> RefundResult:
-        """``POST /v2/payments/captures/{reference}/refund`` with ``PayPal-Request-Id``."""
+        """``POST /v2/payments/captures/{capture}/refund`` with ``PayPal-Request-Id``.  ``reference`` is a
+        capture, or an order (what ``charge`` answers): its completed capture is refunded."""
         body = {"amount": money(amount_cents, currency), "note_to_payer": reason[:255]}
         del kind  # PayPal has no reason codes for a refund; the note says why
         try:
-            answer = self._post(f"/v2/payments/captures/{reference}/refund", body, request_id(idempotency_key))
+            capture = self._capture_of_order(reference) or reference
+            answer = self._post(f"/v2/payments/captures/{capture}/refund", body, request_id(idempotency_key))
         except _Refused as refused:
             # CAPTURE_FULLY_REFUNDED, REFUND_AMOUNT_EXCEEDED, INVALID_RESOURCE_ID...: nothing refunded by this call.
             return RefundResult(RefundOutcome.FAILED, None, f"PayPal refused the refund ({refused.issue})")
@@ -329,6 +331,18 @@ class PayPalGateway:
             payment_token=token,
             detail=(capture.get("processor_response") or {}).get("response_code"),
         )
+
+    def _capture_of_order(self, reference: str) -> str | None:
+        """The completed capture of the order ``reference``; None when it is not an order."""
+        try:
+            order = self._get_order(reference)
+        except _Refused as refused:
+            if refused.status == 404:
+                return None
+            raise
+        units = order.get("purchase_units") or [{}]
+        captures = ((units[0] or {}).get("payments") or {}).get("captures") or []
+        return next((c.get("id") for c in captures if c.get("status") == "COMPLETED"), None)
 
     def verify_webhook(self, headers: dict[str, str], event: dict, webhook_id: str) -> bool:
         """PayPal's answer to ``POST /v1/notifications/verify-webhook-signature`` for a webhook:

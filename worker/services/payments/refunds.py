@@ -92,7 +92,7 @@ def start_refund(
 
 
 def settle_refund(
-    session: Session, gateway, refund_id: int, *, now: datetime, today: date, settings: Settings
+    session: Session, gateway, refund_id: int, *, now: datetime, today: date, settings: Settings | None
 ) -> RefundDone:
     """Ask the gateway for the committed refund ``refund_id`` and record its answer; commits.
 
@@ -121,7 +121,8 @@ def settle_refund(
         refund.refund_reference = result.reference
         if result.outcome is not RefundOutcome.UNKNOWN:
             refund.resolved_at = now
-        if result.outcome in (RefundOutcome.SUCCEEDED, RefundOutcome.PENDING) and refund.order_id is not None:
+        told = result.outcome in (RefundOutcome.SUCCEEDED, RefundOutcome.PENDING)
+        if told and refund.order_id is not None and settings is not None:
             _queue_refund_email(session, refund, now=now, today=today, settings=settings)
     session.commit()
     log.log(
