@@ -70,13 +70,15 @@ def completed(server, number, total, capture_id="3C000000000000001", **extra):
 
 def test_a_capture_seen_only_by_the_webhook_is_registered(client, session_factory, order, paypal_server):
     number, total, mailbox_id = order
-    response = post(client, paypal_server, completed(paypal_server, number, total))
+    event = completed(paypal_server, number, total)
+    response = post(client, paypal_server, event)
 
     assert response.status_code == 200 and response.json == {"outcome": "registered"}
     (verification,) = paypal_server.sent("POST", "/v1/notifications/verify-webhook-signature")
     assert verification.json["webhook_id"] == PAYPAL_WEBHOOK_ID
     assert verification.json["transmission_id"] == "69cd13f0-d67a-11e5-baa3-778b53f4ae55"
     assert verification.json["webhook_event"]["event_type"] == "PAYMENT.CAPTURE.COMPLETED"
+    assert json.dumps(event).encode() in verification.body  # the event sent back as PayPal posted it
     with session_factory() as session:
         (payment,) = session.scalars(select(Payment)).all()
         assert (payment.reference, payment.method, payment.amount_cents) == (

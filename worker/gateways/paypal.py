@@ -45,6 +45,7 @@ answers → UNKNOWN.
 from __future__ import annotations
 
 import hashlib
+import json as json_module
 import logging
 import threading
 import time
@@ -344,18 +345,21 @@ class PayPalGateway:
         captures = ((units[0] or {}).get("payments") or {}).get("captures") or []
         return next((c.get("id") for c in captures if c.get("status") == "COMPLETED"), None)
 
-    def verify_webhook(self, headers: dict[str, str], event: dict, webhook_id: str) -> bool:
+    def verify_webhook(self, headers: dict[str, str], body: bytes, webhook_id: str) -> bool:
         """PayPal's answer to ``POST /v1/notifications/verify-webhook-signature`` for a webhook:
-        True for ``SUCCESS``.  ``headers``: the notification's, lower-cased.  Raises
-        :class:`WebhookUnverifiable` when PayPal cannot be asked now."""
+        True for ``SUCCESS``.  ``headers``: the notification's, lower-cased; ``body``: the event
+        exactly as PayPal posted it (sent back as it came, since PayPal signs those bytes: a
+        re-serialised event could differ).  Raises :class:`WebhookUnverifiable` when PayPal cannot
+        be asked now."""
         names = ("auth-algo", "cert-url", "transmission-id", "transmission-sig", "transmission-time")
         values = {name: headers.get("paypal-" + name) for name in names}
         if not all(values.values()):
             return False
-        body = {name.replace("-", "_"): value for name, value in values.items()}
-        body.update(webhook_id=webhook_id, webhook_event=event)
+        fields = {name.replace("-", "_"): value for name, value in values.items()}
+        fields["webhook_id"] = webhook_id
+        request = json_module.dumps(fields)[:-1].encode() + b', "webhook_event": ' + body.strip() + b"}"
         try:
-            answer = _json(self._send("POST", "/v1/notifications/verify-webhook-signature", json=body))
+            answer = _json(self._send("POST", "/v1/notifications/verify-webhook-signature", content=request))
         except _Refused:
             return False  # a malformed header value: PayPal answers 400
         except (_Lost, GatewayError) as error:
@@ -394,16 +398,24 @@ class PayPalGateway:
             return self._token
 
     def _send(
-        self, method: str, path: str, *, json: Any = None, request_id_header: str | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        request_id_header: str | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}"}
             if json is not None:
                 headers["Prefer"] = "return=representation"
+            if content is not None:
+                headers["Content-Type"] = "application/json"
             if request_id_header:
                 headers["PayPal-Request-Id"] = request_id_header
             try:
-                response = self._http.request(method, path, json=json, headers=headers)
+                response = self._http.request(method, path, json=json, content=content, headers=headers)
             except httpx.HTTPError as error:
                 raise _Lost(f"{type(error).__name__}") from None
             if response.status_code == 401 and attempt == 1:

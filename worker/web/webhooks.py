@@ -54,8 +54,9 @@ def paypal_webhook() -> Response:
     settings = runtime_of(current_app).settings
     if not settings.paypal_webhook_id:
         abort(404)
+    body = request.get_data(cache=False)
     try:
-        event = json.loads(request.get_data(cache=False))
+        event = json.loads(body)
     except ValueError:
         event = None
     if not (isinstance(event, dict) and isinstance(event.get("id"), str) and isinstance(event.get("event_type"), str)):
@@ -63,7 +64,7 @@ def paypal_webhook() -> Response:
         return _answer(400, "not an event")
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:
-        verified = gateway_named("paypal").verify_webhook(headers, event, settings.paypal_webhook_id)
+        verified = gateway_named("paypal").verify_webhook(headers, body, settings.paypal_webhook_id)
     except WebhookUnverifiable as error:
         log.warning("webhook paypal event %s (%s) not verified now: %s", event["id"], event["event_type"], error)
         return _answer(503, "cannot verify now")
