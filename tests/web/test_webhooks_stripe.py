@@ -311,3 +311,20 @@ def test_mismatches_refunds_and_disputes_are_counted_for_prometheus(
         'pec_renewal_gateway_refunds_total{kind="automatic",status="succeeded"} 1.0',
     ):
         assert line in scraped
+
+
+def test_a_payment_for_a_mailbox_renewed_meanwhile_is_refunded(client, session_factory, order, stripe_server):
+    number, total, mailbox_id = order
+    with session_factory() as session:  # renewed another way (another order, an import) since this order
+        session.get(Mailbox, mailbox_id).expires_on = date(2028, 3, 20)
+        session.commit()
+    stripe_server.paid("pi_late", total, order_number=number)
+
+    assert post(client, paid_event(number, total, pi="pi_late")).json == {"outcome": "refund_due"}
+
+    assert stripe_server.refunded_amount("pi_late") == total
+    with session_factory() as session:
+        assert session.get(Mailbox, mailbox_id).expires_on == date(2028, 3, 20)  # not moved twice
+        assert session.scalars(select(Payment)).all() == []
+        (event,) = session.scalars(select(GatewayEvent)).all()
+        assert event.detail == "mailbox_changed: refunded automatically"
