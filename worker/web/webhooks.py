@@ -66,10 +66,10 @@ def paypal_webhook() -> Response:
     try:
         verified = gateway_named("paypal").verify_webhook(headers, body, settings.paypal_webhook_id)
     except WebhookUnverifiable as error:
-        log.warning("webhook paypal event %s (%s) not verified now: %s", event["id"], event["event_type"], error)
+        log.warning("webhook paypal event %s (%s) not verified now: %s", *_named(event), error)
         return _answer(503, "cannot verify now")
     if not verified:
-        log.warning("webhook paypal event %s (%s) refused: signature", event["id"], event["event_type"])
+        log.warning("webhook paypal event %s (%s) refused: signature", *_named(event))
         return _answer(400, "signature refused")
     return _process(gateway_events.paypal_notice(event))
 
@@ -124,6 +124,11 @@ def gateway_named(name: str):
         runtime = runtime_of(app)
         gateway = cache[name] = make_gateway(runtime.settings, runtime.session_factory, clock=runtime.clock, name=name)
     return gateway
+
+
+def _named(event: dict) -> tuple[str, str]:
+    """An unverified event's id and type, fit for a log line (printable, short)."""
+    return tuple("".join(c for c in str(event[key])[:80] if c.isprintable()) for key in ("id", "event_type"))
 
 
 def _answer(status: int, outcome: str) -> Response:
