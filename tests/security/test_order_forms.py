@@ -57,6 +57,7 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
+    auto_renew_page = "/rinnovo-automatico/" + runtime.signer.auto_renew_token(mailbox.id)
     # Each POST with data that would do something, were its CSRF token not checked.
     posts = {
         "web.renewal_link": (link, {}),
@@ -71,6 +72,10 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "web.checkout": (f"{order}/pagamento", {"payment_token": "pm_card_visa"}),
         "hosted.start": (f"{order}/pagamento/sicuro", {}),
         "hosted.result": (f"{order}/pagamento/esito?token=5O0000000001", {}),
+        "auto_renew.switch_off": (f"{auto_renew_page}/disattiva", {"confirmed": "yes"}),
+        "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
+        "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
+        "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
     }
     # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
     # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the

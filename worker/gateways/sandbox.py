@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
+from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, SavedMethod, mask_token
 from worker.gateways.refunds import RefundOutcome, RefundResult
 from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
@@ -193,6 +193,14 @@ class SandboxGateway:
             connection.commit()
         log.info("sandbox: refunded %s of %s", amount_cents, reference)
         return RefundResult(RefundOutcome.SUCCEEDED, row.reference, "refund succeeded")
+
+    def save_method(self, setup_reference: str) -> SavedMethod | None:
+        """The sandbox's hosted page hands back the test token chosen: one of its tokens is saved
+        as it is (a card's expiry is not known), anything else is refused."""
+        self._wait()
+        if setup_reference not in BEHAVIOUR:
+            return None
+        return SavedMethod(setup_reference)
 
     def _autocommit(self) -> Connection:
         """A connection whose statements commit on their own on PostgreSQL (a call is one statement,
