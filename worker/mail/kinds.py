@@ -26,6 +26,7 @@ KINDS = (
     "card-expiring",
     "charge-succeeded",
     "charge-failed",
+    "payment-refunded",
 )
 
 KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
@@ -217,6 +218,28 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
     }
 
 
+_REFUND_KINDS = ("automatic", "requested")
+
+
+def _refund_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    """payment-refunded: the order, and the refund (amount, automatic or requested, the method refunded)."""
+    refund = stored.get("refund")
+    if not isinstance(refund, Mapping):
+        raise ValueError("a payment-refunded email needs 'refund' in its context")
+    if refund.get("kind") not in _REFUND_KINDS:
+        raise ValueError(f"refund kind {refund.get('kind')!r} is not one of {', '.join(_REFUND_KINDS)}")
+    method = refund.get("method")
+    if method not in ("card", "paypal"):
+        raise ValueError(f"refund method {method!r} is not card or paypal")
+    language = common["language"]
+    return {
+        **_order_context(stored, common, signer),
+        "refund_amount": _euro(refund.get("amount_cents"), language),
+        "refund_automatic": refund["kind"] == "automatic",
+        "refund_method_label": vocabulary.METHOD_LABELS[language][method],
+    }
+
+
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
     "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
@@ -234,5 +257,7 @@ KIND_RULES: dict[str, KindRules] = {
     "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
+    # A gateway payment given back: automatically (a double payment) or on request (payments refund).
+    "payment-refunded": KindRules(renewal_links=False, stages="any", extra_context=_refund_context),
 }
 assert set(KIND_RULES) == set(KINDS)

@@ -488,8 +488,8 @@ def checkout(public_id: str):
         step = orders.next_step(order)
         if step != "pay" or order.payment_method not in ("card", "paypal"):
             return redirect(url_for("web.order_status", public_id=public_id), 303)
-        if settings.payment_gateway != "sandbox":
-            abort(404)  # a real gateway has its own hosted page (not built here)
+        if settings.payment_gateway != "sandbox":  # the gateway's own page (worker/web/hosted_checkout.py)
+            return redirect(url_for("hosted.start", public_id=public_id), 303)
         form = forms.CheckoutForm()
         if request.method == "POST":
             if not form.validate_on_submit():
