@@ -29,7 +29,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -47,6 +47,7 @@ from sqlalchemy.pool import NullPool
 from worker.rules import vocabulary
 from worker.rules.holder_data import LOCAL_PART_MAX, sendable_address
 from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.rules.notices import REMINDER_KINDS
 from worker.rules.schedule import Stage, deletion_date, last_renewable_day, parse_stage
 from worker.store.db import dialect_insert
 from worker.store.models import WorkerState
@@ -81,6 +82,8 @@ _ADDRESS_RE = re.compile(r'[^\s@<>(),;:"\[\]\\]+@[^\s@<>(),;:"\[\]\\]+')
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9.\-]+")
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
 _DISPLAYED_DOMAIN_RE = re.compile(r'[^\s@<>(),;:"\[\]\\]+')
+#: What a List-Unsubscribe URL may hold inside its angle brackets (one header line).
+_UNSUBSCRIBE_URL_RE = re.compile(r"https?://[A-Za-z0-9\-._~:/%\[\]@!$&'()*+,;=]{1,900}")
 
 
 # -- Kinds ---------------------------------------------------------------------------------
@@ -103,6 +106,9 @@ class KindRules:
     #: the renderer refuses is left out and the email goes to the others.  Not for an
     #: order's emails: their totals cover every mailbox, so one refused refuses the email.
     mailboxes_apart: bool = False
+    #: A reminder the holder can opt out of (``worker.rules.notices.REMINDER_KINDS``): it carries
+    #: ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 2369, RFC 8058 one-click).
+    reminder: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -275,10 +281,10 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, reminder=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, reminder=True),
     "domain-expiry-notice": KindRules(
-        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True, reminder=True
     ),
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
@@ -293,6 +299,7 @@ KIND_RULES: dict[str, KindRules] = {
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
 }
 assert set(KIND_RULES) == set(KINDS)
+assert {kind for kind, rules in KIND_RULES.items() if rules.reminder} == REMINDER_KINDS
 
 
 # -- Dates in words ------------------------------------------------------------------------
@@ -713,6 +720,9 @@ class RenderedEmail:
     mailbox_addresses: tuple[str, ...]
     #: The mailboxes of the stored context left out of this email (their data was refused).
     refused: tuple[RefusedMailbox, ...] = ()
+    #: A reminder's ``{BASE_URL}/avvisi/{token}`` (``List-Unsubscribe``); None for other kinds.
+    #: It holds a token: never logged.
+    unsubscribe_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # render() checked all of these; this guards a RenderedEmail built any other way.
@@ -722,6 +732,8 @@ class RenderedEmail:
             raise ValueError("an email names at least one mailbox")
         for address in self.mailbox_addresses:
             _refuse_line_breaks(address, "mailbox address")
+        if self.unsubscribe_url is not None and not _UNSUBSCRIBE_URL_RE.fullmatch(self.unsubscribe_url):
+            raise ValueError("the List-Unsubscribe URL is not a plain http(s) URL")
 
     def as_bytes(self) -> bytes:
         """The whole RFC 5322 message, ASCII with CRLF line ends, ready for SMTP DATA.
@@ -742,6 +754,7 @@ class RenderedEmail:
                 f"Date: {self.date_header}",
                 f"Message-ID: <{self.message_id}>",
                 "Auto-Submitted: auto-generated",
+                *self._unsubscribe_headers(),
                 f"X-PEC-Renewal-Kind: {self.kind}",
                 f"X-PEC-Renewal-Stage: {self.stage}",
                 _folded_list("X-PEC-Renewal-Mailboxes", self.mailbox_addresses),
@@ -768,6 +781,13 @@ class RenderedEmail:
                 f"--{boundary}--\r\n".encode("ascii"),
             )
         )
+
+    def _unsubscribe_headers(self) -> tuple[str, ...]:
+        """RFC 2369's ``List-Unsubscribe`` (an https URL only: no mailto) and RFC 8058's one-click
+        ``List-Unsubscribe-Post``, for a reminder; nothing for other kinds."""
+        if self.unsubscribe_url is None:
+            return ()
+        return (f"List-Unsubscribe: <{self.unsubscribe_url}>", "List-Unsubscribe-Post: List-Unsubscribe=One-Click")
 
 
 def _folded_subject(subject: str) -> str:
@@ -869,6 +889,7 @@ class EmailRenderer:
             stage=parsed_stage.name,
             mailbox_addresses=tuple(mailbox.address for mailbox in variables["mailboxes"]),
             refused=refused,
+            unsubscribe_url=self._signer.reminders_url(message_id) if rules.reminder else None,
         )
 
     @staticmethod

@@ -4,6 +4,11 @@ A renewal link is bound to one mailbox (or one account) and to the expiry
 date it was sent for: the expiry cycle.  Once that cycle is renewed the
 mailbox's expiry moves on and the link no longer starts an order.
 
+A reminders link (``List-Unsubscribe``, RFC 2369 and 8058) names one email by its
+Message-ID, under a salt of its own: the email's stored context says which
+mailboxes, and which of their cycles, it reminded of.  Its length does not grow
+with the mailboxes of a grouped notice, so the header stays one short line.
+
 A token is a bearer credential: :func:`redact` takes it out of any text
 before the text is logged.
 """
@@ -17,6 +22,7 @@ from datetime import date
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 RENEWAL_SALT = "pec-renewal.renewal-link"
+REMINDERS_SALT = "pec-renewal.reminders-link"
 
 MAILBOX = "m"
 ACCOUNT = "a"
@@ -28,6 +34,8 @@ MAX_ID = 2**63 - 1
 # What a token can hold: URL-safe base64 and the dots between its parts.  Checked
 # first because itsdangerous drops non-ASCII characters from a signature it decodes.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.]{1,1000}")
+#: A Message-ID as the worker writes them (``worker.mail.emails.message_id_for``), without brackets.
+_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}@[A-Za-z0-9.\-]{1,253}")
 
 
 class TokenInvalid(Exception):
@@ -55,6 +63,7 @@ class LinkSigner:
             raise ValueError("at least one secret key is needed")
         # itsdangerous takes a list of keys, oldest first: the last one signs, all verify.
         self._serializer = URLSafeTimedSerializer(list(secret_keys), salt=RENEWAL_SALT)
+        self._reminders = URLSafeTimedSerializer(list(secret_keys), salt=REMINDERS_SALT)
         self._base_url = base_url.rstrip("/")
         self._max_age = max_age_days * 86400
 
@@ -72,6 +81,26 @@ class LinkSigner:
     def url_for(self, target: str, target_id: int, expires_on: date) -> str:
         """The renewal link of a mailbox (``MAILBOX``) or an account (``ACCOUNT``)."""
         return f"{self._base_url}/rinnova/{self.renewal_token(target, target_id, expires_on)}"
+
+    def reminders_url(self, message_id: str) -> str:
+        """``{BASE_URL}/avvisi/{token}``: where the holder opts out of (or back into) the reminders of one email."""
+        if not isinstance(message_id, str) or not _MESSAGE_ID_RE.fullmatch(message_id):
+            raise ValueError(f"{message_id!r} is not a Message-ID")
+        return f"{self._base_url}/avvisi/{self._reminders.dumps(message_id)}"
+
+    def read_reminders_token(self, token: str) -> str:
+        """The Message-ID of the email a reminders token was signed for."""
+        if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+            raise TokenInvalid("link invalid")
+        try:
+            message_id = self._reminders.loads(token, max_age=self._max_age)
+        except SignatureExpired:
+            raise TokenExpired("link expired") from None
+        except (BadData, UnicodeError, ValueError, TypeError):
+            raise TokenInvalid("link invalid") from None
+        if not isinstance(message_id, str) or not _MESSAGE_ID_RE.fullmatch(message_id):
+            raise TokenInvalid("link invalid")
+        return message_id
 
     def read_renewal_token(self, token: str) -> RenewalLink:
         if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
@@ -93,8 +122,8 @@ class LinkSigner:
             raise TokenInvalid("link invalid") from None
 
 
-#: A renewal path, with whatever follows it up to a space or a quote.
-_TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
+#: A renewal or reminders path, with whatever follows it up to a space or a quote.
+_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/avvisi/)[^\s\"'?#<>]*")
 #: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
 #: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
 #: payload starts with a dot of its own.
@@ -103,6 +132,6 @@ REDACTED = "[redacted]"
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``, and any other
-    signed token into ``[redacted]``."""
+    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]`` (and
+    ``/avvisi/<token>`` into ``/avvisi/[redacted]``), and any other signed token into ``[redacted]``."""
     return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))
