@@ -111,7 +111,7 @@ def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory
             page = context.new_page()
             page.goto(link)
             assert "studio@pec.provider.example.it" in page.content()
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             assert "/ordine/" in page.url and token not in page.url
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
             page.get_by_role("button", name="Prosegui e completa l'ordine").click()
