@@ -159,7 +159,7 @@ def renewal_link(token: str):
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
     reminders_action = url_for("reminders.renewal_page_reminders", token=token)  # "Non intendo rinnovare"
-    return _link_page(view, account_link=link.target == "a", reminders_action=reminders_action)
+    return _link_page(view, account_link=link.target != MAILBOX, reminders_action=reminders_action)
 
 
 def _link_page(view, *, account_link: bool, reminders_action: str | None = None):
@@ -266,7 +266,7 @@ def step_mailboxes(public_id: str):
 def _is_account_order(order, mailboxes) -> bool:
     target = getattr(order, "link_target", None) or getattr(order, "target", None)
     if target is not None:
-        return target == "a"
+        return target != MAILBOX  # an account link, or a grouped notice's "Rinnova tutte"
     return len(mailboxes) > 1
 
 
