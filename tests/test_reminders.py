@@ -12,6 +12,7 @@ from sqlalchemy import select
 from tests.support.charges import add_auto_renew, at_morning, received, run_on, walk
 from tests.support.factories import make_mailbox
 from tests.support.renewals import place_order, register
+from worker.cli.desk import format_mailbox
 from worker.rules.links import redact
 from worker.rules.notices import OPTED_OUT
 from worker.services import desk, reminders
@@ -157,6 +158,10 @@ def test_mailbox_show_lists_an_opt_out_in_force(runtime, smtp_server):
     ]
     # The forecast knows it too: no reminder is coming for this cycle.
     assert details["next_action"] is None
+    text = format_mailbox(details)  # mailbox show, at 80 columns
+    assert "Opt-outs (1)" in text
+    assert "opted out of the expiry reminders for the expiry of 2027-03-31" in text and "in force" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
 
 
 def test_an_opt_out_covers_only_the_cycle_and_the_mailboxes_the_email_was_about(runtime, smtp_server):

@@ -68,6 +68,9 @@ def test_opt_out_of_the_reminders_from_the_email_then_none_comes_again(
     url = re.fullmatch(r"<(.+)>", notice["List-Unsubscribe"]).group(1)
     assert url.startswith(f"{base_url}/avvisi/")
     token = url.rsplit("/", 1)[1]
+    (renewal_link,) = re.findall(
+        re.escape(base_url) + r"/rinnova/[A-Za-z0-9_\-.]+", notice.get_body(("plain",)).get_content()
+    )
 
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
@@ -88,6 +91,18 @@ def test_opt_out_of_the_reminders_from_the_email_then_none_comes_again(
             assert page.get_by_role("button", name="Riattiva gli avvisi").is_visible()
             page.screenshot(path=str(runtime.settings.var_dir / "reminders-opted-out.png"), full_page=True)
 
+            # The renewal page says so and offers the undo; undone, it offers "Non intendo rinnovare".
+            page.goto(renewal_link)
+            page.wait_for_selector("text=Ha comunicato che non intende rinnovare")
+            page.get_by_role("button", name="Riattiva gli avvisi").click()
+            undone = page.get_by_role("button", name="Non intendo rinnovare")
+            box = undone.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+            page.screenshot(path=str(runtime.settings.var_dir / "renewal-page.png"), full_page=True)
+            undone.click()
+            page.wait_for_selector("text=Ha comunicato che non intende rinnovare")
+            assert page.url == renewal_link
+
             # A mail client's one-click POST on the same link, without the page's cookie: 2xx, no change.
             one_click = browser.new_context().request.post(url, form={"List-Unsubscribe": "One-Click"})
             assert one_click.status == 200
@@ -96,7 +111,7 @@ def test_opt_out_of_the_reminders_from_the_email_then_none_comes_again(
 
     with session_factory() as session:
         opted_out = session.get(Mailbox, mailbox_id)
-        assert (opted_out.reminders_opt_out_for, opted_out.reminders_opt_out_via) == (EXPIRY, "page")
+        assert (opted_out.reminders_opt_out_for, opted_out.reminders_opt_out_via) == (EXPIRY, "renewal-page")
 
     # Every day down to the deletion: no reminder any more (-15d, -7d, -1d, 0d, +1d, +30d, +60d, +83d).
     skipped = 0
