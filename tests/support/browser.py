@@ -1,22 +1,23 @@
 """The link handler served on loopback for a real headless Chromium (Debian's, driven by Playwright).
 
-    with served_link_handler(lambda base_url: make_runtime(base_url)) as (runtime, base_url):
-        browser = launch_chromium(playwright)
-
-The runtime is built once the server has its port, so the links it signs point at it.  CI
-installs the browser with ``scripts/install-browser``; without it the tests that need it skip.
+CI installs the browser with ``scripts/install-browser``; without it the browser tests are skipped.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
+import mailbox as maildir_module
 import os
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from werkzeug.serving import make_server
 
+from tests.support.settings import make_settings
 from worker.services.runtime import Runtime
 from worker.web import create_app
 from worker.web.security import RedactingRequestHandler
@@ -31,7 +32,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-#: A phone: the width the pages must hold at, with JavaScript off.
+#: A phone's viewport, as the holders who open the links from their email on a phone see the pages.
 PHONE = {"width": 390, "height": 844}
 
 needs_chromium = pytest.mark.skipif(
@@ -49,12 +50,21 @@ class _LateApp:
 
 
 @contextmanager
-def served_link_handler(make_runtime: Callable[[str], Runtime]) -> Iterator[tuple[Runtime, str]]:
-    """The link handler on a free loopback port, its runtime made by ``make_runtime(base_url)``."""
+def served_app(tmp_path, database_url, session_factory, clock, **settings) -> Iterator[tuple[Runtime, str]]:
+    """The link handler on a loopback port, writing its emails to a Maildir: (runtime, base URL)."""
     late = _LateApp()
     server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=RedactingRequestHandler)
     base_url = f"http://127.0.0.1:{server.port}"
-    runtime = make_runtime(base_url)
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        base_url=base_url,
+        mail_backend="maildir",
+        maildir=tmp_path / "mail",
+        **settings,
+    )
+    runtime = Runtime(settings, clock=clock)
+    runtime.__dict__["session_factory"] = session_factory
     late.app = create_app(runtime)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -64,7 +74,16 @@ def served_link_handler(make_runtime: Callable[[str], Runtime]) -> Iterator[tupl
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+        runtime.mailer.close() if "mailer" in runtime.__dict__ else None
 
 
-def launch_chromium(playwright):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+def maildir_messages(path) -> list[email.message.EmailMessage]:
+    """The messages of a Maildir, parsed (in no particular order)."""
+    box = maildir_module.Maildir(path, create=False)
+    return [email.message_from_bytes(raw.as_bytes(), policy=email.policy.default) for _key, raw in box.items()]
+
+
+def links_in(message, base_url: str, path: str) -> list[str]:
+    """The ``{base_url}/{path}/<token>`` links of a message's plain-text body."""
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    return re.findall(re.escape(base_url) + "/" + re.escape(path) + r"/[A-Za-z0-9_\-.]+", text)
