@@ -4,9 +4,9 @@
 
 - ``POST`` with the body ``List-Unsubscribe=One-Click`` (RFC 8058) is what a mail
   client sends when the holder unsubscribes: no cookie, no CSRF token (the signed
-  token in the URL is the authority), answered 200.  It opts the mailboxes of that
-  email's mailboxes for their current cycle; a second one changes nothing.  It is the
-  one request of the link handler exempt from the CSRF check (:func:`is_one_click`).
+  token in the URL is the authority), answered 200.  It opts that email's mailboxes
+  out of their current cycle's reminders; a second one changes nothing.  It is the one
+  form POST of the link handler exempt from the CSRF check (:func:`is_one_click`).
 - ``GET`` shows the same choice as a button, says what it means (the mailbox expires
   on its date and is deleted 90 days later) and, after an opt-out, offers to resume.  It
   writes nothing.  Its buttons are CSRF-checked forms (POST, redirect, GET).
