@@ -54,6 +54,8 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     app, client, runtime, session_factory, mailbox
 ):
     link = link_path(runtime, mailbox)
+    reminders_path = runtime.signer.reminders_url("0123456789abcdef0123456789abcdef@pec-provider.example")
+    reminders_path = reminders_path.removeprefix(runtime.settings.base_url)
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
@@ -72,6 +74,11 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "web.checkout": (f"{order}/pagamento", {"payment_token": "pm_card_visa"}),
         "hosted.start": (f"{order}/pagamento/sicuro", {}),
         "hosted.result": (f"{order}/pagamento/esito?token=5O0000000001", {}),
+        # The reminders' page buttons and "Non intendo rinnovare".  (The RFC 8058 one-click POST,
+        # "List-Unsubscribe=One-Click" and nothing else, is the one form request without a CSRF token:
+        # tests/web/test_reminders_pages.py.)
+        "reminders.reminders_page": (reminders_path, {"action": "opt-out"}),
+        "reminders.renewal_page_reminders": (f"{link}/avvisi", {"action": "opt-out"}),
         "auto_renew.switch_off": (f"{auto_renew_page}/disattiva", {"confirmed": "yes"}),
         "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),

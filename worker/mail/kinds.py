@@ -15,6 +15,7 @@ from worker.mail.headers import refuse_line_breaks
 from worker.mail.variables import common_value
 from worker.rules import vocabulary
 from worker.rules.links import TARGETS, LinkSigner
+from worker.rules.notices import REMINDER_KINDS
 
 KINDS = (
     "expiry-notice",
@@ -50,6 +51,9 @@ class KindRules:
     #: Whether a grouped email also carries one "Rinnova tutte" link for all its mailboxes of one
     #: account (``renew_all_url`` in the templates; worker.mail.group_links).
     renew_all: bool = False
+    #: A reminder the holder can opt out of (``worker.rules.notices.REMINDER_KINDS``): it carries
+    #: ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 2369, RFC 8058 one-click).
+    reminder: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -242,10 +246,14 @@ def _refund_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True),
+    "expiry-notice": KindRules(
+        renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True, reminder=True
+    ),
+    "expired-notice": KindRules(
+        renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True, reminder=True
+    ),
     "domain-expiry-notice": KindRules(
-        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True, reminder=True
     ),
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
@@ -261,3 +269,4 @@ KIND_RULES: dict[str, KindRules] = {
     "payment-refunded": KindRules(renewal_links=False, stages="any", extra_context=_refund_context),
 }
 assert set(KIND_RULES) == set(KINDS)
+assert {kind for kind, rules in KIND_RULES.items() if rules.reminder} == REMINDER_KINDS

@@ -148,6 +148,13 @@ class Mailbox(Base):
     #: The next date on which the daily scan must look at this mailbox; the
     #: scan reads only rows with ``next_action_on <= today``.  NULL: never again.
     next_action_on: Mapped[date | None] = mapped_column(Date, index=True)
+    #: The holder opted out of the expiry reminders for the cycle ending on this date (the
+    #: ``List-Unsubscribe`` link, or "Non intendo rinnovare"); once ``expires_on`` moves on
+    #: (a renewal, the next cycle) it no longer applies.  Written only by the holder's choice,
+    #: never by the scan; not indexed.  ``_at`` and ``_via`` say when and how.
+    reminders_opt_out_for: Mapped[date | None] = mapped_column(Date)
+    reminders_opt_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reminders_opt_out_via: Mapped[str | None] = mapped_column(String(16))
 
     account: Mapped[Account] = relationship()
     holder: Mapped[Holder] = relationship()

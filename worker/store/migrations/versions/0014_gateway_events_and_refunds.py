@@ -1,7 +1,7 @@
 """gateway_events (webhook events, each processed once) and gateway_refunds
 
 Revision ID: 0014
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
@@ -10,7 +10,7 @@ import worker.store.models
 
 
 revision = '0014'
-down_revision = '0008'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
