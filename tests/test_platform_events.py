@@ -18,7 +18,7 @@ from tests.support.settings import make_settings
 from tests.support.webhook_receiver import WebhookReceiver
 from worker.events import queue
 from worker.events.delivery import RETRY_FOR, retry_delay
-from worker.services import payments
+from worker.services import auto_renew_switch, payments
 from worker.services.daily import run_day
 from worker.services.platform_events import set_auto_renew
 from worker.services.runtime import Runtime
@@ -326,3 +326,26 @@ def test_an_import_that_switches_auto_renew_tells_the_platform(rt, receiver):
         True,
         "import",
     )
+
+
+def test_the_holder_switching_auto_renew_off_and_on_tells_the_platform(rt, receiver):
+    with rt.session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=date(2027, 6, 30), auto_renew=True, payment_method="pm_card_visa")
+        session.commit()
+    clock = lambda: PAID_AT  # noqa: E731
+    off = auto_renew_switch.switch_off(
+        rt.session_factory, mailbox.id, seen_expires_on=None, today=PAID_ON, stages=rt.settings.notice_stages,
+        clock=clock,
+    )  # fmt: skip
+    on = auto_renew_switch.switch_on(rt.session_factory, mailbox.id, today=PAID_ON, clock=clock)
+    again = auto_renew_switch.switch_on(rt.session_factory, mailbox.id, today=PAID_ON, clock=clock)
+    assert (off.outcome, on.outcome, again.outcome) == (
+        auto_renew_switch.Outcome.SWITCHED_OFF,
+        auto_renew_switch.Outcome.SWITCHED_ON,
+        auto_renew_switch.Outcome.ALREADY_ON,
+    )
+    deliver(rt, PAID_AT)
+    assert [(d.type, d.data["auto_renew"], d.data["source"]) for d in receiver.accepted] == [
+        ("auto_renew.changed", False, "holder"),
+        ("auto_renew.changed", True, "holder"),
+    ]

@@ -6,26 +6,40 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from worker.events.queue import auto_renew_event, write_events, write_lifecycle_events
 from worker.store.models import Mailbox
 
-__all__ = ["set_auto_renew", "write_lifecycle_events"]
+__all__ = ["auto_renew_switched", "set_auto_renew", "write_lifecycle_events"]
+
+
+def auto_renew_switched(
+    executor: Session | Connection,
+    mailbox_id: int,
+    address: str,
+    auto_renew: bool,
+    *,
+    source: str,
+    now: datetime,
+    today: date,
+) -> None:
+    """Tell the platform that a mailbox's auto-renew was switched (``auto_renew.changed``), in the
+    caller's transaction, which sets the flag itself.  ``source`` says who switched it: ``payment``,
+    ``holder`` (the auto-renew page), ``import``…"""
+    event = auto_renew_event(mailbox_id, address, auto_renew=auto_renew, source=source)
+    write_events(executor, [event], now=now, business_date=today)
 
 
 def set_auto_renew(
     session: Session, mailbox: Mailbox, auto_renew: bool, *, source: str, now: datetime, today: date
 ) -> bool:
-    """Switch a mailbox's auto-renew on or off and tell the platform (``auto_renew.changed``), in
-    the caller's transaction.  ``source`` says who switched it: ``payment``, ``holder``, ``desk``…
-
-    Every switch of ``Mailbox.auto_renew`` goes through here.  Returns False, and writes
-    nothing, when the mailbox was already so.
+    """Switch an ORM mailbox's auto-renew on or off and tell the platform (:func:`auto_renew_switched`),
+    in the caller's transaction.  Returns False, and writes nothing, when the mailbox was already so.
     """
     if bool(mailbox.auto_renew) == auto_renew:
         return False
     mailbox.auto_renew = auto_renew
-    event = auto_renew_event(mailbox.id, mailbox.address, auto_renew=auto_renew, source=source)
-    write_events(session, [event], now=now, business_date=today)
+    auto_renew_switched(session, mailbox.id, mailbox.address, auto_renew, source=source, now=now, today=today)
     return True
