@@ -283,7 +283,7 @@ def test_bad_to_address_is_refused(renderer, to_address):
         render(renderer, to_address=to_address)
 
 
-def test_line_breaks_anywhere_in_header_values_are_refused(renderer):
+def test_line_breaks_anywhere_in_header_values_are_refused(renderer, signer):
     boxes = mailboxes(1)
     boxes[0]["address"] = "mario@pec.example.it\r\nX-Evil: 1"
     with pytest.raises(ValueError):
@@ -297,7 +297,7 @@ def test_line_breaks_anywhere_in_header_values_are_refused(renderer):
     with pytest.raises(ValueError):
         render(renderer, "domain-expiry-notice", context={"holder_name": None, "mailboxes": domain_boxes})
     with pytest.raises(ValueError):
-        EmailRenderer(mail_from="Rinnovi <rinnovi@example.it>\r\nBcc: x@example.it", signer=renderer._signer)
+        EmailRenderer(mail_from="Rinnovi <rinnovi@example.it>\r\nBcc: x@example.it", signer=signer)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult
 
 from tests.support.settings import make_settings
-from tests.support.smtp_server import LoopbackSMTPServer, _Handler
+from tests.support.smtp_server import LoopbackSMTPServer
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
 from worker.rules.links import LinkSigner
@@ -35,23 +35,12 @@ def message(number: int = 1) -> bytes:
     ).encode("ascii")
 
 
-class _PipeliningHandler(_Handler):
-    """The loopback server's handler, announcing PIPELINING (RFC 2920) as Postfix does."""
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-
 @pytest.fixture(params=["plain", "pipelining"])
 def smtp_server(request):
     """Every SMTP test runs twice: against a server without PIPELINING (smtplib's
     sendmail, four round trips) and one with it (MAIL, RCPT and DATA in one write)."""
-    server = LoopbackSMTPServer()
-    if request.param == "pipelining":
-        server._controller.handler = _PipeliningHandler(server)
+    server = LoopbackSMTPServer(pipelining=request.param == "pipelining")
     server.start()
-    server.pipelining = request.param == "pipelining"
     try:
         yield server
     finally:

@@ -9,15 +9,13 @@ from datetime import date
 from pathlib import Path
 
 import click
-import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import exists, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from config.settings import Settings, SettingsError
 from worker.celery_setup import create_celery
-from worker.cli.common import ensure_schema, fail, parse_date, runtime_of, stderr_console
+from worker.cli.common import database_lost, ensure_schema, fail, parse_date, runtime_of, stderr_console
 from worker.cli.desk import desk_commands
 from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
@@ -44,7 +42,7 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as error:
-            reason = self.database_lost(error)
+            reason = database_lost(error)
             if reason is None:
                 raise
             fail(
@@ -52,31 +50,6 @@ class _Commands(click.Group):
                 " once it is back, run the command again: nothing done is lost)",
                 1,
             )
-
-    @staticmethod
-    def database_lost(error: BaseException) -> str | None:
-        """Why the database could not be used, if that is what ``error`` (or the error it was
-        raised from, or while handling) comes down to; None for any other error.
-
-        That is SQLAlchemy's ``OperationalError`` and ``InterfaceError`` (a refused or lost
-        connection, a disconnect during a commit), any of its DBAPI errors that invalidated the
-        connection, and psycopg's own two, where the relay and the charges use psycopg directly.
-        Other database errors (a constraint, a bad statement) are bugs and keep their traceback.
-        """
-
-        seen: set[int] = set()
-        current: BaseException | None = error
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            if isinstance(current, DBAPIError) and (
-                isinstance(current, (OperationalError, InterfaceError)) or current.connection_invalidated
-            ):
-                cause = current.orig if current.orig is not None else current
-                return " ".join(str(cause).split()) or type(cause).__name__
-            if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
-                return " ".join(str(current).split()) or type(current).__name__
-            current = current.__cause__ or current.__context__
-        return None
 
 
 @click.group(cls=_Commands)
