@@ -13,13 +13,18 @@ from sqlalchemy.engine import make_url
 
 from config.settings import Settings
 from tests.support.settings import TEST_DATABASE_URL, make_settings
-from tests.support.smtp_server import smtp_server  # noqa: F401
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base
 
 #: Fixtures defined beside the test data they go with.
-pytest_plugins = ["tests.support.importing", "tests.support.charges"]
+pytest_plugins = [
+    "tests.support.smtp_server",
+    "tests.support.importing",
+    "tests.support.charges",
+    "tests.support.link_handler",
+    "tests.support.faults",
+]
 
 
 def _ensure_database(url: str) -> None:

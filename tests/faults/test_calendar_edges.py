@@ -30,7 +30,9 @@ from celery import Celery, _state
 from sqlalchemy import select
 
 from config.celery import celery_config
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.factories import make_mailbox
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     gateway_charges_per_cycle,
@@ -39,9 +41,7 @@ from tests.faults.conftest import (
     queues_idle,
     received_ids,
     wait_until,
-    worker_environment,
 )
-from tests.support.factories import make_mailbox
 from tests.support.settings import make_settings
 from worker.rules.schedule import DEFAULT_STAGES, next_action_on
 from worker.services import runtime as runtime_module

@@ -27,16 +27,16 @@ import time_machine
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     ROOT,
     duplicates,
     outbox_status,
     received_ids,
     recipients_with_two_message_ids,
     seed_mailboxes,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from tests.support.settings import smtp_runtime
 from worker.rules.schedule import add_months
 from worker.services.daily import scan_day

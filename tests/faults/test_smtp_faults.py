@@ -21,16 +21,16 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     outbox_status,
     queues_idle,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from tests.support.settings import make_settings
 from tests.support.smtp_server import LoopbackSMTPServer
 from worker.rules.schedule import add_months

@@ -26,7 +26,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     charge_intents,
@@ -35,9 +37,7 @@ from tests.faults.conftest import (
     received_ids,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from worker.rules.schedule import parse_stages
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 

@@ -42,7 +42,8 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     database_quiet,
@@ -54,7 +55,6 @@ from tests.faults.conftest import (
     seed_mailboxes,
     sent_message_ids,
     wait_until,
-    worker_environment,
 )
 from tests.support.settings import make_settings
 from worker.rules.schedule import add_months

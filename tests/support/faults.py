@@ -1,5 +1,7 @@
 """Shared by the fault suite: real Celery worker processes we can kill, fast seeding, the counts asserted.
 
+Registered as a plugin in ``tests/conftest.py``: its fixtures are ``flushed_redis`` and ``workers``.
+
 Every fault test runs against the real PostgreSQL and Redis (the DB given by
 ``PEC_RENEWAL_TEST_REDIS_URL``, flushed first), real ``celery worker``
 subprocesses, and the aiosmtpd server on loopback (``tests/support/smtp_server.py``).
@@ -21,7 +23,6 @@ from celery import Celery
 from sqlalchemy import func, select, text
 
 from config.celery import celery_config
-from tests.support.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
 from tests.support.settings import TEST_REDIS_URL, make_settings
 from tests.support.waiting import wait_until
 from worker.store.models import OutboxMessage, OutboxStatus
