@@ -31,6 +31,7 @@ from tests.support.settings import TEST_SECRET_KEYS, smtp_runtime
 from worker import metrics
 from worker.mail.emails import EmailRenderer
 from worker.mail.headers import Refused, header_address
+from worker.mail.outbox import requeue_failed_messages
 from worker.rules.holder_data import sendable_address
 from worker.rules.links import LinkSigner
 from worker.services.daily import run_day, scan_day
@@ -201,8 +202,6 @@ def test_a_failed_grouped_email_requeued_goes_out_without_the_refused_mailbox(
     tmp_path, database_url, session_factory, smtp_server
 ):
     """An email that failed whole before (``refused by the renderer``) goes once requeued."""
-    from worker.cli.main import requeue_failed_messages
-
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     queue_group_with_one_refused(runtime)
     with session_factory() as session, session.begin():

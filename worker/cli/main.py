@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import exists, update
 
 from config.settings import Settings, SettingsError
 from worker.celery_setup import create_celery
@@ -21,6 +20,7 @@ from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
 from worker.cli.serve import serve
 from worker.logs import configure_logging, log_context, remove_logging
+from worker.mail.outbox import requeue_failed_messages
 from worker.services import runtime as runtime_module
 from worker.services.daily import count_due, run_day
 from worker.services.demo import run_demo
@@ -29,7 +29,6 @@ from worker.services.importer import ImportRefused, count_records, import_mailbo
 from worker.services.report import build_report, print_report
 from worker.services.runtime import Runtime
 from worker.store import migrate
-from worker.store.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 log = logging.getLogger("pec_renewal")
 
@@ -283,25 +282,6 @@ def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
         "messages refused by the renderer stay failed: correct the data (re-import),"
         " then 'pec-renewal notices resend ADDRESS'"
     )
-
-
-def requeue_failed_messages(session, business_date: date | None = None) -> int:
-    """Failed outbox messages back to pending, due now, with their attempts reset; returns how many."""
-
-    statement = (
-        update(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.FAILED.value)
-        # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
-        .where(
-            ~exists().where(
-                NoticeLedgerEntry.outbox_message_id == OutboxMessage.id, NoticeLedgerEntry.refused_reason.is_not(None)
-            )
-        )
-        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
-    )
-    if business_date is not None:
-        statement = statement.where(OutboxMessage.business_date == business_date)
-    return session.execute(statement).rowcount
 
 
 @main.command("report")
