@@ -107,7 +107,7 @@ def test_ticks_across_daylight_saving_and_29_february_scan_each_date_once_with_t
             own_block[mailbox.id] = block
         auto = {}
         for expires_on, (charge_on, _renewed) in CHARGES.items():
-            mailbox = make_mailbox(session, expires_on=expires_on, auto_renew=True, payment_method="pm_card_visa")
+            mailbox = make_mailbox(session, expires_on=expires_on, card=True)
             mailbox.next_action_on = charge_on - timedelta(days=1)
             auto[mailbox.id] = expires_on
         # The schedule in force is the one the dates above were computed with (no reconcile moves them).
