@@ -172,8 +172,9 @@ def test_421_closes_the_connection_and_the_next_send_reconnects(smtp_server, mai
 
 def test_an_idle_connection_is_checked_with_noop_and_replaced_when_dead(smtp_server):
     now = [1000.0]
-    mailer = SMTPMailer(smtp_server.host, smtp_server.port, timeout=5.0, local_hostname="client.example.it",
-                        clock=lambda: now[0])  # fmt: skip
+    mailer = SMTPMailer(
+        smtp_server.host, smtp_server.port, timeout=5.0, local_hostname="client.example.it", clock=lambda: now[0]
+    )
     try:
         mailer.send(SENDER, "mario@example.it", message(1))
         now[0] += 10
@@ -286,8 +287,6 @@ def test_make_mailer_chooses_by_settings(tmp_path, smtp_server):
 
 
 def test_maildir_backend_creates_missing_parent_folders(tmp_path):
-    from worker.mail.mailers import MaildirMailer
-
     target = tmp_path / "not" / "yet" / "mail"
     MaildirMailer(target).send("a@example.it", "b@example.it", b"Subject: x\r\n\r\nbody\r\n")
     assert len(list((target / "new").iterdir())) == 1

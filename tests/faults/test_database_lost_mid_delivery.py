@@ -131,8 +131,11 @@ def cli(env: dict, tmp_path, *args: str, clock) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tests.faults.cli_at", *args],
         env={**env, "PYTHONPATH": str(ROOT), "PEC_RENEWAL_TEST_CLOCK": clock.isoformat()},
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cut_after_the_nth_250(smtp_server, proxy: LoopbackProxy, nth: int) -> None:

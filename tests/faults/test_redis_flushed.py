@@ -65,8 +65,11 @@ def test_redis_flushed_mid_scan_everything_due_is_delivered_by_the_next_run(
     # the scan this soon leaves the date alone (its batches may only be slow).
     beat.send_task("pec_renewal.relay_outbox")
     beat.send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
-    wait_until(lambda: queues_idle(flushed_redis) and outbox_status(session_factory)["pending"] == 0, timeout=60,
-               what="the relay to drain the outbox")  # fmt: skip
+    wait_until(
+        lambda: queues_idle(flushed_redis) and outbox_status(session_factory)["pending"] == 0,
+        timeout=60,
+        what="the relay to drain the outbox",
+    )
     before_the_hour = ledger_rows()
     assert before_the_hour < MAILBOXES  # the lost batches are still due
     assert len(smtp_server.messages) == before_the_hour
@@ -75,8 +78,11 @@ def test_redis_flushed_mid_scan_everything_due_is_delivered_by_the_next_run(
     worker.stop()
     worker.start(at_morning(DAY) + timedelta(hours=1))
     beat.send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
-    wait_until(lambda: outbox_status(session_factory).get("sent", 0) == MAILBOXES and queues_idle(flushed_redis),
-               timeout=60, what="every notice delivered")  # fmt: skip
+    wait_until(
+        lambda: outbox_status(session_factory).get("sent", 0) == MAILBOXES and queues_idle(flushed_redis),
+        timeout=60,
+        what="every notice delivered",
+    )
 
     with session_factory() as session:
         stages = session.execute(select(NoticeLedgerEntry.stage, func.count()).group_by(NoticeLedgerEntry.stage)).all()

@@ -166,8 +166,15 @@ def test_sigkill_twenty_times_then_run_to_completion(
     worker.kill()  # idle: nothing is lost, and a warm stop takes seconds
 
     # pec-renewal run-daily for the day, as the runbook says after a failed day: nothing is left.
-    runtime = Runtime(make_settings(tmp_path, database_url=database_url, mail_backend="smtp",
-                                    smtp_host=smtp_server.host, smtp_port=smtp_server.port))  # fmt: skip
+    runtime = Runtime(
+        make_settings(
+            tmp_path,
+            database_url=database_url,
+            mail_backend="smtp",
+            smtp_host=smtp_server.host,
+            smtp_port=smtp_server.port,
+        )
+    )
     try:
         with time_machine.travel(clock + timedelta(hours=1), tick=False):
             summary = run_day(runtime, DAY)

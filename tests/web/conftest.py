@@ -1,4 +1,4 @@
-"""The link handler's tests: fixtures and page helpers are in ``tests/support/link_handler.py``."""
+"""The link handler's tests: its fixtures and what it reads of pages are in ``tests/support/link_handler.py``."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ from werkzeug.serving import make_server
 
 from tests.support.factories import make_mailbox
 from tests.support.settings import make_settings
+from worker.services import payments
+from worker.services.daily import run_day
 from worker.services.runtime import Runtime
 from worker.store.models import Mailbox, RenewalOrder
 from worker.web import create_app
@@ -88,9 +90,6 @@ def _renewal_link_from_maildir(path, base_url: str) -> str:
 
 def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory, clock, caplog):
     from playwright.sync_api import sync_playwright
-
-    from worker.services import payments
-    from worker.services.daily import run_day
 
     runtime, base_url = served
     caplog.set_level(logging.INFO)
