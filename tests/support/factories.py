@@ -18,8 +18,8 @@ Traits (keyword flags of :func:`make_mailbox` and :class:`MailboxFactory`):
 ``on_domain``
     on a customer domain (``rossi-srl.example.it`` unless ``domain`` names one);
 ``expired``
-    expired 30 days before ``expires_on``'s default, that is 30 days before ``today`` if given
-    (``make_mailbox(session, expired=True, today=DAY)``);
+    expired 30 days before ``today``, the day the test stands on (2027-01-10 unless given:
+    ``make_mailbox(session, expired=True, today=DAY)``);
 ``company`` / ``public_administration``
     a company (``Rossi S.r.l.``, VAT number and SDI code) or a public administration (its
     11-digit codice fiscale and office code) as the holder;
