@@ -187,7 +187,7 @@ def test_serve_on_another_port_writes_its_links_to_that_port(fleet):
                     },
                 ),  # fmt: skip
                 ("modulo", {"method": "card", "years": "1"}),
-                ("condizioni", {"accept": "y"}),
+                ("condizioni", {"accept": "y", "approve_clauses": "y"}),
                 ("conferma", {}),
             ]
             for step, data in steps:
