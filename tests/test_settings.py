@@ -244,6 +244,8 @@ def test_set_secret_keys_generate_nothing(var_dir):
         ({"LINK_MAX_AGE_DAYS": "365"}, "link_max_age_days", 365),
         ({"OUTBOX_MAX_ATTEMPTS": "3"}, "outbox_max_attempts", 3),
         ({"RELAY_BATCH_SIZE": "50"}, "relay_batch_size", 50),
+        ({"API_TOKEN": "a" * 32}, "api_token", "a" * 32),
+        ({}, "api_token", None),
         # Blank is the same as unset (except for SECRET_KEYS).
         ({"TIMEZONE": "   "}, "timezone", ZoneInfo("Europe/Rome")),
         ({"SMTP_PORT": ""}, "smtp_port", 25),
@@ -422,6 +424,8 @@ BAD_VALUES = [
         "art. 1;" + "x" * 201,
         f"{'x' * 40!r}…: each clause is one line of at most 200 characters",
     ),
+    ("API_TOKEN", "x" * 31, "must be at least 32 characters, without spaces"),
+    ("API_TOKEN", "x" * 20 + " " + "x" * 20, "must be at least 32 characters, without spaces"),
 ]
 
 
@@ -490,6 +494,7 @@ def test_secrets_never_appear_in_repr(var_dir):
         var_dir,
         SECRET_KEYS=f"{OLD_KEY},{NEW_KEY}",
         SMTP_PASSWORD="smtp-password-s3cr3t",
+        API_TOKEN="renewal-api-token-s3cr3t-0123456789abcdef",
         DATABASE_URL="postgresql://pec:db-password-s3cr3t@db.example:5432/pec",
         BROKER_URL="redis://:broker-password-s3cr3t@redis.example:6379/0",
     )
@@ -499,6 +504,7 @@ def test_secrets_never_appear_in_repr(var_dir):
         assert "smtp-password-s3cr3t" not in text
         assert "db-password-s3cr3t" not in text
         assert "broker-password-s3cr3t" not in text
+        assert "renewal-api-token-s3cr3t" not in text
         assert "database_url='postgresql+psycopg://pec:***@db.example:5432/pec'" in text
         assert "broker_url='redis://:***@redis.example:6379/0'" in text
         assert "smtp_host='localhost'" in text

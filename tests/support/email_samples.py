@@ -37,7 +37,9 @@ class Sample:
 
 
 def _mailbox(mailbox_id: int, address: str, expires_on: str, plan: str, domain: str | None = None) -> dict[str, Any]:
-    return {"id": mailbox_id, "address": address, "expires_on": expires_on, "plan": plan, "domain": domain}
+    # One account for all: a grouped notice carries its "Rinnova tutte" link.
+    return {"id": mailbox_id, "address": address, "expires_on": expires_on, "plan": plan, "domain": domain,
+            "account": 77}  # fmt: skip
 
 
 _COMPANY = "Edilizia Verdi Costruzioni Generali S.r.l."
