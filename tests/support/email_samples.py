@@ -137,6 +137,8 @@ SAMPLES = (
     Sample("order-postal-slip", "order-confirmation", "0d", _order("postal_slip")),
     Sample("order-card", "order-confirmation", "0d", _order("card")),
     Sample("renewal-completed", "renewal-completed", "0d", _order("paypal")),
+    Sample("payment-refunded", "payment-refunded", "0d",
+           {**_order("card"), "refund": {"kind": "automatic", "method": "card", "amount_cents": 21228}}),
     Sample("charge-notice", "charge-notice", "-30d", _charge(card_expires_on="2026-12-31")),
     Sample("card-expiring", "card-expiring", "-30d", _charge(card_expires_on="2026-12-31")),
     Sample("charge-succeeded", "charge-succeeded", "-7d",

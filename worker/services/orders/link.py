@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from worker.rules import schedule
 from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
+from worker.rules.notices import reminders_opted_out
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
     Account,
@@ -67,6 +68,8 @@ class MailboxSummary:
     orderable: bool
     #: Days from the day it was read to the expiry: negative once expired (what advice fits).
     days_to_expiry: int = 0
+    #: Whether the holder opted out of the expiry reminders of this cycle ("Non intendo rinnovare").
+    reminders_opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def mailbox_summary(mailbox: Any, today: date) -> MailboxSummary:
         promo=bool(mailbox.promo),
         orderable=not on_domain and state is not schedule.MailboxState.DELETED,
         days_to_expiry=(mailbox.expires_on - today).days,
+        reminders_opted_out=reminders_opted_out(mailbox.reminders_opt_out_for, mailbox.expires_on),
     )
 
 
@@ -219,6 +223,7 @@ _MAILBOX_LINK_QUERY = (
         Mailbox.auto_renew,
         Mailbox.promo,
         Mailbox.language,
+        Mailbox.reminders_opt_out_for,
         Holder.name.label("holder_name"),
         RenewalOrder.public_id.label("order_public_id"),
         RenewalOrder.status.label("order_status"),
