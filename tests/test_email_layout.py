@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 from tests.support.email_samples import RENDERED_AT, SAMPLES, Sample, demo_samples
 from worker.mail.emails import EmailRenderer
 from worker.mail.kinds import KINDS
 from worker.rules.links import LinkSigner
 from worker.rules.vocabulary import LANGUAGES
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 WIDTHS = (390, 1280)
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("PEC_RENEWAL_TEST_ARTIFACTS") or ROOT / "artifacts") / "emails"
@@ -31,9 +30,7 @@ WITH_BUTTON = frozenset(
     ("expiry-notice", "expired-notice", "charge-notice", "card-expiring", "charge-failed", "order-confirmation")
 )
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: run scripts/install-browser (CI does)"
-)
+pytestmark = needs_chromium
 
 #: What the page measures of itself: its scroll width, the boxes of its links (buttons marked),
 #: and the amounts drawn on more than one line.

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import csrf_token, link_path, row_counts
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from tests.web.conftest import csrf_token, link_path, row_counts
 from worker.services import orders
 from worker.store.models import RenewalOrder
 

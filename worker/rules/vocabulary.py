@@ -57,6 +57,7 @@ CORPORATE_KINDS: Final = (HolderKind.COMPANY.value, HolderKind.PUBLIC_ADMINISTRA
 #: The kinds that need a partita IVA and an SDI code or PEC address.
 BUSINESS_KINDS: Final = (HolderKind.SOLE_PROPRIETOR.value, HolderKind.COMPANY.value, HolderKind.PROFESSIONAL.value)
 HOLDER_KINDS: Final = tuple(kind.value for kind in HolderKind)
+# Laid out by hand (fmt: skip): one block per language, a label to a line.
 HOLDER_KIND_LABELS: Final = MappingProxyType({
     "it": MappingProxyType({
         HolderKind.PRIVATE.value: "Persona fisica (privato)",
