@@ -142,7 +142,7 @@ class Settings:
         for item in fields(self):
             if item.repr:
                 value = getattr(self, item.name)
-                if item.name in ("database_url", "broker_url"):
+                if item.name in ("database_url", "broker_url", "platform_webhook_url") and value is not None:
                     value = _hide_password(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"

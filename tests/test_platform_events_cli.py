@@ -125,6 +125,10 @@ def test_good_platform_settings(tmp_path):
         secret,
     )
     assert secret not in repr(settings)
+    with_password = make_settings(
+        tmp_path, platform_webhook_url="https://pec:s3cret@platform.example/hooks", platform_webhook_secret=secret
+    )
+    assert "s3cret" not in repr(with_password)
     assert make_settings(tmp_path).platform_webhook_url is None
 
 
@@ -137,3 +141,15 @@ def test_the_day_summary_counts_the_events(tmp_path, database_url, session_facto
     }  # fmt: skip
     with session_factory() as session:  # without a URL the day keeps its events
         assert session.query(PlatformEvent).filter_by(status="pending").count() == 1
+
+
+def test_check_names_where_the_events_go_without_credentials(tmp_path, database_url, session_factory):
+    seed(session_factory)
+    result = run(
+        tmp_path, database_url, "check",
+        platform_webhook_url="https://pec:s3cret@platform.example:8443/hooks?token=t0ken",
+        platform_webhook_secret=new_secret(),
+    )  # fmt: skip
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("platform")]
+    assert line.split(None, 2)[1:] == ["ok", "webhooks to https://platform.example:8443/hooks (1 pending, 2 failed)"]
+    assert "s3cret" not in result.output and "t0ken" not in result.output

@@ -124,8 +124,9 @@ def check_platform(rt: Runtime) -> str:
     url = rt.settings.platform_webhook_url
     if url is None:
         return f"PEC_RENEWAL_PLATFORM_WEBHOOK_URL is not set: events are kept, not sent ({waiting})"
-    parts = urlsplit(url)
-    return f"webhooks to {parts.scheme}://{parts.netloc}{parts.path} ({waiting})"
+    parts = urlsplit(url)  # without a user, a password or a query, which may hold a token
+    port = f":{parts.port}" if parts.port else ""
+    return f"webhooks to {parts.scheme}://{parts.hostname}{port}{parts.path} ({waiting})"
 
 
 def check_webhooks(rt: Runtime) -> str:
