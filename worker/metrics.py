@@ -37,7 +37,7 @@ from sqlalchemy.pool import NullPool
 
 from config.settings import Settings
 from worker.store.db import make_engine
-from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OutboxMessage, OutboxStatus
+from worker.store.models import ChargeIntent, ChargeStatus, MailboxSchedule, OutboxMessage, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def database_query(now: datetime):
         .scalar_subquery().label("oldest_retry_due_at"),
         select(func.min(OutboxMessage.created_at)).where(pending, OutboxMessage.next_attempt_at.is_(None))
         .scalar_subquery().label("oldest_new_created_at"),
-        select(func.min(Mailbox.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
+        select(func.min(MailboxSchedule.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
         count(unresolved, ChargeIntent.status == ChargeStatus.STARTED.value).label("charges_started"),
         count(unresolved, ChargeIntent.status == ChargeStatus.UNKNOWN.value).label("charges_unknown"),
     )  # fmt: skip
