@@ -60,6 +60,21 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from databases import ensure_database, psycopg_url  # noqa: E402
+from peak_costs import (  # noqa: E402
+    backend_cpu,
+    cpu_seconds,
+    last_ledger_id,
+    maybe_done,
+    outcome_counts,
+    peak_rss_mb,
+    process_tree,
+    progress_counts,
+    redis_server_pids,
+    table_counters,
+    table_writes,
+    wal_bytes_between,
+    wal_position,
+)
 from quiet_day import FIRST_EXPIRY, seed  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
@@ -106,17 +121,30 @@ def reset_due_set(url: str, due: int, days: int = 1) -> None:
     """
     last_day = peak_day(days - 1)
     with psycopg.connect(psycopg_url(url)) as connection:
+        # Whatever an earlier run left due by the last day, outside this run's due sets, goes back to
+        # its seeded expiry and next date; the mailboxes first, found by their schedule's date.
+        moved_away = {"first": FIRST_EXPIRY, "day": last_day, "due": due * days}
         connection.execute(
-            """UPDATE mailboxes SET expires_on = %(first)s::date + (id %% 3650)::int,
-                                    next_action_on = %(first)s::date + (id %% 3650)::int - 92
-               WHERE next_action_on <= %(day)s AND id > %(due)s""",
-            {"first": FIRST_EXPIRY, "day": last_day, "due": due * days},
+            """UPDATE mailboxes m SET expires_on = %(first)s::date + (m.id %% 3650)::int
+               FROM mailbox_schedule s
+               WHERE s.mailbox_id = m.id AND s.next_action_on <= %(day)s AND s.mailbox_id > %(due)s""",
+            moved_away,
         )
         connection.execute(
-            """UPDATE mailboxes SET expires_on = %(expiry)s::date + ((id - 1) / %(due)s)::int,
-                                    next_action_on = %(day)s::date + ((id - 1) / %(due)s)::int
-               WHERE id <= %(all)s""",
-            {"expiry": PEAK_EXPIRY, "day": PEAK_DAY, "due": due, "all": due * days},
+            """UPDATE mailbox_schedule SET next_action_on = %(first)s::date + (mailbox_id %% 3650)::int - 92
+               WHERE next_action_on <= %(day)s AND mailbox_id > %(due)s""",
+            moved_away,
+        )
+        due_sets = {"expiry": PEAK_EXPIRY, "day": PEAK_DAY, "due": due, "all": due * days}
+        connection.execute(
+            """UPDATE mailboxes SET expires_on = %(expiry)s::date + ((id - 1) / %(due)s)::int
+               WHERE id <= %(all)s AND expires_on <> %(expiry)s::date + ((id - 1) / %(due)s)::int""",
+            due_sets,
+        )
+        connection.execute(
+            """UPDATE mailbox_schedule SET next_action_on = %(day)s::date + ((mailbox_id - 1) / %(due)s)::int
+               WHERE mailbox_id <= %(all)s""",
+            due_sets,
         )
         connection.execute("TRUNCATE notice_ledger, outbox_messages, daily_runs, bounced_addresses")
         # The schedule in force is the recorded one: the scan does not walk the fleet
@@ -128,7 +156,8 @@ def reset_due_set(url: str, due: int, days: int = 1) -> None:
             (SCHEDULE_STATE_KEY, fingerprint),
         )
         due_now = connection.execute(
-            "SELECT count(*) FILTER (WHERE next_action_on <= %s), count(*) FROM mailboxes WHERE next_action_on <= %s",
+            """SELECT count(*) FILTER (WHERE next_action_on <= %s), count(*) FROM mailbox_schedule
+               WHERE next_action_on <= %s""",
             (PEAK_DAY, last_day),
         ).fetchone()
         connection.commit()
@@ -141,7 +170,7 @@ def reset_due_set(url: str, due: int, days: int = 1) -> None:
         # statistics of an empty table would plan the whole day as if they stayed empty;
         # never analysed, they are planned by their actual size.  Only before the first
         # day: the later days find what the earlier ones and autovacuum left.
-        connection.execute("VACUUM (ANALYZE) mailboxes")
+        connection.execute("VACUUM (ANALYZE) mailboxes, mailbox_schedule")
         # Then the reset's and the vacuum's dirty pages are written out, as a quiet night
         # before the 06:00 scan would have: left in the 128 MB of shared buffers, they were
         # the day's to write, and PostgreSQL's CPU per email doubled (measured back to back:
@@ -157,99 +186,6 @@ def reset_due_set(url: str, due: int, days: int = 1) -> None:
         raise SystemExit(
             f"{due_now[0]} mailboxes are due on {PEAK_DAY} and {due_now[1]} by {last_day}, not {due} and {due * days}"
         )
-
-
-def progress_counts(connection: psycopg.Connection, day: date) -> tuple[int, int, int, bool]:
-    """(the day's ledger rows, its outbox rows, those still pending, scan recorded): exact, but a few
-    counts over the day's rows, so read every few seconds and at the end only."""
-    ledger = connection.execute("SELECT count(*) FROM notice_ledger WHERE business_date = %s", (day,)).fetchone()[0]
-    total, pending = connection.execute(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM outbox_messages WHERE business_date = %s",
-        (day,),
-    ).fetchone()
-    scanned = connection.execute(
-        "SELECT finished_at IS NOT NULL FROM daily_runs WHERE business_date = %s", (day,)
-    ).fetchone()
-    connection.rollback()
-    return ledger, total, pending, bool(scanned and scanned[0])
-
-
-def last_ledger_id(connection: psycopg.Connection) -> int:
-    """The highest ledger id so far (0 for none): a day's rows are above the one read before it."""
-    value = connection.execute("SELECT coalesce(max(id), 0) FROM notice_ledger").fetchone()[0]
-    connection.rollback()
-    return int(value)
-
-
-def maybe_done(connection: psycopg.Connection, due: int, ledger_before: int) -> bool:
-    """A cheap test, every half second, that the day may be over: ``due`` ledger rows exist above
-    the day's first (the highest ledger id, by the primary key) and no message is pending (one
-    probe of the pending index).  The polling of earlier versions counted both tables every half
-    second: a tenth of a core taken from the measured system."""
-    probe = connection.execute(
-        """SELECT (SELECT coalesce(max(id), 0) FROM notice_ledger) - %s >= %s
-                  AND NOT EXISTS (SELECT 1 FROM outbox_messages WHERE status = 'pending')""",
-        (ledger_before, due),
-    ).fetchone()[0]
-    connection.rollback()
-    return bool(probe)
-
-
-#: What a day's writes are measured by, per table (``pg_stat_user_tables``).
-TABLE_COUNTERS = ("n_tup_ins", "n_tup_upd", "n_tup_hot_upd", "n_tup_del")
-
-
-def table_counters(connection: psycopg.Connection) -> dict[str, tuple[int, ...]]:
-    """Each table's rows inserted, updated, updated HOT and deleted so far, as the statistics hold them.
-
-    The server's backends report their counts when their transaction ends and
-    they have been idle a moment: read a second or two after the day's last commit."""
-    connection.execute("SELECT pg_stat_clear_snapshot()")
-    rows = connection.execute(f"SELECT relname, {', '.join(TABLE_COUNTERS)} FROM pg_stat_user_tables").fetchall()
-    connection.rollback()
-    return {name: tuple(int(value) for value in counts) for name, *counts in rows}
-
-
-def wal_position(connection: psycopg.Connection) -> str:
-    """The server's current WAL position (for every database of the server, not only this one)."""
-    position = connection.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-    connection.rollback()
-    return position
-
-
-def wal_bytes_between(connection: psycopg.Connection, before: str, after: str) -> int:
-    value = connection.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (after, before)).fetchone()[0]
-    connection.rollback()
-    return int(value)
-
-
-def table_writes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> dict[str, dict]:
-    """The tables the day wrote, with their counters' growth and the share of their updates that were HOT."""
-    writes = {}
-    for name, counts in sorted(after.items()):
-        grown = dict(
-            zip(TABLE_COUNTERS, (a - b for a, b in zip(counts, before.get(name, (0,) * 4), strict=True)), strict=True)
-        )
-        if any(grown.values()):
-            writes[name] = grown
-    return writes
-
-
-def backend_cpu(connection: psycopg.Connection) -> dict[int, float]:
-    """CPU seconds used so far by each PostgreSQL backend connected to this database, but ours."""
-    pids = [
-        pid
-        for (pid,) in connection.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    ]
-    connection.rollback()
-    return {pid: cpu_seconds([pid]) for pid in pids}
-
-
-def outcome_counts(url: str) -> dict[str, int]:
-    with psycopg.connect(psycopg_url(url)) as connection:
-        return dict(connection.execute("SELECT status, count(*) FROM outbox_messages GROUP BY status").fetchall())
 
 
 # -- the services --------------------------------------------------------------------------
@@ -311,49 +247,6 @@ def start_worker(spec: str, env: dict[str, str], directory: Path, number: int) -
         stdout=open(directory / f"worker{number}.log", "wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return pids
-    for child in children:
-        pids.extend(process_tree(int(child)))
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time these processes have used so far (/proc/<pid>/stat)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
-def redis_server_pids(url: str) -> list[int]:
-    """The Redis server's own process, when it runs on this machine (for its CPU time)."""
-    try:
-        return [int(redis.Redis.from_url(url).info("server")["process_id"])]
-    except (redis.RedisError, KeyError, ValueError):
-        return []
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """The process's high-water resident set (VmHWM), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -518,6 +411,8 @@ def drive_peak_day(args, app, day: date, directory: Path, workers: list[subproce
         "postgres_cpu_ms_per_email": round(others["postgres"] * 1000 / emails, 3),
         # The server's WAL, whatever database wrote it: read on a server nothing else writes to.
         "wal_bytes_per_email": round(wal / emails),
+        # The day's WAL positions, for pg_waldump (which names the relation of each record).
+        "wal_range": [wal_before, wal_after],
         "hot_update_ratio": {
             name: round(grown["n_tup_hot_upd"] / grown["n_tup_upd"], 3) if grown["n_tup_upd"] else None
             for name, grown in writes.items()
