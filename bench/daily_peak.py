@@ -78,8 +78,8 @@ from peak_costs import (  # noqa: E402
 from quiet_day import FIRST_EXPIRY, seed  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from worker.mail.emails import message_id_for  # noqa: E402
 from worker.mail.mailers import SMTPMailer  # noqa: E402
+from worker.mail.message_ids import message_id_for  # noqa: E402
 from worker.services.notices import SCHEDULE_STATE_KEY  # noqa: E402
 from worker.services.runtime import Runtime, freeze_startup_objects  # noqa: E402
 from worker.store import migrate  # noqa: E402

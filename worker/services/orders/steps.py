@@ -16,7 +16,7 @@ from datetime import date, datetime
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.mail.emails import format_long_date
+from worker.mail.templates import format_long_date
 from worker.rules import pricing, schedule
 from worker.rules.holder_data import check_holder
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS
