@@ -424,7 +424,7 @@ def drive_peak_day(args, app, day: date, directory: Path, workers: list[subproce
 
 #: Seconds to wait after a day for the backends' table statistics (PostgreSQL reports them at
 #: most once a second from a backend, and when it idles).
-STATISTICS_DELAY = 2.0
+STATISTICS_DELAY = 11.0
 
 
 def run_peak_days(args, env: dict[str, str], directory: Path, pipe) -> None:

@@ -246,7 +246,11 @@ class NoticeLedgerEntry(Base):
     __table_args__ = (UniqueConstraint("mailbox_id", "cycle_expires_on", "stage", name="uq_notice_ledger_key"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    #: The mailbox, by its schedule row (one per mailbox, deleted with it): the key check of each
+    #: new ledger row then lands on the row its notice batch has locked and moves anyway, not on
+    #: the wide ``mailboxes`` row, which a peak day would otherwise lock (a WAL record each, and
+    #: a full-page image of each page touched) without changing it.
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox_schedule.mailbox_id", ondelete="CASCADE"))
     #: The expiry date the notice was about: it names the cycle.
     cycle_expires_on: Mapped[date] = mapped_column(Date)
     stage: Mapped[str] = mapped_column(String(8))
