@@ -14,7 +14,7 @@ from typing import Any, Literal
 from worker.mail.headers import refuse_line_breaks
 from worker.mail.variables import common_value
 from worker.rules import vocabulary
-from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.rules.links import TARGETS, LinkSigner
 
 KINDS = (
     "expiry-notice",
@@ -46,6 +46,9 @@ class KindRules:
     #: the renderer refuses is left out and the email goes to the others.  Not for an
     #: order's emails: their totals cover every mailbox, so one refused refuses the email.
     mailboxes_apart: bool = False
+    #: Whether a grouped email also carries one "Rinnova tutte" link for all its mailboxes of one
+    #: account (``renew_all_url`` in the templates; worker.mail.group_links).
+    renew_all: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -59,9 +62,9 @@ def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
     if not isinstance(resume, Mapping):
         return payment["checkout_url"]
     target, target_id, cycle = resume.get("target"), resume.get("id"), resume.get("cycle")
-    if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int) or not isinstance(cycle, str):
+    if target not in TARGETS or not isinstance(target_id, int) or not isinstance(cycle, str):
         raise ValueError(f"resume_link {dict(resume)!r} is not a link target")
-    return signer.url_for(target, target_id, date.fromisoformat(cycle))
+    return signer.url_for(target, target_id, date.fromisoformat(cycle), resume.get("ids") or ())
 
 
 def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
@@ -209,13 +212,15 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "reason": reason,
         "order_number": order_number,
         "reference": reference,
+        # The mailbox's auto-renew page: switch it off or on, replace the method.
+        "auto_renew_url": signer.auto_renew_url(common["mailboxes"][0].id),
     }
 
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True),
     "domain-expiry-notice": KindRules(
         renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
     ),
@@ -223,11 +228,10 @@ KIND_RULES: dict[str, KindRules] = {
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     # Auto-renew (worker/rules/auto_renew.py, worker/services/charges/), one mailbox per email.
-    # The signed Rinnova link of the cycle leads to the link handler: there the holder changes the
-    # plan or learns how to switch auto-renew off (charge-notice, card-expiring), or pays the
-    # unpaid order (charge-failed).
-    "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
-    "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    # Each carries the mailbox's auto-renew page (``auto_renew_url``): switch it off or on, replace
+    # the method.  charge-failed also carries the cycle's Rinnova link, to pay the unpaid order.
+    "charge-notice": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
+    "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
 }

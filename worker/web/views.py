@@ -158,7 +158,7 @@ def renewal_link(token: str):
     view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
-    return _link_page(view, account_link=link.target == "a")
+    return _link_page(view, account_link=link.target != MAILBOX)
 
 
 def _link_page(view, *, account_link: bool):
@@ -175,6 +175,10 @@ def _link_page(view, *, account_link: bool):
         states=orders.LinkState,
         form_token=generate_csrf() if with_form else None,
         account_link=account_link,
+        # A mailbox on auto-renew: its own page switches it off (worker/web/auto_renew.py).
+        auto_renew_path=None
+        if account_link or view.state != orders.LinkState.AUTO_RENEW
+        else url_for("auto_renew.page", token=_runtime().signer.auto_renew_token(view.mailboxes[0].id)),
     )
     return page, 410 if view.state == orders.LinkState.DELETED else 200
 
@@ -264,7 +268,7 @@ def step_mailboxes(public_id: str):
 def _is_account_order(order, mailboxes) -> bool:
     target = getattr(order, "link_target", None) or getattr(order, "target", None)
     if target is not None:
-        return target == "a"
+        return target != MAILBOX  # an account link, or a grouped notice's "Rinnova tutte"
     return len(mailboxes) > 1
 
 
