@@ -130,17 +130,29 @@ _BATCH_COLUMNS = (
 
 
 def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
-    """The batch's mailboxes still due, their schedule rows locked (``FOR UPDATE OF mailbox_schedule``):
-    the lock every writer of a mailbox's next date takes, so the mailboxes' own rows are left untouched."""
+    """The batch's mailboxes still due, their schedule rows locked: the lock every writer of a
+    mailbox's next date takes, so the mailboxes' own rows are left untouched.
+
+    Two statements: the lock, then the read.  A writer that changed a mailbox (a switch of
+    auto-renew, a registered payment, a charge) holds its schedule row until it commits, and
+    the read, a statement after the lock was granted, sees what it committed; one statement
+    would have read the mailbox as it was before the wait."""
+    locked = session.scalars(
+        select(_SCHEDULE.c.mailbox_id)
+        .where(one_of(session, _SCHEDULE.c.mailbox_id, mailbox_ids), _SCHEDULE.c.next_action_on <= today)
+        .order_by(_SCHEDULE.c.mailbox_id)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return []
     return session.execute(
         select(*_BATCH_COLUMNS)
         .select_from(_SCHEDULE)
         .join(_MAILBOXES, _MAILBOXES.c.id == _SCHEDULE.c.mailbox_id)
         .join(Holder, Holder.id == Mailbox.holder_id)
         .outerjoin(Domain, Domain.id == Mailbox.domain_id)
-        .where(one_of(session, _SCHEDULE.c.mailbox_id, mailbox_ids), _SCHEDULE.c.next_action_on <= today)
+        .where(one_of(session, _SCHEDULE.c.mailbox_id, list(locked)))
         .order_by(_SCHEDULE.c.mailbox_id)
-        .with_for_update(of=_SCHEDULE)
     ).all()
 
 
