@@ -14,7 +14,7 @@ from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, links_in, mail
 from tests.support.factories import make_mailbox
 from worker.rules.schedule import deletion_date
 from worker.services.daily import run_day
-from worker.store.models import MailboxSchedule
+from worker.store.models import Mailbox, MailboxSchedule
 
 pytestmark = needs_chromium
 
