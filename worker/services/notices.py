@@ -125,6 +125,7 @@ _BATCH_COLUMNS = (
     *_MAILBOXES.c,
     _SCHEDULE.c.next_action_on,
     Holder.name.label("holder_name"),
+    Holder.kind.label("holder_kind"),
     Domain.name.label("domain_name"),
 )
 
@@ -285,8 +286,11 @@ def plan_notice_batch(
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         holder_names = {mailbox.holder_name for mailbox in members}
+        holder_kinds = {mailbox.holder_kind for mailbox in members}
         context = {
             "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
+            # How the email greets: "Spett.le" a company or a public body, "Gentile" a person.
+            "holder_kind": holder_kinds.pop() if len(holder_kinds) == 1 else None,
             "mailboxes": [
                 {
                     "id": mailbox.id,

@@ -43,7 +43,7 @@ On SQLite the same steps run, ``batch_alter_table`` rebuilding the tables where 
 cannot alter them.
 
 Revision ID: 0009
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-06 07:30:00
 """
 from alembic import op
@@ -51,7 +51,7 @@ import sqlalchemy as sa
 
 
 revision = '0009'
-down_revision = '0014'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 
