@@ -48,10 +48,11 @@ from worker.services.charges import charge_price
 from worker.services.orders.link import holder_language
 from worker.services.platform_events import auto_renew_switched
 from worker.services.runtime import utc_now
-from worker.store.db import update_by_id
-from worker.store.models import ChargeIntent, Holder, Mailbox, NoticeLedgerEntry
+from worker.store.models import ChargeIntent, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry
+from worker.store.schedule import move_schedule
 
 _MAILBOXES = Mailbox.__table__
+_SCHEDULE = MailboxSchedule.__table__
 _HOLDERS = Holder.__table__
 _INTENTS = ChargeIntent.__table__
 _LEDGER = NoticeLedgerEntry.__table__
@@ -126,7 +127,7 @@ _FACTS = (
         _MAILBOXES.c.extra_archive_gb,
         _MAILBOXES.c.renewal_years,
         _MAILBOXES.c.expires_on,
-        _MAILBOXES.c.next_action_on,
+        _SCHEDULE.c.next_action_on,
         _MAILBOXES.c.domain_id,
         _MAILBOXES.c.auto_renew,
         _MAILBOXES.c.payment_method,
@@ -134,11 +135,13 @@ _FACTS = (
         _MAILBOXES.c.language,
         _HOLDERS.c.name.label("holder_name"),
     )
+    .join(_SCHEDULE, _SCHEDULE.c.mailbox_id == _MAILBOXES.c.id)
     .join(_HOLDERS, _HOLDERS.c.id == _MAILBOXES.c.holder_id)
     .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
 )
-#: The charge service's lock (FOR UPDATE of the mailbox row; SQLite's transactions are serial).
-_LOCKED_FACTS = _FACTS.with_for_update(of=_MAILBOXES)
+#: The charge service's lock (FOR UPDATE of the mailbox row, then its schedule row; SQLite's
+#: transactions are serial).
+_LOCKED_FACTS = _FACTS.with_for_update(of=(_MAILBOXES, _SCHEDULE))
 _ATTEMPTS = (
     select(_INTENTS.c.id, _INTENTS.c.attempt, _INTENTS.c.status, _INTENTS.c.business_date)
     .where(_INTENTS.c.mailbox_id == bindparam("mailbox_id"), _INTENTS.c.cycle_expires_on == bindparam("cycle"))
@@ -195,12 +198,12 @@ def _switch(
     session: Session, mailbox: Any, auto_renew: bool, next_action_on: date | None, *, now: datetime, today: date
 ) -> None:
     """Set the flag, and the date the scan next looks at the mailbox, as the scan sets it
-    (:func:`worker.store.db.update_by_id`, the notice batch's own write of the schedule); the
+    (:func:`worker.store.schedule.move_schedule`, the notice batch's own write of the schedule); the
     platform hears of it (``auto_renew.changed``, source ``holder``)."""
     mailbox_id = mailbox.id
     session.execute(_SET_AUTO_RENEW, {"mailbox_id": mailbox_id, "new_auto_renew": auto_renew})
     auto_renew_switched(session, mailbox_id, mailbox.address, auto_renew, source="holder", now=now, today=today)
-    update_by_id(session, _MAILBOXES, [{"id": mailbox_id, "next_action_on": next_action_on}])
+    move_schedule(session, [(mailbox_id, next_action_on)])
 
 
 def read_auto_renew(

@@ -7,7 +7,7 @@ mailbox is still pending; that of failed events, their count.  ``mailboxes.expir
 writes the expired and deleted events of the last days.
 
 Revision ID: 0016
-Revises: 0015
+Revises: 0009
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
@@ -17,7 +17,7 @@ import worker.store.models
 
 
 revision = '0016'
-down_revision = '0015'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
