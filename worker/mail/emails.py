@@ -61,6 +61,7 @@ KINDS = (
     "card-expiring",
     "charge-succeeded",
     "charge-failed",
+    "charge-skipped",
 )
 LANGUAGES = vocabulary.LANGUAGES
 PLANS = vocabulary.PLANS
@@ -256,6 +257,9 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
     reference = charge.get("reference")
     if reference is not None:
         _refuse_line_breaks(reference, "reference")
+    order_method = charge.get("order_method")
+    if order_method is not None and order_method not in _PAYMENT_METHODS:
+        raise ValueError(f"payment method {order_method!r} is not one of {', '.join(_PAYMENT_METHODS)}")
     return {
         "amount": _euro(charge["amount_cents"], language),
         "subtotal": _euro(charge["subtotal_cents"], language),
@@ -270,6 +274,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "reason": reason,
         "order_number": order_number,
         "reference": reference,
+        "order_method_label": _METHOD_LABELS[language].get(order_method or "", ""),
+        "cancel_by": day("cancel_by"),
     }
 
 
@@ -291,6 +297,9 @@ KIND_RULES: dict[str, KindRules] = {
     "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
+    # The charge not made while the holder's own order awaits payment: its link leads to that
+    # order (how to pay it, change its method, or cancel it).
+    "charge-skipped": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
 }
 assert set(KIND_RULES) == set(KINDS)
 

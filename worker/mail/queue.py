@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 from sqlalchemy.orm import Session
 
 from worker.mail.emails import LedgerKey, OrderEmail, installation_id, message_id_for
@@ -111,3 +111,27 @@ def _row(email: NewEmail, message_id: str) -> dict:
 def _new(business_date: date, now: datetime) -> dict:
     """The columns of a new message that do not depend on the email."""
     return {"business_date": business_date, "status": OutboxStatus.PENDING.value, "attempts": 0, "created_at": now}
+
+
+def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_domain: str, resends: int = 0) -> int:
+    """Withdraw an order's email and its re-sends ``1..resends`` while they wait in the outbox
+    unclaimed: what they say stopped being true before they were sent (an "awaiting payment"
+    confirmation of an order since paid, cancelled, or given another method).  A message the
+    relay already sent, retried, or holds under its lease right now is left as it is.  Returns
+    how many were withdrawn.  Found by their Message-IDs (unique), in the caller's transaction.
+    """
+    installation = installation_id(executor)
+    message_ids = [
+        message_id_for(about, mail_domain, installation_id=installation, resend=resend) for resend in range(resends + 1)
+    ]
+    result = executor.execute(
+        update(_OUTBOX)
+        .where(
+            _OUTBOX.c.message_id.in_(message_ids),
+            _OUTBOX.c.status == OutboxStatus.PENDING.value,
+            _OUTBOX.c.attempts == 0,
+            _OUTBOX.c.next_attempt_at.is_(None),
+        )
+        .values(status=OutboxStatus.WITHDRAWN.value)
+    )
+    return result.rowcount or 0
