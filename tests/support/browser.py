@@ -1,0 +1,82 @@
+"""The link handler served on loopback for a real headless Chromium (Debian's, driven by Playwright).
+
+CI installs the browser with ``scripts/install-browser``; without it the browser tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.support.settings import make_settings
+from worker.services.runtime import Runtime
+from worker.web import create_app
+from worker.web.security import RedactingRequestHandler
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+#: A phone's viewport.
+PHONE = {"width": 390, "height": 844}
+
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: run scripts/install-browser (CI does)"
+)
+
+
+class _LateApp:
+    """A WSGI app set after the server is bound, so the links can carry the server's real port."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def served_app(tmp_path, database_url, session_factory, clock, **settings) -> Iterator[tuple[Runtime, str]]:
+    """The link handler on a free loopback port, on the test database and clock: (runtime, base URL)."""
+    late = _LateApp()
+    server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=RedactingRequestHandler)
+    base_url = f"http://127.0.0.1:{server.port}"
+    runtime = Runtime(make_settings(tmp_path, database_url=database_url, base_url=base_url, **settings), clock=clock)
+    runtime.__dict__["session_factory"] = session_factory
+    late.app = create_app(runtime)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield runtime, base_url
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+        runtime.close()
+
+
+@contextmanager
+def phone_page(playwright) -> Iterator:
+    """A page in headless Chromium at a phone's width, with JavaScript off."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+        context = browser.new_context(java_script_enabled=False, viewport=PHONE)
+        yield context.new_page()
+    finally:
+        browser.close()
+
+
+def inside_the_width(locator, width: int = PHONE["width"]) -> bool:
+    """Whether the element is laid out fully within the viewport's width (no scrolling to reach it)."""
+    box = locator.bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
