@@ -350,3 +350,25 @@ def test_a_confirmation_already_sent_is_not_withdrawn(runtime, smtp_server):
         orders.cancel_order(session, order, settings=runtime.settings)
         session.commit()
         assert statuses(session, "order-confirmation") == ["sent"]
+
+
+# -- The notices know about the order ----------------------------------------------------------------
+
+
+def test_an_expiry_notice_mentions_the_order_awaiting_payment(runtime, smtp_server):
+    with runtime.session_factory() as session:
+        waiting = make_mailbox(session, expires_on=date(2027, 4, 30), reference_email="studio@example.it")
+        make_mailbox(session, expires_on=date(2027, 4, 30), reference_email="studio@example.it")  # no order
+        order = complete_order(session, runtime.settings, waiting, method="bank_transfer")
+        session.commit()
+        number, address = order.order_number, waiting.address
+    run_on(runtime, date(2027, 4, 15))
+    notices = [m for m in received(smtp_server) if m["X-PEC-Renewal-Kind"] == "expiry-notice"]
+    assert len(notices) == 1
+    text = " ".join(text_of(notices[0]).split())
+    html = notices[0].get_body(("html",)).get_content()
+    block = f"Per questa casella è in attesa di pagamento l'ordine {number} ("
+    assert block in text and "con bonifico bancario)" in text
+    assert text.count("in attesa di pagamento") == 1  # only the mailbox with the order
+    assert text.index(address) < text.index(block)
+    assert f"l'ordine {number}" in html and "annullare l'ordine" in html

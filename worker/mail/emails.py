@@ -619,6 +619,18 @@ def _read_or_create_installation_id(executor: Session | Connection) -> tuple[str
 
 
 @dataclass(frozen=True)
+class PendingOrderView:
+    """The holder's order awaiting payment for a mailbox's cycle, as a notice mentions it."""
+
+    number: str
+    amount: str
+    #: The method's label in the email's language ("" when none was chosen yet).
+    method: str
+    #: The method's key (``bank_transfer``, ``postal_slip``, ``card``, ``paypal``) or None.
+    method_key: str | None
+
+
+@dataclass(frozen=True)
 class MailboxView:
     id: int
     address: str
@@ -629,9 +641,28 @@ class MailboxView:
     last_renewable_on: date
     deletion_on: date
     renewal_url: str | None
+    pending_order: PendingOrderView | None = None
 
 
-def _mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> MailboxView:
+def _pending_order_view(raw: Any, language: str) -> PendingOrderView | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError("a mailbox's pending order must be an object")
+    number, method = raw.get("number"), raw.get("method")
+    if not isinstance(number, str) or not _ORDER_NUMBER_RE.fullmatch(number):
+        raise ValueError(f"order number {number!r} is not like PEC-2027-000123")
+    if method is not None and method not in _PAYMENT_METHODS:
+        raise ValueError(f"payment method {method!r} is not one of {', '.join(_PAYMENT_METHODS)}")
+    return PendingOrderView(
+        number=number,
+        amount=_euro(raw.get("amount_cents"), language),
+        method=_METHOD_LABELS[language].get(method or "", ""),
+        method_key=method,
+    )
+
+
+def _mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool, language: str = "it") -> MailboxView:
     if not isinstance(raw, Mapping):
         raise ValueError("each mailbox in the context must be an object")
     try:
@@ -662,6 +693,7 @@ def _mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> Mail
         last_renewable_on=last_renewable_day(expires_on),
         deletion_on=deletion_date(expires_on),
         renewal_url=signer.renewal_url(mailbox_id, expires_on) if with_renewal_link else None,
+        pending_order=_pending_order_view(raw.get("pending_order"), language),
     )
 
 
@@ -905,7 +937,7 @@ class EmailRenderer:
         refused: list[RefusedMailbox] = []
         for raw in raw_mailboxes:
             try:
-                mailboxes.append(_mailbox_view(raw, self._signer, rules.renewal_links))
+                mailboxes.append(_mailbox_view(raw, self._signer, rules.renewal_links, language))
             except ValueError as error:
                 if not rules.mailboxes_apart:
                     raise

@@ -74,6 +74,7 @@ from worker.services.orders.life import (
     change_payment_method,
     lapse_orders,
     pending_manual_order,
+    pending_orders,
     withdraw_confirmation,
 )
 from worker.services.orders.link import (
@@ -160,6 +161,7 @@ __all__ = [
     "payment_instructions",
     "payment_options",
     "pending_manual_order",
+    "pending_orders",
     "queue_order_email",
     "read_mailbox_link",
     "set_holder",

@@ -18,6 +18,7 @@ unknown) is neither cancelled nor changed: money may have moved.  The caller com
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -35,6 +36,7 @@ from worker.services.orders.errors import OrderNotOpen, OrderValidationError
 from worker.services.orders.messages import message
 from worker.services.orders.steps import payment_options
 from worker.services.orders.summary import earliest_deletion_on, order_language
+from worker.store.db import one_of
 from worker.store.models import (
     OPEN_ORDER_STATUSES,
     OrderOrigin,
@@ -186,6 +188,35 @@ _PENDING_MANUAL_ORDER = (
     )
     .order_by(RenewalOrder.id)
 )
+
+
+def pending_orders(session: Session, keys: Iterable[tuple[int, date]]) -> dict[tuple[int, date], dict[str, Any]]:
+    """The orders awaiting payment of these ``(mailbox id, cycle)`` pairs, as the notices mention
+    them: ``{"number", "amount_cents", "method"}`` by pair (the oldest order of a pair).  One query."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(
+            RenewalOrderLine.mailbox_id,
+            RenewalOrderLine.old_expires_on,
+            RenewalOrder.order_number,
+            RenewalOrder.total_cents,
+            RenewalOrder.payment_method,
+        )
+        .join(RenewalOrder, RenewalOrder.id == RenewalOrderLine.order_id)
+        .where(
+            one_of(session, RenewalOrderLine.mailbox_id, sorted({mailbox_id for mailbox_id, _cycle in wanted})),
+            RenewalOrderLine.selected.is_(True),
+            RenewalOrder.status == OrderStatus.AWAITING_PAYMENT.value,
+        )
+        .order_by(RenewalOrder.id.desc())
+    ).all()
+    found: dict[tuple[int, date], dict[str, Any]] = {}
+    for mailbox_id, cycle, number, total_cents, method in rows:
+        if (mailbox_id, cycle) in wanted and number is not None and total_cents:
+            found[(mailbox_id, cycle)] = {"number": number, "amount_cents": total_cents, "method": method}
+    return found
 
 
 def pending_manual_order(executor: Session | Connection, mailbox_id: int, cycle: date) -> Any | None:
