@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.support.charges import CHARGE_DAY, EXPIRES, add_auto_renew, at_morning, received, run_on, text_of
 from tests.support.factories import make_mailbox
 from tests.support.orders import NOW, TODAY, complete_order, link_for
+from worker.mail.outbox import OutboxRelay
 from worker.rules import schedule
 from worker.services import charges, orders, payments
 from worker.services.orders import LinkState, OrderNotOpen, OrderValidationError
@@ -372,3 +373,45 @@ def test_an_expiry_notice_mentions_the_order_awaiting_payment(runtime, smtp_serv
     assert text.count("in attesa di pagamento") == 1  # only the mailbox with the order
     assert text.index(address) < text.index(block)
     assert f"l'ordine {number}" in html and "annullare l'ordine" in html
+
+
+def test_a_confirmation_withdrawn_while_its_batch_is_being_sent_is_not_sent(runtime, smtp_server):
+    """The relay has claimed the confirmation with an earlier email; the card is paid while the
+    earlier one is being sent: the relay reads the confirmation's status again and leaves it out."""
+    with runtime.session_factory() as session:
+        earlier = complete_order(session, runtime.settings, make_mailbox(session, expires_on=date(2027, 4, 30)))
+        order = complete_order(session, runtime.settings, make_mailbox(session, expires_on=date(2027, 4, 30)))
+        session.commit()
+        earlier_number, number, total = earlier.order_number, order.order_number, order.total_cents
+
+    class PaysDuringTheFirstSend:
+        """The real SMTP mailer; while it sends the first email, the other order's transfer is registered."""
+
+        def __init__(self, mailer):
+            self.mailer, self.paid = mailer, False
+
+        def send(self, sender, recipient, message):
+            if not self.paid:
+                self.paid = True
+                with runtime.session_factory() as session:
+                    payments.register_payment(
+                        session, order_number=number, amount_cents=total, method="bank_transfer",
+                        reference="CRO race", now=NOW, today=TODAY, settings=runtime.settings,
+                    )  # fmt: skip
+                    session.commit()
+            self.mailer.send(sender, recipient, message)
+
+        def close(self):
+            self.mailer.close()
+
+    relay = OutboxRelay(
+        runtime.session_factory, PaysDuringTheFirstSend(runtime.mailer), runtime.renderer,
+        clock=lambda: NOW, max_attempts=3, batch_size=10,
+    )  # fmt: skip
+    relay.deliver_due()
+    relay.deliver_due()  # the renewal-completed queued meanwhile
+    sent = [(m["X-PEC-Renewal-Kind"], m["Subject"]) for m in received(smtp_server)]
+    assert [kind for kind, _subject in sent] == ["order-confirmation", "renewal-completed"]
+    assert earlier_number in sent[0][1]
+    with runtime.session_factory() as session:
+        assert statuses(session, "order-confirmation") == ["sent", "withdrawn"]

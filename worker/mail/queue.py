@@ -26,6 +26,9 @@ from worker.store.db import dialect_insert, insert_many
 from worker.store.models import OutboxMessage, OutboxStatus
 
 _OUTBOX = OutboxMessage.__table__
+#: The kinds whose messages may be withdrawn before they are sent (:func:`withdraw_emails`); the
+#: relay reads such a message's status again just before sending it.
+WITHDRAWABLE_KINDS = frozenset({"order-confirmation"})
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,15 @@ def _new(business_date: date, now: datetime) -> dict:
 
 
 def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_domain: str, resends: int = 0) -> int:
-    """Withdraw an order's email and its re-sends ``1..resends`` while they wait in the outbox
-    unclaimed: what they say stopped being true before they were sent (an "awaiting payment"
-    confirmation of an order since paid, cancelled, or given another method).  A message the
-    relay already sent, retried, or holds under its lease right now is left as it is.  Returns
-    how many were withdrawn.  Found by their Message-IDs (unique), in the caller's transaction.
+    """Withdraw an order's email and its re-sends ``1..resends`` while they are not sent yet
+    (``pending``, first try or retry): what they say stopped being true (an "awaiting payment"
+    confirmation of an order since paid, cancelled, or given another method).  A message a relay
+    has claimed is read again by the relay just before it is sent, so only a send already under
+    way goes out (its outcome then records it as sent).  Returns how many were withdrawn.  Found
+    by their Message-IDs (unique), in the caller's transaction.
     """
+    if about.kind not in WITHDRAWABLE_KINDS:
+        raise ValueError(f"{about.kind!r} emails cannot be withdrawn")
     installation = installation_id(executor)
     message_ids = [
         message_id_for(about, mail_domain, installation_id=installation, resend=resend) for resend in range(resends + 1)
@@ -129,8 +135,6 @@ def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_doma
         .where(
             _OUTBOX.c.message_id.in_(message_ids),
             _OUTBOX.c.status == OutboxStatus.PENDING.value,
-            _OUTBOX.c.attempts == 0,
-            _OUTBOX.c.next_attempt_at.is_(None),
         )
         .values(status=OutboxStatus.WITHDRAWN.value)
     )
