@@ -415,3 +415,37 @@ def test_a_confirmation_withdrawn_while_its_batch_is_being_sent_is_not_sent(runt
     assert earlier_number in sent[0][1]
     with runtime.session_factory() as session:
         assert statuses(session, "order-confirmation") == ["sent", "withdrawn"]
+
+
+def test_the_daily_run_lapses_the_unpaid_orders(runtime, smtp_server):
+    expires = date(2027, 3, 20)
+    with runtime.session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=expires)
+        order = complete_order(session, runtime.settings, mailbox)
+        session.commit()
+        order_id, mailbox_id = order.id, mailbox.id
+    run_on(runtime, schedule.last_renewable_day(expires))
+    with runtime.session_factory() as session:
+        assert session.get(RenewalOrder, order_id).status == "awaiting_payment"
+    run_on(runtime, schedule.deletion_date(expires))
+    with runtime.session_factory() as session:
+        assert session.get(RenewalOrder, order_id).status == "lapsed"
+        view = orders.describe_link(session, link_for(session.get(Mailbox, mailbox_id), expires), TODAY)
+        assert view.order_public_id is None
+
+
+def test_the_charge_skipped_email_in_english(runtime, smtp_server):
+    mailbox_id = add_auto_renew(runtime, "pm_card_visa", notified=True, language="en").id
+    number, _total = plan_change_order(runtime, mailbox_id, method="postal_slip")
+    run_on(runtime, CHARGE_DAY)
+    (skipped,) = [m for m in received(smtp_server) if m["X-PEC-Renewal-Kind"] == "charge-skipped"]
+    assert skipped["Subject"] == f"Automatic charge not made: order {number} is awaiting payment"
+    text = " ".join(text_of(skipped).split())
+    assert "today we did not make the automatic renewal charge of the PEC mailbox" in text
+    assert (
+        f"your order {number} (" in text
+        and "paid by postal slip) for renewing this mailbox is awaiting payment" in text
+    )
+    assert "If you cancel the order by 29 March 2027, the automatic charge will be made" in text
+    html = skipped.get_body(("html",)).get_content()
+    assert "See the order" in html and "/rinnova/" in html

@@ -70,6 +70,7 @@ def test_a_declined_card_then_a_bank_transfer(served, session_factory, clock):
         assert inside_the_width(switch)
         for label in ("PayPal", "Bonifico bancario", "Bollettino postale"):
             assert page.get_by_label(label).count() == 1, label
+        page.screenshot(path=str(runtime.settings.var_dir / "declined.png"), full_page=True)
         page.get_by_label("Bonifico bancario").check()
         switch.click()
         page.wait_for_selector("h2:has-text('Pagamento con bonifico bancario')")
