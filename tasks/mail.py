@@ -6,7 +6,7 @@ from celery import shared_task
 from celery.signals import worker_init
 
 from worker import metrics
-from worker.mail.emails import compile_templates
+from worker.mail.templates import compile_templates
 from worker.services import runtime
 from worker.store.db import DATABASE_UNREACHABLE
 

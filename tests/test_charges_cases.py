@@ -22,7 +22,7 @@ from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_n
 from tests.support.factories import make_mailbox
 from tests.support.settings import make_settings
 from worker.gateways.sandbox import SandboxGateway
-from worker.mail.emails import INSTALLATION_ID_KEY, installation_id, message_id_for
+from worker.mail.message_ids import INSTALLATION_ID_KEY, installation_id, message_id_for
 from worker.rules.auto_renew import idempotency_key
 from worker.services import charges
 from worker.services.runtime import Runtime

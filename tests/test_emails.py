@@ -17,16 +17,13 @@ from pathlib import Path
 import pytest
 import time_machine
 
-from worker.mail.emails import (
-    KINDS,
-    LANGUAGES,
-    EmailRenderer,
-    format_date_with_article,
-    format_long_date,
-    message_id_for,
-    template_environment,
-)
+from worker.mail.emails import EmailRenderer
+from worker.mail.headers import folded_subject
+from worker.mail.kinds import KINDS
+from worker.mail.message_ids import message_id_for
+from worker.mail.templates import compiled_templates, format_date_with_article, format_long_date, template_environment
 from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
+from worker.rules.vocabulary import LANGUAGES
 
 BASE_URL = "https://rinnovi.example.it"
 MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example.it>"
@@ -467,18 +464,15 @@ def test_the_output_is_the_same_in_two_processes():
 def test_ascii_subjects_are_folded_as_the_email_package_folds_them(subject):
     from email.header import Header
 
-    from worker.mail.emails import _folded_subject
-
     expected = "Subject: " + Header(subject, "us-ascii", header_name="Subject").encode(linesep="\r\n")
-    assert _folded_subject(subject) == expected
+    assert folded_subject(subject) == expected
 
 
 def test_a_celery_worker_compiles_the_templates_before_its_pool_forks():
     from celery.signals import worker_init
 
     import tasks.mail  # noqa: F401  (connects the signal, as the worker's imports do)
-    from worker.mail.emails import _templates
 
-    _templates.cache_clear()
+    compiled_templates.cache_clear()
     worker_init.send(sender=None)
-    assert _templates.cache_info().currsize == 1
+    assert compiled_templates.cache_info().currsize == 1

@@ -21,7 +21,7 @@ from tests.support.charges import CHARGE_DAY, add_auto_renew, at_morning, build_
 from tests.support.factories import make_mailbox
 from tests.support.orders import complete_order
 from tests.support.settings import smtp_runtime
-from worker.mail.emails import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
+from worker.mail.message_ids import INSTALLATION_ID_KEY, OrderEmail, installation_id, message_id_for
 from worker.services import charges
 from worker.services.daily import scan_day
 from worker.store import migrate

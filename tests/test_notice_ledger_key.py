@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tests.support.factories import make_mailbox
-from worker.mail.emails import installation_id, message_id_for
+from worker.mail.message_ids import installation_id, message_id_for
 from worker.rules.schedule import DEFAULT_STAGES
 from worker.services import notices
 from worker.store import migrate

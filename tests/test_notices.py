@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, text
 
 from tests.support.factories import make_mailbox
-from worker.mail.emails import installation_id, message_id_for
+from worker.mail.message_ids import installation_id, message_id_for
 from worker.rules.notices import decide_notice, earliest_action_on
 from worker.rules.schedule import DEFAULT_STAGES, parse_stages
 from worker.services.charges import CHARGE_NOTICE, DEFAULT_CHARGE_PLAN

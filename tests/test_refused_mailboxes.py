@@ -30,6 +30,8 @@ from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_SECRET_KEYS, smtp_runtime
 from worker import metrics
 from worker.mail.emails import EmailRenderer
+from worker.mail.headers import Refused, header_address
+from worker.rules.holder_data import sendable_address
 from worker.rules.links import LinkSigner
 from worker.services.daily import run_day, scan_day
 from worker.services.report import build_report
@@ -366,9 +368,6 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(
 )
 def test_the_renderer_refuses_what_the_import_refuses(address, reason):
     """One rule for a sendable address: what the import refuses at the door never reaches a header."""
-    from worker.mail.emails import Refused, header_address
-    from worker.rules.holder_data import sendable_address
-
     with pytest.raises(ValueError):
         sendable_address(address)
     with pytest.raises(Refused) as refused:
@@ -378,6 +377,4 @@ def test_the_renderer_refuses_what_the_import_refuses(address, reason):
 
 def test_a_unicode_domain_takes_its_idna_2008_form():
     """IDNA 2003 would turn faß.de into fass.de, another domain."""
-    from worker.mail.emails import header_address
-
     assert header_address("anna@faß.de") == "anna@xn--fa-hia.de"

@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import catalogue
-from worker.mail import emails
 from worker.rules import holder_data, import_values, pricing, vocabulary
 from worker.store import models
 
@@ -47,8 +46,6 @@ def test_the_tables_the_rules_and_the_emails_use_the_same_words():
     assert models.Plan is vocabulary.Plan and models.HolderKind is vocabulary.HolderKind
     assert holder_data.HOLDER_KINDS is vocabulary.HOLDER_KINDS
     assert pricing.PLAN_LABELS is vocabulary.PLAN_LABELS and pricing.PAYMENT_METHODS is vocabulary.PAYMENT_METHODS
-    assert emails.PLANS is vocabulary.PLANS and emails.PLAN_LABELS is vocabulary.PLAN_LABELS
-    assert emails.LANGUAGES is vocabulary.LANGUAGES
     assert import_values.PLANS is vocabulary.PLANS and import_values.LANGUAGES is vocabulary.LANGUAGES
 
 

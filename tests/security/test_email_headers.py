@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.mail.emails import EmailRenderer, header_address
+from worker.mail.emails import EmailRenderer
+from worker.mail.headers import header_address
 from worker.rules.links import LinkSigner
 
 EXPECTED_HEADERS = {

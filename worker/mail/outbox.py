@@ -38,7 +38,8 @@ from sqlalchemy import Connection, Integer, Row, bindparam, literal, or_, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.mail.emails import EmailRenderer, RefusedMailbox, refusal_reason
+from worker.mail.emails import EmailRenderer
+from worker.mail.headers import RefusedMailbox, refusal_reason
 from worker.mail.mailers import DeliveryError, Mailer
 from worker.mail.queue import WITHDRAWABLE_KINDS
 from worker.store.db import dialect_insert, dialect_of, one_of, quick_commit_connection, update_by_id

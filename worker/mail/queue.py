@@ -6,8 +6,8 @@ it exists exactly when that work was committed; the relay
 (:mod:`worker.mail.outbox`) renders and sends it afterwards.  The row keeps the
 data to render, never the rendered text.
 
-Its Message-ID is :func:`worker.mail.emails.message_id_for` of what the email is
-about (the ledger keys it carries, or an :class:`~worker.mail.emails.OrderEmail`),
+Its Message-ID is :func:`worker.mail.message_ids.message_id_for` of what the email is
+about (the ledger keys it carries, or an :class:`~worker.mail.message_ids.OrderEmail`),
 with this installation's id: the same email written twice gets the same
 Message-ID, and the outbox holds each Message-ID once.
 """
@@ -21,7 +21,7 @@ from datetime import date, datetime
 from sqlalchemy import Connection, update
 from sqlalchemy.orm import Session
 
-from worker.mail.emails import LedgerKey, OrderEmail, installation_id, message_id_for
+from worker.mail.message_ids import LedgerKey, OrderEmail, installation_id, message_id_for
 from worker.store.db import dialect_insert, insert_many
 from worker.store.models import OutboxMessage, OutboxStatus
 

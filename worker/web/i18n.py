@@ -11,7 +11,7 @@ from datetime import date
 
 from flask import g, has_app_context, has_request_context, request
 
-from worker.mail.emails import format_date_with_article, format_long_date
+from worker.mail.templates import format_date_with_article, format_long_date
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES, METHOD_LABELS, PLAN_LABELS, format_euro, label
 
 

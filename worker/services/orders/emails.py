@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.mail.emails import OrderEmail
+from worker.mail.message_ids import OrderEmail
 from worker.mail.queue import NewEmail, QueuedEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.vocabulary import GATEWAY_METHODS

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.mail.emails import OrderEmail
+from worker.mail.message_ids import OrderEmail
 from worker.mail.queue import withdraw_emails
 from worker.rules import schedule
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS

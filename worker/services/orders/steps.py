@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.mail.emails import format_long_date
+from worker.mail.templates import format_long_date
 from worker.rules import pricing, schedule
 from worker.rules.auto_renew import UNRESOLVED
 from worker.rules.holder_data import check_holder

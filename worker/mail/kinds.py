@@ -1,0 +1,242 @@
+"""The email kinds: what sets each apart, and the template variables each adds to the common ones.
+
+Adding a kind: a folder in ``email_templates/`` and one entry in :data:`KIND_RULES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from worker.mail.headers import refuse_line_breaks
+from worker.mail.variables import ORDER_NUMBER_RE, common_value
+from worker.rules import vocabulary
+from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
+
+KINDS = (
+    "expiry-notice",
+    "expired-notice",
+    "domain-expiry-notice",
+    "order-confirmation",
+    "renewal-completed",
+    "charge-notice",
+    "card-expiring",
+    "charge-succeeded",
+    "charge-failed",
+    "charge-skipped",
+)
+
+KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class KindRules:
+    """What sets one kind apart; the wording lives in its template folder."""
+
+    #: Whether each mailbox gets its own signed Rinnova link.
+    renewal_links: bool
+    #: When its stages fall: "before" (up to the expiry date itself), "after" or "any".
+    stages: Literal["before", "after", "any"]
+    #: Extra template variables (and checks) for this kind, from the stored context
+    #: and the common variables.
+    extra_context: KindContext | None = None
+    #: Whether each mailbox is a notice of its own (its own ledger row), so that a mailbox
+    #: the renderer refuses is left out and the email goes to the others.  Not for an
+    #: order's emails: their totals cover every mailbox, so one refused refuses the email.
+    mailboxes_apart: bool = False
+
+
+def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
+    """Where the holder resumes the order from the email: the signed Rinnova link it was started from.
+
+    The order pages live in the browser session that started the order; the
+    signed link opens it again from any device (the link page offers "resume").
+    Older stored emails without ``resume_link`` keep their checkout URL.
+    """
+    resume = payment.get("resume_link")
+    if not isinstance(resume, Mapping):
+        return payment["checkout_url"]
+    target, target_id, cycle = resume.get("target"), resume.get("id"), resume.get("cycle")
+    if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int) or not isinstance(cycle, str):
+        raise ValueError(f"resume_link {dict(resume)!r} is not a link target")
+    return signer.url_for(target, target_id, date.fromisoformat(cycle))
+
+
+def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    if any(mailbox.domain is None for mailbox in common["mailboxes"]):
+        raise ValueError("a domain-expiry-notice needs the domain of every mailbox")
+    return {}
+
+
+_IBAN_RE = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}")
+
+
+def _euro(cents: Any, language: str) -> str:
+    """A stored amount as the holder reads it (``48,80 €`` / ``€48.80``); a negative or
+    fractional one is refused."""
+    if not isinstance(cents, int) or isinstance(cents, bool) or cents < 0:
+        raise ValueError(f"amount {cents!r} is not a whole number of cents")
+    return vocabulary.format_euro(cents, language)
+
+
+@dataclass(frozen=True)
+class OrderedMailbox:
+    address: str
+    plan_label: str
+    old_plan_label: str
+    plan_changed: bool
+    extra_space_gb: int
+    extra_archive_gb: int
+    archive_deleted: bool
+    expires_on: date
+    new_expires_on: date
+
+
+def _order_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    """The order, its price and the payment instructions, for order-confirmation and renewal-completed."""
+    language = common["language"]
+    order, payment = stored.get("order"), stored.get("payment")
+    if not isinstance(order, Mapping) or not isinstance(payment, Mapping):
+        raise ValueError("an order email needs 'order' and 'payment' in its context")
+    number = order.get("number")
+    if not isinstance(number, str) or not ORDER_NUMBER_RE.fullmatch(number):
+        raise ValueError(f"order number {number!r} is not like PEC-2027-000123")
+    method = order.get("method")
+    if method is not None and method not in vocabulary.PAYMENT_METHODS:
+        raise ValueError(f"payment method {method!r} is not one of {', '.join(vocabulary.PAYMENT_METHODS)}")
+    years = order.get("years")
+    if not isinstance(years, int) or not 1 <= years <= 5:
+        raise ValueError(f"years {years!r} is not 1 to 5")
+    iban = payment.get("iban")
+    if not isinstance(iban, str) or not _IBAN_RE.fullmatch(iban):
+        raise ValueError(f"IBAN {iban!r} is not an IBAN")
+    for name in ("beneficiary", "postal_account", "checkout_url"):
+        refuse_line_breaks(payment.get(name), name)
+    ordered = []
+    raw_by_address = {raw.get("address"): raw for raw in stored["mailboxes"] if isinstance(raw, Mapping)}
+    for mailbox in common["mailboxes"]:
+        raw = raw_by_address[mailbox.address]
+        old_plan = raw.get("old_plan", mailbox.plan)
+        if old_plan not in vocabulary.PLANS:
+            raise ValueError(f"plan {old_plan!r} is not one of {', '.join(vocabulary.PLANS)}")
+        ordered.append(
+            OrderedMailbox(
+                address=mailbox.address,
+                plan_label=mailbox.plan_label,
+                old_plan_label=vocabulary.PLAN_LABELS[old_plan],
+                plan_changed=old_plan != mailbox.plan,
+                extra_space_gb=int(raw.get("extra_space_gb") or 0),
+                extra_archive_gb=int(raw.get("extra_archive_gb") or 0),
+                archive_deleted=bool(raw.get("archive_deleted")),
+                expires_on=mailbox.expires_on,
+                new_expires_on=date.fromisoformat(raw["new_expires_on"]),
+            )
+        )
+    lines = [
+        {"label": line["label_en" if language == "en" else "label_it"], "amount": _euro(line["amount_cents"], language)}
+        for line in order.get("lines") or []
+    ]
+    return {
+        "order_number": number,
+        "years": years,
+        "method": method,
+        "method_label": vocabulary.METHOD_LABELS[language].get(method or "", ""),
+        "auto_renew": method in ("card", "paypal"),
+        "lines": lines,
+        "subtotal": _euro(order["subtotal_cents"], language),
+        "vat_percent": int(order["vat_percent"]),
+        "vat": _euro(order["vat_cents"], language),
+        "total": _euro(order["total_cents"], language),
+        "iban": iban,
+        "beneficiary": payment["beneficiary"],
+        "postal_account": payment["postal_account"],
+        "checkout_url": _order_link(payment, signer),
+        "ordered": ordered,
+        "common_new_expires_on": common_value(item.new_expires_on for item in ordered),
+    }
+
+
+_CHARGE_REASONS = (
+    "hard_decline",
+    "requires_authentication",
+    "retries_exhausted",
+    "no_payment_method",
+    "not_charged_before_expiry",
+)
+
+
+def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    """The auto-renew emails: amount (VAT included), charge date, masked method, receipt or failure."""
+    language = common["language"]
+    charge = stored.get("charge")
+    if not isinstance(charge, Mapping):
+        raise ValueError("an auto-renew email needs 'charge' in its context")
+    if len(common["mailboxes"]) != 1:
+        raise ValueError("an auto-renew email is about one mailbox")
+    method = charge.get("method")
+    refuse_line_breaks(method, "method")
+    years = charge.get("years")
+    if not isinstance(years, int) or not 1 <= years <= 5:
+        raise ValueError(f"years {years!r} is not 1 to 5")
+
+    def day(name: str) -> date | None:
+        value = charge.get(name)
+        return None if value is None else date.fromisoformat(value)
+
+    reason = charge.get("reason")
+    if reason is not None and reason not in _CHARGE_REASONS:
+        raise ValueError(f"reason {reason!r} is not one of {', '.join(_CHARGE_REASONS)}")
+    order_number = charge.get("order_number")
+    if order_number is not None and not ORDER_NUMBER_RE.fullmatch(order_number):
+        raise ValueError(f"order number {order_number!r} is not like PEC-2027-000123")
+    reference = charge.get("reference")
+    if reference is not None:
+        refuse_line_breaks(reference, "reference")
+    order_method = charge.get("order_method")
+    if order_method is not None and order_method not in vocabulary.PAYMENT_METHODS:
+        raise ValueError(f"payment method {order_method!r} is not one of {', '.join(vocabulary.PAYMENT_METHODS)}")
+    return {
+        "amount": _euro(charge["amount_cents"], language),
+        "subtotal": _euro(charge["subtotal_cents"], language),
+        "vat": _euro(charge["vat_cents"], language),
+        "vat_percent": int(charge["vat_percent"]),
+        "years": years,
+        "method": method,
+        "charge_on": day("charge_on"),
+        "charged_on": day("charged_on"),
+        "card_expires_on": day("card_expires_on"),
+        "new_expires_on": day("new_expires_on"),
+        "reason": reason,
+        "order_number": order_number,
+        "reference": reference,
+        "order_method_label": vocabulary.METHOD_LABELS[language].get(order_method or "", ""),
+        "cancel_by": day("cancel_by"),
+    }
+
+
+#: Adding a kind: a folder in email_templates/ and one entry here.
+KIND_RULES: dict[str, KindRules] = {
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "domain-expiry-notice": KindRules(
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+    ),
+    # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
+    "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
+    "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
+    # Auto-renew (worker/rules/auto_renew.py, worker/services/charges/), one mailbox per email.
+    # The signed Rinnova link of the cycle leads to the link handler: there the holder changes the
+    # plan or learns how to switch auto-renew off (charge-notice, card-expiring), or pays the
+    # unpaid order (charge-failed).
+    "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
+    "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
+    # The charge not made while the holder's own order awaits payment: its link leads to that
+    # order (how to pay it, change its method, or cancel it).
+    "charge-skipped": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+}
+assert set(KIND_RULES) == set(KINDS)
