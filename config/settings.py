@@ -107,6 +107,9 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     metrics_token: str | None = field(default=None, repr=False)
     log_format: str = "auto"
+    #: The bearer token of ``POST /api/v1/renewal-links`` (the area clienti and the webmail ask it
+    #: for a Rinnova link); unset, the API answers 404.
+    api_token: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -277,6 +280,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if metrics_token is not None and (len(metrics_token) < 32 or _has_space(metrics_token)):
         raise SettingsError("METRICS_TOKEN", "must be at least 32 characters, without spaces")
     log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
+    api_token = raw("API_TOKEN")
+    if api_token is not None and (len(api_token) < 32 or _has_space(api_token)):
+        raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
     # Last, so that a bad value elsewhere stops the program before a key is
     # generated.  Its warning is logged where the key signs (warn_generated_secret_key).
@@ -329,6 +335,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         metrics_address=metrics_address,
         metrics_token=metrics_token,
         log_format=log_format,
+        api_token=api_token,
     )
 
 

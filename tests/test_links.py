@@ -11,7 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
 
-from worker.rules.links import ACCOUNT, MAILBOX, RENEWAL_SALT, LinkSigner, RenewalLink, TokenExpired, TokenInvalid
+from worker.rules.links import (
+    ACCOUNT,
+    GROUP,
+    MAILBOX,
+    MAX_GROUP,
+    RENEWAL_SALT,
+    LinkSigner,
+    RenewalLink,
+    TokenExpired,
+    TokenInvalid,
+)
 
 OLD_KEY = "old-key-0123456789abcdef0123456789abcdef"
 NEW_KEY = "new-key-0123456789abcdef0123456789abcdef"
@@ -53,6 +63,24 @@ def test_account_link_round_trip(frozen):
     links = signer()
     token = token_of(links.account_renewal_url(7, date(2028, 2, 29)))
     assert links.read_renewal_token(token) == RenewalLink(ACCOUNT, 7, date(2028, 2, 29))
+
+
+def test_group_link_round_trip(frozen):
+    """A grouped notice's "Rinnova tutte": its mailboxes in order, keyed by the smallest."""
+    links = signer()
+    token = token_of(links.group_renewal_url([9, 3, 5, 3], EXPIRES_ON))
+    assert links.read_renewal_token(token) == RenewalLink(GROUP, 3, EXPIRES_ON, (3, 5, 9))
+    single = token_of(links.group_renewal_url([4, 4], EXPIRES_ON))
+    assert links.read_renewal_token(single) == RenewalLink(GROUP, 4, EXPIRES_ON, (4,))
+    assert links.url_for(GROUP, 3, EXPIRES_ON, [3, 5, 9]) == links.group_renewal_url([3, 5, 9], EXPIRES_ON)
+    largest = [2**63 - 1 - n * 1_000_003 for n in range(MAX_GROUP)]
+    assert len(token_of(links.group_renewal_url(largest, EXPIRES_ON))) < 1000  # what a link may be
+
+
+@pytest.mark.parametrize("ids", [[], list(range(1, MAX_GROUP + 2)), [0, 4], [4, 2**63]])
+def test_a_group_link_names_one_to_max_group_mailboxes(ids):
+    with pytest.raises(ValueError):
+        signer().group_renewal_url(ids, EXPIRES_ON)
 
 
 def test_base_url_trailing_slash_is_dropped(frozen):
@@ -186,6 +214,19 @@ def test_token_for_another_purpose_is_invalid(frozen):
         [MAILBOX, 10**40, "2027-05-31"],
         [MAILBOX, 0, "2027-05-31"],
         [MAILBOX, -1, "2027-05-31"],
+        [MAILBOX, 42, "2027-05-31", [42, 43]],  # only a group names mailboxes
+        [ACCOUNT, 42, "2027-05-31", [42, 43]],
+        [GROUP, 42, "2027-05-31"],
+        [GROUP, 42, "2027-05-31", []],
+        [GROUP, 42, "2027-05-31", [42, 43], "extra"],
+        [GROUP, 42, "2027-05-31", [43, 42]],  # out of order
+        [GROUP, 42, "2027-05-31", [42, 42]],
+        [GROUP, 41, "2027-05-31", [42, 43]],  # keyed by another mailbox than its smallest
+        [GROUP, 42, "2027-05-31", [42, "43"]],
+        [GROUP, 42, "2027-05-31", [42, True]],
+        [GROUP, 42, "2027-05-31", [42, 2**63]],
+        [GROUP, 42, "2027-05-31", {"42": 43}],
+        [GROUP, 1, "2027-05-31", list(range(1, MAX_GROUP + 2))],
         None,
     ],
 )

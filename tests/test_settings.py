@@ -244,6 +244,8 @@ def test_set_secret_keys_generate_nothing(var_dir):
         ({"LINK_MAX_AGE_DAYS": "365"}, "link_max_age_days", 365),
         ({"OUTBOX_MAX_ATTEMPTS": "3"}, "outbox_max_attempts", 3),
         ({"RELAY_BATCH_SIZE": "50"}, "relay_batch_size", 50),
+        ({"API_TOKEN": "a" * 32}, "api_token", "a" * 32),
+        ({}, "api_token", None),
         # Blank is the same as unset (except for SECRET_KEYS).
         ({"TIMEZONE": "   "}, "timezone", ZoneInfo("Europe/Rome")),
         ({"SMTP_PORT": ""}, "smtp_port", 25),
@@ -409,6 +411,8 @@ BAD_VALUES = [
     ("LINK_MAX_AGE_DAYS", "183", "183 is outside 184..3650"),
     ("OUTBOX_MAX_ATTEMPTS", "101", "101 is outside 1..100"),
     ("RELAY_BATCH_SIZE", "-1", "-1 is outside 1..10000"),
+    ("API_TOKEN", "x" * 31, "must be at least 32 characters, without spaces"),
+    ("API_TOKEN", "x" * 20 + " " + "x" * 20, "must be at least 32 characters, without spaces"),
 ]
 
 
@@ -454,6 +458,7 @@ def test_secrets_never_appear_in_repr(var_dir):
         var_dir,
         SECRET_KEYS=f"{OLD_KEY},{NEW_KEY}",
         SMTP_PASSWORD="smtp-password-s3cr3t",
+        API_TOKEN="renewal-api-token-s3cr3t-0123456789abcdef",
         DATABASE_URL="postgresql://pec:db-password-s3cr3t@db.example:5432/pec",
         BROKER_URL="redis://:broker-password-s3cr3t@redis.example:6379/0",
     )
@@ -463,6 +468,7 @@ def test_secrets_never_appear_in_repr(var_dir):
         assert "smtp-password-s3cr3t" not in text
         assert "db-password-s3cr3t" not in text
         assert "broker-password-s3cr3t" not in text
+        assert "renewal-api-token-s3cr3t" not in text
         assert "database_url='postgresql+psycopg://pec:***@db.example:5432/pec'" in text
         assert "broker_url='redis://:***@redis.example:6379/0'" in text
         assert "smtp_host='localhost'" in text

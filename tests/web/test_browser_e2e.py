@@ -158,3 +158,81 @@ def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory
         assert session.get(Mailbox, mailbox_id).expires_on == date(2028, 2, 10)
     assert "/rinnova/[redacted]" in caplog.text  # werkzeug's request log was written ...
     assert token not in caplog.text  # ... without the token
+
+
+def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_factory, clock):
+    """A grouped notice's "Rinnova tutte", at phone width with JavaScript off: one order for the three
+    mailboxes of the email, paid by bank transfer, and all three renewed."""
+    from playwright.sync_api import sync_playwright
+
+    from worker.services import payments
+    from worker.services.daily import run_day
+
+    runtime, base_url = served
+    expiry = date(2027, 2, 10)  # the clock stands at 2027-01-10: the one-month notice is due
+    addresses = [f"{name}@pec.provider.example.it" for name in ("amministrazione", "direzione", "segreteria")]
+    with session_factory() as session:
+        ids = [
+            make_mailbox(session, expires_on=expiry, reference_email="studio@example.it", address=address).id
+            for address in addresses
+        ]
+        session.commit()
+    assert run_day(runtime, clock.today).delivery.sent == 1
+    box = maildir_module.Maildir(runtime.settings.maildir, create=False)
+    ((_key, raw),) = box.items()
+    text = email.message_from_bytes(raw.as_bytes(), policy=email.policy.default).get_body(("plain",)).get_content()
+    (link,) = re.findall(r"^Rinnova tutte le 3 caselle con un unico ordine: (\S+)$", text, flags=re.M)
+    assert link.startswith(f"{base_url}/rinnova/")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(java_script_enabled=False, viewport={"width": 390, "height": 844})
+            page = context.new_page()
+            page.goto(link)
+            page.wait_for_selector("h1:has-text('Rinnovo delle caselle PEC')")
+            assert all(address in page.content() for address in addresses)
+            page.get_by_role("button", name="Rinnova").click()
+            page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
+            for mailbox_id in ids:  # the three start selected
+                assert page.locator(f"input[name=renew-{mailbox_id}]").is_checked()
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Dati intestatario')")
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Modulo ordine')")
+            page.get_by_label("Bonifico bancario").check()
+            page.select_option("select[name=years]", "1")
+            page.get_by_role("button", name="Prosegui e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Condizioni contrattuali')")
+            page.get_by_label("Ho letto e accetto le condizioni contrattuali").check()
+            page.get_by_role("button", name="Prosegui").click()
+            page.wait_for_selector("h1:has-text('Conferma e completa')")
+            assert all(address in page.content() for address in addresses)
+            page.get_by_role("button", name="Conferma e completa l'ordine").click()
+            page.wait_for_selector("h1:has-text('Ordine confermato')")
+            order_number = page.locator(".order-number").first.inner_text().strip()
+            page.screenshot(path=str(runtime.settings.var_dir / "renew-all-confirmation.png"), full_page=True)
+
+            with session_factory() as session:
+                order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == order_number))
+                assert sorted(line.mailbox_id for line in order.lines if line.selected) == sorted(ids)
+                payments.register_payment(
+                    session,
+                    order_number=order_number,
+                    amount_cents=order.total_cents,
+                    method="bank_transfer",
+                    reference=f"BONIFICO {order_number}",
+                    now=clock(),
+                    today=clock.today,
+                    settings=runtime.settings,
+                )
+                session.commit()
+            page.reload()
+            page.wait_for_selector("h1:has-text('Rinnovo registrato')")
+            page.goto(link)
+            page.wait_for_selector("h1:has-text('Rinnovo già effettuato')")
+        finally:
+            browser.close()
+
+    with session_factory() as session:
+        assert [session.get(Mailbox, mailbox_id).expires_on for mailbox_id in ids] == [date(2028, 2, 10)] * 3

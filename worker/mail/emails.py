@@ -29,6 +29,7 @@ from datetime import datetime
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 
+from worker.mail.group_links import renew_all_url
 from worker.mail.headers import (
     NO_MAILBOX_LEFT,
     Refused,
@@ -237,6 +238,7 @@ class EmailRenderer:
             "common_last_renewable_on": common_value(m.last_renewable_on for m in mailboxes),
             "common_deletion_on": common_value(m.deletion_on for m in mailboxes),
             "domains": sorted({m.domain for m in mailboxes if m.domain}),
+            "renew_all_url": renew_all_url(raw_mailboxes, mailboxes, self._signer) if rules.renew_all else None,
         }
         if rules.extra_context is not None:
             variables.update(rules.extra_context(context, variables, self._signer))

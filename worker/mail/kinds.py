@@ -14,7 +14,7 @@ from typing import Any, Literal
 from worker.mail.headers import refuse_line_breaks
 from worker.mail.variables import ORDER_NUMBER_RE, common_value
 from worker.rules import vocabulary
-from worker.rules.links import ACCOUNT, MAILBOX, LinkSigner
+from worker.rules.links import TARGETS, LinkSigner
 
 KINDS = (
     "expiry-notice",
@@ -47,6 +47,9 @@ class KindRules:
     #: the renderer refuses is left out and the email goes to the others.  Not for an
     #: order's emails: their totals cover every mailbox, so one refused refuses the email.
     mailboxes_apart: bool = False
+    #: Whether a grouped email also carries one "Rinnova tutte" link for all its mailboxes of one
+    #: account (``renew_all_url`` in the templates; worker.mail.group_links).
+    renew_all: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -60,9 +63,9 @@ def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
     if not isinstance(resume, Mapping):
         return payment["checkout_url"]
     target, target_id, cycle = resume.get("target"), resume.get("id"), resume.get("cycle")
-    if target not in (MAILBOX, ACCOUNT) or not isinstance(target_id, int) or not isinstance(cycle, str):
+    if target not in TARGETS or not isinstance(target_id, int) or not isinstance(cycle, str):
         raise ValueError(f"resume_link {dict(resume)!r} is not a link target")
-    return signer.url_for(target, target_id, date.fromisoformat(cycle))
+    return signer.url_for(target, target_id, date.fromisoformat(cycle), resume.get("ids") or ())
 
 
 def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
@@ -219,8 +222,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
 
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True),
+    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
+    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True),
     "domain-expiry-notice": KindRules(
         renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
     ),

@@ -1,8 +1,14 @@
 """Signed links (itsdangerous): one salt per purpose, every key accepted, the newest signs.
 
-A renewal link is bound to one mailbox (or one account) and to the expiry
-date it was sent for: the expiry cycle.  Once that cycle is renewed the
-mailbox's expiry moves on and the link no longer starts an order.
+A renewal link is bound to one mailbox, one account, or the mailboxes of one
+grouped notice ("Rinnova tutte"), and to the expiry date it was sent for: the
+expiry cycle.  Once that cycle is renewed the mailbox's expiry moves on and the
+link no longer starts an order.
+
+A group link names its mailboxes in the token (at most :data:`MAX_GROUP`), and
+is keyed by the smallest of their ids: two notices about the same mailboxes
+and cycle lead to the same order, and two groups never share a mailbox in one
+cycle (a mailbox has one reference address).
 
 A token is a bearer credential: :func:`redact` takes it out of any text
 before the text is logged.
@@ -20,6 +26,11 @@ RENEWAL_SALT = "pec-renewal.renewal-link"
 
 MAILBOX = "m"
 ACCOUNT = "a"
+#: The mailboxes of one grouped notice, of one account: the "Rinnova tutte" link.
+GROUP = "g"
+TARGETS = (MAILBOX, ACCOUNT, GROUP)
+#: The most mailboxes a group link names (its token stays well within the 1,000 characters read).
+MAX_GROUP = 50
 
 #: The ids a link may name: those of a table row (a positive 64-bit integer: PostgreSQL's bigint,
 #: SQLite's integer).  Anything else names no row, and a database would refuse to compare it.
@@ -40,9 +51,11 @@ class TokenExpired(TokenInvalid):
 
 @dataclass(frozen=True)
 class RenewalLink:
-    target: str  # MAILBOX or ACCOUNT
-    target_id: int
+    target: str  # MAILBOX, ACCOUNT or GROUP
+    target_id: int  # for GROUP: the smallest of mailbox_ids
     expires_on: date  # the expiry cycle the link was sent for
+    #: GROUP only: the mailboxes of the notice, in increasing order.
+    mailbox_ids: tuple[int, ...] = ()
 
     def is_current_for(self, current_expires_on: date) -> bool:
         """False once the cycle was renewed (or the expiry otherwise moved on)."""
@@ -63,14 +76,31 @@ class LinkSigner:
             raise ValueError(f"unknown link target {target!r}")
         return self._serializer.dumps([target, int(target_id), expires_on.isoformat()])
 
+    def group_token(self, mailbox_ids: tuple[int, ...] | list[int], expires_on: date) -> str:
+        """The token of a group link: ``mailbox_ids`` (1 to :data:`MAX_GROUP` distinct ids; a notice's has
+        at least 2, an order's resume link may be left with one), for the cycle ``expires_on``."""
+        ids = sorted({int(mailbox_id) for mailbox_id in mailbox_ids})
+        if not 1 <= len(ids) <= MAX_GROUP or not all(1 <= mailbox_id <= MAX_ID for mailbox_id in ids):
+            raise ValueError(f"a group link names 1 to {MAX_GROUP} mailboxes")
+        return self._serializer.dumps([GROUP, ids[0], expires_on.isoformat(), ids])
+
+    def group_renewal_url(self, mailbox_ids: tuple[int, ...] | list[int], expires_on: date) -> str:
+        """The "Rinnova tutte" link of a grouped notice: one order for all of ``mailbox_ids``."""
+        return f"{self._base_url}/rinnova/{self.group_token(mailbox_ids, expires_on)}"
+
     def renewal_url(self, mailbox_id: int, expires_on: date) -> str:
         return f"{self._base_url}/rinnova/{self.renewal_token(MAILBOX, mailbox_id, expires_on)}"
 
     def account_renewal_url(self, account_id: int, expires_on: date) -> str:
         return f"{self._base_url}/rinnova/{self.renewal_token(ACCOUNT, account_id, expires_on)}"
 
-    def url_for(self, target: str, target_id: int, expires_on: date) -> str:
-        """The renewal link of a mailbox (``MAILBOX``) or an account (``ACCOUNT``)."""
+    def url_for(
+        self, target: str, target_id: int, expires_on: date, mailbox_ids: tuple[int, ...] | list[int] = ()
+    ) -> str:
+        """The renewal link of a mailbox (``MAILBOX``), an account (``ACCOUNT``) or a group (``GROUP``,
+        with its ``mailbox_ids``)."""
+        if target == GROUP:
+            return self.group_renewal_url(mailbox_ids, expires_on)
         return f"{self._base_url}/rinnova/{self.renewal_token(target, target_id, expires_on)}"
 
     def read_renewal_token(self, token: str) -> RenewalLink:
@@ -83,14 +113,31 @@ class LinkSigner:
         except (BadData, UnicodeError, ValueError, TypeError):  # BadData: also a bad payload, not only a bad signature
             raise TokenInvalid("link invalid") from None
         try:
-            target, target_id, expires_on = payload
-            if target not in (MAILBOX, ACCOUNT) or type(target_id) is not int or not isinstance(expires_on, str):
+            target, target_id, expires_on, *rest = payload
+            if target not in TARGETS or type(target_id) is not int or not isinstance(expires_on, str):
                 raise ValueError
             if not 1 <= target_id <= MAX_ID:
                 raise ValueError  # well signed, yet no row can have this id
-            return RenewalLink(target, target_id, date.fromisoformat(expires_on))
+            return RenewalLink(target, target_id, date.fromisoformat(expires_on), _group_ids(target, target_id, rest))
         except (ValueError, TypeError):
             raise TokenInvalid("link invalid") from None
+
+
+def _group_ids(target: str, target_id: int, rest: list[object]) -> tuple[int, ...]:
+    """The mailbox ids a payload names after its cycle: a group's, checked; nothing for the others."""
+    if target != GROUP:
+        if rest:
+            raise ValueError
+        return ()
+    if len(rest) != 1 or not isinstance(rest[0], list):
+        raise ValueError
+    ids = rest[0]
+    if not 1 <= len(ids) <= MAX_GROUP or any(type(item) is not int or not 1 <= item <= MAX_ID for item in ids):
+        raise ValueError
+    checked = tuple(item for item in ids if type(item) is int)
+    if list(checked) != sorted(set(checked)) or checked[0] != target_id:
+        raise ValueError
+    return checked
 
 
 #: A renewal path, with whatever follows it up to a space or a quote.

@@ -50,6 +50,18 @@ class DeskRefused(Exception):
     """The request cannot be met; ``str()`` says why in one line.  Nothing was written."""
 
 
+class NoSuchMailbox(DeskRefused):
+    """No mailbox has this address."""
+
+
+class LinkRefused(DeskRefused):
+    """The mailbox cannot be renewed with a link: ``reason`` is ``on_domain`` or ``deleted``."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 # -- Finding a mailbox ---------------------------------------------------------------------------
 
 
@@ -68,7 +80,7 @@ def find_mailbox(session: Session, address: str, *, for_update: bool = False) ->
         query = query.with_for_update(of=Mailbox)
     mailbox = session.scalars(query).first()
     if mailbox is None:
-        raise DeskRefused(f"no mailbox {normalise_address(address) or '(empty)'}")
+        raise NoSuchMailbox(f"no mailbox {normalise_address(address) or '(empty)'}")
     return mailbox
 
 
@@ -483,22 +495,34 @@ class IssuedLink:
     address: str
     url: str
     cycle_expires_on: date
+    #: The first day the mailbox no longer exists (and the link no longer renews it).
+    deletion_on: date
 
 
 def issue_link(session: Session, signer: LinkSigner, address: str, *, today: date) -> IssuedLink:
-    """A fresh signed Rinnova link of the mailbox's current cycle (the one its notices carry)."""
+    """A fresh signed Rinnova link of the mailbox's current cycle (the one its notices carry).
+
+    Any day before the deletion date: a renewal before the notices start extends
+    from the current expiry like any other.  The desk's ``links issue`` and the
+    renewal-links API (``worker/web/api.py``) both issue links here.  Raises
+    :class:`NoSuchMailbox`, or :class:`LinkRefused` for a mailbox on a customer
+    domain or deleted.
+    """
     mailbox = find_mailbox(session, address)
     if mailbox.domain_id is not None:
-        raise DeskRefused(
+        raise LinkRefused(
             f"{mailbox.address} is on the customer domain {mailbox.domain.name}: it is renewed with the domain"
-            f" (expiry {mailbox.domain.expires_on}), not with a link"
+            f" (expiry {mailbox.domain.expires_on}), not with a link",
+            "on_domain",
         )
+    deletion_on = schedule.deletion_date(mailbox.expires_on)
     if schedule.mailbox_state(mailbox.expires_on, today) is schedule.MailboxState.DELETED:
-        raise DeskRefused(
-            f"{mailbox.address} was deleted on {schedule.deletion_date(mailbox.expires_on)}:"
-            " it can no longer be renewed"
+        raise LinkRefused(
+            f"{mailbox.address} was deleted on {deletion_on}: it can no longer be renewed",
+            "deleted",
         )
-    return IssuedLink(mailbox.address, signer.renewal_url(mailbox.id, mailbox.expires_on), mailbox.expires_on)
+    url = signer.renewal_url(mailbox.id, mailbox.expires_on)
+    return IssuedLink(mailbox.address, url, mailbox.expires_on, deletion_on)
 
 
 # -- Charges that never reached the gateway ------------------------------------------------------
@@ -526,6 +550,8 @@ def failed_without_charge_attempt(session: Session, business_date: date | None =
 
 __all__ = [
     "DeskRefused",
+    "LinkRefused",
+    "NoSuchMailbox",
     "ORDER_STATUSES",
     "cancel_order",
     "failed_without_charge_attempt",

@@ -258,6 +258,8 @@ def plan_notice_batch(
             "mailboxes": [
                 {
                     "id": mailbox.id,
+                    # The account: a grouped notice's "Rinnova tutte" link is for mailboxes of one.
+                    "account": mailbox.account_id,
                     "address": mailbox.address,
                     "expires_on": mailbox.expires_on.isoformat(),
                     "plan": mailbox.plan,

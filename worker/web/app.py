@@ -13,7 +13,7 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import errors, i18n, order_life, templating, views
+from worker.web import api, errors, i18n, order_life, templating, views
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -101,6 +101,8 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(order_life.blueprint)  # change the method, cancel, start again
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
+    app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_API_TOKEN
+    csrf.exempt(api.renewal_links)  # a bearer token authorises it, not a cookie; the one route exempt
     app.register_error_handler(CSRFError, errors.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
         app.register_error_handler(code, errors.http_error)

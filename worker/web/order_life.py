@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from worker.rules.links import RenewalLink
+from worker.rules.links import GROUP, RenewalLink
 from worker.rules.vocabulary import GATEWAY_METHODS
 from worker.services import orders
 from worker.web import forms
@@ -112,7 +112,9 @@ def start_again(public_id: str):
         order = load_order(db_session, public_id)
         if order.status not in ("cancelled", "lapsed"):
             return _to_order(order)
-        link = RenewalLink(order.link_target, order.link_target_id, order.link_cycle)
+        # A group link ("Rinnova tutte") names its mailboxes: those of the order's lines.
+        mailbox_ids = tuple(sorted(line.mailbox_id for line in order.lines)) if order.link_target == GROUP else ()
+        link = RenewalLink(order.link_target, order.link_target_id, order.link_cycle, mailbox_ids)
         try:
             new_order = orders.start_order(db_session, link, today(), now())
         except orders.LinkNotUsable:

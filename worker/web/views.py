@@ -112,7 +112,7 @@ def renewal_link(token: str):
     view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
-    return _link_page(view, account_link=link.target == "a")
+    return _link_page(view, account_link=link.target != MAILBOX)
 
 
 def _link_page(view, *, account_link: bool):
@@ -219,7 +219,7 @@ def step_mailboxes(public_id: str):
 def _is_account_order(order, mailboxes) -> bool:
     target = getattr(order, "link_target", None) or getattr(order, "target", None)
     if target is not None:
-        return target == "a"
+        return target != MAILBOX  # an account link, or a grouped notice's "Rinnova tutte"
     return len(mailboxes) > 1
 
 

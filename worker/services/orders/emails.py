@@ -16,6 +16,7 @@ from config.settings import Settings
 from worker.mail.message_ids import OrderEmail
 from worker.mail.queue import NewEmail, QueuedEmail, queue_email
 from worker.rules import pricing, schedule
+from worker.rules.links import GROUP
 from worker.rules.vocabulary import GATEWAY_METHODS
 from worker.services.orders.summary import (
     holder_snapshot,
@@ -69,9 +70,23 @@ def payment_instructions(order: RenewalOrder, settings: Settings) -> dict[str, A
         "checkout_url": checkout_url(settings, order),
         # The email links to the signed Rinnova link the order was started from
         # (signed when the email is rendered; no token is stored).
-        "resume_link": {"target": order.link_target, "id": order.link_target_id, "cycle": order.link_cycle.isoformat()},
+        "resume_link": resume_link(order),
         "registered_in_working_days": pricing.REGISTRATION_WORKING_DAYS.get(order.payment_method or "", 0),
     }
+
+
+def resume_link(order: RenewalOrder) -> dict[str, Any]:
+    """The link the order was started from, as plain data: target, id, cycle, and a group's mailboxes."""
+    link: dict[str, Any] = {
+        "target": order.link_target,
+        "id": order.link_target_id,
+        "cycle": order.link_cycle.isoformat(),
+    }
+    if order.link_target == GROUP:
+        # The link's mailboxes as far as the order knows them, with the one its key names (the
+        # smallest of the link's): the same order, whichever of them has left the window since.
+        link["ids"] = sorted({order.link_target_id, *(line.mailbox_id for line in order.lines)})
+    return link
 
 
 def _mailbox_context(line: RenewalOrderLine, years: int) -> dict[str, Any]:

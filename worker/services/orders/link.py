@@ -2,7 +2,8 @@
 
 :func:`describe_link` is the one read.  A mailbox link is one Core statement
 (the mailbox, its holder's name and the order of its link, joined); an account
-link reads the account's mailboxes in their renewal window through the ORM.
+link reads the account's mailboxes in their renewal window through the ORM, and
+a group link ("Rinnova tutte") the same of the mailboxes it names.
 :func:`read_mailbox_link` runs the same statement for the link page, on a
 pooled connection of its own, outside any transaction where the database
 allows it.
@@ -19,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker.rules import schedule
-from worker.rules.links import ACCOUNT, MAILBOX, RenewalLink
+from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
     LIVE_ORDER_STATUSES,
@@ -158,13 +159,16 @@ def describe_link(session: Session | Connection, link: RenewalLink, today: date)
     ``auto_renew`` or ``on_domain`` when those are all it has in the window,
     else ``already_renewed`` (its order was paid, or nothing is left to renew),
     ``deleted`` or ``not_found``.
+
+    A group link (``"g"``, the "Rinnova tutte" of a grouped notice) is read as
+    an account link of the mailboxes it names, all of one account.
     """
     if link.target == MAILBOX:
         row = session.execute(_MAILBOX_LINK_QUERY, {"mailbox_id": link.target_id, "cycle": link.expires_on}).first()
         return _mailbox_link_view(row, link, today)
-    if link.target == ACCOUNT:
+    if link.target in (ACCOUNT, GROUP):
         if not isinstance(session, Session):
-            raise TypeError("an account link is read with a Session")
+            raise TypeError("an account or group link is read with a Session")
         return _describe_account_link(session, link, today)
     return LinkView(state=LinkState.NOT_FOUND, language=DEFAULT_LANGUAGE)
 
@@ -283,16 +287,30 @@ def _account_window_mailboxes(session: Session, account_id: int, today: date) ->
     return [mailbox for mailbox in rows if in_renewal_window(mailbox.expires_on, today)]
 
 
+def _group_mailboxes(session: Session, link: RenewalLink) -> tuple[Account | None, list[Mailbox]]:
+    """The account of a group link and the mailboxes it names (by address); no account unless they
+    are all of one (a mailbox moved to another account since the notice: not one order)."""
+    mailboxes = list(session.scalars(select(Mailbox).where(Mailbox.id.in_(link.mailbox_ids)).order_by(Mailbox.address)))
+    accounts = {mailbox.account_id for mailbox in mailboxes}
+    if len(accounts) != 1:
+        return None, []
+    return session.get(Account, accounts.pop()), mailboxes
+
+
 def _describe_account_link(session: Session, link: RenewalLink, today: date) -> LinkView:
-    account = session.get(Account, link.target_id)
+    if link.target == ACCOUNT:
+        account = session.get(Account, link.target_id)
+        window = _account_window_mailboxes(session, link.target_id, today) if account is not None else []
+        first = window[0] if window else None
+        if account is not None and first is None:
+            query = select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.id).limit(1)
+            first = session.scalar(query)
+    else:
+        account, mailboxes = _group_mailboxes(session, link)
+        window = [mailbox for mailbox in mailboxes if in_renewal_window(mailbox.expires_on, today)]
+        first = (window or mailboxes or [None])[0]
     if account is None:
         return LinkView(state=LinkState.NOT_FOUND, language=DEFAULT_LANGUAGE)
-    window = _account_window_mailboxes(session, account.id, today)
-    first = (
-        window[0]
-        if window
-        else session.scalar(select(Mailbox).where(Mailbox.account_id == account.id).order_by(Mailbox.id).limit(1))
-    )
     summaries = tuple(mailbox_summary(mailbox, today) for mailbox in window)
     common: dict[str, Any] = {
         "language": holder_language(first.language if first is not None else None),
@@ -300,7 +318,7 @@ def _describe_account_link(session: Session, link: RenewalLink, today: date) -> 
         "account_login": account.login,
         "holder_name": first.holder.name if first is not None else None,
     }
-    order = order_for_link(session, ACCOUNT, account.id, link.expires_on)
+    order = order_for_link(session, link.target, link.target_id, link.expires_on)
     if order is not None and order.status == OrderStatus.PAID.value:
         return LinkView(state=LinkState.ALREADY_RENEWED, **common)
     if order is not None:
@@ -318,14 +336,15 @@ def _describe_account_link(session: Session, link: RenewalLink, today: date) -> 
         return LinkView(state=LinkState.AUTO_RENEW, **common)
     if summaries:
         return LinkView(state=LinkState.ON_DOMAIN, **common)
-    return _account_outside_window(session, account.id, link, today, common)
+    return _account_outside_window(session, link, today, common)
 
 
-def _account_outside_window(
-    session: Session, account_id: int, link: RenewalLink, today: date, common: dict[str, Any]
-) -> LinkView:
-    """An account with no mailbox in its renewal window: renewed since, deleted, or never of this cycle."""
-    expiries = session.scalars(select(Mailbox.expires_on).where(Mailbox.account_id == account_id)).all()
+def _account_outside_window(session: Session, link: RenewalLink, today: date, common: dict[str, Any]) -> LinkView:
+    """An account (or group) with no mailbox in its renewal window: renewed since, deleted, or never of this cycle."""
+    if link.target == ACCOUNT:
+        expiries = session.scalars(select(Mailbox.expires_on).where(Mailbox.account_id == link.target_id)).all()
+    else:
+        expiries = session.scalars(select(Mailbox.expires_on).where(Mailbox.id.in_(link.mailbox_ids))).all()
     if any(expires_on > link.expires_on for expires_on in expiries):
         return LinkView(state=LinkState.ALREADY_RENEWED, **common)
     if any(schedule.mailbox_state(expires_on, today) is schedule.MailboxState.DELETED for expires_on in expiries):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from worker.rules import pricing
-from worker.rules.links import ACCOUNT, MAILBOX, RenewalLink
+from worker.rules.links import MAILBOX, RenewalLink
 from worker.services.orders.errors import LinkNotUsable
 from worker.services.orders.link import (
     LinkState,
@@ -97,7 +97,7 @@ def start_order(session: Session, link: RenewalLink, today: date, now: datetime)
     :func:`describe_link` does not allow an order (``on_domain``, ``deleted``,
     ``already_renewed``, ``not_found``).  The order starts with one line per
     orderable mailbox, with the current plan and extras (for auto-renew
-    mailboxes in an account order the line starts not selected:
+    mailboxes in an account or group order the line starts not selected:
     ``RenewalOrderLine.selected``).  The caller commits.
     """
     existing = order_for_link(session, link.target, link.target_id, link.expires_on)
@@ -123,11 +123,12 @@ def _mailbox_order(session: Session, link: RenewalLink, now: datetime) -> Renewa
 
 
 def _account_order(session: Session, link: RenewalLink, view: LinkView, now: datetime) -> RenewalOrder:
+    """The order of an account link, or of a group link (whose mailboxes are all of one account)."""
     mailboxes = [session.get(Mailbox, summary.id) for summary in view.mailboxes if summary.orderable]
     holder_source = next((mailbox for mailbox in mailboxes if not mailbox.auto_renew), mailboxes[0])
     order = _new_order(
-        account_id=link.target_id, holder_id=holder_source.holder_id, target=ACCOUNT, target_id=link.target_id,
-        cycle=link.expires_on, language=view.language, now=now,
+        account_id=holder_source.account_id, holder_id=holder_source.holder_id, target=link.target,
+        target_id=link.target_id, cycle=link.expires_on, language=view.language, now=now,
     )  # fmt: skip
     for mailbox in mailboxes:
         order.lines.append(_line_for(mailbox, selected=not mailbox.auto_renew))
