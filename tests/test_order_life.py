@@ -15,6 +15,7 @@ from tests.support.factories import make_mailbox
 from tests.support.orders import NOW, TODAY, complete_order, link_for
 from worker.mail.outbox import OutboxRelay
 from worker.rules import schedule
+from worker.rules.links import ACCOUNT, RenewalLink
 from worker.services import charges, orders, payments
 from worker.services.orders import LinkState, OrderNotOpen, OrderValidationError
 from worker.store.models import (
@@ -449,3 +450,28 @@ def test_the_charge_skipped_email_in_english(runtime, smtp_server):
     assert "If you cancel the order by 29 March 2027, the automatic charge will be made" in text
     html = skipped.get_body(("html",)).get_content()
     assert "See the order" in html and "/rinnova/" in html
+
+
+def test_one_cycle_of_a_mailbox_never_has_two_orders_awaiting_payment(session_factory, settings):
+    """The mailbox's own link and its account's link are two links; confirming the second order
+    of the same mailbox and cycle is refused until the first is paid or cancelled."""
+    with session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=date(2027, 4, 30))
+        first = complete_order(session, settings, mailbox)
+        session.commit()
+        account_order = orders.start_order(
+            session, RenewalLink(ACCOUNT, mailbox.account_id, mailbox.expires_on), TODAY, NOW
+        )
+        orders.choose_mailboxes(session, account_order, [orders.MailboxChoice(mailbox.id, mailbox.plan)], TODAY)
+        orders.set_holder(session, account_order, orders.holder_form_data(account_order))
+        orders.choose_payment(session, account_order, "bank_transfer", 1, TODAY)
+        orders.accept_terms(session, account_order, NOW)
+        session.commit()
+        with pytest.raises(OrderValidationError) as refused:
+            orders.confirm_order(session, account_order, now=NOW, today=TODAY, settings=settings)
+        assert f"è già nell'ordine {first.order_number}" in refused.value.errors[f"plan-{mailbox.id}"]
+        session.rollback()
+        orders.cancel_order(session, session.get(RenewalOrder, first.id), settings=settings)
+        session.commit()
+        confirmed = orders.confirm_order(session, account_order, now=NOW, today=TODAY, settings=settings)
+        assert confirmed.status == "awaiting_payment"

@@ -31,6 +31,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it": "Un pagamento con carta o PayPal di questo ordine è in corso di verifica: riprovi tra qualche minuto.",
         "en": "A card or PayPal payment of this order is being checked: try again in a few minutes.",
     },
+    "in_another_order": {
+        "it": "La casella PEC {address} è già nell'ordine {number}, in attesa di pagamento: "
+        "paghi quell'ordine, oppure lo annulli prima di confermare questo.",
+        "en": "The PEC mailbox {address} is already in order {number}, awaiting payment: "
+        "pay that order, or cancel it before confirming this one.",
+    },
     "charge_in_progress": {
         "it": "È in corso l'addebito automatico del rinnovo della casella PEC {address}: riprovi tra qualche minuto.",
         "en": "The automatic renewal charge of the PEC mailbox {address} is in progress: try again in a few minutes.",
