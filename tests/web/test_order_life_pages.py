@@ -127,3 +127,21 @@ def test_another_browser_cannot_cancel(app, client, runtime, session_factory):
     assert other.get(f"{order}/annulla").status_code == 404
     assert other.post(f"{order}/annulla", data={}).status_code in (400, 404)
     assert order_row(session_factory, order).status == "awaiting_payment"
+
+
+def test_a_new_order_after_cancelling_a_rinnova_tutte_order_keeps_its_mailboxes(client, runtime, session_factory):
+    with session_factory() as session:
+        first = make_mailbox(session, expires_on=EXPIRY, reference_email="studio@example.it")
+        second = make_mailbox(session, expires_on=EXPIRY, reference_email="studio@example.it")
+        make_mailbox(session, expires_on=EXPIRY, reference_email="studio@example.it")  # not in the notice
+        session.commit()
+        ids = (first.id, second.id)
+    link = "/rinnova/" + runtime.signer.group_token(ids, EXPIRY)
+    order = start(client, link)
+    assert post_form(client, f"{order}/annulla").status_code == 303
+    page = client.get(order).get_data(as_text=True)
+    response = client.post(f"{order}/nuovo", data={"csrf_token": csrf_token(page)})
+    assert response.status_code == 303 and response.headers["Location"] != order
+    with session_factory() as session:
+        new = session.scalar(select(RenewalOrder).where(RenewalOrder.status == "draft"))
+        assert new.link_target == "g" and sorted(line.mailbox_id for line in new.lines) == sorted(ids)
