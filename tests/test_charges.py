@@ -204,7 +204,8 @@ def test_success_charges_once_moves_the_expiry_and_sends_a_receipt(runtime, smtp
     notice_text, receipt_text = text_of(notice), text_of(receipt)
     assert "Visa •••• 4242" in notice_text and "pm_card_visa" not in notice.as_string()
     assert "24 marzo 2027" in notice_text and "IVA 22% inclusa" in notice_text
-    assert "/rinnova/" in notice_text  # change the plan or switch auto-renew off
+    assert "/rinnovo-automatico/" in notice_text  # switch auto-renew off, replace the method
+    assert "/rinnova/" not in notice_text
     assert "31 marzo 2028" in receipt_text and "Visa •••• 4242" in receipt_text
     assert "/rinnova/" not in receipt.as_string()
 
@@ -322,7 +323,7 @@ def test_card_expiring_notice_once_per_cycle(runtime, smtp_server):
         (CHARGE_DAY, "charge-succeeded", "-7d"),
     ]
     card_mail = received(smtp_server)[0]
-    assert "28 febbraio 2027" in text_of(card_mail) and "/rinnova/" in text_of(card_mail)
+    assert "28 febbraio 2027" in text_of(card_mail) and "/rinnovo-automatico/" in text_of(card_mail)
 
 
 def test_timeout_is_reconciled_without_a_second_charge(runtime, smtp_server):

@@ -57,6 +57,7 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
+    auto_renew_page = "/rinnovo-automatico/" + runtime.signer.auto_renew_token(mailbox.id)
     # Each POST with data that would do something, were its CSRF token not checked.
     posts = {
         "web.renewal_link": (link, {}),
@@ -72,6 +73,10 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "life.change_method": (f"{order}/metodo", {"method": "bank_transfer"}),
         "life.cancel": (f"{order}/annulla", {}),
         "life.start_again": (f"{order}/nuovo", {}),
+        "auto_renew.switch_off": (f"{auto_renew_page}/disattiva", {"confirmed": "yes"}),
+        "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
+        "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
+        "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
     }
     # A POST route added later must be added here.  The renewal-links API is the one exception: a
     # bearer token authorises it, not a cookie (its refusals: tests/web/test_renewal_api.py).

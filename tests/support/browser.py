@@ -5,7 +5,11 @@ CI installs the browser with ``scripts/install-browser``; without it the browser
 
 from __future__ import annotations
 
+import email
+import email.policy
+import mailbox as maildir_module
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +32,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-#: A phone's viewport.
+#: A phone's viewport, as the holders who open the links from their email on a phone see the pages.
 PHONE = {"width": 390, "height": 844}
 
 needs_chromium = pytest.mark.skipif(
@@ -47,11 +51,19 @@ class _LateApp:
 
 @contextmanager
 def served_app(tmp_path, database_url, session_factory, clock, **settings) -> Iterator[tuple[Runtime, str]]:
-    """The link handler on a free loopback port, on the test database and clock: (runtime, base URL)."""
+    """The link handler on a loopback port, writing its emails to a Maildir: (runtime, base URL)."""
     late = _LateApp()
     server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=RedactingRequestHandler)
     base_url = f"http://127.0.0.1:{server.port}"
-    runtime = Runtime(make_settings(tmp_path, database_url=database_url, base_url=base_url, **settings), clock=clock)
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        base_url=base_url,
+        mail_backend="maildir",
+        maildir=tmp_path / "mail",
+        **settings,
+    )
+    runtime = Runtime(settings, clock=clock)
     runtime.__dict__["session_factory"] = session_factory
     late.app = create_app(runtime)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -62,7 +74,19 @@ def served_app(tmp_path, database_url, session_factory, clock, **settings) -> It
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
-        runtime.close()
+        runtime.mailer.close() if "mailer" in runtime.__dict__ else None
+
+
+def maildir_messages(path) -> list[email.message.EmailMessage]:
+    """The messages of a Maildir, parsed (in no particular order)."""
+    box = maildir_module.Maildir(path, create=False)
+    return [email.message_from_bytes(raw.as_bytes(), policy=email.policy.default) for _key, raw in box.items()]
+
+
+def links_in(message, base_url: str, path: str) -> list[str]:
+    """The ``{base_url}/{path}/<token>`` links of a message's plain-text body."""
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    return re.findall(re.escape(base_url) + "/" + re.escape(path) + r"/[A-Za-z0-9_\-.]+", text)
 
 
 @contextmanager

@@ -8,89 +8,36 @@ CI installs the browser with ``scripts/install-browser``.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import logging
-import mailbox as maildir_module
-import os
 import re
-import threading
 from datetime import date
 
 import pytest
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, links_in, maildir_messages, needs_chromium, served_app
 from tests.support.factories import make_mailbox
-from tests.support.settings import make_settings
-from worker.services.runtime import Runtime
+from worker.services import payments
+from worker.services.daily import run_day
 from worker.store.models import Mailbox, RenewalOrder
-from worker.web import create_app
-from worker.web.security import RedactingRequestHandler
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: run scripts/install-browser (CI does)"
-)
-
-
-class _LateApp:
-    """A WSGI app set after the server is bound, so the links can carry the server's real port."""
-
-    app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def served(tmp_path, database_url, session_factory, clock):
-    late = _LateApp()
-    server = make_server("127.0.0.1", 0, late, threaded=True, request_handler=RedactingRequestHandler)
-    base_url = f"http://127.0.0.1:{server.port}"
-    settings = make_settings(
-        tmp_path, database_url=database_url, base_url=base_url, mail_backend="maildir", maildir=tmp_path / "mail"
-    )
-    runtime = Runtime(settings, clock=clock)
-    runtime.__dict__["session_factory"] = session_factory
-    late.app = create_app(runtime)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield runtime, base_url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-        runtime.mailer.close() if "mailer" in runtime.__dict__ else None
+    with served_app(tmp_path, database_url, session_factory, clock) as served:
+        yield served
 
 
 def _renewal_link_from_maildir(path, base_url: str) -> str:
-    box = maildir_module.Maildir(path, create=False)
-    links = []
-    for _key, raw in box.items():
-        message = email.message_from_bytes(raw.as_bytes(), policy=email.policy.default)
-        text = message.get_body(preferencelist=("plain",)).get_content()
-        links += re.findall(re.escape(base_url) + r"/rinnova/[A-Za-z0-9_\-.]+", text)
+    links = [link for message in maildir_messages(path) for link in links_in(message, base_url, "rinnova")]
     assert len(links) == 1, links
     return links[0]
 
 
 def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory, clock, caplog):
     from playwright.sync_api import sync_playwright
-
-    from worker.services import payments
-    from worker.services.daily import run_day
 
     runtime, base_url = served
     caplog.set_level(logging.INFO)
@@ -178,9 +125,8 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
         ]
         session.commit()
     assert run_day(runtime, clock.today).delivery.sent == 1
-    box = maildir_module.Maildir(runtime.settings.maildir, create=False)
-    ((_key, raw),) = box.items()
-    text = email.message_from_bytes(raw.as_bytes(), policy=email.policy.default).get_body(("plain",)).get_content()
+    (message,) = maildir_messages(runtime.settings.maildir)
+    text = message.get_body(("plain",)).get_content()
     (link,) = re.findall(r"^Rinnova tutte le 3 caselle con un unico ordine: (\S+)$", text, flags=re.M)
     assert link.startswith(f"{base_url}/rinnova/")
 

@@ -18,7 +18,9 @@ from worker.gateways.base import (
     GatewayError,
     IdempotencyConflict,
     InvalidPaymentMethod,
+    MethodSetup,
     PaymentGateway,
+    SavedMethod,
     mask_token,
 )
 from worker.gateways.paypal import PayPalGateway
@@ -36,7 +38,9 @@ __all__ = [
     "GatewayError",
     "IdempotencyConflict",
     "InvalidPaymentMethod",
+    "MethodSetup",
     "PaymentGateway",
+    "SavedMethod",
     "describe_payment_method",
     "make_gateway",
     "mask_token",

@@ -29,6 +29,7 @@ intents within minutes, not on the next day's run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -125,6 +126,33 @@ class PaymentGateway(Protocol):
 
     def close(self) -> None:
         """Release connections (a no-op for gateways that hold none)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SavedMethod:
+    """A payment method the holder entered on the gateway's hosted page, ready for off-session charges."""
+
+    #: The stored token (``Mailbox.payment_method``).
+    token: str
+    #: The card's expiry (the month's last day), when the gateway tells it.
+    card_expires_on: date | None = None
+
+
+@runtime_checkable
+class MethodSetup(Protocol):
+    """A gateway whose hosted page takes a new payment method for auto-renew.
+
+    The holder enters the method on the gateway's page (the sandbox's page is the link
+    handler's own, as its checkout is); the page hands back a setup reference (the sandbox:
+    the token chosen; Stripe: a SetupIntent's id; PayPal: a vault setup token), which
+    :meth:`save_method` turns into the token to store.  A gateway without it leaves the
+    method as it is.
+    """
+
+    def save_method(self, setup_reference: str) -> SavedMethod | None:
+        """The method saved under ``setup_reference``, or None when the page did not complete
+        (an unknown reference, a method the gateway refused)."""
         ...
 
 

@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, mask_token
+from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, SavedMethod, mask_token
 from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
 
@@ -159,6 +159,14 @@ class SandboxGateway:
             row = connection.execute(_ROW, {"key": idempotency_key}).first()
             connection.commit()
         return None if row is None else _result(row)
+
+    def save_method(self, setup_reference: str) -> SavedMethod | None:
+        """The sandbox's hosted page hands back the test token chosen: one of its tokens is saved
+        as it is (a card's expiry is not known), anything else is refused."""
+        self._wait()
+        if setup_reference not in BEHAVIOUR:
+            return None
+        return SavedMethod(setup_reference)
 
     def _autocommit(self) -> Connection:
         """A connection whose statements commit on their own on PostgreSQL (a call is one statement,

@@ -217,6 +217,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "reference": reference,
         "order_method_label": vocabulary.METHOD_LABELS[language].get(order_method or "", ""),
         "cancel_by": day("cancel_by"),
+        # The mailbox's auto-renew page: switch it off or on, replace the method.
+        "auto_renew_url": signer.auto_renew_url(common["mailboxes"][0].id),
     }
 
 
@@ -231,11 +233,10 @@ KIND_RULES: dict[str, KindRules] = {
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     "renewal-completed": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
     # Auto-renew (worker/rules/auto_renew.py, worker/services/charges/), one mailbox per email.
-    # The signed Rinnova link of the cycle leads to the link handler: there the holder changes the
-    # plan or learns how to switch auto-renew off (charge-notice, card-expiring), or pays the
-    # unpaid order (charge-failed).
-    "charge-notice": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
-    "card-expiring": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    # Each carries the mailbox's auto-renew page (``auto_renew_url``): switch it off or on, replace
+    # the method.  charge-failed also carries the cycle's Rinnova link, to pay the unpaid order.
+    "charge-notice": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
+    "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
     # The charge not made while the holder's own order awaits payment: its link leads to that

@@ -324,3 +324,42 @@ def failure_reason(last_status: str | None, last_decline_code: str | None, has_p
     if last_status == ChargeStatus.SOFT_DECLINE.value:
         return "retries_exhausted" if last_decline_code != NOT_CHARGED else "not_charged_before_expiry"
     return last_status
+
+
+# -- The holder's switch -------------------------------------------------------------------------
+
+
+def next_charge_on(
+    expires_on: date,
+    attempts: tuple[AttemptRecord, ...],
+    today: date,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> date | None:
+    """When the cycle's next charge falls, as the auto-renew page shows it: the first charge date,
+    or after a soft decline the next retry's; today when that day has come and the charge has not
+    run yet.  None when no charge is left (the retries are over, or the cycle's charge succeeded
+    or failed for good)."""
+    last = attempts[-1] if attempts else None
+    if last is not None and last.status != ChargeStatus.SOFT_DECLINE.value:
+        return None
+    dates = charge_dates(expires_on, plan)
+    done = last.attempt if last is not None else 0
+    if done >= len(dates) or today >= expires_on:
+        return None
+    return max(dates[done], today)
+
+
+def can_switch_on(expires_on: date, today: date, plan: ChargePlan = DEFAULT_CHARGE_PLAN) -> bool:
+    """Whether auto-renew switched on today still renews the current cycle: only before the cycle's
+    first charge date, so the holder is charged on the plan's days, after the charge notice."""
+    return today < charge_on(expires_on, plan)
+
+
+def manual_action_on(stages: tuple[Stage, ...], expires_on: date, today: date) -> date | None:
+    """Where the manual schedule takes over a mailbox whose auto-renew was switched off ``today``:
+    today when one of its stages falls today, else the next stage's date.  The stages already
+    passed stay passed: the holder, who switched it off on the page, was just shown the way to
+    renew."""
+    if any(stage.on(expires_on) == today for stage in stages):
+        return today
+    return schedule.next_action_on(stages, expires_on, today)

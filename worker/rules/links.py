@@ -19,10 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 RENEWAL_SALT = "pec-renewal.renewal-link"
+#: The auto-renew page's link: another purpose, so neither token opens the other's page.
+AUTO_RENEW_SALT = "pec-renewal.auto-renew-link"
 
 MAILBOX = "m"
 ACCOUNT = "a"
@@ -68,6 +71,7 @@ class LinkSigner:
             raise ValueError("at least one secret key is needed")
         # itsdangerous takes a list of keys, oldest first: the last one signs, all verify.
         self._serializer = URLSafeTimedSerializer(list(secret_keys), salt=RENEWAL_SALT)
+        self._auto_renew_serializer = URLSafeTimedSerializer(list(secret_keys), salt=AUTO_RENEW_SALT)
         self._base_url = base_url.rstrip("/")
         self._max_age = max_age_days * 86400
 
@@ -103,15 +107,38 @@ class LinkSigner:
             return self.group_renewal_url(mailbox_ids, expires_on)
         return f"{self._base_url}/rinnova/{self.renewal_token(target, target_id, expires_on)}"
 
-    def read_renewal_token(self, token: str) -> RenewalLink:
+    def auto_renew_token(self, mailbox_id: int) -> str:
+        """The token of a mailbox's auto-renew page.  Bound to the mailbox, not to a cycle: the
+        receipt of a charge carries it, and the page still serves once the expiry has moved on."""
+        return self._auto_renew_serializer.dumps([MAILBOX, int(mailbox_id)])
+
+    def auto_renew_url(self, mailbox_id: int) -> str:
+        return f"{self._base_url}/rinnovo-automatico/{self.auto_renew_token(mailbox_id)}"
+
+    def read_auto_renew_token(self, token: str) -> int:
+        """The mailbox id an auto-renew page's token names; :class:`TokenInvalid` or
+        :class:`TokenExpired` as for a renewal link."""
+        payload = self._loads(self._auto_renew_serializer, token)
+        try:
+            target, target_id = payload
+            if target != MAILBOX or type(target_id) is not int or not 1 <= target_id <= MAX_ID:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise TokenInvalid("link invalid") from None
+        return target_id
+
+    def _loads(self, serializer: URLSafeTimedSerializer, token: str) -> Any:
         if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
             raise TokenInvalid("link invalid")
         try:
-            payload = self._serializer.loads(token, max_age=self._max_age)
+            return serializer.loads(token, max_age=self._max_age)
         except SignatureExpired:
             raise TokenExpired("link expired") from None
         except (BadData, UnicodeError, ValueError, TypeError):  # BadData: also a bad payload, not only a bad signature
             raise TokenInvalid("link invalid") from None
+
+    def read_renewal_token(self, token: str) -> RenewalLink:
+        payload = self._loads(self._serializer, token)
         try:
             target, target_id, expires_on, *rest = payload
             if target not in TARGETS or type(target_id) is not int or not isinstance(expires_on, str):
@@ -140,8 +167,8 @@ def _group_ids(target: str, target_id: int, rest: list[object]) -> tuple[int, ..
     return checked
 
 
-#: A renewal path, with whatever follows it up to a space or a quote.
-_TOKEN_PATH_RE = re.compile(r"(/rinnova/)[^\s\"'?#<>]*")
+#: A renewal or auto-renew path, with whatever follows it up to a space or a quote.
+_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/rinnovo-automatico/)[^\s\"'?#<>]*")
 #: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
 #: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
 #: payload starts with a dot of its own.
@@ -150,6 +177,7 @@ REDACTED = "[redacted]"
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]``, and any other
+    """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]`` (and the same for
+    ``/rinnovo-automatico/<token>``), and any other
     signed token into ``[redacted]``."""
     return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))

@@ -13,7 +13,7 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import api, errors, i18n, order_life, templating, views
+from worker.web import api, auto_renew, errors, i18n, order_life, templating, views
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -99,6 +99,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     csrf.init_app(app)
 
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(auto_renew.blueprint)  # /rinnovo-automatico/<token>
     app.register_blueprint(order_life.blueprint)  # change the method, cancel, start again
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
     app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_API_TOKEN

@@ -130,6 +130,10 @@ def _link_page(view, *, account_link: bool):
         form_token=generate_csrf() if with_form else None,
         account_link=account_link,
         payment=_runtime().settings,  # the payment instructions of an order awaiting payment
+        # A mailbox on auto-renew: its own page switches it off (worker/web/auto_renew.py).
+        auto_renew_path=None
+        if account_link or view.state != orders.LinkState.AUTO_RENEW
+        else url_for("auto_renew.page", token=_runtime().signer.auto_renew_token(view.mailboxes[0].id)),
     )
     return page, 410 if view.state == orders.LinkState.DELETED else 200
 
