@@ -89,6 +89,10 @@ class Settings:
     paypal_client_id: str | None = None
     paypal_client_secret: str | None = field(default=None, repr=False)
     paypal_api_base: str = "https://api-m.paypal.com"
+    #: The signing secret of the Stripe webhook endpoint (``whsec_…``): POST /webhooks/stripe is off without it.
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    #: The id of the PayPal webhook (verify-webhook-signature): POST /webhooks/paypal is off without it.
+    paypal_webhook_id: str | None = None
     gateway_concurrency: int = 32
     # Bank transfer instructions shown in the order confirmation.
     bank_iban: str = "IT60X0542811101000000123456"
@@ -205,6 +209,18 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if payment_gateway == "paypal" and not (paypal_client_id and paypal_client_secret):
         missing = "PAYPAL_CLIENT_ID" if not paypal_client_id else "PAYPAL_CLIENT_SECRET"
         raise SettingsError(missing, "is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal")
+    stripe_webhook_secret = raw("STRIPE_WEBHOOK_SECRET")
+    if stripe_webhook_secret is not None and not re.fullmatch(r"whsec_[A-Za-z0-9]{8,}", stripe_webhook_secret):
+        raise SettingsError("STRIPE_WEBHOOK_SECRET", "is not a Stripe webhook signing secret (whsec_…)")
+    paypal_webhook_id = raw("PAYPAL_WEBHOOK_ID")
+    if paypal_webhook_id is not None:
+        if not re.fullmatch(r"[A-Za-z0-9]{1,50}", paypal_webhook_id):
+            raise SettingsError("PAYPAL_WEBHOOK_ID", f"{paypal_webhook_id!r} is not a PayPal webhook id")
+        if not (paypal_client_id and paypal_client_secret):
+            raise SettingsError(
+                "PAYPAL_WEBHOOK_ID",
+                "needs PAYPAL_CLIENT_ID and PAYPAL_CLIENT_SECRET (its events are verified by PayPal)",
+            )
     gateway_urls = {}
     for name in ("STRIPE_API_BASE", "PAYPAL_API_BASE"):
         value = raw(name)
@@ -324,6 +340,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         paypal_client_id=paypal_client_id,
         paypal_client_secret=paypal_client_secret,
         paypal_api_base=gateway_urls["PAYPAL_API_BASE"] or "https://api-m.paypal.com",
+        stripe_webhook_secret=stripe_webhook_secret,
+        paypal_webhook_id=paypal_webhook_id,
         gateway_concurrency=gateway_concurrency,
         bank_iban=bank_iban,
         bank_beneficiary=bank_beneficiary,

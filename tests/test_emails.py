@@ -23,6 +23,7 @@ from worker.mail.kinds import KINDS
 from worker.mail.message_ids import message_id_for
 from worker.mail.templates import compiled_templates, format_date_with_article, format_long_date, template_environment
 from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
+from worker.rules.notices import REMINDER_KINDS
 from worker.rules.vocabulary import LANGUAGES
 
 BASE_URL = "https://rinnovi.example.it"
@@ -136,6 +137,12 @@ def test_renders_with_exact_headers(renderer, signer, kind, language, count):
     assert message["X-PEC-Renewal-Kind"] == kind
     assert message["X-PEC-Renewal-Stage"] == STAGE_FOR[kind]
     assert message["X-PEC-Renewal-Mailboxes"] == ",".join(addresses)
+    if kind in REMINDER_KINDS:  # RFC 2369 and RFC 8058 one-click
+        unsubscribe = re.fullmatch(rf"<{re.escape(BASE_URL)}/avvisi/([A-Za-z0-9_\-.]+)>", message["List-Unsubscribe"])
+        assert signer.read_reminders_token(unsubscribe.group(1)) == rendered.message_id
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    else:  # receipts, order and charge emails are not reminders
+        assert message["List-Unsubscribe"] is None and message["List-Unsubscribe-Post"] is None
     assert message["MIME-Version"] == "1.0"
     assert message.get_content_type() == "multipart/alternative"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
@@ -145,7 +152,11 @@ def test_renders_with_exact_headers(renderer, signer, kind, language, count):
 
     # The wire format: ASCII only, CRLF line ends only, short lines, one-line subject, no defects.
     assert raw.isascii()
-    assert all(len(line) <= 78 for line in raw.split(b"\r\n") if not line.startswith(b"X-PEC-Renewal-Mailboxes:"))
+    # Two headers may run longer: the list of mailboxes, and the List-Unsubscribe URL (a URL is
+    # not folded), within RFC 5322's 998 characters.
+    long_headers = (b"X-PEC-Renewal-Mailboxes:", b"List-Unsubscribe:")
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n") if not line.startswith(long_headers))
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
     assert message.defects == [] and all(part.defects == [] for part in message.iter_parts())
     assert b"\n" not in raw.replace(b"\r\n", b"")
     assert "\n" not in rendered.subject and rendered.subject.strip() == rendered.subject

@@ -22,6 +22,7 @@ def mailbox(
         payment_method=payment_method if auto_renew else None,
         card_expires_on=card_expires_on,
         next_action_on=next_action_on or first_action_on(DEFAULT_STAGES, EXPIRES),
+        reminders_opt_out_for=None,
     )
 
 

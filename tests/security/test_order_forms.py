@@ -54,6 +54,8 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     app, client, runtime, session_factory, mailbox
 ):
     link = link_path(runtime, mailbox)
+    reminders_path = runtime.signer.reminders_url("0123456789abcdef0123456789abcdef@pec-provider.example")
+    reminders_path = reminders_path.removeprefix(runtime.settings.base_url)
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
@@ -70,6 +72,13 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "web.step_terms": (f"{order}/condizioni", {"accept": "y"}),
         "web.step_confirm": (f"{order}/conferma", {}),
         "web.checkout": (f"{order}/pagamento", {"payment_token": "pm_card_visa"}),
+        "hosted.start": (f"{order}/pagamento/sicuro", {}),
+        "hosted.result": (f"{order}/pagamento/esito?token=5O0000000001", {}),
+        # The reminders' page buttons and "Non intendo rinnovare".  (The RFC 8058 one-click POST,
+        # "List-Unsubscribe=One-Click" and nothing else, is the one form request without a CSRF token:
+        # tests/web/test_reminders_pages.py.)
+        "reminders.reminders_page": (reminders_path, {"action": "opt-out"}),
+        "reminders.renewal_page_reminders": (f"{link}/avvisi", {"action": "opt-out"}),
         "life.change_method": (f"{order}/metodo", {"method": "bank_transfer"}),
         "life.cancel": (f"{order}/annulla", {}),
         "life.start_again": (f"{order}/nuovo", {}),
@@ -78,10 +87,13 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
         "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
     }
-    # A POST route added later must be added here.  The renewal-links API is the one exception: a
-    # bearer token authorises it, not a cookie (its refusals: tests/web/test_renewal_api.py).
-    bearer_only = {"api.renewal_links"}
-    assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == set(posts) | bearer_only
+    # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
+    # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the
+    # gateway's signature (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py).
+    not_cookie_authorised = {"api.renewal_links", "webhooks.stripe_webhook", "webhooks.paypal_webhook"}
+    assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == (
+        set(posts) | not_cookie_authorised
+    )
 
     other_browser = app.test_client()
     foreign_token = csrf_token(other_browser.get(link).get_data(as_text=True))

@@ -58,7 +58,7 @@ def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory
             page = context.new_page()
             page.goto(link)
             assert "studio@pec.provider.example.it" in page.content()
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             assert "/ordine/" in page.url and token not in page.url
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
             page.get_by_role("button", name="Prosegui e completa l'ordine").click()
@@ -138,7 +138,7 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
             page.goto(link)
             page.wait_for_selector("h1:has-text('Rinnovo delle caselle PEC')")
             assert all(address in page.content() for address in addresses)
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
             for mailbox_id in ids:  # the three start selected
                 assert page.locator(f"input[name=renew-{mailbox_id}]").is_checked()

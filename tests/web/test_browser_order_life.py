@@ -36,7 +36,7 @@ def a_mailbox(session_factory, runtime, base_url) -> tuple[int, str]:
 def order_up_to_confirmation(page, link: str, method_label: str) -> str:
     """From the Rinnova link to the confirmed order; returns its number."""
     page.goto(link)
-    page.get_by_role("button", name="Rinnova").click()
+    page.get_by_role("button", name="Rinnova", exact=True).click()
     page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
     page.get_by_role("button", name=NEXT).click()
     page.wait_for_selector("h1:has-text('Dati intestatario')")
@@ -114,7 +114,7 @@ def test_a_cancel_then_a_new_order(served, session_factory):
 
         # The Rinnova link is not blocked for the rest of the cycle: a new order starts.
         page.goto(link)
-        page.get_by_role("button", name="Rinnova").click()
+        page.get_by_role("button", name="Rinnova", exact=True).click()
         page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
     with session_factory() as session:
         assert sorted(session.scalars(select(RenewalOrder.status))) == ["cancelled", "draft"]

@@ -128,10 +128,18 @@ def format_mailbox(details: dict[str, Any]) -> str:
                 + (f", declined: {intent['decline_code']}" if intent["decline_code"] else "")
             )
         )
-    lines.append(f"Opt-outs ({len(details['opt_outs'])})")
-    lines.append(
-        "  none" if not details["opt_outs"] else "\n".join(_wrapped(str(item)) for item in details["opt_outs"])
-    )
+    opt_outs = details["opt_outs"]
+    lines.append(f"Opt-outs ({len(opt_outs)})")
+    if not opt_outs:
+        lines.append("  none")
+    for item in opt_outs:
+        state = "in force" if item["in_force"] else f"ended: {item['ended']}"
+        lines.append(
+            _wrapped(
+                f"{item['what']} for the expiry of {item['cycle_expires_on']}, on {item['opted_out_at']}"
+                f" ({item['via']}): {state}"
+            )
+        )
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
@@ -38,6 +38,7 @@ from worker.mail.headers import (
     folded_subject,
     header_address,
     refuse_line_breaks,
+    unsubscribe_headers,
 )
 from worker.mail.kinds import KIND_RULES, KindRules
 from worker.mail.message_ids import checked_message_id
@@ -68,6 +69,9 @@ class RenderedEmail:
     mailbox_addresses: tuple[str, ...]
     #: The mailboxes of the stored context left out of this email (their data was refused).
     refused: tuple[RefusedMailbox, ...] = ()
+    #: A reminder's ``{BASE_URL}/avvisi/{token}`` (``List-Unsubscribe``); None for other kinds.
+    #: It holds a token: never logged.
+    unsubscribe_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # render() checked all of these; this guards a RenderedEmail built any other way.
@@ -77,6 +81,7 @@ class RenderedEmail:
             raise ValueError("an email names at least one mailbox")
         for address in self.mailbox_addresses:
             refuse_line_breaks(address, "mailbox address")
+        unsubscribe_headers(self.unsubscribe_url)  # raises for a URL that is not one plain line
 
     def as_bytes(self) -> bytes:
         """The whole RFC 5322 message, ASCII with CRLF line ends, ready for SMTP DATA.
@@ -97,6 +102,7 @@ class RenderedEmail:
                 f"Date: {self.date_header}",
                 f"Message-ID: <{self.message_id}>",
                 "Auto-Submitted: auto-generated",
+                *unsubscribe_headers(self.unsubscribe_url),
                 f"X-PEC-Renewal-Kind: {self.kind}",
                 f"X-PEC-Renewal-Stage: {self.stage}",
                 folded_list("X-PEC-Renewal-Mailboxes", self.mailbox_addresses),
@@ -183,6 +189,7 @@ class EmailRenderer:
             stage=parsed_stage.name,
             mailbox_addresses=tuple(mailbox.address for mailbox in variables["mailboxes"]),
             refused=refused,
+            unsubscribe_url=self._signer.reminders_url(message_id) if rules.reminder else None,
         )
 
     @staticmethod

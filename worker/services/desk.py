@@ -23,7 +23,7 @@ from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.links import LinkSigner
 from worker.rules.schedule import Stage
-from worker.services import charges, orders
+from worker.services import charges, orders, reminders
 from worker.services.report import mailbox_steps
 from worker.store.models import (
     ChargeIntent,
@@ -280,8 +280,8 @@ def mailbox_details(
         "notices": _notices(session, mailbox),
         "orders": _orders(session, mailbox),
         "charges": _charges(session, mailbox),
-        # Opting out of the notices does not exist yet: always empty.
-        "opt_outs": [],
+        # The holder's opt-out of the expiry reminders (List-Unsubscribe, "Non intendo rinnovare").
+        "opt_outs": reminders.opt_outs(mailbox),
     }
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.mail.queue import NewEmail, queue_emails
 from worker.rules import schedule
-from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on
+from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on, without_opted_out_reminder
 from worker.rules.schedule import Stage
 from worker.services import charges, orders
 from worker.store.db import insert_many, one_of, update_by_id
@@ -169,19 +169,26 @@ def decide_mailbox(
 
     The one rule of "what is due on a day": the scan writes what it says, and
     ``pec-renewal report`` forecasts with it.  An auto-renew decision with a
-    ``charge`` is work for the charge service.
+    ``charge`` is work for the charge service.  A reminder whose cycle the holder
+    opted out of (``reminders_opt_out_for``) is skipped as ``opted-out``.
     """
     state = auto_renew_states.get(mailbox.id)
+    decision: NoticeDecision | charges.AutoRenewDecision
     if state is not None:
-        return charges.decide_for(mailbox, state, stages, today, charge_plan)
-    return decide_notice(
-        stages=stages,
-        expires_on=mailbox.expires_on,
-        on_domain=mailbox.domain_id is not None,
-        auto_renew=mailbox.auto_renew,
-        pending_since=mailbox.next_action_on,
-        today=today,
-        already_sent=frozenset(sent.get((mailbox.id, mailbox.expires_on), ())),
+        decision = charges.decide_for(mailbox, state, stages, today, charge_plan)
+    else:
+        decision = decide_notice(
+            stages=stages,
+            expires_on=mailbox.expires_on,
+            on_domain=mailbox.domain_id is not None,
+            auto_renew=mailbox.auto_renew,
+            pending_since=mailbox.next_action_on,
+            today=today,
+            already_sent=frozenset(sent.get((mailbox.id, mailbox.expires_on), ())),
+        )
+    # A reminder the holder opted out of for this cycle is a skip (the auto-renew emails are not reminders).
+    return without_opted_out_reminder(
+        decision, opt_out_for=mailbox.reminders_opt_out_for, expires_on=mailbox.expires_on
     )
 
 

@@ -39,7 +39,16 @@ CHARGE = "charge"
 CHUNK = 2000
 #: What the rule reads of a mailbox (:func:`worker.services.notices.decide_mailbox`,
 #: :func:`worker.services.charges.decide_for`).
-_RULE_COLUMNS = ("id", "expires_on", "domain_id", "auto_renew", "payment_method", "card_expires_on", "next_action_on")
+_RULE_COLUMNS = (
+    "id",
+    "expires_on",
+    "domain_id",
+    "auto_renew",
+    "payment_method",
+    "card_expires_on",
+    "next_action_on",
+    "reminders_opt_out_for",
+)
 #: Decisions one mailbox may take in a window, at most (a safety bound: each moves a day on).
 MAX_STEPS = 400
 

@@ -16,7 +16,7 @@ import unicodedata
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, RadioField, SelectField, StringField
-from wtforms.validators import InputRequired, NumberRange, Optional, ValidationError
+from wtforms.validators import AnyOf, InputRequired, NumberRange, Optional, ValidationError
 
 from worker.rules.vocabulary import HOLDER_KIND_LABELS, HOLDER_KINDS, PLAN_LABELS, label
 from worker.web.i18n import language
@@ -254,6 +254,12 @@ class TermsForm(FlaskForm):
 
 class ButtonForm(FlaskForm):
     """A form with nothing but its CSRF token: start the order, confirm it."""
+
+
+class RemindersForm(FlaskForm):
+    """The reminders' buttons: ``action`` is "opt-out" (no more expiry reminders this cycle) or "opt-in"."""
+
+    action = StringField(validators=[InputRequired(), AnyOf(("opt-out", "opt-in"))])
 
 
 class CheckoutForm(FlaskForm):

@@ -9,7 +9,7 @@ signed Flask session, and any other id is a 404.
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 
 from config import catalogue
@@ -112,10 +112,11 @@ def renewal_link(token: str):
     view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
-    return _link_page(view, account_link=link.target != MAILBOX)
+    reminders_action = url_for("reminders.renewal_page_reminders", token=token)  # "Non intendo rinnovare"
+    return _link_page(view, account_link=link.target != MAILBOX, reminders_action=reminders_action)
 
 
-def _link_page(view, *, account_link: bool):
+def _link_page(view, *, account_link: bool, reminders_action: str | None = None):
     """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
 
     The token is Flask-WTF's (``generate_csrf``), kept in the Flask session: the button's
@@ -129,6 +130,7 @@ def _link_page(view, *, account_link: bool):
         states=orders.LinkState,
         form_token=generate_csrf() if with_form else None,
         account_link=account_link,
+        reminders_action=reminders_action,
         payment=_runtime().settings,  # the payment instructions of an order awaiting payment
         # A mailbox on auto-renew: its own page switches it off (worker/web/auto_renew.py).
         auto_renew_path=None
@@ -437,8 +439,8 @@ def checkout(public_id: str):
         step = orders.next_step(order)
         if step != "pay" or order.payment_method not in ("card", "paypal"):
             return redirect(url_for("web.order_status", public_id=public_id), 303)
-        if settings.payment_gateway != "sandbox":
-            abort(404)  # a real gateway has its own hosted page (not built here)
+        if settings.payment_gateway != "sandbox":  # the gateway's own page (worker/web/hosted_checkout.py)
+            return redirect(url_for("hosted.start", public_id=public_id), 303)
         form = forms.CheckoutForm()
         if request.method == "POST":
             if not form.validate_on_submit():

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from worker.rules import schedule
 from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
+from worker.rules.notices import reminders_opted_out
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
     LIVE_ORDER_STATUSES,
@@ -66,6 +67,8 @@ class MailboxSummary:
     promo: bool
     #: Whether this mailbox can be put in an order (plan change only, if auto_renew).
     orderable: bool
+    #: Whether the holder opted out of the expiry reminders of this cycle ("Non intendo rinnovare").
+    reminders_opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def mailbox_summary(mailbox: Any, today: date) -> MailboxSummary:
         on_domain=on_domain,
         promo=bool(mailbox.promo),
         orderable=not on_domain and state is not schedule.MailboxState.DELETED,
+        reminders_opted_out=reminders_opted_out(mailbox.reminders_opt_out_for, mailbox.expires_on),
     )
 
 
@@ -222,6 +226,7 @@ _MAILBOX_LINK_QUERY = (
         Mailbox.auto_renew,
         Mailbox.promo,
         Mailbox.language,
+        Mailbox.reminders_opt_out_for,
         Holder.name.label("holder_name"),
         RenewalOrder.public_id.label("order_public_id"),
         RenewalOrder.status.label("order_status"),
