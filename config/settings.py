@@ -252,9 +252,12 @@ def _read(environ: Mapping[str, str]) -> Settings:
     # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
     # adapters' timeouts), so a charge still in flight is never looked up as lost.
     charge_reconcile_after_minutes = _integer(
-        raw("CHARGE_RECONCILE_AFTER_MINUTES"), "CHARGE_RECONCILE_AFTER_MINUTES",
-        default=Settings.charge_reconcile_after_minutes, low=2, high=720,
-    )  # fmt: skip
+        raw("CHARGE_RECONCILE_AFTER_MINUTES"),
+        "CHARGE_RECONCILE_AFTER_MINUTES",
+        default=Settings.charge_reconcile_after_minutes,
+        low=2,
+        high=720,
+    )
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
         raise SettingsError(

@@ -113,11 +113,12 @@ def _seed(session_factory) -> dict[str, int]:
                 reference_email=f"Titolare.{number}@Example.it",
                 holder_name=f"Titolare {number}",
                 address=f"casella{number}@pec.example.it",
+                card_expires_on=case.get("card"),
+                renewal_years=case.get("years", 1),
+                extra_space_gb=case.get("extras", (0, 0))[0],
+                extra_archive_gb=case.get("extras", (0, 0))[1],
+                next_action_on=case.get("due", CHARGE_DAY),
             )
-            mailbox.card_expires_on = case.get("card")
-            mailbox.renewal_years = case.get("years", 1)
-            mailbox.extra_space_gb, mailbox.extra_archive_gb = case.get("extras", (0, 0))
-            mailbox.next_action_on = case.get("due", CHARGE_DAY)
             if case.get("notified", True):
                 mark_charge_notice_sent(session, mailbox)
             ids[name] = mailbox.id

@@ -122,9 +122,14 @@ def test_a_sqlite_file_in_a_missing_folder_is_refused_before_anything_is_created
     """Not a fresh empty database that check would call up: one line naming the variable, exit 2."""
     missing = tmp_path / "typo"
     result = CliRunner().invoke(
-        main, ["check"], env={"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                              "PEC_RENEWAL_DATABASE_URL": f"sqlite:///{missing}/pec.sqlite3"},
-    )  # fmt: skip
+        main,
+        ["check"],
+        env={
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_DATABASE_URL": f"sqlite:///{missing}/pec.sqlite3",
+        },
+    )
     assert result.exit_code == 2
     assert result.output == (
         f"pec-renewal: PEC_RENEWAL_DATABASE_URL: the folder {missing} does not exist (create it, or correct the path)\n"
@@ -134,10 +139,15 @@ def test_a_sqlite_file_in_a_missing_folder_is_refused_before_anything_is_created
 
 def test_a_broker_other_than_redis_is_refused_in_one_line(tmp_path, database_url):
     result = CliRunner().invoke(
-        main, ["check"], env={"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                              "PEC_RENEWAL_DATABASE_URL": database_url,
-                              "PEC_RENEWAL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"},
-    )  # fmt: skip
+        main,
+        ["check"],
+        env={
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_DATABASE_URL": database_url,
+            "PEC_RENEWAL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+        },
+    )
     assert result.exit_code == 2
     assert result.output.startswith("pec-renewal: PEC_RENEWAL_BROKER_URL: must be redis://HOST:PORT/DB")
     assert len(result.output.splitlines()) == 1

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import row_counts
 from tests.support.settings import smtp_runtime
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
-from tests.web.conftest import row_counts
 from worker.rules.links import GROUP
 from worker.services import orders, payments
 from worker.services.daily import run_day

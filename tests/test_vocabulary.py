@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import catalogue
-from worker.rules import holder_data, import_values, pricing, vocabulary
+from worker.rules import holder_data, import_values, vocabulary
 from worker.store import models
 
 
@@ -45,7 +45,6 @@ def test_a_label_falls_back_to_the_default_language_then_to_the_word_itself():
 def test_the_tables_the_rules_and_the_emails_use_the_same_words():
     assert models.Plan is vocabulary.Plan and models.HolderKind is vocabulary.HolderKind
     assert holder_data.HOLDER_KINDS is vocabulary.HOLDER_KINDS
-    assert pricing.PLAN_LABELS is vocabulary.PLAN_LABELS and pricing.PAYMENT_METHODS is vocabulary.PAYMENT_METHODS
     assert import_values.PLANS is vocabulary.PLANS and import_values.LANGUAGES is vocabulary.LANGUAGES
 
 

@@ -206,14 +206,18 @@ def database_query(now: datetime):
         count(due).label("outbox_due"),
         count(pending, OutboxMessage.next_attempt_at > now).label("outbox_waiting"),
         count(OutboxMessage.status == OutboxStatus.FAILED.value).label("outbox_failed"),
-        select(func.min(OutboxMessage.next_attempt_at)).where(pending, OutboxMessage.next_attempt_at <= now)
-        .scalar_subquery().label("oldest_retry_due_at"),
-        select(func.min(OutboxMessage.created_at)).where(pending, OutboxMessage.next_attempt_at.is_(None))
-        .scalar_subquery().label("oldest_new_created_at"),
+        select(func.min(OutboxMessage.next_attempt_at))
+        .where(pending, OutboxMessage.next_attempt_at <= now)
+        .scalar_subquery()
+        .label("oldest_retry_due_at"),
+        select(func.min(OutboxMessage.created_at))
+        .where(pending, OutboxMessage.next_attempt_at.is_(None))
+        .scalar_subquery()
+        .label("oldest_new_created_at"),
         select(func.min(Mailbox.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
         count(unresolved, ChargeIntent.status == ChargeStatus.STARTED.value).label("charges_started"),
         count(unresolved, ChargeIntent.status == ChargeStatus.UNKNOWN.value).label("charges_unknown"),
-    )  # fmt: skip
+    )
 
 
 class DatabaseCollector:
@@ -408,8 +412,10 @@ def serve_worker_metrics(settings: Settings, clock: Callable[[], datetime]):
     except OSError as error:
         log.error(
             "metrics: cannot listen on %s:%s (%s); set PEC_RENEWAL_METRICS_PORT to a free port, or 0",
-            settings.metrics_address, settings.metrics_port, error.strerror or error,
-        )  # fmt: skip
+            settings.metrics_address,
+            settings.metrics_port,
+            error.strerror or error,
+        )
         return None
     log.info("metrics: serving on http://%s:%s/metrics", settings.metrics_address, settings.metrics_port)
     return server

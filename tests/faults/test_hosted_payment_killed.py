@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from tests.faults.conftest import ROOT
 from tests.support.factories import make_mailbox
+from tests.support.faults import ROOT
 from tests.support.gateway_servers import PAYPAL_CLIENT
 from tests.support.gateway_webhooks import PAYPAL_WEBHOOK_ID, HostedPayPal, paypal_event
 from tests.support.orders import NOW, TODAY, complete_order

@@ -8,8 +8,8 @@ from datetime import date
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import link_path
 from tests.support.web_flow import post_form, start
-from tests.web.conftest import link_path
 from worker.web import templating
 
 CSP_DIRECTIVES = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.web.conftest import csrf_token
+from tests.support.link_handler import csrf_token
 
 
 def post_form(client, path: str, data: dict | None = None, *, follow: bool = False):

@@ -112,9 +112,6 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
     mailboxes of the email, paid by bank transfer, and all three renewed."""
     from playwright.sync_api import sync_playwright
 
-    from worker.services import payments
-    from worker.services.daily import run_day
-
     runtime, base_url = served
     expiry = date(2027, 2, 10)  # the clock stands at 2027-01-10: the one-month notice is due
     addresses = [f"{name}@pec.provider.example.it" for name in ("amministrazione", "direzione", "segreteria")]

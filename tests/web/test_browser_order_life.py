@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from tests.support.browser import inside_the_width, needs_chromium, phone_page, served_app
 from tests.support.factories import make_mailbox
-from tests.web.conftest import link_path
+from tests.support.link_handler import link_path
 from worker.services import payments
 from worker.store.models import Mailbox, RenewalOrder
 

@@ -19,9 +19,9 @@ from tests.support.gateway_webhooks import (
     stripe_event,
     stripe_signature,
 )
+from tests.support.link_handler import csrf_token, link_path, row_counts
 from tests.support.settings import make_settings
 from tests.support.web_flow import post_form, start, walk_to_confirm
-from tests.web.conftest import csrf_token, link_path, row_counts
 from worker.store.models import Mailbox, Payment, RenewalOrder
 
 EXPIRY = date(2027, 2, 10)

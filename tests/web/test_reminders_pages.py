@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
-from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
+from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
 from worker.services.daily import run_day
 from worker.store.models import Base, Mailbox, OutboxMessage
 

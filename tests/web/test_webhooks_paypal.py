@@ -12,9 +12,9 @@ from sqlalchemy import select
 from tests.support.factories import make_mailbox
 from tests.support.gateway_servers import PAYPAL_CLIENT
 from tests.support.gateway_webhooks import PAYPAL_WEBHOOK_ID, PayPalServer, paypal_event
+from tests.support.link_handler import Clock, row_counts
 from tests.support.orders import complete_order
 from tests.support.settings import make_settings
-from tests.web.conftest import Clock, row_counts
 from worker.services.payments import register_payment
 from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, OutboxMessage, Payment, RenewalOrder
 

@@ -18,9 +18,9 @@ from tests.support.gateway_webhooks import (
     stripe_event,
     stripe_signature,
 )
+from tests.support.link_handler import Clock, close_runtime, row_counts, runtime_on_test_database
 from tests.support.orders import complete_order
 from tests.support.settings import make_settings
-from tests.web.conftest import Clock, close_runtime, row_counts, runtime_on_test_database
 from worker.metrics import database_registry
 from worker.services.payments import register_payment
 from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, OutboxMessage, Payment, RenewalOrder

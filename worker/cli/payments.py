@@ -9,7 +9,7 @@ import click
 
 from worker.cli.common import ensure_schema, fail, runtime_of
 from worker.gateways import make_gateway
-from worker.rules import pricing
+from worker.rules import pricing, vocabulary
 from worker.services.payments import (
     BankStatementInvalid,
     PaymentRefused,
@@ -50,8 +50,8 @@ def payments() -> None:
 )
 @click.option(
     "--method",
-    type=click.Choice(pricing.PAYMENT_METHODS),
-    default=pricing.BANK_TRANSFER,
+    type=click.Choice(vocabulary.PAYMENT_METHODS),
+    default=vocabulary.BANK_TRANSFER,
     show_default=True,
     help="How it was paid.",
 )

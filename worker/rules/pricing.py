@@ -19,20 +19,7 @@ from functools import cache
 from typing import Any
 
 from config import catalogue
-
-# The payment methods and euro amounts are the vocabulary's; named here too for the callers that
-# price and take payments (the payments CLI's choices among them).
-from worker.rules.vocabulary import (  # noqa: F401 (re-exported)
-    BANK_TRANSFER,
-    CARD,
-    GATEWAY_METHODS,
-    METHOD_LABELS,
-    PAYMENT_METHODS,
-    PAYPAL,
-    PLAN_LABELS,
-    POSTAL_SLIP,
-    format_euro,
-)
+from worker.rules.vocabulary import BANK_TRANSFER, CARD, PAYPAL, PLAN_LABELS, POSTAL_SLIP
 
 #: At most this many working days between a payment and its registration.
 REGISTRATION_WORKING_DAYS = {CARD: 0, PAYPAL: 0, BANK_TRANSFER: 1, POSTAL_SLIP: 7}
@@ -363,7 +350,7 @@ def easter_sunday(year: int) -> date:
     g = (b - f + 1) // 3
     h = (19 * a + b - d - g + 15) % 30
     i, k = divmod(c, 4)
-    l = (32 + 2 * e + 2 * i - h - k) % 7  # noqa: E741
+    l = (32 + 2 * e + 2 * i - h - k) % 7  # noqa: E741  (the algorithm's own letters, as published)
     m = (a + 11 * h + 22 * l) // 451
     month, day = divmod(h + l - 7 * m + 114, 31)
     return date(year, month, day + 1)

@@ -55,6 +55,7 @@ PUBLIC_ADMINISTRATION: Final = HolderKind.PUBLIC_ADMINISTRATION.value
 #: The kinds that need a partita IVA and an SDI code or PEC address.
 BUSINESS_KINDS: Final = (HolderKind.SOLE_PROPRIETOR.value, HolderKind.COMPANY.value, HolderKind.PROFESSIONAL.value)
 HOLDER_KINDS: Final = tuple(kind.value for kind in HolderKind)
+# Laid out by hand (fmt: skip): one block per language, a label to a line.
 HOLDER_KIND_LABELS: Final = MappingProxyType({
     "it": MappingProxyType({
         HolderKind.PRIVATE.value: "Persona fisica (privato)",

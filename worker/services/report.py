@@ -207,9 +207,14 @@ def build_report(
             if mailbox.next_action_on < start:
                 report.overdue += 1
             for step in forecast_steps(
-                mailbox, auto_renew_states, sent, stages=stages, plan=plan,
-                first_day=max(mailbox.next_action_on, start), last_day=end,
-            ):  # fmt: skip
+                mailbox,
+                auto_renew_states,
+                sent,
+                stages=stages,
+                plan=plan,
+                first_day=max(mailbox.next_action_on, start),
+                last_day=end,
+            ):
                 report.due[step.day][step.step] += 1
 
     last = session.scalars(
