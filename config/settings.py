@@ -36,6 +36,16 @@ MAIL_BACKENDS = ("maildir", "smtp", "console")
 SMTP_TLS_MODES = ("none", "starttls", "ssl")
 PAYMENT_GATEWAYS = ("sandbox", "stripe", "paypal")
 LOG_FORMATS = ("auto", "text", "json")
+#: The clauses a holder approves specifically (artt. 1341-1342 c.c.) at the order's terms step,
+#: as the provider's general terms of contract number them: ``;``-separated in the variable.
+DEFAULT_UNFAIR_TERMS_CLAUSES = (
+    "art. 5 (Durata, rinnovo e rinnovo automatico)",
+    "art. 7 (Sospensione del servizio)",
+    "art. 8 (Recesso e risoluzione)",
+    "art. 10 (Limitazioni di responsabilità del gestore)",
+    "art. 12 (Modifiche delle condizioni)",
+    "art. 15 (Foro competente)",
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,11 @@ class Settings:
     bank_iban: str = "IT60X0542811101000000123456"
     bank_beneficiary: str = "Provider PEC S.p.A."
     postal_account: str = "001234567890"
+    # The contract documents and the support page, linked from the order pages and the emails.
+    terms_url: str = "https://www.provider-pec.example.it/condizioni-generali"
+    manual_url: str = "https://www.provider-pec.example.it/manuale-operativo"
+    support_url: str = "https://www.provider-pec.example.it/assistenza"
+    unfair_terms_clauses: tuple[str, ...] = DEFAULT_UNFAIR_TERMS_CLAUSES
     # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
     charge_notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
@@ -266,6 +281,13 @@ def _read(environ: Mapping[str, str]) -> Settings:
     bank_beneficiary = raw("BANK_BENEFICIARY") or "Provider PEC S.p.A."
     if any(ord(character) < 32 for character in bank_beneficiary):
         raise SettingsError("BANK_BENEFICIARY", "must be one line of text")
+    page_urls = {}
+    for name in ("TERMS_URL", "MANUAL_URL", "SUPPORT_URL"):
+        value = raw(name) or getattr(Settings, name.lower())
+        if not _is_page_url(value):
+            raise SettingsError(name, f"{value!r} is not an http(s) URL such as https://www.example.it/condizioni")
+        page_urls[name.lower()] = value
+    unfair_terms_clauses = _clauses(raw("UNFAIR_TERMS_CLAUSES"))
 
     stages_text = raw("NOTICE_STAGES")
     try:
@@ -349,6 +371,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         bank_iban=bank_iban,
         bank_beneficiary=bank_beneficiary,
         postal_account=postal_account,
+        **page_urls,
+        unfair_terms_clauses=unfair_terms_clauses,
         charge_notice_days=charge_notice_days,
         charge_days=charge_days,
         charge_reconcile_after_minutes=charge_reconcile_after_minutes,
@@ -481,6 +505,31 @@ def _is_base_url(url: str) -> bool:
         and not parts.fragment
         and not _has_space(url)
     )
+
+
+def _is_page_url(url: str) -> bool:
+    """An http(s) address of a page: a host, no spaces; unlike BASE_URL it may carry a query or a fragment."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not _has_space(url)
+
+
+def _clauses(value: str | None) -> tuple[str, ...]:
+    """``UNFAIR_TERMS_CLAUSES``: clause references separated by ``;``, each one line of at most 200 characters."""
+    if value is None:
+        return DEFAULT_UNFAIR_TERMS_CLAUSES
+    clauses = tuple(" ".join(part.split()) for part in value.split(";") if part.strip())
+    if not 1 <= len(clauses) <= 30:
+        raise SettingsError("UNFAIR_TERMS_CLAUSES", "must name 1 to 30 clauses, separated by ';'")
+    for clause in clauses:
+        if len(clause) > 200 or not clause.isprintable():
+            raise SettingsError(
+                "UNFAIR_TERMS_CLAUSES", f"{clause[:40]!r}…: each clause is one line of at most 200 characters"
+            )
+    return clauses
 
 
 def _has_space(value: str) -> bool:

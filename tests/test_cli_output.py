@@ -190,7 +190,7 @@ def test_serve_on_another_port_writes_its_links_to_that_port(fleet):
                     },
                 ),
                 ("modulo", {"method": "card", "years": "1"}),
-                ("condizioni", {"accept": "y"}),
+                ("condizioni", {"accept": "y", "approve_clauses": "y"}),
                 ("conferma", {}),
             ]
             for step, data in steps:

@@ -71,7 +71,7 @@ def test_extras_must_be_whole_numbers(bad):
 
 def test_used_space_above_1_gb_on_standard_needs_the_extra_gb():
     assert choice(used_space_mb=1024) == []
-    assert choice(used_space_mb=1025) == [("extra_space_gb", "space_needed")]
+    assert choice(used_space_mb=1025) == [("extra_space_gb", "space_needed_one")]
     assert choice(used_space_mb=1025, extra_space_gb=1) == []
     assert choice(used_space_mb=2048, extra_space_gb=1) == []
 
@@ -302,3 +302,13 @@ def test_method_in_time_before_deletion():
     assert not pricing.method_in_time("postal_slip", friday, deletion_on)  # 7 April
     assert pricing.method_in_time("card", date(2027, 3, 31), deletion_on)
     assert not pricing.method_in_time("bank_transfer", date(2027, 3, 31), deletion_on)  # 1 April: deleted
+
+
+def test_one_gb_takes_the_singular_verb():
+    problems = check_mailbox_choice(
+        address="a@pec.example.it", current_plan="standard", used_space_mb=1500, on_domain=False, deleted=False,
+        auto_renew=False, plan="standard", extra_space_gb=0, extra_archive_gb=0, confirm_archive_deletion=False,
+    )  # fmt: skip
+    italian = problems[0].message("it")
+    assert "serve almeno 1 GB" in italian and "servono" not in italian
+    assert "needs at least 1 GB" in problems[0].message("en")

@@ -51,12 +51,12 @@ def test_the_tables_the_rules_and_the_emails_use_the_same_words():
 @pytest.mark.parametrize(
     "cents, italian, english",
     [
-        (0, "0,00 €", "€0.00"),
-        (5, "0,05 €", "€0.05"),
-        (4880, "48,80 €", "€48.80"),
-        (123456, "1.234,56 €", "€1,234.56"),
-        (123456789, "1.234.567,89 €", "€1,234,567.89"),
-        (-4880, "-48,80 €", "-€48.80"),
+        (0, "0,00\u00a0€", "€0.00"),
+        (5, "0,05\u00a0€", "€0.05"),
+        (4880, "48,80\u00a0€", "€48.80"),
+        (123456, "1.234,56\u00a0€", "€1,234.56"),
+        (123456789, "1.234.567,89\u00a0€", "€1,234,567.89"),
+        (-4880, "-48,80\u00a0€", "-€48.80"),
     ],
 )
 def test_euro_amounts_as_holders_read_them(cents, italian, english):
@@ -67,6 +67,6 @@ def test_euro_amounts_as_holders_read_them(cents, italian, english):
 
 @given(st.integers(min_value=0, max_value=10**12))
 def test_an_amount_reads_back_to_its_cents(cents):
-    italian = vocabulary.format_euro(cents, "it").removesuffix(" €").replace(".", "").replace(",", "")
+    italian = vocabulary.format_euro(cents, "it").removesuffix("\u00a0€").replace(".", "").replace(",", "")
     english = vocabulary.format_euro(cents, "en").removeprefix("€").replace(",", "").replace(".", "")
     assert int(italian) == int(english) == cents

@@ -69,7 +69,7 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         ),
         "web.step_holder": (f"{order}/intestatario", dict(PRIVATE_HOLDER, name="Luigi Verdi")),
         "web.step_payment": (f"{order}/modulo", {"method": "postal_slip", "years": "3"}),
-        "web.step_terms": (f"{order}/condizioni", {"accept": "y"}),
+        "web.step_terms": (f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"}),
         "web.step_confirm": (f"{order}/conferma", {}),
         "web.checkout": (f"{order}/pagamento", {"payment_token": "pm_card_visa"}),
         "hosted.start": (f"{order}/pagamento/sicuro", {}),
@@ -147,7 +147,7 @@ def test_double_submits_and_replays_make_one_order_and_one_payment(app, client, 
     twice(client, f"{order}/caselle", {f"plan-{mailbox.id}": "pro"})
     twice(client, f"{order}/intestatario", PRIVATE_HOLDER)
     twice(client, f"{order}/modulo", {"method": "card", "years": "2"})
-    twice(client, f"{order}/condizioni", {"accept": "y"})
+    twice(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"})
     confirm_form = {"csrf_token": csrf_token(client.get(f"{order}/conferma").get_data(as_text=True))}
     twice(client, f"{order}/conferma", {})
     # Another browser (the phone's mail app) with the same link finds the same order.
@@ -262,7 +262,7 @@ def test_markup_in_holder_data_is_stored_as_typed_and_escaped_on_every_page_and_
     assert post_form(client, f"{order}/intestatario", holder).status_code == 303
     assert holder_data(session_factory)["name"] == value  # stored exactly as typed
     assert post_form(client, f"{order}/modulo", {"method": "bank_transfer", "years": "1"}).status_code == 303
-    assert post_form(client, f"{order}/condizioni", {"accept": "y"}).status_code == 303
+    assert post_form(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"}).status_code == 303
     pages = {"holder step": client.get(f"{order}/intestatario"), "confirm step": client.get(f"{order}/conferma")}
     assert post_form(client, f"{order}/conferma").status_code == 303
     pages["confirmation"] = client.get(order)

@@ -29,6 +29,7 @@ from datetime import datetime
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 
+from config.settings import Settings
 from worker.mail.group_links import renew_all_url
 from worker.mail.headers import (
     NO_MAILBOX_LEFT,
@@ -50,7 +51,7 @@ from worker.mail.templates import compiled_templates, css_inliner
 from worker.mail.variables import MailboxView, common_value, display_name, mailbox_view
 from worker.rules.links import LinkSigner
 from worker.rules.schedule import Stage, parse_stage
-from worker.rules.vocabulary import LANGUAGES
+from worker.rules.vocabulary import CORPORATE_KINDS, LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,18 @@ def _base64_lines(text: str) -> bytes:
 class EmailRenderer:
     """Renders outbox rows into messages.  Templates are compiled once per process."""
 
-    def __init__(self, *, mail_from: str, signer: LinkSigner):
+    def __init__(
+        self,
+        *,
+        mail_from: str,
+        signer: LinkSigner,
+        terms_url: str = Settings.terms_url,
+        manual_url: str = Settings.manual_url,
+        support_url: str = Settings.support_url,
+    ):
         refuse_line_breaks(mail_from, "mail_from")
+        #: The pages every email's footer links to (the settings of the same names).
+        self._pages = {"terms_url": terms_url, "manual_url": manual_url, "support_url": support_url}
         display_name, address = parseaddr(mail_from)
         self._sender = header_address(address, "mail_from address")
         self._from_header = formataddr((display_name, self._sender), charset="utf-8")
@@ -238,6 +249,9 @@ class EmailRenderer:
             # The manual process recommends renewing at least 15 days before expiry.
             "early_enough": not stage.after_expiry and (stage.months < 0 or stage.days <= -15),
             "holder_name": display_name(context.get("holder_name")),
+            # A company or a public body is greeted "Spett.le", a person "Gentile".
+            "corporate_holder": context.get("holder_kind") in CORPORATE_KINDS,
+            **self._pages,
             "provider_name": self._provider_name,
             "mailboxes": mailboxes,
             "count": len(mailboxes),

@@ -82,6 +82,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it": "La casella occupa {used} MB: con la tipologia {plan} servono almeno {needed} GB di spazio aggiuntivo.",
         "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least {needed} GB of extra space.",
     },
+    # One GB takes the singular verb in Italian ("serve almeno 1 GB", "servono almeno 2 GB").
+    "space_needed_one": {
+        "it": "La casella occupa {used} MB: con la tipologia {plan} serve almeno 1 GB di spazio aggiuntivo.",
+        "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least 1 GB of extra space.",
+    },
     "archive_deletion": {
         "it": (
             "Passando alla tipologia Standard l'archivio della casella {address} verrà cancellato. Confermi di voler "
@@ -190,7 +195,7 @@ def check_mailbox_choice(
                 problems.append(
                     Problem(
                         "extra_space_gb",
-                        "space_needed",
+                        "space_needed_one" if needed == 1 else "space_needed",
                         {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed},
                     )
                 )

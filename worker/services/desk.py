@@ -345,6 +345,7 @@ def resend_latest_notice(session: Session, address: str, *, today: date, now: da
         )
     context = dict(previous.context) if previous is not None and isinstance(previous.context, dict) else {}
     context["holder_name"] = mailbox.holder.name
+    context["holder_kind"] = mailbox.holder.kind
     context["mailboxes"] = [
         {
             "id": mailbox.id,

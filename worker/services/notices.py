@@ -114,7 +114,12 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
 #: A batch's mailboxes with what the emails need of their holder and domain, locked: plain
 #: rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more than
 #: the rest of the batch; bench/daily_peak.py).
-_BATCH_COLUMNS = (*_MAILBOXES.c, Holder.name.label("holder_name"), Domain.name.label("domain_name"))
+_BATCH_COLUMNS = (
+    *_MAILBOXES.c,
+    Holder.name.label("holder_name"),
+    Holder.kind.label("holder_kind"),
+    Domain.name.label("domain_name"),
+)
 
 
 def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
@@ -260,8 +265,11 @@ def plan_notice_batch(
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         holder_names = {mailbox.holder_name for mailbox in members}
+        holder_kinds = {mailbox.holder_kind for mailbox in members}
         context = {
             "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
+            # How the email greets: "Spett.le" a company or a public body, "Gentile" a person.
+            "holder_kind": holder_kinds.pop() if len(holder_kinds) == 1 else None,
             "mailboxes": [
                 {
                     "id": mailbox.id,

@@ -332,6 +332,9 @@ class RenewalOrder(Base):
     payment_method: Mapped[str | None] = mapped_column(String(20))
     years: Mapped[int | None] = mapped_column(Integer)
     terms_accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The specific approval of the clauses of artt. 1341-1342 c.c. (``UNFAIR_TERMS_CLAUSES``), given
+    #: with the terms at step 4.
+    unfair_terms_approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The totals, set when the payment is chosen and fixed at confirmation.
     subtotal_cents: Mapped[int | None] = mapped_column(Integer)
     vat_cents: Mapped[int | None] = mapped_column(Integer)

@@ -105,6 +105,11 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         static_url=templating.static_url,
         method_label=views.method_label,
         kind_label=kind_label,
+        # The contract documents and the support page, as every page and email links them.
+        terms_url=settings.terms_url,
+        manual_url=settings.manual_url,
+        support_url=settings.support_url,
+        unfair_terms_clauses=settings.unfair_terms_clauses,
     )
     app.jinja_env.filters.update(long_date=i18n.long_date, date_art=i18n.date_with_article, euro=i18n.euro)
     csrf.init_app(app)

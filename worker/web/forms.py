@@ -246,7 +246,12 @@ def _invalid_choice_messages(form: FlaskForm) -> None:
 
 
 class TermsForm(FlaskForm):
+    """The two approvals of step 4; whether each is required is the order service's rule."""
+
+    #: The general terms of contract and the operating manual.
     accept = BooleanField()
+    #: The specific approval of the clauses of artt. 1341-1342 c.c. (``UNFAIR_TERMS_CLAUSES``).
+    approve_clauses = BooleanField()
 
 
 # -- Step 5 and the buttons that only POST --------------------------------------------------------

@@ -177,6 +177,7 @@ def order_status(public_id: str):
             step=step,
             summary=summary,
             mailboxes=mailboxes,
+            renewals=orders.order_renewals(order),
             settings=settings,
             form=forms.ButtonForm(),
         )
@@ -362,12 +363,17 @@ def step_terms(public_id: str):
         if request.method == "POST":
             if form.validate_on_submit():
                 try:
-                    orders.accept_terms(db_session, order, _now(), accepted=bool(form.accept.data))
+                    orders.accept_terms(
+                        db_session,
+                        order,
+                        _now(),
+                        accepted=bool(form.accept.data),
+                        clauses_approved=bool(form.approve_clauses.data),
+                    )
                 except orders.OrderValidationError as error:
                     db_session.rollback()
-                    general = _apply_errors(
-                        form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()}
-                    )
+                    fields = {"terms": "accept", "clauses": "approve_clauses"}
+                    general = _apply_errors(form, {fields.get(key, key): text for key, text in error.errors.items()})
                 else:
                     db_session.commit()
                     return redirect(url_for("web.step_confirm", public_id=public_id), 303)
@@ -418,6 +424,8 @@ def _render_confirm(db_session, order, general, status):
             general=general,
             summary=orders.order_summary(order),
             mailboxes=orders.order_mailboxes(db_session, order, _today()),
+            renewals=orders.order_renewals(order),
+            holder=orders.order_holder(order),
         ),
     ), status
 

@@ -173,6 +173,7 @@ _LOCK = (
         _MAILBOXES.c.language,
         _MAILBOXES.c.reference_email,
         _HOLDERS.c.name.label("holder_name"),
+        _HOLDERS.c.kind.label("holder_kind"),
         _LEDGER.c.cycle_expires_on.label("ledger_cycle"),
         _LEDGER.c.stage.label("ledger_stage"),
         _LEDGER.c.kind.label("ledger_kind"),

@@ -106,9 +106,13 @@ from worker.services.orders.steps import (
 )
 from worker.services.orders.summary import (
     HOLDER_FIELDS,
+    Renewal,
     earliest_deletion_on,
+    new_expiry,
     next_step,
+    order_holder,
     order_number_for,
+    order_renewals,
     order_summary,
 )
 
@@ -135,6 +139,7 @@ __all__ = [
     "OrderValidationError",
     "PaymentOption",
     "PriceLine",
+    "Renewal",
     "accept_terms",
     "cancel_order",
     "change_payment_method",
@@ -153,10 +158,13 @@ __all__ = [
     "lapse_orders",
     "mail_domain",
     "message",
+    "new_expiry",
     "next_step",
     "order_email_context",
+    "order_holder",
     "order_mailboxes",
     "order_number_for",
+    "order_renewals",
     "order_summary",
     "payment_instructions",
     "payment_options",

@@ -67,6 +67,8 @@ class MailboxSummary:
     promo: bool
     #: Whether this mailbox can be put in an order (plan change only, if auto_renew).
     orderable: bool
+    #: Days from the day it was read to the expiry: negative once expired (what advice fits).
+    days_to_expiry: int = 0
     #: Whether the holder opted out of the expiry reminders of this cycle ("Non intendo rinnovare").
     reminders_opted_out: bool = False
 
@@ -90,6 +92,8 @@ class LinkView:
     order_total_cents: int | None = None
     holder_name: str | None = None
     account_login: str | None = None
+    #: The number of the unpaid order a failed auto-renew charge left (mailbox link), if any.
+    failed_charge_order: str | None = None
 
 
 def holder_language(value: str | None) -> str:
@@ -116,6 +120,7 @@ def mailbox_summary(mailbox: Any, today: date) -> MailboxSummary:
         on_domain=on_domain,
         promo=bool(mailbox.promo),
         orderable=not on_domain and state is not schedule.MailboxState.DELETED,
+        days_to_expiry=(mailbox.expires_on - today).days,
         reminders_opted_out=reminders_opted_out(mailbox.reminders_opt_out_for, mailbox.expires_on),
     )
 
@@ -273,9 +278,15 @@ def _mailbox_link_view(row: Any, link: RenewalLink, today: date) -> LinkView:
             order_method=row.order_method,
             order_total_cents=row.order_total_cents,
         )
-    if row.auto_renew and not (has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value):
+    failed_charge = has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value
+    if row.auto_renew and not failed_charge:
         return LinkView(state=LinkState.AUTO_RENEW, **common)
-    return LinkView(state=LinkState.RENEWABLE, **common)
+    unpaid = failed_charge and row.order_status == OrderStatus.AWAITING_PAYMENT.value
+    return LinkView(
+        state=LinkState.RENEWABLE,
+        failed_charge_order=row.order_number if unpaid else None,
+        **common,
+    )
 
 
 def _account_window_mailboxes(session: Session, account_id: int, today: date) -> list[Mailbox]:

@@ -65,15 +65,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it": "Per completare l'ordine deve leggere e accettare le condizioni contrattuali.",
         "en": "To complete the order you must read and accept the contract terms.",
     },
+    "clauses_required": {
+        "it": "Per completare l'ordine deve approvare specificamente le clausole indicate (artt. 1341 e 1342 c.c.).",
+        "en": "To complete the order you must specifically approve the clauses listed (Italian Civil Code, "
+        "arts. 1341 and 1342).",
+    },
     "method_unknown": {
         "it": "Scelga una modalità di pagamento: carta di credito, PayPal, bonifico bancario o bollettino postale.",
         "en": "Choose a payment method: credit card, PayPal, bank transfer or postal slip.",
     },
     "method_too_late": {
         "it": "Questa modalità di pagamento non è più disponibile: il pagamento verrebbe registrato "
-        "dopo la cancellazione della casella ({deletion}). Scelga carta di credito o PayPal.",
+        "dopo la cancellazione della casella ({deletion}). Scelga {methods}.",
         "en": "This payment method is no longer available: the payment would be registered after "
-        "the mailbox is deleted ({deletion}). Choose a credit card or PayPal.",
+        "the mailbox is deleted ({deletion}). Choose {methods}.",
     },
     "years_range": {
         "it": "Scelga una frequenza di rinnovo da 1 a {max} anni.",
