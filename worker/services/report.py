@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from worker.rules.schedule import Stage
 from worker.services import charges
 from worker.services.notices import decide_mailbox, load_decision_states
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import BouncedAddress, DailyRun, Mailbox, MailboxSchedule, NoticeLedgerEntry, OutboxMessage
 
 CHARGE = "charge"
 
@@ -200,7 +200,12 @@ def build_report(
     end = start + timedelta(days=days - 1)
     for offset in range(days):
         report.due[start + timedelta(days=offset)] = Counter()
-    rows = session.execute(select(*Mailbox.__table__.c).where(Mailbox.next_action_on <= end).order_by(Mailbox.id)).all()
+    rows = session.execute(
+        select(*Mailbox.__table__.c, MailboxSchedule.next_action_on)
+        .join(MailboxSchedule, MailboxSchedule.mailbox_id == Mailbox.id)
+        .where(MailboxSchedule.next_action_on <= end)
+        .order_by(Mailbox.id)
+    ).all()
     for chunk in _chunks(rows, CHUNK):
         auto_renew_states, sent = load_decision_states(session, chunk)
         for mailbox in chunk:

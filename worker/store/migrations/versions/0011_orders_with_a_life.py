@@ -12,7 +12,7 @@ The downgrade restores the old constraint, and fails if a link and cycle hold mo
 order by then (cancel or delete the extra ones first).
 
 Revision ID: 0011
-Revises: 0015
+Revises: 0009
 Create Date: 2026-12-06 07:30:00
 """
 from alembic import op
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 
 revision = '0011'
-down_revision = '0015'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
