@@ -11,16 +11,16 @@ counts the payment-method changes of a confirmed order (each re-sends its confir
 The downgrade restores the old constraint, and fails if a link and cycle hold more than one
 order by then (cancel or delete the extra ones first).
 
-Revision ID: 0011
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-06 07:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0011'
-down_revision = '0009'
+revision = '0013'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 
