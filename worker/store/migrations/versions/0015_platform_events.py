@@ -6,8 +6,8 @@ pending events serves the sender's claim and the check that an earlier event of 
 mailbox is still pending; that of failed events, their count.  ``mailboxes.expires_on`` gets an index for the day's step that
 writes the expired and deleted events of the last days.
 
-Revision ID: 0016
-Revises: 0009
+Revision ID: 0015
+Revises: 0013
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 import worker.store.models
 
 
-revision = '0016'
-down_revision = '0009'
+revision = '0015'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
