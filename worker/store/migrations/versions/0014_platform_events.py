@@ -6,7 +6,7 @@ pending events serves the sender's claim and the check that an earlier event of 
 mailbox is still pending; that of failed events, their count.  ``mailboxes.expires_on`` gets an index for the day's step that
 writes the expired and deleted events of the last days.
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-06 08:00:00
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import worker.store.models
 
 
-revision = '0015'
+revision = '0014'
 down_revision = '0013'
 branch_labels = None
 depends_on = None
