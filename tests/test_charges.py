@@ -547,6 +547,7 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
         "INSERT sandbox_charges",  # the gateway
         "SELECT mailboxes",
         "UPDATE charge_intents",  # the answer
+        "INSERT invoices",  # its invoice (waiting here: no seller settings)
         "SELECT worker_state",  # the receipt: the installation id of its Message-ID,
         "INSERT outbox_messages",  # its outbox row,
         "INSERT notice_ledger",  # its ledger row

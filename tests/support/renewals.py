@@ -65,7 +65,7 @@ def register(session_factory, settings, order: RenewalOrder, today: date) -> pay
         return result
 
 
-def charge(session_factory, address: str, today: date, gateway=None) -> charges.ChargeRun:
+def charge(session_factory, address: str, today: date, gateway=None, seller=None) -> charges.ChargeRun:
     """The day's charge work for one auto-renew mailbox, after its charge notice went out."""
     with session_factory() as session, session.begin():
         box = the_mailbox(session, address)
@@ -74,5 +74,5 @@ def charge(session_factory, address: str, today: date, gateway=None) -> charges.
         mailbox_id = box.id
     return charges.charge_mailbox(
         session_factory, gateway or SandboxGateway(session_factory), mailbox_id, today=today,
-        clock=lambda: at(today), stages=DEFAULT_STAGES, mail_domain=MAIL_DOMAIN,
+        clock=lambda: at(today), stages=DEFAULT_STAGES, mail_domain=MAIL_DOMAIN, seller=seller,
     )  # fmt: skip

@@ -31,7 +31,15 @@ from sqlalchemy.orm import Session
 from worker.rules.schedule import Stage
 from worker.services import charges
 from worker.services.notices import decide_mailbox, load_decision_states
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import (
+    BouncedAddress,
+    DailyRun,
+    Invoice,
+    InvoiceStatus,
+    Mailbox,
+    NoticeLedgerEntry,
+    OutboxMessage,
+)
 
 CHARGE = "charge"
 
@@ -74,6 +82,8 @@ class Report:
     last_run: dict | None = None
     outbox: dict[str, int] = field(default_factory=dict)
     bounced_addresses: int = 0
+    #: Paid renewals whose invoice waits (for the seller settings or the holder's billing data), by reason.
+    invoices_waiting: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -84,6 +94,7 @@ class Report:
             "last_run": self.last_run,
             "outbox": self.outbox,
             "bounced_addresses": self.bounced_addresses,
+            "invoices_waiting": self.invoices_waiting,
         }
 
 
@@ -231,6 +242,13 @@ def build_report(
             ).all()
         )
     report.bounced_addresses = session.scalar(select(func.count()).select_from(BouncedAddress)) or 0
+    report.invoices_waiting = dict(
+        session.execute(
+            select(Invoice.waiting_reason, func.count())
+            .where(Invoice.status == InvoiceStatus.WAITING.value)
+            .group_by(Invoice.waiting_reason)
+        ).all()
+    )
     return report
 
 
@@ -266,3 +284,9 @@ def print_report(result: Report, console: Console) -> None:
             + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
         )
     console.print(f"Bounced reference addresses: {result.bounced_addresses}")
+    if result.invoices_waiting:
+        console.print(
+            f"Invoices waiting: {sum(result.invoices_waiting.values())} ("
+            + ", ".join(f"{reason}: {count}" for reason, count in sorted(result.invoices_waiting.items()))
+            + "); 'pec-renewal invoices export' issues them once the data have come."
+        )

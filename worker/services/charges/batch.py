@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.gateways import PaymentGateway
 from worker.rules import schedule
 from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan
+from worker.rules.einvoice import Seller
 from worker.rules.schedule import Stage
 from worker.services.charges.results import ChargeRun, ChargesResult
 from worker.services.charges.service import charge_mailbox
@@ -80,6 +81,7 @@ def run_charges(
     concurrency: int = 1,
     progress: Callable[[int], None] | None = None,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    seller: Seller | None = None,
 ) -> ChargesResult:
     """Charge these mailboxes, ``concurrency`` at a time (threads; each charge uses its own sessions).
 
@@ -102,6 +104,7 @@ def run_charges(
                 stages=stages,
                 mail_domain=mail_domain,
                 plan=plan,
+                seller=seller,
             )
         except Exception:
             log.exception("charge of mailbox %s failed; it is reconciled on the next run", mailbox_id)

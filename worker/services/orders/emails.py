@@ -132,9 +132,18 @@ def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, An
 
 
 def queue_order_email(
-    session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
+    session: Session,
+    order: RenewalOrder,
+    kind: str,
+    *,
+    now: datetime,
+    today: date,
+    settings: Settings,
+    extra: dict[str, Any] | None = None,
 ) -> QueuedEmail | None:
-    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
+    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order.
+
+    ``extra``: more of the context (the renewal-completed email's invoice)."""
     holder = order.holder_data or holder_snapshot(order.holder)
     email = NewEmail(
         about=OrderEmail(kind, order.order_number),
@@ -142,6 +151,6 @@ def queue_order_email(
         stage=ORDER_EMAIL_STAGE,
         language=order_language(order),
         to_address=holder["reference_email"].lower(),
-        context=order_email_context(order, settings),
+        context=order_email_context(order, settings) | (extra or {}),
     )
     return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)
