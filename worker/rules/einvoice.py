@@ -336,7 +336,22 @@ def latin(text: str, limit: int = 1000) -> str:
 
 
 ElementTree.register_namespace("p", NAMESPACE)
-_PUNCTUATION = {"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}
+#: Dashes and quotes in their ASCII forms, and letters that have no accent to drop.
+_PUNCTUATION = {
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u0141": "L",
+    "\u0142": "l",
+    "\u0110": "D",
+    "\u0111": "d",
+    "\u0152": "OE",
+    "\u0153": "oe",
+    "\u0131": "i",
+}
 
 
 def _amount(cents: int) -> str:
