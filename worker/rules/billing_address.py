@@ -36,6 +36,7 @@ def check_billing_address(street: str, postcode: str, city: str, province: str, 
             problems.append((field, "has a character an electronic invoice cannot carry (Latin letters only)"))
     if not _LETTERS2_RE.fullmatch(country):
         problems.append(("billing_country", f"{country!r} is not a 2-letter country code (ISO 3166), such as IT"))
+        return BillingCheck({}, problems)  # the postcode and the province are checked by the country
     if not postcode:
         problems.append(("billing_postcode", "is required with the other billing address columns"))
     elif country == "IT" and not _POSTCODE_IT_RE.fullmatch(postcode):
