@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from worker.mail.message_ids import LedgerKey, OrderEmail, installation_id, message_id_for
@@ -67,6 +68,13 @@ def queue_email(
         .returning(_OUTBOX.c.id)
     ).scalar()
     return QueuedEmail(outbox_id, message_id) if outbox_id is not None else None
+
+
+def set_context_part(executor: Session | Connection, outbox_id: int, name: str, value: Any) -> None:
+    """Set one part of the context of an email queued in the caller's transaction (a receipt's invoice,
+    numbered last, just before the commit, to hold the year's invoice counter as briefly as possible)."""
+    context = executor.execute(select(_OUTBOX.c.context).where(_OUTBOX.c.id == outbox_id)).scalar_one()
+    executor.execute(update(_OUTBOX).where(_OUTBOX.c.id == outbox_id).values(context={**context, name: value}))
 
 
 def queue_emails(

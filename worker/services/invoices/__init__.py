@@ -16,6 +16,7 @@ from worker.services.invoices.issue import (
     buyer_from_holder,
     courtesy_copy,
     document_of,
+    number_invoice,
     record_credit_note,
     record_invoice,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "buyer_from_holder",
     "courtesy_copy",
     "document_of",
+    "number_invoice",
     "record_credit_note",
     "record_invoice",
 ]

@@ -105,8 +105,15 @@ def record_invoice(
     now: datetime,
     order_id: int | None = None,
     charge_intent_id: int | None = None,
+    number_later: bool = False,
 ) -> InvoiceRecord:
-    """Write the invoice of a paid renewal in the caller's transaction: issued, or waiting (and why)."""
+    """Write the invoice of a paid renewal in the caller's transaction: issued, or waiting (and why).
+
+    ``number_later``: an invoice that can be issued is written without its number, which
+    :func:`number_invoice` gives it as the transaction's last step, so the year's counter
+    row is locked only from then to the commit (the charge service's many concurrent
+    records queue on it).
+    """
     totals = einvoice.totals_of(lines)
     reasons = waiting_reasons(seller, buyer)
     if totals.total_cents != paid_cents:
@@ -127,8 +134,21 @@ def record_invoice(
         "vat_cents": totals.vat_cents,
         "created_at": now,
     }
-    values.update(_waiting(reasons) if reasons else numbering(connection, today))
+    if reasons:
+        values.update(_waiting(reasons))
+    elif number_later:
+        values.update(status=InvoiceStatus.ISSUED.value, issued_on=today)
+    else:
+        values.update(numbering(connection, today))
     return _insert(connection, values)
+
+
+def number_invoice(connection: Connection, record: InvoiceRecord) -> InvoiceRecord:
+    """Give an invoice written with ``number_later`` its number, from the counter of its issue date's year."""
+    assert record.issued_on is not None and record.document_number is None
+    values = numbering(connection, record.issued_on)
+    connection.execute(update(_INVOICES).where(_INVOICES.c.id == record.id).values(**values))
+    return InvoiceRecord(record.id, values["status"], values["document_number"], record.issued_on, None)
 
 
 def record_credit_note(
