@@ -68,8 +68,9 @@ from databases import ensure_database, psycopg_url
 from stdnum import luhn
 from stdnum.it import codicefiscale
 
+from worker.rules.import_rows import KNOWN_COLUMNS
 from worker.rules.schedule import DEFAULT_STAGES
-from worker.services.demo import COLUMNS, COMPANIES, FIRST_NAMES, LAST_NAMES
+from worker.services.demo import COMPANIES, FIRST_NAMES, LAST_NAMES
 from worker.services.importer import count_records, import_mailboxes
 from worker.store import migrate
 from worker.store.bulk_load import BulkLoad, copy_into
@@ -77,8 +78,8 @@ from worker.store.db import make_engine, make_session_factory
 from worker.store.models import Base
 
 TARGET_RATIO = 5.0
-#: The import's columns, the demo's plus those only some operators fill in.
-CSV_COLUMNS = [*COLUMNS, "postal_address", "cig", "cup"]
+#: The import file's columns, every one (the import's own list).
+CSV_COLUMNS = list(KNOWN_COLUMNS)
 FIRST_EXPIRY = date(2027, 1, 1)
 #: Codes drawn from pools: generating a checksum per row would time the generator.
 POOL = 5000

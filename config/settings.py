@@ -38,6 +38,16 @@ MAIL_BACKENDS = ("maildir", "smtp", "console")
 SMTP_TLS_MODES = ("none", "starttls", "ssl")
 PAYMENT_GATEWAYS = ("sandbox", "stripe", "paypal")
 LOG_FORMATS = ("auto", "text", "json")
+#: The clauses a holder approves specifically (artt. 1341-1342 c.c.) at the order's terms step,
+#: as the provider's general terms of contract number them: ``;``-separated in the variable.
+DEFAULT_UNFAIR_TERMS_CLAUSES = (
+    "art. 5 (Durata, rinnovo e rinnovo automatico)",
+    "art. 7 (Sospensione del servizio)",
+    "art. 8 (Recesso e risoluzione)",
+    "art. 10 (Limitazioni di responsabilità del gestore)",
+    "art. 12 (Modifiche delle condizioni)",
+    "art. 15 (Foro competente)",
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +101,20 @@ class Settings:
     paypal_client_id: str | None = None
     paypal_client_secret: str | None = field(default=None, repr=False)
     paypal_api_base: str = "https://api-m.paypal.com"
+    #: The signing secret of the Stripe webhook endpoint (``whsec_…``): POST /webhooks/stripe is off without it.
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    #: The id of the PayPal webhook (verify-webhook-signature): POST /webhooks/paypal is off without it.
+    paypal_webhook_id: str | None = None
     gateway_concurrency: int = 32
     # Bank transfer instructions shown in the order confirmation.
     bank_iban: str = "IT60X0542811101000000123456"
     bank_beneficiary: str = "Provider PEC S.p.A."
     postal_account: str = "001234567890"
+    # The contract documents and the support page, linked from the order pages and the emails.
+    terms_url: str = "https://www.provider-pec.example.it/condizioni-generali"
+    manual_url: str = "https://www.provider-pec.example.it/manuale-operativo"
+    support_url: str = "https://www.provider-pec.example.it/assistenza"
+    unfair_terms_clauses: tuple[str, ...] = DEFAULT_UNFAIR_TERMS_CLAUSES
     # Auto-renew: days before expiry of the charge notice, and of the charge and its retries.
     charge_notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
@@ -209,6 +228,18 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if payment_gateway == "paypal" and not (paypal_client_id and paypal_client_secret):
         missing = "PAYPAL_CLIENT_ID" if not paypal_client_id else "PAYPAL_CLIENT_SECRET"
         raise SettingsError(missing, "is required when PEC_RENEWAL_PAYMENT_GATEWAY is paypal")
+    stripe_webhook_secret = raw("STRIPE_WEBHOOK_SECRET")
+    if stripe_webhook_secret is not None and not re.fullmatch(r"whsec_[A-Za-z0-9]{8,}", stripe_webhook_secret):
+        raise SettingsError("STRIPE_WEBHOOK_SECRET", "is not a Stripe webhook signing secret (whsec_…)")
+    paypal_webhook_id = raw("PAYPAL_WEBHOOK_ID")
+    if paypal_webhook_id is not None:
+        if not re.fullmatch(r"[A-Za-z0-9]{1,50}", paypal_webhook_id):
+            raise SettingsError("PAYPAL_WEBHOOK_ID", f"{paypal_webhook_id!r} is not a PayPal webhook id")
+        if not (paypal_client_id and paypal_client_secret):
+            raise SettingsError(
+                "PAYPAL_WEBHOOK_ID",
+                "needs PAYPAL_CLIENT_ID and PAYPAL_CLIENT_SECRET (its events are verified by PayPal)",
+            )
     gateway_urls = {}
     for name in ("STRIPE_API_BASE", "PAYPAL_API_BASE"):
         value = raw(name)
@@ -240,9 +271,12 @@ def _read(environ: Mapping[str, str]) -> Settings:
     # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
     # adapters' timeouts), so a charge still in flight is never looked up as lost.
     charge_reconcile_after_minutes = _integer(
-        raw("CHARGE_RECONCILE_AFTER_MINUTES"), "CHARGE_RECONCILE_AFTER_MINUTES",
-        default=Settings.charge_reconcile_after_minutes, low=2, high=720,
-    )  # fmt: skip
+        raw("CHARGE_RECONCILE_AFTER_MINUTES"),
+        "CHARGE_RECONCILE_AFTER_MINUTES",
+        default=Settings.charge_reconcile_after_minutes,
+        low=2,
+        high=720,
+    )
     postal_account = raw("POSTAL_ACCOUNT") or "001234567890"
     if not re.fullmatch(r"\d{8,12}", postal_account):
         raise SettingsError(
@@ -251,6 +285,13 @@ def _read(environ: Mapping[str, str]) -> Settings:
     bank_beneficiary = raw("BANK_BENEFICIARY") or "Provider PEC S.p.A."
     if any(ord(character) < 32 for character in bank_beneficiary):
         raise SettingsError("BANK_BENEFICIARY", "must be one line of text")
+    page_urls = {}
+    for name in ("TERMS_URL", "MANUAL_URL", "SUPPORT_URL"):
+        value = raw(name) or getattr(Settings, name.lower())
+        if not _is_page_url(value):
+            raise SettingsError(name, f"{value!r} is not an http(s) URL such as https://www.example.it/condizioni")
+        page_urls[name.lower()] = value
+    unfair_terms_clauses = _clauses(raw("UNFAIR_TERMS_CLAUSES"))
 
     stages_text = raw("NOTICE_STAGES")
     try:
@@ -330,10 +371,14 @@ def _read(environ: Mapping[str, str]) -> Settings:
         paypal_client_id=paypal_client_id,
         paypal_client_secret=paypal_client_secret,
         paypal_api_base=gateway_urls["PAYPAL_API_BASE"] or "https://api-m.paypal.com",
+        stripe_webhook_secret=stripe_webhook_secret,
+        paypal_webhook_id=paypal_webhook_id,
         gateway_concurrency=gateway_concurrency,
         bank_iban=bank_iban,
         bank_beneficiary=bank_beneficiary,
         postal_account=postal_account,
+        **page_urls,
+        unfair_terms_clauses=unfair_terms_clauses,
         charge_notice_days=charge_notice_days,
         charge_days=charge_days,
         charge_reconcile_after_minutes=charge_reconcile_after_minutes,
@@ -507,6 +552,31 @@ def _is_base_url(url: str) -> bool:
         and not parts.fragment
         and not _has_space(url)
     )
+
+
+def _is_page_url(url: str) -> bool:
+    """An http(s) address of a page: a host, no spaces; unlike BASE_URL it may carry a query or a fragment."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not _has_space(url)
+
+
+def _clauses(value: str | None) -> tuple[str, ...]:
+    """``UNFAIR_TERMS_CLAUSES``: clause references separated by ``;``, each one line of at most 200 characters."""
+    if value is None:
+        return DEFAULT_UNFAIR_TERMS_CLAUSES
+    clauses = tuple(" ".join(part.split()) for part in value.split(";") if part.strip())
+    if not 1 <= len(clauses) <= 30:
+        raise SettingsError("UNFAIR_TERMS_CLAUSES", "must name 1 to 30 clauses, separated by ';'")
+    for clause in clauses:
+        if len(clause) > 200 or not clause.isprintable():
+            raise SettingsError(
+                "UNFAIR_TERMS_CLAUSES", f"{clause[:40]!r}…: each clause is one line of at most 200 characters"
+            )
+    return clauses
 
 
 def _has_space(value: str) -> bool:

@@ -61,9 +61,14 @@ def _run(*command: str, timeout: float = 300) -> dict:
     environment = {name: value for name, value in os.environ.items() if not name.startswith("PEC_RENEWAL_")}
     benchmark = next(part for part in command if part.startswith("bench/"))
     with subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
         start_new_session=True,
-    ) as process:  # fmt: skip
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -81,9 +86,17 @@ def _count(url: str, sql: str) -> int:
 
 def test_import(bench_database):
     summary = _run(
-        sys.executable, "bench/import.py", "--mailboxes", "600", "--rounds", "1", "--floor-rounds", "1",
-        "--database-url", bench_database,
-    )  # fmt: skip
+        sys.executable,
+        "bench/import.py",
+        "--mailboxes",
+        "600",
+        "--rounds",
+        "1",
+        "--floor-rounds",
+        "1",
+        "--database-url",
+        bench_database,
+    )
     assert summary["mailboxes"] == summary["rows"] == 600
     assert summary["bulk_load_path"] is True
     assert summary["import_seconds"] > 0 and summary["reimport_seconds"] > 0
@@ -98,18 +111,34 @@ def test_import(bench_database):
 
 def test_import_takes_its_older_option_and_no_floor(bench_database):
     summary = _run(
-        sys.executable, "bench/import.py", "--rows", "200", "--rounds", "1", "--floor-rounds", "0",
-        "--database-url", bench_database,
-    )  # fmt: skip
+        sys.executable,
+        "bench/import.py",
+        "--rows",
+        "200",
+        "--rounds",
+        "1",
+        "--floor-rounds",
+        "0",
+        "--database-url",
+        bench_database,
+    )
     assert summary["mailboxes"] == 200
     assert "floor_ratio" not in summary
 
 
 def test_quiet_day(bench_database):
     summary = _run(
-        sys.executable, "bench/quiet_day.py", "--mailboxes", "5000", "--due", "50", "--repeat", "1",
-        "--database-url", bench_database,
-    )  # fmt: skip
+        sys.executable,
+        "bench/quiet_day.py",
+        "--mailboxes",
+        "5000",
+        "--due",
+        "50",
+        "--repeat",
+        "1",
+        "--database-url",
+        bench_database,
+    )
     assert summary["mailboxes"] == 5000
     assert summary["quiet_day"]["due"] == 0 and summary["normal_day"]["due"] == 50
     for day in ("quiet_day", "normal_day"):
@@ -118,9 +147,17 @@ def test_quiet_day(bench_database):
 
 def test_charges(bench_database):
     summary = _run(
-        sys.executable, "bench/charges.py", "--mailboxes", "30", "--latency-ms", "5", "--concurrency", "4",
-        "--database-url", bench_database,
-    )  # fmt: skip
+        sys.executable,
+        "bench/charges.py",
+        "--mailboxes",
+        "30",
+        "--latency-ms",
+        "5",
+        "--concurrency",
+        "4",
+        "--database-url",
+        bench_database,
+    )
     assert summary["mailboxes"] == summary["gateway_charges"] == summary["mailboxes_renewed"] == 30
     assert summary["no_double_charge"] is True and summary["mailboxes_charged_twice"] == 0
     assert summary["errors"] == 0 and summary["ratio_to_ideal"] > 0
@@ -141,11 +178,29 @@ def test_daily_peak(bench_database):
         "Postfix's smtp-sink is missing: scripts/install-bench-tools"
     )
     summary = _run(
-        sys.executable, "bench/daily_peak.py", "--mailboxes", "3000", "--due", "300",
-        "--database-url", bench_database, "--redis-url", TEST_REDIS_URL, "--smtp", f"127.0.0.1:{_free_port()}",
-        "--worker", "scan,notices:1", "--worker", "mail:2", "--bare-emails", "100", "--processes", "1",
-        "--timeout", "240",
-    )  # fmt: skip
+        sys.executable,
+        "bench/daily_peak.py",
+        "--mailboxes",
+        "3000",
+        "--due",
+        "300",
+        "--database-url",
+        bench_database,
+        "--redis-url",
+        TEST_REDIS_URL,
+        "--smtp",
+        f"127.0.0.1:{_free_port()}",
+        "--worker",
+        "scan,notices:1",
+        "--worker",
+        "mail:2",
+        "--bare-emails",
+        "100",
+        "--processes",
+        "1",
+        "--timeout",
+        "240",
+    )
     assert summary["mailboxes"] == 3000 and summary["due"] == summary["emails"] == 300
     assert summary["outbox"] == {"sent": 300}
     assert summary["emails_per_second"] > 0 and summary["bare_limit_emails_per_second"] > 0
@@ -157,10 +212,26 @@ def test_daily_peak(bench_database):
 def test_link_handler(bench_database):
     assert shutil.which("wrk"), "wrk is missing: scripts/install-bench-tools"
     summary = _run(
-        "bench/link_handler.sh", "--mailboxes", "2000", "--links", "50", "--duration", "1s", "--rounds", "1",
-        "--connections", "4", "--database-url", bench_database,
-        "--app-port", str(_free_port()), "--baseline-port", str(_free_port()), "--read-floor-port", str(_free_port()),
-    )  # fmt: skip
+        "bench/link_handler.sh",
+        "--mailboxes",
+        "2000",
+        "--links",
+        "50",
+        "--duration",
+        "1s",
+        "--rounds",
+        "1",
+        "--connections",
+        "4",
+        "--database-url",
+        bench_database,
+        "--app-port",
+        str(_free_port()),
+        "--baseline-port",
+        str(_free_port()),
+        "--read-floor-port",
+        str(_free_port()),
+    )
     assert summary["mailboxes"] == 2000 and summary["links"] == 50
     assert summary["errors"] == []
     for side in ("app", "baseline", "read_floor"):

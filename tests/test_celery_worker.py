@@ -72,8 +72,11 @@ def test_beat_starts_where_var_dir_does_not_exist_yet(tmp_path, database_url):
     with open(log_path, "w") as log:
         beat = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=INFO"],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(
             lambda: beat.poll() is not None or any(var_dir.glob("celerybeat-schedule*")),

@@ -69,6 +69,9 @@ class ChangingGateway:
     def lookup(self, key):
         return self._inner.lookup(key)
 
+    def refund(self, **kwargs):
+        return self._inner.refund(**kwargs)
+
     def close(self):
         self._inner.close()
 
@@ -110,11 +113,12 @@ def _seed(session_factory) -> dict[str, int]:
                 reference_email=f"Titolare.{number}@Example.it",
                 holder_name=f"Titolare {number}",
                 address=f"casella{number}@pec.example.it",
+                card_expires_on=case.get("card"),
+                renewal_years=case.get("years", 1),
+                extra_space_gb=case.get("extras", (0, 0))[0],
+                extra_archive_gb=case.get("extras", (0, 0))[1],
+                next_action_on=case.get("due", CHARGE_DAY),
             )
-            mailbox.card_expires_on = case.get("card")
-            mailbox.renewal_years = case.get("years", 1)
-            mailbox.extra_space_gb, mailbox.extra_archive_gb = case.get("extras", (0, 0))
-            mailbox.next_action_on = case.get("due", CHARGE_DAY)
             if case.get("notified", True):
                 mark_charge_notice_sent(session, mailbox)
             ids[name] = mailbox.id
@@ -295,7 +299,16 @@ def test_every_case_ends_as_the_rule_says_on_postgresql(tmp_path, database_url, 
     assert (retry_day["gateway_charges"], retry_day["gateway_lookups"], retry_day["errors"]) == (5, 1, 0)
     # The gateway saw each attempt's key once (the retry case's first attempt was declined before these days).
     with session_factory() as session:
-        keys = session.scalars(text("SELECT idempotency_key FROM sandbox_charges")).all()
+        keys = session.scalars(
+            text("SELECT idempotency_key FROM sandbox_charges WHERE payment_method NOT LIKE 'refund:%'")
+        ).all()
+        # The charge that succeeded for a cycle renewed meanwhile went back, once, automatically.
+        refunds = session.execute(text("SELECT kind, status, amount_cents FROM gateway_refunds")).all()
+        assert [(kind, status) for kind, status, _ in refunds] == [("automatic", "succeeded")]
+        assert (
+            session.scalar(text("SELECT count(*) FROM sandbox_charges WHERE payment_method LIKE 'refund:sbx_ch_%'"))
+            == 1
+        )
     expected_keys = [
         idempotency_key(ids[name], EXPIRES, attempt)
         for name, (_expiry, attempts, _ledger) in EXPECTED.items()

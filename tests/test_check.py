@@ -35,6 +35,7 @@ def test_everything_up(tmp_path, session_factory, database_url, smtp_server):
         "mail": "ok",
         "gateway": "ok",
         "invoices": "WARN",  # no seller settings: paid renewals' invoices wait, nothing is down
+        "webhooks": "ok",
     }
     assert lines["database"][1].startswith("postgresql, revision ")
     assert lines["gateway"][1] == "sandbox, 0 charge(s) recorded"
@@ -66,6 +67,8 @@ def test_stripe_credentials_are_checked_over_http(tmp_path, session_factory, dat
     finally:
         server.stop()
     assert good[1]["gateway"] == ["ok", "Stripe API key accepted"]
+    assert good[0] == 1 and good[1]["webhooks"][0] == "DOWN"  # no webhook secret yet
+    assert "PEC_RENEWAL_STRIPE_WEBHOOK_SECRET is not set" in good[1]["webhooks"][1]
     assert bad[0] == 1 and bad[1]["gateway"] == ["DOWN", "Stripe refused the API key"]
 
 
@@ -91,17 +94,43 @@ def test_paypal_credentials_are_checked_over_http(tmp_path, session_factory, dat
     finally:
         server.stop()
     assert good[1]["gateway"] == ["ok", "PayPal client credentials accepted"]
+    assert good[1]["webhooks"][0] == "DOWN" and "PAYPAL_WEBHOOK_ID is not set" in good[1]["webhooks"][1]
     assert bad[0] == 1 and bad[1]["gateway"][0] == "DOWN"
     assert "refused the client credentials" in bad[1]["gateway"][1]
+
+
+def test_the_webhook_secret_and_the_mode_are_checked(tmp_path, session_factory, database_url):
+    server = FakeStripe().start()
+    try:
+        code, lines = run_check(
+            tmp_path,
+            database_url,
+            payment_gateway="stripe",
+            stripe_api_key="sk_test_local",
+            stripe_api_base=server.url,
+            stripe_webhook_secret="whsec_localtestsecret0123456789",
+            base_url="https://rinnovi.example.test",
+        )
+    finally:
+        server.stop()
+    assert lines["gateway"][0] == lines["webhooks"][0] == "ok"
+    assert lines["webhooks"][1] == (
+        "Stripe webhook secret set, test mode; endpoint https://rinnovi.example.test/webhooks/stripe"
+    )
 
 
 def test_a_sqlite_file_in_a_missing_folder_is_refused_before_anything_is_created(tmp_path):
     """Not a fresh empty database that check would call up: one line naming the variable, exit 2."""
     missing = tmp_path / "typo"
     result = CliRunner().invoke(
-        main, ["check"], env={"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                              "PEC_RENEWAL_DATABASE_URL": f"sqlite:///{missing}/pec.sqlite3"},
-    )  # fmt: skip
+        main,
+        ["check"],
+        env={
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_DATABASE_URL": f"sqlite:///{missing}/pec.sqlite3",
+        },
+    )
     assert result.exit_code == 2
     assert result.output == (
         f"pec-renewal: PEC_RENEWAL_DATABASE_URL: the folder {missing} does not exist (create it, or correct the path)\n"
@@ -111,10 +140,15 @@ def test_a_sqlite_file_in_a_missing_folder_is_refused_before_anything_is_created
 
 def test_a_broker_other_than_redis_is_refused_in_one_line(tmp_path, database_url):
     result = CliRunner().invoke(
-        main, ["check"], env={"PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                              "PEC_RENEWAL_DATABASE_URL": database_url,
-                              "PEC_RENEWAL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"},
-    )  # fmt: skip
+        main,
+        ["check"],
+        env={
+            "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_DATABASE_URL": database_url,
+            "PEC_RENEWAL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+        },
+    )
     assert result.exit_code == 2
     assert result.output.startswith("pec-renewal: PEC_RENEWAL_BROKER_URL: must be redis://HOST:PORT/DB")
     assert len(result.output.splitlines()) == 1

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from worker.cli.main import _Commands
+from worker.cli.common import database_lost
 from worker.store.db import make_engine
 
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
@@ -67,13 +67,13 @@ def kill_own_connection(database_url: str) -> None:
     ids=["sqlalchemy", "psycopg", "raised-while-handling"],
 )
 def test_a_refused_connection_is_the_database_lost(action):
-    reason = _Commands.database_lost(raised(action))
+    reason = database_lost(raised(action))
     assert reason is not None and "\n" not in reason
     assert "port 1 failed: Connection refused" in reason
 
 
 def test_a_connection_ended_by_the_server_is_the_database_lost(database_url):
-    reason = _Commands.database_lost(raised(lambda: kill_own_connection(database_url)))
+    reason = database_lost(raised(lambda: kill_own_connection(database_url)))
     assert reason is not None and "\n" not in reason
 
 
@@ -84,5 +84,5 @@ def test_a_constraint_or_a_bug_is_not(session_factory):
 
     error = raised(duplicate_key)
     assert isinstance(error, IntegrityError)
-    assert _Commands.database_lost(error) is None
-    assert _Commands.database_lost(raised(lambda: int("x"))) is None
+    assert database_lost(error) is None
+    assert database_lost(raised(lambda: int("x"))) is None

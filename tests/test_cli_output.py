@@ -118,9 +118,12 @@ class Serve:
         self.log = directory / "serve.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli.main", "serve", *args], env=environ, cwd=directory, stdout=log,
+                [sys.executable, "-m", "worker.cli.main", "serve", *args],
+                env=environ,
+                cwd=directory,
+                stdout=log,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
 
     def wait_for(self, url: str) -> None:
         deadline = time.monotonic() + 30
@@ -185,9 +188,9 @@ def test_serve_on_another_port_writes_its_links_to_that_port(fleet):
                         "tax_code": "RSSMRA80A01H501U",
                         "postal_address": "Via Roma 1, 00100 Roma",
                     },
-                ),  # fmt: skip
+                ),
                 ("modulo", {"method": "card", "years": "1"}),
-                ("condizioni", {"accept": "y"}),
+                ("condizioni", {"accept": "y", "approve_clauses": "y"}),
                 ("conferma", {}),
             ]
             for step, data in steps:

@@ -129,7 +129,7 @@ def test_domain_mailbox_gets_a_domain_notice_without_renewal_link(runtime, smtp_
 
 
 def test_auto_renew_mailboxes_get_no_manual_notice(runtime, smtp_server):
-    add_mailbox(runtime, expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa")
+    add_mailbox(runtime, expires_on=date(2027, 3, 31), card=True)
     summary = run_on(runtime, date(2026, 12, 31))
     assert smtp_server.messages == []
     assert summary.scan.skipped == {"auto-renew": 1}

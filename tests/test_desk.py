@@ -241,9 +241,10 @@ def test_orders_list_and_cancel(fleet, tmp_path, session_factory):
     text = invoke(fleet, "orders", "list").output
     assert paid_number in text and unpaid_number in text and "2 order(s)" in text
     one_line_refusal(
-        invoke(fleet, "orders", "list", "--status", "pagato"), "'pagato' is not an order status",
+        invoke(fleet, "orders", "list", "--status", "pagato"),
+        "'pagato' is not an order status",
         "draft, awaiting_payment, paid, cancelled",
-    )  # fmt: skip
+    )
 
     one_line_refusal(
         invoke(fleet, "orders", "cancel", paid_number), f"{paid_number} cannot be cancelled: it is paid", "CRO 42"

@@ -11,18 +11,22 @@ import re
 import subprocess
 import sys
 from datetime import date, datetime, timedelta, timezone
+from email.header import Header
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import time_machine
+from celery.signals import worker_init
 
+import tasks.mail  # noqa: F401  (connects the worker_init handler under test, as a worker's imports do)
 from worker.mail.emails import EmailRenderer
 from worker.mail.headers import folded_subject
 from worker.mail.kinds import KINDS
 from worker.mail.message_ids import message_id_for
 from worker.mail.templates import compiled_templates, format_date_with_article, format_long_date, template_environment
 from worker.rules.links import MAILBOX, LinkSigner, RenewalLink
+from worker.rules.notices import REMINDER_KINDS
 from worker.rules.vocabulary import LANGUAGES
 
 BASE_URL = "https://rinnovi.example.it"
@@ -136,6 +140,12 @@ def test_renders_with_exact_headers(renderer, signer, kind, language, count):
     assert message["X-PEC-Renewal-Kind"] == kind
     assert message["X-PEC-Renewal-Stage"] == STAGE_FOR[kind]
     assert message["X-PEC-Renewal-Mailboxes"] == ",".join(addresses)
+    if kind in REMINDER_KINDS:  # RFC 2369 and RFC 8058 one-click
+        unsubscribe = re.fullmatch(rf"<{re.escape(BASE_URL)}/avvisi/([A-Za-z0-9_\-.]+)>", message["List-Unsubscribe"])
+        assert signer.read_reminders_token(unsubscribe.group(1)) == rendered.message_id
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    else:  # receipts, order and charge emails are not reminders
+        assert message["List-Unsubscribe"] is None and message["List-Unsubscribe-Post"] is None
     assert message["MIME-Version"] == "1.0"
     assert message.get_content_type() == "multipart/alternative"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
@@ -145,7 +155,11 @@ def test_renders_with_exact_headers(renderer, signer, kind, language, count):
 
     # The wire format: ASCII only, CRLF line ends only, short lines, one-line subject, no defects.
     assert raw.isascii()
-    assert all(len(line) <= 78 for line in raw.split(b"\r\n") if not line.startswith(b"X-PEC-Renewal-Mailboxes:"))
+    # Two headers may run longer: the list of mailboxes, and the List-Unsubscribe URL (a URL is
+    # not folded), within RFC 5322's 998 characters.
+    long_headers = (b"X-PEC-Renewal-Mailboxes:", b"List-Unsubscribe:")
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n") if not line.startswith(long_headers))
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
     assert message.defects == [] and all(part.defects == [] for part in message.iter_parts())
     assert b"\n" not in raw.replace(b"\r\n", b"")
     assert "\n" not in rendered.subject and rendered.subject.strip() == rendered.subject
@@ -178,16 +192,44 @@ def test_renders_with_exact_headers(renderer, signer, kind, language, count):
         ("expiry-notice", "0d", "it", 3, "3 caselle PEC scadono oggi"),
         ("expiry-notice", "-2m", "en", 1, "Your PEC mailbox mario@pec.example.it expires on 31 March 2027"),
         ("expiry-notice", "0d", "en", 3, "3 PEC mailboxes expire today"),
-        ("expired-notice", "+1d", "it", 1, "La casella PEC mario@pec.example.it è scaduta: può rinnovarla entro il 29 giugno 2027"),
+        (
+            "expired-notice",
+            "+1d",
+            "it",
+            1,
+            "La casella PEC mario@pec.example.it è scaduta: può rinnovarla entro il 29 giugno 2027",
+        ),
         ("expired-notice", "+83d", "it", 3, "3 caselle PEC scadute: può rinnovarle entro il 29 giugno 2027"),
-        ("expired-notice", "+1d", "en", 1, "Your PEC mailbox mario@pec.example.it has expired: you can renew it until 29 June 2027"),
-        ("domain-expiry-notice", "-1m", "it", 1,
-         "La casella PEC mario@pec.rossi-srl.example.it scade il 31 marzo 2027 con il dominio rossi-srl.example.it"),
-        ("domain-expiry-notice", "+30d", "it", 3, "3 caselle PEC su dominio scadute: rinnovi il dominio rossi-srl.example.it"),
-        ("domain-expiry-notice", "0d", "en", 1,
-         "Your PEC mailbox mario@pec.rossi-srl.example.it expires today with the domain rossi-srl.example.it"),
+        (
+            "expired-notice",
+            "+1d",
+            "en",
+            1,
+            "Your PEC mailbox mario@pec.example.it has expired: you can renew it until 29 June 2027",
+        ),
+        (
+            "domain-expiry-notice",
+            "-1m",
+            "it",
+            1,
+            "La casella PEC mario@pec.rossi-srl.example.it scade il 31 marzo 2027 con il dominio rossi-srl.example.it",
+        ),
+        (
+            "domain-expiry-notice",
+            "+30d",
+            "it",
+            3,
+            "3 caselle PEC su dominio scadute: rinnovi il dominio rossi-srl.example.it",
+        ),
+        (
+            "domain-expiry-notice",
+            "0d",
+            "en",
+            1,
+            "Your PEC mailbox mario@pec.rossi-srl.example.it expires today with the domain rossi-srl.example.it",
+        ),
     ],
-)  # fmt: skip
+)
 def test_subjects_read_well_for_one_and_several(renderer, kind, stage, language, count, subject):
     rendered = render(renderer, kind, stage=stage, language=language, count=count)
     assert rendered.subject == subject
@@ -283,7 +325,7 @@ def test_bad_to_address_is_refused(renderer, to_address):
         render(renderer, to_address=to_address)
 
 
-def test_line_breaks_anywhere_in_header_values_are_refused(renderer):
+def test_line_breaks_anywhere_in_header_values_are_refused(renderer, signer):
     boxes = mailboxes(1)
     boxes[0]["address"] = "mario@pec.example.it\r\nX-Evil: 1"
     with pytest.raises(ValueError):
@@ -297,7 +339,7 @@ def test_line_breaks_anywhere_in_header_values_are_refused(renderer):
     with pytest.raises(ValueError):
         render(renderer, "domain-expiry-notice", context={"holder_name": None, "mailboxes": domain_boxes})
     with pytest.raises(ValueError):
-        EmailRenderer(mail_from="Rinnovi <rinnovi@example.it>\r\nBcc: x@example.it", signer=renderer._signer)
+        EmailRenderer(mail_from="Rinnovi <rinnovi@example.it>\r\nBcc: x@example.it", signer=signer)
 
 
 @pytest.mark.parametrize(
@@ -309,11 +351,30 @@ def test_line_breaks_anywhere_in_header_values_are_refused(renderer):
         ({"kind": "expired-notice", "stage": "-1m"}, "falls before expiry"),
         ({"now": datetime(2027, 1, 31, 6, 0)}, "aware datetime"),
         ({"context": {"holder_name": None, "mailboxes": []}}, "no mailboxes"),
-        ({"context": {"holder_name": None, "mailboxes": [{"id": 1, "address": "a@example.it", "expires_on": "2027-02-30", "plan": "pro"}]}}, "not a date"),
-        ({"context": {"holder_name": None, "mailboxes": [{"id": 1, "address": "a@example.it", "expires_on": "2027-02-03", "plan": "gold"}]}}, "plan 'gold'"),
-        ({"kind": "domain-expiry-notice", "context": {"holder_name": None, "mailboxes": mailboxes(1)}}, "needs the domain"),
+        (
+            {
+                "context": {
+                    "holder_name": None,
+                    "mailboxes": [{"id": 1, "address": "a@example.it", "expires_on": "2027-02-30", "plan": "pro"}],
+                }
+            },
+            "not a date",
+        ),
+        (
+            {
+                "context": {
+                    "holder_name": None,
+                    "mailboxes": [{"id": 1, "address": "a@example.it", "expires_on": "2027-02-03", "plan": "gold"}],
+                }
+            },
+            "plan 'gold'",
+        ),
+        (
+            {"kind": "domain-expiry-notice", "context": {"holder_name": None, "mailboxes": mailboxes(1)}},
+            "needs the domain",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_refused(renderer, overrides, error):
     with pytest.raises(ValueError, match=re.escape(error)):
         render(renderer, **overrides)
@@ -382,10 +443,15 @@ def test_rendered_message_id_is_used_as_given(renderer):
 
 def test_a_long_mailbox_list_folds_within_the_rfc_limit(renderer):
     boxes = [
-        {"id": number, "address": f"casella-{number}@pec.studio-legale-associato-rossi-bianchi.example.it",
-         "expires_on": "2027-03-31", "plan": "pro", "domain": None}
+        {
+            "id": number,
+            "address": f"casella-{number}@pec.studio-legale-associato-rossi-bianchi.example.it",
+            "expires_on": "2027-03-31",
+            "plan": "pro",
+            "domain": None,
+        }
         for number in range(40)
-    ]  # fmt: skip
+    ]
     rendered = render(renderer, "expired-notice", context={"holder_name": None, "mailboxes": boxes})
     raw = rendered.as_bytes()
     head_lines = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
@@ -439,9 +505,13 @@ def test_the_output_is_the_same_in_two_processes():
     outputs = []
     for hash_seed in ("1", "2"):
         done = subprocess.run(
-            [sys.executable, "-c", RENDER_IN_A_NEW_PROCESS], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": hash_seed},
-            capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
+            [sys.executable, "-c", RENDER_IN_A_NEW_PROCESS],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         outputs.append(done.stdout)
     here = render_every_notice()
@@ -462,17 +532,11 @@ def test_the_output_is_the_same_in_two_processes():
     ],
 )
 def test_ascii_subjects_are_folded_as_the_email_package_folds_them(subject):
-    from email.header import Header
-
     expected = "Subject: " + Header(subject, "us-ascii", header_name="Subject").encode(linesep="\r\n")
     assert folded_subject(subject) == expected
 
 
 def test_a_celery_worker_compiles_the_templates_before_its_pool_forks():
-    from celery.signals import worker_init
-
-    import tasks.mail  # noqa: F401  (connects the signal, as the worker's imports do)
-
     compiled_templates.cache_clear()
     worker_init.send(sender=None)
     assert compiled_templates.cache_info().currsize == 1

@@ -112,9 +112,14 @@ def test_an_address_over_254_characters_is_refused(session_factory):
 
 @pytest.mark.parametrize(
     "address",
-    ["mario@b\u00fccher.it", "mario@xn--bcher-kva.it", "mario@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
-     "mario@sony\u306e\u97f3\u697d.jp", "u" * 64 + "@example.it"],
-)  # fmt: skip
+    [
+        "mario@b\u00fccher.it",
+        "mario@xn--bcher-kva.it",
+        "mario@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444",
+        "mario@sony\u306e\u97f3\u697d.jp",
+        "u" * 64 + "@example.it",
+    ],
+)
 def test_single_script_and_cjk_domains_and_a_64_character_local_part_are_taken(session_factory, address):
     report = run(session_factory, make_csv(row(1, reference_email=address)))
     assert report.created == 1
@@ -207,7 +212,7 @@ _ADDRESSES = st.one_of(
                 "x" * 63 + "." + "y" * 63 + "." + "z" * 60 + ".it",
             ]
         ),
-    ),  # fmt: skip
+    ),
 )
 
 

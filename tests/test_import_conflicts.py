@@ -54,8 +54,11 @@ def test_an_older_file_does_not_undo_a_registered_payment(any_database, settings
 
     after = mailbox(session_factory, ADDRESS)
     assert (after.expires_on, after.plan, after.renewal_years, after.next_action_on) == (
-        date(2029, 3, 31), "pro", 2, before.next_action_on,
-    )  # fmt: skip
+        date(2029, 3, 31),
+        "pro",
+        2,
+        before.next_action_on,
+    )
     assert (after.language, after.holder_id != before.holder_id) == ("en", True)  # the rest of the row applies
     reason = f"renewed here on 2027-03-02, order {order.order_number}"
     assert [str(conflict) for conflict in report.conflicts] == [
@@ -97,9 +100,15 @@ def test_auto_renew_switched_on_by_a_card_payment_here_is_kept(session_factory, 
     order = place_order(session_factory, settings, plan="standard", years=1, today=date(2027, 3, 1), method="card")
     with session_factory() as session:
         paid = payments.pay_order_with_gateway(
-            session, SandboxGateway(session_factory), session.get(RenewalOrder, order.id), "pm_card_visa",
-            method="card", now=at(date(2027, 3, 1)), today=date(2027, 3, 1), settings=settings,
-        )  # fmt: skip
+            session,
+            SandboxGateway(session_factory),
+            session.get(RenewalOrder, order.id),
+            "pm_card_visa",
+            method="card",
+            now=at(date(2027, 3, 1)),
+            today=date(2027, 3, 1),
+            settings=settings,
+        )
     assert paid.succeeded
     report = run(session_factory, make_csv(row(1, expires_on="2028-03-31", auto_renew="false", payment_method="")))
     box = mailbox(session_factory, ADDRESS)

@@ -170,8 +170,13 @@ def test_log_format_setting(tmp_path):
     assert make_settings(tmp_path).log_format == "auto"
     assert make_settings(tmp_path, log_format="JSON").log_format == "json"
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env({"PEC_RENEWAL_VAR_DIR": str(tmp_path), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                           "PEC_RENEWAL_LOG_FORMAT": "xml"})  # fmt: skip
+        Settings.from_env(
+            {
+                "PEC_RENEWAL_VAR_DIR": str(tmp_path),
+                "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+                "PEC_RENEWAL_LOG_FORMAT": "xml",
+            }
+        )
     assert str(caught.value) == "PEC_RENEWAL_LOG_FORMAT: 'xml' is not one of auto, text, json"
 
 
@@ -193,8 +198,12 @@ def test_run_daily_logs_json_with_the_business_date(tmp_path, database_url, sess
     env.pop("PEC_RENEWAL_LOG_FORMAT", None)
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli.main", "-v", "run-daily", "--date", DAY.isoformat()],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     deferred = [

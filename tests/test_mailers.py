@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.smtp import AuthResult
 
 from tests.support.settings import make_settings
-from tests.support.smtp_server import LoopbackSMTPServer, _Handler
+from tests.support.smtp_server import LoopbackSMTPServer
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import ConsoleMailer, DeliveryError, MaildirMailer, SMTPMailer, make_mailer
 from worker.rules.links import LinkSigner
@@ -35,23 +35,12 @@ def message(number: int = 1) -> bytes:
     ).encode("ascii")
 
 
-class _PipeliningHandler(_Handler):
-    """The loopback server's handler, announcing PIPELINING (RFC 2920) as Postfix does."""
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
-
-
 @pytest.fixture(params=["plain", "pipelining"])
 def smtp_server(request):
     """Every SMTP test runs twice: against a server without PIPELINING (smtplib's
     sendmail, four round trips) and one with it (MAIL, RCPT and DATA in one write)."""
-    server = LoopbackSMTPServer()
-    if request.param == "pipelining":
-        server._controller.handler = _PipeliningHandler(server)
+    server = LoopbackSMTPServer(pipelining=request.param == "pipelining")
     server.start()
-    server.pipelining = request.param == "pipelining"
     try:
         yield server
     finally:
@@ -183,8 +172,9 @@ def test_421_closes_the_connection_and_the_next_send_reconnects(smtp_server, mai
 
 def test_an_idle_connection_is_checked_with_noop_and_replaced_when_dead(smtp_server):
     now = [1000.0]
-    mailer = SMTPMailer(smtp_server.host, smtp_server.port, timeout=5.0, local_hostname="client.example.it",
-                        clock=lambda: now[0])  # fmt: skip
+    mailer = SMTPMailer(
+        smtp_server.host, smtp_server.port, timeout=5.0, local_hostname="client.example.it", clock=lambda: now[0]
+    )
     try:
         mailer.send(SENDER, "mario@example.it", message(1))
         now[0] += 10
@@ -297,8 +287,6 @@ def test_make_mailer_chooses_by_settings(tmp_path, smtp_server):
 
 
 def test_maildir_backend_creates_missing_parent_folders(tmp_path):
-    from worker.mail.mailers import MaildirMailer
-
     target = tmp_path / "not" / "yet" / "mail"
     MaildirMailer(target).send("a@example.it", "b@example.it", b"Subject: x\r\n\r\nbody\r\n")
     assert len(list((target / "new").iterdir())) == 1

@@ -207,8 +207,12 @@ def test_a_database_rebuilt_from_scratch_names_its_emails_anew(
         try:
             with runtime.session_factory() as session, session.begin():
                 for number in range(3):
-                    make_mailbox(session, expires_on=DAY, address=f"casella{number}@pec.example.it",
-                                 reference_email=f"titolare{number}@example.it")  # fmt: skip
+                    make_mailbox(
+                        session,
+                        expires_on=DAY,
+                        address=f"casella{number}@pec.example.it",
+                        reference_email=f"titolare{number}@example.it",
+                    )
             with time_machine.travel(at_morning(DAY), tick=False):
                 scan_day(runtime, DAY)
                 runtime.relay.deliver_due()
@@ -249,8 +253,15 @@ def test_charge_emails_are_named_with_the_installation_id(tmp_path, database_url
         with session_factory() as session, session.begin():
             current = installation_id(session)
         with time_machine.travel(at_morning(CHARGE_DAY), tick=False):
-            charges.run_charges(session_factory, rt.gateway, [mailbox.id], today=CHARGE_DAY, clock=rt.clock,
-                                mail_domain=rt.mail_domain, concurrency=1)  # fmt: skip
+            charges.run_charges(
+                session_factory,
+                rt.gateway,
+                [mailbox.id],
+                today=CHARGE_DAY,
+                clock=rt.clock,
+                mail_domain=rt.mail_domain,
+                concurrency=1,
+            )
     finally:
         rt.close()
     with session_factory() as session:

@@ -6,6 +6,7 @@ Celery worker process on the real Redis.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
@@ -15,9 +16,10 @@ import httpx
 import pytest
 import redis
 import time_machine
+from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 
 from config.settings import Settings, SettingsError
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
@@ -25,10 +27,12 @@ from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
 from tests.support.waiting import wait_until
 from worker import metrics
+from worker.celery_setup import create_celery
+from worker.cli.main import main
 from worker.mail.outbox import RelayResult
 from worker.metrics import database_query
 from worker.services.charges import ChargesResult
-from worker.services.daily import run_day
+from worker.services.daily import run_day, scan_day
 from worker.services.runtime import Runtime
 from worker.store.models import Mailbox, OutboxMessage, OutboxStatus
 from worker.web import create_app
@@ -107,8 +111,13 @@ def test_metrics_settings_defaults_and_values(tmp_path):
 )
 def test_a_bad_metrics_setting_is_one_line(tmp_path, name, value, message):
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env({"PEC_RENEWAL_VAR_DIR": str(tmp_path), "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-                           f"PEC_RENEWAL_{name}": value})  # fmt: skip
+        Settings.from_env(
+            {
+                "PEC_RENEWAL_VAR_DIR": str(tmp_path),
+                "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+                f"PEC_RENEWAL_{name}": value,
+            }
+        )
     assert str(caught.value) == message
     if name == "METRICS_TOKEN":
         assert value not in str(caught.value)  # a token is never echoed
@@ -204,8 +213,14 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
         session.flush()
         session.execute(update(Mailbox).where(Mailbox.id == overdue.id).values(next_action_on=DAY - timedelta(days=1)))
         context = {"mailboxes": []}
-        common = dict(kind="expiry-notice", stage="0d", language="it", to_address="a@example.it", business_date=DAY,
-                      context=context)  # fmt: skip
+        common = dict(
+            kind="expiry-notice",
+            stage="0d",
+            language="it",
+            to_address="a@example.it",
+            business_date=DAY,
+            context=context,
+        )
         session.add_all(
             [
                 OutboxMessage(message_id="new@x", created_at=now - timedelta(minutes=3), **common),
@@ -215,28 +230,28 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
                     attempts=2,
                     next_attempt_at=now - timedelta(seconds=30),
                     **common,
-                ),  # fmt: skip
+                ),
                 OutboxMessage(
                     message_id="later@x",
                     created_at=now - timedelta(hours=1),
                     attempts=1,
                     next_attempt_at=now + timedelta(minutes=4),
                     **common,
-                ),  # fmt: skip
+                ),
                 OutboxMessage(
                     message_id="failed@x",
                     created_at=now - timedelta(days=2),
                     attempts=12,
                     status=OutboxStatus.FAILED.value,
                     **common,
-                ),  # fmt: skip
+                ),
                 OutboxMessage(
                     message_id="sent@x",
                     created_at=now - timedelta(days=2),
                     attempts=1,
                     status=OutboxStatus.SENT.value,
                     **common,
-                ),  # fmt: skip
+                ),
             ]
         )
 
@@ -315,8 +330,6 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
                 return None
 
         assert wait_until(scrape, timeout=60, what="the metrics port")[("pec_renewal_database_up", ())] == 1
-        from worker.celery_setup import create_celery
-
         create_celery(make_settings(tmp_path, broker_url=TEST_REDIS_URL)).send_task(
             "pec_renewal.daily_scan", args=[DAY.isoformat()]
         )
@@ -330,8 +343,10 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
         values = wait_until(counted, timeout=30, what="the port to count 12 emails sent")
         assert values[("pec_renewal_mailboxes_examined_total", ())] == 12
         assert values[("pec_renewal_emails_queued_total", (("kind", "expiry-notice"), ("stage", "0d")))] == 12
-        assert {name for name, _labels in values} >= COUNTER_NAMES - {"pec_renewal_emails_bounced_total",
-                                                                       "pec_renewal_mailboxes_skipped_total"} | GAUGE_NAMES  # fmt: skip
+        assert {name for name, _labels in values} >= COUNTER_NAMES - {
+            "pec_renewal_emails_bounced_total",
+            "pec_renewal_mailboxes_skipped_total",
+        } | GAUGE_NAMES
         assert values[("pec_renewal_outbox_depth", (("state", "due"),))] == 0
         assert not stale.exists()
         assert process.poll() is None, "the worker died"
@@ -339,8 +354,6 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
         stop_celery_worker(process)
 
     lines = [line for line in (tmp_path / "worker.log").read_text().splitlines() if line.startswith("{")]
-    import json
-
     records = [json.loads(line) for line in lines]
     batch_lines = [r for r in records if r.get("task") == "pec_renewal.notice_batch"]
     assert batch_lines, "no log line of a notice batch"
@@ -351,12 +364,6 @@ def test_the_worker_serves_what_its_processes_counted(tmp_path, database_url, se
 
 
 def test_outbox_retry_requeues_failed_messages_and_the_relay_sends_them(tmp_path, runtime, smtp_server):
-    from click.testing import CliRunner
-    from sqlalchemy import select
-
-    from worker.cli.main import main
-    from worker.services.daily import scan_day
-
     with runtime.session_factory() as session, session.begin():
         for number in range(4):
             make_mailbox(session, expires_on=DAY, reference_email=f"titolare{number}@example.it")

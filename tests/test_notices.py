@@ -247,7 +247,7 @@ def _batch_outcome(factory, today: date) -> dict:
                 domain="studio-è.example",
                 address="info@pec.studio-è.example",
                 reference_email="studio@example.it",
-                language="en",
+                english=True,
             ),
             make_mailbox(
                 session,
@@ -264,8 +264,7 @@ def _batch_outcome(factory, today: date) -> dict:
             make_mailbox(
                 session,
                 expires_on=EXPIRES,
-                auto_renew=True,
-                payment_method="pm_card_visa",
+                card=True,
                 address="carta@pec.example.it",
                 reference_email="carta@example.it",
             ),

@@ -306,8 +306,8 @@ def test_payment_methods_offered_only_if_registered_before_deletion(session_fact
         assert not options["postal_slip"].available
         assert options["postal_slip"].reason == (
             "Questa modalità di pagamento non è più disponibile: il pagamento verrebbe registrato dopo la "
-            "cancellazione della casella (3 marzo 2027). Scelga carta di credito o PayPal."
-        )
+            "cancellazione della casella (3 marzo 2027). Scelga carta di credito, PayPal o bonifico bancario."
+        )  # the bank transfer is still offered: the message names it
         with pytest.raises(OrderValidationError) as error:
             orders.choose_payment(session, order, "postal_slip", 1, TODAY)
         assert list(error.value.errors) == ["method"]
@@ -409,11 +409,11 @@ def test_confirm_is_idempotent_and_queues_the_confirmation_email(session_factory
         for part in (text, html):
             assert "IT60X0542811101000000123456" in part
             assert "Provider PEC S.p.A." in part
-            assert "98,82 €" in part
+            assert "98,82\u00a0€" in part.replace("&nbsp;", "\u00a0")  # never wraps
             assert part.count(order.order_number) >= 2
             assert "30 aprile 2030" in part  # the new expiry once paid
         assert "Causale: PEC-2027-" in text
-        assert "Gentile Rossi S.r.l." in text
+        assert "Spett.le Rossi S.r.l.," in text and "Gentile" not in text  # a company
 
 
 def test_confirmation_email_for_card_links_to_the_order_from_any_device_in_english(session_factory, settings):
@@ -445,7 +445,7 @@ def test_confirmation_email_for_postal_slip(session_factory, settings):
         _message, text, _html = parse(render_outbox(settings, row))
         assert "bollettino postale" in text and "Conto corrente postale n." in text
         assert f"Causale: {order.order_number}" in text
-        assert "6,10 €" in text
+        assert "6,10\u00a0€" in text
 
 
 def test_confirm_refuses_a_mailbox_renewed_meanwhile(session_factory, settings):

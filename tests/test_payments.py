@@ -40,8 +40,19 @@ def count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
 
 
-def place_order(session, settings, mailbox, *, method="bank_transfer", years=1, plan=None, extra_space_gb=0,
-                extra_archive_gb=0, holder=None, today=TODAY):  # fmt: skip
+def place_order(
+    session,
+    settings,
+    mailbox,
+    *,
+    method="bank_transfer",
+    years=1,
+    plan=None,
+    extra_space_gb=0,
+    extra_archive_gb=0,
+    holder=None,
+    today=TODAY,
+):
     order = orders.start_order(session, link_for(mailbox), today, NOW)
     orders.choose_mailboxes(
         session,
@@ -78,8 +89,16 @@ def register(session, settings, order, *, amount=None, reference="CRO 0001", met
 def snapshot(session, mailbox_id):
     session.expire_all()
     mailbox = session.get(Mailbox, mailbox_id)
-    return (mailbox.expires_on, mailbox.plan, mailbox.extra_space_gb, mailbox.extra_archive_gb, mailbox.auto_renew,
-            mailbox.payment_method, mailbox.next_action_on, mailbox.holder_id)  # fmt: skip
+    return (
+        mailbox.expires_on,
+        mailbox.plan,
+        mailbox.extra_space_gb,
+        mailbox.extra_archive_gb,
+        mailbox.auto_renew,
+        mailbox.payment_method,
+        mailbox.next_action_on,
+        mailbox.holder_id,
+    )
 
 
 # -- register_payment ---------------------------------------------------------------------------------
@@ -99,8 +118,11 @@ def test_registration_renews_from_the_old_expiry_and_queues_the_email(session_fa
         session.expire_all()
         mailbox = session.get(Mailbox, mailbox.id)
         assert (mailbox.expires_on, mailbox.plan, mailbox.extra_space_gb, mailbox.extra_archive_gb) == (
-            date(2029, 4, 30), "premium", 1, 2,
-        )  # fmt: skip
+            date(2029, 4, 30),
+            "premium",
+            1,
+            2,
+        )
         assert mailbox.renewal_years == 2
         assert not mailbox.auto_renew  # a bank transfer does not switch it on
         assert mailbox.next_action_on == first_action_on(DEFAULT_STAGES, date(2029, 4, 30)) == date(2029, 1, 30)
@@ -114,9 +136,14 @@ def test_registration_renews_from_the_old_expiry_and_queues_the_email(session_fa
         completed = session.scalar(select(OutboxMessage).where(OutboxMessage.kind == "renewal-completed"))
         signer = LinkSigner(settings.secret_keys, settings.base_url, settings.link_max_age_days)
         rendered = EmailRenderer(mail_from=settings.mail_from, signer=signer).render(
-            kind=completed.kind, stage=completed.stage, language=completed.language, to_address=completed.to_address,
-            message_id=completed.message_id, context=completed.context, now=LATER,
-        )  # fmt: skip
+            kind=completed.kind,
+            stage=completed.stage,
+            language=completed.language,
+            to_address=completed.to_address,
+            message_id=completed.message_id,
+            context=completed.context,
+            now=LATER,
+        )
         message = email.message_from_bytes(rendered.as_bytes(), policy=email.policy.default)
         text = message.get_body(preferencelist=("plain",)).get_content()
         assert message["Subject"] == f"Rinnovo completato: la casella PEC {mailbox.address} scade ora il 30 aprile 2029"
@@ -130,17 +157,29 @@ def test_29_february_moves_to_28_february(session_factory, settings):
         mailbox = make_mailbox(session, expires_on=date(2028, 2, 29))
         order = place_order(session, settings, mailbox, years=1, today=date(2027, 12, 1))
         payments.register_payment(
-            session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
-            reference="CRO 29", now=LATER, today=date(2027, 12, 2), settings=settings,
-        )  # fmt: skip
+            session,
+            order_number=order.order_number,
+            amount_cents=order.total_cents,
+            method="bank_transfer",
+            reference="CRO 29",
+            now=LATER,
+            today=date(2027, 12, 2),
+            settings=settings,
+        )
         assert session.get(Mailbox, mailbox.id).expires_on == date(2029, 2, 28)
         # and four years on, the 28th stays the 28th (counted from the old expiry, not clamped back).
         other = make_mailbox(session, expires_on=date(2028, 2, 29))
         order = place_order(session, settings, other, years=4, today=date(2027, 12, 1))
         payments.register_payment(
-            session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
-            reference="CRO 30", now=LATER, today=date(2027, 12, 2), settings=settings,
-        )  # fmt: skip
+            session,
+            order_number=order.order_number,
+            amount_cents=order.total_cents,
+            method="bank_transfer",
+            reference="CRO 30",
+            now=LATER,
+            today=date(2027, 12, 2),
+            settings=settings,
+        )
         assert session.get(Mailbox, other.id).expires_on == date(2032, 2, 29)
 
 
@@ -201,9 +240,15 @@ def test_unknown_order(session_factory, settings, number, code):
     with session_factory() as session:
         with pytest.raises(PaymentRefused) as refused:
             payments.register_payment(
-                session, order_number=number, amount_cents=610, method="bank_transfer", reference="x",
-                now=LATER, today=TODAY, settings=settings,
-            )  # fmt: skip
+                session,
+                order_number=number,
+                amount_cents=610,
+                method="bank_transfer",
+                reference="x",
+                now=LATER,
+                today=TODAY,
+                settings=settings,
+            )
         assert refused.value.code == code
 
 
@@ -243,17 +288,26 @@ def test_payment_after_deletion_is_refused(session_factory, settings):
         order = place_order(session, settings, mailbox)
         with pytest.raises(PaymentRefused) as refused:
             payments.register_payment(
-                session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
-                reference="late", now=LATER, today=date(2027, 3, 4), settings=settings,
-            )  # fmt: skip
+                session,
+                order_number=order.order_number,
+                amount_cents=order.total_cents,
+                method="bank_transfer",
+                reference="late",
+                now=LATER,
+                today=date(2027, 3, 4),
+                settings=settings,
+            )
         assert refused.value.code == "mailbox_deleted"
 
 
 def test_downgrade_drops_the_archive_and_edited_holder_takes_effect(session_factory, settings):
     holder = {
-        "name": "Rossi S.r.l.", "kind": "company", "reference_email": "amministrazione@rossi.example.it",
-        "vat_number": "00743110157", "einvoice_code": "ABC1234",
-    }  # fmt: skip
+        "name": "Rossi S.r.l.",
+        "kind": "company",
+        "reference_email": "amministrazione@rossi.example.it",
+        "vat_number": "00743110157",
+        "einvoice_code": "ABC1234",
+    }
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=date(2027, 4, 30), plan="premium")
         mailbox.extra_archive_gb = 5
@@ -350,9 +404,12 @@ def test_bank_statement_semicolons_and_bank_ids(session_factory, settings, tmp_p
 def test_bank_statement_with_several_order_numbers_is_unmatched(session_factory, settings):
     with session_factory() as session:
         report = payments.import_bank_statement(
-            session, io.StringIO("date,amount,reference\n2027-03-01,6.10,PEC-2027-000001 e PEC-2027-000002\n"),
-            now=LATER, today=TODAY, settings=settings,
-        )  # fmt: skip
+            session,
+            io.StringIO("date,amount,reference\n2027-03-01,6.10,PEC-2027-000001 e PEC-2027-000002\n"),
+            now=LATER,
+            today=TODAY,
+            settings=settings,
+        )
         assert [(line.status, line.message) for line in report.lines] == [
             ("unmatched", "several order numbers in the reference: PEC-2027-000001, PEC-2027-000002")
         ]
@@ -368,9 +425,18 @@ def test_bank_statement_without_the_columns_is_refused(session_factory, settings
 
 @pytest.mark.parametrize(
     "text, cents",
-    [("48.80", 4880), ("48,80", 4880), ("48", 4800), ("1.234,56", 123456), ("1,234.56", 123456), ("€ 48,80", 4880),
-     ("48.80 EUR", 4880), ("0,5", 50), ("-6,10", -610)],
-)  # fmt: skip
+    [
+        ("48.80", 4880),
+        ("48,80", 4880),
+        ("48", 4800),
+        ("1.234,56", 123456),
+        ("1,234.56", 123456),
+        ("€ 48,80", 4880),
+        ("48.80 EUR", 4880),
+        ("0,5", 50),
+        ("-6,10", -610),
+    ],
+)
 def test_parse_euro(text, cents):
     assert payments.parse_euro(text) == cents
 
@@ -418,8 +484,11 @@ def test_checkout_with_the_sandbox_gateway(session_factory, settings):
         ]
         mailbox = session.get(Mailbox, mailbox.id)
         assert (mailbox.expires_on, mailbox.auto_renew, mailbox.payment_method, mailbox.renewal_years) == (
-            date(2029, 4, 30), True, "pm_card_visa", 2,
-        )  # fmt: skip
+            date(2029, 4, 30),
+            True,
+            "pm_card_visa",
+            2,
+        )
         assert session.scalar(select(Payment.reference)) == f"sandbox:order:{order.id}:2"
 
 
@@ -557,9 +626,15 @@ def test_two_registrations_at_once_register_once(session_factory, settings):
         def call():
             with session_factory() as session, session.begin():
                 return payments.register_payment(
-                    session, order_number=number, amount_cents=total, method="bank_transfer", reference=reference,
-                    now=LATER, today=date(2027, 3, 2), settings=settings,
-                )  # fmt: skip
+                    session,
+                    order_number=number,
+                    amount_cents=total,
+                    method="bank_transfer",
+                    reference=reference,
+                    now=LATER,
+                    today=date(2027, 3, 2),
+                    settings=settings,
+                )
 
         return call
 

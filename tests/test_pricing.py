@@ -71,7 +71,7 @@ def test_extras_must_be_whole_numbers(bad):
 
 def test_used_space_above_1_gb_on_standard_needs_the_extra_gb():
     assert choice(used_space_mb=1024) == []
-    assert choice(used_space_mb=1025) == [("extra_space_gb", "space_needed")]
+    assert choice(used_space_mb=1025) == [("extra_space_gb", "space_needed_one")]
     assert choice(used_space_mb=1025, extra_space_gb=1) == []
     assert choice(used_space_mb=2048, extra_space_gb=1) == []
 
@@ -88,9 +88,17 @@ def test_used_space_on_pro_needs_extra_gb_above_2_gb():
     assert choice(current_plan="pro", plan="pro", used_space_mb=3500) == [("extra_space_gb", "space_needed")]
     assert choice(current_plan="pro", plan="pro", used_space_mb=3500, extra_space_gb=2) == []
     problems = check_mailbox_choice(
-        address="a@pec.example.it", current_plan="pro", used_space_mb=3500, on_domain=False, deleted=False,
-        auto_renew=False, plan="pro", extra_space_gb=1, extra_archive_gb=0, confirm_archive_deletion=False,
-    )  # fmt: skip
+        address="a@pec.example.it",
+        current_plan="pro",
+        used_space_mb=3500,
+        on_domain=False,
+        deleted=False,
+        auto_renew=False,
+        plan="pro",
+        extra_space_gb=1,
+        extra_archive_gb=0,
+        confirm_archive_deletion=False,
+    )
     assert problems[0].values["needed"] == 2
     assert "almeno 2 GB" in problems[0].message("it")
     assert "at least 2 GB" in problems[0].message("en")
@@ -125,9 +133,17 @@ def test_auto_renew_only_with_a_plan_change():
 
 def test_messages_in_italian_and_english():
     problem = check_mailbox_choice(
-        address="x@pec.example.it", current_plan="pro", used_space_mb=0, on_domain=False, deleted=False,
-        auto_renew=False, plan="standard", extra_space_gb=0, extra_archive_gb=0, confirm_archive_deletion=False,
-    )[0]  # fmt: skip
+        address="x@pec.example.it",
+        current_plan="pro",
+        used_space_mb=0,
+        on_domain=False,
+        deleted=False,
+        auto_renew=False,
+        plan="standard",
+        extra_space_gb=0,
+        extra_archive_gb=0,
+        confirm_archive_deletion=False,
+    )[0]
     assert problem.message("it") == (
         "Passando alla tipologia Standard l'archivio della casella x@pec.example.it verrà cancellato. "
         "Confermi di voler procedere."
@@ -209,10 +225,7 @@ def test_total_is_the_sum_of_the_lines_plus_vat(items, years):
     assert summary.subtotal_cents == years * pricing.price_order(lines, 1).subtotal_cents
 
 
-def test_euro_formatting():
-    assert pricing.format_euro(4880, "it") == "48,80 €"
-    assert pricing.format_euro(123456, "it") == "1.234,56 €"
-    assert pricing.format_euro(4880, "en") == "€48.80"
+def test_amounts_for_operators():
     assert pricing.format_amount(4880) == "48.80"
     assert pricing.format_amount(5) == "0.05"
 
@@ -236,12 +249,18 @@ def test_easter(year, easter):
 
 def test_italian_holidays_are_not_working_days():
     for day in (
-        date(2027, 1, 1), date(2027, 1, 6), date(2027, 3, 29),  # Easter Monday 2027
+        date(2027, 1, 1),
+        date(2027, 1, 6),
+        date(2027, 3, 29),  # Easter Monday 2027
         date(2027, 4, 26) - timedelta(days=1),  # 25 April 2027 is a Sunday anyway
-        date(2027, 6, 2), date(2027, 11, 1), date(2027, 12, 8), date(2026, 12, 25), date(2028, 12, 26),
+        date(2027, 6, 2),
+        date(2027, 11, 1),
+        date(2027, 12, 8),
+        date(2026, 12, 25),
+        date(2028, 12, 26),
         date(2026, 10, 5) - timedelta(days=1),  # 4 October (a Sunday in 2026)
         date(2027, 10, 4),  # St Francis, a Monday in 2027
-    ):  # fmt: skip
+    ):
         assert not pricing.is_working_day(day), day
     assert pricing.is_working_day(date(2027, 3, 30))
     assert not pricing.is_working_day(date(2027, 3, 27))  # Saturday
@@ -283,3 +302,13 @@ def test_method_in_time_before_deletion():
     assert not pricing.method_in_time("postal_slip", friday, deletion_on)  # 7 April
     assert pricing.method_in_time("card", date(2027, 3, 31), deletion_on)
     assert not pricing.method_in_time("bank_transfer", date(2027, 3, 31), deletion_on)  # 1 April: deleted
+
+
+def test_one_gb_takes_the_singular_verb():
+    problems = check_mailbox_choice(
+        address="a@pec.example.it", current_plan="standard", used_space_mb=1500, on_domain=False, deleted=False,
+        auto_renew=False, plan="standard", extra_space_gb=0, extra_archive_gb=0, confirm_archive_deletion=False,
+    )  # fmt: skip
+    italian = problems[0].message("it")
+    assert "serve almeno 1 GB" in italian and "servono" not in italian
+    assert "needs at least 1 GB" in problems[0].message("en")

@@ -23,14 +23,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from click.testing import CliRunner
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
 from tests.support.settings import TEST_SECRET_KEYS, smtp_runtime
 from worker import metrics
+from worker.cli.main import main
 from worker.mail.emails import EmailRenderer
 from worker.mail.headers import Refused, header_address
+from worker.mail.outbox import requeue_failed_messages
 from worker.rules.holder_data import sendable_address
 from worker.rules.links import LinkSigner
 from worker.services.daily import run_day, scan_day
@@ -78,16 +81,24 @@ def boxes(*addresses: str) -> list[dict]:
 
 def render(renderer, context, kind="expiry-notice", stage="-2m", to_address="anna@example.it"):
     return renderer.render(
-        kind=kind, stage=stage, language="it", to_address=to_address,
-        message_id="0123456789abcdef0123456789abcdef@pec-provider.example", context=context, now=NOW,
-    )  # fmt: skip
+        kind=kind,
+        stage=stage,
+        language="it",
+        to_address=to_address,
+        message_id="0123456789abcdef0123456789abcdef@pec-provider.example",
+        context=context,
+        now=NOW,
+    )
 
 
 @pytest.mark.parametrize(
     ("bad_address", "reason"),
-    [(REFUSED_ADDRESS, NON_ASCII_LOCAL_PART), ("due@@pec.example.it", NOT_AN_ADDRESS),
-     ("tre@pec.example.it\r\nBcc: x@example.it", NOT_AN_ADDRESS)],
-)  # fmt: skip
+    [
+        (REFUSED_ADDRESS, NON_ASCII_LOCAL_PART),
+        ("due@@pec.example.it", NOT_AN_ADDRESS),
+        ("tre@pec.example.it\r\nBcc: x@example.it", NOT_AN_ADDRESS),
+    ],
+)
 def test_a_refused_mailbox_is_left_out_of_a_notice_and_named_with_its_reason(renderer, bad_address, reason):
     rendered = render(
         renderer, {"holder_name": "Anna", "mailboxes": boxes("uno@pec.example.it", bad_address, "tre@pec.example.it")}
@@ -129,11 +140,23 @@ def order_context(*addresses: str) -> dict:
     return {
         "holder_name": "Anna",
         "mailboxes": [{**box, "new_expires_on": "2028-03-31"} for box in boxes(*addresses)],
-        "order": {"number": "PEC-2027-000001", "years": 1, "method": "bank_transfer", "subtotal_cents": 1000,
-                  "vat_percent": 22, "vat_cents": 220, "total_cents": 1220, "lines": []},
-        "payment": {"iban": "IT60X0542811101000000123456", "beneficiary": "B", "postal_account": "1",
-                    "checkout_url": "https://rinnovi.example.test/ordine/a/pagamento"},
-    }  # fmt: skip
+        "order": {
+            "number": "PEC-2027-000001",
+            "years": 1,
+            "method": "bank_transfer",
+            "subtotal_cents": 1000,
+            "vat_percent": 22,
+            "vat_cents": 220,
+            "total_cents": 1220,
+            "lines": [],
+        },
+        "payment": {
+            "iban": "IT60X0542811101000000123456",
+            "beneficiary": "B",
+            "postal_account": "1",
+            "checkout_url": "https://rinnovi.example.test/ordine/a/pagamento",
+        },
+    }
 
 
 @pytest.mark.parametrize("kind", ["order-confirmation", "renewal-completed"])
@@ -201,8 +224,6 @@ def test_a_failed_grouped_email_requeued_goes_out_without_the_refused_mailbox(
     tmp_path, database_url, session_factory, smtp_server
 ):
     """An email that failed whole before (``refused by the renderer``) goes once requeued."""
-    from worker.cli.main import requeue_failed_messages
-
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     queue_group_with_one_refused(runtime)
     with session_factory() as session, session.begin():
@@ -302,8 +323,11 @@ def test_run_daily_sends_the_email_without_the_refused_mailbox_and_warns(tmp_pat
         engine.dispose()
     result = subprocess.run(
         [sys.executable, "-m", "worker.cli.main", "run-daily", "--date", DAY.isoformat()],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "sent 1," in result.stdout, result.stdout
     assert "warning: 1 mailbox notice(s) refused by the renderer (non-ascii-local-part 1)" in result.stdout, (
@@ -323,10 +347,6 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(
 ):
     """Sending it again unchanged would fail again: ``outbox retry`` requeues only the others, and says how to
     send the refused one once its data is corrected."""
-    from click.testing import CliRunner
-
-    from worker.cli.main import main
-
     runtime = smtp_runtime(tmp_path, database_url, session_factory, smtp_server)
     with runtime.session_factory() as session, session.begin():
         make_mailbox(session, expires_on=DAY, reference_email=f"ann{CYRILLIC_E}@example.it")

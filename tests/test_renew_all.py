@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import row_counts
 from tests.support.settings import smtp_runtime
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
-from tests.web.conftest import row_counts
 from worker.rules.links import GROUP
 from worker.services import orders, payments
 from worker.services.daily import run_day
@@ -96,7 +96,7 @@ def test_a_grouped_notice_renews_all_its_mailboxes_in_one_order(runtime, smtp_se
     assert post_form(client, f"{order}/caselle", choices).status_code == 303
     assert post_form(client, f"{order}/intestatario", PRIVATE_HOLDER).status_code == 303
     assert post_form(client, f"{order}/modulo", {"method": "bank_transfer", "years": "1"}).status_code == 303
-    assert post_form(client, f"{order}/condizioni", {"accept": "y"}).status_code == 303
+    assert post_form(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"}).status_code == 303
     assert post_form(client, f"{order}/conferma").status_code == 303
     # The order's emails lead back to it with the same link (card and PayPal orders show it).
     with session_factory() as session:

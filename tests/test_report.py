@@ -22,6 +22,7 @@ def mailbox(
         payment_method=payment_method if auto_renew else None,
         card_expires_on=card_expires_on,
         next_action_on=next_action_on or first_action_on(DEFAULT_STAGES, EXPIRES),
+        reminders_opt_out_for=None,
     )
 
 
@@ -31,9 +32,14 @@ def steps(first_day, last_day, *, plan=DEFAULT_CHARGE_PLAN, sent=(), state=None,
     if box.auto_renew and not facts.get("on_domain"):
         auto_renew_states[box.id] = state or CycleState(frozenset(), None, [])
     found = forecast_steps(
-        box, auto_renew_states, {(box.id, EXPIRES): set(sent)}, stages=DEFAULT_STAGES, plan=plan,
-        first_day=first_day, last_day=last_day,
-    )  # fmt: skip
+        box,
+        auto_renew_states,
+        {(box.id, EXPIRES): set(sent)},
+        stages=DEFAULT_STAGES,
+        plan=plan,
+        first_day=first_day,
+        last_day=last_day,
+    )
     return [(step.day, step.step if step.step == "charge" else f"{step.step} {step.stage}") for step in found]
 
 
@@ -96,9 +102,14 @@ def test_a_cycle_first_seen_after_its_charge_days_gets_charge_failed_then_the_ma
     assert forecast == [(first, "charge"), (date(2027, 4, 30), "expired-notice +30d")]
     box = mailbox(auto_renew=True, next_action_on=first)
     [failed, _] = forecast_steps(
-        box, {box.id: CycleState(frozenset(), None, [])}, {}, stages=DEFAULT_STAGES, plan=DEFAULT_CHARGE_PLAN,
-        first_day=first, last_day=date(2027, 5, 10),
-    )  # fmt: skip
+        box,
+        {box.id: CycleState(frozenset(), None, [])},
+        {},
+        stages=DEFAULT_STAGES,
+        plan=DEFAULT_CHARGE_PLAN,
+        first_day=first,
+        last_day=date(2027, 5, 10),
+    )
     assert failed.action == charges.FAIL
 
 
@@ -106,9 +117,14 @@ def test_the_forecast_leaves_the_states_it_was_given_alone():
     box = mailbox(next_action_on=date(2027, 3, 16))
     sent = {(box.id, EXPIRES): {"-3m"}}
     forecast_steps(
-        box, {}, sent, stages=DEFAULT_STAGES, plan=DEFAULT_CHARGE_PLAN,
-        first_day=date(2027, 3, 16), last_day=date(2027, 3, 16) + timedelta(days=30),
-    )  # fmt: skip
+        box,
+        {},
+        sent,
+        stages=DEFAULT_STAGES,
+        plan=DEFAULT_CHARGE_PLAN,
+        first_day=date(2027, 3, 16),
+        last_day=date(2027, 3, 16) + timedelta(days=30),
+    )
     assert sent == {(box.id, EXPIRES): {"-3m"}}
     assert box.next_action_on == date(2027, 3, 16)
 

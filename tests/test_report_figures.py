@@ -81,8 +81,20 @@ def test_report_and_dry_run_agree_every_day_of_a_year_on_the_demo_fleet(tmp_path
 
 # -- The CLI on the embedded default -----------------------------------------------------------------------
 
-AUTO_RENEW_HEADER = ["address", "account", "holder_name", "holder_kind", "reference_email", "plan", "expires_on",
-                     "auto_renew", "payment_method", "card_expiry", "domain", "domain_expires_on"]  # fmt: skip
+AUTO_RENEW_HEADER = [
+    "address",
+    "account",
+    "holder_name",
+    "holder_kind",
+    "reference_email",
+    "plan",
+    "expires_on",
+    "auto_renew",
+    "payment_method",
+    "card_expiry",
+    "domain",
+    "domain_expires_on",
+]
 
 
 def write_auto_renew_fleet(path: Path, rows: list[dict]) -> Path:

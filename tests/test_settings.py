@@ -411,6 +411,19 @@ BAD_VALUES = [
     ("LINK_MAX_AGE_DAYS", "183", "183 is outside 184..3650"),
     ("OUTBOX_MAX_ATTEMPTS", "101", "101 is outside 1..100"),
     ("RELAY_BATCH_SIZE", "-1", "-1 is outside 1..10000"),
+    ("TERMS_URL", "condizioni.pdf", "'condizioni.pdf' is not an http(s) URL such as https://www.example.it/condizioni"),
+    (
+        "MANUAL_URL",
+        "ftp://x.it/m.pdf",
+        "'ftp://x.it/m.pdf' is not an http(s) URL such as https://www.example.it/condizioni",
+    ),
+    ("SUPPORT_URL", "https://x .it", "'https://x .it' is not an http(s) URL such as https://www.example.it/condizioni"),
+    ("UNFAIR_TERMS_CLAUSES", " ; ;", "must name 1 to 30 clauses, separated by ';'"),
+    (
+        "UNFAIR_TERMS_CLAUSES",
+        "art. 1;" + "x" * 201,
+        f"{'x' * 40!r}…: each clause is one line of at most 200 characters",
+    ),
     ("API_TOKEN", "x" * 31, "must be at least 32 characters, without spaces"),
     ("API_TOKEN", "x" * 20 + " " + "x" * 20, "must be at least 32 characters, without spaces"),
 ]
@@ -447,7 +460,30 @@ def test_every_required_variable_has_a_bad_value_case():
         "NOTICE_STAGES",
         "DAILY_SCAN_AT",
         "SCAN_BATCH_SIZE",
+        "TERMS_URL",
+        "MANUAL_URL",
+        "SUPPORT_URL",
+        "UNFAIR_TERMS_CLAUSES",
     }
+
+
+def test_the_contract_pages_and_the_clauses(var_dir):
+    default = read_keyed(var_dir)
+    assert default.terms_url.startswith("https://") and default.support_url.startswith("https://")
+    assert len(default.unfair_terms_clauses) == 6 and all("art." in clause for clause in default.unfair_terms_clauses)
+    chosen = read_keyed(
+        var_dir,
+        TERMS_URL="https://www.example.it/cgc.pdf?v=2#art5",
+        MANUAL_URL="http://www.example.it/manuale.pdf",
+        SUPPORT_URL="https://assistenza.example.it/",
+        UNFAIR_TERMS_CLAUSES=" art. 3 (Durata);  art. 9   (Foro competente) ;",
+    )
+    assert chosen.terms_url == "https://www.example.it/cgc.pdf?v=2#art5"
+    assert (chosen.manual_url, chosen.support_url) == (
+        "http://www.example.it/manuale.pdf",
+        "https://assistenza.example.it/",
+    )
+    assert chosen.unfair_terms_clauses == ("art. 3 (Durata)", "art. 9 (Foro competente)")
 
 
 # -- secrets stay out of repr --------------------------------------------------------------------

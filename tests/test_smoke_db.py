@@ -1,5 +1,7 @@
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from config.settings import Settings
+from worker.services.runtime import POOL_SIZE, Runtime
 from worker.store.models import Account
 
 
@@ -14,11 +16,6 @@ def test_the_runtime_engine_takes_any_sqlite_url(tmp_path, monkeypatch):
     """The runtime's pool sizes suit a SQLite file; an in-memory database has one connection per
     thread, nothing to size, and a relative path is read from the working directory (its folder
     must exist: PEC_RENEWAL_DATABASE_URL refuses one that does not)."""
-    from sqlalchemy import text
-
-    from config.settings import Settings
-    from worker.services.runtime import POOL_SIZE, Runtime
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     for url, pooled in (("sqlite://", False), ("sqlite:///:memory:", False), ("sqlite:///data/renewals.db", True)):

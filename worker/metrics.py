@@ -31,13 +31,21 @@ from functools import cache
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.pool import NullPool
 
 from config.settings import Settings
 from worker.store.db import make_engine
-from worker.store.models import ChargeIntent, ChargeStatus, Mailbox, OutboxMessage, OutboxStatus
+from worker.store.models import (
+    ChargeIntent,
+    ChargeStatus,
+    GatewayEvent,
+    GatewayRefund,
+    Mailbox,
+    OutboxMessage,
+    OutboxStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +206,18 @@ def database_query(now: datetime):
         count(due).label("outbox_due"),
         count(pending, OutboxMessage.next_attempt_at > now).label("outbox_waiting"),
         count(OutboxMessage.status == OutboxStatus.FAILED.value).label("outbox_failed"),
-        select(func.min(OutboxMessage.next_attempt_at)).where(pending, OutboxMessage.next_attempt_at <= now)
-        .scalar_subquery().label("oldest_retry_due_at"),
-        select(func.min(OutboxMessage.created_at)).where(pending, OutboxMessage.next_attempt_at.is_(None))
-        .scalar_subquery().label("oldest_new_created_at"),
+        select(func.min(OutboxMessage.next_attempt_at))
+        .where(pending, OutboxMessage.next_attempt_at <= now)
+        .scalar_subquery()
+        .label("oldest_retry_due_at"),
+        select(func.min(OutboxMessage.created_at))
+        .where(pending, OutboxMessage.next_attempt_at.is_(None))
+        .scalar_subquery()
+        .label("oldest_new_created_at"),
         select(func.min(Mailbox.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
         count(unresolved, ChargeIntent.status == ChargeStatus.STARTED.value).label("charges_started"),
         count(unresolved, ChargeIntent.status == ChargeStatus.UNKNOWN.value).label("charges_unknown"),
-    )  # fmt: skip
+    )
 
 
 class DatabaseCollector:
@@ -272,6 +284,58 @@ class DatabaseCollector:
         yield charges
 
 
+class GatewayCollector:
+    """What the gateways told us and what we gave back, counted from their tables at each scrape.
+
+    ``pec_renewal_gateway_events_total{gateway, outcome}``: webhook events by what processing
+    did (registered, amount_mismatch, refund_due, dispute, ...); ``pec_renewal_gateway_refunds_total
+    {kind, status}``: refunds asked of a gateway.  Rows are never deleted, so both only grow.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        try:
+            with self._engine.connect() as connection:
+                events = connection.execute(
+                    select(GatewayEvent.gateway, GatewayEvent.outcome, func.count()).group_by(
+                        GatewayEvent.gateway, GatewayEvent.outcome
+                    )
+                ).all()
+                refunds = connection.execute(
+                    select(GatewayRefund.kind, GatewayRefund.status, func.count()).group_by(
+                        GatewayRefund.kind, GatewayRefund.status
+                    )
+                ).all()
+                connection.rollback()
+        except Exception as error:  # DatabaseCollector reports the database as down
+            log.warning("metrics: cannot read the gateway tables: %s", type(error).__name__)
+            return
+        family = CounterMetricFamily(
+            PREFIX + "gateway_events",
+            "Webhook events from the gateways, by gateway and by what processing did: registered,"
+            " already_registered, payment_pending, payment_failed, refunded, amount_mismatch, unmatched,"
+            " refund_due (a double payment, refunded automatically), dispute, refunded_first, not_an_order.",
+            labels=["gateway", "outcome"],
+        )
+        for gateway, outcome, count in events:
+            family.add_metric([gateway, outcome], count)
+        yield family
+        family = CounterMetricFamily(
+            PREFIX + "gateway_refunds",
+            "Refunds asked of a gateway, by kind (automatic, requested) and status (started, unknown:"
+            " asked again by 'payments refunds-retry'; succeeded, pending, failed).",
+            labels=["kind", "status"],
+        )
+        for kind, status, count in refunds:
+            family.add_metric([kind, status], count)
+        yield family
+
+
 def _age(now: datetime, since: datetime) -> float:
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
@@ -281,6 +345,7 @@ def _age(now: datetime, since: datetime) -> float:
 def database_registry(engine: Engine, settings: Settings, clock: Callable[[], datetime]) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(engine, settings, clock))
+    registry.register(GatewayCollector(engine))
     return registry
 
 
@@ -341,13 +406,16 @@ def serve_worker_metrics(settings: Settings, clock: Callable[[], datetime]):
     # open, so pool processes it forks later inherit no connection.
     engine = make_engine(settings.database_url, poolclass=NullPool)
     registry.register(DatabaseCollector(engine, settings, clock))
+    registry.register(GatewayCollector(engine))
     try:
         server, _thread = start_http_server(settings.metrics_port, settings.metrics_address, registry=registry)
     except OSError as error:
         log.error(
             "metrics: cannot listen on %s:%s (%s); set PEC_RENEWAL_METRICS_PORT to a free port, or 0",
-            settings.metrics_address, settings.metrics_port, error.strerror or error,
-        )  # fmt: skip
+            settings.metrics_address,
+            settings.metrics_port,
+            error.strerror or error,
+        )
         return None
     log.info("metrics: serving on http://%s:%s/metrics", settings.metrics_address, settings.metrics_port)
     return server

@@ -24,6 +24,9 @@ import sys
 import threading
 from datetime import datetime
 
+import worker.gateways
+from worker.gateways import ChargeOutcome, ChargeResult
+
 
 class FaultyGateway:
     """The real gateway, killing its worker (process group) after the n-th charge answer, or losing lookups."""
@@ -44,8 +47,6 @@ class FaultyGateway:
 
     def lookup(self, idempotency_key):
         if self._lookups_lost:
-            from worker.gateways import ChargeOutcome, ChargeResult
-
             return ChargeResult(ChargeOutcome.UNKNOWN, None, "gateway unreachable")
         return self._inner.lookup(idempotency_key)
 
@@ -54,13 +55,12 @@ class FaultyGateway:
 
 
 def _install_faulty_gateway(kill_after_answers: int | None, lookups_lost: bool) -> None:
-    import worker.gateways
-
     make_gateway = worker.gateways.make_gateway
 
     def faulty_make_gateway(*args, **kwargs):
-        return FaultyGateway(make_gateway(*args, **kwargs), kill_after_answers=kill_after_answers,
-                             lookups_lost=lookups_lost)  # fmt: skip
+        return FaultyGateway(
+            make_gateway(*args, **kwargs), kill_after_answers=kill_after_answers, lookups_lost=lookups_lost
+        )
 
     worker.gateways.make_gateway = faulty_make_gateway
 

@@ -17,6 +17,7 @@ def main() -> None:
         import time_machine
 
         time_machine.travel(datetime.fromisoformat(clock), tick=True).start()
+    # Imported once the clock has moved, so that nothing of ours has read the real time first.
     from worker.cli.main import main as cli_main
 
     cli_main(prog_name="pec-renewal")

@@ -30,7 +30,10 @@ from celery import Celery, _state
 from sqlalchemy import select
 
 from config.celery import celery_config
-from tests.faults.conftest import (
+from tasks.daily import run_daily_scan
+from tests.support.celery_process import worker_environment
+from tests.support.factories import make_mailbox
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     gateway_charges_per_cycle,
@@ -39,9 +42,7 @@ from tests.faults.conftest import (
     queues_idle,
     received_ids,
     wait_until,
-    worker_environment,
 )
-from tests.support.factories import make_mailbox
 from tests.support.settings import make_settings
 from worker.rules.schedule import DEFAULT_STAGES, next_action_on
 from worker.services import runtime as runtime_module
@@ -107,7 +108,7 @@ def test_ticks_across_daylight_saving_and_29_february_scan_each_date_once_with_t
             own_block[mailbox.id] = block
         auto = {}
         for expires_on, (charge_on, _renewed) in CHARGES.items():
-            mailbox = make_mailbox(session, expires_on=expires_on, auto_renew=True, payment_method="pm_card_visa")
+            mailbox = make_mailbox(session, expires_on=expires_on, card=True)
             mailbox.next_action_on = charge_on - timedelta(days=1)
             auto[mailbox.id] = expires_on
         # The schedule in force is the one the dates above were computed with (no reconcile moves them).
@@ -115,15 +116,20 @@ def test_ticks_across_daylight_saving_and_29_february_scan_each_date_once_with_t
     for mailbox_id, expires_on in auto.items():
         mark_charge_notices_sent(session_factory, [mailbox_id], expires_on)
 
-    settings = make_settings(tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp_server.host,
-                             smtp_port=smtp_server.port, daily_scan_at="00:30")  # fmt: skip
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        daily_scan_at="00:30",
+    )
     rt = Runtime(settings)
     app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges"])
     app.conf.update(celery_config(settings), task_always_eager=True, task_eager_propagates=True)
     previous_app = _state.get_current_app()
     app.set_current()
     runtime_module.install(rt)
-    from tasks.daily import run_daily_scan
 
     first_tick: dict[date, datetime] = {}
     try:
@@ -132,8 +138,9 @@ def test_ticks_across_daylight_saving_and_29_february_scan_each_date_once_with_t
                 for tick in ticks(day):
                     first_tick.setdefault(day, tick)
                     if tick == WORKER_TICK:
-                        run_tick_under_a_real_worker(tick, session_factory, database_url, smtp_server, flushed_redis,
-                                                     workers, tmp_path)  # fmt: skip
+                        run_tick_under_a_real_worker(
+                            tick, session_factory, database_url, smtp_server, flushed_redis, workers, tmp_path
+                        )
                         continue
                     with time_machine.travel(tick, tick=False):
                         run_daily_scan()  # beat sends no date: the task takes today in Europe/Rome
@@ -175,8 +182,12 @@ def test_ticks_across_daylight_saving_and_29_february_scan_each_date_once_with_t
 
 def run_tick_under_a_real_worker(tick, session_factory, database_url, smtp_server, redis_client, workers, tmp_path):
     """Beat's first firing of 31 October (two beats), to a worker whose clock reads 00:30 CEST."""
-    worker = CeleryWorker(worker_environment(tmp_path, database_url, smtp_server, daily_scan_at="00:30"), tmp_path,
-                          queues="scan,notices,mail,charges", name="dst-worker")  # fmt: skip
+    worker = CeleryWorker(
+        worker_environment(tmp_path, database_url, smtp_server, daily_scan_at="00:30"),
+        tmp_path,
+        queues="scan,notices,mail,charges",
+        name="dst-worker",
+    )
     workers.append(worker)
     worker.start(tick)
     beat = celery_client(tmp_path)

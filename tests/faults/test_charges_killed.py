@@ -28,16 +28,7 @@ import time_machine
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from tests.faults.conftest import (
-    CeleryWorker,
-    celery_client,
-    charge_intents,
-    gateway_charges_per_cycle,
-    mark_charge_notices_sent,
-    seed_mailboxes,
-    wait_until,
-    worker_environment,
-)
+from tests.support.celery_process import worker_environment
 from tests.support.charges import (
     CHARGE_DAY,
     EXPIRES,
@@ -47,6 +38,15 @@ from tests.support.charges import (
     gateway_record,
     received,
     run_on,
+)
+from tests.support.faults import (
+    CeleryWorker,
+    celery_client,
+    charge_intents,
+    gateway_charges_per_cycle,
+    mark_charge_notices_sent,
+    seed_mailboxes,
+    wait_until,
 )
 from tests.support.settings import TEST_SECRET_KEYS
 from worker.gateways import ChargeOutcome, ChargeResult

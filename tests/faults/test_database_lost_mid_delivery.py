@@ -27,16 +27,16 @@ import time_machine
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     ROOT,
     duplicates,
     outbox_status,
     received_ids,
     recipients_with_two_message_ids,
     seed_mailboxes,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from tests.support.settings import smtp_runtime
 from worker.rules.schedule import add_months
 from worker.services.daily import scan_day
@@ -131,8 +131,11 @@ def cli(env: dict, tmp_path, *args: str, clock) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tests.faults.cli_at", *args],
         env={**env, "PYTHONPATH": str(ROOT), "PEC_RENEWAL_TEST_CLOCK": clock.isoformat()},
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cut_after_the_nth_250(smtp_server, proxy: LoopbackProxy, nth: int) -> None:

@@ -18,7 +18,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     charge_intents,
@@ -27,9 +29,7 @@ from tests.faults.conftest import (
     queues_idle,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning
 from worker.store.models import Mailbox
 
 pytestmark = pytest.mark.slow

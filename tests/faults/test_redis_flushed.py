@@ -22,7 +22,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     outbox_status,
@@ -30,9 +32,7 @@ from tests.faults.conftest import (
     received_ids,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage
 
 pytestmark = pytest.mark.slow
@@ -65,8 +65,11 @@ def test_redis_flushed_mid_scan_everything_due_is_delivered_by_the_next_run(
     # the scan this soon leaves the date alone (its batches may only be slow).
     beat.send_task("pec_renewal.relay_outbox")
     beat.send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
-    wait_until(lambda: queues_idle(flushed_redis) and outbox_status(session_factory)["pending"] == 0, timeout=60,
-               what="the relay to drain the outbox")  # fmt: skip
+    wait_until(
+        lambda: queues_idle(flushed_redis) and outbox_status(session_factory)["pending"] == 0,
+        timeout=60,
+        what="the relay to drain the outbox",
+    )
     before_the_hour = ledger_rows()
     assert before_the_hour < MAILBOXES  # the lost batches are still due
     assert len(smtp_server.messages) == before_the_hour
@@ -75,8 +78,11 @@ def test_redis_flushed_mid_scan_everything_due_is_delivered_by_the_next_run(
     worker.stop()
     worker.start(at_morning(DAY) + timedelta(hours=1))
     beat.send_task("pec_renewal.daily_scan", args=[DAY.isoformat()])
-    wait_until(lambda: outbox_status(session_factory).get("sent", 0) == MAILBOXES and queues_idle(flushed_redis),
-               timeout=60, what="every notice delivered")  # fmt: skip
+    wait_until(
+        lambda: outbox_status(session_factory).get("sent", 0) == MAILBOXES and queues_idle(flushed_redis),
+        timeout=60,
+        what="every notice delivered",
+    )
 
     with session_factory() as session:
         stages = session.execute(select(NoticeLedgerEntry.stage, func.count()).group_by(NoticeLedgerEntry.stage)).all()

@@ -21,16 +21,16 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     outbox_status,
     queues_idle,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from tests.support.settings import make_settings
 from tests.support.smtp_server import LoopbackSMTPServer
 from worker.rules.schedule import add_months
@@ -58,8 +58,9 @@ def test_451_and_hang_up_and_an_hour_down_are_delivered_later_550_is_bounced_onc
     smtp_server.fail_next("451 4.3.0 Try again later")  # RCPT TO of the first message
     smtp_server.fail_next("550 5.1.1 Mailbox unavailable")  # RCPT TO of the second
     smtp_server.disconnect_after_data_next()  # the third is read whole, then the line drops
-    worker = CeleryWorker(worker_environment(tmp_path, database_url, smtp_server), tmp_path,
-                          queues="scan,notices,mail", concurrency=1)  # fmt: skip
+    worker = CeleryWorker(
+        worker_environment(tmp_path, database_url, smtp_server), tmp_path, queues="scan,notices,mail", concurrency=1
+    )
     workers.append(worker)
     start = at_morning(DAY)
     worker.start(start)
@@ -82,8 +83,16 @@ def test_451_and_hang_up_and_an_hour_down_are_delivered_later_550_is_bounced_onc
     # SMTP goes down for an hour: beat's relay runs every minute and finds nobody listening.
     port = smtp_server.port
     smtp_server.stop()
-    runtime = Runtime(make_settings(tmp_path, database_url=database_url, mail_backend="smtp",
-                                    smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5))  # fmt: skip
+    runtime = Runtime(
+        make_settings(
+            tmp_path,
+            database_url=database_url,
+            mail_backend="smtp",
+            smtp_host="127.0.0.1",
+            smtp_port=port,
+            smtp_timeout=5,
+        )
+    )
     back = LoopbackSMTPServer(port=port)
     try:
         during_outage = []
@@ -117,8 +126,9 @@ def test_451_and_hang_up_and_an_hour_down_are_delivered_later_550_is_bounced_onc
         assert (record.address, record.bounces) == (bounced.to_address, 1)
 
         # The next day's run (pec-renewal run-daily) meets a 550 too: its result counts it.
-        (refused,) = seed_mailboxes(session_factory, 1, expires_on=add_months(NEXT_DAY, 1), next_action_on=NEXT_DAY,
-                                    prefix="rifiutato")  # fmt: skip
+        (refused,) = seed_mailboxes(
+            session_factory, 1, expires_on=add_months(NEXT_DAY, 1), next_action_on=NEXT_DAY, prefix="rifiutato"
+        )
         back.fail_next("550 5.1.1 Mailbox unavailable")
         with time_machine.travel(at_morning(NEXT_DAY), tick=False):
             summary = run_day(runtime, NEXT_DAY)

@@ -26,7 +26,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.charges import at_morning
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     charge_intents,
@@ -35,9 +37,7 @@ from tests.faults.conftest import (
     received_ids,
     seed_mailboxes,
     wait_until,
-    worker_environment,
 )
-from tests.support.charges import at_morning
 from worker.rules.schedule import parse_stages
 from worker.store.models import DailyRun, NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
@@ -81,14 +81,22 @@ def test_two_beats_two_workers_thirty_days_one_scan_a_day_nothing_twice(
     expected_ledger = []
     for offset in range(0, 100, 2):  # manual mailboxes: a stage falls on most days
         expires = FIRST_DAY + timedelta(days=offset)
-        (mailbox_id,) = seed_mailboxes(session_factory, 1, expires_on=expires, next_action_on=FIRST_DAY,
-                                       prefix=f"manuale{offset}-")  # fmt: skip
+        (mailbox_id,) = seed_mailboxes(
+            session_factory, 1, expires_on=expires, next_action_on=FIRST_DAY, prefix=f"manuale{offset}-"
+        )
         expected_ledger += manual_notices(mailbox_id, expires)
     charged_in_window = {}  # auto-renew: charge notices, then charges 7 days before expiry
     for offset in range(0, 40, 2):
         expires = FIRST_DAY + timedelta(days=8 + offset)
-        (mailbox_id,) = seed_mailboxes(session_factory, 1, expires_on=expires, next_action_on=FIRST_DAY, auto_renew=True,
-                                     payment_method="pm_card_visa", prefix=f"automatico{offset}-")  # fmt: skip
+        (mailbox_id,) = seed_mailboxes(
+            session_factory,
+            1,
+            expires_on=expires,
+            next_action_on=FIRST_DAY,
+            auto_renew=True,
+            payment_method="pm_card_visa",
+            prefix=f"automatico{offset}-",
+        )
         expected_ledger += auto_renew_notices(mailbox_id, expires)
         if expires - timedelta(days=7) <= LAST_DAY:
             charged_in_window[str(mailbox_id)] = expires.isoformat()
@@ -104,9 +112,12 @@ def test_two_beats_two_workers_thirty_days_one_scan_a_day_nothing_twice(
             run = session.get(DailyRun, day)
             pending = session.scalar(select(func.count()).where(OutboxMessage.status == OutboxStatus.PENDING.value))
         return (
-            run is not None and run.finished_at is not None and pending == 0 and queues_idle(flushed_redis)
+            run is not None
+            and run.finished_at is not None
+            and pending == 0
+            and queues_idle(flushed_redis)
             and not charge_intents(session_factory).get("started")
-        )  # fmt: skip
+        )
 
     for day in (FIRST_DAY + timedelta(days=n) for n in range(DAYS)):
         barrier = threading.Barrier(len(beats))
@@ -122,7 +133,7 @@ def test_two_beats_two_workers_thirty_days_one_scan_a_day_nothing_twice(
             thread.start()
         for thread in threads:
             thread.join()
-        wait_until(lambda: settled(day), timeout=30, what=f"the workers to finish {day}")  # noqa: B023
+        wait_until(lambda: settled(day), timeout=30, what=f"the workers to finish {day}")  # noqa: B023  (called in this iteration)
 
     with session_factory() as session:
         runs = session.scalars(select(DailyRun).order_by(DailyRun.business_date)).all()
@@ -146,5 +157,7 @@ def test_two_beats_two_workers_thirty_days_one_scan_a_day_nothing_twice(
     assert all(w.running for w in workers), [w.log() for w in workers]
     scans_taken = [w.log(tail=None).count("pec_renewal.daily_scan[") // 2 for w in workers]  # received, succeeded
     assert all(scans_taken), f"one worker took every scan: {scans_taken}"  # so the two really raced
-    print(f"{len(ledger)} ledger rows, {len(sent)} emails, {sum(per_cycle.values())} charges; "
-          f"daily_scan tasks taken by each worker: {scans_taken}")  # fmt: skip
+    print(
+        f"{len(ledger)} ledger rows, {len(sent)} emails, {sum(per_cycle.values())} charges; "
+        f"daily_scan tasks taken by each worker: {scans_taken}"
+    )

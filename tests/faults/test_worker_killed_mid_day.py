@@ -42,7 +42,8 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from tests.faults.conftest import (
+from tests.support.celery_process import worker_environment
+from tests.support.faults import (
     CeleryWorker,
     celery_client,
     database_quiet,
@@ -54,7 +55,6 @@ from tests.faults.conftest import (
     seed_mailboxes,
     sent_message_ids,
     wait_until,
-    worker_environment,
 )
 from tests.support.settings import make_settings
 from worker.rules.schedule import add_months
@@ -166,8 +166,15 @@ def test_sigkill_twenty_times_then_run_to_completion(
     worker.kill()  # idle: nothing is lost, and a warm stop takes seconds
 
     # pec-renewal run-daily for the day, as the runbook says after a failed day: nothing is left.
-    runtime = Runtime(make_settings(tmp_path, database_url=database_url, mail_backend="smtp",
-                                    smtp_host=smtp_server.host, smtp_port=smtp_server.port))  # fmt: skip
+    runtime = Runtime(
+        make_settings(
+            tmp_path,
+            database_url=database_url,
+            mail_backend="smtp",
+            smtp_host=smtp_server.host,
+            smtp_port=smtp_server.port,
+        )
+    )
     try:
         with time_machine.travel(clock + timedelta(hours=1), tick=False):
             summary = run_day(runtime, DAY)

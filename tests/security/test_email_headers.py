@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -33,11 +34,15 @@ EXPECTED_HEADERS = {
     "x-pec-renewal-kind",
     "x-pec-renewal-stage",
     "x-pec-renewal-mailboxes",
+    # A reminder's RFC 2369 / RFC 8058 headers, signed from the Message-ID alone.
+    "list-unsubscribe",
+    "list-unsubscribe-post",
 }
 
+SIGNER = LinkSigner(["k" * 40], "https://rinnovi.example.it", 200)
 RENDERER = EmailRenderer(
     mail_from="Rinnovi PEC <rinnovi@pec-provider.example.it>",
-    signer=LinkSigner(["k" * 40], "https://rinnovi.example.it", 200),
+    signer=SIGNER,
 )
 NOW = datetime(2027, 1, 31, 5, 0, tzinfo=UTC)
 
@@ -100,6 +105,10 @@ def assert_exact(raw: bytes, to_address: str, mailbox_address: str) -> None:
     assert message["Date"] == "Sun, 31 Jan 2027 05:00:00 +0000"
     assert message["X-PEC-Renewal-Kind"] == "expiry-notice" and message["X-PEC-Renewal-Stage"] == "-2m"
     assert message["X-PEC-Renewal-Mailboxes"] == mailbox_address
+    # The List-Unsubscribe URL is signed from the Message-ID alone: nothing of the input is in it.
+    unsubscribe = re.fullmatch(r"<https://rinnovi\.example\.it/avvisi/([A-Za-z0-9_\-.]+)>", message["List-Unsubscribe"])
+    assert SIGNER.read_reminders_token(unsubscribe.group(1)) == message["Message-ID"].strip("<>")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # The subject names the mailbox (blanks folded to one space) and nothing else of the input.
     assert str(message["Subject"]) == " ".join(f"La casella PEC {mailbox_address} scade il 31 marzo 2027".split())
     # Two parts, each with only its content headers: nothing reached a body's headers either.

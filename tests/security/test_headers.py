@@ -8,8 +8,8 @@ from datetime import date
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import link_path
 from tests.support.web_flow import post_form, start
-from tests.web.conftest import link_path
 from worker.web import templating
 
 CSP_DIRECTIVES = {
@@ -154,4 +154,10 @@ def test_token_pages_are_never_stored_and_the_session_cookie_is_locked_down(clie
     # The page loads nothing from elsewhere, so the token cannot leak through a Referer anyway.
     html = response.get_data(as_text=True)
     assert '<meta name="referrer" content="no-referrer">' in html
-    assert "http://" not in html and "https://" not in html.replace(runtime.settings.base_url, "")
+    # Its only other addresses are the contract and support pages the holder may follow, sent no Referer.
+    followed = (runtime.settings.terms_url, runtime.settings.manual_url, runtime.settings.support_url)
+    rest = html.replace(runtime.settings.base_url, "")
+    for url in followed:
+        assert f'href="{url}" rel="noopener noreferrer"' in html
+        rest = rest.replace(url, "")
+    assert "http://" not in rest and "https://" not in rest

@@ -17,8 +17,8 @@ from markupsafe import escape
 from sqlalchemy import func, select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from worker.store.models import Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge
 from worker.web import forms
 
@@ -54,6 +54,8 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     app, client, runtime, session_factory, mailbox
 ):
     link = link_path(runtime, mailbox)
+    reminders_path = runtime.signer.reminders_url("0123456789abcdef0123456789abcdef@pec-provider.example")
+    reminders_path = reminders_path.removeprefix(runtime.settings.base_url)
     order = start(client, link)
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
@@ -67,18 +69,28 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         ),
         "web.step_holder": (f"{order}/intestatario", dict(PRIVATE_HOLDER, name="Luigi Verdi")),
         "web.step_payment": (f"{order}/modulo", {"method": "postal_slip", "years": "3"}),
-        "web.step_terms": (f"{order}/condizioni", {"accept": "y"}),
+        "web.step_terms": (f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"}),
         "web.step_confirm": (f"{order}/conferma", {}),
         "web.checkout": (f"{order}/pagamento", {"payment_token": "pm_card_visa"}),
+        "hosted.start": (f"{order}/pagamento/sicuro", {}),
+        "hosted.result": (f"{order}/pagamento/esito?token=5O0000000001", {}),
+        # The reminders' page buttons and "Non intendo rinnovare".  (The RFC 8058 one-click POST,
+        # "List-Unsubscribe=One-Click" and nothing else, is the one form request without a CSRF token:
+        # tests/web/test_reminders_pages.py.)
+        "reminders.reminders_page": (reminders_path, {"action": "opt-out"}),
+        "reminders.renewal_page_reminders": (f"{link}/avvisi", {"action": "opt-out"}),
         "auto_renew.switch_off": (f"{auto_renew_page}/disattiva", {"confirmed": "yes"}),
         "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
         "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
     }
-    # A POST route added later must be added here.  The renewal-links API is the one exception: a
-    # bearer token authorises it, not a cookie (its refusals: tests/web/test_renewal_api.py).
-    bearer_only = {"api.renewal_links"}
-    assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == set(posts) | bearer_only
+    # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
+    # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the
+    # gateway's signature (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py).
+    not_cookie_authorised = {"api.renewal_links", "webhooks.stripe_webhook", "webhooks.paypal_webhook"}
+    assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == (
+        set(posts) | not_cookie_authorised
+    )
 
     other_browser = app.test_client()
     foreign_token = csrf_token(other_browser.get(link).get_data(as_text=True))
@@ -132,7 +144,7 @@ def test_double_submits_and_replays_make_one_order_and_one_payment(app, client, 
     twice(client, f"{order}/caselle", {f"plan-{mailbox.id}": "pro"})
     twice(client, f"{order}/intestatario", PRIVATE_HOLDER)
     twice(client, f"{order}/modulo", {"method": "card", "years": "2"})
-    twice(client, f"{order}/condizioni", {"accept": "y"})
+    twice(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"})
     confirm_form = {"csrf_token": csrf_token(client.get(f"{order}/conferma").get_data(as_text=True))}
     twice(client, f"{order}/conferma", {})
     # Another browser (the phone's mail app) with the same link finds the same order.
@@ -247,7 +259,7 @@ def test_markup_in_holder_data_is_stored_as_typed_and_escaped_on_every_page_and_
     assert post_form(client, f"{order}/intestatario", holder).status_code == 303
     assert holder_data(session_factory)["name"] == value  # stored exactly as typed
     assert post_form(client, f"{order}/modulo", {"method": "bank_transfer", "years": "1"}).status_code == 303
-    assert post_form(client, f"{order}/condizioni", {"accept": "y"}).status_code == 303
+    assert post_form(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"}).status_code == 303
     pages = {"holder step": client.get(f"{order}/intestatario"), "confirm step": client.get(f"{order}/conferma")}
     assert post_form(client, f"{order}/conferma").status_code == 303
     pages["confirmation"] = client.get(order)

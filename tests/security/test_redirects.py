@@ -17,8 +17,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import csrf_token, link_path
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
-from tests.web.conftest import csrf_token, link_path
 from worker.web import views
 
 BASE_URL = "https://rinnovi.example.test"  # the tests' PEC_RENEWAL_BASE_URL

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token, row_counts
 from tests.support.settings import TEST_SECRET_KEYS
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from tests.web.conftest import assert_security_headers, csrf_token, row_counts
-from worker.rules.links import RENEWAL_SALT
+from worker.rules.links import REDACTED, RENEWAL_SALT, redact
 from worker.services import orders
 from worker.web import templating
-from worker.web.security import REDACTED, RedactingFilter, RedactingRequestHandler, redact
+from worker.web.security import RedactingFilter, RedactingRequestHandler
 
 EXPIRY = date(2027, 2, 10)
 INVALID_HEADING = "Link non valido o scaduto"

@@ -50,9 +50,20 @@ def start_celery_worker(
 ) -> subprocess.Popen:
     """``celery worker`` in a subprocess, its output in ``directory/<name>.log``."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", f"--concurrency={concurrency}",
-        "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        f"--concurrency={concurrency}",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
     if queues is not None:
         command += ["-Q", queues]
     with open(directory / f"{name}.log", "w") as log:

@@ -82,10 +82,8 @@ def mark_charge_notice_sent(session, mailbox: Mailbox) -> None:
 def add_auto_renew(
     rt: Runtime, token: str | None, *, expires_on: date = EXPIRES, notified: bool = False, **kwargs
 ) -> Mailbox:
-    card_expires_on = kwargs.pop("card_expires_on", None)
     with rt.session_factory() as session, session.begin():
         mailbox = make_mailbox(session, expires_on=expires_on, auto_renew=True, payment_method=token, **kwargs)
-        mailbox.card_expires_on = card_expires_on
         if notified:
             mark_charge_notice_sent(session, mailbox)
         return mailbox

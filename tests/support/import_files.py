@@ -5,18 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-HEADER = [
-    "address",
-    "account",
-    "holder_name",
-    "holder_kind",
-    "reference_email",
-    "plan",
-    "expires_on",
-    "domain",
-    "domain_expires_on",
-    "language",
-]
+from worker.rules.import_rows import EXPIRY_COLUMNS, REQUIRED_COLUMNS
+
+#: The required columns, the expiry's and the language.
+HEADER = [*REQUIRED_COLUMNS, *EXPIRY_COLUMNS, "language"]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -58,9 +58,15 @@ def register(session_factory, settings, order: RenewalOrder, today: date) -> pay
     """The order's bank transfer, registered on ``today``."""
     with session_factory() as session:
         result = payments.register_payment(
-            session, order_number=order.order_number, amount_cents=order.total_cents, method="bank_transfer",
-            reference=f"CRO {order.order_number}", now=at(today), today=today, settings=settings,
-        )  # fmt: skip
+            session,
+            order_number=order.order_number,
+            amount_cents=order.total_cents,
+            method="bank_transfer",
+            reference=f"CRO {order.order_number}",
+            now=at(today),
+            today=today,
+            settings=settings,
+        )
         session.commit()
         return result
 
@@ -73,6 +79,12 @@ def charge(session_factory, address: str, today: date, gateway=None, seller=None
             mark_charge_notice_sent(session, box)
         mailbox_id = box.id
     return charges.charge_mailbox(
-        session_factory, gateway or SandboxGateway(session_factory), mailbox_id, today=today,
-        clock=lambda: at(today), stages=DEFAULT_STAGES, mail_domain=MAIL_DOMAIN, seller=seller,
-    )  # fmt: skip
+        session_factory,
+        gateway or SandboxGateway(session_factory),
+        mailbox_id,
+        today=today,
+        clock=lambda: at(today),
+        stages=DEFAULT_STAGES,
+        mail_domain=MAIL_DOMAIN,
+        seller=seller,
+    )

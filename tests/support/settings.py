@@ -29,9 +29,13 @@ def make_settings(tmp_path, **overrides) -> Settings:
 def smtp_runtime(tmp_path, database_url, session_factory, smtp, **overrides) -> Runtime:
     """A Runtime on the emptied test database that mails to ``smtp`` (the loopback server); the caller closes it."""
     settings = make_settings(
-        tmp_path, database_url=database_url, mail_backend="smtp", smtp_host=smtp.host, smtp_port=smtp.port,
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp.host,
+        smtp_port=smtp.port,
         **overrides,
-    )  # fmt: skip
+    )
     runtime = Runtime(settings)
     runtime.session_factory = session_factory
     return runtime

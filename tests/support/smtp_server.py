@@ -95,6 +95,16 @@ class _Handler:
         return "250 OK"
 
 
+class _PipeliningHandler(_Handler):
+    """The handler of a server announcing PIPELINING (RFC 2920), as Postfix does."""
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 _DISCONNECT = "<disconnect>"
 
 
@@ -102,7 +112,8 @@ class _LoopbackController(Controller):
     """A Controller that binds a free port (port 0) and counts the sessions it serves."""
 
     def __init__(self, server: LoopbackSMTPServer, port: int = 0, **kwargs: Any):
-        super().__init__(_Handler(server), hostname="127.0.0.1", port=port, **kwargs)
+        handler = _PipeliningHandler(server) if server.pipelining else _Handler(server)
+        super().__init__(handler, hostname="127.0.0.1", port=port, **kwargs)
         self._owner = server
 
     def factory(self) -> SMTP:
@@ -120,8 +131,10 @@ class _LoopbackController(Controller):
 class LoopbackSMTPServer:
     host = "127.0.0.1"
 
-    def __init__(self, port: int = 0, **smtp_options: Any) -> None:
-        """``port`` 0 picks a free one; ``smtp_options`` go to aiosmtpd's SMTP class (such as ``authenticator``)."""
+    def __init__(self, port: int = 0, *, pipelining: bool = False, **smtp_options: Any) -> None:
+        """``port`` 0 picks a free one; ``pipelining`` announces PIPELINING after EHLO; ``smtp_options``
+        go to aiosmtpd's SMTP class (such as ``authenticator``)."""
+        self.pipelining = pipelining
         self.messages: list[ReceivedMessage] = []
         #: Called as ``after_reply(index, message)`` on the server's loop once the
         #: 250 for ``messages[index]`` has been written (fault tests kill the client there).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.web.conftest import csrf_token
+from tests.support.link_handler import csrf_token
 
 
 def post_form(client, path: str, data: dict | None = None, *, follow: bool = False):
@@ -50,6 +50,6 @@ def walk_to_confirm(
     assert response.status_code == 303, response.get_data(as_text=True)
     response = post_form(client, f"{order}/modulo", {"method": method, "years": years})
     assert response.status_code == 303, response.get_data(as_text=True)
-    response = post_form(client, f"{order}/condizioni", {"accept": "y"})
+    response = post_form(client, f"{order}/condizioni", {"accept": "y", "approve_clauses": "y"})
     assert response.status_code == 303, response.get_data(as_text=True)
     assert response.headers["Location"].endswith("/conferma")

@@ -7,8 +7,8 @@ from datetime import date, timedelta
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import account_link_path, link_path
 from tests.support.web_flow import post_form, start
-from tests.web.conftest import account_link_path, link_path
 from worker.services import orders
 from worker.store.models import RenewalOrder, RenewalOrderLine
 

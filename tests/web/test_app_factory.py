@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
+from worker.cli.main import main
 from worker.web import create_app
 
 
@@ -22,8 +23,6 @@ def test_create_app_without_arguments_reads_the_environment(monkeypatch, tmp_pat
 
 
 def test_serve_command_is_registered():
-    from worker.cli.main import main
-
     result = CliRunner().invoke(main, ["serve", "--help"])
     assert result.exit_code == 0, result.output
     assert "--host" in result.output and "--port" in result.output

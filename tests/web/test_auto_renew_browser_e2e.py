@@ -93,7 +93,7 @@ def test_switched_off_on_a_phone_then_no_charge_and_the_manual_notices_follow(se
             assert {message["X-PEC-Renewal-Kind"] for message in manual.values()} == {"expiry-notice"}
             (renew_link,) = links_in(manual["-7d"], base_url, "rinnova")
             page.goto(renew_link)
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
         finally:
             browser.close()

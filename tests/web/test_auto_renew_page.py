@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token, link_path
 from tests.support.rows import every_row
-from tests.web.conftest import assert_security_headers, csrf_token, link_path
+from worker.rules.links import redact
 from worker.store.models import ChargeIntent, Mailbox, NoticeLedgerEntry
-from worker.web.security import redact
 
 EXPIRY = date(2027, 1, 30)  # the clock stands at 2027-01-10: 20 days before expiry, charge on 2027-01-23
 

@@ -58,7 +58,7 @@ def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory
             page = context.new_page()
             page.goto(link)
             assert "studio@pec.provider.example.it" in page.content()
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             assert "/ordine/" in page.url and token not in page.url
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
             page.get_by_role("button", name="Prosegui e completa l'ordine").click()
@@ -69,7 +69,8 @@ def test_from_the_email_to_a_renewed_mailbox_in_chromium(served, session_factory
             page.select_option("select[name=years]", "1")
             page.get_by_role("button", name="Prosegui e completa l'ordine").click()
             page.wait_for_selector("h1:has-text('Condizioni contrattuali')")
-            page.get_by_label("Ho letto e accetto le condizioni contrattuali").check()
+            page.get_by_label("Ho letto e accetto le condizioni generali di contratto").check()
+            page.get_by_label("Approvo specificamente le clausole").check()
             page.get_by_role("button", name="Prosegui").click()
             page.wait_for_selector("h1:has-text('Conferma e completa')")
             page.get_by_role("button", name="Conferma e completa l'ordine").click()
@@ -112,9 +113,6 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
     mailboxes of the email, paid by bank transfer, and all three renewed."""
     from playwright.sync_api import sync_playwright
 
-    from worker.services import payments
-    from worker.services.daily import run_day
-
     runtime, base_url = served
     expiry = date(2027, 2, 10)  # the clock stands at 2027-01-10: the one-month notice is due
     addresses = [f"{name}@pec.provider.example.it" for name in ("amministrazione", "direzione", "segreteria")]
@@ -138,7 +136,7 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
             page.goto(link)
             page.wait_for_selector("h1:has-text('Rinnovo delle caselle PEC')")
             assert all(address in page.content() for address in addresses)
-            page.get_by_role("button", name="Rinnova").click()
+            page.get_by_role("button", name="Rinnova", exact=True).click()
             page.wait_for_selector("h1:has-text('Gestione caselle PEC')")
             for mailbox_id in ids:  # the three start selected
                 assert page.locator(f"input[name=renew-{mailbox_id}]").is_checked()
@@ -150,7 +148,8 @@ def test_renew_all_three_mailboxes_from_one_notice_in_chromium(served, session_f
             page.select_option("select[name=years]", "1")
             page.get_by_role("button", name="Prosegui e completa l'ordine").click()
             page.wait_for_selector("h1:has-text('Condizioni contrattuali')")
-            page.get_by_label("Ho letto e accetto le condizioni contrattuali").check()
+            page.get_by_label("Ho letto e accetto le condizioni generali di contratto").check()
+            page.get_by_label("Approvo specificamente le clausole").check()
             page.get_by_role("button", name="Prosegui").click()
             page.wait_for_selector("h1:has-text('Conferma e completa')")
             assert all(address in page.content() for address in addresses)

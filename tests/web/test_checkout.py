@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
 from tests.support.web_flow import post_form, start, walk_to_confirm
-from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from worker.store.models import Mailbox, Payment, RenewalOrder, SandboxCharge
 
 EXPIRY = date(2027, 2, 10)

@@ -17,9 +17,9 @@ from flask import session as flask_session
 from flask_wtf.csrf import generate_csrf
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token
 from tests.support.settings import make_settings
 from tests.support.web_flow import start
-from tests.web.conftest import assert_security_headers, csrf_token
 from worker.services.runtime import Runtime
 from worker.store.db import make_engine, make_session_factory
 from worker.web import create_app, runtime_of

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import csrf_token, link_path, row_counts
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start
-from tests.web.conftest import csrf_token, link_path, row_counts
 from worker.store.models import RenewalOrder
 from worker.web import forms
 

@@ -12,8 +12,8 @@ from datetime import date
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import close_runtime, csrf_token, link_path, row_counts, runtime_on_test_database
 from tests.support.settings import make_settings
-from tests.web.conftest import close_runtime, csrf_token, link_path, row_counts, runtime_on_test_database
 from worker.web import create_app
 
 OLD_KEY = "rotation-old-key-0123456789abcdef0123456789"

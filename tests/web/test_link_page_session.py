@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from wtforms import ValidationError
 
 from tests.support.factories import make_mailbox
-from tests.web.conftest import close_runtime, csrf_token, link_path, runtime_on_test_database
+from tests.support.link_handler import close_runtime, csrf_token, link_path, runtime_on_test_database
 from worker.rules.links import MAILBOX, RenewalLink
 from worker.services import orders
 from worker.services.orders import LinkState

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 
 from tests.support.factories import make_mailbox
-from tests.web.conftest import account_link_path, assert_security_headers, csrf_token, link_path, row_counts
+from tests.support.link_handler import account_link_path, assert_security_headers, csrf_token, link_path, row_counts
 
 EXPIRY = date(2027, 2, 10)  # the clock stands at 2027-01-10
 

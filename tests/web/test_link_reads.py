@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from tests.support.factories import make_mailbox
-from tests.web.conftest import link_path
+from tests.support.link_handler import link_path
 from worker.services.runtime import Runtime
 from worker.store.db import make_engine
 from worker.web import PING_AFTER_IDLE_SECONDS, WebRuntime, create_app

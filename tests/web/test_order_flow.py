@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
 from tests.support.web_flow import PRIVATE_HOLDER, post_form, start, walk_to_confirm
-from tests.web.conftest import assert_security_headers, csrf_token, link_path, row_counts
 from worker.store.models import OutboxMessage, RenewalOrder
 
 EXPIRY = date(2027, 2, 10)
@@ -260,7 +260,7 @@ def test_payment_step_shows_the_price_and_refuses_bad_choices(client, runtime, s
     for label in ("Carta di credito", "PayPal", "Bonifico bancario", "Bollettino postale"):
         assert label in html
     assert "rinnovo automatico" in html
-    assert "25,00 €" in html and "5,50 €" in html and "30,50 €" in html  # Pro, 22% VAT, total
+    assert "25,00\u00a0€" in html and "5,50\u00a0€" in html and "30,50\u00a0€" in html  # Pro, 22% VAT, total
     for data in (
         {"method": "bitcoin", "years": "1"},
         {"method": "card", "years": "6"},
@@ -271,7 +271,7 @@ def test_payment_step_shows_the_price_and_refuses_bad_choices(client, runtime, s
         assert response.status_code == 422, data
         assert 'class="field-error"' in response.get_data(as_text=True)
     assert post_form(client, f"{order}/modulo", {"method": "card", "years": "5"}).status_code == 303
-    assert "152,50 €" in client.get(f"{order}/modulo").get_data(as_text=True)  # 5 years
+    assert "152,50\u00a0€" in client.get(f"{order}/modulo").get_data(as_text=True)  # 5 years
 
 
 def test_promo_mailboxes_renew_for_one_or_two_years(client, runtime, session_factory):

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import close_runtime, row_counts, runtime_on_test_database
 from tests.support.settings import make_settings
 from tests.support.web_flow import post_form, start, walk_to_confirm
-from tests.web.conftest import close_runtime, row_counts, runtime_on_test_database
 from worker.rules import schedule
 from worker.services import payments
 from worker.store.models import Mailbox, RenewalOrder

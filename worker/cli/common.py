@@ -7,7 +7,9 @@ from datetime import date
 from typing import NoReturn
 
 import click
+import psycopg
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from worker.services.runtime import Runtime
 from worker.store import migrate
@@ -17,6 +19,31 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr and exit ``code``: 2 for bad input, 1 for an operational failure."""
     click.echo(f"pec-renewal: {message}", err=True)
     sys.exit(code)
+
+
+def database_lost(error: BaseException) -> str | None:
+    """Why the database could not be used, if that is what ``error`` (or the error it was
+    raised from, or while handling) comes down to; None for any other error.
+
+    That is SQLAlchemy's ``OperationalError`` and ``InterfaceError`` (a refused or lost
+    connection, a disconnect during a commit), any of its DBAPI errors that invalidated the
+    connection, and psycopg's own two, raised where the driver's connection is used directly
+    (the bulk load's ``COPY``).  Other database errors (a constraint, a bad statement) are
+    bugs and keep their traceback.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and (
+            isinstance(current, (OperationalError, InterfaceError)) or current.connection_invalidated
+        ):
+            cause = current.orig if current.orig is not None else current
+            return " ".join(str(cause).split()) or type(cause).__name__
+        if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return " ".join(str(current).split()) or type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def runtime_of(ctx: click.Context) -> Runtime:

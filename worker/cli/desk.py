@@ -36,6 +36,18 @@ def _field(label: str, value: Any) -> str:
     return _wrapped(f"{label:<16}{value}", hanging=" " * 18)
 
 
+def _detail(text: str) -> str:
+    """A line under an item of a section, indented one step further."""
+    return _wrapped(text, indent="    ", hanging="      ")
+
+
+def _section(lines: list[str], title: str, items: list[Any]) -> None:
+    """A section's heading with its count, and "none" when it has no items."""
+    lines.append(f"{title} ({len(items)})")
+    if not items:
+        lines.append("  none")
+
+
 def format_mailbox(details: dict[str, Any]) -> str:
     """``mailbox show`` as text, 80 columns wide."""
     holder = details["holder"]
@@ -70,9 +82,7 @@ def format_mailbox(details: dict[str, Any]) -> str:
         lines.append(_field("next action", "none"))
 
     notices = details["notices"]
-    lines.append(f"Notices ({len(notices)})")
-    if not notices:
-        lines.append("  none")
+    _section(lines, "Notices", notices)
     for notice in notices:
         lines.append(
             _wrapped(
@@ -84,42 +94,34 @@ def format_mailbox(details: dict[str, Any]) -> str:
             status += f" {notice['sent_at'][:16].replace('T', ' ')} UTC"
         if notice["to_address"]:
             status += f" to {notice['to_address']}"
-        lines.append(_wrapped(status, indent="    ", hanging="      "))
+        lines.append(_detail(status))
         if notice["message_id"]:
-            lines.append(_wrapped(f"Message-ID <{notice['message_id']}>", indent="    ", hanging="      "))
+            lines.append(_detail(f"Message-ID <{notice['message_id']}>"))
         if notice["refused_reason"]:
-            lines.append(_wrapped(f"refused: {notice['refused_reason']}", indent="    ", hanging="      "))
+            lines.append(_detail(f"refused: {notice['refused_reason']}"))
         elif notice["last_error"] and notice["status"] != "sent":
-            lines.append(_wrapped(f"last error: {notice['last_error']}", indent="    ", hanging="      "))
+            lines.append(_detail(f"last error: {notice['last_error']}"))
         for earlier in notice["earlier_deliveries"]:
             lines.append(
-                _wrapped(
-                    f"replaces: to {earlier['to_address']}, {earlier['status']}, Message-ID <{earlier['message_id']}>",
-                    indent="    ",
-                    hanging="      ",
+                _detail(
+                    f"replaces: to {earlier['to_address']}, {earlier['status']}, Message-ID <{earlier['message_id']}>"
                 )
             )
 
     orders = details["orders"]
-    lines.append(f"Orders ({len(orders)})")
-    if not orders:
-        lines.append("  none")
+    _section(lines, "Orders", orders)
     for order in orders:
         lines.append(_wrapped(_order_line(order)))
         for payment in order["payments"]:
             lines.append(
-                _wrapped(
+                _detail(
                     f"paid {payment['amount']} by {payment['method']} on {payment['business_date']},"
-                    f" ref {payment['reference']}",
-                    indent="    ",
-                    hanging="      ",
+                    f" ref {payment['reference']}"
                 )
             )
 
     intents = details["charges"]
-    lines.append(f"Charges ({len(intents)})")
-    if not intents:
-        lines.append("  none")
+    _section(lines, "Charges", intents)
     for intent in intents:
         lines.append(
             _wrapped(
@@ -128,10 +130,16 @@ def format_mailbox(details: dict[str, Any]) -> str:
                 + (f", declined: {intent['decline_code']}" if intent["decline_code"] else "")
             )
         )
-    lines.append(f"Opt-outs ({len(details['opt_outs'])})")
-    lines.append(
-        "  none" if not details["opt_outs"] else "\n".join(_wrapped(str(item)) for item in details["opt_outs"])
-    )
+    opt_outs = details["opt_outs"]
+    _section(lines, "Opt-outs", opt_outs)
+    for item in opt_outs:
+        state = "in force" if item["in_force"] else f"ended: {item['ended']}"
+        lines.append(
+            _wrapped(
+                f"{item['what']} for the expiry of {item['cycle_expires_on']}, on {item['opted_out_at']}"
+                f" ({item['via']}): {state}"
+            )
+        )
     return "\n".join(lines)
 
 

@@ -9,21 +9,19 @@ from datetime import date
 from pathlib import Path
 
 import click
-import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import exists, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from config.settings import Settings, SettingsError
 from worker.celery_setup import create_celery
-from worker.cli.common import ensure_schema, fail, parse_date, runtime_of, stderr_console
+from worker.cli.common import database_lost, ensure_schema, fail, parse_date, runtime_of, stderr_console
 from worker.cli.desk import desk_commands
 from worker.cli.invoices import invoices
 from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
 from worker.cli.serve import serve
 from worker.logs import configure_logging, log_context, remove_logging
+from worker.mail.outbox import requeue_failed_messages
 from worker.services import runtime as runtime_module
 from worker.services.daily import count_due, run_day
 from worker.services.demo import run_demo
@@ -32,7 +30,6 @@ from worker.services.importer import ImportRefused, count_records, import_mailbo
 from worker.services.report import build_report, print_report
 from worker.services.runtime import Runtime
 from worker.store import migrate
-from worker.store.models import NoticeLedgerEntry, OutboxMessage, OutboxStatus
 
 log = logging.getLogger("pec_renewal")
 
@@ -45,7 +42,7 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as error:
-            reason = self.database_lost(error)
+            reason = database_lost(error)
             if reason is None:
                 raise
             fail(
@@ -53,31 +50,6 @@ class _Commands(click.Group):
                 " once it is back, run the command again: nothing done is lost)",
                 1,
             )
-
-    @staticmethod
-    def database_lost(error: BaseException) -> str | None:
-        """Why the database could not be used, if that is what ``error`` (or the error it was
-        raised from, or while handling) comes down to; None for any other error.
-
-        That is SQLAlchemy's ``OperationalError`` and ``InterfaceError`` (a refused or lost
-        connection, a disconnect during a commit), any of its DBAPI errors that invalidated the
-        connection, and psycopg's own two, where the relay and the charges use psycopg directly.
-        Other database errors (a constraint, a bad statement) are bugs and keep their traceback.
-        """
-
-        seen: set[int] = set()
-        current: BaseException | None = error
-        while current is not None and id(current) not in seen:
-            seen.add(id(current))
-            if isinstance(current, DBAPIError) and (
-                isinstance(current, (OperationalError, InterfaceError)) or current.connection_invalidated
-            ):
-                cause = current.orig if current.orig is not None else current
-                return " ".join(str(cause).split()) or type(cause).__name__
-            if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
-                return " ".join(str(current).split()) or type(current).__name__
-            current = current.__cause__ or current.__context__
-        return None
 
 
 @click.group(cls=_Commands)
@@ -311,25 +283,6 @@ def outbox_retry(ctx: click.Context, business_date: date | None) -> None:
         "messages refused by the renderer stay failed: correct the data (re-import),"
         " then 'pec-renewal notices resend ADDRESS'"
     )
-
-
-def requeue_failed_messages(session, business_date: date | None = None) -> int:
-    """Failed outbox messages back to pending, due now, with their attempts reset; returns how many."""
-
-    statement = (
-        update(OutboxMessage)
-        .where(OutboxMessage.status == OutboxStatus.FAILED.value)
-        # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
-        .where(
-            ~exists().where(
-                NoticeLedgerEntry.outbox_message_id == OutboxMessage.id, NoticeLedgerEntry.refused_reason.is_not(None)
-            )
-        )
-        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
-    )
-    if business_date is not None:
-        statement = statement.where(OutboxMessage.business_date == business_date)
-    return session.execute(statement).rowcount
 
 
 @main.command("report")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from worker.cli.common import ensure_schema, fail, runtime_of
-from worker.rules import pricing
+from worker.gateways import make_gateway
+from worker.rules import pricing, vocabulary
 from worker.services.payments import (
     BankStatementInvalid,
     PaymentRefused,
@@ -16,6 +17,7 @@ from worker.services.payments import (
     parse_euro,
     register_payment,
 )
+from worker.services.payments.refunds import request_refund, settle_open_refunds, settle_refund
 
 
 def _amount(_ctx, _param, value: str) -> int:
@@ -29,9 +31,13 @@ def _amount(_ctx, _param, value: str) -> int:
     return cents
 
 
+def _optional_amount(ctx, param, value: str | None) -> int | None:
+    return None if value is None else _amount(ctx, param, value)
+
+
 @click.group("payments")
 def payments() -> None:
-    """Register payments of renewal orders (bank transfers, postal slips)."""
+    """Register payments of renewal orders (bank transfers, postal slips); refund card and PayPal payments."""
 
 
 @payments.command("register")
@@ -44,8 +50,8 @@ def payments() -> None:
 )
 @click.option(
     "--method",
-    type=click.Choice(pricing.PAYMENT_METHODS),
-    default=pricing.BANK_TRANSFER,
+    type=click.Choice(vocabulary.PAYMENT_METHODS),
+    default=vocabulary.BANK_TRANSFER,
     show_default=True,
     help="How it was paid.",
 )
@@ -113,3 +119,65 @@ def import_bank(ctx: click.Context, csv_file: Path) -> None:
     )
     if report.problems:
         sys.exit(1)
+
+
+def _refund_line(done) -> str:
+    return (
+        f"{done.order_number or '-'}: refund {done.refund_id} of {pricing.format_amount(done.amount_cents)} EUR: "
+        f"{done.status} ({done.message})"
+    )
+
+
+@payments.command("refund")
+@click.argument("order_number")
+@click.option("--amount", callback=_optional_amount, help="The amount to refund in euro (default: all that is left).")
+@click.option("--reason", default="", help="Why (kept with the refund; PayPal shows it to the payer).")
+@click.pass_context
+def refund(ctx: click.Context, order_number: str, amount: int | None, reason: str) -> None:
+    """Refund ORDER_NUMBER's card or PayPal payment through the gateway that took it, and email the holder."""
+
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
+    try:
+        with rt.session_factory() as session, session.begin():
+            started = request_refund(
+                session, order_number=order_number, amount_cents=amount, reason=reason, now=rt.clock()
+            )
+            refund_id, gateway = started.id, started.gateway
+        with rt.session_factory() as session:
+            gateway_adapter = make_gateway(rt.settings, rt.session_factory, clock=rt.clock, name=gateway)
+            try:
+                done = settle_refund(
+                    session, gateway_adapter, refund_id, now=rt.clock(), today=rt.today(), settings=rt.settings
+                )
+            finally:
+                gateway_adapter.close()
+    except PaymentRefused as refused:
+        fail(f"nothing refunded: {refused}")
+    click.echo(_refund_line(done), err=done.status in ("failed", "unknown"))
+    if done.status in ("failed", "unknown"):
+        sys.exit(1)
+
+
+@payments.command("refunds-retry")
+@click.pass_context
+def refunds_retry(ctx: click.Context) -> None:
+    """Ask the gateways again for every refund left without an answer (same idempotency key: never twice)."""
+
+    rt = runtime_of(ctx)
+    ensure_schema(rt)
+    adapters: dict = {}
+
+    def adapter(name: str):
+        if name not in adapters:
+            adapters[name] = make_gateway(rt.settings, rt.session_factory, clock=rt.clock, name=name)
+        return adapters[name]
+
+    try:
+        done = settle_open_refunds(rt.session_factory, adapter, clock=rt.clock, today=rt.today(), settings=rt.settings)
+    finally:
+        for item in adapters.values():
+            item.close()
+    for item in done:
+        click.echo(_refund_line(item))
+    click.echo(f"{len(done)} open refund(s) asked again")

@@ -52,14 +52,16 @@ def make_gateway(
     session_factory: sessionmaker[Session] | None = None,
     *,
     clock: Callable[[], datetime] | None = None,
+    name: str | None = None,
 ) -> PaymentGateway:
-    """The adapter chosen by ``settings.payment_gateway``.
+    """The adapter chosen by ``settings.payment_gateway``, or the one ``name``d (a refund goes
+    through the gateway that took the payment, a late webhook comes from the gateway that sent it).
 
     ``session_factory`` is needed by the sandbox only (it keeps its own table);
     ``clock`` stamps the sandbox's records (default: the wall clock, UTC).
     The caller owns the gateway: call ``close()`` when done.
     """
-    name = settings.payment_gateway
+    name = name or settings.payment_gateway
     if name == "sandbox":
         if session_factory is None:
             raise GatewayError("the sandbox gateway needs a session factory (it records charges in its own table)")

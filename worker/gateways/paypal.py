@@ -45,6 +45,7 @@ answers → UNKNOWN.
 from __future__ import annotations
 
 import hashlib
+import json as json_module
 import logging
 import threading
 import time
@@ -60,6 +61,8 @@ from worker.gateways.base import (
     InvalidPaymentMethod,
     mask_token,
 )
+from worker.gateways.hosted import HostedCheckout, HostedPayment, HostedStatus
+from worker.gateways.refunds import RefundOutcome, RefundResult, WebhookUnverifiable
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,156 @@ class PayPalGateway:
             return self._settled(order)
         return None  # CREATED, SAVED, APPROVED, VOIDED: no money moved under this key
 
+    def refund(
+        self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
+    ) -> RefundResult:
+        """``POST /v2/payments/captures/{capture}/refund`` with ``PayPal-Request-Id``.  ``reference`` is a
+        capture, or an order (what ``charge`` answers): its completed capture is refunded."""
+        body = {"amount": money(amount_cents, currency), "note_to_payer": reason[:255]}
+        del kind  # PayPal has no reason codes for a refund; the note says why
+        try:
+            capture = self._capture_of_order(reference) or reference
+            answer = self._post(f"/v2/payments/captures/{capture}/refund", body, request_id(idempotency_key))
+        except _Refused as refused:
+            # CAPTURE_FULLY_REFUNDED, REFUND_AMOUNT_EXCEEDED, INVALID_RESOURCE_ID...: nothing refunded by this call.
+            return RefundResult(RefundOutcome.FAILED, None, f"PayPal refused the refund ({refused.issue})")
+        except _Lost as lost:
+            return RefundResult(RefundOutcome.UNKNOWN, None, f"no usable answer from PayPal ({lost})")
+        status = answer.get("status")
+        outcome = {
+            "COMPLETED": RefundOutcome.SUCCEEDED,
+            "PENDING": RefundOutcome.PENDING,
+            "CANCELLED": RefundOutcome.FAILED,
+            "FAILED": RefundOutcome.FAILED,
+        }.get(status, RefundOutcome.UNKNOWN)
+        log.info("paypal: refund %s of capture %s -> %s", answer.get("id"), reference, outcome.value)
+        return RefundResult(outcome, answer.get("id"), f"refund {status}")
+
+    def start_checkout(
+        self,
+        *,
+        order_number: str,
+        amount_cents: int,
+        currency: str,
+        description: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+        email: str,
+        language: str,
+        save_method: bool,
+    ) -> HostedCheckout:
+        """An order (Orders v2, ``intent=CAPTURE``) with our return and cancel URLs; the holder
+        approves it at the ``payer-action`` link (``user_action=CONTINUE``: PayPal says "Continue"
+        and our return page asks for the final click, which captures).  ``save_method``: the account is stored in
+        PayPal's vault when the payment succeeds (``store_in_vault=ON_SUCCESS``)."""
+        del email  # the payer logs in to PayPal
+        paypal: dict[str, Any] = {
+            "experience_context": {
+                "return_url": success_url,
+                "cancel_url": cancel_url,
+                "user_action": "CONTINUE",
+                "shipping_preference": "NO_SHIPPING",
+                "locale": "en-GB" if language == "en" else "it-IT",
+            }
+        }
+        if save_method:
+            paypal["attributes"] = {"vault": {"store_in_vault": "ON_SUCCESS", "usage_type": "MERCHANT"}}
+        body = {
+            "intent": "CAPTURE",
+            "purchase_units": [
+                {
+                    "reference_id": REFERENCE_ID,
+                    "custom_id": order_number,
+                    "invoice_id": order_number,
+                    "description": description[:127],
+                    "amount": money(amount_cents, currency),
+                }
+            ],
+            "payment_source": {"paypal": paypal},
+        }
+        try:
+            order = self._post("/v2/checkout/orders", body, request_id(idempotency_key))
+        except (_Lost, _Refused) as error:
+            raise GatewayError(f"PayPal did not open the checkout ({error})") from None
+        link = next(
+            (item.get("href") for item in order.get("links") or [] if item.get("rel") in ("payer-action", "approve")),
+            None,
+        )
+        if not link:
+            raise GatewayError("PayPal's order has no approve link")
+        return HostedCheckout(_order_id(order), link)
+
+    def checkout_status(self, reference: str) -> HostedPayment:
+        """Capture the approved order ``reference`` (``PayPal-Request-Id: capture-<order>``, so a
+        repeated return captures once) and say what happened."""
+        try:
+            order = self._post(f"/v2/checkout/orders/{reference}/capture", {}, f"capture-{reference}")
+        except _Refused as refused:
+            if refused.issue == "ORDER_ALREADY_CAPTURED":
+                try:
+                    order = self._get_order(reference)
+                except (_Lost, _Refused) as error:
+                    raise GatewayError(f"PayPal did not answer ({error})") from None
+            elif refused.issue in ("ORDER_NOT_APPROVED", "PAYER_ACTION_REQUIRED"):
+                return HostedPayment(HostedStatus.OPEN, detail=refused.issue)
+            else:
+                return HostedPayment(HostedStatus.FAILED, detail=refused.issue)
+        except _Lost as lost:
+            raise GatewayError(f"PayPal did not answer ({lost})") from None
+        unit = (order.get("purchase_units") or [{}])[0] or {}
+        captures = (unit.get("payments") or {}).get("captures") or []
+        capture = next((c for c in captures if c.get("status") == "COMPLETED"), captures[-1] if captures else {})
+        status = {"COMPLETED": HostedStatus.PAID, "PENDING": HostedStatus.PENDING}.get(
+            capture.get("status"), HostedStatus.FAILED
+        )
+        value = capture.get("amount") or unit.get("amount") or {}
+        vault = (((order.get("payment_source") or {}).get("paypal") or {}).get("attributes") or {}).get("vault") or {}
+        token = f"paypal.{vault['id']}" if vault.get("id") and vault.get("status") == "VAULTED" else None
+        cents, _, currency = _cents_of(value)
+        return HostedPayment(
+            status,
+            order_number=capture.get("custom_id") or unit.get("custom_id"),
+            payment_reference=capture.get("id"),
+            amount_cents=cents,
+            currency=currency,
+            payment_token=token,
+            detail=(capture.get("processor_response") or {}).get("response_code"),
+        )
+
+    def _capture_of_order(self, reference: str) -> str | None:
+        """The completed capture of the order ``reference``; None when it is not an order."""
+        try:
+            order = self._get_order(reference)
+        except _Refused as refused:
+            if refused.status == 404:
+                return None
+            raise
+        units = order.get("purchase_units") or [{}]
+        captures = ((units[0] or {}).get("payments") or {}).get("captures") or []
+        return next((c.get("id") for c in captures if c.get("status") == "COMPLETED"), None)
+
+    def verify_webhook(self, headers: dict[str, str], body: bytes, webhook_id: str) -> bool:
+        """PayPal's answer to ``POST /v1/notifications/verify-webhook-signature`` for a webhook:
+        True for ``SUCCESS``.  ``headers``: the notification's, lower-cased; ``body``: the event
+        exactly as PayPal posted it (sent back as it came, since PayPal signs those bytes: a
+        re-serialised event could differ).  Raises :class:`WebhookUnverifiable` when PayPal cannot
+        be asked now."""
+        names = ("auth-algo", "cert-url", "transmission-id", "transmission-sig", "transmission-time")
+        values = {name: headers.get("paypal-" + name) for name in names}
+        if not all(values.values()):
+            return False
+        fields = {name.replace("-", "_"): value for name, value in values.items()}
+        fields["webhook_id"] = webhook_id
+        request = json_module.dumps(fields)[:-1].encode() + b', "webhook_event": ' + body.strip() + b"}"
+        try:
+            answer = _json(self._send("POST", "/v1/notifications/verify-webhook-signature", content=request))
+        except _Refused:
+            return False  # a malformed header value: PayPal answers 400
+        except (_Lost, GatewayError) as error:
+            raise WebhookUnverifiable(f"PayPal could not verify the webhook ({error})") from None
+        return answer.get("verification_status") == "SUCCESS"
+
     def check_credentials(self) -> str:
         try:
             self._access_token(renew=True)
@@ -245,16 +398,24 @@ class PayPalGateway:
             return self._token
 
     def _send(
-        self, method: str, path: str, *, json: Any = None, request_id_header: str | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        request_id_header: str | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}"}
             if json is not None:
                 headers["Prefer"] = "return=representation"
+            if content is not None:
+                headers["Content-Type"] = "application/json"
             if request_id_header:
                 headers["PayPal-Request-Id"] = request_id_header
             try:
-                response = self._http.request(method, path, json=json, headers=headers)
+                response = self._http.request(method, path, json=json, content=content, headers=headers)
             except httpx.HTTPError as error:
                 raise _Lost(f"{type(error).__name__}") from None
             if response.status_code == 401 and attempt == 1:
@@ -353,6 +514,15 @@ def _money_of(unit: dict) -> tuple[str, str] | None:
     if not isinstance(amount, dict):
         return None
     return amount.get("currency_code"), amount.get("value")
+
+
+def _cents_of(amount: dict) -> tuple[int | None, str, str | None]:
+    """``{"value": "30.50", "currency_code": "EUR"}`` → (3050, "30.50", "EUR")."""
+    value = str(amount.get("value") or "")
+    whole, _, fraction = value.partition(".")
+    if not whole.isdigit() or not (fraction == "" or (fraction.isdigit() and len(fraction) <= 2)):
+        return None, value, amount.get("currency_code")
+    return int(whole) * 100 + int((fraction or "0").ljust(2, "0")), value, amount.get("currency_code")
 
 
 def _json(response: httpx.Response) -> dict:

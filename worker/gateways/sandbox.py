@@ -41,6 +41,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, SavedMethod, mask_token
+from worker.gateways.refunds import RefundOutcome, RefundResult
 from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
 
@@ -159,6 +160,39 @@ class SandboxGateway:
             row = connection.execute(_ROW, {"key": idempotency_key}).first()
             connection.commit()
         return None if row is None else _result(row)
+
+    def refund(
+        self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
+    ) -> RefundResult:
+        """A refund of the sandbox charge ``reference``, recorded as a row of its own (``refund:<charge>``
+        as the method, outcome ``refunded``) under its idempotency key."""
+        del kind
+        self._wait()
+        values = {
+            "idempotency_key": idempotency_key,
+            "payment_method": f"refund:{reference}"[:200],
+            "amount_cents": amount_cents,
+            "currency": currency.upper(),
+            "outcome": "refunded",
+            "reference": "sbx_re_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32],
+            "description": reason,
+            "at": self._clock(),
+        }
+        with self._autocommit() as connection:
+            charged = connection.execute(
+                select(_SANDBOX.c.amount_cents).where(
+                    _SANDBOX.c.reference == reference, _SANDBOX.c.outcome == ChargeOutcome.SUCCEEDED.value
+                )
+            ).first()
+            if charged is None or amount_cents > charged.amount_cents:
+                connection.commit()
+                return RefundResult(RefundOutcome.FAILED, None, "no such sandbox charge, or more than it charged")
+            row = connection.execute(_insert(connection), values).first()
+            if row is None:
+                row = connection.execute(_ROW, {"key": idempotency_key}).one()
+            connection.commit()
+        log.info("sandbox: refunded %s of %s", amount_cents, reference)
+        return RefundResult(RefundOutcome.SUCCEEDED, row.reference, "refund succeeded")
 
     def save_method(self, setup_reference: str) -> SavedMethod | None:
         """The sandbox's hosted page hands back the test token chosen: one of its tokens is saved

@@ -46,6 +46,8 @@ from worker.gateways.base import (
     InvalidPaymentMethod,
     mask_token,
 )
+from worker.gateways.hosted import HostedCheckout, HostedPayment, HostedStatus
+from worker.gateways.refunds import STRIPE_REFUND_REASONS, RefundOutcome, RefundResult, WebhookRefused
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,141 @@ class StripeGateway:
         # One key makes one PaymentIntent; should there be more, a success wins.
         intents.sort(key=lambda intent: intent.get("status") != "succeeded")
         return _from_intent(intents[0])
+
+    def refund(
+        self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str
+    ) -> RefundResult:
+        """``POST /v1/refunds`` for the PaymentIntent ``reference``, with ``Idempotency-Key``."""
+        params: dict[str, Any] = {
+            "payment_intent": reference,
+            "amount": amount_cents,
+            "metadata": {"idempotency_key": idempotency_key, "reason": reason[:500]},
+        }
+        if kind in STRIPE_REFUND_REASONS:
+            params["reason"] = STRIPE_REFUND_REASONS[kind]
+        del currency  # a refund is in the currency of the payment
+        try:
+            refund = _plain(self._client.v1.refunds.create(params, {"idempotency_key": idempotency_key}))
+        except stripe.IdempotencyError as error:
+            raise IdempotencyConflict(f"Stripe refused the idempotency key: {error.user_message}") from None
+        except stripe.InvalidRequestError as error:
+            # charge_already_refunded, amount_too_large, resource_missing: nothing was refunded by this call.
+            return RefundResult(RefundOutcome.FAILED, None, f"Stripe refused the refund ({error.code or 'invalid'})")
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            raise GatewayError(f"Stripe refused the credentials: {error.user_message}") from None
+        except stripe.StripeError as error:
+            return RefundResult(RefundOutcome.UNKNOWN, None, f"no usable answer from Stripe ({type(error).__name__})")
+        status = refund.get("status")
+        outcome = {
+            "succeeded": RefundOutcome.SUCCEEDED,
+            "pending": RefundOutcome.PENDING,
+            "requires_action": RefundOutcome.PENDING,
+            "failed": RefundOutcome.FAILED,
+            "canceled": RefundOutcome.FAILED,
+        }.get(status, RefundOutcome.UNKNOWN)
+        log.info("stripe: refund %s of %s -> %s", refund.get("id"), reference, outcome.value)
+        return RefundResult(outcome, refund.get("id"), f"refund {status}")
+
+    def start_checkout(
+        self,
+        *,
+        order_number: str,
+        amount_cents: int,
+        currency: str,
+        description: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+        email: str,
+        language: str,
+        save_method: bool,
+    ) -> HostedCheckout:
+        """A Checkout Session in ``payment`` mode for one order (``client_reference_id`` = the order
+        number).  ``save_method``: a Customer is created and the card kept for off-session charges
+        (``payment_intent_data.setup_future_usage=off_session``).  Raises :class:`GatewayError`
+        when Stripe cannot be reached or refuses."""
+        intent_data: dict[str, Any] = {"description": description, "metadata": {"order_number": order_number}}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "client_reference_id": order_number,
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": currency.lower(),
+                        "unit_amount": amount_cents,
+                        "product_data": {"name": description},
+                    },
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "locale": "en" if language == "en" else "it",
+            "metadata": {"order_number": order_number},
+            "payment_intent_data": intent_data,
+        }
+        try:
+            if save_method:
+                customer = self._client.v1.customers.create(
+                    {"email": email, "metadata": {"order_number": order_number}},
+                    {"idempotency_key": idempotency_key + ":customer"},
+                )
+                params["customer"] = _plain(customer)["id"]
+                intent_data["setup_future_usage"] = "off_session"
+            else:
+                params["customer_email"] = email
+            session = _plain(self._client.v1.checkout.sessions.create(params, {"idempotency_key": idempotency_key}))
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not open the checkout ({type(error).__name__})") from None
+        return HostedCheckout(session["id"], session["url"])
+
+    def checkout_status(self, reference: str) -> HostedPayment:
+        """The Checkout Session ``reference`` as Stripe has it now (a read: nothing changes)."""
+        try:
+            session = _plain(self._client.v1.checkout.sessions.retrieve(reference, {"expand": ["payment_intent"]}))
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not answer ({type(error).__name__})") from None
+        intent = session.get("payment_intent")
+        intent = intent if isinstance(intent, dict) else {"id": intent}
+        currency = session.get("currency")
+        token = None
+        if session.get("customer") and isinstance(intent.get("payment_method"), str):
+            customer = session["customer"] if isinstance(session["customer"], str) else session["customer"]["id"]
+            token = f"{customer}.{intent['payment_method']}"
+        if session.get("payment_status") == "paid":
+            status = HostedStatus.PAID
+        elif session.get("status") == "expired":
+            status = HostedStatus.FAILED
+        elif session.get("status") == "complete":
+            status = HostedStatus.PENDING
+        else:
+            status = HostedStatus.OPEN
+        error = intent.get("last_payment_error") or {}
+        return HostedPayment(
+            status,
+            order_number=session.get("client_reference_id"),
+            payment_reference=intent.get("id"),
+            amount_cents=session.get("amount_total"),
+            currency=currency.upper() if isinstance(currency, str) else None,
+            payment_token=token,
+            detail=error.get("decline_code") or error.get("code"),
+        )
+
+    @staticmethod
+    def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict:
+        """The event of a webhook, once ``stripe.Webhook.construct_event`` has verified its
+        ``Stripe-Signature`` (HMAC-SHA256 of ``t.payload``, default tolerance); raises
+        :class:`WebhookRefused` for a bad or stale signature or a body that is not an event."""
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret)
+        except stripe.SignatureVerificationError:
+            raise WebhookRefused("the Stripe-Signature does not verify") from None
+        except ValueError:
+            raise WebhookRefused("the body is not a Stripe event") from None
+        plain = _plain(event)
+        if not isinstance(plain.get("id"), str) or not isinstance(plain.get("type"), str):
+            raise WebhookRefused("the body is not a Stripe event")
+        return plain
 
     def check_credentials(self) -> str:
         try:

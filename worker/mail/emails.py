@@ -24,11 +24,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 
+from config.settings import Settings
 from worker.mail.group_links import renew_all_url
 from worker.mail.headers import (
     NO_MAILBOX_LEFT,
@@ -38,6 +39,7 @@ from worker.mail.headers import (
     folded_subject,
     header_address,
     refuse_line_breaks,
+    unsubscribe_headers,
 )
 from worker.mail.kinds import KIND_RULES, KindRules
 from worker.mail.message_ids import checked_message_id
@@ -49,7 +51,7 @@ from worker.mail.templates import compiled_templates, css_inliner
 from worker.mail.variables import MailboxView, common_value, display_name, mailbox_view
 from worker.rules.links import LinkSigner
 from worker.rules.schedule import Stage, parse_stage
-from worker.rules.vocabulary import LANGUAGES
+from worker.rules.vocabulary import CORPORATE_KINDS, LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class RenderedEmail:
     mailbox_addresses: tuple[str, ...]
     #: The mailboxes of the stored context left out of this email (their data was refused).
     refused: tuple[RefusedMailbox, ...] = ()
+    #: A reminder's ``{BASE_URL}/avvisi/{token}`` (``List-Unsubscribe``); None for other kinds.
+    #: It holds a token: never logged.
+    unsubscribe_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # render() checked all of these; this guards a RenderedEmail built any other way.
@@ -77,6 +82,7 @@ class RenderedEmail:
             raise ValueError("an email names at least one mailbox")
         for address in self.mailbox_addresses:
             refuse_line_breaks(address, "mailbox address")
+        unsubscribe_headers(self.unsubscribe_url)  # raises for a URL that is not one plain line
 
     def as_bytes(self) -> bytes:
         """The whole RFC 5322 message, ASCII with CRLF line ends, ready for SMTP DATA.
@@ -97,6 +103,7 @@ class RenderedEmail:
                 f"Date: {self.date_header}",
                 f"Message-ID: <{self.message_id}>",
                 "Auto-Submitted: auto-generated",
+                *unsubscribe_headers(self.unsubscribe_url),
                 f"X-PEC-Renewal-Kind: {self.kind}",
                 f"X-PEC-Renewal-Stage: {self.stage}",
                 folded_list("X-PEC-Renewal-Mailboxes", self.mailbox_addresses),
@@ -132,8 +139,18 @@ def _base64_lines(text: str) -> bytes:
 class EmailRenderer:
     """Renders outbox rows into messages.  Templates are compiled once per process."""
 
-    def __init__(self, *, mail_from: str, signer: LinkSigner):
+    def __init__(
+        self,
+        *,
+        mail_from: str,
+        signer: LinkSigner,
+        terms_url: str = Settings.terms_url,
+        manual_url: str = Settings.manual_url,
+        support_url: str = Settings.support_url,
+    ):
         refuse_line_breaks(mail_from, "mail_from")
+        #: The pages every email's footer links to (the settings of the same names).
+        self._pages = {"terms_url": terms_url, "manual_url": manual_url, "support_url": support_url}
         display_name, address = parseaddr(mail_from)
         self._sender = header_address(address, "mail_from address")
         self._from_header = formataddr((display_name, self._sender), charset="utf-8")
@@ -183,6 +200,7 @@ class EmailRenderer:
             stage=parsed_stage.name,
             mailbox_addresses=tuple(mailbox.address for mailbox in variables["mailboxes"]),
             refused=refused,
+            unsubscribe_url=self._signer.reminders_url(message_id) if rules.reminder else None,
         )
 
     @staticmethod
@@ -231,6 +249,9 @@ class EmailRenderer:
             # The manual process recommends renewing at least 15 days before expiry.
             "early_enough": not stage.after_expiry and (stage.months < 0 or stage.days <= -15),
             "holder_name": display_name(context.get("holder_name")),
+            # A company or a public body is greeted "Spett.le", a person "Gentile".
+            "corporate_holder": context.get("holder_kind") in CORPORATE_KINDS,
+            **self._pages,
             "provider_name": self._provider_name,
             "mailboxes": mailboxes,
             "count": len(mailboxes),

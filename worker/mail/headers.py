@@ -150,3 +150,17 @@ def folded_list(name: str, values: tuple[str, ...]) -> str:
             lines[-1] += ","
             lines.append(f" {value}")
     return "\r\n".join(lines)
+
+
+#: What a List-Unsubscribe URL may hold inside its angle brackets (one header line: a URL is not folded).
+_UNSUBSCRIBE_URL_RE = re.compile(r"https?://[A-Za-z0-9\-._~:/%\[\]@!$&'()*+,;=]{1,900}")
+
+
+def unsubscribe_headers(url: str | None) -> tuple[str, ...]:
+    """RFC 2369's ``List-Unsubscribe`` (an http(s) URL only, no mailto) and RFC 8058's one-click
+    ``List-Unsubscribe-Post``, for a reminder's ``url``; nothing for None."""
+    if url is None:
+        return ()
+    if not _UNSUBSCRIBE_URL_RE.fullmatch(url):
+        raise ValueError("the List-Unsubscribe URL is not a plain http(s) URL")
+    return (f"List-Unsubscribe: <{url}>", "List-Unsubscribe-Post: List-Unsubscribe=One-Click")

@@ -15,6 +15,7 @@ from worker.mail.headers import refuse_line_breaks
 from worker.mail.variables import common_value
 from worker.rules import vocabulary
 from worker.rules.links import TARGETS, LinkSigner
+from worker.rules.notices import REMINDER_KINDS
 
 KINDS = (
     "expiry-notice",
@@ -26,6 +27,7 @@ KINDS = (
     "card-expiring",
     "charge-succeeded",
     "charge-failed",
+    "payment-refunded",
 )
 
 KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
@@ -49,6 +51,9 @@ class KindRules:
     #: Whether a grouped email also carries one "Rinnova tutte" link for all its mailboxes of one
     #: account (``renew_all_url`` in the templates; worker.mail.group_links).
     renew_all: bool = False
+    #: A reminder the holder can opt out of (``worker.rules.notices.REMINDER_KINDS``): it carries
+    #: ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 2369, RFC 8058 one-click).
+    reminder: bool = False
 
 
 def _order_link(payment: Mapping[str, Any], signer: LinkSigner) -> str:
@@ -251,12 +256,38 @@ def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
     }
 
 
+_REFUND_KINDS = ("automatic", "requested")
+
+
+def _refund_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    """payment-refunded: the order, and the refund (amount, automatic or requested, the method refunded)."""
+    refund = stored.get("refund")
+    if not isinstance(refund, Mapping):
+        raise ValueError("a payment-refunded email needs 'refund' in its context")
+    if refund.get("kind") not in _REFUND_KINDS:
+        raise ValueError(f"refund kind {refund.get('kind')!r} is not one of {', '.join(_REFUND_KINDS)}")
+    method = refund.get("method")
+    if method not in ("card", "paypal"):
+        raise ValueError(f"refund method {method!r} is not card or paypal")
+    language = common["language"]
+    return {
+        **_order_context(stored, common, signer),
+        "refund_amount": _euro(refund.get("amount_cents"), language),
+        "refund_automatic": refund["kind"] == "automatic",
+        "refund_method_label": vocabulary.METHOD_LABELS[language][method],
+    }
+
+
 #: Adding a kind: a folder in email_templates/ and one entry here.
 KIND_RULES: dict[str, KindRules] = {
-    "expiry-notice": KindRules(renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True),
-    "expired-notice": KindRules(renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True),
+    "expiry-notice": KindRules(
+        renewal_links=True, stages="before", mailboxes_apart=True, renew_all=True, reminder=True
+    ),
+    "expired-notice": KindRules(
+        renewal_links=True, stages="after", mailboxes_apart=True, renew_all=True, reminder=True
+    ),
     "domain-expiry-notice": KindRules(
-        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True
+        renewal_links=False, stages="any", extra_context=_domain_notice_context, mailboxes_apart=True, reminder=True
     ),
     # Order emails are not tied to a stage of the schedule; the outbox names them "0d".
     "order-confirmation": KindRules(renewal_links=False, stages="any", extra_context=_order_context),
@@ -268,5 +299,8 @@ KIND_RULES: dict[str, KindRules] = {
     "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
+    # A gateway payment given back: automatically (a double payment) or on request (payments refund).
+    "payment-refunded": KindRules(renewal_links=False, stages="any", extra_context=_refund_context),
 }
 assert set(KIND_RULES) == set(KINDS)
+assert {kind for kind, rules in KIND_RULES.items() if rules.reminder} == REMINDER_KINDS

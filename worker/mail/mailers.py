@@ -192,9 +192,12 @@ class SMTPMailer:
         try:
             if self.tls == "ssl":
                 connection = smtplib.SMTP_SSL(
-                    self.host, self.port, local_hostname=self._local_hostname, timeout=self._timeout,
+                    self.host,
+                    self.port,
+                    local_hostname=self._local_hostname,
+                    timeout=self._timeout,
                     context=ssl.create_default_context(),
-                )  # fmt: skip
+                )
             else:
                 connection = smtplib.SMTP(
                     self.host, self.port, local_hostname=self._local_hostname, timeout=self._timeout

@@ -85,9 +85,11 @@ def message_id_for(
         lines = [f"order|{about.kind}|{about.order_number}"]
     else:
         canonical = sorted(
-            {(int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
-             for mailbox_id, expires_on, stage in about}
-        )  # fmt: skip
+            {
+                (int(mailbox_id), date.fromisoformat(str(expires_on)).isoformat(), parse_stage(str(stage)).name)
+                for mailbox_id, expires_on, stage in about
+            }
+        )
         if not canonical:
             raise ValueError("a message carries at least one ledger key")
         lines = [f"{m}|{e}|{s}" for m, e, s in canonical]

@@ -32,9 +32,9 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, Integer, Row, bindparam, literal, or_, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, exists, literal, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -170,6 +170,26 @@ def _claim_statement(dialect: Dialect, by_ids: bool):
 
 def _by_id(row: Row) -> int:
     return row.id
+
+
+def requeue_failed_messages(session: Session, business_date: date | None = None) -> int:
+    """Failed outbox messages (of ``business_date``, or all) back to pending, due now, with their attempts
+    reset, in the caller's transaction; returns how many.  Each keeps its Message-ID; a bounced message
+    stays bounced."""
+    statement = (
+        update(OutboxMessage)
+        .where(OutboxMessage.status == OutboxStatus.FAILED.value)
+        # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
+        .where(
+            ~exists().where(
+                NoticeLedgerEntry.outbox_message_id == OutboxMessage.id, NoticeLedgerEntry.refused_reason.is_not(None)
+            )
+        )
+        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
+    )
+    if business_date is not None:
+        statement = statement.where(OutboxMessage.business_date == business_date)
+    return session.execute(statement).rowcount
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from jinja2 import BaseLoader, Environment, StrictUndefined, Template, TemplateN
 from worker.mail.kinds import KINDS
 from worker.rules.vocabulary import LANGUAGES
 
+# Laid out by hand (fmt: skip): six months to a line.
 MONTH_NAMES = {
     "it": ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno",
            "luglio", "agosto", "settembre", "ottobre", "novembre", "dicembre"),

@@ -273,7 +273,7 @@ class RowChecker:
         Problems go to ``problems``, the first per column.  An empty string is an absent value.
         """
         problem = problems.setdefault
-        # The known columns in KNOWN_COLUMNS order, a few to a line.
+        # The known columns in KNOWN_COLUMNS order, a few to a line (fmt: skip keeps them so).
         (
             address, login, holder_name, holder_kind, reference_email, plan, expires_text, domain_text,
             domain_expires_text, auto_renew, payment_method, card_expiry, renewal_years, promo,
@@ -333,7 +333,7 @@ class RowChecker:
         next_action_on = self.next_action.get(expires_on)
         if next_action_on is None:
             next_action_on = self._first_action_on(expires_on)
-        # STAGED_COLUMNS in order, a few to a line.
+        # STAGED_COLUMNS in order, a few to a line (fmt: skip keeps them so).
         return (
             str(line), str(self.checked.rows), address, login, holder_key, domain, domain_expires_on, expires_on,
             plan, *extras, used_space, auto_renew, payment_method, card_expires_on, renewal_years, promo, language,

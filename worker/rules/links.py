@@ -10,6 +10,11 @@ is keyed by the smallest of their ids: two notices about the same mailboxes
 and cycle lead to the same order, and two groups never share a mailbox in one
 cycle (a mailbox has one reference address).
 
+A reminders link (``List-Unsubscribe``, RFC 2369 and 8058) names one email by its
+Message-ID, under a salt of its own: the email's stored context says which
+mailboxes, and which of their cycles, it reminded of.  Its length does not grow
+with the mailboxes of a grouped notice, so the header stays one short line.
+
 A token is a bearer credential: :func:`redact` takes it out of any text
 before the text is logged.
 """
@@ -26,6 +31,7 @@ from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 RENEWAL_SALT = "pec-renewal.renewal-link"
 #: The auto-renew page's link: another purpose, so neither token opens the other's page.
 AUTO_RENEW_SALT = "pec-renewal.auto-renew-link"
+REMINDERS_SALT = "pec-renewal.reminders-link"
 
 MAILBOX = "m"
 ACCOUNT = "a"
@@ -42,6 +48,8 @@ MAX_ID = 2**63 - 1
 # What a token can hold: URL-safe base64 and the dots between its parts.  Checked
 # first because itsdangerous drops non-ASCII characters from a signature it decodes.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.]{1,1000}")
+#: A Message-ID as the worker writes them (``worker.mail.emails.message_id_for``), without brackets.
+_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}@[A-Za-z0-9.\-]{1,253}")
 
 
 class TokenInvalid(Exception):
@@ -72,6 +80,7 @@ class LinkSigner:
         # itsdangerous takes a list of keys, oldest first: the last one signs, all verify.
         self._serializer = URLSafeTimedSerializer(list(secret_keys), salt=RENEWAL_SALT)
         self._auto_renew_serializer = URLSafeTimedSerializer(list(secret_keys), salt=AUTO_RENEW_SALT)
+        self._reminders = URLSafeTimedSerializer(list(secret_keys), salt=REMINDERS_SALT)
         self._base_url = base_url.rstrip("/")
         self._max_age = max_age_days * 86400
 
@@ -106,6 +115,19 @@ class LinkSigner:
         if target == GROUP:
             return self.group_renewal_url(mailbox_ids, expires_on)
         return f"{self._base_url}/rinnova/{self.renewal_token(target, target_id, expires_on)}"
+
+    def reminders_url(self, message_id: str) -> str:
+        """``{BASE_URL}/avvisi/{token}``: where the holder opts out of (or back into) the reminders of one email."""
+        if not isinstance(message_id, str) or not _MESSAGE_ID_RE.fullmatch(message_id):
+            raise ValueError(f"{message_id!r} is not a Message-ID")
+        return f"{self._base_url}/avvisi/{self._reminders.dumps(message_id)}"
+
+    def read_reminders_token(self, token: str) -> str:
+        """The Message-ID of the email a reminders token was signed for."""
+        message_id = self._loads(self._reminders, token)
+        if not isinstance(message_id, str) or not _MESSAGE_ID_RE.fullmatch(message_id):
+            raise TokenInvalid("link invalid")
+        return message_id
 
     def auto_renew_token(self, mailbox_id: int) -> str:
         """The token of a mailbox's auto-renew page.  Bound to the mailbox, not to a cycle: the
@@ -167,8 +189,8 @@ def _group_ids(target: str, target_id: int, rest: list[object]) -> tuple[int, ..
     return checked
 
 
-#: A renewal or auto-renew path, with whatever follows it up to a space or a quote.
-_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/rinnovo-automatico/)[^\s\"'?#<>]*")
+#: A renewal, auto-renew or reminders path, with whatever follows it up to a space or a quote.
+_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/rinnovo-automatico/|/avvisi/)[^\s\"'?#<>]*")
 #: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
 #: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
 #: payload starts with a dot of its own.
@@ -178,6 +200,6 @@ REDACTED = "[redacted]"
 
 def redact(text: str) -> str:
     """``text`` with every ``/rinnova/<token>`` turned into ``/rinnova/[redacted]`` (and the same for
-    ``/rinnovo-automatico/<token>``), and any other
-    signed token into ``[redacted]``."""
+    ``/rinnovo-automatico/<token>`` and ``/avvisi/<token>``), and any other signed token into
+    ``[redacted]``."""
     return _SIGNED_TOKEN_RE.sub(REDACTED, _TOKEN_PATH_RE.sub(r"\g<1>" + REDACTED, text))

@@ -8,8 +8,9 @@ forecasts with it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from worker.rules import schedule
 from worker.rules.schedule import Stage
@@ -17,6 +18,10 @@ from worker.rules.schedule import Stage
 EXPIRY_NOTICE = "expiry-notice"
 EXPIRED_NOTICE = "expired-notice"
 DOMAIN_EXPIRY_NOTICE = "domain-expiry-notice"
+#: The emails a holder can opt out of for a cycle: each carries ``List-Unsubscribe`` (RFC 2369, 8058).
+REMINDER_KINDS = frozenset((EXPIRY_NOTICE, EXPIRED_NOTICE, DOMAIN_EXPIRY_NOTICE))
+#: The skip reason of a reminder the holder opted out of.
+OPTED_OUT = "opted-out"
 
 
 @dataclass(frozen=True)
@@ -73,3 +78,28 @@ def earliest_action_on(stages: tuple[Stage, ...], expires_on: date, today: date)
     if schedule.due_stage(stages, expires_on, today) is not None:
         return today
     return schedule.next_action_on(stages, expires_on, today)
+
+
+def reminders_opted_out(opt_out_for: date | None, expires_on: date) -> bool:
+    """Whether the holder's opt-out (recorded for the cycle ending ``opt_out_for``) applies to the cycle
+    ending ``expires_on``: only to that same cycle, so a renewal or the next cycle ends it."""
+    return opt_out_for is not None and opt_out_for == expires_on
+
+
+class _Decision(Protocol):
+    """A notice or auto-renew decision: a dataclass with the email it sends, if any."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    kind: str | None
+
+
+DecisionT = TypeVar("DecisionT", bound=_Decision)
+
+
+def without_opted_out_reminder(decision: DecisionT, *, opt_out_for: date | None, expires_on: date) -> DecisionT:
+    """``decision``, or, when it sends a reminder of a cycle whose reminders the holder opted out of, the
+    same day as a skip (:data:`OPTED_OUT`) with the same next date: the schedule goes on,
+    so the stages after a resume are sent, and the ones passed over meanwhile are not."""
+    if decision.kind in REMINDER_KINDS and reminders_opted_out(opt_out_for, expires_on):
+        return replace(decision, kind=None, stage=None, skip_reason=OPTED_OUT, superseded=())
+    return decision

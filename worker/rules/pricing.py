@@ -19,20 +19,7 @@ from functools import cache
 from typing import Any
 
 from config import catalogue
-
-# The payment methods and euro amounts are the vocabulary's; named here too for the callers that
-# price and take payments (the payments CLI's choices among them).
-from worker.rules.vocabulary import (  # noqa: F401 (re-exported)
-    BANK_TRANSFER,
-    CARD,
-    GATEWAY_METHODS,
-    METHOD_LABELS,
-    PAYMENT_METHODS,
-    PAYPAL,
-    PLAN_LABELS,
-    POSTAL_SLIP,
-    format_euro,
-)
+from worker.rules.vocabulary import BANK_TRANSFER, CARD, PAYPAL, PLAN_LABELS, POSTAL_SLIP
 
 #: At most this many working days between a payment and its registration.
 REGISTRATION_WORKING_DAYS = {CARD: 0, PAYPAL: 0, BANK_TRANSFER: 1, POSTAL_SLIP: 7}
@@ -94,6 +81,11 @@ MESSAGES: dict[str, dict[str, str]] = {
     "space_needed": {
         "it": "La casella occupa {used} MB: con la tipologia {plan} servono almeno {needed} GB di spazio aggiuntivo.",
         "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least {needed} GB of extra space.",
+    },
+    # One GB takes the singular verb in Italian ("serve almeno 1 GB", "servono almeno 2 GB").
+    "space_needed_one": {
+        "it": "La casella occupa {used} MB: con la tipologia {plan} serve almeno 1 GB di spazio aggiuntivo.",
+        "en": "The mailbox uses {used} MB: on the {plan} plan it needs at least 1 GB of extra space.",
     },
     "archive_deletion": {
         "it": (
@@ -203,7 +195,7 @@ def check_mailbox_choice(
                 problems.append(
                     Problem(
                         "extra_space_gb",
-                        "space_needed",
+                        "space_needed_one" if needed == 1 else "space_needed",
                         {"used": used_space_mb, "plan": PLAN_LABELS[plan], "needed": needed},
                     )
                 )
@@ -363,7 +355,7 @@ def easter_sunday(year: int) -> date:
     g = (b - f + 1) // 3
     h = (19 * a + b - d - g + 15) % 30
     i, k = divmod(c, 4)
-    l = (32 + 2 * e + 2 * i - h - k) % 7  # noqa: E741
+    l = (32 + 2 * e + 2 * i - h - k) % 7  # noqa: E741  (the algorithm's own letters, as published)
     m = (a + 11 * h + 22 * l) // 451
     month, day = divmod(h + l - 7 * m + 114, 31)
     return date(year, month, day + 1)

@@ -52,9 +52,12 @@ PLAN_LABELS: Final = MappingProxyType(
 
 PRIVATE: Final = HolderKind.PRIVATE.value
 PUBLIC_ADMINISTRATION: Final = HolderKind.PUBLIC_ADMINISTRATION.value
+#: The kinds that are an organisation rather than a person: greeted "Spett.le" in Italian.
+CORPORATE_KINDS: Final = (HolderKind.COMPANY.value, HolderKind.PUBLIC_ADMINISTRATION.value)
 #: The kinds that need a partita IVA and an SDI code or PEC address.
 BUSINESS_KINDS: Final = (HolderKind.SOLE_PROPRIETOR.value, HolderKind.COMPANY.value, HolderKind.PROFESSIONAL.value)
 HOLDER_KINDS: Final = tuple(kind.value for kind in HolderKind)
+# Laid out by hand (fmt: skip): one block per language, a label to a line.
 HOLDER_KIND_LABELS: Final = MappingProxyType({
     "it": MappingProxyType({
         HolderKind.PRIVATE.value: "Persona fisica (privato)",
@@ -110,9 +113,10 @@ def label(labels: MappingProxyType[str, MappingProxyType[str, str]], value: str,
 
 def format_euro(cents: int, language: str = DEFAULT_LANGUAGE) -> str:
     """An amount as a holder reads it: ``48,80 €`` and ``1.234,56 €`` in Italian, ``€48.80`` and
-    ``€1,234.56`` in English; a negative amount starts with ``-``."""
+    ``€1,234.56`` in English; a negative amount starts with ``-``.  The space before ``€`` is a
+    no-break space (U+00A0): an amount never wraps across two lines."""
     sign = "-" if cents < 0 else ""
     euros, rest = divmod(abs(cents), 100)
     if language == "en":
         return f"{sign}€{euros:,}.{rest:02d}"
-    return f"{sign}{euros:,}".replace(",", ".") + f",{rest:02d} €"
+    return f"{sign}{euros:,}".replace(",", ".") + f",{rest:02d}\u00a0€"

@@ -27,6 +27,7 @@ from stdnum import luhn
 from stdnum.it import codicefiscale
 
 from config.settings import Settings
+from worker.rules.import_rows import KNOWN_COLUMNS
 from worker.rules.schedule import Stage, add_months
 from worker.services.daily import DaySummary, run_day
 from worker.services.desk import failed_without_charge_attempt
@@ -56,30 +57,6 @@ class DemoRefused(click.ClickException):
 FIRST_NAMES = ["Mario", "Giulia", "Luca", "Francesca", "Marco", "Chiara", "Alessandro", "Sara", "Davide", "Elena"]
 LAST_NAMES = ["Rossi", "Bianchi", "Russo", "Ferrari", "Esposito", "Romano", "Colombo", "Ricci", "Marino", "Greco"]
 COMPANIES = ["Edilizia Verdi", "Studio Neri", "Trasporti Galli", "Ottica Conti", "Panificio Bruno", "Farmacia Costa"]
-
-COLUMNS = [
-    "address",
-    "account",
-    "holder_name",
-    "holder_kind",
-    "reference_email",
-    "plan",
-    "expires_on",
-    "domain",
-    "domain_expires_on",
-    "auto_renew",
-    "payment_method",
-    "card_expiry",
-    "renewal_years",
-    "promo",
-    "extra_space_gb",
-    "extra_archive_gb",
-    "used_space_mb",
-    "tax_code",
-    "vat_number",
-    "einvoice_code",
-    "language",
-]
 
 
 def _vat(rng: random.Random) -> str:
@@ -127,7 +104,7 @@ def sample_rows(count: int, today: date, seed: int = 2026) -> list[dict[str, str
         kind = rng.choice(["private", "private", "private", "company", "sole_proprietor", "professional"])
         # Every fifth holder has several mailboxes under one reference address.
         owner = number - number % 3 if number % 5 == 0 else number
-        row = dict.fromkeys(COLUMNS, "")
+        row = dict.fromkeys(KNOWN_COLUMNS, "")
         row.update(
             address=f"{first.lower()}.{last.lower()}{number}@pec.provider-demo.it",
             account=f"account{owner}@provider-demo.it",
@@ -165,7 +142,7 @@ def sample_rows(count: int, today: date, seed: int = 2026) -> list[dict[str, str
 def write_csv(rows: list[dict[str, str]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=KNOWN_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
 

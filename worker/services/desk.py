@@ -22,7 +22,7 @@ from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.links import LinkSigner
 from worker.rules.schedule import Stage
-from worker.services import charges
+from worker.services import charges, reminders
 from worker.services.report import mailbox_steps
 from worker.store.models import (
     ChargeIntent,
@@ -279,8 +279,8 @@ def mailbox_details(
         "notices": _notices(session, mailbox),
         "orders": _orders(session, mailbox),
         "charges": _charges(session, mailbox),
-        # Opting out of the notices does not exist yet: always empty.
-        "opt_outs": [],
+        # The holder's opt-out of the expiry reminders (List-Unsubscribe, "Non intendo rinnovare").
+        "opt_outs": reminders.opt_outs(mailbox),
     }
 
 
@@ -344,6 +344,7 @@ def resend_latest_notice(session: Session, address: str, *, today: date, now: da
         )
     context = dict(previous.context) if previous is not None and isinstance(previous.context, dict) else {}
     context["holder_name"] = mailbox.holder.name
+    context["holder_kind"] = mailbox.holder.kind
     context["mailboxes"] = [
         {
             "id": mailbox.id,

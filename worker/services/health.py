@@ -30,6 +30,7 @@ def check_all(rt: Runtime) -> list[Probe]:
         _probe("broker", lambda: check_broker(rt)),
         _probe("mail", lambda: check_mail(rt)),
         _probe("gateway", lambda: check_gateway(rt)),
+        _probe("webhooks", lambda: check_webhooks(rt)),
         check_invoices(rt),
     ]
 
@@ -121,6 +122,24 @@ def check_mail(rt: Runtime) -> str:
 
 def check_gateway(rt: Runtime) -> str:
     return rt.gateway.check_credentials()
+
+
+def check_webhooks(rt: Runtime) -> str:
+    """The configured gateway's webhook secret is set (without it no payment is registered when a
+    holder closes the browser before coming back), and the key's mode, test or live."""
+    settings = rt.settings
+    url = f"{settings.base_url}/webhooks/{settings.payment_gateway}"
+    if settings.payment_gateway == "stripe":
+        if not settings.stripe_webhook_secret:
+            raise RuntimeError("PEC_RENEWAL_STRIPE_WEBHOOK_SECRET is not set: Stripe's events cannot be verified")
+        mode = "live" if (settings.stripe_api_key or "").startswith(("sk_live_", "rk_live_")) else "test"
+        return f"Stripe webhook secret set, {mode} mode; endpoint {url}"
+    if settings.payment_gateway == "paypal":
+        if not settings.paypal_webhook_id:
+            raise RuntimeError("PEC_RENEWAL_PAYPAL_WEBHOOK_ID is not set: PayPal's events cannot be verified")
+        mode = "sandbox" if "sandbox" in settings.paypal_api_base else "live"
+        return f"PayPal webhook id set, {mode} API {settings.paypal_api_base}; endpoint {url}"
+    return "sandbox: no webhook to receive"
 
 
 def _writable(folder: Path) -> None:

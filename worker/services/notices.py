@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.mail.queue import NewEmail, queue_emails
 from worker.rules import schedule
-from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on
+from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on, without_opted_out_reminder
 from worker.rules.schedule import Stage
 from worker.services import charges
 from worker.store.db import insert_many, one_of, update_by_id
@@ -112,7 +112,12 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
 #: A batch's mailboxes with what the emails need of their holder and domain, locked: plain
 #: rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more than
 #: the rest of the batch; bench/daily_peak.py).
-_BATCH_COLUMNS = (*_MAILBOXES.c, Holder.name.label("holder_name"), Domain.name.label("domain_name"))
+_BATCH_COLUMNS = (
+    *_MAILBOXES.c,
+    Holder.name.label("holder_name"),
+    Holder.kind.label("holder_kind"),
+    Domain.name.label("domain_name"),
+)
 
 
 def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
@@ -167,19 +172,26 @@ def decide_mailbox(
 
     The one rule of "what is due on a day": the scan writes what it says, and
     ``pec-renewal report`` forecasts with it.  An auto-renew decision with a
-    ``charge`` is work for the charge service.
+    ``charge`` is work for the charge service.  A reminder whose cycle the holder
+    opted out of (``reminders_opt_out_for``) is skipped as ``opted-out``.
     """
     state = auto_renew_states.get(mailbox.id)
+    decision: NoticeDecision | charges.AutoRenewDecision
     if state is not None:
-        return charges.decide_for(mailbox, state, stages, today, charge_plan)
-    return decide_notice(
-        stages=stages,
-        expires_on=mailbox.expires_on,
-        on_domain=mailbox.domain_id is not None,
-        auto_renew=mailbox.auto_renew,
-        pending_since=mailbox.next_action_on,
-        today=today,
-        already_sent=frozenset(sent.get((mailbox.id, mailbox.expires_on), ())),
+        decision = charges.decide_for(mailbox, state, stages, today, charge_plan)
+    else:
+        decision = decide_notice(
+            stages=stages,
+            expires_on=mailbox.expires_on,
+            on_domain=mailbox.domain_id is not None,
+            auto_renew=mailbox.auto_renew,
+            pending_since=mailbox.next_action_on,
+            today=today,
+            already_sent=frozenset(sent.get((mailbox.id, mailbox.expires_on), ())),
+        )
+    # A reminder the holder opted out of for this cycle is a skip (the auto-renew emails are not reminders).
+    return without_opted_out_reminder(
+        decision, opt_out_for=mailbox.reminders_opt_out_for, expires_on=mailbox.expires_on
     )
 
 
@@ -248,8 +260,11 @@ def plan_notice_batch(
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         holder_names = {mailbox.holder_name for mailbox in members}
+        holder_kinds = {mailbox.holder_kind for mailbox in members}
         context = {
             "holder_name": holder_names.pop() if len(holder_names) == 1 else None,
+            # How the email greets: "Spett.le" a company or a public body, "Gentile" a person.
+            "holder_kind": holder_kinds.pop() if len(holder_kinds) == 1 else None,
             "mailboxes": [
                 {
                     "id": mailbox.id,

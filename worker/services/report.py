@@ -47,7 +47,16 @@ CHARGE = "charge"
 CHUNK = 2000
 #: What the rule reads of a mailbox (:func:`worker.services.notices.decide_mailbox`,
 #: :func:`worker.services.charges.decide_for`).
-_RULE_COLUMNS = ("id", "expires_on", "domain_id", "auto_renew", "payment_method", "card_expires_on", "next_action_on")
+_RULE_COLUMNS = (
+    "id",
+    "expires_on",
+    "domain_id",
+    "auto_renew",
+    "payment_method",
+    "card_expires_on",
+    "next_action_on",
+    "reminders_opt_out_for",
+)
 #: Decisions one mailbox may take in a window, at most (a safety bound: each moves a day on).
 MAX_STEPS = 400
 
@@ -209,9 +218,14 @@ def build_report(
             if mailbox.next_action_on < start:
                 report.overdue += 1
             for step in forecast_steps(
-                mailbox, auto_renew_states, sent, stages=stages, plan=plan,
-                first_day=max(mailbox.next_action_on, start), last_day=end,
-            ):  # fmt: skip
+                mailbox,
+                auto_renew_states,
+                sent,
+                stages=stages,
+                plan=plan,
+                first_day=max(mailbox.next_action_on, start),
+                last_day=end,
+            ):
                 report.due[step.day][step.step] += 1
 
     last = session.scalars(

@@ -80,7 +80,14 @@ class Runtime:
 
     @cached_property
     def renderer(self) -> EmailRenderer:
-        return EmailRenderer(mail_from=self.settings.mail_from, signer=self.signer)
+        settings = self.settings
+        return EmailRenderer(
+            mail_from=settings.mail_from,
+            signer=self.signer,
+            terms_url=settings.terms_url,
+            manual_url=settings.manual_url,
+            support_url=settings.support_url,
+        )
 
     @cached_property
     def mailer(self) -> Mailer:

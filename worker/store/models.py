@@ -154,6 +154,13 @@ class Mailbox(Base):
     #: The next date on which the daily scan must look at this mailbox; the
     #: scan reads only rows with ``next_action_on <= today``.  NULL: never again.
     next_action_on: Mapped[date | None] = mapped_column(Date, index=True)
+    #: The holder opted out of the expiry reminders for the cycle ending on this date (the
+    #: ``List-Unsubscribe`` link, or "Non intendo rinnovare"); once ``expires_on`` moves on
+    #: (a renewal, the next cycle) it no longer applies.  Written only by the holder's choice,
+    #: never by the scan; not indexed.  ``_at`` and ``_via`` say when and how.
+    reminders_opt_out_for: Mapped[date | None] = mapped_column(Date)
+    reminders_opt_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reminders_opt_out_via: Mapped[str | None] = mapped_column(String(16))
 
     account: Mapped[Account] = relationship()
     holder: Mapped[Holder] = relationship()
@@ -303,6 +310,9 @@ class RenewalOrder(Base):
     payment_method: Mapped[str | None] = mapped_column(String(20))
     years: Mapped[int | None] = mapped_column(Integer)
     terms_accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The specific approval of the clauses of artt. 1341-1342 c.c. (``UNFAIR_TERMS_CLAUSES``), given
+    #: with the terms at step 4.
+    unfair_terms_approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The totals, set when the payment is chosen and fixed at confirmation.
     subtotal_cents: Mapped[int | None] = mapped_column(Integer)
     vat_cents: Mapped[int | None] = mapped_column(Integer)
@@ -405,6 +415,65 @@ class ChargeIntent(Base):
     reference: Mapped[str | None] = mapped_column(String(200))
     decline_code: Mapped[str | None] = mapped_column(String(64))
     business_date: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# -- What the gateways tell us: webhook events and refunds ------------------------------------
+
+
+class GatewayEvent(Base):
+    """A webhook event a gateway sent us, verified and processed once.
+
+    ``(gateway, event_id)`` is unique and the row is written in the same
+    transaction as the event's effect (a registered payment, a refund to make, a
+    dispute): a replayed event finds its row and changes nothing.
+    """
+
+    __tablename__ = "gateway_events"
+    __table_args__ = (UniqueConstraint("gateway", "event_id", name="uq_gateway_events_event"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(64))
+    #: What processing it did: registered, already_registered, amount_mismatch, refund_due, dispute, ...
+    outcome: Mapped[str] = mapped_column(String(32), index=True)
+    order_number: Mapped[str | None] = mapped_column(String(24), index=True)
+    #: The gateway's id of the money movement: PaymentIntent (Stripe), capture (PayPal).
+    payment_reference: Mapped[str | None] = mapped_column(String(200), index=True)
+    amount_cents: Mapped[int | None] = mapped_column(Integer)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    #: A short, token-free explanation for the operator.
+    detail: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class GatewayRefund(Base):
+    """A refund we asked a gateway for, written before the gateway is called ("intent, act, record").
+
+    ``idempotency_key`` is unique and sent as the gateway's own idempotency key,
+    so a refund left ``started`` (a crash, a lost answer) is asked again with the
+    same key and never refunds twice.
+    """
+
+    __tablename__ = "gateway_refunds"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(16))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("renewal_orders.id"), index=True)
+    #: The gateway's id of the payment refunded: PaymentIntent (Stripe), capture (PayPal), sandbox charge.
+    payment_reference: Mapped[str] = mapped_column(String(200), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    #: automatic (a double payment, a mailbox renewed meanwhile) or requested (``payments refund``).
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(200))
+    #: started, succeeded, pending (the gateway is still working on it), failed.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    #: The gateway's refund id, once known.
+    refund_reference: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

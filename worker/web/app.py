@@ -13,7 +13,7 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import api, auto_renew, errors, i18n, templating, views
+from worker.web import api, auto_renew, errors, hosted_checkout, i18n, reminders, templating, views, webhooks
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -94,15 +94,28 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
         static_url=templating.static_url,
         method_label=views.method_label,
         kind_label=kind_label,
+        # The contract documents and the support page, as every page and email links them.
+        terms_url=settings.terms_url,
+        manual_url=settings.manual_url,
+        support_url=settings.support_url,
+        unfair_terms_clauses=settings.unfair_terms_clauses,
     )
     app.jinja_env.filters.update(long_date=i18n.long_date, date_art=i18n.date_with_article, euro=i18n.euro)
     csrf.init_app(app)
+    # RFC 8058: the one-click unsubscribe POST carries no cookie and no CSRF token.  Exempt from
+    # CSRFProtect is this one view only; its page's own buttons check their token in the view.
+    csrf.exempt(reminders.reminders_page)
 
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(hosted_checkout.blueprint)  # card and PayPal on the gateway's page
+    app.register_blueprint(webhooks.blueprint)  # POST /webhooks/<gateway>: signed by the gateway, no CSRF token
+    csrf.exempt(webhooks.stripe_webhook)  # the gateway's signature authorises them, not a cookie
+    csrf.exempt(webhooks.paypal_webhook)
     app.register_blueprint(auto_renew.blueprint)  # /rinnovo-automatico/<token>
+    app.register_blueprint(reminders.blueprint)  # /avvisi/<token>: List-Unsubscribe
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
     app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_API_TOKEN
-    csrf.exempt(api.renewal_links)  # a bearer token authorises it, not a cookie; the one route exempt
+    csrf.exempt(api.renewal_links)  # a bearer token authorises it, not a cookie
     app.register_error_handler(CSRFError, errors.csrf_error)
     for code in (400, 403, 404, 405, 410, 413, 500):
         app.register_error_handler(code, errors.http_error)
@@ -146,8 +159,9 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _check_origin():
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            # A browser posting from another site names it here ("null" under no-referrer).
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not reminders.is_one_click(request):
+            # A browser posting from another site names it here ("null" under no-referrer).  A
+            # one-click unsubscribe may come from any mail client: its signed URL is its authority.
             origin = request.headers.get("Origin")
             if origin and origin != "null" and origin not in (base_origin, _origin(request.host_url)):
                 return errors.csrf_error(None)

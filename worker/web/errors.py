@@ -11,8 +11,8 @@ import logging
 from flask import render_template, request
 from werkzeug.exceptions import HTTPException
 
+from worker.rules.links import redact
 from worker.web.i18n import translate_in_context as t
-from worker.web.security import redact
 
 log = logging.getLogger(__name__)
 

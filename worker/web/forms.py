@@ -16,7 +16,7 @@ import unicodedata
 
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, IntegerField, RadioField, SelectField, StringField
-from wtforms.validators import InputRequired, NumberRange, Optional, ValidationError
+from wtforms.validators import AnyOf, InputRequired, NumberRange, Optional, ValidationError
 
 from worker.rules.vocabulary import HOLDER_KIND_LABELS, HOLDER_KINDS, PLAN_LABELS, label
 from worker.web.i18n import language
@@ -245,7 +245,12 @@ def _invalid_choice_messages(form: FlaskForm) -> None:
 
 
 class TermsForm(FlaskForm):
+    """The two approvals of step 4; whether each is required is the order service's rule."""
+
+    #: The general terms of contract and the operating manual.
     accept = BooleanField()
+    #: The specific approval of the clauses of artt. 1341-1342 c.c. (``UNFAIR_TERMS_CLAUSES``).
+    approve_clauses = BooleanField()
 
 
 # -- Step 5 and the buttons that only POST --------------------------------------------------------
@@ -253,6 +258,12 @@ class TermsForm(FlaskForm):
 
 class ButtonForm(FlaskForm):
     """A form with nothing but its CSRF token: start the order, confirm it."""
+
+
+class RemindersForm(FlaskForm):
+    """The reminders' buttons: ``action`` is "opt-out" (no more expiry reminders this cycle) or "opt-in"."""
+
+    action = StringField(validators=[InputRequired(), AnyOf(("opt-out", "opt-in"))])
 
 
 class CheckoutForm(FlaskForm):

@@ -19,7 +19,7 @@ from gunicorn.glogging import Logger
 
 from config.settings import Settings, SettingsError, warn_generated_secret_key
 from worker.logs import configure_logging, formatter_for
-from worker.web.security import redact
+from worker.rules.links import redact
 
 try:
     _settings = Settings.from_env()

@@ -16,8 +16,8 @@ import logging
 
 from werkzeug.serving import WSGIRequestHandler
 
-# The redaction is the links' own (worker.rules.links): named here for the web's loggers and its tests.
-from worker.rules.links import REDACTED, redact  # noqa: F401 (re-exported)
+# The redaction is the links' own (worker.rules.links), applied here to the web's loggers.
+from worker.rules.links import redact
 
 CONTENT_SECURITY_POLICY = "; ".join(
     (

@@ -158,10 +158,11 @@ def renewal_link(token: str):
     view = _describe_link(link)
     if view.state == orders.LinkState.NOT_FOUND:
         return invalid_link_page()
-    return _link_page(view, account_link=link.target != MAILBOX)
+    reminders_action = url_for("reminders.renewal_page_reminders", token=token)  # "Non intendo rinnovare"
+    return _link_page(view, account_link=link.target != MAILBOX, reminders_action=reminders_action)
 
 
-def _link_page(view, *, account_link: bool):
+def _link_page(view, *, account_link: bool, reminders_action: str | None = None):
     """The link page of ``view``: in the holder's language, with a CSRF token where it has a button.
 
     The token is Flask-WTF's (``generate_csrf``), kept in the Flask session: the button's
@@ -175,6 +176,7 @@ def _link_page(view, *, account_link: bool):
         states=orders.LinkState,
         form_token=generate_csrf() if with_form else None,
         account_link=account_link,
+        reminders_action=reminders_action,
         # A mailbox on auto-renew: its own page switches it off (worker/web/auto_renew.py).
         auto_renew_path=None
         if account_link or view.state != orders.LinkState.AUTO_RENEW
@@ -220,6 +222,7 @@ def order_status(public_id: str):
             step=step,
             summary=summary,
             mailboxes=mailboxes,
+            renewals=orders.order_renewals(order),
             settings=settings,
             form=forms.ButtonForm(),
         )
@@ -411,12 +414,17 @@ def step_terms(public_id: str):
         if request.method == "POST":
             if form.validate_on_submit():
                 try:
-                    orders.accept_terms(db_session, order, _now(), accepted=bool(form.accept.data))
+                    orders.accept_terms(
+                        db_session,
+                        order,
+                        _now(),
+                        accepted=bool(form.accept.data),
+                        clauses_approved=bool(form.approve_clauses.data),
+                    )
                 except orders.OrderValidationError as error:
                     db_session.rollback()
-                    general = _apply_errors(
-                        form, {("accept" if key == "terms" else key): value for key, value in error.errors.items()}
-                    )
+                    fields = {"terms": "accept", "clauses": "approve_clauses"}
+                    general = _apply_errors(form, {fields.get(key, key): text for key, text in error.errors.items()})
                 else:
                     db_session.commit()
                     return redirect(url_for("web.step_confirm", public_id=public_id), 303)
@@ -467,6 +475,8 @@ def _render_confirm(db_session, order, general, status):
             general=general,
             summary=orders.order_summary(order),
             mailboxes=orders.order_mailboxes(db_session, order, _today()),
+            renewals=orders.order_renewals(order),
+            holder=orders.order_holder(order),
         ),
     ), status
 
@@ -488,8 +498,8 @@ def checkout(public_id: str):
         step = orders.next_step(order)
         if step != "pay" or order.payment_method not in ("card", "paypal"):
             return redirect(url_for("web.order_status", public_id=public_id), 303)
-        if settings.payment_gateway != "sandbox":
-            abort(404)  # a real gateway has its own hosted page (not built here)
+        if settings.payment_gateway != "sandbox":  # the gateway's own page (worker/web/hosted_checkout.py)
+            return redirect(url_for("hosted.start", public_id=public_id), 303)
         form = forms.CheckoutForm()
         if request.method == "POST":
             if not form.validate_on_submit():

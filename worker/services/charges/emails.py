@@ -55,6 +55,8 @@ class Recipient(MailboxFacts, Protocol):
     def reference_email(self) -> str: ...
     @property
     def holder_name(self) -> str: ...
+    @property
+    def holder_kind(self) -> str: ...
 
 
 def charge_price(mailbox: MailboxFacts, years: int | None = None) -> pricing.OrderSummary:
@@ -186,6 +188,7 @@ def queue_mailbox_email(
             to_address=mailbox.reference_email.lower(),
             context={
                 "holder_name": mailbox.holder_name,
+                "holder_kind": mailbox.holder_kind,
                 "mailboxes": [mailbox_context(mailbox, cycle_expires_on)],
                 **context,
             },

@@ -20,6 +20,8 @@ class ChargeRun:
     lookups: int = 0  # gateway.lookup calls
     outbox_ids: list[int] = field(default_factory=list)
     emails: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, stage) -> emails
+    #: Refunds this run started (a charge that succeeded for a cycle renewed another way).
+    refund_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

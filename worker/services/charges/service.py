@@ -67,6 +67,7 @@ from worker.services.charges.state import (
     read_intent,
 )
 from worker.services.orders import create_unpaid_renewal_order
+from worker.services.payments.refunds import AUTOMATIC, settle_refund, start_refund
 from worker.store.models import ChargeIntent, Mailbox
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ _RECORD = (
         _INTENTS.c.idempotency_key,
         _INTENTS.c.payment_method,
         _INTENTS.c.amount_cents,
+        _INTENTS.c.currency,
         _INTENTS.c.years,
         _INTENTS.c.reference,
     )
@@ -151,9 +153,15 @@ def charge_mailbox(
             claim = work.round(mailbox_id, answered)
             connection.commit()
         if claim is None:
-            return run
+            break
         intent_id, call = claim
         answered = (intent_id, call())
+    for refund_id in run.refund_ids:
+        try:
+            with session_factory() as session:
+                settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
+        except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
+            log.error("refund %s of mailbox %s left open: %s", refund_id, mailbox_id, type(error).__name__)
     return run
 
 
@@ -283,12 +291,27 @@ class _Work:
         if mailbox.expires_on != intent.cycle_expires_on:
             # The cycle was renewed another way (a registered manual payment) while this
             # charge was unresolved: the money moved, the expiry is not moved twice.
+            # The money goes back: the refund's intent is written in this transaction and asked
+            # for once it is committed (charge_mailbox); refunds-retry asks again if that is lost.
+            with self.session_factory(bind=self.connection) as session:  # in this transaction
+                refund_id = start_refund(
+                    session,
+                    gateway=self.gateway.name,
+                    order=None,
+                    payment_reference=intent.reference or intent.idempotency_key,
+                    amount_cents=intent.amount_cents,
+                    currency=intent.currency,
+                    kind=AUTOMATIC,
+                    reason="the mailbox was renewed meanwhile",
+                    now=self.now,
+                ).id
             log.warning(
-                "charge %s succeeded but mailbox %s was already renewed (expiry %s): refund needed",
+                "charge %s succeeded but mailbox %s was already renewed (expiry %s): refunded automatically",
                 intent.idempotency_key,
                 mailbox.id,
                 mailbox.expires_on,
             )
+            self.run.refund_ids.append(refund_id)
             self.run.outcome = "succeeded-already-renewed"
             return
         self.renew(mailbox, intent)

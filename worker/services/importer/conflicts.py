@@ -257,9 +257,12 @@ def _renewals_here(connection: Connection, mailbox_ids: list[int]) -> dict[int, 
             on = on or (paid_at.date() if paid_at is not None else until)
             found.setdefault(mailbox_id, []).append(_Renewal(until, on, f"order {number}"))
         charged = select(
-            intents.c.mailbox_id, intents.c.cycle_expires_on, intents.c.years, intents.c.business_date,
+            intents.c.mailbox_id,
+            intents.c.cycle_expires_on,
+            intents.c.years,
+            intents.c.business_date,
             intents.c.idempotency_key,
-        ).where(intents.c.mailbox_id.in_(batch), intents.c.status == ChargeStatus.SUCCEEDED.value)  # fmt: skip
+        ).where(intents.c.mailbox_id.in_(batch), intents.c.status == ChargeStatus.SUCCEEDED.value)
         for mailbox_id, cycle, years, on, key in connection.execute(charged):
             found.setdefault(mailbox_id, []).append(_Renewal(schedule.add_years(cycle, years), on, f"charge {key}"))
     return found
@@ -335,13 +338,18 @@ def _close_open_orders(
     done = "would be cancelled" if sync.dry_run else "cancelled"
     open_orders = (
         select(
-            orders.c.id, orders.c.order_number, orders.c.status, orders.c.gateway_state, orders.c.gateway_attempts,
-            lines.c.mailbox_id, lines.c.old_expires_on,
+            orders.c.id,
+            orders.c.order_number,
+            orders.c.status,
+            orders.c.gateway_state,
+            orders.c.gateway_attempts,
+            lines.c.mailbox_id,
+            lines.c.old_expires_on,
         )
         .join(orders, orders.c.id == lines.c.order_id)
         .where(lines.c.mailbox_id.in_(batch), lines.c.selected.is_(True), orders.c.status.in_(OPEN_ORDER_STATUSES))
         .order_by(orders.c.id)
-    )  # fmt: skip
+    )
     for order_id, number, status, gateway_state, attempts, mailbox_id, old_expires_on in connection.execute(
         open_orders
     ):

@@ -91,9 +91,13 @@ from worker.services.orders.steps import (
 )
 from worker.services.orders.summary import (
     HOLDER_FIELDS,
+    Renewal,
     earliest_deletion_on,
+    new_expiry,
     next_step,
+    order_holder,
     order_number_for,
+    order_renewals,
     order_summary,
 )
 
@@ -118,6 +122,7 @@ __all__ = [
     "OrderValidationError",
     "PaymentOption",
     "PriceLine",
+    "Renewal",
     "accept_terms",
     "checkout_url",
     "choose_mailboxes",
@@ -133,10 +138,13 @@ __all__ = [
     "in_renewal_window",
     "mail_domain",
     "message",
+    "new_expiry",
     "next_step",
     "order_email_context",
+    "order_holder",
     "order_mailboxes",
     "order_number_for",
+    "order_renewals",
     "order_summary",
     "payment_instructions",
     "payment_options",

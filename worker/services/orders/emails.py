@@ -15,11 +15,12 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from worker.mail.message_ids import OrderEmail
 from worker.mail.queue import NewEmail, QueuedEmail, queue_email
-from worker.rules import pricing, schedule
+from worker.rules import pricing
 from worker.rules.links import GROUP
 from worker.rules.vocabulary import GATEWAY_METHODS
 from worker.services.orders.summary import (
-    holder_snapshot,
+    new_expiry,
+    order_holder,
     order_language,
     order_summary,
     selected_lines,
@@ -101,17 +102,18 @@ def _mailbox_context(line: RenewalOrderLine, years: int) -> dict[str, Any]:
         "extra_space_gb": line.extra_space_gb,
         "extra_archive_gb": line.extra_archive_gb,
         "archive_deleted": pricing.is_downgrade_to_standard(line.old_plan, line.plan),
-        "new_expires_on": (line.new_expires_on or schedule.add_years(line.old_expires_on, years)).isoformat(),
+        "new_expires_on": new_expiry(line, years).isoformat(),
     }
 
 
 def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, Any]:
     """The plain data the ``order-confirmation`` and ``renewal-completed`` emails are rendered from."""
-    holder = order.holder_data or holder_snapshot(order.holder)
+    holder = order_holder(order)
     summary = order_summary(order)
     lines = sorted(selected_lines(order), key=lambda line: line.mailbox.address)
     return {
         "holder_name": holder.get("name"),
+        "holder_kind": holder.get("kind"),
         "mailboxes": [_mailbox_context(line, order.years or 1) for line in lines],
         "order": {
             "number": order.order_number,
@@ -144,7 +146,7 @@ def queue_order_email(
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order.
 
     ``extra``: more of the context (the renewal-completed email's invoice)."""
-    holder = order.holder_data or holder_snapshot(order.holder)
+    holder = order_holder(order)
     email = NewEmail(
         about=OrderEmail(kind, order.order_number),
         kind=kind,

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from worker.rules import schedule
 from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
+from worker.rules.notices import reminders_opted_out
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
     Account,
@@ -65,6 +66,10 @@ class MailboxSummary:
     promo: bool
     #: Whether this mailbox can be put in an order (plan change only, if auto_renew).
     orderable: bool
+    #: Days from the day it was read to the expiry: negative once expired (what advice fits).
+    days_to_expiry: int = 0
+    #: Whether the holder opted out of the expiry reminders of this cycle ("Non intendo rinnovare").
+    reminders_opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class LinkView:
     order_public_id: str | None = None
     holder_name: str | None = None
     account_login: str | None = None
+    #: The number of the unpaid order a failed auto-renew charge left (mailbox link), if any.
+    failed_charge_order: str | None = None
 
 
 def holder_language(value: str | None) -> str:
@@ -107,6 +114,8 @@ def mailbox_summary(mailbox: Any, today: date) -> MailboxSummary:
         on_domain=on_domain,
         promo=bool(mailbox.promo),
         orderable=not on_domain and state is not schedule.MailboxState.DELETED,
+        days_to_expiry=(mailbox.expires_on - today).days,
+        reminders_opted_out=reminders_opted_out(mailbox.reminders_opt_out_for, mailbox.expires_on),
     )
 
 
@@ -214,10 +223,12 @@ _MAILBOX_LINK_QUERY = (
         Mailbox.auto_renew,
         Mailbox.promo,
         Mailbox.language,
+        Mailbox.reminders_opt_out_for,
         Holder.name.label("holder_name"),
         RenewalOrder.public_id.label("order_public_id"),
         RenewalOrder.status.label("order_status"),
         RenewalOrder.origin.label("order_origin"),
+        RenewalOrder.order_number.label("order_number"),
     )
     .join(Holder, Holder.id == Mailbox.holder_id)
     .outerjoin(
@@ -249,9 +260,16 @@ def _mailbox_link_view(row: Any, link: RenewalLink, today: date) -> LinkView:
         return LinkView(state=LinkState.DELETED, **common)
     has_order = row.order_public_id is not None
     order_id = row.order_public_id if has_order and row.order_status != OrderStatus.CANCELLED.value else None
-    if row.auto_renew and not (has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value):
+    failed_charge = has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value
+    if row.auto_renew and not failed_charge:
         return LinkView(state=LinkState.AUTO_RENEW, order_public_id=order_id, **common)
-    return LinkView(state=LinkState.RENEWABLE, order_public_id=order_id, **common)
+    unpaid = failed_charge and row.order_status == OrderStatus.AWAITING_PAYMENT.value
+    return LinkView(
+        state=LinkState.RENEWABLE,
+        order_public_id=order_id,
+        failed_charge_order=row.order_number if unpaid else None,
+        **common,
+    )
 
 
 def _account_window_mailboxes(session: Session, account_id: int, today: date) -> list[Mailbox]:

@@ -43,15 +43,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "it": "Per completare l'ordine deve leggere e accettare le condizioni contrattuali.",
         "en": "To complete the order you must read and accept the contract terms.",
     },
+    "clauses_required": {
+        "it": "Per completare l'ordine deve approvare specificamente le clausole indicate (artt. 1341 e 1342 c.c.).",
+        "en": "To complete the order you must specifically approve the clauses listed (Italian Civil Code, "
+        "arts. 1341 and 1342).",
+    },
     "method_unknown": {
         "it": "Scelga una modalità di pagamento: carta di credito, PayPal, bonifico bancario o bollettino postale.",
         "en": "Choose a payment method: credit card, PayPal, bank transfer or postal slip.",
     },
     "method_too_late": {
         "it": "Questa modalità di pagamento non è più disponibile: il pagamento verrebbe registrato "
-        "dopo la cancellazione della casella ({deletion}). Scelga carta di credito o PayPal.",
+        "dopo la cancellazione della casella ({deletion}). Scelga {methods}.",
         "en": "This payment method is no longer available: the payment would be registered after "
-        "the mailbox is deleted ({deletion}). Choose a credit card or PayPal.",
+        "the mailbox is deleted ({deletion}). Choose {methods}.",
     },
     "years_range": {
         "it": "Scelga una frequenza di rinnovo da 1 a {max} anni.",
@@ -107,59 +112,58 @@ def holder_problem_message(field_name: str, detail: str, kind: str, language: st
 # -- The Italian wording, one function per field -----------------------------------------------------
 
 
-def _name(_field: str, detail: str, _kind: str) -> str:
-    if detail.startswith("is required"):
-        return "Indichi il nome e cognome o la ragione sociale dell'intestatario."
-    if "characters long" in detail:
-        return "Il nome è troppo lungo: al massimo 200 caratteri."
-    return "Il nome contiene caratteri non ammessi."
+#: The start of the detail of a value that is missing.
+_REQUIRED = "is required"
 
 
-def _kind(_field: str, _detail: str, _kind: str) -> str:
-    return (
-        "Scelga il tipo di intestatario: persona fisica, ditta individuale, azienda, "
-        "libero professionista o pubblica amministrazione."
-    )
+def _worded(*cases: tuple[str, str], otherwise: str) -> Callable[[str, str, str], str]:
+    """A field's wording: the text of the first case whose clue the detail holds ("is required" only
+    at its start), else ``otherwise``."""
+
+    def wording(_field: str, detail: str, _kind: str) -> str:
+        for clue, text in cases:
+            if detail.startswith(clue) if clue == _REQUIRED else clue in detail:
+                return text
+        return otherwise
+
+    return wording
 
 
-def _reference_email(_field: str, detail: str, _kind: str) -> str:
-    if detail.startswith("is required"):
-        return "Indichi l'indirizzo email di riferimento: è lì che arrivano tutti gli avvisi."
-    return "L'indirizzo email di riferimento non è valido."
-
-
-def _postal_address(_field: str, detail: str, _kind: str) -> str:
-    if "characters long" in detail:
-        return "L'indirizzo postale è troppo lungo: al massimo 300 caratteri."
-    if "control character" in detail:
-        return "L'indirizzo postale contiene caratteri non ammessi."
-    return "L'indirizzo postale non è valido."
-
-
-def _tax_code(_field: str, detail: str, _kind: str) -> str:
-    if detail.startswith("is required"):
-        return "Per una pubblica amministrazione il codice fiscale (11 cifre) è obbligatorio."
-    if "checksum" in detail:
-        return "Il codice fiscale non è corretto: il carattere di controllo non corrisponde."
-    if "public administration" in detail:
-        return "Il codice fiscale di una pubblica amministrazione ha 11 cifre."
-    if "birth date" in detail:
-        return "Il codice fiscale non è valido: la data di nascita non esiste."
-    return "Il codice fiscale non è valido: ha 16 caratteri (persona fisica) o 11 cifre."
-
-
-def _vat_number(_field: str, detail: str, _kind: str) -> str:
-    if detail.startswith("is required"):
-        return "La partita IVA è obbligatoria per questo tipo di intestatario."
-    if "checksum" in detail:
-        return "La partita IVA non è corretta: la cifra di controllo non corrisponde."
-    if "11 digits" in detail:
-        return "La partita IVA non è valida: ha 11 cifre."
-    return "La partita IVA non è valida."
+_name = _worded(
+    (_REQUIRED, "Indichi il nome e cognome o la ragione sociale dell'intestatario."),
+    ("characters long", "Il nome è troppo lungo: al massimo 200 caratteri."),
+    otherwise="Il nome contiene caratteri non ammessi.",
+)
+_kind = _worded(
+    otherwise="Scelga il tipo di intestatario: persona fisica, ditta individuale, azienda, "
+    "libero professionista o pubblica amministrazione."
+)
+_reference_email = _worded(
+    (_REQUIRED, "Indichi l'indirizzo email di riferimento: è lì che arrivano tutti gli avvisi."),
+    otherwise="L'indirizzo email di riferimento non è valido.",
+)
+_postal_address = _worded(
+    ("characters long", "L'indirizzo postale è troppo lungo: al massimo 300 caratteri."),
+    ("control character", "L'indirizzo postale contiene caratteri non ammessi."),
+    otherwise="L'indirizzo postale non è valido.",
+)
+_tax_code = _worded(
+    (_REQUIRED, "Per una pubblica amministrazione il codice fiscale (11 cifre) è obbligatorio."),
+    ("checksum", "Il codice fiscale non è corretto: il carattere di controllo non corrisponde."),
+    ("public administration", "Il codice fiscale di una pubblica amministrazione ha 11 cifre."),
+    ("birth date", "Il codice fiscale non è valido: la data di nascita non esiste."),
+    otherwise="Il codice fiscale non è valido: ha 16 caratteri (persona fisica) o 11 cifre.",
+)
+_vat_number = _worded(
+    (_REQUIRED, "La partita IVA è obbligatoria per questo tipo di intestatario."),
+    ("checksum", "La partita IVA non è corretta: la cifra di controllo non corrisponde."),
+    ("11 digits", "La partita IVA non è valida: ha 11 cifre."),
+    otherwise="La partita IVA non è valida.",
+)
 
 
 def _einvoice_code(_field: str, detail: str, kind: str) -> str:
-    required = detail.startswith("is required")
+    required = detail.startswith(_REQUIRED)
     if kind == "public_administration":
         if required:
             return "Indichi il codice univoco ufficio (6 caratteri) per la fattura elettronica."

@@ -19,7 +19,7 @@ from config.settings import Settings
 from worker.mail.templates import format_long_date
 from worker.rules import pricing, schedule
 from worker.rules.holder_data import check_holder
-from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS
+from worker.rules.vocabulary import GATEWAY_METHODS, METHOD_LABELS, PAYMENT_METHODS, label
 from worker.services.orders.emails import ORDER_CONFIRMATION, queue_order_email
 from worker.services.orders.errors import OrderNotOpen, OrderValidationError
 from worker.services.orders.messages import holder_problem_message, message
@@ -232,7 +232,17 @@ def _too_late(method: str | None, order: RenewalOrder, today: date, language: st
     deletion_on = earliest_deletion_on(order)
     if deletion_on is None or pricing.method_in_time(method, today, deletion_on):
         return None
-    return message("method_too_late", language, deletion=format_long_date(deletion_on, language))
+    return _too_late_message(deletion_on, today, language)
+
+
+def _too_late_message(deletion_on: date, today: date, language: str) -> str:
+    """Why a method is too late, naming the methods that are still in time ("carta di credito, PayPal o
+    bonifico bancario"): never only card and PayPal while a bank transfer is still offered."""
+    in_time = [label(METHOD_LABELS, method, language) for method in PAYMENT_METHODS
+               if pricing.method_in_time(method, today, deletion_on)]  # fmt: skip
+    conjunction = " or " if language == "en" else " o "
+    methods = conjunction.join([", ".join(in_time[:-1]), in_time[-1]]) if len(in_time) > 1 else "".join(in_time)
+    return message("method_too_late", language, deletion=format_long_date(deletion_on, language), methods=methods)
 
 
 def payment_options(session: Session, order: RenewalOrder, today: date) -> list[PaymentOption]:
@@ -251,7 +261,7 @@ def payment_options(session: Session, order: RenewalOrder, today: date) -> list[
         available = deletion_on is None or by < deletion_on
         reason = None
         if deletion_on is not None and not available:
-            reason = message("method_too_late", language, deletion=format_long_date(deletion_on, language))
+            reason = _too_late_message(deletion_on, today, language)
         options.append(
             PaymentOption(
                 method=method,
@@ -306,13 +316,22 @@ def choose_payment(session: Session, order: RenewalOrder, method: str, years: in
 # -- Step 4: the terms, and the confirmation -----------------------------------------------------------
 
 
-def accept_terms(session: Session, order: RenewalOrder, now: datetime, accepted: bool = True) -> RenewalOrder:
-    """Step 4: the contract terms.  ``accepted=False`` raises :class:`OrderValidationError` (``terms``)."""
+def accept_terms(
+    session: Session, order: RenewalOrder, now: datetime, accepted: bool = True, clauses_approved: bool = True
+) -> RenewalOrder:
+    """Step 4: the contract terms, and the specific approval of the clauses of artt. 1341-1342 c.c.
+    (``UNFAIR_TERMS_CLAUSES``), each recorded with its time.  Both are required: one missing raises
+    :class:`OrderValidationError` (``terms``, ``clauses``) and records neither."""
     _require_draft(order)
+    errors = {}
     if not accepted:
-        order.terms_accepted_at = None
-        raise OrderValidationError({"terms": message("terms_required", order_language(order))})
-    order.terms_accepted_at = now
+        errors["terms"] = message("terms_required", order_language(order))
+    if not clauses_approved:
+        errors["clauses"] = message("clauses_required", order_language(order))
+    if errors:
+        order.terms_accepted_at = order.unfair_terms_approved_at = None
+        raise OrderValidationError(errors)
+    order.terms_accepted_at = order.unfair_terms_approved_at = now
     session.flush()
     return order
 

@@ -6,6 +6,7 @@ only :func:`update_totals` writes, on the order object (the caller flushes).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 from worker.rules import pricing, schedule
@@ -30,6 +31,37 @@ HOLDER_FIELDS = (
 def holder_snapshot(holder: Holder) -> dict[str, str | None]:
     """The holder's data as an order keeps it (``HOLDER_FIELDS``)."""
     return {name: getattr(holder, name) for name in HOLDER_FIELDS}
+
+
+def order_holder(order: RenewalOrder) -> dict[str, str | None]:
+    """The holder data the order is invoiced to: as confirmed at step 2, else the holder's own."""
+    return order.holder_data or holder_snapshot(order.holder)
+
+
+def new_expiry(line: RenewalOrderLine, years: int) -> date:
+    """The expiry the line's mailbox has once the order is paid: its old expiry plus the years (the
+    renewal counts from the expiry, even after it), or the one recorded when it was paid."""
+    return line.new_expires_on or schedule.add_years(line.old_expires_on, years)
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """One mailbox of an order as the confirmation step and the confirmed page show it."""
+
+    address: str
+    plan: str
+    old_plan: str
+    expires_on: date
+    new_expires_on: date
+
+
+def order_renewals(order: RenewalOrder) -> list[Renewal]:
+    """The selected mailboxes of the order, by address, with their current and their new expiry."""
+    years = order.years or 1
+    return [
+        Renewal(line.mailbox.address, line.plan, line.old_plan, line.old_expires_on, new_expiry(line, years))
+        for line in sorted(selected_lines(order), key=lambda line: line.mailbox.address)
+    ]
 
 
 def order_language(order: RenewalOrder) -> str:
@@ -97,7 +129,7 @@ def next_step(order: RenewalOrder) -> str:
         return "holder"
     if order.payment_method is None or order.years is None:
         return "payment"
-    if order.terms_accepted_at is None:
+    if order.terms_accepted_at is None or order.unfair_terms_approved_at is None:
         return "terms"
     return "confirm"
 

@@ -127,6 +127,8 @@ def _open_text(source: str | Path | IO[str] | IO[bytes]) -> IO[str]:
         return open(source, encoding="utf-8-sig", newline="")
     if isinstance(source, io.TextIOBase):
         return source
+    # A binary file object is what TextIOWrapper wraps; typeshed types its argument as a narrower
+    # buffer protocol than IO[bytes], which every binary file object here provides.
     return io.TextIOWrapper(source, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
 
 

@@ -1,5 +1,7 @@
 """Shared by the fault suite: real Celery worker processes we can kill, fast seeding, the counts asserted.
 
+Registered as a plugin in ``tests/conftest.py``: its fixtures are ``flushed_redis`` and ``workers``.
+
 Every fault test runs against the real PostgreSQL and Redis (the DB given by
 ``PEC_RENEWAL_TEST_REDIS_URL``, flushed first), real ``celery worker``
 subprocesses, and the aiosmtpd server on loopback (``tests/support/smtp_server.py``).
@@ -20,11 +22,11 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select, text
 
-from config.celery import celery_config
-from tests.support.celery_process import worker_environment  # noqa: F401  (the fault tests import it from here)
+from config.celery import QUEUES, celery_config
 from tests.support.settings import TEST_REDIS_URL, make_settings
 from tests.support.waiting import wait_until
-from worker.store.models import OutboxMessage, OutboxStatus
+from worker.services import charges
+from worker.store.models import ChargeIntent, OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,12 +60,28 @@ class CeleryWorker:
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "w")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "tests.faults.celery_at", "-A", "worker.celery_app", "worker",
-                "-Q", self.queues, f"--concurrency={self.concurrency}", "-n", f"{self.name}-{self.starts}@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+                sys.executable,
+                "-m",
+                "tests.faults.celery_at",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                self.queues,
+                f"--concurrency={self.concurrency}",
+                "-n",
+                f"{self.name}-{self.starts}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=INFO",
             ],
-            env=env, cwd=self.log_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            cwd=self.log_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     @property
@@ -216,8 +234,6 @@ def recipients_with_two_message_ids(smtp_server) -> dict[str, set[str]]:
 
 def mark_charge_notices_sent(session_factory, mailbox_ids: list[int], expires_on: date) -> None:
     """As if each cycle's charge notice went out on its day (tests that start at the charge)."""
-    from worker.services import charges
-
     with session_factory() as session, session.begin():
         session.execute(
             text(
@@ -243,15 +259,11 @@ def gateway_charges_per_cycle(session_factory) -> Counter:
 
 def queues_idle(redis_client) -> bool:
     """No task waiting in any queue, and none taken and not yet acknowledged."""
-    from config.celery import QUEUES
-
     return all(redis_client.llen(queue) == 0 for queue in QUEUES) and not redis_client.hlen("unacked")
 
 
 def charge_intents(session_factory) -> Counter:
     """Charge intents by status."""
-    from worker.store.models import ChargeIntent
-
     with session_factory() as session:
         return Counter(
             dict(session.execute(select(ChargeIntent.status, func.count()).group_by(ChargeIntent.status)).all())

@@ -1,0 +1,110 @@
+"""``pec-renewal payments refund``: through the gateway that took the payment, recorded, the holder told."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from tests.support.factories import make_mailbox
+from tests.support.gateway_webhooks import StripeServer
+from tests.support.orders import NOW, complete_order
+from tests.support.settings import TEST_SECRET_KEYS
+from worker.cli.main import main
+from worker.services.payments import register_payment
+from worker.store.models import GatewayRefund, OutboxMessage
+
+
+@pytest.fixture
+def stripe_server():
+    server = StripeServer().start()
+    yield server
+    server.stop()
+
+
+def cli_env(tmp_path, database_url, stripe_server):
+    return {
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+        "PEC_RENEWAL_BASE_URL": "https://rinnovi.example.test",
+        "PEC_RENEWAL_MAIL_FROM": "Rinnovi PEC <rinnovi@pec-provider.example>",
+        "PEC_RENEWAL_PAYMENT_GATEWAY": "stripe",
+        "PEC_RENEWAL_STRIPE_API_KEY": "sk_test_local",
+        "PEC_RENEWAL_STRIPE_API_BASE": stripe_server.url,
+    }
+
+
+def paid_order(session_factory, settings, *, method, reference):
+    today = date.today()  # the CLI runs on the wall clock
+    with session_factory() as session:
+        mailbox = make_mailbox(session, expires_on=today + timedelta(days=40), plan="pro")
+        order = complete_order(session, settings, mailbox, method=method, today=today)
+        register_payment(
+            session, order_number=order.order_number, amount_cents=order.total_cents, method=method,
+            reference=reference, now=NOW, today=today, settings=settings,
+        )  # fmt: skip
+        session.commit()
+        return order.order_number, order.total_cents
+
+
+def test_refund_in_part_then_the_rest_then_nothing_is_left(
+    session_factory, settings, database_url, tmp_path, stripe_server
+):
+    number, total = paid_order(session_factory, settings, method="card", reference="stripe:pi_paid_cli")
+    stripe_server.paid("pi_paid_cli", total, order_number=number)
+    runner, env = CliRunner(), cli_env(tmp_path, database_url, stripe_server)
+
+    result = runner.invoke(
+        main, ["payments", "refund", number, "--amount", "1,00", "--reason", "goodwill, ticket 42"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{number}: refund 1 of 1.00 EUR: succeeded" in result.output
+    result = runner.invoke(main, ["payments", "refund", number], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"of {(total - 100) / 100:.2f} EUR: succeeded" in result.output
+    result = runner.invoke(main, ["payments", "refund", number], env=env)
+    assert result.exit_code == 2 and "0.00 EUR is left" in result.output
+
+    first, second = stripe_server.sent("POST", "/v1/refunds")
+    assert first.form == {
+        "payment_intent": "pi_paid_cli",
+        "amount": "100",
+        "reason": "requested_by_customer",
+        "metadata[idempotency_key]": "refund:stripe:pi_paid_cli:requested:1",
+        "metadata[reason]": "goodwill, ticket 42",
+    }
+    assert first.headers["idempotency-key"] != second.headers["idempotency-key"]
+    assert stripe_server.refunded_amount("pi_paid_cli") == total
+    with session_factory() as session:
+        rows = session.scalars(select(GatewayRefund).order_by(GatewayRefund.id)).all()
+        assert [(r.kind, r.status, r.amount_cents) for r in rows] == [
+            ("requested", "succeeded", 100),
+            ("requested", "succeeded", total - 100),
+        ]
+        kinds = session.scalars(select(OutboxMessage.kind).where(OutboxMessage.kind == "payment-refunded")).all()
+        assert len(kinds) == 2  # one email per refund
+
+
+def test_a_bank_transfer_is_not_refunded_here(session_factory, settings, database_url, tmp_path, stripe_server):
+    number, _ = paid_order(session_factory, settings, method="bank_transfer", reference="CRO 9")
+    result = CliRunner().invoke(
+        main, ["payments", "refund", number], env=cli_env(tmp_path, database_url, stripe_server)
+    )
+    assert result.exit_code == 2 and "no payment taken by a gateway" in result.output
+    assert stripe_server.requests == []
+
+
+def test_a_refund_the_gateway_refuses_is_recorded_as_failed(
+    session_factory, settings, database_url, tmp_path, stripe_server
+):
+    number, _ = paid_order(session_factory, settings, method="card", reference="stripe:pi_unknown_to_stripe")
+    result = CliRunner().invoke(
+        main, ["payments", "refund", number], env=cli_env(tmp_path, database_url, stripe_server)
+    )
+    assert result.exit_code == 1 and "failed" in result.output
+    with session_factory() as session:
+        assert session.scalar(select(GatewayRefund.status)) == "failed"
+        assert session.scalars(select(OutboxMessage.kind).where(OutboxMessage.kind == "payment-refunded")).all() == []
