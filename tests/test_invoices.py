@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from tests.support import fatturapa
+from tests.support.gateway_webhooks import StripeServer
 from tests.support.invoices import BILLING, HOLDERS, SELLER, give_holder, holder_mailbox, invoices
 from tests.support.orders import TODAY, complete_order
 from tests.support.renewals import charge
-from tests.support.settings import make_settings
+from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
 from worker.rules import einvoice
 from worker.services import payments
@@ -354,3 +355,52 @@ def test_two_concurrent_registrations_take_consecutive_numbers(session_factory, 
         rows = invoices(session)
     assert sorted(row.number for row in rows) == [1, 2]
     assert {row.order_id for row in rows} == {order.id for order in orders}
+
+
+def test_a_requested_refund_through_the_gateway_gets_its_credit_note(
+    session_factory, database_url, seller_settings, tmp_path
+):
+    today = date.today()  # the CLI runs on the wall clock
+    with session_factory() as session:
+        mailbox = holder_mailbox(session, "company", expires_on=today + timedelta(days=40))
+        order = complete_order(session, seller_settings, mailbox, method="card", today=today)
+        payments.register_payment(
+            session,
+            order_number=order.order_number,
+            amount_cents=order.total_cents,
+            method="card",
+            reference="stripe:pi_invoiced",
+            now=PAID_AT,
+            today=today,
+            settings=seller_settings,
+        )
+        session.commit()
+    stripe = StripeServer().start()
+    try:
+        stripe.paid("pi_invoiced", order.total_cents, order_number=order.order_number)
+        env = {
+            **_env(seller_settings),
+            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+            "PEC_RENEWAL_PAYMENT_GATEWAY": "stripe",
+            "PEC_RENEWAL_STRIPE_API_KEY": "sk_test_local",
+            "PEC_RENEWAL_STRIPE_API_BASE": stripe.url,
+        }
+        result = CliRunner().invoke(main, ["payments", "refund", order.order_number, "--amount", "1,22"], env=env)
+        assert result.exit_code == 0, result.output
+    finally:
+        stripe.stop()
+    with session_factory() as session:
+        invoice, note = invoices(session)
+    assert (note.kind, note.status, note.corrects_invoice_id, note.paid_cents) == ("TD04", "issued", invoice.id, 122)
+    assert (note.subtotal_cents, note.vat_cents) == (100, 22)
+    out = tmp_path / "out"
+    export_invoices(
+        engine_of(session_factory), seller_settings.seller, since=today, out_dir=out, today=today, now=PAID_AT
+    )
+    root = fatturapa.validate((out / name_of(note.id)).read_bytes())
+    assert fatturapa.text(root, ".//DatiFattureCollegate/IdDocumento") == invoice.document_number
+
+
+def engine_of(session_factory):
+    with session_factory() as session:
+        return session.get_bind()
