@@ -404,3 +404,19 @@ def test_a_requested_refund_through_the_gateway_gets_its_credit_note(
 def engine_of(session_factory):
     with session_factory() as session:
         return session.get_bind()
+
+
+def test_check_says_whether_invoices_can_be_issued(tmp_path, database_url, session_factory):
+    env = {
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+    }
+    without = CliRunner().invoke(main, ["check"], env=env)
+    [line] = [line for line in without.output.splitlines() if line.startswith("invoices")]
+    assert line.split(None, 2) == ["invoices", "WARN", f"{SellerMissing()}; paid renewals' invoices wait"]
+    with_seller = CliRunner().invoke(
+        main, ["check"], env={**env, **{f"PEC_RENEWAL_{key.upper()}": value for key, value in SELLER.items()}}
+    )
+    [line] = [line for line in with_seller.output.splitlines() if line.startswith("invoices")]
+    assert line.split(None, 2) == ["invoices", "ok", "seller IT01234560017, RF01"]
