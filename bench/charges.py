@@ -60,12 +60,14 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
         )
         connection.execute(
             "INSERT INTO mailboxes (address, account_id, holder_id, reference_email, plan, extra_space_gb, "
-            "extra_archive_gb, used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, language, "
-            "next_action_on) "
+            "extra_archive_gb, used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, language) "
             "SELECT 'casella' || h.id || '@pec.bench.example.it', h.account_id, h.id, h.reference_email, 'standard', "
             "0, 0, 100, "
-            "%s, true, %s, 1, false, 'it', %s FROM holders h",
-            (expires_on, token, due_on),
+            "%s, true, %s, 1, false, 'it' FROM holders h",
+            (expires_on, token),
+        )
+        connection.execute(
+            "INSERT INTO mailbox_schedule (mailbox_id, next_action_on) SELECT id, %s FROM mailboxes", (due_on,)
         )
         # The charge notice went out 30 days before expiry, as the scan sends it: a holder is
         # never charged without it (a cycle first seen on its charge day gets the notice

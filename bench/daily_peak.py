@@ -5,9 +5,11 @@
         --redis-url redis://127.0.0.1:6379/4 --smtp 127.0.0.1:2525
 
 Seeds the fleet once with ``generate_series`` (``quiet_day.seed``); a later run
-with the same ``--mailboxes`` reuses it, and only the due set is reset (the
-first ``--due`` mailboxes expire 15 days after the peak day and are due on it;
-ledger, outbox and daily runs are emptied).  Starts Postfix's ``smtp-sink`` on
+with the same ``--mailboxes`` reuses it, and only the due sets are reset: with
+``--days N``, N peak days back to back from 2027-01-11, the d-th day's due set
+is the d-th block of ``--due`` mailboxes, expiring 15 days after that day
+(ledger, outbox and daily runs are emptied before the first day, never between
+two days).  Starts Postfix's ``smtp-sink`` on
 ``--smtp`` unless ``--external-sink``, and the Celery workers (``--worker
 QUEUES:CONCURRENCY``, repeatable) with the PEC_RENEWAL_* environment pointing
 at these services.  Then, in this process and run:
@@ -18,13 +20,19 @@ at these services.  Then, in this process and run:
 2. the peak day: one ``pec_renewal.daily_scan`` task for the peak day, timed
    until every due mailbox has its ledger row and every email was accepted by
    the sink;
-3. the bare limit again (the figure is the mean of the two, so a noisy
-   neighbour hurts both sides alike).
+3. the bare limit again (the day's figure is the mean of the runs before and
+   after it, so a noisy neighbour hurts both sides alike);
+
+and again 2 and 3 for each further day, on the same database and the same
+workers, with nothing between two days but the bare limit: no re-seed, no
+VACUUM, no CHECKPOINT (autovacuum does what it would do in production).
 
 Progress goes to stderr; the last line on stdout is a JSON summary with
 emails/s, wall time, the ratio to the bare limit, the CPU time per email of
 the workers and of the bare limit (steadier than wall time on a shared
-machine), and the peak RSS (VmHWM) of every worker process.
+machine), and the peak RSS (VmHWM) of every worker process: at the top level
+the last day's, and each day's in ``days``, with PostgreSQL's CPU and WAL per
+email and the HOT share of each written table's updates.
 """
 
 from __future__ import annotations
@@ -52,20 +60,38 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 from databases import ensure_database, psycopg_url  # noqa: E402
+from peak_costs import (  # noqa: E402
+    backend_cpu,
+    cpu_seconds,
+    last_ledger_id,
+    maybe_done,
+    outcome_counts,
+    peak_rss_mb,
+    process_tree,
+    progress_counts,
+    redis_server_pids,
+    table_counters,
+    table_writes,
+    wal_bytes_between,
+    wal_position,
+)
 from quiet_day import FIRST_EXPIRY, seed  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from worker.mail.emails import message_id_for  # noqa: E402
 from worker.mail.mailers import SMTPMailer  # noqa: E402
+from worker.mail.message_ids import message_id_for  # noqa: E402
 from worker.services.notices import SCHEDULE_STATE_KEY  # noqa: E402
 from worker.services.runtime import Runtime, freeze_startup_objects  # noqa: E402
 from worker.store import migrate  # noqa: E402
 
 PEAK_DAY = date(2027, 1, 11)
-#: Every due mailbox expires on the same date (bought the day PEC became compulsory):
-#: the "-15d" stage falls on the peak day.
+#: Every due mailbox of a day expires on the same date (bought the day PEC became compulsory):
+#: the "-15d" stage falls on that peak day.
 PEAK_EXPIRY = PEAK_DAY + timedelta(days=15)
 STAGE = "-15d"
+#: The seeded fleet's first next date (``quiet_day.FIRST_EXPIRY`` less 92 days) is 2027-01-18:
+#: up to this many days back to back, nothing but the due sets falls on a peak day.
+MAX_DAYS = 7
 MAIL_FROM = "Rinnovi PEC <rinnovi@pec-provider.example>"
 #: A fixed key for the benchmark's links only: nothing is ever verified with it.
 BENCH_SECRET_KEYS = "bench-only-key-0123456789abcdef0123456789"
@@ -81,22 +107,44 @@ def log(message: str) -> None:
 # -- the database ------------------------------------------------------------------------
 
 
-def reset_due_set(url: str, due: int) -> None:
-    """Make the first ``due`` mailboxes due on the peak day, and nothing else; empty what a run writes.
+def peak_day(number: int) -> date:
+    """The date of the ``number``-th peak day (0 for the first)."""
+    return PEAK_DAY + timedelta(days=number)
+
+
+def reset_due_set(url: str, due: int, days: int = 1) -> None:
+    """Make the d-th block of ``due`` mailboxes due on the d-th peak day (expiring 15 days later), for
+    ``days`` days, and nothing else due by the last; empty what a run writes.
 
     Quick enough to run before every run: it touches the due rows and whatever
-    an earlier run with a larger ``--due`` left due, through indexes.
+    an earlier run with a larger ``--due`` or ``--days`` left due, through indexes.
     """
+    last_day = peak_day(days - 1)
     with psycopg.connect(psycopg_url(url)) as connection:
+        # Whatever an earlier run left due by the last day, outside this run's due sets, goes back to
+        # its seeded expiry and next date; the mailboxes first, found by their schedule's date.
+        moved_away = {"first": FIRST_EXPIRY, "day": last_day, "due": due * days}
         connection.execute(
-            """UPDATE mailboxes SET expires_on = %(first)s::date + (id %% 3650)::int,
-                                    next_action_on = %(first)s::date + (id %% 3650)::int - 92
-               WHERE next_action_on <= %(day)s AND id > %(due)s""",
-            {"first": FIRST_EXPIRY, "day": PEAK_DAY, "due": due},
+            """UPDATE mailboxes m SET expires_on = %(first)s::date + (m.id %% 3650)::int
+               FROM mailbox_schedule s
+               WHERE s.mailbox_id = m.id AND s.next_action_on <= %(day)s AND s.mailbox_id > %(due)s""",
+            moved_away,
         )
         connection.execute(
-            "UPDATE mailboxes SET expires_on = %s, next_action_on = %s WHERE id <= %s",
-            (PEAK_EXPIRY, PEAK_DAY, due),
+            """UPDATE mailbox_schedule SET next_action_on = %(first)s::date + (mailbox_id %% 3650)::int - 92
+               WHERE next_action_on <= %(day)s AND mailbox_id > %(due)s""",
+            moved_away,
+        )
+        due_sets = {"expiry": PEAK_EXPIRY, "day": PEAK_DAY, "due": due, "all": due * days}
+        connection.execute(
+            """UPDATE mailboxes SET expires_on = %(expiry)s::date + ((id - 1) / %(due)s)::int
+               WHERE id <= %(all)s AND expires_on <> %(expiry)s::date + ((id - 1) / %(due)s)::int""",
+            due_sets,
+        )
+        connection.execute(
+            """UPDATE mailbox_schedule SET next_action_on = %(day)s::date + ((mailbox_id - 1) / %(due)s)::int
+               WHERE mailbox_id <= %(all)s""",
+            due_sets,
         )
         connection.execute("TRUNCATE notice_ledger, outbox_messages, daily_runs, bounced_addresses")
         # The schedule in force is the recorded one: the scan does not walk the fleet
@@ -108,8 +156,10 @@ def reset_due_set(url: str, due: int) -> None:
             (SCHEDULE_STATE_KEY, fingerprint),
         )
         due_now = connection.execute(
-            "SELECT count(*) FROM mailboxes WHERE next_action_on <= %s", (PEAK_DAY,)
-        ).fetchone()[0]
+            """SELECT count(*) FILTER (WHERE next_action_on <= %s), count(*) FROM mailbox_schedule
+               WHERE next_action_on <= %s""",
+            (PEAK_DAY, last_day),
+        ).fetchone()
         connection.commit()
         connection.autocommit = True
         # Every run and every reset leave 200,000 dead mailbox rows, and autovacuum waits for
@@ -118,8 +168,9 @@ def reset_due_set(url: str, due: int) -> None:
         # row).  A provider's autovacuum has the whole day between two scans: each run
         # starts vacuumed (7 s on 10M rows after six runs).  Not the emptied tables:
         # statistics of an empty table would plan the whole day as if they stayed empty;
-        # never analysed, they are planned by their actual size.
-        connection.execute("VACUUM (ANALYZE) mailboxes")
+        # never analysed, they are planned by their actual size.  Only before the first
+        # day: the later days find what the earlier ones and autovacuum left.
+        connection.execute("VACUUM (ANALYZE) mailboxes, mailbox_schedule")
         # Then the reset's and the vacuum's dirty pages are written out, as a quiet night
         # before the 06:00 scan would have: left in the 128 MB of shared buffers, they were
         # the day's to write, and PostgreSQL's CPU per email doubled (measured back to back:
@@ -131,53 +182,10 @@ def reset_due_set(url: str, due: int) -> None:
                 "CHECKPOINT is refused to this database user: the bench needs a superuser, or"
                 " (PostgreSQL 15 and later) a user granted pg_checkpoint: GRANT pg_checkpoint TO <user>"
             ) from None
-    if due_now != due:
-        raise SystemExit(f"{due_now} mailboxes are due on {PEAK_DAY}, not {due}")
-
-
-def progress_counts(connection: psycopg.Connection) -> tuple[int, int, int, bool]:
-    """(ledger rows, outbox rows, outbox rows still pending, scan recorded): exact, but a few
-    count(*) over 200,000-row tables, so read every few seconds and at the end only."""
-    ledger = connection.execute("SELECT count(*) FROM notice_ledger").fetchone()[0]
-    total, pending = connection.execute(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'pending') FROM outbox_messages"
-    ).fetchone()
-    scanned = connection.execute(
-        "SELECT finished_at IS NOT NULL FROM daily_runs WHERE business_date = %s", (PEAK_DAY,)
-    ).fetchone()
-    connection.rollback()
-    return ledger, total, pending, bool(scanned and scanned[0])
-
-
-def maybe_done(connection: psycopg.Connection, due: int) -> bool:
-    """A cheap test, every half second, that the day may be over: ``due`` ledger rows exist
-    (the highest ledger id, by the primary key, has got that far since the truncation) and no
-    message is pending (one probe of the pending index).  The polling of earlier versions counted
-    both tables every half second: a tenth of a core taken from the measured system."""
-    probe = connection.execute(
-        """SELECT (SELECT coalesce(max(id), 0) - coalesce(min(id), 1) + 1 FROM notice_ledger) >= %s
-                  AND NOT EXISTS (SELECT 1 FROM outbox_messages WHERE status = 'pending')""",
-        (due,),
-    ).fetchone()[0]
-    connection.rollback()
-    return bool(probe)
-
-
-def backend_cpu(connection: psycopg.Connection) -> dict[int, float]:
-    """CPU seconds used so far by each PostgreSQL backend connected to this database, but ours."""
-    pids = [
-        pid
-        for (pid,) in connection.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    ]
-    connection.rollback()
-    return {pid: cpu_seconds([pid]) for pid in pids}
-
-
-def outcome_counts(url: str) -> dict[str, int]:
-    with psycopg.connect(psycopg_url(url)) as connection:
-        return dict(connection.execute("SELECT status, count(*) FROM outbox_messages GROUP BY status").fetchall())
+    if tuple(due_now) != (due, due * days):
+        raise SystemExit(
+            f"{due_now[0]} mailboxes are due on {PEAK_DAY} and {due_now[1]} by {last_day}, not {due} and {due * days}"
+        )
 
 
 # -- the services --------------------------------------------------------------------------
@@ -239,49 +247,6 @@ def start_worker(spec: str, env: dict[str, str], directory: Path, number: int) -
         stdout=open(directory / f"worker{number}.log", "wb"),
         stderr=subprocess.STDOUT,
     )
-
-
-def process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return pids
-    for child in children:
-        pids.extend(process_tree(int(child)))
-    return pids
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time these processes have used so far (/proc/<pid>/stat)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
-def redis_server_pids(url: str) -> list[int]:
-    """The Redis server's own process, when it runs on this machine (for its CPU time)."""
-    try:
-        return [int(redis.Redis.from_url(url).info("server")["process_id"])]
-    except (redis.RedisError, KeyError, ValueError):
-        return []
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """The process's high-water resident set (VmHWM), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -357,21 +322,24 @@ def bare_limit(renderer, host: str, port: int, emails: int, processes: int) -> t
 # -- the peak day ----------------------------------------------------------------------------
 
 
-def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[subprocess.Popen]):
-    from worker.celery_setup import create_celery
-
-    app = create_celery(Settings.from_env(env))
-    # Let every worker reach its queues before the clock starts.
+def wait_for_workers(app, workers: list[subprocess.Popen], directory: Path) -> None:
+    """Let every worker reach its queues before the clock starts."""
     deadline = time.monotonic() + 60
     while len(app.control.inspect(timeout=1.0).active_queues() or {}) < len(workers):
         if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
             raise SystemExit(f"the workers did not start; see {directory}/worker*.log")
-    log(f"{len(workers)} Celery workers up ({', '.join(args.worker)}); peak day starts")
 
+
+def drive_peak_day(args, app, day: date, directory: Path, workers: list[subprocess.Popen]) -> dict:
+    """One peak day: the scan task sent, timed until the day's due mailboxes have their ledger rows
+    and no email is pending; with the CPU, WAL and table writes it cost."""
     connection = psycopg.connect(psycopg_url(args.database_url))
     worker_pids = [pid for worker in workers for pid in process_tree(worker.pid)]
     sink_pids = process_tree(args.sink_pid) if args.sink_pid else []
     redis_pids = redis_server_pids(args.redis_url)
+    ledger_before = last_ledger_id(connection)
+    tables_before = table_counters(connection)
+    wal_before = wal_position(connection)
     cpu_before = cpu_seconds(worker_pids)
     cpu_before_each = {pid: cpu_seconds([pid]) for pid in worker_pids}
     others_before = {
@@ -381,7 +349,7 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
     }
     postgres_seen = dict(others_before["postgres"])
     started = time.perf_counter()
-    app.send_task("pec_renewal.daily_scan", args=[PEAK_DAY.isoformat()])
+    app.send_task("pec_renewal.daily_scan", args=[day.isoformat()])
     last_report = 0.0
     scanned_at = notices_at = None
     ledger = 0
@@ -390,22 +358,23 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
         elapsed = time.perf_counter() - started
         # The backends' CPU is read while they live (a backend's /proc goes with it).
         postgres_seen.update(backend_cpu(connection))
-        done = maybe_done(connection, args.due)
+        done = maybe_done(connection, args.due, ledger_before)
         if done or elapsed - last_report >= 5:
             last_report = elapsed
-            ledger, total, pending, scanned = progress_counts(connection)
+            ledger, total, pending, scanned = progress_counts(connection, day)
             if scanned and scanned_at is None:
                 scanned_at = elapsed
             if ledger >= args.due and notices_at is None:
                 notices_at = elapsed
-            log(f"{elapsed:6.1f} s: {ledger:,} notices, {total - pending:,}/{total:,} emails handled")
+            log(f"{day}: {elapsed:6.1f} s: {ledger:,} notices, {total - pending:,}/{total:,} emails handled")
             if ledger >= args.due and pending == 0:
                 break
         if elapsed > args.timeout:
-            raise SystemExit(f"the peak day did not finish in {args.timeout} s ({ledger} notices)")
+            raise SystemExit(f"the peak day {day} did not finish in {args.timeout} s ({ledger} notices)")
         if any(worker.poll() is not None for worker in workers):
             raise SystemExit(f"a worker died; see {directory}/worker*.log")
     wall = time.perf_counter() - started
+    wal_after = wal_position(connection)
     cpu = cpu_seconds(worker_pids) - cpu_before
     postgres_seen.update(backend_cpu(connection))
     others = {
@@ -413,6 +382,9 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
         "sink": cpu_seconds(sink_pids) - others_before["sink"],
         "redis": cpu_seconds(redis_pids) - others_before["redis"],
     }
+    time.sleep(STATISTICS_DELAY)  # the backends' table counts reach the statistics when they idle
+    writes = table_writes(tables_before, table_counters(connection))
+    wal = wal_bytes_between(connection, wal_before, wal_after)
     connection.close()
 
     rss = {}
@@ -424,50 +396,87 @@ def _drive_peak_day(args, env: dict[str, str], directory: Path, workers: list[su
             # CPU seconds each process used during the day: the main process (consumer) and its pool.
             "cpu_seconds": [round(cpu_seconds([pid]) - cpu_before_each.get(pid, 0), 1) for pid in pids],
         }
-    return wall, scanned_at, notices_at, total, rss, cpu, others
-
-
-def run_peak_day(args, env: dict[str, str], directory: Path) -> dict:
-    redis.Redis.from_url(args.redis_url).flushdb()
-    workers = [start_worker(spec, env, directory, number) for number, spec in enumerate(args.worker)]
-    try:
-        wall, scanned_at, notices_at, total, rss, cpu, others = _drive_peak_day(args, env, directory, workers)
-    finally:
-        for worker in workers:
-            stop(worker)
+    emails = max(total, 1)
     return {
+        "date": day.isoformat(),
         "wall_seconds": round(wall, 2),
         "scan_done_seconds": round(scanned_at or 0, 2),
         "notices_done_seconds": round(notices_at or 0, 2),
         "emails": total,
-        "workers_cpu_ms_per_email": round(cpu * 1000 / max(total, 1), 3),
+        "emails_per_second": round(total / wall, 1),
+        "workers_cpu_ms_per_email": round(cpu * 1000 / emails, 3),
         # Where else the CPU went: the PostgreSQL backends serving this database, the sink
         # and Redis (shared with whatever else uses the server).
-        "other_cpu_ms_per_email": {name: round(seconds * 1000 / max(total, 1), 3) for name, seconds in others.items()},
+        "other_cpu_ms_per_email": {name: round(seconds * 1000 / emails, 3) for name, seconds in others.items()},
+        "postgres_cpu_ms_per_email": round(others["postgres"] * 1000 / emails, 3),
+        # The server's WAL, whatever database wrote it: read on a server nothing else writes to.
+        "wal_bytes_per_email": round(wal / emails),
+        # The day's WAL positions, for pg_waldump (which names the relation of each record).
+        "wal_range": [wal_before, wal_after],
+        "hot_update_ratio": {
+            name: round(grown["n_tup_hot_upd"] / grown["n_tup_upd"], 3) if grown["n_tup_upd"] else None
+            for name, grown in writes.items()
+        },
+        "table_writes": writes,
         "peak_rss_mb": rss,
     }
+
+
+#: Seconds to wait after a day for the backends' table statistics (PostgreSQL reports them at
+#: most once a second from a backend, and when it idles).
+STATISTICS_DELAY = 11.0
+
+
+def run_peak_days(args, env: dict[str, str], directory: Path, pipe) -> None:
+    """The peak days on one set of workers: after each day its figures go to ``pipe``, and the
+    next day waits for the parent's word (it measures the bare limit meanwhile)."""
+    from worker.celery_setup import create_celery
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+    workers = [start_worker(spec, env, directory, number) for number, spec in enumerate(args.worker)]
+    try:
+        app = create_celery(Settings.from_env(env))
+        wait_for_workers(app, workers, directory)
+        log(f"{len(workers)} Celery workers up ({', '.join(args.worker)}); peak days start")
+        for number in range(args.days):
+            pipe.send(("day", drive_peak_day(args, app, peak_day(number), directory, workers)))
+            pipe.recv()
+    finally:
+        for worker in workers:
+            stop(worker)
 
 
 def _peak_child(args, env: dict[str, str], directory: Path, pipe) -> None:
     os.environ.update(env)  # worker.celery_app builds its app from the environment on import
     try:
-        pipe.send(("ok", run_peak_day(args, env, directory)))
+        run_peak_days(args, env, directory, pipe)
+        pipe.send(("done", None))
     except BaseException as error:  # SystemExit included: the parent reports it
         pipe.send(("error", str(error)))
 
 
-def run_peak_day_in_child(args, env: dict[str, str], directory: Path) -> dict:
-    """The peak day, driven from a forked process: Celery's client (kombu) never lives in
-    this one, whose later forks (the bare limit) would otherwise hang closing its connections."""
+def run_peak_days_in_child(args, env: dict[str, str], directory: Path, between) -> list[dict]:
+    """The peak days, driven from a forked process: Celery's client (kombu) never lives in
+    this one, whose later forks (the bare limit) would otherwise hang closing its connections.
+    ``between(day)`` runs here after each day, while the workers wait."""
     context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_peak_child, args=(args, env, directory, sender))
+    here, there = context.Pipe(duplex=True)
+    child = context.Process(target=_peak_child, args=(args, env, directory, there))
     child.start()
-    status, value = receiver.recv()
-    child.join()
-    if status != "ok":
-        raise SystemExit(value)
-    return value
+    days = []
+    try:
+        while True:
+            status, value = here.recv()
+            if status == "day":
+                days.append(value)
+                between(value)
+                here.send("next")
+            elif status == "done":
+                return days
+            else:
+                raise SystemExit(value)
+    finally:
+        child.join()
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -478,7 +487,10 @@ def parse_hostport(text: str) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mailboxes", type=int, default=10_000_000)
-    parser.add_argument("--due", type=int, default=200_000, help="mailboxes due on the peak day (one email each)")
+    parser.add_argument("--due", type=int, default=200_000, help="mailboxes due on each peak day (one email each)")
+    parser.add_argument(
+        "--days", type=int, default=1, help=f"peak days back to back on the same database (1 to {MAX_DAYS}; default 1)"
+    )
     parser.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/pec_bench_peak")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/4", help="the broker (its DB is emptied)")
     parser.add_argument("--smtp", type=parse_hostport, default=("127.0.0.1", 2525), help="the SMTP sink, host:port")
@@ -497,9 +509,13 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=os.cpu_count(), help="bare-limit processes (default: the cores)"
     )
-    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds a day may take")
     args = parser.parse_args()
     args.worker = args.worker or list(DEFAULT_WORKERS)
+    if not 1 <= args.days <= MAX_DAYS:
+        parser.error(f"--days must be 1 to {MAX_DAYS}")
+    if args.due * args.days > args.mailboxes:
+        parser.error("--due × --days is more than --mailboxes")
     bare_emails = args.bare_emails or min(args.due, 30_000)
 
     ensure_database(args.database_url)
@@ -508,9 +524,9 @@ def main() -> None:
     if seconds:
         log(f"seeded {args.mailboxes:,} mailboxes in {seconds:.1f} s")
     started = time.perf_counter()
-    reset_due_set(args.database_url, args.due)
+    reset_due_set(args.database_url, args.due, args.days)
     reset_seconds = time.perf_counter() - started
-    log(f"due set reset in {reset_seconds:.1f} s: {args.due:,} mailboxes due on {PEAK_DAY}")
+    log(f"due sets reset in {reset_seconds:.1f} s: {args.due:,} mailboxes due on each day from {PEAK_DAY}")
 
     directory = Path(tempfile.mkdtemp(prefix="daily_peak-"))
     env = worker_environment(args, directory / "var")
@@ -521,17 +537,27 @@ def main() -> None:
         runtime = Runtime(Settings.from_env(env))
         renderer = runtime.renderer  # templates compiled before the senders fork
         freeze_startup_objects()
-        bare_before, bare_cpu_before = bare_limit(renderer, host, port, bare_emails, args.processes)
-        log(f"bare limit: {bare_before:,.0f} emails/s ({args.processes} processes, {bare_emails:,} emails)")
-        peak = run_peak_day_in_child(args, env, directory)
-        rate = peak["emails"] / peak["wall_seconds"]
-        log(f"peak day: {peak['emails']:,} emails in {peak['wall_seconds']:.1f} s, {rate:,.0f} emails/s")
-        bare_after, bare_cpu_after = bare_limit(renderer, host, port, bare_emails, args.processes)
-        log(f"bare limit: {bare_after:,.0f} emails/s")
+        bare_runs = [bare_limit(renderer, host, port, bare_emails, args.processes)]
+        log(f"bare limit: {bare_runs[0][0]:,.0f} emails/s ({args.processes} processes, {bare_emails:,} emails)")
+
+        def after_day(day: dict) -> None:
+            rate = day["emails"] / day["wall_seconds"]
+            log(
+                f"peak day {day['date']}: {day['emails']:,} emails in {day['wall_seconds']:.1f} s, {rate:,.0f} emails/s"
+            )
+            bare_runs.append(bare_limit(renderer, host, port, bare_emails, args.processes))
+            log(f"bare limit: {bare_runs[-1][0]:,.0f} emails/s")
+            (before, cpu_before), (after, cpu_after) = bare_runs[-2:]
+            day["bare_limit_emails_per_second"] = round((before + after) / 2, 1)
+            day["bare_limit_runs"] = [round(before, 1), round(after, 1)]
+            day["bare_limit_cpu_ms_per_email"] = round((cpu_before + cpu_after) / 2, 3)
+            day["ratio_to_bare_limit"] = round(rate / ((before + after) / 2), 3)
+
+        days = run_peak_days_in_child(args, env, directory, after_day)
     finally:
         if sink is not None:
             stop(sink)
-    bare = (bare_before + bare_after) / 2
+    last = days[-1]
     outcomes = outcome_counts(args.database_url)
     summary = {
         "mailboxes": args.mailboxes,
@@ -540,19 +566,16 @@ def main() -> None:
         "reset_seconds": round(reset_seconds, 1),
         "workers": args.worker,
         "settings": dict(args.setting),
-        **peak,
-        "emails_per_second": round(rate, 1),
-        "bare_limit_emails_per_second": round(bare, 1),
-        "bare_limit_runs": [round(bare_before, 1), round(bare_after, 1)],
+        **{key: value for key, value in last.items() if key not in ("date", "bare_limit_runs")},
+        "bare_limit_runs": [round(rate, 1) for rate, _ in bare_runs],
         "bare_limit_processes": args.processes,
-        "bare_limit_cpu_ms_per_email": round((bare_cpu_before + bare_cpu_after) / 2, 3),
-        "ratio_to_bare_limit": round(rate / bare, 3),
         "outbox": outcomes,
         "bench_peak_rss_mb": peak_rss_mb(os.getpid()),
+        "days": days,
         "logs": str(directory),
     }
     print(json.dumps(summary))
-    if outcomes.get("sent", 0) != peak["emails"]:
+    if outcomes.get("sent", 0) != sum(day["emails"] for day in days):
         sys.exit(1)
 
 

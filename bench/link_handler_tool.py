@@ -61,16 +61,19 @@ def seed(url: str, mailboxes: int) -> None:
         connection.execute(
             """INSERT INTO mailboxes (id, address, account_id, holder_id, reference_email, plan, extra_space_gb,
                                       extra_archive_gb, used_space_mb, expires_on, auto_renew, renewal_years, promo,
-                                      language, next_action_on)
+                                      language)
                SELECT g, 'casella' || g || '@pec.example.it', 1 + g %% %(holders)s, 1 + g %% %(holders)s,
                       'titolare' || (1 + g %% %(holders)s) || '@example.it', 'standard', 0, 0, 100,
-                      current_date + 20 + g %% 40, false, 1, false, 'it', current_date + 20 + g %% 40
+                      current_date + 20 + g %% 40, false, 1, false, 'it'
                FROM generate_series(1, %(mailboxes)s) g""",
             {"holders": holders, "mailboxes": mailboxes},
         )
+        connection.execute(
+            "INSERT INTO mailbox_schedule (mailbox_id, next_action_on) SELECT id, expires_on FROM mailboxes"
+        )
         connection.commit()
         connection.autocommit = True
-        connection.execute("VACUUM ANALYZE accounts, holders, mailboxes")
+        connection.execute("VACUUM ANALYZE accounts, holders, mailboxes, mailbox_schedule")
 
 
 def write_links(url: str, links: int, lua: Path) -> str:

@@ -73,12 +73,13 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
             return 0.0
         started = time.perf_counter()
         connection.execute(
-            "TRUNCATE notice_ledger, outbox_messages, mailboxes, holders, accounts RESTART IDENTITY CASCADE"
+            "TRUNCATE notice_ledger, outbox_messages, mailbox_schedule, mailboxes, holders, accounts"
+            " RESTART IDENTITY CASCADE"
         )
         holders = max(1, mailboxes // 3)
         # Every mailbox's next action is at least a day after the quiet day, but
         # for the ``normal_day_due`` mailboxes due on the normal day.
-        connection.execute("DROP INDEX IF EXISTS ix_mailboxes_next_action_on")
+        connection.execute("DROP INDEX IF EXISTS ix_mailbox_schedule_next_action_on")
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -109,16 +110,20 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
                 connection.execute(
                     """INSERT INTO mailboxes (id, address, account_id, holder_id, reference_email, plan, extra_space_gb,
                                               extra_archive_gb, used_space_mb, expires_on, auto_renew, renewal_years,
-                                              promo, language, next_action_on)
+                                              promo, language)
                        SELECT g, 'casella' || g || '@pec.example.it', 1 + g %% %(holders)s, 1 + g %% %(holders)s,
                               'titolare' || (1 + g %% %(holders)s) || '@example.it', 'standard', 0, 0, 100,
                               %(first_expiry)s::date + (g %% 3650),
-                              false, 1, false, 'it',
-                              CASE WHEN g <= %(due)s THEN %(normal_day)s::date
-                                   ELSE %(first_expiry)s::date + (g %% 3650) - 92 END
+                              false, 1, false, 'it'
+                       FROM generate_series(%(first)s::int, %(last)s) g""",
+                    {"holders": holders, "first_expiry": FIRST_EXPIRY, "first": first, "last": last},
+                )
+                connection.execute(
+                    """INSERT INTO mailbox_schedule (mailbox_id, next_action_on)
+                       SELECT g, CASE WHEN g <= %(due)s THEN %(normal_day)s::date
+                                      ELSE %(first_expiry)s::date + (g %% 3650) - 92 END
                        FROM generate_series(%(first)s::int, %(last)s) g""",
                     {
-                        "holders": holders,
                         "first_expiry": FIRST_EXPIRY,
                         "due": normal_day_due,
                         "normal_day": NORMAL_DAY,
@@ -128,18 +133,22 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
                 )
                 progress.advance(rows, last - first + 1)
             finishing = progress.add_task("index and VACUUM ANALYZE", total=2)
-            connection.execute("CREATE INDEX ix_mailboxes_next_action_on ON mailboxes (next_action_on)")
+            connection.execute("CREATE INDEX ix_mailbox_schedule_next_action_on ON mailbox_schedule (next_action_on)")
             connection.commit()
             progress.advance(finishing)
             connection.autocommit = True
-            connection.execute("VACUUM ANALYZE accounts, holders, mailboxes")
+            connection.execute("VACUUM ANALYZE accounts, holders, mailboxes, mailbox_schedule")
             progress.advance(finishing)
         return time.perf_counter() - started
 
 
 def raw_read(connection: psycopg.Connection, day: date) -> int:
     """The baseline: the due rows (id and notice address) over an open connection, as the scan's pool has."""
-    rows = connection.execute("SELECT id, reference_email FROM mailboxes WHERE next_action_on <= %s", (day,)).fetchall()
+    rows = connection.execute(
+        """SELECT s.mailbox_id, m.reference_email FROM mailbox_schedule s JOIN mailboxes m ON m.id = s.mailbox_id
+           WHERE s.next_action_on <= %s""",
+        (day,),
+    ).fetchall()
     connection.rollback()
     return len(rows)
 

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import time_machine
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from tests.support.charges import (
     CHARGE_DAY,
@@ -41,7 +42,7 @@ def _off(runtime, mailbox_id: int, today: date, seen: date | None = EXPIRES) -> 
 
 def _mailbox(runtime, mailbox_id: int) -> Mailbox:
     with runtime.session_factory() as session:
-        return session.get_one(Mailbox, mailbox_id)
+        return session.get_one(Mailbox, mailbox_id, options=[selectinload(Mailbox.schedule)])
 
 
 # -- The pure rule --------------------------------------------------------------------------------

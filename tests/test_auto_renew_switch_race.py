@@ -17,6 +17,7 @@ from datetime import timedelta
 import pytest
 import redis
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.support.charges import CHARGE_DAY, EXPIRES, mark_charge_notice_sent
@@ -106,7 +107,7 @@ def test_switching_off_against_the_charge_one_charge_or_none(
         mine = [c for c in charges if c["idempotency_key"].startswith(f"renewal:{mailbox_id}:")]
         intents = _intents(session_factory, mailbox_id)
         with session_factory() as session:
-            stored = session.get_one(Mailbox, mailbox_id)
+            stored = session.get_one(Mailbox, mailbox_id, options=[selectinload(Mailbox.schedule)])
         assert len(mine) <= 1 and len(intents) <= 1, mailbox_id
         assert all(intent.status == "succeeded" for intent in intents), mailbox_id
         if outcomes[mailbox_id] is Outcome.CHARGE_RUNNING:  # the charge won: one charge, the expiry moved

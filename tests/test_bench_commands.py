@@ -184,6 +184,8 @@ def test_daily_peak(bench_database):
         "3000",
         "--due",
         "300",
+        "--days",
+        "2",
         "--database-url",
         bench_database,
         "--redis-url",
@@ -202,11 +204,35 @@ def test_daily_peak(bench_database):
         "240",
     )
     assert summary["mailboxes"] == 3000 and summary["due"] == summary["emails"] == 300
-    assert summary["outbox"] == {"sent": 300}
+    assert summary["outbox"] == {"sent": 600}
     assert summary["emails_per_second"] > 0 and summary["bare_limit_emails_per_second"] > 0
     assert summary["ratio_to_bare_limit"] > 0 and summary["wall_seconds"] > 0
     assert set(summary["peak_rss_mb"]) == {"worker0 scan,notices:1", "worker1 mail:2"}
-    assert _count(bench_database, "SELECT count(*) FROM notice_ledger") == 300
+    assert len(summary["bare_limit_runs"]) == 3  # before the first day, and after each
+    days = summary["days"]
+    assert [day["date"] for day in days] == ["2027-01-11", "2027-01-12"]
+    # The top-level figures are the last day's.
+    for key in ("emails_per_second", "wall_seconds", "bare_limit_emails_per_second", "ratio_to_bare_limit"):
+        assert summary[key] == days[-1][key]
+    for day in days:
+        assert day["emails"] == 300 and day["wall_seconds"] > 0 and day["ratio_to_bare_limit"] > 0
+        assert day["postgres_cpu_ms_per_email"] > 0 and day["wal_bytes_per_email"] > 0
+        # The day writes the ledger, the outbox and the schedule, and never a mailboxes row.
+        assert {"notice_ledger", "outbox_messages", "mailbox_schedule"} <= set(day["hot_update_ratio"])
+        assert day["table_writes"]["mailbox_schedule"]["n_tup_upd"] == 300
+        assert day["table_writes"].get("mailboxes", {}).get("n_tup_upd", 0) == 0
+    # Each day sent its own emails: one per mailbox of its due set, every one sent.
+    assert _count(bench_database, "SELECT count(*) FROM notice_ledger") == 600
+    for number, day in enumerate(days):
+        assert (
+            _count(
+                bench_database,
+                f"SELECT count(*) FROM notice_ledger l JOIN outbox_messages o ON o.id = l.outbox_message_id"
+                f" WHERE l.business_date = '{day['date']}' AND o.status = 'sent'"
+                f" AND l.mailbox_id BETWEEN {number * 300 + 1} AND {(number + 1) * 300}",
+            )
+            == 300
+        )
 
 
 def test_link_handler(bench_database):

@@ -82,7 +82,7 @@ def test_the_schema_after_a_bulk_import_is_a_fresh_upgrade(session_factory, data
         indexes["uq_mailboxes_address"]
         == "CREATE UNIQUE INDEX uq_mailboxes_address ON public.mailboxes USING btree (address)"
     )
-    assert "ix_mailboxes_next_action_on" in indexes and "ix_holders_account_id" in indexes
+    assert "ix_mailbox_schedule_next_action_on" in indexes and "ix_holders_account_id" in indexes
     constraints = {name: definition for _, name, _, definition, *_ in after[1]}
     assert constraints["fk_mailboxes_holder_id_holders"] == "FOREIGN KEY (holder_id) REFERENCES holders(id)"
 

@@ -8,7 +8,7 @@ from sqlalchemy import select, text, update
 
 from tests.support.importing import mailbox, make_csv, row, run
 from worker.services.importer import ImportReport
-from worker.store.models import Mailbox
+from worker.store.models import Mailbox, MailboxSchedule
 
 
 def versions(session_factory) -> dict[str, str]:
@@ -39,12 +39,17 @@ def test_a_mailbox_the_scan_moved_on_goes_back_to_the_start_of_its_cycle(any_dat
     run(factory, text_)
     with factory.begin() as session:
         session.execute(
-            update(Mailbox).where(Mailbox.address == "user1@pec.example.it").values(next_action_on=date(2027, 5, 1))
+            update(MailboxSchedule)
+            .where(
+                MailboxSchedule.mailbox_id
+                == select(Mailbox.id).where(Mailbox.address == "user1@pec.example.it").scalar_subquery()
+            )
+            .values(next_action_on=date(2027, 5, 1))
         )
     assert run(factory, text_) == ImportReport(rows=2, created=0, updated=1, unchanged=1, domains=0, warnings=[])
     assert mailbox(factory, "user1@pec.example.it").next_action_on == date(2027, 2, 28)
     with factory() as session:
-        assert session.scalars(select(Mailbox.next_action_on)).all() == [date(2027, 2, 28)] * 2
+        assert session.scalars(select(MailboxSchedule.next_action_on)).all() == [date(2027, 2, 28)] * 2
 
 
 def test_a_column_set_to_empty_is_updated(any_database):

@@ -34,7 +34,7 @@ from worker.metrics import database_query
 from worker.services.charges import ChargesResult
 from worker.services.daily import run_day, scan_day
 from worker.services.runtime import Runtime
-from worker.store.models import Mailbox, OutboxMessage, OutboxStatus
+from worker.store.models import MailboxSchedule, OutboxMessage, OutboxStatus
 from worker.web import create_app
 
 ROME = ZoneInfo("Europe/Rome")
@@ -211,7 +211,11 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
         overdue = make_mailbox(session, expires_on=DAY)  # next action: an earlier stage's date
         make_mailbox(session, expires_on=DAY + timedelta(days=200))
         session.flush()
-        session.execute(update(Mailbox).where(Mailbox.id == overdue.id).values(next_action_on=DAY - timedelta(days=1)))
+        session.execute(
+            update(MailboxSchedule)
+            .where(MailboxSchedule.mailbox_id == overdue.id)
+            .values(next_action_on=DAY - timedelta(days=1))
+        )
         context = {"mailboxes": []}
         common = dict(
             kind="expiry-notice",
@@ -294,7 +298,7 @@ def test_the_gauge_query_uses_the_indexes(engine, session_factory):
         connection.rollback()
     assert "Seq Scan" not in plan, plan
     assert "ix_outbox_messages_pending" in plan and "ix_outbox_messages_failed" in plan, plan
-    assert "ix_mailboxes_next_action_on" in plan, plan
+    assert "ix_mailbox_schedule_next_action_on" in plan, plan
     assert "ix_charge_intents_unresolved" in plan, plan
 
 

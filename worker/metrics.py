@@ -42,7 +42,7 @@ from worker.store.models import (
     ChargeStatus,
     GatewayEvent,
     GatewayRefund,
-    Mailbox,
+    MailboxSchedule,
     OutboxMessage,
     OutboxStatus,
 )
@@ -214,7 +214,7 @@ def database_query(now: datetime):
         .where(pending, OutboxMessage.next_attempt_at.is_(None))
         .scalar_subquery()
         .label("oldest_new_created_at"),
-        select(func.min(Mailbox.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
+        select(func.min(MailboxSchedule.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
         count(unresolved, ChargeIntent.status == ChargeStatus.STARTED.value).label("charges_started"),
         count(unresolved, ChargeIntent.status == ChargeStatus.UNKNOWN.value).label("charges_unknown"),
     )

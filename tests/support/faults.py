@@ -173,9 +173,9 @@ def seed_mailboxes(
             text(
                 "INSERT INTO mailboxes (address, account_id, holder_id, reference_email, plan, extra_space_gb, "
                 "extra_archive_gb, used_space_mb, expires_on, auto_renew, payment_method, renewal_years, promo, "
-                "language, next_action_on) "
+                "language) "
                 "SELECT 'casella' || h.id || '@pec.provider.example.it', h.account_id, h.id, h.reference_email, "
-                "'standard', 0, 0, 100, :expires_on, :auto_renew, :payment_method, 1, false, 'it', :next_action_on "
+                "'standard', 0, 0, 100, :expires_on, :auto_renew, :payment_method, 1, false, 'it' "
                 "FROM holders h WHERE h.account_id > :first ORDER BY h.id RETURNING id"
             ),
             {
@@ -183,9 +183,16 @@ def seed_mailboxes(
                 "expires_on": expires_on,
                 "auto_renew": auto_renew,
                 "payment_method": payment_method,
-                "next_action_on": next_action_on,
             },
         ).all()
+        session.execute(
+            text(
+                "INSERT INTO mailbox_schedule (mailbox_id, next_action_on) "
+                "SELECT m.id, :next_action_on FROM mailboxes m JOIN holders h ON h.id = m.holder_id "
+                "WHERE h.account_id > :first"
+            ),
+            {"first": first, "next_action_on": next_action_on},
+        )
     return sorted(ids)
 
 

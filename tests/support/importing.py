@@ -12,6 +12,7 @@ import io
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from worker.rules.schedule import DEFAULT_STAGES
 from worker.services.importer import ImportRefused, ImportReport, import_mailboxes
@@ -79,7 +80,9 @@ def count(session_factory, model) -> int:
 
 def mailbox(session_factory, address: str) -> Mailbox:
     with session_factory() as session:
-        found = session.scalars(select(Mailbox).where(Mailbox.address == address)).one()
+        found = session.scalars(
+            select(Mailbox).where(Mailbox.address == address).options(selectinload(Mailbox.schedule))
+        ).one()
         session.expunge_all()
         return found
 

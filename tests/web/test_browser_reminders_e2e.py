@@ -14,7 +14,7 @@ from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, PHONE, links_in, mail
 from tests.support.factories import make_mailbox
 from worker.rules.schedule import deletion_date
 from worker.services.daily import run_day
-from worker.store.models import Mailbox
+from worker.store.models import Mailbox, MailboxSchedule
 
 pytestmark = needs_chromium
 
@@ -102,7 +102,10 @@ def test_opt_out_of_the_reminders_from_the_email_then_none_comes_again(served, s
     assert len(maildir_messages(runtime.settings.maildir)) == 1
     assert skipped == 8
     with session_factory() as session:
-        assert session.scalar(select(Mailbox.next_action_on).where(Mailbox.id == mailbox_id)) is None
+        assert (
+            session.scalar(select(MailboxSchedule.next_action_on).where(MailboxSchedule.mailbox_id == mailbox_id))
+            is None
+        )
 
     assert "/avvisi/[redacted]" in caplog.text  # werkzeug's request log was written ...
     assert token not in caplog.text  # ... without the token

@@ -45,10 +45,11 @@ from worker.rules.auto_renew import (
 from worker.rules.schedule import Stage
 from worker.services.charges import charge_price
 from worker.services.orders.link import holder_language
-from worker.store.db import update_by_id
-from worker.store.models import ChargeIntent, Holder, Mailbox, NoticeLedgerEntry
+from worker.store.models import ChargeIntent, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry
+from worker.store.schedule import move_schedule
 
 _MAILBOXES = Mailbox.__table__
+_SCHEDULE = MailboxSchedule.__table__
 _HOLDERS = Holder.__table__
 _INTENTS = ChargeIntent.__table__
 _LEDGER = NoticeLedgerEntry.__table__
@@ -123,7 +124,7 @@ _FACTS = (
         _MAILBOXES.c.extra_archive_gb,
         _MAILBOXES.c.renewal_years,
         _MAILBOXES.c.expires_on,
-        _MAILBOXES.c.next_action_on,
+        _SCHEDULE.c.next_action_on,
         _MAILBOXES.c.domain_id,
         _MAILBOXES.c.auto_renew,
         _MAILBOXES.c.payment_method,
@@ -131,11 +132,13 @@ _FACTS = (
         _MAILBOXES.c.language,
         _HOLDERS.c.name.label("holder_name"),
     )
+    .join(_SCHEDULE, _SCHEDULE.c.mailbox_id == _MAILBOXES.c.id)
     .join(_HOLDERS, _HOLDERS.c.id == _MAILBOXES.c.holder_id)
     .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
 )
-#: The charge service's lock (FOR UPDATE of the mailbox row; SQLite's transactions are serial).
-_LOCKED_FACTS = _FACTS.with_for_update(of=_MAILBOXES)
+#: The charge service's lock (FOR UPDATE of the mailbox row, then its schedule row; SQLite's
+#: transactions are serial).
+_LOCKED_FACTS = _FACTS.with_for_update(of=(_MAILBOXES, _SCHEDULE))
 _ATTEMPTS = (
     select(_INTENTS.c.id, _INTENTS.c.attempt, _INTENTS.c.status, _INTENTS.c.business_date)
     .where(_INTENTS.c.mailbox_id == bindparam("mailbox_id"), _INTENTS.c.cycle_expires_on == bindparam("cycle"))
@@ -190,9 +193,9 @@ def _closed_state(mailbox: Any, today: date) -> PageState | None:
 
 def _switch(session: Session, mailbox_id: int, auto_renew: bool, next_action_on: date | None) -> None:
     """Set the flag, and the date the scan next looks at the mailbox, as the scan sets it
-    (:func:`worker.store.db.update_by_id`, the notice batch's own write of the schedule)."""
+    (:func:`worker.store.schedule.move_schedule`, the notice batch's own write of the schedule)."""
     session.execute(_SET_AUTO_RENEW, {"mailbox_id": mailbox_id, "new_auto_renew": auto_renew})
-    update_by_id(session, _MAILBOXES, [{"id": mailbox_id, "next_action_on": next_action_on}])
+    move_schedule(session, [(mailbox_id, next_action_on)])
 
 
 def read_auto_renew(

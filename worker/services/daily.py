@@ -35,7 +35,7 @@ from worker.services.charges import ChargesResult, run_charges
 from worker.services.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule
 from worker.services.runtime import Runtime
 from worker.store.db import dialect_insert
-from worker.store.models import DailyRun, Mailbox
+from worker.store.models import DailyRun, MailboxSchedule
 
 log = logging.getLogger(__name__)
 
@@ -300,4 +300,4 @@ def charge_day(runtime: Runtime, business_date: date, mailbox_ids: list[int]) ->
 def count_due(runtime: Runtime, business_date: date) -> int:
     """How many mailboxes are due by ``business_date`` (for a progress bar)."""
     with runtime.session_factory() as session:
-        return session.scalar(select(func.count()).where(Mailbox.next_action_on <= business_date)) or 0
+        return session.scalar(select(func.count()).where(MailboxSchedule.next_action_on <= business_date)) or 0

@@ -1,8 +1,9 @@
 """The daily notice scan: which mailboxes are due, and the ledger and outbox rows for them.
 
-The scan reads only mailboxes whose ``next_action_on`` has come (an indexed
-column), so its cost follows the work that is due, not the size of the fleet.
-Each batch is handled in one transaction: the mailboxes are locked, the due
+The scan reads only mailboxes whose ``next_action_on`` has come (the indexed
+date of their row in ``mailbox_schedule``), so its cost follows the work that
+is due, not the size of the fleet.  Each batch is handled in one transaction:
+the mailboxes' schedule rows are locked, the due
 stage is decided by a pure rule (:mod:`worker.rules.notices`, and
 :mod:`worker.services.charges` for auto-renew), the ledger rows and their
 outbox messages are written together, and ``next_action_on`` moves to the next
@@ -11,7 +12,9 @@ run, or a second process, write nothing more.
 
 The writes are three SQLAlchemy Core statements whatever the batch's size: the
 outbox messages (``INSERT … RETURNING``), their ledger rows, and the mailboxes'
-next dates (:func:`worker.store.db.insert_many` and ``update_by_id``).
+next dates in ``mailbox_schedule`` (:func:`worker.store.db.insert_many` and
+``update_by_id``).  A batch writes no ``mailboxes`` row, nor locks one: the wide
+row and its six indexes stay out of the day's churn.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from worker.rules import schedule
 from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on, without_opted_out_reminder
 from worker.rules.schedule import Stage
 from worker.services import charges
-from worker.store.db import insert_many, one_of, update_by_id
-from worker.store.models import Domain, Holder, Mailbox, NoticeLedgerEntry, WorkerState
+from worker.store.db import insert_many, one_of
+from worker.store.models import Domain, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry, WorkerState
+from worker.store.schedule import move_schedule
 
 _MAILBOXES = Mailbox.__table__
+_SCHEDULE = MailboxSchedule.__table__
 _LEDGER = NoticeLedgerEntry.__table__
 
 
@@ -84,7 +89,11 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
     # Fetched whole (``all()``): iterating the result row by row took twice as long.
     rows = (
         session.connection()
-        .execute(select(_MAILBOXES.c.reference_email, _MAILBOXES.c.id).where(_MAILBOXES.c.next_action_on <= today))
+        .execute(
+            select(_MAILBOXES.c.reference_email, _SCHEDULE.c.mailbox_id)
+            .join(_MAILBOXES, _MAILBOXES.c.id == _SCHEDULE.c.mailbox_id)
+            .where(_SCHEDULE.c.next_action_on <= today)
+        )
         .all()
     )
     by_address: dict[str, int | list[int]] = {}
@@ -109,11 +118,12 @@ def due_mailbox_batches(session: Session, today: date, batch_size: int) -> Itera
         yield batch
 
 
-#: A batch's mailboxes with what the emails need of their holder and domain, locked: plain
-#: rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more than
-#: the rest of the batch; bench/daily_peak.py).
+#: A batch's mailboxes with their next date and what the emails need of their holder and domain:
+#: plain rows, not ORM objects (loading 500 mailboxes with their holders as objects cost more
+#: than the rest of the batch; bench/daily_peak.py).
 _BATCH_COLUMNS = (
     *_MAILBOXES.c,
+    _SCHEDULE.c.next_action_on,
     Holder.name.label("holder_name"),
     Holder.kind.label("holder_kind"),
     Domain.name.label("domain_name"),
@@ -121,13 +131,29 @@ _BATCH_COLUMNS = (
 
 
 def _batch_mailboxes(session: Session, mailbox_ids: list[int], today: date) -> list[Row]:
+    """The batch's mailboxes still due, their schedule rows locked: the lock every writer of a
+    mailbox's next date takes, so the mailboxes' own rows are left untouched.
+
+    Two statements: the lock, then the read.  A writer that changed a mailbox (a switch of
+    auto-renew, a registered payment, a charge) holds its schedule row until it commits, and
+    the read, a statement after the lock was granted, sees what it committed; one statement
+    would have read the mailbox as it was before the wait."""
+    locked = session.scalars(
+        select(_SCHEDULE.c.mailbox_id)
+        .where(one_of(session, _SCHEDULE.c.mailbox_id, mailbox_ids), _SCHEDULE.c.next_action_on <= today)
+        .order_by(_SCHEDULE.c.mailbox_id)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return []
     return session.execute(
         select(*_BATCH_COLUMNS)
+        .select_from(_SCHEDULE)
+        .join(_MAILBOXES, _MAILBOXES.c.id == _SCHEDULE.c.mailbox_id)
         .join(Holder, Holder.id == Mailbox.holder_id)
         .outerjoin(Domain, Domain.id == Mailbox.domain_id)
-        .where(one_of(session, Mailbox.id, mailbox_ids), Mailbox.next_action_on <= today)
-        .order_by(Mailbox.id)
-        .with_for_update(of=_MAILBOXES)
+        .where(one_of(session, _SCHEDULE.c.mailbox_id, list(locked)))
+        .order_by(_SCHEDULE.c.mailbox_id)
     ).all()
 
 
@@ -292,7 +318,7 @@ def write_notice_batch(session: Session, batch: NoticeBatch) -> list[int]:
     """Write what :func:`plan_notice_batch` decided, in the caller's transaction; returns the outbox ids.
 
     The outbox messages, then their ledger rows, then the mailboxes' next
-    dates.  A ledger row whose (mailbox, cycle, stage) is already there (a
+    dates (their ``mailbox_schedule`` rows).  A ledger row whose (mailbox, cycle, stage) is already there (a
     second writer that decided the same notice at the same time) raises
     SQLAlchemy's ``IntegrityError``: the caller rolls the whole batch back,
     its outbox messages included.
@@ -313,7 +339,7 @@ def write_notice_batch(session: Session, batch: NoticeBatch) -> list[int]:
             for mailbox_id, cycle, stage, kind in rows
         ]
         insert_many(session, _LEDGER, ledger, same={"business_date": batch.today})
-    update_by_id(session, _MAILBOXES, [{"id": mailbox_id, "next_action_on": on} for mailbox_id, on in batch.moves])
+    move_schedule(session, batch.moves)
     return [email.id for email in queued]
 
 
@@ -364,7 +390,8 @@ def reconcile_schedule(
     while True:
         with session_factory() as session, session.begin():
             rows = session.execute(
-                select(Mailbox.id, Mailbox.expires_on, Mailbox.next_action_on)
+                select(Mailbox.id, Mailbox.expires_on, MailboxSchedule.next_action_on)
+                .join(MailboxSchedule, MailboxSchedule.mailbox_id == Mailbox.id)
                 .where(Mailbox.id > last_id, Mailbox.expires_on >= oldest_renewable)
                 .order_by(Mailbox.id)
                 .limit(chunk_size)
@@ -376,9 +403,9 @@ def reconcile_schedule(
             for mailbox_id, expires_on, current in rows:
                 wanted = earliest_action_on(stages, expires_on, today)
                 if wanted is not None and (current is None or wanted < current):
-                    moves.append({"id": mailbox_id, "next_action_on": wanted})
+                    moves.append((mailbox_id, wanted))
             if moves:
-                update_by_id(session, _MAILBOXES, moves)
+                move_schedule(session, moves)
                 moved += len(moves)
     with session_factory() as session, session.begin():
         session.merge(WorkerState(key=SCHEDULE_STATE_KEY, value=fingerprint))

@@ -37,6 +37,7 @@ from worker.store.models import (
     Invoice,
     InvoiceStatus,
     Mailbox,
+    MailboxSchedule,
     NoticeLedgerEntry,
     OutboxMessage,
 )
@@ -211,7 +212,12 @@ def build_report(
     end = start + timedelta(days=days - 1)
     for offset in range(days):
         report.due[start + timedelta(days=offset)] = Counter()
-    rows = session.execute(select(*Mailbox.__table__.c).where(Mailbox.next_action_on <= end).order_by(Mailbox.id)).all()
+    rows = session.execute(
+        select(*Mailbox.__table__.c, MailboxSchedule.next_action_on)
+        .join(MailboxSchedule, MailboxSchedule.mailbox_id == Mailbox.id)
+        .where(MailboxSchedule.next_action_on <= end)
+        .order_by(Mailbox.id)
+    ).all()
     for chunk in _chunks(rows, CHUNK):
         auto_renew_states, sent = load_decision_states(session, chunk)
         for mailbox in chunk:

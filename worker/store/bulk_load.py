@@ -17,8 +17,8 @@ and a million rows need there:
 - which rows an upsert inserted, from the system column ``xmax``, where
   other databases read the keys first;
 - the bulk load into an empty fleet (:class:`BulkLoad`): the secondary
-  indexes and foreign keys of ``mailboxes`` and ``holders`` dropped for the
-  load and built again once, as PostgreSQL's "Populating a Database" advises.
+  indexes and foreign keys of ``mailboxes``, ``mailbox_schedule`` and
+  ``holders`` dropped for the load and built again once, as PostgreSQL's "Populating a Database" advises.
 
 Those statements are text: ``SET``, ``ANALYZE``, ``LOCK TABLE`` and
 ``COPY`` have no SQLAlchemy construct, and :class:`BulkLoad` rebuilds each
@@ -57,10 +57,10 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
-from worker.store.models import Holder, Mailbox
+from worker.store.models import Holder, Mailbox, MailboxSchedule
 
 #: The tables the bulk load into an empty fleet fills without their secondary indexes and foreign keys.
-FLEET_TABLES = (Mailbox.__table__, Holder.__table__)
+FLEET_TABLES = (Mailbox.__table__, MailboxSchedule.__table__, Holder.__table__)
 #: Kept through the bulk load: the unique constraint an import's ``ON CONFLICT`` on holders names.
 KEPT = frozenset({"uq_holders_account_id"})
 #: The unique constraint on ``mailboxes.address``: the bulk load builds it first, and it refuses an address twice.

@@ -23,7 +23,7 @@ from worker.rules.einvoice import Seller
 from worker.rules.schedule import Stage
 from worker.services.charges.results import ChargeRun, ChargesResult
 from worker.services.charges.service import charge_mailbox
-from worker.store.models import Mailbox
+from worker.store.models import Mailbox, MailboxSchedule
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,12 @@ def due_charge_ids(
     return list(
         session.scalars(
             select(Mailbox.id)
+            .join(MailboxSchedule, MailboxSchedule.mailbox_id == Mailbox.id)
             .where(
                 Mailbox.id > after_id,
                 Mailbox.auto_renew.is_(True),
                 Mailbox.domain_id.is_(None),
-                Mailbox.next_action_on <= today,
+                MailboxSchedule.next_action_on <= today,
                 Mailbox.expires_on <= today + timedelta(days=max(plan.charge_days)),
             )
             .order_by(Mailbox.id)

@@ -27,9 +27,10 @@ from worker.rules.auto_renew import (
     decide_auto_renew,
 )
 from worker.rules.schedule import Stage
-from worker.store.models import ChargeIntent, Holder, Mailbox, NoticeLedgerEntry
+from worker.store.models import ChargeIntent, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry
 
 _MAILBOXES = Mailbox.__table__
+_SCHEDULE = MailboxSchedule.__table__
 _HOLDERS = Holder.__table__
 _LEDGER = NoticeLedgerEntry.__table__
 _INTENTS = ChargeIntent.__table__
@@ -184,7 +185,7 @@ _LOCK = (
         _MAILBOXES.c.extra_archive_gb,
         _MAILBOXES.c.renewal_years,
         _MAILBOXES.c.expires_on,
-        _MAILBOXES.c.next_action_on,
+        _SCHEDULE.c.next_action_on,
         _MAILBOXES.c.payment_method,
         _MAILBOXES.c.card_expires_on,
         _MAILBOXES.c.language,
@@ -202,7 +203,8 @@ _LOCK = (
         _INTENTS.c.business_date.label("intent_business_date"),
     )
     .select_from(
-        _MAILBOXES.join(_HOLDERS, _HOLDERS.c.id == _MAILBOXES.c.holder_id)
+        _MAILBOXES.join(_SCHEDULE, _SCHEDULE.c.mailbox_id == _MAILBOXES.c.id)
+        .join(_HOLDERS, _HOLDERS.c.id == _MAILBOXES.c.holder_id)
         .outerjoin(
             _LEDGER,
             and_(_LEDGER.c.mailbox_id == _MAILBOXES.c.id, _LEDGER.c.cycle_expires_on >= _MAILBOXES.c.expires_on),
@@ -219,16 +221,21 @@ _LOCK = (
     )
 )
 #: A mailbox still due today, unless another transaction holds it (that one is doing its work).
-_LOCK_DUE = _LOCK.where(_MAILBOXES.c.next_action_on <= bindparam("today")).with_for_update(
-    of=_MAILBOXES, skip_locked=True
+#: Its row and its schedule's are locked, in that order, as a registered payment locks them
+#: (the mailbox, then the schedule it moves): the notice batch locks the schedule alone.
+_LOCK_DUE = _LOCK.where(_SCHEDULE.c.next_action_on <= bindparam("today")).with_for_update(
+    of=(_MAILBOXES, _SCHEDULE), skip_locked=True
 )
 #: A mailbox this caller claimed (its intent is committed): waits for its lock.
-_LOCK_CLAIMED = _LOCK.with_for_update(of=_MAILBOXES)
+_LOCK_CLAIMED = _LOCK.with_for_update(of=(_MAILBOXES, _SCHEDULE))
 _INTENT = select(*INTENT_COLUMNS).where(_INTENTS.c.id == bindparam("intent_id"))
+_RENEW = (
+    update(_MAILBOXES).where(_MAILBOXES.c.id == bindparam("the_mailbox")).values(expires_on=bindparam("new_expires_on"))
+)
 _MOVE = (
-    update(_MAILBOXES)
-    .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
-    .values(expires_on=bindparam("new_expires_on"), next_action_on=bindparam("new_next_action_on"))
+    update(_SCHEDULE)
+    .where(_SCHEDULE.c.mailbox_id == bindparam("the_mailbox"))
+    .values(next_action_on=bindparam("new_next_action_on"))
 )
 
 
@@ -274,13 +281,12 @@ class LockedMailbox:
             state.set_status(intent.id, intent.status)
 
     def write(self, connection: Connection) -> None:
-        """Write ``expires_on`` and ``next_action_on`` if either changed, in one UPDATE."""
-        if (self.expires_on, self.next_action_on) != self._stored:
-            connection.execute(
-                _MOVE,
-                {"mailbox_id": self.id, "new_expires_on": self.expires_on, "new_next_action_on": self.next_action_on},
-            )
-            self._stored = (self.expires_on, self.next_action_on)
+        """Write ``expires_on`` (on the mailbox) and ``next_action_on`` (on its schedule), each if it changed."""
+        if self.expires_on != self._stored[0]:
+            connection.execute(_RENEW, {"the_mailbox": self.id, "new_expires_on": self.expires_on})
+        if self.next_action_on != self._stored[1]:
+            connection.execute(_MOVE, {"the_mailbox": self.id, "new_next_action_on": self.next_action_on})
+        self._stored = (self.expires_on, self.next_action_on)
 
 
 def lock_mailbox(connection: Connection, mailbox_id: int, today: date, *, claimed: bool) -> LockedMailbox | None:

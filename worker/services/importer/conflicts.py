@@ -30,6 +30,7 @@ from worker.store.models import (
     ChargeIntent,
     ChargeStatus,
     Mailbox,
+    MailboxSchedule,
     OrderStatus,
     Payment,
     RenewalOrder,
@@ -59,6 +60,7 @@ LOOKUP_BATCH = 1000
 
 _rows = STAGING
 _mailboxes = Mailbox.__table__
+_schedule = MailboxSchedule.__table__
 _lines, _orders = RenewalOrderLine.__table__, RenewalOrder.__table__
 _payments, _intents = Payment.__table__, ChargeIntent.__table__
 
@@ -217,7 +219,7 @@ def _write_back(connection: Connection, in_chunk: ColumnElement[bool], older: bo
     rows, mailboxes = _rows, _mailboxes
     if older:
         # Every older row keeps the worker's expiry, next action and renewal columns: one statement.
-        kept = ("expires_on", "next_action_on", *RENEWAL_COLUMNS)
+        kept = ("expires_on", *RENEWAL_COLUMNS)
         connection.execute(
             update(rows)
             .where(
@@ -225,8 +227,9 @@ def _write_back(connection: Connection, in_chunk: ColumnElement[bool], older: bo
                 rows.c.domain.is_(None),
                 rows.c.address == mailboxes.c.address,
                 rows.c.expires_on < mailboxes.c.expires_on,
+                _schedule.c.mailbox_id == mailboxes.c.id,
             )
-            .values({name: mailboxes.c[name] for name in kept})
+            .values({**{name: mailboxes.c[name] for name in kept}, "next_action_on": _schedule.c.next_action_on})
         )
     if same_cycle:
         connection.execute(

@@ -1,9 +1,10 @@
 """Writing, set-based, from the staging table: accounts, domains, holders and mailboxes.
 
 Accounts by login, domains by name, holders by (account, digest of the
-holder data), mailboxes by address, one statement each per chunk, in SQLAlchemy
-Core: the same statements on PostgreSQL and SQLite, with each dialect's
-``INSERT … ON CONFLICT`` (:func:`~worker.store.db.dialect_insert`).
+holder data), mailboxes by address and their next dates (``mailbox_schedule``)
+by mailbox, one statement each per chunk, in SQLAlchemy Core: the same
+statements on PostgreSQL and SQLite, with each dialect's ``INSERT … ON
+CONFLICT`` (:func:`~worker.store.db.dialect_insert`).
 
 On the bulk-load path (PostgreSQL, into an empty fleet, without the
 secondary indexes) the holders and mailboxes of a chunk are inserted by
@@ -22,9 +23,9 @@ from worker.services.importer.report import ChunkCounts
 from worker.services.importer.staged import STAGING
 from worker.store.bulk_load import BulkWriter, Timed, untimed
 from worker.store.db import dialect_insert
-from worker.store.models import Account, Domain, Holder, Mailbox
+from worker.store.models import Account, Domain, Holder, Mailbox, MailboxSchedule
 
-#: The columns a re-import overwrites (all but the address and the id).
+#: The columns of ``mailboxes`` a re-import overwrites (all but the address and the id).
 MAILBOX_UPDATE_COLUMNS = (
     "account_id",
     "holder_id",
@@ -41,13 +42,14 @@ MAILBOX_UPDATE_COLUMNS = (
     "renewal_years",
     "promo",
     "language",
-    "next_action_on",
 )
 #: The tables whose statistics the first chunk refreshes: the joins of the next chunks read them.
 _ANALYSED = (Account.__table__, Holder.__table__, Domain.__table__)
 
 _rows = STAGING
-_accounts, _holders, _domains, _mailboxes = (model.__table__ for model in (Account, Holder, Domain, Mailbox))
+_accounts, _holders, _domains, _mailboxes, _schedule = (
+    model.__table__ for model in (Account, Holder, Domain, Mailbox, MailboxSchedule)
+)
 
 
 def upsert_chunk(
@@ -79,10 +81,11 @@ def upsert_chunk(
         # The ids of the accounts and holders this chunk adds come from their
         # sequences, above these (nothing else writes to the tables: the
         # bulk-load path holds them ACCESS EXCLUSIVE).
-        max_account, max_holder = connection.execute(
+        max_account, max_holder, max_mailbox = connection.execute(
             select(
                 select(func.coalesce(func.max(_accounts.c.id), 0)).scalar_subquery(),
                 select(func.coalesce(func.max(_holders.c.id), 0)).scalar_subquery(),
+                select(func.coalesce(func.max(_mailboxes.c.id), 0)).scalar_subquery(),
             )
         ).one()
     with timed("accounts"):
@@ -102,6 +105,8 @@ def upsert_chunk(
     if bulk:
         with timed("mailboxes"):
             _insert_new_mailboxes(connection, in_chunk, max_account, max_holder)
+        with timed("schedule"):
+            _insert_new_schedule(connection, in_chunk, max_mailbox)
         return ChunkCounts(created=last_seq - after_seq)
     conflicting: set[int] = set()
     if sync is not None:
@@ -172,9 +177,28 @@ def _upsert_mailboxes(
     existing = select(mailboxes.c.id).join(rows, rows.c.address == mailboxes.c.address).where(in_chunk)
     written = database.upsert(upsert, mailboxes.c.id, existing)
     created = sum(1 for inserted, _ in written if inserted)
-    # The rows updated (a new row is never in conflict).
-    updated = sum(1 for inserted, mailbox_id in written if not inserted and mailbox_id not in conflicting)
+    # The rows updated, in mailboxes or in their schedule alone (a new row is never in conflict).
+    changed = {mailbox_id for inserted, mailbox_id in written if not inserted} | _upsert_schedule(connection, in_chunk)
+    updated = len(changed - conflicting - {mailbox_id for inserted, mailbox_id in written if inserted})
     return ChunkCounts(created, updated, size - created - updated - len(conflicting), len(conflicting))
+
+
+def _upsert_schedule(connection: Connection, in_chunk: ColumnElement[bool]) -> set[int]:
+    """The chunk's mailboxes' next dates, by mailbox: a new one's row, an existing one's date where it
+    differs.  Returns the mailboxes whose row was written."""
+    rows, mailboxes, schedule = _rows, _mailboxes, _schedule
+    statement = dialect_insert(connection, schedule)
+    upsert = statement.from_select(
+        ["mailbox_id", "next_action_on"],
+        select(mailboxes.c.id, rows.c.next_action_on)
+        .join(mailboxes, mailboxes.c.address == rows.c.address)
+        .where(in_chunk),
+    ).on_conflict_do_update(
+        index_elements=["mailbox_id"],
+        set_={"next_action_on": statement.excluded.next_action_on},
+        where=schedule.c.next_action_on.is_distinct_from(statement.excluded.next_action_on),
+    )
+    return set(connection.execute(upsert.returning(schedule.c.mailbox_id)).scalars())
 
 
 def _insert_new_holders(connection: Connection, in_chunk: ColumnElement[bool], max_account: int) -> None:
@@ -246,6 +270,20 @@ def _insert_new_mailboxes(
     )
 
 
+def _insert_new_schedule(connection: Connection, in_chunk: ColumnElement[bool], max_mailbox: int) -> None:
+    """The bulk-load path's schedule rows of one chunk's new mailboxes: those above the largest id
+    before the chunk (a range of the primary key: the address has no index on this path)."""
+    statement = dialect_insert(connection, _schedule).from_select(
+        ["mailbox_id", "next_action_on"],
+        select(_mailboxes.c.id, _rows.c.next_action_on)
+        .join(_rows, _rows.c.address == _mailboxes.c.address)
+        .where(_mailboxes.c.id > max_mailbox, in_chunk),
+    )
+    # An address twice in the file is two mailboxes here, each joined to both lines: one row each
+    # (the rebuilt unique index on the address then refuses the file).
+    connection.execute(statement.on_conflict_do_nothing(index_elements=["mailbox_id"]))
+
+
 def _account_id(login: ColumnElement[str], new_account) -> ColumnElement[int]:
     """The id of the account ``login``: among the chunk's new accounts, else by the unique index."""
     known_account = _accounts.alias("known_account")
@@ -270,8 +308,11 @@ def follow_domains(connection: Connection) -> None:
         .join(staged, staged.c.domain == domains.c.name)
         .subquery()
     )
+    # The schedule first: its rows are chosen by the expiry that the second statement moves.
+    moving = (mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
     connection.execute(
-        update(mailboxes)
-        .where(mailboxes.c.domain_id == dated.c.id, mailboxes.c.expires_on != dated.c.domain_expires_on)
-        .values(expires_on=dated.c.domain_expires_on, next_action_on=dated.c.next_action_on)
+        update(_schedule)
+        .where(_schedule.c.mailbox_id == mailboxes.c.id, *moving)
+        .values(next_action_on=dated.c.next_action_on)
     )
+    connection.execute(update(mailboxes).where(*moving).values(expires_on=dated.c.domain_expires_on))

@@ -6,7 +6,7 @@ numbered without gaps per calendar year from ``invoice_counters``.  ``holders`` 
 the billing address the invoices need (NULL for every holder until an import gives it).
 
 Revision ID: 0016
-Revises: 0015
+Revises: 0009
 Create Date: 2026-12-06 08:30:00
 """
 from alembic import op
@@ -15,7 +15,7 @@ import worker.store.models
 
 
 revision = '0016'
-down_revision = '0015'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
