@@ -7,22 +7,22 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from tests.support import fatturapa
 from tests.support.gateway_webhooks import StripeServer
 from tests.support.invoices import BILLING, HOLDERS, SELLER, give_holder, holder_mailbox, invoices
 from tests.support.orders import TODAY, complete_order
-from tests.support.renewals import charge
+from tests.support.renewals import charge, charge_batch
 from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
 from worker.rules import einvoice
 from worker.services import payments
-from worker.services.invoices import record_credit_note
+from worker.services.invoices import number_pending_invoices, record_credit_note
 from worker.services.invoices.export import SellerMissing, export_invoices
 from worker.services.invoices.issue import next_number
 from worker.services.runtime import Runtime
-from worker.store.models import Mailbox, OutboxMessage, RenewalOrder
+from worker.store.models import Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
 
 METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
 TOKENS = {"card": "pm_card_visa", "paypal": "paypal_billing_agreement_ok"}
@@ -231,8 +231,8 @@ def test_an_auto_renew_charge_is_invoiced_and_its_receipt_carries_the_courtesy_c
             address="studio@pec.example.it",
         )
         session.commit()
-    run = charge(session_factory, "studio@pec.example.it", charge_day, seller=seller_settings.seller)
-    assert run.outcome == "succeeded"
+    result = charge_batch(session_factory, ["studio@pec.example.it"], charge_day, seller=seller_settings.seller)
+    assert result.outcomes == {"succeeded": 1} and result.invoices_numbered == 1
     with session_factory() as session:
         [row] = invoices(session)
         assert (row.status, row.document_number, row.issued_on, row.payment_method) == (
@@ -243,15 +243,7 @@ def test_an_auto_renew_charge_is_invoiced_and_its_receipt_carries_the_courtesy_c
         )
         assert row.charge_intent_id is not None and row.order_id is None
         receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
-        rendered = Runtime(seller_settings).renderer.render(
-            kind=receipt.kind,
-            stage=receipt.stage,
-            language=receipt.language,
-            to_address=receipt.to_address,
-            message_id=receipt.message_id,
-            context=receipt.context,
-            now=PAID_AT,
-        )
+        rendered = render(seller_settings, receipt)
     text = " ".join(rendered.text.split())
     assert "tramite il Sistema di Interscambio (SDI)" in text and "fattura n. 1/2027 del 24 marzo 2027" in text
     assert "Copia di cortesia della fattura n. 1/2027" in rendered.html
@@ -262,6 +254,117 @@ def test_an_auto_renew_charge_is_invoiced_and_its_receipt_carries_the_courtesy_c
     assert fatturapa.text(root, ".//PECDestinatario") == HOLDERS["professional"]["einvoice_code"]
     assert fatturapa.texts(root, ".//DataInizioPeriodo") == ["2027-04-01"]
     assert mailbox.id == row.mailbox_id
+
+
+def render(settings, receipt: OutboxMessage):
+    return Runtime(settings).renderer.render(
+        kind=receipt.kind,
+        stage=receipt.stage,
+        language=receipt.language,
+        to_address=receipt.to_address,
+        message_id=receipt.message_id,
+        context=receipt.context,
+        now=PAID_AT,
+    )
+
+
+def receipt_of(session, mailbox_id: int) -> OutboxMessage:
+    """The mailbox's charge-succeeded receipt, through its ledger row."""
+    return session.scalars(
+        select(OutboxMessage)
+        .join(NoticeLedgerEntry, NoticeLedgerEntry.outbox_message_id == OutboxMessage.id)
+        .where(NoticeLedgerEntry.mailbox_id == mailbox_id, NoticeLedgerEntry.kind == "charge-succeeded")
+    ).one()
+
+
+CHARGED = {
+    "private": "privato@pec.example.it",
+    "company": "azienda@pec.example.it",
+    "professional": "studio@pec.example.it",
+}
+
+
+def auto_renew_mailboxes(session_factory) -> dict[str, int]:
+    with session_factory() as session:
+        ids = {
+            kind: holder_mailbox(
+                session,
+                kind,
+                expires_on=date(2027, 3, 31),
+                auto_renew=True,
+                payment_method="pm_card_visa",
+                address=address,
+            ).id
+            for kind, address in CHARGED.items()
+        }
+        session.commit()
+    return ids
+
+
+def test_a_charge_batch_numbers_its_invoices_once_in_the_order_of_payment(session_factory, engine, seller_settings):
+    """The charges' transactions write their invoices unnumbered; the batch numbers them in one step that
+    locks the year's counter once, in the order of payment, and fills each receipt's courtesy copy."""
+    auto_renew_mailboxes(session_factory)
+    counters: list[str] = []
+
+    def seen(_connection, _cursor, statement, *_args):
+        if "invoice_counters" in statement:
+            counters.append(statement.split()[0])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        result = charge_batch(
+            session_factory, list(CHARGED.values()), date(2027, 3, 24), seller=seller_settings.seller, concurrency=3
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert result.outcomes == {"succeeded": 3} and result.invoices_numbered == 3
+    # The year's row is absent: the step's update finds none, makes it, and takes the three numbers in one update.
+    assert counters == ["UPDATE", "INSERT", "UPDATE"]
+    with session_factory() as session:
+        rows = invoices(session)
+        assert [row.document_number for row in rows] == ["1/2027", "2/2027", "3/2027"]  # ids: the order of payment
+        for row in rows:
+            receipt = receipt_of(session, row.mailbox_id)
+            assert receipt.context["invoice"]["number"] == row.document_number
+            assert f"fattura n. {row.document_number} del 24 marzo 2027" in " ".join(
+                render(seller_settings, receipt).text.split()
+            )
+
+
+def test_an_invoice_left_unnumbered_by_a_crash_is_numbered_by_the_next_step_without_a_gap(
+    session_factory, engine, seller_settings, tmp_path
+):
+    """A charge committed without its batch's numbering step (the process died between the two): its invoice
+    is issued unnumbered and its receipt says the number is being assigned; the next batch numbers it first,
+    then its own, and ``invoices export`` numbers another one before writing it."""
+    ids = auto_renew_mailboxes(session_factory)
+    charge_day = date(2027, 3, 24)
+    assert charge(session_factory, CHARGED["private"], charge_day, seller=seller_settings.seller).outcome == "succeeded"
+    with session_factory() as session:
+        [row] = invoices(session)
+        assert (row.status, row.number, row.document_number) == ("issued", None, None)
+        rendered = render(seller_settings, receipt_of(session, ids["private"]))
+    text = " ".join(rendered.text.split())
+    assert "fattura del 24 marzo 2027, il cui numero è in corso di assegnazione" in text and "None" not in text
+    assert "Copia di cortesia della fattura del 24 marzo 2027 (numero in corso di assegnazione)" in rendered.html
+
+    result = charge_batch(session_factory, [CHARGED["company"]], charge_day, seller=seller_settings.seller)
+    assert result.invoices_numbered == 2
+    assert charge(session_factory, CHARGED["professional"], charge_day, seller=seller_settings.seller).outcome == (
+        "succeeded"
+    )
+    written = export_invoices(
+        engine, seller_settings.seller, since=charge_day, out_dir=tmp_path / "out", today=charge_day, now=PAID_AT
+    ).written
+    assert len(written) == 3
+    with session_factory() as session:
+        numbers = {row.mailbox_id: row.document_number for row in invoices(session)}
+        assert numbers == {ids["private"]: "1/2027", ids["company"]: "2/2027", ids["professional"]: "3/2027"}
+        for mailbox_id, number in numbers.items():
+            assert receipt_of(session, mailbox_id).context["invoice"]["number"] == number
+    with session_factory() as session, session.begin():
+        assert number_pending_invoices(session) == []  # nothing left: a further step gives no number
 
 
 def test_a_refund_gets_a_credit_note_that_refers_to_its_invoice(session_factory, engine, seller_settings, tmp_path):

@@ -234,10 +234,11 @@ def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
         return {"issued": False}
     for part in (invoice["seller"], invoice["buyer"]):
         for value in part.values():
-            refuse_line_breaks(value, "invoice")
+            if value is not None:  # a private holder has no VAT number, a company may have no tax code
+                refuse_line_breaks(value, "invoice")
     return {
         "issued": True,
-        "number": invoice["number"],
+        "number": invoice.get("number"),
         "issued_on": date.fromisoformat(invoice["issued_on"]),
         "seller": invoice["seller"],
         "buyer": invoice["buyer"],

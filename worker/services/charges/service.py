@@ -34,7 +34,6 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
-from worker.mail.queue import set_context_part
 from worker.rules import einvoice, schedule
 from worker.rules.auto_renew import (
     CHARGE_FAILED,
@@ -196,8 +195,6 @@ class _Work:
         self.looked_up = looked_up
         #: When this transaction writes: read from the day's clock once the mailbox is locked.
         self.now = day.clock()
-        #: A charge's invoice written in this transaction, to number last, and its receipt's (outbox id, copy).
-        self.unnumbered: tuple[invoices.InvoiceRecord, int | None, dict[str, Any]] | None = None
 
     def round(self, mailbox_id: int, answered: tuple[int, ChargeResult] | None) -> Claim | None:
         mailbox = lock_mailbox(self.connection, mailbox_id, self.day.today, claimed=answered is not None)
@@ -208,7 +205,6 @@ class _Work:
             self.record(mailbox, *answered)
         claim = self.next_work(mailbox)
         mailbox.write(self.connection)
-        self.number_invoice()
         return claim
 
     def next_work(self, mailbox: LockedMailbox) -> Claim | None:
@@ -321,8 +317,7 @@ class _Work:
         ledger), the new expiry."""
         day = self.day
         old = intent.cycle_expires_on
-        record, invoice = self.invoice(mailbox, intent)
-        receipt_id = None
+        invoice = self.invoice(mailbox, intent)
         stage = day_stage(day.stages, old, day.today)
         if not mailbox.state.holds_stage(stage):
             context = {
@@ -337,15 +332,14 @@ class _Work:
                     plan=day.plan,
                 ),
             }
-            if self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context):
-                receipt_id = self.run.outbox_ids[-1]
-        if record.issued_on is not None and record.document_number is None:
-            self.unnumbered = (record, receipt_id, invoice)
+            self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context)
         mailbox.expires_on = schedule.add_years(old, intent.years)
         self.run.outcome = "succeeded"
 
-    def invoice(self, mailbox: LockedMailbox, intent: Any) -> tuple[invoices.InvoiceRecord, dict[str, Any]]:
-        """The charge's invoice, from the holder's data, in this transaction (numbered last); its courtesy copy."""
+    def invoice(self, mailbox: LockedMailbox, intent: Any) -> dict[str, Any]:
+        """The charge's invoice, from the holder's data, in this transaction; its courtesy copy, without
+        the number, which the batch's numbering step gives both once the batch's charges are recorded
+        (:func:`worker.services.invoices.number_pending_invoices`, in :func:`run_charges`)."""
         row = mailbox.row
         buyer = invoices.buyer_from_holder(
             SimpleNamespace(
@@ -366,7 +360,6 @@ class _Work:
             today=self.day.today,
             now=self.now,
             charge_intent_id=intent.id,
-            number_later=True,
         )
         document = einvoice.InvoiceDocument(
             einvoice.INVOICE,
@@ -378,18 +371,7 @@ class _Work:
             _method_of(intent.payment_method),
             intent.idempotency_key,
         )
-        return record, invoices.courtesy_copy(record, self.day.seller, document)
-
-    def number_invoice(self) -> None:
-        """The last step before the commit: the charge's invoice takes the year's next number, and its receipt's
-        courtesy copy shows it."""
-        if self.unnumbered is None:
-            return
-        record, receipt_id, copy = self.unnumbered
-        self.unnumbered = None
-        numbered = invoices.number_invoice(self.connection, record)
-        if receipt_id is not None:
-            set_context_part(self.connection, receipt_id, "invoice", {**copy, "number": numbered.document_number})
+        return invoices.courtesy_copy(record, self.day.seller, document)
 
     def fail(self, mailbox: LockedMailbox, state: CycleState) -> None:
         """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it."""

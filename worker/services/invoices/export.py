@@ -3,7 +3,9 @@
 Waiting invoices are issued first when their data have come (:func:`complete_waiting`):
 the seller settings, and the buyer's billing address and tax identity, read from the
 mailbox's current holder (a correction arrives by import as a new holder row).  Each is
-numbered then, dated the day it is issued, from the same counter as every other.
+dated the day it is issued; then every document issued without its number (these, and any
+charge's invoice a crash left unnumbered) is numbered, in one transaction, by
+:func:`~worker.services.invoices.issue.number_pending_invoices`, before any file is written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from sqlalchemy import Connection, Engine, select, update
 
 from worker.rules import einvoice
 from worker.rules.einvoice import Seller
-from worker.services.invoices.issue import SELLER_SETTINGS, buyer_from_holder, document_of, numbering, waiting_reasons
+from worker.services.invoices.issue import (
+    SELLER_SETTINGS,
+    buyer_from_holder,
+    document_of,
+    issued,
+    number_pending_invoices,
+    waiting_reasons,
+)
 from worker.store.models import Holder, Invoice, InvoiceStatus, Mailbox
 
 _INVOICES = Invoice.__table__
@@ -86,7 +95,7 @@ def _completion(connection: Connection, row, seller: Seller, today: date) -> tup
         corrected = connection.execute(select(_INVOICES.c.status).where(_INVOICES.c.id == row.corrects_invoice_id))
         if corrected.scalar_one() != InvoiceStatus.ISSUED.value:
             return {"waiting_reason": "invoice_waiting"}, ("invoice_waiting",)
-        return numbering(connection, today), ()
+        return issued(today), ()
     reasons = tuple(reason for reason in (row.waiting_reason or "").split(",") if reason)
     if any(reason not in _COMPLETABLE for reason in reasons):
         return {}, reasons  # a mismatch of amounts: an operator's case, left as it is
@@ -99,7 +108,7 @@ def _completion(connection: Connection, row, seller: Seller, today: date) -> tup
     reasons = waiting_reasons(seller, buyer)
     if reasons:
         return {"waiting_reason": ",".join(reasons)}, reasons
-    return {"buyer": buyer.as_dict(), **numbering(connection, today)}, ()
+    return {"buyer": buyer.as_dict(), **issued(today)}, ()
 
 
 def export_invoices(
@@ -119,6 +128,8 @@ def export_invoices(
         raise SellerMissing()
     result = ExportResult()
     result.issued_now, result.waiting = complete_waiting(engine, seller, today=today)
+    with engine.begin() as connection:
+        number_pending_invoices(connection)
     out_dir.mkdir(parents=True, exist_ok=True)
     query = (
         select(_INVOICES)

@@ -1,4 +1,13 @@
-"""Writing an invoice or a credit note in the caller's transaction, numbered from the year's counter."""
+"""Writing an invoice or a credit note in the caller's transaction, and numbering them from the year's counter.
+
+A document that can be issued is written ``issued`` without its number; only
+:func:`number_pending_invoices` gives numbers, under the year's counter row lock, in
+the order of payment, so the numbers of a year (Europe/Rome) have no gaps whatever
+rolls back.  A manual order's registration and a credit note call it in their own
+transaction; the charge service calls it once per batch, after the batch's charges are
+recorded (one short transaction, the counter locked once), and ``run-daily`` and
+``invoices export`` through the charge batch and before writing.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +17,33 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from config import catalogue
+from worker.mail.queue import update_context_part
 from worker.rules import einvoice
+from worker.rules.auto_renew import CHARGE_SUCCEEDED
 from worker.rules.einvoice import Address, Buyer, InvoiceDocument, InvoiceLine, Seller, Totals
 from worker.store.db import dialect_insert
-from worker.store.models import Invoice, InvoiceCounter, InvoiceStatus
+from worker.store.models import ChargeIntent, Invoice, InvoiceCounter, InvoiceStatus, NoticeLedgerEntry
 
 log = logging.getLogger(__name__)
 
 _INVOICES = Invoice.__table__
 _COUNTERS = InvoiceCounter.__table__
-_NEXT_NUMBER = update(_COUNTERS).values(last_number=_COUNTERS.c.last_number + 1).returning(_COUNTERS.c.last_number)
+_INTENTS = ChargeIntent.__table__
+_LEDGER = NoticeLedgerEntry.__table__
+_RESERVE = (
+    update(_COUNTERS)
+    .values(last_number=_COUNTERS.c.last_number + bindparam("count"))
+    .returning(_COUNTERS.c.last_number)
+)
+_NUMBER = (
+    update(_INVOICES)
+    .where(_INVOICES.c.id == bindparam("invoice_id"))
+    .values(year=bindparam("invoice_year"), number=bindparam("invoice_number"), document_number=bindparam("document"))
+)
 #: Why an invoice waits for the seller's settings.
 SELLER_SETTINGS = "seller_settings"
 #: Why an invoice waits because its lines do not come to the amount paid (a price changed meanwhile).
@@ -63,32 +86,89 @@ def buyer_from_holder(holder: Any) -> Buyer:
     )
 
 
-def next_number(connection: Connection, year: int) -> int:
-    """The year's next invoice number; the counter row stays locked until the caller's transaction ends."""
-    number = connection.execute(_NEXT_NUMBER.where(_COUNTERS.c.year == year)).scalar()
-    if number is None:
+def next_number(connection: Connection, year: int, count: int = 1) -> int:
+    """The first of the year's next ``count`` invoice numbers; the counter row stays locked until the
+    caller's transaction ends."""
+    last = connection.execute(_RESERVE.where(_COUNTERS.c.year == year), {"count": count}).scalar()
+    if last is None:
         connection.execute(
             dialect_insert(connection, _COUNTERS).values(year=year, last_number=0).on_conflict_do_nothing()
         )
-        number = connection.execute(_NEXT_NUMBER.where(_COUNTERS.c.year == year)).scalar_one()
-    return int(number)
+        last = connection.execute(_RESERVE.where(_COUNTERS.c.year == year), {"count": count}).scalar_one()
+    return int(last) - count + 1
+
+
+def number_pending_invoices(executor: Session | Connection) -> list[InvoiceRecord]:
+    """Number every document written ``issued`` without its number, in the caller's transaction: the one
+    place numbers are given.
+
+    The documents are locked and numbered in the order of payment (issue date, then id), each
+    year's from its counter row, locked once for the lot until the caller commits.  A charge's
+    receipt not yet sent gets the number in its courtesy copy (the relay renders one sent before
+    as "number being assigned").  Returns the documents numbered, in that order.
+    """
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    pending = connection.execute(
+        select(_INVOICES.c.id, _INVOICES.c.issued_on, _INVOICES.c.charge_intent_id)
+        .where(_INVOICES.c.status == InvoiceStatus.ISSUED.value, _INVOICES.c.number.is_(None))
+        .order_by(_INVOICES.c.issued_on, _INVOICES.c.id)
+        .with_for_update()
+    ).all()
+    if not pending:
+        return []
+    numbered: list[InvoiceRecord] = []
+    for year in sorted({row.issued_on.year for row in pending}):
+        rows = [row for row in pending if row.issued_on.year == year]
+        first = next_number(connection, year, len(rows))
+        numbered += [
+            InvoiceRecord(row.id, InvoiceStatus.ISSUED.value, f"{first + index}/{year}", row.issued_on, None)
+            for index, row in enumerate(rows)
+        ]
+    connection.execute(
+        _NUMBER,
+        [
+            {
+                "invoice_id": record.id,
+                "invoice_year": record.issued_on.year if record.issued_on else None,
+                "invoice_number": int((record.document_number or "").split("/")[0]),
+                "document": record.document_number,
+            }
+            for record in numbered
+        ],
+    )
+    _number_receipts(connection, {row.charge_intent_id: row.id for row in pending if row.charge_intent_id}, numbered)
+    return numbered
+
+
+def _number_receipts(connection: Connection, invoice_of_intent: dict[int, int], numbered: list[InvoiceRecord]) -> None:
+    """The courtesy copies in the charges' receipts (the cycle's charge-succeeded in its ledger) take the numbers."""
+    if not invoice_of_intent:
+        return
+    number_of = {record.id: record.document_number for record in numbered}
+    receipts = connection.execute(
+        select(_INTENTS.c.id, _LEDGER.c.outbox_message_id)
+        .join(
+            _LEDGER,
+            (_LEDGER.c.mailbox_id == _INTENTS.c.mailbox_id)
+            & (_LEDGER.c.cycle_expires_on == _INTENTS.c.cycle_expires_on)
+            & (_LEDGER.c.kind == CHARGE_SUCCEEDED),
+        )
+        .where(_INTENTS.c.id.in_(invoice_of_intent), _LEDGER.c.outbox_message_id.is_not(None))
+    ).all()
+    update_context_part(
+        connection,
+        "invoice",
+        {row.outbox_message_id: {"number": number_of[invoice_of_intent[row.id]]} for row in receipts},
+    )
 
 
 def waiting_reasons(seller: Seller | None, buyer: Buyer) -> tuple[str, ...]:
     return ((SELLER_SETTINGS,) if seller is None else ()) + einvoice.missing_data(buyer)
 
 
-def numbering(connection: Connection, today: date) -> dict[str, Any]:
-    """The columns of an invoice issued today: the year's next number."""
-    number = next_number(connection, today.year)
-    return {
-        "status": InvoiceStatus.ISSUED.value,
-        "waiting_reason": None,
-        "year": today.year,
-        "number": number,
-        "document_number": f"{number}/{today.year}",
-        "issued_on": today,
-    }
+def issued(today: date) -> dict[str, Any]:
+    """The columns of a document issued on ``today``, before :func:`number_pending_invoices` numbers it."""
+    return {"status": InvoiceStatus.ISSUED.value, "waiting_reason": None, "issued_on": today}
 
 
 def record_invoice(
@@ -105,15 +185,9 @@ def record_invoice(
     now: datetime,
     order_id: int | None = None,
     charge_intent_id: int | None = None,
-    number_later: bool = False,
 ) -> InvoiceRecord:
-    """Write the invoice of a paid renewal in the caller's transaction: issued, or waiting (and why).
-
-    ``number_later``: an invoice that can be issued is written without its number, which
-    :func:`number_invoice` gives it as the transaction's last step, so the year's counter
-    row is locked only from then to the commit (the charge service's many concurrent
-    records queue on it).
-    """
+    """Write the invoice of a paid renewal in the caller's transaction: issued (numbered later by
+    :func:`number_pending_invoices`), or waiting (and why)."""
     totals = einvoice.totals_of(lines)
     reasons = waiting_reasons(seller, buyer)
     if totals.total_cents != paid_cents:
@@ -134,21 +208,8 @@ def record_invoice(
         "vat_cents": totals.vat_cents,
         "created_at": now,
     }
-    if reasons:
-        values.update(_waiting(reasons))
-    elif number_later:
-        values.update(status=InvoiceStatus.ISSUED.value, issued_on=today)
-    else:
-        values.update(numbering(connection, today))
+    values.update(_waiting(reasons) if reasons else issued(today))
     return _insert(connection, values)
-
-
-def number_invoice(connection: Connection, record: InvoiceRecord) -> InvoiceRecord:
-    """Give an invoice written with ``number_later`` its number, from the counter of its issue date's year."""
-    assert record.issued_on is not None and record.document_number is None
-    values = numbering(connection, record.issued_on)
-    connection.execute(update(_INVOICES).where(_INVOICES.c.id == record.id).values(**values))
-    return InvoiceRecord(record.id, values["status"], values["document_number"], record.issued_on, None)
 
 
 def record_credit_note(
@@ -192,8 +253,12 @@ def record_credit_note(
         "vat_cents": note.totals.vat_cents,
         "created_at": now,
     }
-    values.update(_waiting(reasons) if reasons else numbering(connection, today))
-    return _insert(connection, values)
+    if reasons:
+        values.update(_waiting(reasons))
+        return _insert(connection, values)
+    values.update(issued(today))
+    record = _insert(connection, values)
+    return next((done for done in number_pending_invoices(connection) if done.id == record.id), record)
 
 
 def _waiting(reasons: tuple[str, ...]) -> dict[str, Any]:

@@ -186,6 +186,8 @@ def _invoice(
         now=payment.registered_at,
         order_id=order.id,
     )
+    # Numbered in this transaction (a registration is rare: the year's counter is held to its commit).
+    record = next((done for done in invoices.number_pending_invoices(session) if done.id == record.id), record)
     document = einvoice.InvoiceDocument(
         einvoice.INVOICE,
         record.document_number or "",

@@ -77,9 +77,13 @@ def upgrade() -> None:
     op.create_index(op.f('ix_invoices_mailbox_id'), 'invoices', ['mailbox_id'], unique=False)
     op.create_index('ix_invoices_waiting', 'invoices', ['id'], unique=False,
                     postgresql_where=sa.text("status = 'waiting'"), sqlite_where=sa.text("status = 'waiting'"))
+    op.create_index('ix_invoices_unnumbered', 'invoices', ['id'], unique=False,
+                    postgresql_where=sa.text("status = 'issued' AND number IS NULL"),
+                    sqlite_where=sa.text("status = 'issued' AND number IS NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_invoices_unnumbered', table_name='invoices')
     op.drop_index('ix_invoices_waiting', table_name='invoices')
     op.drop_index(op.f('ix_invoices_mailbox_id'), table_name='invoices')
     op.drop_index(op.f('ix_invoices_corrects_invoice_id'), table_name='invoices')
