@@ -9,7 +9,7 @@ have a tax code and a billing address, and sets the seller settings.  Then:
 
 1. the charges, as ``run-daily`` runs them (``--concurrency`` at a time against the
    sandbox at ``--latency-ms``): each success writes its invoice in the same
-   transaction, numbered from the year's counter row;
+   transaction, unnumbered, then numbered by the batch in one transaction;
 2. ``invoices export``: every invoice rendered from its stored data, written as
    ``IT{VAT}_{progressive}.xml`` and marked exported, ``EXPORT_BATCH`` per transaction;
 3. the baseline, in the same run: the same invoice rows read in one query and
