@@ -28,6 +28,9 @@ from worker.store.models import OutboxMessage, OutboxStatus
 
 _OUTBOX = OutboxMessage.__table__
 _SET_CONTEXT = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id")).values(context=bindparam("new_context"))
+#: The kinds whose messages may be withdrawn before they are sent (:func:`withdraw_emails`); the
+#: relay reads such a message's status again just before sending it.
+WITHDRAWABLE_KINDS = frozenset({"order-confirmation"})
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,28 @@ def _row(email: NewEmail, message_id: str) -> dict:
 def _new(business_date: date, now: datetime) -> dict:
     """The columns of a new message that do not depend on the email."""
     return {"business_date": business_date, "status": OutboxStatus.PENDING.value, "attempts": 0, "created_at": now}
+
+
+def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_domain: str, resends: int = 0) -> int:
+    """Withdraw an order's email and its re-sends ``1..resends`` while they are not sent yet
+    (``pending``, first try or retry): what they say stopped being true (an "awaiting payment"
+    confirmation of an order since paid, cancelled, or given another method).  A message a relay
+    has claimed is read again by the relay just before it is sent, so only a send already under
+    way goes out (its outcome then records it as sent).  Returns how many were withdrawn.  Found
+    by their Message-IDs (unique), in the caller's transaction.
+    """
+    if about.kind not in WITHDRAWABLE_KINDS:
+        raise ValueError(f"{about.kind!r} emails cannot be withdrawn")
+    installation = installation_id(executor)
+    message_ids = [
+        message_id_for(about, mail_domain, installation_id=installation, resend=resend) for resend in range(resends + 1)
+    ]
+    result = executor.execute(
+        update(_OUTBOX)
+        .where(
+            _OUTBOX.c.message_id.in_(message_ids),
+            _OUTBOX.c.status == OutboxStatus.PENDING.value,
+        )
+        .values(status=OutboxStatus.WITHDRAWN.value)
+    )
+    return result.rowcount or 0

@@ -142,8 +142,10 @@ def queue_order_email(
     today: date,
     settings: Settings,
     extra: dict[str, Any] | None = None,
+    resend: int = 0,
 ) -> QueuedEmail | None:
-    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order.
+    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order and
+    ``resend`` (0; the n-th change of the payment method re-sends the confirmation as ``n``).
 
     ``extra``: more of the context (the renewal-completed email's invoice)."""
     holder = order_holder(order)
@@ -154,5 +156,6 @@ def queue_order_email(
         language=order_language(order),
         to_address=holder["reference_email"].lower(),
         context=order_email_context(order, settings) | (extra or {}),
+        resend=resend,
     )
     return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)
