@@ -11,6 +11,8 @@ a generated secret key kept in ``./var/secret_key``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import math
@@ -133,6 +135,10 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: The seller on the electronic invoices (the ``SELLER_*`` settings); None: no invoice is issued.
     seller: Seller | None = None
+    #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
+    #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.
+    platform_webhook_url: str | None = None
+    platform_webhook_secret: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -140,7 +146,7 @@ class Settings:
         for item in fields(self):
             if item.repr:
                 value = getattr(self, item.name)
-                if item.name in ("database_url", "broker_url"):
+                if item.name in ("database_url", "broker_url", "platform_webhook_url") and value is not None:
                     value = _hide_password(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -330,6 +336,9 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
     seller = _seller(raw)
+    platform_webhook_url, platform_webhook_secret = _platform_webhook(
+        raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
+    )
 
     # Last, so that a bad value elsewhere stops the program before a key is
     # generated.  Its warning is logged where the key signs (warn_generated_secret_key).
@@ -388,6 +397,8 @@ def _read(environ: Mapping[str, str]) -> Settings:
         log_format=log_format,
         api_token=api_token,
         seller=seller,
+        platform_webhook_url=platform_webhook_url,
+        platform_webhook_secret=platform_webhook_secret,
     )
 
 
@@ -429,6 +440,34 @@ def _seller(raw) -> Seller | None:
         raise SettingsError("SELLER_FISCAL_REGIME", f"must be one of {', '.join(FISCAL_REGIMES)}")
     address = Address(values["SELLER_ADDRESS"], values["SELLER_POSTCODE"], values["SELLER_CITY"], province)
     return Seller(values["SELLER_NAME"], vat_number, address, regime)
+
+
+def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, str | None]:
+    """The platform's webhook URL (http or https, a query allowed) and its Standard Webhooks secret:
+    ``whsec_`` then the base64 of 24 to 64 random bytes.  A URL without a secret is refused."""
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError when out of range)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise SettingsError("PLATFORM_WEBHOOK_URL", f"{url!r} is not an http(s) URL")
+        if _has_space(url):
+            raise SettingsError("PLATFORM_WEBHOOK_URL", "must not hold spaces or control characters")
+        if secret is None:
+            raise SettingsError("PLATFORM_WEBHOOK_SECRET", "is required when PEC_RENEWAL_PLATFORM_WEBHOOK_URL is set")
+    if secret is not None:
+        encoded = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded, validate=True) if secret.startswith("whsec_") else b""
+        except (binascii.Error, ValueError):
+            key = b""
+        if not 24 <= len(key) <= 64:
+            raise SettingsError(
+                "PLATFORM_WEBHOOK_SECRET", "must be whsec_ followed by the base64 of 24 to 64 random bytes"
+            )
+    return url, secret
 
 
 def _check_sqlite_file(database_url: str, var_dir: Path) -> None:

@@ -5,8 +5,8 @@ charge, and one credit note (TD04) per refund, with the data that render its XML
 numbered without gaps per calendar year from ``invoice_counters``.  ``holders`` gains
 the billing address the invoices need (NULL for every holder until an import gives it).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-06 08:30:00
 """
 from alembic import op
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 import worker.store.models
 
 
-revision = '0014'
-down_revision = '0013'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
