@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from worker.rules.einvoice import DEFAULT_FISCAL_REGIME, FISCAL_REGIMES, Address, Seller
+from worker.rules.holder_data import check_vat_number
 from worker.rules.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
 
 PREFIX = "PEC_RENEWAL_"
@@ -131,6 +133,8 @@ class Settings:
     #: The bearer token of ``POST /api/v1/renewal-links`` (the area clienti and the webmail ask it
     #: for a Rinnova link); unset, the API answers 404.
     api_token: str | None = field(default=None, repr=False)
+    #: The seller on the electronic invoices (the ``SELLER_*`` settings); None: no invoice is issued.
+    seller: Seller | None = None
     #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
     #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.
     platform_webhook_url: str | None = None
@@ -331,6 +335,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if api_token is not None and (len(api_token) < 32 or _has_space(api_token)):
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
+    seller = _seller(raw)
     platform_webhook_url, platform_webhook_secret = _platform_webhook(
         raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
     )
@@ -391,9 +396,50 @@ def _read(environ: Mapping[str, str]) -> Settings:
         metrics_token=metrics_token,
         log_format=log_format,
         api_token=api_token,
+        seller=seller,
         platform_webhook_url=platform_webhook_url,
         platform_webhook_secret=platform_webhook_secret,
     )
+
+
+#: The seller's settings an invoice needs, and what each must be.
+SELLER_SETTINGS = (
+    "SELLER_NAME",
+    "SELLER_VAT_NUMBER",
+    "SELLER_ADDRESS",
+    "SELLER_POSTCODE",
+    "SELLER_CITY",
+    "SELLER_PROVINCE",
+)
+
+
+def _seller(raw) -> Seller | None:
+    """The seller of the invoices: None when no ``SELLER_*`` is set; all six, or a SettingsError."""
+    values = {name: raw(name) for name in SELLER_SETTINGS}
+    regime = raw("SELLER_FISCAL_REGIME")
+    if not any(values.values()) and regime is None:
+        return None
+    for name, value in values.items():
+        if value is None:
+            raise SettingsError(name, "is required with the other SELLER_* settings (the invoices' seller)")
+    try:
+        vat_number = check_vat_number(values["SELLER_VAT_NUMBER"])
+    except ValueError as error:
+        raise SettingsError("SELLER_VAT_NUMBER", str(error)) from None
+    if not re.fullmatch(r"[0-9]{5}", values["SELLER_POSTCODE"]):
+        raise SettingsError("SELLER_POSTCODE", "must be an Italian postcode (CAP) of 5 digits")
+    province = values["SELLER_PROVINCE"].upper()
+    if not re.fullmatch(r"[A-Z]{2}", province):
+        raise SettingsError("SELLER_PROVINCE", "must be a province's 2-letter code, such as RM")
+    for name, limit in (("SELLER_NAME", 80), ("SELLER_ADDRESS", 60), ("SELLER_CITY", 60)):
+        text = values[name]
+        if len(text) > limit or any(ord(char) > 0xFF or not char.isprintable() for char in text):
+            raise SettingsError(name, f"must be at most {limit} Latin-1 characters (the invoice's limit)")
+    regime = (regime or DEFAULT_FISCAL_REGIME).upper()
+    if regime not in FISCAL_REGIMES:
+        raise SettingsError("SELLER_FISCAL_REGIME", f"must be one of {', '.join(FISCAL_REGIMES)}")
+    address = Address(values["SELLER_ADDRESS"], values["SELLER_POSTCODE"], values["SELLER_CITY"], province)
+    return Seller(values["SELLER_NAME"], vat_number, address, regime)
 
 
 def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, str | None]:

@@ -57,6 +57,7 @@ def charge_batch(mailbox_ids: list[int], business_date: str) -> int:
         stages=rt.settings.notice_stages,
         mail_domain=rt.mail_domain,
         plan=rt.charge_plan,
+        seller=rt.settings.seller,
         concurrency=rt.settings.gateway_concurrency,
     )
     metrics.record_charges(result, concurrency=rt.settings.gateway_concurrency)

@@ -163,6 +163,16 @@ def test_charges(bench_database):
     assert summary["errors"] == 0 and summary["ratio_to_ideal"] > 0
 
 
+def test_invoices(bench_database):
+    summary = _run(
+        sys.executable, "bench/invoices.py", "--mailboxes", "30", "--validate", "5", "--database-url", bench_database,
+    )  # fmt: skip
+    assert summary["invoices"] == summary["charges_succeeded"] == summary["files_written"] == 30
+    assert summary["files_on_disk"] == 30 and summary["files_validated"] == 5
+    assert summary["numbers_gapless"] is True and summary["invoices_waiting"] == 0 and summary["charge_errors"] == 0
+    assert summary["export_seconds"] > 0 and summary["baseline_seconds"] > 0
+
+
 def test_daily_peak(bench_database):
     assert shutil.which("smtp-sink") or Path("/usr/sbin/smtp-sink").exists(), (
         "Postfix's smtp-sink is missing: scripts/install-bench-tools"

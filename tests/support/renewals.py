@@ -71,13 +71,10 @@ def register(session_factory, settings, order: RenewalOrder, today: date) -> pay
         return result
 
 
-def charge(session_factory, address: str, today: date, gateway=None) -> charges.ChargeRun:
-    """The day's charge work for one auto-renew mailbox, after its charge notice went out."""
-    with session_factory() as session, session.begin():
-        box = the_mailbox(session, address)
-        if box.expires_on - today <= timedelta(days=30):
-            mark_charge_notice_sent(session, box)
-        mailbox_id = box.id
+def charge(session_factory, address: str, today: date, gateway=None, seller=None) -> charges.ChargeRun:
+    """One auto-renew mailbox's charge work of the day, after its charge notice went out, committed without
+    the batch's numbering step (as when the process dies between the two)."""
+    mailbox_id = _due(session_factory, address, today)
     return charges.charge_mailbox(
         session_factory,
         gateway or SandboxGateway(session_factory),
@@ -86,4 +83,28 @@ def charge(session_factory, address: str, today: date, gateway=None) -> charges.
         clock=lambda: at(today),
         stages=DEFAULT_STAGES,
         mail_domain=MAIL_DOMAIN,
+        seller=seller,
     )
+
+
+def charge_batch(session_factory, addresses: list[str], today: date, seller=None, concurrency: int = 1):
+    """A charge batch of these auto-renew mailboxes (after their charge notices), numbering step included."""
+    return charges.run_charges(
+        session_factory,
+        SandboxGateway(session_factory),
+        [_due(session_factory, address, today) for address in addresses],
+        today=today,
+        clock=lambda: at(today),
+        stages=DEFAULT_STAGES,
+        mail_domain=MAIL_DOMAIN,
+        seller=seller,
+        concurrency=concurrency,
+    )
+
+
+def _due(session_factory, address: str, today: date) -> int:
+    with session_factory() as session, session.begin():
+        box = the_mailbox(session, address)
+        if box.expires_on - today <= timedelta(days=30):
+            mark_charge_notice_sent(session, box)
+        return box.id

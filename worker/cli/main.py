@@ -17,6 +17,7 @@ from worker.celery_setup import create_celery
 from worker.cli.common import database_lost, ensure_schema, fail, parse_date, runtime_of, stderr_console
 from worker.cli.desk import desk_commands
 from worker.cli.events import events
+from worker.cli.invoices import invoices
 from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
 from worker.cli.serve import serve
@@ -316,7 +317,8 @@ def check(ctx: click.Context) -> None:
 
     probes = check_all(runtime_of(ctx))
     for probe in probes:
-        click.echo(f"{probe.service:<9} {'ok' if probe.ok else 'DOWN':<5} {probe.detail}")
+        state = "DOWN" if not probe.ok else "WARN" if probe.warning else "ok"
+        click.echo(f"{probe.service:<9} {state:<5} {probe.detail}")
     if not all(probe.ok for probe in probes):
         sys.exit(1)
 
@@ -348,6 +350,7 @@ def demo(ctx: click.Context, count: int) -> None:
 main.add_command(sandbox)
 main.add_command(serve)
 main.add_command(payments)
+main.add_command(invoices)
 main.add_command(events)
 for desk_group in desk_commands():
     main.add_command(desk_group)

@@ -164,6 +164,7 @@ def _order_context(stored: Mapping[str, Any], common: dict[str, Any], signer: Li
         "checkout_url": _order_link(payment, signer),
         "ordered": ordered,
         "common_new_expires_on": common_value(item.new_expires_on for item in ordered),
+        "invoice": _invoice(stored, language),
     }
 
 
@@ -224,6 +225,40 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "cancel_by": day("cancel_by"),
         # The mailbox's auto-renew page: switch it off or on, replace the method.
         "auto_renew_url": signer.auto_renew_url(common["mailboxes"][0].id),
+        "invoice": _invoice(stored, language),
+    }
+
+
+def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
+    """A receipt's electronic invoice (``email_templates/_base/invoice.*``): its courtesy copy once issued,
+    ``{"issued": False}`` while it waits for data, None for an email that has none (written before invoices)."""
+    invoice = stored.get("invoice")
+    if not isinstance(invoice, Mapping):
+        return None
+    if not invoice.get("issued"):
+        return {"issued": False}
+    for part in (invoice["seller"], invoice["buyer"]):
+        for value in part.values():
+            if value is not None:  # a private holder has no VAT number, a company may have no tax code
+                refuse_line_breaks(value, "invoice")
+    return {
+        "issued": True,
+        "number": invoice.get("number"),
+        "issued_on": date.fromisoformat(invoice["issued_on"]),
+        "seller": invoice["seller"],
+        "buyer": invoice["buyer"],
+        "lines": [
+            {
+                "description": line["description"],
+                "quantity": line["quantity"],
+                "amount": _euro(line["amount_cents"], language),
+            }
+            for line in invoice["lines"]
+        ],
+        "subtotal": _euro(invoice["subtotal_cents"], language),
+        "vat_percent": int(invoice["vat_percent"]),
+        "vat": _euro(invoice["vat_cents"], language),
+        "total": _euro(invoice["total_cents"], language),
     }
 
 

@@ -14,11 +14,12 @@ Message-ID, and the outbox holds each Message-ID once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from worker.mail.message_ids import LedgerKey, OrderEmail, installation_id, message_id_for
@@ -26,6 +27,7 @@ from worker.store.db import dialect_insert, insert_many
 from worker.store.models import OutboxMessage, OutboxStatus
 
 _OUTBOX = OutboxMessage.__table__
+_SET_CONTEXT = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id")).values(context=bindparam("new_context"))
 #: The kinds whose messages may be withdrawn before they are sent (:func:`withdraw_emails`); the
 #: relay reads such a message's status again just before sending it.
 WITHDRAWABLE_KINDS = frozenset({"order-confirmation"})
@@ -70,6 +72,30 @@ def queue_email(
         .returning(_OUTBOX.c.id)
     ).scalar()
     return QueuedEmail(outbox_id, message_id) if outbox_id is not None else None
+
+
+def update_context_part(executor: Session | Connection, name: str, changes: Mapping[int, dict[str, Any]]) -> None:
+    """Merge ``changes[outbox_id]`` into one part of the context of each queued email not sent yet, in the
+    caller's transaction (a receipt's invoice, numbered after its charge was recorded): one read, one
+    executemany."""
+    if not changes:
+        return
+    rows = executor.execute(
+        select(_OUTBOX.c.id, _OUTBOX.c.context).where(
+            _OUTBOX.c.id.in_(list(changes)), _OUTBOX.c.status != OutboxStatus.SENT.value
+        )
+    ).all()
+    if rows:
+        executor.execute(
+            _SET_CONTEXT,
+            [
+                {
+                    "outbox_id": row.id,
+                    "new_context": {**row.context, name: {**row.context.get(name, {}), **changes[row.id]}},
+                }
+                for row in rows
+            ],
+        )
 
 
 def queue_emails(

@@ -40,6 +40,7 @@ from stdnum import luhn
 from stdnum.exceptions import InvalidChecksum, InvalidComponent, ValidationError
 from stdnum.it import codicefiscale, iva
 
+from worker.rules.billing_address import check_billing_address
 from worker.rules.vocabulary import BUSINESS_KINDS, HOLDER_KINDS, PRIVATE, PUBLIC_ADMINISTRATION
 
 #: Each kind by its lower-case name (one string object for every holder of a kind).
@@ -135,11 +136,21 @@ class HolderData:
     office_code: str | None = None
     cig: str | None = None
     cup: str | None = None
+    #: The billing address of the electronic invoices: street, postcode, city and country together
+    #: (the province for Italy); all None when not given.
+    billing_address: str | None = None
+    billing_postcode: str | None = None
+    billing_city: str | None = None
+    billing_province: str | None = None
+    billing_country: str | None = None
 
     @property
     def holder_key(self) -> str:
-        """A sha256 hex digest of every field: equal holder data, equal key."""
-        fields = (
+        """A sha256 hex digest of every field: equal holder data, equal key.
+
+        The billing fields count only when given, so a holder without them keeps the key it had
+        before they existed."""
+        fields: tuple[str | None, ...] = (
             self.name,
             self.kind,
             self.reference_email,
@@ -152,6 +163,14 @@ class HolderData:
             self.cig,
             self.cup,
         )
+        if self.billing_address is not None:
+            fields += (
+                self.billing_address,
+                self.billing_postcode,
+                self.billing_city,
+                self.billing_province,
+                self.billing_country,
+            )
         text = "\x1f".join(["" if value is None else value for value in fields])
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -439,6 +458,11 @@ def check_holder(
     postal_address: str | None = None,
     cig: str | None = None,
     cup: str | None = None,
+    billing_address: str | None = None,
+    billing_postcode: str | None = None,
+    billing_city: str | None = None,
+    billing_province: str | None = None,
+    billing_country: str | None = None,
 ) -> tuple[HolderData | None, list[HolderProblem]]:
     """Check and normalise holder data.
 
@@ -527,6 +551,18 @@ def check_holder(
             problem(field, f"{value!r} is not a {field.upper()}: it has {length} letters or digits")
         else:
             values[field] = value.upper()
+
+    if billing_address or billing_postcode or billing_city or billing_province or billing_country:
+        billing = check_billing_address(
+            billing_address or "",
+            billing_postcode or "",
+            billing_city or "",
+            billing_province or "",
+            billing_country or "",
+        )
+        for field, message in billing.problems:
+            problem(field, message)
+        values.update(billing.values)
 
     if problems:
         return None, problems

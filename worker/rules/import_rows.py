@@ -65,6 +65,11 @@ OPTIONAL_COLUMNS = (
     "postal_address",
     "cig",
     "cup",
+    "billing_address",
+    "billing_postcode",
+    "billing_city",
+    "billing_province",
+    "billing_country",
 )
 KNOWN_COLUMNS = REQUIRED_COLUMNS + EXPIRY_COLUMNS + OPTIONAL_COLUMNS
 
@@ -81,6 +86,11 @@ HOLDER_COLUMNS = (
     "office_code",
     "cig",
     "cup",
+    "billing_address",
+    "billing_postcode",
+    "billing_city",
+    "billing_province",
+    "billing_country",
 )
 #: A staged row's values, in order.  A good row has every value and its ``seq``
 #: (1, 2, … in file order); a bad row has only ``line`` and what rules across
@@ -268,7 +278,8 @@ class RowChecker:
             address, login, holder_name, holder_kind, reference_email, plan, expires_text, domain_text,
             domain_expires_text, auto_renew, payment_method, card_expiry, renewal_years, promo,
             extra_space, extra_archive, used_space, tax_code, vat_number, einvoice_code, language,
-            postal_address, cig, cup,
+            postal_address, cig, cup, billing_address, billing_postcode, billing_city, billing_province,
+            billing_country,
         ) = values  # fmt: skip
         if not address:
             problem("address", "is required")
@@ -283,8 +294,9 @@ class RowChecker:
         elif (message := account_problem(login)) is not None:
             problem("account", message)
         holder, holder_key, holder_values, holder_problems = check_holder(
-            holder_name, holder_kind, reference_email, tax_code, vat_number, einvoice_code, postal_address, cig, cup
-        )
+            holder_name, holder_kind, reference_email, tax_code, vat_number, einvoice_code, postal_address, cig, cup,
+            billing_address, billing_postcode, billing_city, billing_province, billing_country,
+        )  # fmt: skip
         for holder_problem in holder_problems:
             problem(_HOLDER_COLUMNS.get(holder_problem.field, holder_problem.field), holder_problem.message)
         if plan:
@@ -453,6 +465,11 @@ def check_holder(
     postal_address: str,
     cig: str,
     cup: str,
+    billing_address: str = "",
+    billing_postcode: str = "",
+    billing_city: str = "",
+    billing_province: str = "",
+    billing_country: str = "",
 ) -> tuple[HolderData | None, str, tuple[str, ...], tuple[holder_data.HolderProblem, ...]]:
     """``holder_data.check_holder``, the holder key and the staged holder columns, cached.
 
@@ -469,6 +486,11 @@ def check_holder(
         postal_address=postal_address,
         cig=cig,
         cup=cup,
+        billing_address=billing_address,
+        billing_postcode=billing_postcode,
+        billing_city=billing_city,
+        billing_province=billing_province,
+        billing_country=billing_country,
     )
     if holder is None:
         return None, "", (), tuple(problems)
@@ -484,6 +506,11 @@ def check_holder(
         holder.office_code or "",
         holder.cig or "",
         holder.cup or "",
+        holder.billing_address or "",
+        holder.billing_postcode or "",
+        holder.billing_city or "",
+        holder.billing_province or "",
+        holder.billing_country or "",
     )  # HOLDER_COLUMNS
     try:
         return holder, holder.holder_key, values, ()

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import text
 
 from worker.events.delivery import event_counts
+from worker.services.invoices.export import SellerMissing
 from worker.services.runtime import Runtime
 from worker.store import migrate
 
@@ -21,6 +22,8 @@ class Probe:
     service: str
     ok: bool
     detail: str
+    #: Works, but something is left undone (no invoice without the seller settings): not a failure.
+    warning: bool = False
 
 
 def check_all(rt: Runtime) -> list[Probe]:
@@ -31,7 +34,16 @@ def check_all(rt: Runtime) -> list[Probe]:
         _probe("gateway", lambda: check_gateway(rt)),
         _probe("platform", lambda: check_platform(rt)),
         _probe("webhooks", lambda: check_webhooks(rt)),
+        check_invoices(rt),
     ]
+
+
+def check_invoices(rt: Runtime) -> Probe:
+    """Whether invoices can be issued: the seller settings are set."""
+    seller = rt.settings.seller
+    if seller is None:
+        return Probe("invoices", True, str(SellerMissing()) + "; paid renewals' invoices wait", warning=True)
+    return Probe("invoices", True, f"seller IT{seller.vat_number}, {seller.fiscal_regime}")
 
 
 def _probe(service: str, check: Callable[[], str]) -> Probe:

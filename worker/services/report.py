@@ -31,7 +31,16 @@ from sqlalchemy.orm import Session
 from worker.rules.schedule import Stage
 from worker.services import charges
 from worker.services.notices import decide_mailbox, load_decision_states
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, MailboxSchedule, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import (
+    BouncedAddress,
+    DailyRun,
+    Invoice,
+    InvoiceStatus,
+    Mailbox,
+    MailboxSchedule,
+    NoticeLedgerEntry,
+    OutboxMessage,
+)
 
 CHARGE = "charge"
 
@@ -83,6 +92,8 @@ class Report:
     last_run: dict | None = None
     outbox: dict[str, int] = field(default_factory=dict)
     bounced_addresses: int = 0
+    #: Paid renewals whose invoice waits (for the seller settings or the holder's billing data), by reason.
+    invoices_waiting: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -93,6 +104,7 @@ class Report:
             "last_run": self.last_run,
             "outbox": self.outbox,
             "bounced_addresses": self.bounced_addresses,
+            "invoices_waiting": self.invoices_waiting,
         }
 
 
@@ -250,6 +262,13 @@ def build_report(
             ).all()
         )
     report.bounced_addresses = session.scalar(select(func.count()).select_from(BouncedAddress)) or 0
+    report.invoices_waiting = dict(
+        session.execute(
+            select(Invoice.waiting_reason, func.count())
+            .where(Invoice.status == InvoiceStatus.WAITING.value)
+            .group_by(Invoice.waiting_reason)
+        ).all()
+    )
     return report
 
 
@@ -285,3 +304,9 @@ def print_report(result: Report, console: Console) -> None:
             + (", ".join(f"{status} {count}" for status, count in sorted(result.outbox.items())) or "empty")
         )
     console.print(f"Bounced reference addresses: {result.bounced_addresses}")
+    if result.invoices_waiting:
+        console.print(
+            f"Invoices waiting: {sum(result.invoices_waiting.values())} ("
+            + ", ".join(f"{reason}: {count}" for reason, count in sorted(result.invoices_waiting.items()))
+            + "); 'pec-renewal invoices export' issues them once the data have come."
+        )

@@ -107,6 +107,12 @@ class Holder(Base):
     office_code: Mapped[str | None] = mapped_column(String(6))
     cig: Mapped[str | None] = mapped_column(String(10))
     cup: Mapped[str | None] = mapped_column(String(15))
+    #: The billing address an electronic invoice needs (all set or all NULL; the country is ISO 3166 alpha-2).
+    billing_address: Mapped[str | None] = mapped_column(String(60))
+    billing_postcode: Mapped[str | None] = mapped_column(String(10))
+    billing_city: Mapped[str | None] = mapped_column(String(60))
+    billing_province: Mapped[str | None] = mapped_column(String(2))
+    billing_country: Mapped[str | None] = mapped_column(String(2))
 
     account: Mapped[Account] = relationship()
 
@@ -565,6 +571,81 @@ class SandboxCharge(Base):
     reference: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# -- Electronic invoices ---------------------------------------------------------------------
+
+
+class InvoiceStatus(str, Enum):
+    ISSUED = "issued"  # numbered, ready to export
+    WAITING = "waiting"  # paid, but the seller settings or the buyer's data are missing
+
+
+class InvoiceCounter(Base):
+    """The last invoice number of a calendar year (Europe/Rome): locked by each issue until its commit."""
+
+    __tablename__ = "invoice_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
+class Invoice(Base):
+    """An electronic invoice (TD01) or credit note (TD04), written in the payment's transaction.
+
+    It keeps what renders its XML again identically (the buyer as invoiced, the lines and the
+    totals); the seller's data are the settings'.  ``(year, number)`` is unique and gapless.
+    """
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("year", "number", name="uq_invoices_year_number"),
+        Index(
+            "ix_invoices_waiting",
+            "id",
+            postgresql_where=text("status = 'waiting'"),
+            sqlite_where=text("status = 'waiting'"),
+        ),
+        # The documents issued and not yet numbered (number_pending_invoices): a few, read by every charge batch.
+        Index(
+            "ix_invoices_unnumbered",
+            "id",
+            postgresql_where=text("status = 'issued' AND number IS NULL"),
+            sqlite_where=text("status = 'issued' AND number IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: TD01 or TD04.
+    kind: Mapped[str] = mapped_column(String(4))
+    status: Mapped[str] = mapped_column(String(10))
+    #: Why a waiting invoice waits (comma-separated words: ``seller_settings``, ``billing_address``, ``tax_id``).
+    waiting_reason: Mapped[str | None] = mapped_column(String(100))
+    year: Mapped[int | None] = mapped_column(Integer)
+    number: Mapped[int | None] = mapped_column(Integer)
+    #: The number as printed (``Numero``), e.g. ``123/2026``.
+    document_number: Mapped[str | None] = mapped_column(String(20))
+    issued_on: Mapped[date | None] = mapped_column(Date, index=True)
+    #: One invoice per paid order and per successful charge.
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("renewal_orders.id"), unique=True)
+    charge_intent_id: Mapped[int | None] = mapped_column(ForeignKey("charge_intents.id"), unique=True)
+    #: For a credit note: the invoice it corrects; ``refund_key`` names the refund (one note per refund).
+    corrects_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"), index=True)
+    refund_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: A mailbox it is about: a waiting invoice takes the buyer's data from its current holder.
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id"), index=True)
+    payment_method: Mapped[str] = mapped_column(String(20))
+    #: The amount paid (or refunded), VAT included: the document's total.
+    paid_cents: Mapped[int] = mapped_column(Integer)
+    #: The order number or the charge's idempotency key.
+    reference: Mapped[str] = mapped_column(String(200))
+    paid_on: Mapped[date] = mapped_column(Date)
+    buyer: Mapped[dict] = mapped_column(JSON)
+    lines: Mapped[list] = mapped_column(JSON)
+    subtotal_cents: Mapped[int] = mapped_column(Integer)
+    vat_cents: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # -- Platform events -----------------------------------------------------------------------

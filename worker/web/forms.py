@@ -179,6 +179,11 @@ class HolderForm(FlaskForm):
     einvoice_code = StringField(filters=[_strip], validators=[Optional(), _length(254), PlainAscii()])
     cig = StringField(filters=[_strip], validators=[Optional(), _length(10), PlainAscii()])
     cup = StringField(filters=[_strip], validators=[Optional(), _length(15), PlainAscii()])
+    billing_address = StringField(filters=[_strip], validators=[Optional(), _length(60), CleanText()])
+    billing_postcode = StringField(filters=[_strip], validators=[Optional(), _length(10), CleanText()])
+    billing_city = StringField(filters=[_strip], validators=[Optional(), _length(60), CleanText()])
+    billing_province = StringField(filters=[_strip], validators=[Optional(), _length(2), PlainAscii()])
+    billing_country = StringField(filters=[_strip], validators=[Optional(), _length(2), PlainAscii()])
 
     FIELDS = (
         "name",
@@ -190,6 +195,11 @@ class HolderForm(FlaskForm):
         "einvoice_code",
         "cig",
         "cup",
+        "billing_address",
+        "billing_postcode",
+        "billing_city",
+        "billing_province",
+        "billing_country",
     )
 
     def __init__(self, *args, **kwargs):

@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.gateways import PaymentGateway
 from worker.rules import schedule
 from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan
+from worker.rules.einvoice import Seller
 from worker.rules.schedule import Stage
+from worker.services import invoices
 from worker.services.charges.results import ChargeRun, ChargesResult
 from worker.services.charges.service import charge_mailbox
 from worker.store.models import Mailbox, MailboxSchedule
@@ -81,12 +83,44 @@ def run_charges(
     concurrency: int = 1,
     progress: Callable[[int], None] | None = None,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    seller: Seller | None = None,
 ) -> ChargesResult:
-    """Charge these mailboxes, ``concurrency`` at a time (threads; each charge uses its own sessions).
+    """Charge these mailboxes, ``concurrency`` at a time (threads; each charge uses its own sessions),
+    then number the invoices they wrote.
 
     An error on one mailbox is logged and counted, and does not stop the
     others: its intent (if any) stays unresolved and is reconciled next run.
     """
+    total = _charge(
+        mailbox_ids,
+        concurrency,
+        progress,
+        lambda mailbox_id: charge_mailbox(
+            session_factory,
+            gateway,
+            mailbox_id,
+            today=today,
+            clock=clock,
+            stages=stages,
+            mail_domain=mail_domain,
+            plan=plan,
+            seller=seller,
+        ),
+    )
+    # Each charge's transaction wrote its invoice unnumbered; they are numbered here, in one short
+    # transaction that locks the year's counter once, in the order of payment, before the caller
+    # hands the receipts to the relay (and with them any invoice a crash left unnumbered).
+    with session_factory() as session, session.begin():
+        total.invoices_numbered = len(invoices.number_pending_invoices(session))
+    return total
+
+
+def _charge(
+    mailbox_ids: Iterable[int],
+    concurrency: int,
+    progress: Callable[[int], None] | None,
+    charge: Callable[[int], ChargeRun],
+) -> ChargesResult:
     total = ChargesResult()
     ids = list(dict.fromkeys(mailbox_ids))
     if not ids:
@@ -94,16 +128,7 @@ def run_charges(
 
     def one(mailbox_id: int) -> ChargeRun | None:
         try:
-            return charge_mailbox(
-                session_factory,
-                gateway,
-                mailbox_id,
-                today=today,
-                clock=clock,
-                stages=stages,
-                mail_domain=mail_domain,
-                plan=plan,
-            )
+            return charge(mailbox_id)
         except Exception:
             log.exception("charge of mailbox %s failed; it is reconciled on the next run", mailbox_id)
             return None

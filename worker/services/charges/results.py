@@ -34,6 +34,8 @@ class ChargesResult:
     errors: int = 0
     outbox_ids: list[int] = field(default_factory=list)
     emails: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Invoices the batch's numbering step numbered (its charges', and any a crash left unnumbered).
+    invoices_numbered: int = 0
 
     def add(self, run: ChargeRun) -> None:
         self.examined += 1
@@ -51,6 +53,7 @@ class ChargesResult:
         self.errors += other.errors
         self.outbox_ids.extend(other.outbox_ids)
         self.emails.update(other.emails)
+        self.invoices_numbered += other.invoices_numbered
 
     def as_dict(self) -> dict[str, Any]:
         return {

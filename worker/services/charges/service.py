@@ -28,14 +28,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.events.queue import paid_by_charge, renewal_events, write_events
-from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, mask_token
-from worker.rules import schedule
+from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
+from worker.rules import einvoice, schedule
 from worker.rules.auto_renew import (
     CHARGE,
     CHARGE_FAILED,
@@ -53,7 +54,10 @@ from worker.rules.auto_renew import (
     idempotency_key,
     next_action_on,
 )
+from worker.rules.einvoice import Seller
 from worker.rules.schedule import Stage
+from worker.rules.vocabulary import CARD, PAYPAL
+from worker.services import invoices
 from worker.services.charges.calls import Call, charge_call, charge_parameters, reconcile_call
 from worker.services.charges.emails import (
     charge_price,
@@ -64,6 +68,7 @@ from worker.services.charges.emails import (
 )
 from worker.services.charges.results import ChargeRun
 from worker.services.charges.state import (
+    HOLDER_INVOICE_COLUMNS,
     CycleState,
     LockedMailbox,
     decide_for,
@@ -117,6 +122,8 @@ class ChargeDay:
     mail_domain: str
     stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES
     plan: ChargePlan = DEFAULT_CHARGE_PLAN
+    #: The seller of the invoices (``Settings.seller``); None: each invoice waits for it.
+    seller: Seller | None = None
 
 
 #: A claimed gateway call: the intent's id, and the call.
@@ -133,6 +140,7 @@ def charge_mailbox(
     stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES,
     mail_domain: str,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    seller: Seller | None = None,
 ) -> ChargeRun:
     """Do the charge work due today for one mailbox: reconcile, charge, record, and tell the holder.
 
@@ -144,7 +152,7 @@ def charge_mailbox(
     record.
     """
     run = ChargeRun(mailbox_id)
-    day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan)
+    day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan, seller=seller)
     engine = bound_engine(session_factory)
     looked_up: set[int] = set()
     answered: tuple[int, ChargeResult] | None = None
@@ -320,12 +328,15 @@ class _Work:
         self.renew(mailbox, intent)
 
     def renew(self, mailbox: LockedMailbox, intent: Any) -> None:
-        """A successful charge: the receipt (unless the day's stage is taken in the cycle's ledger), the new expiry."""
+        """A successful charge: its invoice, the receipt (unless the day's stage is taken in the cycle's
+        ledger), the new expiry."""
         day = self.day
         old = intent.cycle_expires_on
+        invoice = self.invoice(mailbox, intent)
         stage = day_stage(day.stages, old, day.today)
         if not mailbox.state.holds_stage(stage):
             context = {
+                "invoice": invoice,
                 "charge": receipt_context(
                     mailbox.row,
                     cycle_expires_on=old,
@@ -334,7 +345,7 @@ class _Work:
                     charged_on=day.today,
                     reference=intent.reference,
                     plan=day.plan,
-                )
+                ),
             }
             self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context)
         mailbox.expires_on = schedule.add_years(old, intent.years)
@@ -354,6 +365,43 @@ class _Work:
         )
         write_events(self.connection, events, now=self.now, business_date=day.today)
         self.run.outcome = "succeeded"
+
+    def invoice(self, mailbox: LockedMailbox, intent: Any) -> dict[str, Any]:
+        """The charge's invoice, from the holder's data, in this transaction; its courtesy copy, without
+        the number, which the batch's numbering step gives both once the batch's charges are recorded
+        (:func:`worker.services.invoices.number_pending_invoices`, in :func:`run_charges`)."""
+        row = mailbox.row
+        buyer = invoices.buyer_from_holder(
+            SimpleNamespace(
+                name=row.holder_name, **{name: getattr(row, f"holder_{name}") for name in HOLDER_INVOICE_COLUMNS}
+            )
+        )
+        price = charge_price(mailbox.row, intent.years)
+        lines = einvoice.lines_for(price.lines, {mailbox.row.address: intent.cycle_expires_on})
+        record = invoices.record_invoice(
+            self.connection,
+            seller=self.day.seller,
+            buyer=buyer,
+            lines=lines,
+            paid_cents=intent.amount_cents,
+            payment_method=_method_of(intent.payment_method),
+            reference=intent.idempotency_key,
+            mailbox_id=mailbox.id,
+            today=self.day.today,
+            now=self.now,
+            charge_intent_id=intent.id,
+        )
+        document = einvoice.InvoiceDocument(
+            einvoice.INVOICE,
+            record.document_number or "",
+            record.issued_on or self.day.today,
+            buyer,
+            lines,
+            einvoice.totals_of(lines),
+            _method_of(intent.payment_method),
+            intent.idempotency_key,
+        )
+        return invoices.courtesy_copy(record, self.day.seller, document)
 
     def skip_for_order(self, mailbox: LockedMailbox, state: CycleState, order: Any) -> None:
         """No charge while the holder's own order for this cycle awaits payment (a bank transfer, a
@@ -439,6 +487,11 @@ class _Work:
         self.run.outbox_ids.append(outbox_id)
         self.run.emails[(kind, stage.name)] += 1
         return True
+
+
+def _method_of(token: str) -> str:
+    """The payment method of a stored token: PayPal's billing agreements, or else a card."""
+    return PAYPAL if describe_payment_method(token, "it") == "PayPal" else CARD
 
 
 def _last_intent_id(state: CycleState) -> int:

@@ -158,7 +158,24 @@ def is_auto_renew(mailbox: Any) -> bool:
 
 #: The mailbox with what the rule and the emails read of it, and the ledger rows and charge
 #: attempts of its current cycle and of any later one, outer-joined: one row per (ledger row,
-#: attempt) pair, at least one.  A cycle holds a few of each.
+#: attempt) pair, at least one.  A cycle holds a few of each.  The holder's invoicing data come
+#: with it, for a successful charge's invoice.
+#: The holder's columns an invoice reads (beside its name), selected as ``holder_{name}``.
+HOLDER_INVOICE_COLUMNS = (
+    "kind",
+    "tax_code",
+    "vat_number",
+    "sdi_code",
+    "einvoice_pec",
+    "office_code",
+    "cig",
+    "cup",
+    "billing_address",
+    "billing_postcode",
+    "billing_city",
+    "billing_province",
+    "billing_country",
+)
 _LOCK = (
     select(
         _MAILBOXES.c.id,
@@ -174,7 +191,7 @@ _LOCK = (
         _MAILBOXES.c.language,
         _MAILBOXES.c.reference_email,
         _HOLDERS.c.name.label("holder_name"),
-        _HOLDERS.c.kind.label("holder_kind"),
+        *(_HOLDERS.c[name].label(f"holder_{name}") for name in HOLDER_INVOICE_COLUMNS),
         _LEDGER.c.cycle_expires_on.label("ledger_cycle"),
         _LEDGER.c.stage.label("ledger_stage"),
         _LEDGER.c.kind.label("ledger_kind"),

@@ -141,10 +141,13 @@ def queue_order_email(
     now: datetime,
     today: date,
     settings: Settings,
+    extra: dict[str, Any] | None = None,
     resend: int = 0,
 ) -> QueuedEmail | None:
     """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order and
-    ``resend`` (0; the n-th change of the payment method re-sends the confirmation as ``n``)."""
+    ``resend`` (0; the n-th change of the payment method re-sends the confirmation as ``n``).
+
+    ``extra``: more of the context (the renewal-completed email's invoice)."""
     holder = order_holder(order)
     email = NewEmail(
         about=OrderEmail(kind, order.order_number),
@@ -152,7 +155,7 @@ def queue_order_email(
         stage=ORDER_EMAIL_STAGE,
         language=order_language(order),
         to_address=holder["reference_email"].lower(),
-        context=order_email_context(order, settings),
+        context=order_email_context(order, settings) | (extra or {}),
         resend=resend,
     )
     return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)

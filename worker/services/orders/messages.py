@@ -111,6 +111,11 @@ _FIELD_LABELS_EN = {
     "postal_address": "The postal address",
     "cig": "The CIG",
     "cup": "The CUP",
+    "billing_address": "The billing street",
+    "billing_postcode": "The billing postcode",
+    "billing_city": "The billing city",
+    "billing_province": "The billing province",
+    "billing_country": "The billing country",
 }
 
 
@@ -200,7 +205,34 @@ def _cig_or_cup(field_name: str, detail: str, _kind: str) -> str:
     return f"Il {label} non è valido: ha {length} lettere o cifre."
 
 
+_BILLING_LABELS = {
+    "billing_address": "la via e il numero civico",
+    "billing_postcode": "il CAP",
+    "billing_city": "il comune",
+    "billing_province": "la provincia",
+    "billing_country": "il paese",
+}
+
+
+def _billing(field_name: str, detail: str, _kind: str) -> str:
+    label = _BILLING_LABELS[field_name]
+    if detail.startswith("is required"):
+        return f"Indichi anche {label} dell'indirizzo di fatturazione."
+    if "characters long" in detail:
+        return f"L'indirizzo di fatturazione è troppo lungo: {label} ha al massimo 60 caratteri."
+    if "only for an address in Italy" in detail:
+        return "La provincia si indica solo per un indirizzo in Italia."
+    if field_name == "billing_postcode":
+        return "Il CAP non è valido: in Italia ha 5 cifre."
+    if field_name == "billing_province":
+        return "Indichi la sigla della provincia di 2 lettere, per esempio RM."
+    if field_name == "billing_country":
+        return "Indichi il paese con il codice di 2 lettere, per esempio IT."
+    return f"Nell'indirizzo di fatturazione, {label} contiene caratteri non ammessi."
+
+
 _ITALIAN: dict[str, Callable[[str, str, str], str]] = {
+    **dict.fromkeys(_BILLING_LABELS, _billing),
     "name": _name,
     "kind": _kind,
     "reference_email": _reference_email,

@@ -186,12 +186,16 @@ def holder_form_data(order: RenewalOrder) -> dict[str, str]:
         "postal_address": data.get("postal_address") or "",
         "cig": data.get("cig") or "",
         "cup": data.get("cup") or "",
+        **{name: data.get(name) or "" for name in BILLING_FIELDS},
     }
 
 
 _HOLDER_FORM_FIELDS = (
     "name", "kind", "reference_email", "tax_code", "vat_number", "einvoice_code", "postal_address", "cig", "cup",
+    "billing_address", "billing_postcode", "billing_city", "billing_province", "billing_country",
 )  # fmt: skip
+#: The billing address (the electronic invoice's), pre-filled from the holder's imported data.
+BILLING_FIELDS = _HOLDER_FORM_FIELDS[-5:]
 
 
 def set_holder(session: Session, order: RenewalOrder, form_data: Mapping[str, str | None]) -> RenewalOrder:

@@ -24,6 +24,7 @@ from worker.store.models import (
 HOLDER_FIELDS = (
     "name", "kind", "reference_email", "tax_code", "vat_number", "postal_address",
     "sdi_code", "einvoice_pec", "office_code", "cig", "cup",
+    "billing_address", "billing_postcode", "billing_city", "billing_province", "billing_country",
 )  # fmt: skip
 
 

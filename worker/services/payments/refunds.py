@@ -27,11 +27,12 @@ from config.settings import Settings
 from worker.gateways.refunds import RefundOutcome
 from worker.mail.message_ids import OrderEmail
 from worker.mail.queue import NewEmail, queue_email
-from worker.rules import pricing
+from worker.rules import einvoice, pricing
+from worker.services.invoices import record_credit_note
 from worker.services.orders import ORDER_EMAIL_STAGE, mail_domain, order_email_context
 from worker.services.orders.summary import holder_snapshot, order_language
 from worker.services.payments.registration import PaymentRefused
-from worker.store.models import GatewayRefund, RenewalOrder
+from worker.store.models import GatewayRefund, Invoice, RenewalOrder
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def settle_refund(
         told = result.outcome in (RefundOutcome.SUCCEEDED, RefundOutcome.PENDING)
         if told and refund.order_id is not None and settings is not None:
             _queue_refund_email(session, refund, now=now, today=today, settings=settings)
+        if result.outcome is RefundOutcome.SUCCEEDED and settings is not None:
+            _credit_note(session, refund, now=now, today=today, settings=settings)
     session.commit()
     log.log(
         logging.WARNING if result.outcome in (RefundOutcome.FAILED, RefundOutcome.UNKNOWN) else logging.INFO,
@@ -210,6 +213,30 @@ def request_refund(
         reason=reason or "requested",
         now=now,
     )
+
+
+def _credit_note(session: Session, refund: GatewayRefund, *, now: datetime, today: date, settings: Settings) -> None:
+    """A requested refund of a paid order's payment: the credit note (TD04) of the order's invoice, in this
+    transaction.  An automatic refund gives back a payment that was never registered, so never invoiced."""
+    if refund.kind != REQUESTED or refund.order_id is None:
+        return
+    invoice_id = session.scalar(
+        select(Invoice.id).where(Invoice.order_id == refund.order_id, Invoice.kind == einvoice.INVOICE)
+    )
+    if invoice_id is None:
+        return
+    try:
+        record_credit_note(
+            session.connection(),
+            invoice_id=invoice_id,
+            refunded_cents=refund.amount_cents,
+            refund_key=refund.idempotency_key,
+            seller=settings.seller,
+            today=today,
+            now=now,
+        )
+    except ValueError as error:  # a refund that does not fit the invoice: the refund stands, an operator notes it
+        log.warning("refund %s: no credit note (%s)", refund.id, error)
 
 
 def _queue_refund_email(session: Session, refund: GatewayRefund, *, now, today, settings) -> None:

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from worker.events.queue import paid_by_order, renewal_events, write_events
-from worker.rules import pricing, schedule
+from worker.rules import einvoice, pricing, schedule
 from worker.rules.holder_data import HolderData
 from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS, Plan
+from worker.services import invoices
 from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email, withdraw_confirmation
 from worker.services.platform_events import set_auto_renew
 from worker.store.models import (
@@ -150,11 +152,63 @@ def register_payment(
     order.paid_at = now
     order.payment_method = method
     session.flush()
+    invoice = _invoice(session, order, lines, mailboxes, holder or order.holder, payment, settings)
     # An "awaiting payment" confirmation not sent yet would now be false (a card paid at the
     # checkout seconds after confirming): it is withdrawn, and renewal-completed says it all.
     withdraw_confirmation(session, order, settings)
-    queue_order_email(session, order, RENEWAL_COMPLETED, now=now, today=today, settings=settings)
+    queue_order_email(
+        session, order, RENEWAL_COMPLETED, now=now, today=today, settings=settings, extra={"invoice": invoice}
+    )
     return RegistrationResult(number, True, payment.id, amount_cents, method, renewed)
+
+
+def _invoice(
+    session: Session,
+    order: RenewalOrder,
+    lines: list[RenewalOrderLine],
+    mailboxes: dict[int, Mailbox],
+    holder: Holder,
+    payment: Payment,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The order's invoice, from the holder data as confirmed, in this transaction; its courtesy copy."""
+    priced = pricing.price_order(
+        [
+            pricing.LineInput(mailboxes[line.mailbox_id].address, line.plan, line.extra_space_gb, line.extra_archive_gb)
+            for line in lines
+        ],
+        order.years or 1,
+    )
+    invoice_lines = einvoice.lines_for(
+        priced.lines, {mailboxes[line.mailbox_id].address: line.old_expires_on for line in lines}
+    )
+    buyer = invoices.buyer_from_holder(holder)
+    record = invoices.record_invoice(
+        session.connection(),
+        seller=settings.seller,
+        buyer=buyer,
+        lines=invoice_lines,
+        paid_cents=payment.amount_cents,
+        payment_method=payment.method,
+        reference=order.order_number or "",
+        mailbox_id=lines[0].mailbox_id,
+        today=payment.business_date,
+        now=payment.registered_at,
+        order_id=order.id,
+    )
+    # Numbered in this transaction (a registration is rare: the year's counter is held to its commit).
+    record = next((done for done in invoices.number_pending_invoices(session) if done.id == record.id), record)
+    document = einvoice.InvoiceDocument(
+        einvoice.INVOICE,
+        record.document_number or "",
+        record.issued_on or payment.business_date,
+        buyer,
+        invoice_lines,
+        einvoice.totals_of(invoice_lines),
+        payment.method,
+        order.order_number or "",
+    )
+    return invoices.courtesy_copy(record, settings.seller, document)
 
 
 def _check_payable(order: RenewalOrder, number: str, amount_cents: int) -> None:

@@ -1,0 +1,198 @@
+"""The FatturaPA documents as the pure rule writes them, validated against the official schema (offline)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import pytest
+import xmlschema
+
+from tests.support import fatturapa
+from tests.support.invoices import BILLING, HOLDERS
+from worker.rules import einvoice, pricing
+from worker.rules.einvoice import Address, Buyer, Seller
+from worker.rules.holder_data import check_holder
+
+SELLER = Seller("Provider PEC S.p.A.", "01234560017", Address("Via Roma 1", "00184", "Roma", "RM"))
+ISSUED_ON = date(2027, 3, 1)
+#: Each payment method and its ModalitaPagamento.
+METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
+
+
+def buyer_of(kind: str, **billing: str) -> Buyer:
+    data, problems = check_holder(
+        kind=kind, reference_email="titolare@example.it", **HOLDERS[kind], **{**BILLING, **billing}
+    )
+    assert data is not None, problems
+    address = Address(
+        data.billing_address, data.billing_postcode, data.billing_city, data.billing_province, data.billing_country
+    )
+    fields = ("tax_code", "vat_number", "sdi_code", "einvoice_pec", "office_code", "cig", "cup")
+    return Buyer(kind=data.kind, name=data.name, address=address, **{name: getattr(data, name) for name in fields})
+
+
+def an_invoice(buyer: Buyer, method: str = "card", years: int = 2) -> tuple[einvoice.InvoiceDocument, int]:
+    order = pricing.price_order(
+        [pricing.LineInput("studio@pec.example.it", "pro", 3, 5), pricing.LineInput("info@pec.example.it", "standard")],
+        years,
+    )
+    lines = einvoice.lines_for(
+        order.lines, {"studio@pec.example.it": date(2027, 3, 31), "info@pec.example.it": date(2027, 4, 15)}
+    )
+    document = einvoice.build_invoice(
+        number="7/2027",
+        issued_on=ISSUED_ON,
+        buyer=buyer,
+        lines=lines,
+        paid_cents=order.total_cents,
+        payment_method=method,
+        reference="PEC-2027-000042",
+    )
+    return document, order.total_cents
+
+
+def cents(text: str | None) -> int:
+    assert text is not None and re.fullmatch(r"-?\d+\.\d{2}", text), text
+    whole, part = text.split(".")
+    return int(whole) * 100 + int(part)
+
+
+def test_the_local_schema_takes_the_reference_example_and_refuses_it_without_its_number():
+    fatturapa.schema().validate(str(fatturapa.EXAMPLE_FILE))
+    broken = fatturapa.EXAMPLE_FILE.read_bytes().replace(b"<Numero>2025/000123</Numero>", b"")
+    with pytest.raises(xmlschema.XMLSchemaValidationError):
+        fatturapa.validate(broken)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("kind", sorted(HOLDERS))
+def test_each_method_and_holder_kind_gives_a_valid_invoice_whose_totals_are_the_amount_paid(kind, method):
+    buyer = buyer_of(kind)
+    document, paid = an_invoice(buyer, method)
+    root = fatturapa.validate(einvoice.render_xml(document, SELLER, einvoice.progressive(42)))
+
+    public = kind == "public_administration"
+    assert root.get("versione") == ("FPA12" if public else "FPR12")
+    assert fatturapa.text(root, ".//FormatoTrasmissione") == root.get("versione")
+    assert fatturapa.text(root, ".//TipoDocumento") == "TD01"
+    assert fatturapa.text(root, ".//ModalitaPagamento") == METHODS[method]
+    # Totals: the lines, the summary and the payment all come to the amount paid, to the cent.
+    line_totals = [cents(value) for value in fatturapa.texts(root, ".//DettaglioLinee/PrezzoTotale")]
+    taxable = cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto"))
+    tax = cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta"))
+    assert sum(line_totals) == taxable
+    assert tax == (taxable * 22 + 50) // 100
+    assert taxable + tax == paid
+    assert cents(fatturapa.text(root, ".//ImportoTotaleDocumento")) == paid
+    assert cents(fatturapa.text(root, ".//ImportoPagamento")) == paid
+    # One line per mailbox and year, and per extra and year: (plan + space + archive) x 2 years + plan x 2.
+    assert len(line_totals) == 8
+    assert fatturapa.texts(root, ".//DettaglioLinee/DataInizioPeriodo")[:2] == ["2027-04-01", "2028-04-01"]
+    # The buyer as the holder data give it.
+    buyer_part = root.find(".//CessionarioCommittente")
+    assert fatturapa.text(buyer_part, ".//Denominazione") == HOLDERS[kind]["name"]
+    assert fatturapa.text(buyer_part, ".//CodiceFiscale") == HOLDERS[kind].get("tax_code")
+    assert fatturapa.text(buyer_part, ".//IdFiscaleIVA/IdCodice") == HOLDERS[kind].get("vat_number")
+    assert fatturapa.text(buyer_part, ".//Sede/Indirizzo") == BILLING["billing_address"]
+    assert fatturapa.text(buyer_part, ".//Sede/CAP") == BILLING["billing_postcode"]
+    assert fatturapa.text(buyer_part, ".//Sede/Comune") == BILLING["billing_city"]
+    assert fatturapa.text(buyer_part, ".//Sede/Provincia") == BILLING["billing_province"]
+    # Where SDI delivers it.
+    expected_code = {
+        "private": "0000000",
+        "company": "ABC1234",
+        "professional": "0000000",
+        "public_administration": "UFE7HK",
+    }[kind]
+    assert fatturapa.text(root, ".//CodiceDestinatario") == expected_code
+    assert (
+        fatturapa.text(root, ".//PECDestinatario") == HOLDERS[kind]["einvoice_code"]
+        if kind == "professional"
+        else (fatturapa.text(root, ".//PECDestinatario") is None)
+    )
+    if public:
+        assert fatturapa.text(root, ".//DatiOrdineAcquisto/CodiceCIG") == "Z1234567AB"
+        assert fatturapa.text(root, ".//DatiOrdineAcquisto/CodiceCUP") == "J12B34000560007"
+    else:
+        assert root.find(".//DatiOrdineAcquisto") is None
+
+
+def test_a_buyer_abroad_is_delivered_by_the_xxxxxxx_code_with_a_placeholder_postcode():
+    buyer = buyer_of(
+        "company", billing_country="FR", billing_postcode="75008", billing_province="", billing_city="Paris"
+    )
+    document, _paid = an_invoice(buyer)
+    root = fatturapa.validate(einvoice.render_xml(document, SELLER, "00001"))
+    assert fatturapa.text(root, ".//CodiceDestinatario") == "XXXXXXX"
+    sede = root.find(".//CessionarioCommittente/Sede")
+    assert (fatturapa.text(sede, "CAP"), fatturapa.text(sede, "Comune"), fatturapa.text(sede, "Nazione")) == (
+        "00000",
+        "75008 Paris",
+        "FR",
+    )
+
+
+def test_letters_outside_latin_1_are_written_so_the_schema_takes_them():
+    buyer = Buyer(
+        kind="private",
+        name="Łukasz Żółć – “Studio” 株式会社",
+        tax_code="RSSMRA80A01H501U",
+        address=Address("Ulica Długa 5", "20121", "Milano", "MI"),
+    )
+    document, _paid = an_invoice(buyer)
+    root = fatturapa.validate(einvoice.render_xml(document, SELLER, "00001"))
+    assert fatturapa.text(root, ".//CessionarioCommittente//Denominazione") == 'Lukasz Zólc - "Studio" ????'
+    assert fatturapa.text(root, ".//CessionarioCommittente//Indirizzo") == "Ulica Dluga 5"
+
+
+def test_an_amount_that_the_lines_do_not_make_is_refused():
+    document, paid = an_invoice(buyer_of("private"))
+    with pytest.raises(einvoice.InvoiceMismatch):
+        einvoice.build_invoice(
+            number="1/2027",
+            issued_on=ISSUED_ON,
+            buyer=document.buyer,
+            lines=document.lines,
+            paid_cents=paid + 1,
+            payment_method="card",
+            reference="PEC-2027-000042",
+        )
+
+
+@pytest.mark.parametrize("refunded", ["all", 1, 123, 1001, 4999])
+def test_a_credit_note_validates_refers_to_its_invoice_and_totals_the_refund(refunded):
+    invoice, paid = an_invoice(buyer_of("company"))
+    amount = paid if refunded == "all" else refunded
+    note = einvoice.credit_note(invoice, refunded_cents=amount, number="8/2027", issued_on=date(2027, 3, 9))
+    root = fatturapa.validate(einvoice.render_xml(note, SELLER, "00002"))
+    assert fatturapa.text(root, ".//TipoDocumento") == "TD04"
+    assert fatturapa.text(root, ".//DatiFattureCollegate/IdDocumento") == "7/2027"
+    assert fatturapa.text(root, ".//DatiFattureCollegate/Data") == "2027-03-01"
+    taxable = cents(fatturapa.text(root, ".//ImponibileImporto"))
+    tax = cents(fatturapa.text(root, ".//Imposta"))
+    assert taxable + tax == amount == cents(fatturapa.text(root, ".//ImportoTotaleDocumento"))
+    assert abs(tax - taxable * 22 / 100) <= 1  # SDI's tolerance on the tax of a summary: one cent
+    assert sum(cents(value) for value in fatturapa.texts(root, ".//PrezzoTotale")) == taxable
+
+
+def test_a_credit_note_larger_than_its_invoice_is_refused():
+    invoice, paid = an_invoice(buyer_of("private"))
+    with pytest.raises(ValueError, match="does not fit"):
+        einvoice.credit_note(invoice, refunded_cents=paid + 1, number="8/2027", issued_on=ISSUED_ON)
+
+
+def test_file_names_follow_the_specification():
+    assert einvoice.progressive(1) == "00001"
+    assert einvoice.progressive(36) == "00010"
+    assert einvoice.progressive(36**5 - 1) == "ZZZZZ"
+    with pytest.raises(ValueError):
+        einvoice.progressive(36**5)
+    names = {einvoice.file_name(SELLER, einvoice.progressive(number)) for number in range(1, 5000, 7)}
+    assert all(re.fullmatch(r"IT01234560017_[0-9A-Z]{5}\.xml", name) for name in names)
+    assert len(names) == len(range(1, 5000, 7))
+
+
+def test_the_buyers_data_a_document_needs():
+    assert einvoice.missing_data(Buyer("private", "Mario Rossi")) == ("billing_address", "tax_id")
+    assert einvoice.missing_data(buyer_of("private")) == ()
