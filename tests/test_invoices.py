@@ -21,8 +21,11 @@ from worker.services import payments
 from worker.services.invoices import number_pending_invoices, record_credit_note
 from worker.services.invoices.export import SellerMissing, export_invoices
 from worker.services.invoices.issue import next_number
+from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
+from worker.services.payments.refunds import REQUESTED, start_refund
+from worker.services.payments.webhooks import record_event
 from worker.services.runtime import Runtime
-from worker.store.models import Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
+from worker.store.models import GatewayRefund, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
 
 METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
 TOKENS = {"card": "pm_card_visa", "paypal": "paypal_billing_agreement_ok"}
@@ -523,3 +526,52 @@ def test_check_says_whether_invoices_can_be_issued(tmp_path, database_url, sessi
     )
     [line] = [line for line in with_seller.output.splitlines() if line.startswith("invoices")]
     assert line.split(None, 2) == ["invoices", "ok", "seller IT01234560017, RF01"]
+
+
+def test_a_refund_the_gateway_confirms_later_by_webhook_gets_its_credit_note(session_factory, seller_settings):
+    """A requested refund the gateway first accepted as pending: its ``charge.refunded`` event settles
+    it, and the credit note is written with that event, as with an immediate success."""
+    with session_factory() as session:
+        mailbox = holder_mailbox(session, "private", expires_on=TODAY + timedelta(days=40))
+        order = complete_order(session, seller_settings, mailbox, method="card", today=TODAY)
+        payments.register_payment(
+            session,
+            order_number=order.order_number,
+            amount_cents=order.total_cents,
+            method="card",
+            reference="stripe:pi_later",
+            now=PAID_AT,
+            today=TODAY,
+            settings=seller_settings,
+        )
+        refund = start_refund(
+            session,
+            gateway="stripe",
+            order=order,
+            payment_reference="pi_later",
+            amount_cents=order.total_cents,
+            currency="EUR",
+            kind=REQUESTED,
+            reason="the holder asked",
+            now=PAID_AT,
+        )
+        refund.status = "pending"
+        session.commit()
+        assert [row.kind for row in invoices(session)] == ["TD01"]
+    notice = GatewayNotice(
+        gateway="stripe",
+        event_id="evt_refunded_later",
+        event_type="charge.refunded",
+        kind=NoticeKind.REFUNDED,
+        order_number=order.order_number,
+        payment_reference="pi_later",
+    )
+    for _ in range(2):  # the event again changes nothing: one credit note
+        with session_factory() as session:
+            record_event(session, notice, now=PAID_AT, today=TODAY, settings=seller_settings)
+            session.commit()
+    with session_factory() as session:
+        invoice, note = invoices(session)
+        status = session.get(GatewayRefund, refund.id).status
+    assert status == "succeeded"
+    assert (note.kind, note.corrects_invoice_id, note.paid_cents) == ("TD04", invoice.id, order.total_cents)

@@ -126,7 +126,7 @@ def settle_refund(
         if told and refund.order_id is not None and settings is not None:
             _queue_refund_email(session, refund, now=now, today=today, settings=settings)
         if result.outcome is RefundOutcome.SUCCEEDED and settings is not None:
-            _credit_note(session, refund, now=now, today=today, settings=settings)
+            record_refund_credit_note(session, refund, now=now, today=today, settings=settings)
     session.commit()
     log.log(
         logging.WARNING if result.outcome in (RefundOutcome.FAILED, RefundOutcome.UNKNOWN) else logging.INFO,
@@ -215,8 +215,11 @@ def request_refund(
     )
 
 
-def _credit_note(session: Session, refund: GatewayRefund, *, now: datetime, today: date, settings: Settings) -> None:
-    """A requested refund of a paid order's payment: the credit note (TD04) of the order's invoice, in this
+def record_refund_credit_note(
+    session: Session, refund: GatewayRefund, *, now: datetime, today: date, settings: Settings
+) -> None:
+    """A requested refund of a paid order's payment, once the gateway says it succeeded (its answer to
+    the request, or later its webhook): the credit note (TD04) of the order's invoice, in this
     transaction.  An automatic refund gives back a payment that was never registered, so never invoiced."""
     if refund.kind != REQUESTED or refund.order_id is None:
         return

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from worker.rules.vocabulary import CARD, PAYPAL
 from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
-from worker.services.payments.refunds import AUTOMATIC, OPEN_STATES, start_refund
+from worker.services.payments.refunds import AUTOMATIC, OPEN_STATES, record_refund_credit_note, start_refund
 from worker.services.payments.registration import PaymentRefused, register_payment
 from worker.services.platform_events import set_auto_renew
 from worker.store.db import dialect_insert
@@ -113,7 +113,9 @@ def _apply(session: Session, notice: GatewayNotice, *, now, today, settings) -> 
         return apply_gateway_payment(session, notice, now=now, today=today, settings=settings)
     if kind is NoticeKind.REFUNDED:
         if notice.payment_reference:
-            session.execute(
+            # A refund the gateway had accepted as pending (or whose answer was lost) is done now:
+            # a requested one gets its credit note here, as an immediate success does.
+            settled = session.scalars(
                 update(GatewayRefund)
                 .where(
                     GatewayRefund.gateway == notice.gateway,
@@ -121,7 +123,11 @@ def _apply(session: Session, notice: GatewayNotice, *, now, today, settings) -> 
                     GatewayRefund.status.in_((*OPEN_STATES, "pending")),
                 )
                 .values(status="succeeded", resolved_at=now)
-            )
+                .returning(GatewayRefund.id)
+            ).all()
+            for refund_id in settled:
+                refund = session.get(GatewayRefund, refund_id)
+                record_refund_credit_note(session, refund, now=now, today=today, settings=settings)
         return EventResult(kind.value, notice.order_number), None
     if kind is NoticeKind.OTHER:
         return EventResult(IGNORED), None
