@@ -206,7 +206,8 @@ def test_the_page_after_a_failed_charge_on_the_expiry_day_names_the_charge_and_i
     assert number and number in page
     assert "addebito automatico per il rinnovo non è riuscito" in page
     assert "rinnovo automatico non riuscito" in page and "rinnovo automatico attivo" not in page
-    assert "15 giorni" not in page and "La scadenza è oggi" in page
+    # The order awaits payment: the page leads to it, and gives no advice about 15 days ahead.
+    assert "15 giorni" not in page and "Ordine in attesa di pagamento" in page and "Vai all'ordine" in page
 
 
 def test_a_method_too_late_names_the_bank_transfer_while_it_is_offered(client, runtime, session_factory, clock):
