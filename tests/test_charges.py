@@ -509,7 +509,8 @@ def test_charge_threads_log_with_the_task_s_context(tmp_path, database_url, sess
 
 def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_server, engine):
     """The charge work is SQLAlchemy statements on the engine's connections, and few of them: the
-    claim (the mailbox locked with its cycle, the intent), the sandbox's record, then the record
+    claim (the mailbox locked with its cycle, the holder's own order awaiting payment looked for,
+    the intent), the sandbox's record, then the record
     (the mailbox locked again, the intent's answer, the receipt through the outbox's writer and
     its ledger row, the new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
     first, second = (add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(2))
@@ -543,6 +544,7 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
     assert result.outcomes == {"succeeded": 1}
     assert statements == [
         "SELECT mailboxes",  # locked, with its holder, ledger rows and intents
+        "SELECT renewal_orders",  # no order of the holder's awaits payment for the cycle
         "INSERT charge_intents",  # the claim, committed before the gateway is called
         "INSERT sandbox_charges",  # the gateway
         "SELECT mailboxes",

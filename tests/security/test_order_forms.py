@@ -79,6 +79,9 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         # tests/web/test_reminders_pages.py.)
         "reminders.reminders_page": (reminders_path, {"action": "opt-out"}),
         "reminders.renewal_page_reminders": (f"{link}/avvisi", {"action": "opt-out"}),
+        "life.change_method": (f"{order}/metodo", {"method": "bank_transfer"}),
+        "life.cancel": (f"{order}/annulla", {}),
+        "life.start_again": (f"{order}/nuovo", {}),
         "auto_renew.switch_off": (f"{auto_renew_page}/disattiva", {"confirmed": "yes"}),
         "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),

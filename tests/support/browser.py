@@ -87,3 +87,20 @@ def links_in(message, base_url: str, path: str) -> list[str]:
     """The ``{base_url}/{path}/<token>`` links of a message's plain-text body."""
     text = message.get_body(preferencelist=("plain",)).get_content()
     return re.findall(re.escape(base_url) + "/" + re.escape(path) + r"/[A-Za-z0-9_\-.]+", text)
+
+
+@contextmanager
+def phone_page(playwright) -> Iterator:
+    """A page in headless Chromium at a phone's width, with JavaScript off."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+        context = browser.new_context(java_script_enabled=False, viewport=PHONE)
+        yield context.new_page()
+    finally:
+        browser.close()
+
+
+def inside_the_width(locator, width: int = PHONE["width"]) -> bool:
+    """Whether the element is laid out fully within the viewport's width (no scrolling to reach it)."""
+    box = locator.bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width

@@ -145,6 +145,13 @@ SAMPLES = (
            _charge(charged_on="2027-01-02", reference="ch_3PqR7sLkT2mNa8RtYw0x1y2z")),
     Sample("charge-failed", "charge-failed", "-1d",
            _charge(reason="retries_exhausted", order_number="PEC-2026-000124")),
+    Sample("charge-skipped", "charge-skipped", "-7d",
+           _charge(order_number="PEC-2026-000125", order_method="bank_transfer", cancel_by="2027-01-07")),
+    Sample("expiry-pending-order", "expiry-notice", "-7d", {
+        "holder_name": "Mario Rossi", "holder_kind": "private",
+        "mailboxes": [{**_mailbox(505, "mario.rossi@pec.it", "2026-12-14", "standard"),
+                       "pending_order": {"number": "PEC-2026-000126", "amount_cents": 3660,
+                                         "method": "postal_slip"}}]}),
 )  # fmt: skip
 
 

@@ -95,7 +95,8 @@ def test_another_browser_resumes_a_confirmed_order_from_the_rinnova_link(app, cl
     assert other.get(f"{order}/pagamento").status_code == 404  # the order is not in this browser's session
     link = "/rinnova/" + runtime.signer.renewal_token("m", mailbox_id, EXPIRY)
     html = other.get(link).get_data(as_text=True)
-    assert "Riprendi l&#39;ordine" in html
+    # The link page shows the order awaiting payment, and the way to it.
+    assert "Ordine in attesa di pagamento" in html and "Vai all&#39;ordine" in html
     response = post_form(other, link)
     assert response.status_code == 303 and response.headers["Location"] == order
     assert f"{order}/pagamento" in other.get(order).get_data(as_text=True)

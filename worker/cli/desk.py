@@ -270,7 +270,7 @@ def desk_commands() -> list[click.Group]:
         rt = runtime(ctx)
         try:
             with rt.session_factory() as session, session.begin():
-                result = desk.cancel_order(session, order_number)
+                result = desk.cancel_order(session, order_number, settings=rt.settings)
         except desk.DeskRefused as refused:
             fail(str(refused))
         if result.already:
@@ -279,8 +279,8 @@ def desk_commands() -> list[click.Group]:
         click.echo(f"{result.order_number} cancelled (it was {result.previous_status}); a payment of it is now refused")
         click.echo(
             _wrapped(
-                f"note: the Rinnova link of the cycle expiring {result.cycle_expires_on} now shows this order as"
-                " cancelled; no new order can be started from that link",
+                f"note: the Rinnova link of the cycle expiring {result.cycle_expires_on} can start a new order;"
+                " the confirmation of this one is withdrawn if it was not sent yet",
                 indent="",
                 hanging="  ",
             )

@@ -228,7 +228,7 @@ class EmailRenderer:
         refused: list[RefusedMailbox] = []
         for raw in raw_mailboxes:
             try:
-                mailboxes.append(mailbox_view(raw, self._signer, rules.renewal_links))
+                mailboxes.append(mailbox_view(raw, self._signer, rules.renewal_links, language))
             except ValueError as error:
                 if not rules.mailboxes_apart:
                     raise

@@ -12,7 +12,7 @@ from datetime import date
 from typing import Any, Literal
 
 from worker.mail.headers import refuse_line_breaks
-from worker.mail.variables import common_value
+from worker.mail.variables import ORDER_NUMBER_RE, common_value
 from worker.rules import vocabulary
 from worker.rules.links import TARGETS, LinkSigner
 from worker.rules.notices import REMINDER_KINDS
@@ -28,6 +28,7 @@ KINDS = (
     "charge-succeeded",
     "charge-failed",
     "payment-refunded",
+    "charge-skipped",
 )
 
 KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
@@ -78,7 +79,6 @@ def _domain_notice_context(stored: Mapping[str, Any], common: dict[str, Any], si
     return {}
 
 
-ORDER_NUMBER_RE = re.compile(r"PEC-\d{4}-\d{6,}")
 _IBAN_RE = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}")
 
 
@@ -203,6 +203,9 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
     reference = charge.get("reference")
     if reference is not None:
         refuse_line_breaks(reference, "reference")
+    order_method = charge.get("order_method")
+    if order_method is not None and order_method not in vocabulary.PAYMENT_METHODS:
+        raise ValueError(f"payment method {order_method!r} is not one of {', '.join(vocabulary.PAYMENT_METHODS)}")
     return {
         "amount": _euro(charge["amount_cents"], language),
         "subtotal": _euro(charge["subtotal_cents"], language),
@@ -217,6 +220,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "reason": reason,
         "order_number": order_number,
         "reference": reference,
+        "order_method_label": vocabulary.METHOD_LABELS[language].get(order_method or "", ""),
+        "cancel_by": day("cancel_by"),
         # The mailbox's auto-renew page: switch it off or on, replace the method.
         "auto_renew_url": signer.auto_renew_url(common["mailboxes"][0].id),
     }
@@ -267,6 +272,9 @@ KIND_RULES: dict[str, KindRules] = {
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
     # A gateway payment given back: automatically (a double payment) or on request (payments refund).
     "payment-refunded": KindRules(renewal_links=False, stages="any", extra_context=_refund_context),
+    # The charge not made while the holder's own order awaits payment: its link leads to that
+    # order (how to pay it, change its method, or cancel it).
+    "charge-skipped": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
 }
 assert set(KIND_RULES) == set(KINDS)
 assert {kind for kind, rules in KIND_RULES.items() if rules.reminder} == REMINDER_KINDS

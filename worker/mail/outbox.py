@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.mail.emails import EmailRenderer
 from worker.mail.headers import RefusedMailbox, refusal_reason
 from worker.mail.mailers import DeliveryError, Mailer
+from worker.mail.queue import WITHDRAWABLE_KINDS
 from worker.store.db import dialect_insert, dialect_of, one_of, quick_commit_connection, update_by_id
 from worker.store.models import BouncedAddress, NoticeLedgerEntry, OutboxMessage, OutboxQueueEntry, OutboxStatus
 
@@ -175,6 +176,14 @@ def _claim_statement(dialect: Dialect, by_ids: bool):
 def _read_statement(dialect: Dialect):
     """What the relay reads of the claimed messages (parameter ``r_ids``)."""
     return select(*_MESSAGE_COLUMNS).where(one_of(dialect, _OUTBOX.c.id, key="r_ids"))
+
+
+def _withdrawn_since_claimed(connection: Connection, outbox_id: int) -> bool:
+    """Whether a claimed message was withdrawn since the claim; read just before it is sent (only
+    for the few kinds that can be withdrawn), and the read's transaction ended at once."""
+    status = connection.execute(select(_OUTBOX.c.status).where(_OUTBOX.c.id == outbox_id)).scalar()
+    connection.commit()
+    return status == OutboxStatus.WITHDRAWN.value
 
 
 def _by_id(row: Row) -> int:
@@ -345,6 +354,8 @@ class OutboxRelay:
         group: list[dict] = []
         try:
             for row in messages:
+                if row.kind in WITHDRAWABLE_KINDS and _withdrawn_since_claimed(connection, row.id):
+                    continue  # what it says stopped being true after the claim (worker.mail.queue.withdraw_emails)
                 outcome = self._deliver_one(row, result)
                 if not outcome.needs_transaction:
                     group.append(outcome.row)

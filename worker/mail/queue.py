@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, delete, insert, update
 from sqlalchemy.orm import Session
 
 from worker.mail.message_ids import LedgerKey, OrderEmail, installation_id, message_id_for
@@ -32,6 +32,9 @@ from worker.store.models import OutboxMessage, OutboxQueueEntry, OutboxStatus
 
 _OUTBOX = OutboxMessage.__table__
 _QUEUE = OutboxQueueEntry.__table__
+#: The kinds whose messages may be withdrawn before they are sent (:func:`withdraw_emails`); the
+#: relay reads such a message's status again just before sending it.
+WITHDRAWABLE_KINDS = frozenset({"order-confirmation"})
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,35 @@ def _row(email: NewEmail, message_id: str) -> dict:
 def _new(business_date: date, now: datetime) -> dict:
     """The columns of a new message that do not depend on the email."""
     return {"business_date": business_date, "status": OutboxStatus.PENDING.value, "attempts": 0, "created_at": now}
+
+
+def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_domain: str, resends: int = 0) -> int:
+    """Withdraw an order's email and its re-sends ``1..resends`` while they are not sent yet
+    (``pending``, first try or retry): what they say stopped being true (an "awaiting payment"
+    confirmation of an order since paid, cancelled, or given another method).  A message a relay
+    has claimed is read again by the relay just before it is sent, so only a send already under
+    way goes out (its outcome then records it as sent).  Returns how many were withdrawn.  Found
+    by their Message-IDs (unique), in the caller's transaction.
+    """
+    if about.kind not in WITHDRAWABLE_KINDS:
+        raise ValueError(f"{about.kind!r} emails cannot be withdrawn")
+    installation = installation_id(executor)
+    message_ids = [
+        message_id_for(about, mail_domain, installation_id=installation, resend=resend) for resend in range(resends + 1)
+    ]
+    withdrawn = (
+        executor.execute(
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.message_id.in_(message_ids),
+                _OUTBOX.c.status == OutboxStatus.PENDING.value,
+            )
+            .values(status=OutboxStatus.WITHDRAWN.value)
+            .returning(_OUTBOX.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    if withdrawn:  # out of the queue: no relay claims them again
+        executor.execute(delete(_QUEUE).where(_QUEUE.c.outbox_message_id.in_(withdrawn)))
+    return len(withdrawn)

@@ -14,6 +14,20 @@ from worker.rules.links import LinkSigner
 from worker.rules.schedule import deletion_date, last_renewable_day
 
 _DISPLAYED_DOMAIN_RE = re.compile(r'[^\s@<>(),;:"\[\]\\]+')
+#: An order number: ``PEC-2027-000123``.
+ORDER_NUMBER_RE = re.compile(r"PEC-\d{4}-\d{6,}")
+
+
+@dataclass(frozen=True)
+class PendingOrderView:
+    """The holder's order awaiting payment for a mailbox's cycle, as a notice mentions it."""
+
+    number: str
+    amount: str
+    #: The method's label in the email's language ("" when none was chosen yet).
+    method: str
+    #: The method's key (``bank_transfer``, ``postal_slip``, ``card``, ``paypal``) or None.
+    method_key: str | None
 
 
 @dataclass(frozen=True)
@@ -27,9 +41,31 @@ class MailboxView:
     last_renewable_on: date
     deletion_on: date
     renewal_url: str | None
+    pending_order: PendingOrderView | None = None
 
 
-def mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> MailboxView:
+def pending_order_view(raw: Any, language: str) -> PendingOrderView | None:
+    """A mailbox's ``pending_order`` (the notice batch writes it), checked; None when there is none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError("a mailbox's pending order must be an object")
+    number, method, cents = raw.get("number"), raw.get("method"), raw.get("amount_cents")
+    if not isinstance(number, str) or not ORDER_NUMBER_RE.fullmatch(number):
+        raise ValueError(f"order number {number!r} is not like PEC-2027-000123")
+    if method is not None and method not in vocabulary.PAYMENT_METHODS:
+        raise ValueError(f"payment method {method!r} is not one of {', '.join(vocabulary.PAYMENT_METHODS)}")
+    if not isinstance(cents, int) or isinstance(cents, bool) or cents <= 0:
+        raise ValueError(f"amount {cents!r} is not a whole number of cents")
+    return PendingOrderView(
+        number=number,
+        amount=vocabulary.format_euro(cents, language),
+        method=vocabulary.METHOD_LABELS[language].get(method or "", ""),
+        method_key=method,
+    )
+
+
+def mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool, language: str = "it") -> MailboxView:
     if not isinstance(raw, Mapping):
         raise ValueError("each mailbox in the context must be an object")
     try:
@@ -60,6 +96,7 @@ def mailbox_view(raw: Any, signer: LinkSigner, with_renewal_link: bool) -> Mailb
         last_renewable_on=last_renewable_day(expires_on),
         deletion_on=deletion_date(expires_on),
         renewal_url=signer.renewal_url(mailbox_id, expires_on) if with_renewal_link else None,
+        pending_order=pending_order_view(raw.get("pending_order"), language),
     )
 
 

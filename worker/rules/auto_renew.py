@@ -39,7 +39,9 @@ CHARGE_NOTICE = "charge-notice"
 CARD_EXPIRING = "card-expiring"
 CHARGE_SUCCEEDED = "charge-succeeded"
 CHARGE_FAILED = "charge-failed"
-AUTO_RENEW_KINDS = (CHARGE_NOTICE, CARD_EXPIRING, CHARGE_SUCCEEDED, CHARGE_FAILED)
+#: The charge was not made because the holder's own order for the cycle awaits payment.
+CHARGE_SKIPPED = "charge-skipped"
+AUTO_RENEW_KINDS = (CHARGE_NOTICE, CARD_EXPIRING, CHARGE_SUCCEEDED, CHARGE_FAILED, CHARGE_SKIPPED)
 
 CURRENCY = "EUR"
 

@@ -33,6 +33,7 @@ from worker import metrics
 from worker.mail.outbox import RelayResult
 from worker.services.charges import ChargesResult, run_charges
 from worker.services.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule
+from worker.services.orders import lapse_orders
 from worker.services.runtime import Runtime
 from worker.store.db import dialect_insert
 from worker.store.models import DailyRun, MailboxSchedule
@@ -127,7 +128,8 @@ def start_day(runtime: Runtime, business_date: date, *, rerun: bool = False, dry
     ``rerun`` (``run-daily``): a date that is not claimed here runs anyway.
     ``dry_run``: nothing is claimed or changed.  Whenever the date runs, the
     mailboxes' next dates are first brought forward if ``NOTICE_STAGES``
-    changed (:func:`~worker.services.notices.reconcile_schedule`), then the due
+    changed (:func:`~worker.services.notices.reconcile_schedule`) and the unpaid
+    orders at their deletion date lapse (:func:`lapse_day`), then the due
     mailboxes are read.
     """
     if dry_run:
@@ -144,9 +146,20 @@ def start_day(runtime: Runtime, business_date: date, *, rerun: bool = False, dry
         if action is DayAction.NOTHING:
             return DayStart(business_date, action)
         reconcile_schedule(runtime.session_factory, runtime.settings.notice_stages, business_date)
+        lapse_day(runtime, business_date)
     with runtime.session_factory() as session:
         batches = list(due_mailbox_batches(session, business_date, runtime.settings.scan_batch_size))
     return DayStart(business_date, action, batches)
+
+
+def lapse_day(runtime: Runtime, business_date: date) -> None:
+    """Close the unpaid orders that reached their mailboxes' deletion date (``lapsed``)."""
+    with runtime.session_factory() as session, session.begin():
+        result = lapse_orders(session, business_date)
+    if result.lapsed:
+        log.info("%s: %d unpaid orders lapsed at their deletion date", business_date, len(result.lapsed))
+    for name in result.held:
+        log.warning("order %s reached its deletion date with a card/PayPal payment unresolved: left open", name)
 
 
 def finish_day(runtime: Runtime, business_date: date, summary: dict) -> None:

@@ -17,12 +17,13 @@ from typing import Any
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from config.settings import Settings
 from worker.gateways import describe_payment_method, mask_token
 from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.links import LinkSigner
 from worker.rules.schedule import Stage
-from worker.services import charges, reminders
+from worker.services import charges, orders, reminders
 from worker.services.report import mailbox_steps
 from worker.store.models import (
     ChargeIntent,
@@ -452,9 +453,10 @@ class Cancelled:
     cycle_expires_on: date
 
 
-def cancel_order(session: Session, order_number: str) -> Cancelled:
-    """Cancel a confirmed or draft order; a paid one, or one with a card / PayPal payment
-    still unresolved, is refused (DeskRefused).  Cancelling twice changes nothing."""
+def cancel_order(session: Session, order_number: str, *, settings: Settings) -> Cancelled:
+    """Cancel a confirmed or draft order (:func:`worker.services.orders.cancel_order`, as the
+    holder's own cancel); a paid or lapsed one, or one with a card / PayPal payment still
+    unresolved, is refused (DeskRefused).  Cancelling twice changes nothing."""
     number = (order_number or "").strip().upper()
     order = session.scalars(
         select(RenewalOrder)
@@ -479,9 +481,10 @@ def cancel_order(session: Session, order_number: str) -> Cancelled:
             f"{number} cannot be cancelled now: its card/PayPal payment has no final answer yet"
             f" ({order.gateway_state}); it is reconciled first, then cancel it again if it is still unpaid"
         )
+    if order.status == OrderStatus.LAPSED.value:
+        raise DeskRefused(f"{number} cannot be cancelled: it lapsed unpaid at its mailboxes' deletion date")
     previous = order.status
-    order.status = OrderStatus.CANCELLED.value
-    session.flush()
+    orders.cancel_order(session, order, settings=settings)
     return Cancelled(number, False, previous, order.link_cycle)
 
 

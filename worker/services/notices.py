@@ -31,7 +31,7 @@ from worker.mail.queue import NewEmail, queue_emails
 from worker.rules import schedule
 from worker.rules.notices import NoticeDecision, decide_notice, earliest_action_on, without_opted_out_reminder
 from worker.rules.schedule import Stage
-from worker.services import charges
+from worker.services import charges, orders
 from worker.store.db import insert_many, one_of
 from worker.store.models import Domain, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry, WorkerState
 from worker.store.schedule import move_schedule
@@ -39,6 +39,8 @@ from worker.store.schedule import move_schedule
 _MAILBOXES = Mailbox.__table__
 _SCHEDULE = MailboxSchedule.__table__
 _LEDGER = NoticeLedgerEntry.__table__
+#: The manual notices: they mention a mailbox's order awaiting payment (how to pay, change or cancel it).
+_NOTICE_KINDS = ("expiry-notice", "expired-notice")
 
 
 @dataclass
@@ -283,6 +285,9 @@ def plan_notice_batch(
         key = (mailbox.reference_email.lower(), decision.kind, decision.stage.name, mailbox.language, own)
         groups[key].append(mailbox)
 
+    # The holder's orders awaiting payment, which the manual notices mention (one query per batch).
+    noticed = [(m.id, m.expires_on) for key, members in groups.items() if key[1] in _NOTICE_KINDS for m in members]
+    pending = orders.pending_orders(session, noticed)
     for (to_address, kind, stage, language, own), members in sorted(groups.items()):
         members.sort(key=lambda mailbox: mailbox.address)
         holder_names = {mailbox.holder_name for mailbox in members}
@@ -304,6 +309,9 @@ def plan_notice_batch(
                 for mailbox in members
             ],
         }
+        for entry, mailbox in zip(context["mailboxes"], members, strict=True):
+            if (order := pending.get((mailbox.id, mailbox.expires_on))) is not None:
+                entry["pending_order"] = order
         if own:
             context["charge"] = charges.charge_context(members[0], today=today, plan=charge_plan)
         about = [(mailbox.id, mailbox.expires_on.isoformat(), stage) for mailbox in members]

@@ -72,6 +72,7 @@ class OutboxStatus(str, Enum):
     SENT = "sent"
     BOUNCED = "bounced"
     FAILED = "failed"  # transient errors until the attempts ran out
+    WITHDRAWN = "withdrawn"  # no longer true before it was sent (an order's confirmation once it was paid)
 
 
 class Account(Base):
@@ -338,7 +339,15 @@ class OrderStatus(str, Enum):
     DRAFT = "draft"
     AWAITING_PAYMENT = "awaiting_payment"  # "in attesa di pagamento"
     PAID = "paid"
-    CANCELLED = "cancelled"
+    CANCELLED = "cancelled"  # by the holder, or by the support desk
+    LAPSED = "lapsed"  # still unpaid on its mailboxes' deletion date: closed by the daily run
+
+
+#: The statuses of an order that holds its link's cycle: a cancelled or lapsed order does not, and a
+#: new order of the same link and cycle may then be started.
+LIVE_ORDER_STATUSES = (OrderStatus.DRAFT.value, OrderStatus.AWAITING_PAYMENT.value, OrderStatus.PAID.value)
+#: The statuses of an order that may still be paid, changed or cancelled.
+OPEN_ORDER_STATUSES = (OrderStatus.DRAFT.value, OrderStatus.AWAITING_PAYMENT.value)
 
 
 class OrderOrigin(str, Enum):
@@ -350,12 +359,31 @@ class RenewalOrder(Base):
     """A manual renewal order of one or more mailboxes, from a signed link to its registered payment.
 
     ``(link_target, link_target_id, link_cycle)`` is the link it was started
-    from (mailbox or account, and the expiry cycle): unique, so a second
-    POST of the same link finds the same order.
+    from (mailbox or account, and the expiry cycle): unique among the live
+    orders (draft, awaiting payment, paid), so a second POST of the same link
+    finds the same order, while a cancelled or lapsed order leaves the link
+    free for a new one.
     """
 
     __tablename__ = "renewal_orders"
-    __table_args__ = (UniqueConstraint("link_target", "link_target_id", "link_cycle", name="uq_renewal_orders_link"),)
+    __table_args__ = (
+        Index(
+            "uq_renewal_orders_live_link",
+            "link_target",
+            "link_target_id",
+            "link_cycle",
+            unique=True,
+            postgresql_where=text("status IN ('draft', 'awaiting_payment', 'paid')"),
+            sqlite_where=text("status IN ('draft', 'awaiting_payment', 'paid')"),
+        ),
+        # The daily run's lapse reads only the open orders.
+        Index(
+            "ix_renewal_orders_open",
+            "id",
+            postgresql_where=text("status IN ('draft', 'awaiting_payment')"),
+            sqlite_where=text("status IN ('draft', 'awaiting_payment')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     #: Opaque, for URLs (never the link token).
@@ -391,6 +419,9 @@ class RenewalOrder(Base):
     gateway_state: Mapped[str | None] = mapped_column(String(32))
     #: The card / PayPal token of the latest gateway attempt (what a reconciled charge was made with).
     gateway_token: Mapped[str | None] = mapped_column(String(200))
+    #: How many times the method changed after confirmation: each change re-sends the
+    #: order-confirmation as a new message (re-send number 1, 2, …), so each can be withdrawn.
+    method_changes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -13,7 +13,18 @@ from itsdangerous import URLSafeTimedSerializer
 from config.settings import Settings, warn_generated_secret_key
 from worker.services.runtime import Runtime
 from worker.store.db import DATABASE_UNAVAILABLE
-from worker.web import api, auto_renew, errors, hosted_checkout, i18n, reminders, templating, views, webhooks
+from worker.web import (
+    api,
+    auto_renew,
+    errors,
+    hosted_checkout,
+    i18n,
+    order_life,
+    reminders,
+    templating,
+    views,
+    webhooks,
+)
 from worker.web.forms import kind_label
 from worker.web.metrics import blueprint as metrics_blueprint
 from worker.web.runtime import WebRuntime
@@ -113,6 +124,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     csrf.exempt(webhooks.paypal_webhook)
     app.register_blueprint(auto_renew.blueprint)  # /rinnovo-automatico/<token>
     app.register_blueprint(reminders.blueprint)  # /avvisi/<token>: List-Unsubscribe
+    app.register_blueprint(order_life.blueprint)  # change the method, cancel, start again
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN
     app.register_blueprint(api.blueprint)  # POST /api/v1/renewal-links, behind PEC_RENEWAL_API_TOKEN
     csrf.exempt(api.renewal_links)  # a bearer token authorises it, not a cookie

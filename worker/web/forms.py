@@ -223,6 +223,17 @@ class PaymentForm(FlaskForm):
         self.years.validators[0].message = t("Scelga la frequenza di rinnovo.", "Choose the renewal frequency.")
 
 
+class MethodForm(FlaskForm):
+    """Another payment method for a confirmed order (its amount and years stay)."""
+
+    method = RadioField(choices=[], validators=[InputRequired()])
+
+    def __init__(self, methods: list[tuple[str, str]], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method.choices = choices(methods)
+        self.method.validators[0].message = t("Scelga una modalità di pagamento.", "Choose a payment method.")
+
+
 def _invalid_choice_messages(form: FlaskForm) -> None:
     """Replace WTForms' English "Not a valid choice" with the page's language."""
     message = t("Scelta non valida.", "Not a valid choice.")

@@ -14,7 +14,7 @@
   nothing was charged, the order waits, and the holder may try again.
 
 A GET never writes.  The order is reached only from the browser session that
-started it (``views._load_order``), and only the checkout it started is read.
+started it (``order_session.load_order``), and only the checkout it started is read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from worker.gateways.base import GatewayError
 from worker.gateways.hosted import HostedStatus
 from worker.services import orders
 from worker.services.payments import PaymentRefused, hosted_checkout
-from worker.web import forms, views
+from worker.web import forms, order_session
 from worker.web.errors import csrf_error
 from worker.web.i18n import translate_in_context as t
 from worker.web.runtime import runtime_of
@@ -48,8 +48,8 @@ def start(public_id: str):
     form = forms.ButtonForm()
     if request.method == "POST" and not form.validate_on_submit():
         return csrf_error(None)
-    with views._db() as db_session:
-        order = views._load_order(db_session, public_id)
+    with order_session.db() as db_session:
+        order = order_session.load_order(db_session, public_id)
         if not _payable(order) or runtime.settings.payment_gateway == "sandbox":
             return redirect(url_for("web.order_status", public_id=public_id), 303)
         if request.method == "POST":
@@ -80,8 +80,8 @@ def result(public_id: str):
         return csrf_error(None)
     gateway_name = runtime.settings.payment_gateway
     returned = request.args.get("session_id" if gateway_name == "stripe" else "token")
-    with views._db() as db_session:
-        order = views._load_order(db_session, public_id)
+    with order_session.db() as db_session:
+        order = order_session.load_order(db_session, public_id)
         reference = hosted_checkout.started_checkout(order, returned)
         if not _payable(order) or reference is None or gateway_name == "sandbox":
             return redirect(url_for("web.order_status", public_id=public_id), 303)
@@ -122,8 +122,8 @@ def _paypal_return(db_session, gateway, order, reference):
 
 @blueprint.get("/ordine/<public_id>/pagamento/annullato")
 def cancelled(public_id: str):
-    with views._db() as db_session:
-        order = views._load_order(db_session, public_id)
+    with order_session.db() as db_session:
+        order = order_session.load_order(db_session, public_id)
         if not _payable(order):
             return redirect(url_for("web.order_status", public_id=public_id), 303)
         return _page(order, "cancelled", form=forms.ButtonForm())

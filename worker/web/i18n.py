@@ -12,7 +12,7 @@ from datetime import date
 from flask import g, has_app_context, has_request_context, request
 
 from worker.mail.templates import format_date_with_article, format_long_date
-from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES, PLAN_LABELS, format_euro
+from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES, METHOD_LABELS, PLAN_LABELS, format_euro, label
 
 
 def language() -> str:
@@ -46,6 +46,12 @@ def translate_in_context(italian: str, english: str, /, **values) -> str:
 
 def plan_label(plan: str) -> str:
     return PLAN_LABELS.get(str(plan), str(plan))
+
+
+def method_label(method: str) -> str:
+    """A payment method's label in the page's language, capitalised as a choice on its own."""
+    text = label(METHOD_LABELS, method, language())
+    return text[:1].upper() + text[1:]
 
 
 def long_date(day: date | None) -> str:

@@ -9,30 +9,26 @@ signed Flask session, and any other id is a 404.
 
 from __future__ import annotations
 
-import re
-from contextlib import contextmanager
-from datetime import datetime
-
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf.csrf import generate_csrf
 
 from config import catalogue
 from worker.gateways import make_gateway
 from worker.rules import pricing
 from worker.rules.links import MAILBOX, TokenInvalid
-from worker.rules.vocabulary import METHOD_LABELS, label
 from worker.services import orders, payments
 from worker.web import forms, i18n, templating
 from worker.web.errors import csrf_error, invalid_link_page
+from worker.web.i18n import method_label
 from worker.web.i18n import translate_in_context as t
-from worker.web.runtime import runtime_of
+from worker.web.order_session import db as _db
+from worker.web.order_session import load_order as _load_order
+from worker.web.order_session import now as _now
+from worker.web.order_session import remember_order as _remember_order
+from worker.web.order_session import runtime as _runtime
+from worker.web.order_session import today as _today
 
 blueprint = Blueprint("web", __name__)
-
-#: What a public order id may look like (checked before any lookup).
-_PUBLIC_ID_RE = re.compile(r"[A-Za-z0-9_\-]{8,64}")
-#: The orders one browser session may hold (the newest are kept).
-MAX_ORDERS_IN_SESSION = 20
 
 STEPS = ("mailboxes", "holder", "payment", "terms", "confirm")
 STEP_ENDPOINTS = {
@@ -46,48 +42,6 @@ STEP_ENDPOINTS = {
 
 #: The link page's states that show the button (a POST, with its CSRF token).
 STATES_WITH_FORM = frozenset((orders.LinkState.RENEWABLE, orders.LinkState.AUTO_RENEW))
-
-
-def _runtime():
-    return runtime_of(current_app)
-
-
-def _today():
-    return _runtime().today()
-
-
-def _now() -> datetime:
-    return _runtime().clock()
-
-
-@contextmanager
-def _db():
-    with _runtime().session_factory() as db_session:
-        try:
-            yield db_session
-        except BaseException:
-            db_session.rollback()
-            raise
-
-
-# -- Orders in the signed session ------------------------------------------------------------------
-
-
-def _remember_order(public_id: str) -> None:
-    kept = [value for value in session.get("orders", []) if value != public_id]
-    kept.append(public_id)
-    session["orders"] = kept[-MAX_ORDERS_IN_SESSION:]
-
-
-def _load_order(db_session, public_id: str):
-    """The order, if it belongs to this browser session; 404 otherwise (never says which)."""
-    if not _PUBLIC_ID_RE.fullmatch(public_id) or public_id not in session.get("orders", []):
-        abort(404)
-    order = orders.find_order(db_session, public_id)
-    if order is None:
-        abort(404)
-    i18n.set_language(getattr(order, "language", None))
-    return order
 
 
 def _step_redirect(order):
@@ -177,6 +131,7 @@ def _link_page(view, *, account_link: bool, reminders_action: str | None = None)
         form_token=generate_csrf() if with_form else None,
         account_link=account_link,
         reminders_action=reminders_action,
+        payment=_runtime().settings,  # the payment instructions of an order awaiting payment
         # A mailbox on auto-renew: its own page switches it off (worker/web/auto_renew.py).
         auto_renew_path=None
         if account_link or view.state != orders.LinkState.AUTO_RENEW
@@ -396,12 +351,6 @@ def _selected(order, mailbox) -> bool:
     return bool(getattr(line, "selected", True)) if line is not None else True
 
 
-def method_label(method: str) -> str:
-    """A payment method's label in the page's language, capitalised as a choice on its own."""
-    text = label(METHOD_LABELS, method, i18n.language())
-    return text[:1].upper() + text[1:]
-
-
 @blueprint.route("/ordine/<public_id>/condizioni", methods=["GET", "POST"])
 def step_terms(public_id: str):
     """Step 4: accept the contract terms (required)."""
@@ -506,7 +455,7 @@ def checkout(public_id: str):
                 if form.csrf_token.errors:
                     return csrf_error(None)
                 forms.localise_errors(form)
-                return _render_checkout(order, form, 422)
+                return _render_checkout(db_session, order, form, 422)
             try:
                 result = payments.pay_order_with_gateway(
                     db_session,
@@ -526,15 +475,22 @@ def checkout(public_id: str):
                 flash(_decline_message(result.outcome))
                 return redirect(url_for("web.checkout", public_id=public_id), 303)
             return redirect(url_for("web.order_status", public_id=public_id), 303)
-        return _render_checkout(order, form, 200)
+        return _render_checkout(db_session, order, form, 200)
 
 
-def _render_checkout(order, form, status):
+def _render_checkout(db_session, order, form, status):
+    offered = [
+        (option.method, method_label(option.method))
+        for option in orders.payment_options(db_session, order, _today())
+        if option.available
+    ]
     return render_template(
         "checkout.html",
         order=order,
         summary=orders.order_summary(order),
         form=form,
+        # Every method still allowed, the current one chosen: after a decline the holder may switch.
+        method_form=forms.MethodForm(offered, formdata=None, data={"method": order.payment_method}),
         sandbox_tokens=_sandbox_tokens(order.payment_method),
     ), status
 

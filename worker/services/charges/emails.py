@@ -149,6 +149,28 @@ def failure_context(
     )
 
 
+def skipped_context(
+    mailbox: MailboxFacts, *, order: Any, today: date, plan: ChargePlan = DEFAULT_CHARGE_PLAN
+) -> dict[str, Any]:
+    """The ``charge`` part of a charge-skipped email: the holder's order awaiting payment (its
+    number, amount, years and method), and the last day on which cancelling it still lets the
+    charge be made (the day before the last charge day: the charge runs on the day after)."""
+    cancel_by = mailbox.expires_on - timedelta(days=min(plan.charge_days) + 1)
+    return charge_context(
+        mailbox,
+        plan=plan,
+        amount_cents=order.total_cents,
+        subtotal_cents=order.subtotal_cents,
+        vat_cents=order.vat_cents,
+        years=order.years,
+        order_number=order.order_number,
+        order_method=order.payment_method,
+        charge_on=today.isoformat(),
+        cancel_by=cancel_by.isoformat(),
+        new_expires_on=schedule.add_years(mailbox.expires_on, order.years).isoformat(),
+    )
+
+
 def mailbox_context(mailbox: MailboxFacts, cycle_expires_on: date) -> dict[str, Any]:
     return {
         "id": mailbox.id,
@@ -222,4 +244,5 @@ __all__ = [
     "mailbox_context",
     "queue_mailbox_email",
     "receipt_context",
+    "skipped_context",
 ]

@@ -14,7 +14,8 @@ class ChargeRun:
     mailbox_id: int
     #: "skipped" (not due, or claimed elsewhere), "succeeded", "failed" (charge-failed sent),
     #: "retry" (soft decline, retried later), "unknown" (still unresolved), "idle" (nothing for charges),
-    #: "succeeded-already-renewed" (the cycle was renewed another way while the charge was unresolved).
+    #: "succeeded-already-renewed" (the cycle was renewed another way while the charge was unresolved),
+    #: "skipped-order-pending" (no charge: the holder's own order for the cycle awaits payment).
     outcome: str = "skipped"
     charges: int = 0  # gateway.charge calls
     lookups: int = 0  # gateway.lookup calls

@@ -35,7 +35,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, mask_token
 from worker.rules import schedule
 from worker.rules.auto_renew import (
+    CHARGE,
     CHARGE_FAILED,
+    CHARGE_SKIPPED,
     CHARGE_SUCCEEDED,
     CURRENCY,
     DEFAULT_CHARGE_PLAN,
@@ -51,7 +53,13 @@ from worker.rules.auto_renew import (
 )
 from worker.rules.schedule import Stage
 from worker.services.charges.calls import Call, charge_call, charge_parameters, reconcile_call
-from worker.services.charges.emails import charge_price, failure_context, queue_mailbox_email, receipt_context
+from worker.services.charges.emails import (
+    charge_price,
+    failure_context,
+    queue_mailbox_email,
+    receipt_context,
+    skipped_context,
+)
 from worker.services.charges.results import ChargeRun
 from worker.services.charges.state import (
     CycleState,
@@ -60,9 +68,9 @@ from worker.services.charges.state import (
     lock_mailbox,
     read_intent,
 )
-from worker.services.orders import create_unpaid_renewal_order
+from worker.services.orders import create_unpaid_renewal_order, pending_manual_order
 from worker.services.payments.refunds import AUTOMATIC, settle_refund, start_refund
-from worker.store.models import ChargeIntent, Mailbox
+from worker.store.models import ChargeIntent, Mailbox, OrderOrigin, RenewalOrder
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +223,11 @@ class _Work:
                 return None
             if decision.charge == RECONCILE:
                 return self.claim_lookup(mailbox, read_intent(self.connection, _last_intent_id(state)))
+            if decision.charge == CHARGE and (
+                order := pending_manual_order(self.connection, mailbox.id, mailbox.expires_on)
+            ):
+                self.skip_for_order(mailbox, state, order)
+                return None
             assert decision.attempt is not None
             return self.claim_charge(mailbox, decision.attempt)
         return None
@@ -325,14 +338,42 @@ class _Work:
         mailbox.expires_on = schedule.add_years(old, intent.years)
         self.run.outcome = "succeeded"
 
+    def skip_for_order(self, mailbox: LockedMailbox, state: CycleState, order: Any) -> None:
+        """No charge while the holder's own order for this cycle awaits payment (a bank transfer, a
+        postal slip, or a card at the checkout): charging too would renew the mailbox twice, or
+        against the plan the holder chose.  The holder is told once per cycle (``charge-skipped``);
+        the mailbox is looked at again tomorrow, so a cancelled or lapsed order lets the charge
+        run on the next run, and an order still unpaid on the expiry day ends the cycle in
+        charge-failed, which then points at that same order."""
+        today = self.day.today
+        if not any(kind == CHARGE_SKIPPED for _stage, kind in state.sent):
+            context = {"charge": skipped_context(mailbox.row, order=order, today=today, plan=self.day.plan)}
+            stages = (
+                day_stage(self.day.stages, mailbox.expires_on, today),
+                Stage(days=(today - mailbox.expires_on).days),
+            )
+            for stage in dict.fromkeys(stages):
+                if not state.holds_stage(stage) and self.write_email(mailbox, stage, CHARGE_SKIPPED, context):
+                    break
+        mailbox.next_action_on = today + timedelta(days=1)
+        self.run.outcome = "skipped-order-pending"
+        log.info("charge of mailbox %s not made: order %s awaits payment", mailbox.id, order.order_number)
+
     def fail(self, mailbox: LockedMailbox, state: CycleState) -> None:
-        """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it."""
+        """charge-failed, once: the unpaid renewal order and the email with the signed link that leads to it.
+
+        The holder's own order for the cycle, still unpaid, is that order (never a second one)."""
         today = self.day.today
         mailbox.write(self.connection)  # the order is made from the mailbox as this transaction left it
+        pending = pending_manual_order(self.connection, mailbox.id, mailbox.expires_on)
         with self.session_factory(bind=self.connection) as session:  # in this transaction
-            order = create_unpaid_renewal_order(
-                session, session.get_one(Mailbox, mailbox.id), mailbox.row.renewal_years or 1, self.now, today
-            )
+            if pending is not None:
+                order = session.get_one(RenewalOrder, pending.id)
+                order.origin = OrderOrigin.AUTO_RENEW_FAILED.value  # payable by any method from now on
+            else:
+                order = create_unpaid_renewal_order(
+                    session, session.get_one(Mailbox, mailbox.id), mailbox.row.renewal_years or 1, self.now, today
+                )
             session.flush()
         last = read_intent(self.connection, _last_intent_id(state)) if state.intents else None
         reason = failure_reason(

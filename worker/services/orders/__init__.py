@@ -20,6 +20,11 @@ The flow, one module per part:
   :func:`payment_options` lists the methods that may be offered),
   :func:`accept_terms`, and :func:`confirm_order` (the order number, status
   ``awaiting_payment`` and the ``order-confirmation`` email).
+- ``life``: after the start: :func:`cancel_order` (an unpaid order, by the
+  holder or the desk), :func:`change_payment_method` (a confirmed order, after
+  a decline or a change of mind), :func:`lapse_orders` (the daily run, on the
+  deletion date) and :func:`pending_manual_order` (what an auto-renew charge
+  must not run past).  A cancelled or lapsed order frees its link's cycle.
 - ``summary``: what an order holds and costs, and its next step.
 - ``emails``: the order's emails and their payment instructions.
 - ``messages`` and ``errors``: what a refused step says.
@@ -61,6 +66,16 @@ from worker.services.orders.errors import (
     OrderError,
     OrderNotOpen,
     OrderValidationError,
+)
+from worker.services.orders.life import (
+    UNRESOLVED_GATEWAY_STATES,
+    LapseResult,
+    cancel_order,
+    change_payment_method,
+    lapse_orders,
+    pending_manual_order,
+    pending_orders,
+    withdraw_confirmation,
 )
 from worker.services.orders.link import (
     LinkState,
@@ -111,6 +126,8 @@ __all__ = [
     "PAYPAL",
     "POSTAL_SLIP",
     "RENEWAL_COMPLETED",
+    "UNRESOLVED_GATEWAY_STATES",
+    "LapseResult",
     "LinkNotUsable",
     "LinkState",
     "LinkView",
@@ -124,6 +141,8 @@ __all__ = [
     "PriceLine",
     "Renewal",
     "accept_terms",
+    "cancel_order",
+    "change_payment_method",
     "checkout_url",
     "choose_mailboxes",
     "choose_payment",
@@ -136,6 +155,7 @@ __all__ = [
     "holder_form_data",
     "holder_problem_message",
     "in_renewal_window",
+    "lapse_orders",
     "mail_domain",
     "message",
     "new_expiry",
@@ -148,8 +168,11 @@ __all__ = [
     "order_summary",
     "payment_instructions",
     "payment_options",
+    "pending_manual_order",
+    "pending_orders",
     "queue_order_email",
     "read_mailbox_link",
     "set_holder",
     "start_order",
+    "withdraw_confirmation",
 ]

@@ -134,9 +134,17 @@ def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, An
 
 
 def queue_order_email(
-    session: Session, order: RenewalOrder, kind: str, *, now: datetime, today: date, settings: Settings
+    session: Session,
+    order: RenewalOrder,
+    kind: str,
+    *,
+    now: datetime,
+    today: date,
+    settings: Settings,
+    resend: int = 0,
 ) -> QueuedEmail | None:
-    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order."""
+    """Queue ``kind`` (order-confirmation or renewal-completed) for the order, once per order and
+    ``resend`` (0; the n-th change of the payment method re-sends the confirmation as ``n``)."""
     holder = order_holder(order)
     email = NewEmail(
         about=OrderEmail(kind, order.order_number),
@@ -145,5 +153,6 @@ def queue_order_email(
         language=order_language(order),
         to_address=holder["reference_email"].lower(),
         context=order_email_context(order, settings),
+        resend=resend,
     )
     return queue_email(session, email, mail_domain=mail_domain(settings), business_date=today, now=now)

@@ -24,6 +24,7 @@ from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
 from worker.rules.notices import reminders_opted_out
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
+    LIVE_ORDER_STATUSES,
     Account,
     Holder,
     Mailbox,
@@ -84,6 +85,11 @@ class LinkView:
     new_expires_on: date | None = None
     #: The open order already started from this link, if any (to resume it).
     order_public_id: str | None = None
+    #: That order's status, number, method and total (a confirmed order awaiting payment shows them).
+    order_status: str | None = None
+    order_number: str | None = None
+    order_method: str | None = None
+    order_total_cents: int | None = None
     holder_name: str | None = None
     account_login: str | None = None
     #: The number of the unpaid order a failed auto-renew charge left (mailbox link), if any.
@@ -126,12 +132,14 @@ def in_renewal_window(expires_on: date, today: date) -> bool:
 
 
 def order_for_link(session: Session, target: str, target_id: int, cycle: date) -> RenewalOrder | None:
-    """The order started from the link of ``target`` for the expiry ``cycle``, whatever its status."""
+    """The live order (draft, awaiting payment or paid) started from the link of ``target`` for the
+    expiry ``cycle``: at most one (a partial unique index); cancelled and lapsed orders are left out."""
     return session.scalar(
         select(RenewalOrder).where(
             RenewalOrder.link_target == target,
             RenewalOrder.link_target_id == target_id,
             RenewalOrder.link_cycle == cycle,
+            RenewalOrder.status.in_(LIVE_ORDER_STATUSES),
         )
     )
 
@@ -206,10 +214,10 @@ def _read_connection(engine: Engine) -> Connection:
     return connection
 
 
-#: The mailbox, its holder's name and the order of its link (if any), in one statement built once.
+#: The mailbox, its holder's name and the live order of its link (if any), in one statement built once.
 #: A link page is the web app's hot path: three ORM reads (the mailbox, its lazy-loaded holder,
 #: the order) were three round trips, and building the statement anew cost more CPU than running
-#: it (bench/link_handler.sh).  The order's key is unique: the outer join gives at most one row.
+#: it (bench/link_handler.sh).  The live order's key is unique: the outer join gives at most one row.
 _MAILBOX_LINK_QUERY = (
     select(
         Mailbox.id,
@@ -229,13 +237,16 @@ _MAILBOX_LINK_QUERY = (
         RenewalOrder.status.label("order_status"),
         RenewalOrder.origin.label("order_origin"),
         RenewalOrder.order_number.label("order_number"),
+        RenewalOrder.payment_method.label("order_method"),
+        RenewalOrder.total_cents.label("order_total_cents"),
     )
     .join(Holder, Holder.id == Mailbox.holder_id)
     .outerjoin(
         RenewalOrder,
         (RenewalOrder.link_target == MAILBOX)
         & (RenewalOrder.link_target_id == Mailbox.id)
-        & (RenewalOrder.link_cycle == bindparam("cycle")),
+        & (RenewalOrder.link_cycle == bindparam("cycle"))
+        & RenewalOrder.status.in_(LIVE_ORDER_STATUSES),
     )
     .where(Mailbox.id == bindparam("mailbox_id"))
 )
@@ -259,14 +270,20 @@ def _mailbox_link_view(row: Any, link: RenewalLink, today: date) -> LinkView:
     if schedule.mailbox_state(row.expires_on, today) is schedule.MailboxState.DELETED:
         return LinkView(state=LinkState.DELETED, **common)
     has_order = row.order_public_id is not None
-    order_id = row.order_public_id if has_order and row.order_status != OrderStatus.CANCELLED.value else None
+    if has_order:
+        common.update(
+            order_public_id=row.order_public_id,
+            order_status=row.order_status,
+            order_number=row.order_number,
+            order_method=row.order_method,
+            order_total_cents=row.order_total_cents,
+        )
     failed_charge = has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value
     if row.auto_renew and not failed_charge:
-        return LinkView(state=LinkState.AUTO_RENEW, order_public_id=order_id, **common)
+        return LinkView(state=LinkState.AUTO_RENEW, **common)
     unpaid = failed_charge and row.order_status == OrderStatus.AWAITING_PAYMENT.value
     return LinkView(
         state=LinkState.RENEWABLE,
-        order_public_id=order_id,
         failed_charge_order=row.order_number if unpaid else None,
         **common,
     )
@@ -320,12 +337,19 @@ def _describe_account_link(session: Session, link: RenewalLink, today: date) -> 
     order = order_for_link(session, link.target, link.target_id, link.expires_on)
     if order is not None and order.status == OrderStatus.PAID.value:
         return LinkView(state=LinkState.ALREADY_RENEWED, **common)
-    order_id = order.public_id if order is not None and order.status != OrderStatus.CANCELLED.value else None
+    if order is not None:
+        common.update(
+            order_public_id=order.public_id,
+            order_status=order.status,
+            order_number=order.order_number,
+            order_method=order.payment_method,
+            order_total_cents=order.total_cents,
+        )
     orderable = [summary for summary in summaries if summary.orderable]
     if any(not summary.auto_renew for summary in orderable):
-        return LinkView(state=LinkState.RENEWABLE, order_public_id=order_id, **common)
+        return LinkView(state=LinkState.RENEWABLE, **common)
     if orderable:
-        return LinkView(state=LinkState.AUTO_RENEW, order_public_id=order_id, **common)
+        return LinkView(state=LinkState.AUTO_RENEW, **common)
     if summaries:
         return LinkView(state=LinkState.ON_DOMAIN, **common)
     return _account_outside_window(session, link, today, common)

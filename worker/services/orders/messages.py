@@ -19,6 +19,28 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "order_paid": {"it": "L'ordine è già stato pagato.", "en": "The order has already been paid."},
     "order_cancelled": {"it": "L'ordine è stato annullato.", "en": "The order has been cancelled."},
+    "order_lapsed": {
+        "it": "L'ordine è scaduto senza pagamento: la casella PEC non può più essere rinnovata.",
+        "en": "The order lapsed unpaid: the PEC mailbox can no longer be renewed.",
+    },
+    "order_not_confirmed": {
+        "it": "L'ordine non è ancora confermato: scelga la modalità di pagamento nei passaggi dell'ordine.",
+        "en": "The order is not confirmed yet: choose the payment method in the order's steps.",
+    },
+    "payment_in_progress": {
+        "it": "Un pagamento con carta o PayPal di questo ordine è in corso di verifica: riprovi tra qualche minuto.",
+        "en": "A card or PayPal payment of this order is being checked: try again in a few minutes.",
+    },
+    "in_another_order": {
+        "it": "La casella PEC {address} è già nell'ordine {number}, in attesa di pagamento: "
+        "paghi quell'ordine, oppure lo annulli prima di confermare questo.",
+        "en": "The PEC mailbox {address} is already in order {number}, awaiting payment: "
+        "pay that order, or cancel it before confirming this one.",
+    },
+    "charge_in_progress": {
+        "it": "È in corso l'addebito automatico del rinnovo della casella PEC {address}: riprovi tra qualche minuto.",
+        "en": "The automatic renewal charge of the PEC mailbox {address} is in progress: try again in a few minutes.",
+    },
     "no_mailboxes": {
         "it": "Scelga almeno una casella PEC da rinnovare.",
         "en": "Choose at least one PEC mailbox to renew.",

@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from worker.mail.templates import format_long_date
 from worker.rules import pricing, schedule
+from worker.rules.auto_renew import UNRESOLVED
 from worker.rules.holder_data import check_holder
 from worker.rules.vocabulary import GATEWAY_METHODS, METHOD_LABELS, PAYMENT_METHODS, label
 from worker.services.orders.emails import ORDER_CONFIRMATION, queue_order_email
@@ -35,7 +37,7 @@ from worker.services.orders.summary import (
     selected_lines,
     update_totals,
 )
-from worker.store.models import OrderStatus, RenewalOrder, RenewalOrderLine
+from worker.store.models import ChargeIntent, Mailbox, OrderStatus, RenewalOrder, RenewalOrderLine
 
 
 @dataclass(frozen=True)
@@ -332,15 +334,68 @@ def accept_terms(
     return order
 
 
-def _check_still_renewable(order: RenewalOrder, today: date) -> dict[str, str]:
+@dataclass(frozen=True)
+class _Held:
+    """What holds an order's mailboxes elsewhere, read under their locks."""
+
+    #: Mailboxes whose auto-renew charge of the cycle has no answer yet.
+    charging: frozenset[int]
+    #: Mailbox id -> the number of another confirmed order of the same cycle awaiting payment.
+    ordered: dict[int, str]
+
+
+def _lock_mailboxes(session: Session, order: RenewalOrder) -> _Held:
+    """Lock the order's selected mailboxes (as the auto-renew charge does before it claims), read
+    them afresh, and say which are held elsewhere: a charge of their cycle in flight (started or
+    unknown), or another confirmed order of their cycle awaiting payment.
+
+    A confirmation and a charge of one mailbox thus run one after the other: a charge that
+    comes second sees the order awaiting payment and is not made; a confirmation that comes
+    second is refused while the charge has no answer, and after a success because the
+    mailbox was renewed.  Two confirmations of orders sharing a mailbox (its own link's and a
+    "Rinnova tutte" link's, say) run one after the other too, and the second is refused: one
+    cycle never has two orders awaiting payment."""
+    ids = sorted(line.mailbox_id for line in selected_lines(order))
+    mailboxes = session.scalars(
+        select(Mailbox).where(Mailbox.id.in_(ids)).order_by(Mailbox.id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()  # fmt: skip
+    cycle_of = {mailbox.id: mailbox.expires_on for mailbox in mailboxes}
+    in_flight = session.execute(
+        select(ChargeIntent.mailbox_id, ChargeIntent.cycle_expires_on).where(
+            ChargeIntent.mailbox_id.in_(ids), ChargeIntent.status.in_(UNRESOLVED)
+        )
+    ).all()
+    others = session.execute(
+        select(RenewalOrderLine.mailbox_id, RenewalOrderLine.old_expires_on, RenewalOrder.order_number)
+        .join(RenewalOrder, RenewalOrder.id == RenewalOrderLine.order_id)
+        .where(
+            RenewalOrderLine.mailbox_id.in_(ids),
+            RenewalOrderLine.selected.is_(True),
+            RenewalOrder.status == OrderStatus.AWAITING_PAYMENT.value,
+            RenewalOrder.id != order.id,
+        )
+    ).all()
+    return _Held(
+        charging=frozenset(mailbox_id for mailbox_id, cycle in in_flight if cycle_of.get(mailbox_id) == cycle),
+        ordered={mailbox_id: number for mailbox_id, cycle, number in others if cycle_of.get(mailbox_id) == cycle},
+    )
+
+
+def _check_still_renewable(order: RenewalOrder, today: date, held: _Held) -> dict[str, str]:
     language = order_language(order)
     errors: dict[str, str] = {}
     for line in selected_lines(order):
         mailbox = line.mailbox
-        if mailbox.expires_on != line.old_expires_on or mailbox.domain_id is not None:
+        if mailbox.id in held.charging:
+            errors[f"plan-{mailbox.id}"] = message("charge_in_progress", language, address=mailbox.address)
+        elif mailbox.expires_on != line.old_expires_on or mailbox.domain_id is not None:
             errors[f"plan-{mailbox.id}"] = message("mailbox_changed", language, address=mailbox.address)
         elif schedule.mailbox_state(mailbox.expires_on, today) is schedule.MailboxState.DELETED:
             errors[f"plan-{mailbox.id}"] = pricing.problem_message("deleted", language, address=mailbox.address)
+        elif mailbox.id in held.ordered:
+            number = held.ordered[mailbox.id]
+            errors[f"plan-{mailbox.id}"] = message("in_another_order", language, address=mailbox.address, number=number)
     return errors
 
 
@@ -375,7 +430,7 @@ def confirm_order(
     step = next_step(order)
     if step != "confirm":
         raise OrderValidationError({"terms" if step == "terms" else "order": message(_STEP_MESSAGES[step], language)})
-    errors = _check_still_renewable(order, today)
+    errors = _check_still_renewable(order, today, _lock_mailboxes(session, order))
     if (too_late := _too_late(order.payment_method, order, today, language)) is not None:
         errors["method"] = too_late
     if errors:

@@ -115,11 +115,13 @@ def update_totals(order: RenewalOrder) -> None:
 def next_step(order: RenewalOrder) -> str:
     """The first step still to do: ``mailboxes``, ``holder``, ``payment``, ``terms``, ``confirm``,
     then ``pay`` (awaiting payment; ``payment`` if an unpaid auto-renew order has no method yet),
-    ``paid`` or ``cancelled``."""
+    ``paid``, ``cancelled`` or ``lapsed``."""
     if order.status == OrderStatus.PAID.value:
         return "paid"
     if order.status == OrderStatus.CANCELLED.value:
         return "cancelled"
+    if order.status == OrderStatus.LAPSED.value:
+        return "lapsed"
     if order.status == OrderStatus.AWAITING_PAYMENT.value:
         return "payment" if order.payment_method is None else "pay"
     if not order.mailboxes_confirmed:

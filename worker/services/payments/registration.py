@@ -13,7 +13,8 @@ its OLD expiry (29 February goes to 28 February), the plan and extras take
 effect (a move to Standard drops the archive), the holder data confirmed in
 the order takes effect, card and PayPal store the payment method and switch
 auto-renew on with the chosen frequency, ``next_action_on`` restarts at the
-first stage of the new cycle, and a ``renewal-completed`` email is queued.
+first stage of the new cycle, and a ``renewal-completed`` email is queued (an
+``order-confirmation`` of the order still waiting in the outbox is withdrawn).
 Old links then show "already renewed", since the expiry moved on.
 """
 
@@ -30,7 +31,7 @@ from worker.rules import pricing, schedule
 from worker.rules.holder_data import HolderData
 from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS, Plan
-from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email
+from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email, withdraw_confirmation
 from worker.store.models import (
     Holder,
     Mailbox,
@@ -143,6 +144,9 @@ def register_payment(
     order.paid_at = now
     order.payment_method = method
     session.flush()
+    # An "awaiting payment" confirmation not sent yet would now be false (a card paid at the
+    # checkout seconds after confirming): it is withdrawn, and renewal-completed says it all.
+    withdraw_confirmation(session, order, settings)
     queue_order_email(session, order, RENEWAL_COMPLETED, now=now, today=today, settings=settings)
     return RegistrationResult(number, True, payment.id, amount_cents, method, renewed)
 

@@ -35,23 +35,23 @@ Locks and time (PostgreSQL, which runs the whole upgrade in one transaction):
   EXCLUSIVE`` on ``mailboxes`` (a catalog change, no rewrite) until the commit, a few
   milliseconds later: reads wait that long.
 - Measured on 1M mailboxes (2 vCPU, PostgreSQL 15, default settings): see
-  docs/operations.md, "Upgrading a live fleet to 0009"; it grows linearly, about ten
+  docs/operations.md, "Upgrading a live fleet to migration 0012"; it grows linearly, about ten
   times that at 10M.  The dropped column's space is reused by later row versions, not
   given back (``VACUUM FULL`` would rewrite the table under an exclusive lock: not needed).
 
 On SQLite the same steps run, ``batch_alter_table`` rebuilding the tables where SQLite
 cannot alter them.
 
-Revision ID: 0009
-Revises: 0015
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-06 07:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0009'
-down_revision = '0015'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """renewal orders: when the holder approved the clauses of artt. 1341-1342 c.c. specifically
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-06 07:15:00.000000
 """
 from alembic import op
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import worker.store.models
 
 
-revision = '0015'
-down_revision = '0014'
+revision = '0011'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

@@ -7,7 +7,7 @@ when a holder opts out of the reminders or back in, never by the scan, and not i
 looks mailboxes up by it).  Nullable columns without a default: on PostgreSQL adding them
 rewrites no row.
 
-Revision ID: 0010
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-06 08:00:00
 """
@@ -15,7 +15,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0010'
+revision = '0009'
 down_revision = '0008'
 branch_labels = None
 depends_on = None

@@ -1,7 +1,7 @@
 """gateway_events (webhook events, each processed once) and gateway_refunds
 
-Revision ID: 0014
-Revises: 0010
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-06 08:00:00
 """
 from alembic import op
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 import worker.store.models
 
 
-revision = '0014'
-down_revision = '0010'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
