@@ -196,7 +196,7 @@ def database_query(now: datetime):
     and the partial index of failed messages), ``mailbox_schedule`` (next_action_on), the partial
     index of unresolved ``charge_intents``."""
     queue = OutboxQueueEntry
-    waiting = queue.failed.is_(False)
+    waiting = ~queue.failed
     due = and_(waiting, or_(queue.next_attempt_at.is_(None), queue.next_attempt_at <= now))
     unresolved = ChargeIntent.status.in_((ChargeStatus.STARTED.value, ChargeStatus.UNKNOWN.value))
 
@@ -206,7 +206,7 @@ def database_query(now: datetime):
     return select(
         count(due).label("outbox_due"),
         count(waiting, queue.next_attempt_at > now).label("outbox_waiting"),
-        count(queue.failed.is_(True)).label("outbox_failed"),
+        count(queue.failed).label("outbox_failed"),
         select(func.min(queue.next_attempt_at))
         .where(waiting, queue.next_attempt_at <= now)
         .scalar_subquery()

@@ -151,13 +151,13 @@ def _claim_statement(dialect: Dialect, by_ids: bool):
         candidate = candidate.where(one_of(dialect, key, key="c_ids"))
     else:
         candidate = candidate.where(
-            _QUEUE.c.failed.is_(False), or_(_QUEUE.c.next_attempt_at.is_(None), _QUEUE.c.next_attempt_at <= now)
+            ~_QUEUE.c.failed, or_(_QUEUE.c.next_attempt_at.is_(None), _QUEUE.c.next_attempt_at <= now)
         ).limit(limit)
     candidate = candidate.with_for_update(skip_locked=True).cte("candidate")
     claimed = (
         select(candidate.c.outbox_message_id)
         .where(
-            candidate.c.failed.is_(False),
+            ~candidate.c.failed,
             or_(candidate.c.next_attempt_at.is_(None), candidate.c.next_attempt_at <= now),
         )
         .order_by(candidate.c.outbox_message_id)
@@ -197,7 +197,7 @@ def requeue_failed_messages(session: Session, business_date: date | None = None)
     statement = (
         update(OutboxMessage)
         .where(OutboxMessage.status == OutboxStatus.FAILED.value)
-        .where(OutboxMessage.id.in_(select(_QUEUE.c.outbox_message_id).where(_QUEUE.c.failed.is_(True))))
+        .where(OutboxMessage.id.in_(select(_QUEUE.c.outbox_message_id).where(_QUEUE.c.failed)))
         # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
         .where(
             ~exists().where(
