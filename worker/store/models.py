@@ -212,10 +212,10 @@ class OutboxMessage(Base):
     __tablename__ = "outbox_messages"
     __table_args__ = (
         # No index names a column that the relay's outcome changes (status, attempts, next_attempt_at,
-        # last_error, sent_at), and a seventh of each page is left free: the outcome's update is
+        # last_error, sent_at), and half of each page is left free: the outcome's update is
         # then HOT, a new row version on the same page and no index entry.  What is still to be
         # sent is found in ``outbox_queue``.
-        {"postgresql_with": {"fillfactor": "85"}},
+        {"postgresql_with": {"fillfactor": "50"}},
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
