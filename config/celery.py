@@ -15,7 +15,9 @@ NOTICES_QUEUE = "notices"
 MAIL_QUEUE = "mail"
 #: Charges wait on the gateway's network: their own queue, so they never hold up notices or mail.
 CHARGES_QUEUE = "charges"
-QUEUES = (SCAN_QUEUE, NOTICES_QUEUE, MAIL_QUEUE, CHARGES_QUEUE)
+#: Platform events wait on the platform's network: their own queue, so a slow platform holds up no email.
+EVENTS_QUEUE = "events"
+QUEUES = (SCAN_QUEUE, NOTICES_QUEUE, MAIL_QUEUE, CHARGES_QUEUE, EVENTS_QUEUE)
 
 #: Hard time limit for any task; it must stay below the broker's visibility
 #: timeout (3600 s, config/settings.py) or Redis would hand a running task to a
@@ -54,6 +56,7 @@ def celery_config(settings: Settings) -> dict:
             "pec_renewal.relay_outbox": {"queue": MAIL_QUEUE},
             "pec_renewal.charge_sweep": {"queue": SCAN_QUEUE},
             "pec_renewal.charge_batch": {"queue": CHARGES_QUEUE},
+            "pec_renewal.deliver_platform_events": {"queue": EVENTS_QUEUE},
         },
         "beat_schedule": {
             # Fired every hour from the scan time to the end of the day: the
@@ -74,6 +77,11 @@ def celery_config(settings: Settings) -> dict:
             },
             "relay-outbox": {
                 "task": "pec_renewal.relay_outbox",
+                "schedule": timedelta(minutes=1),
+            },
+            # Platform events: new ones and retries whose backoff has passed (worker.events.delivery).
+            "deliver-platform-events": {
+                "task": "pec_renewal.deliver_platform_events",
                 "schedule": timedelta(minutes=1),
             },
         },

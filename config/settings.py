@@ -11,6 +11,8 @@ a generated secret key kept in ``./var/secret_key``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import math
@@ -129,6 +131,10 @@ class Settings:
     #: The bearer token of ``POST /api/v1/renewal-links`` (the area clienti and the webmail ask it
     #: for a Rinnova link); unset, the API answers 404.
     api_token: str | None = field(default=None, repr=False)
+    #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
+    #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.
+    platform_webhook_url: str | None = None
+    platform_webhook_secret: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -136,7 +142,7 @@ class Settings:
         for item in fields(self):
             if item.repr:
                 value = getattr(self, item.name)
-                if item.name in ("database_url", "broker_url"):
+                if item.name in ("database_url", "broker_url", "platform_webhook_url") and value is not None:
                     value = _hide_password(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -325,6 +331,10 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if api_token is not None and (len(api_token) < 32 or _has_space(api_token)):
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
+    platform_webhook_url, platform_webhook_secret = _platform_webhook(
+        raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
+    )
+
     # Last, so that a bad value elsewhere stops the program before a key is
     # generated.  Its warning is logged where the key signs (warn_generated_secret_key).
     # Set but blank is refused, not taken
@@ -381,7 +391,37 @@ def _read(environ: Mapping[str, str]) -> Settings:
         metrics_token=metrics_token,
         log_format=log_format,
         api_token=api_token,
+        platform_webhook_url=platform_webhook_url,
+        platform_webhook_secret=platform_webhook_secret,
     )
+
+
+def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, str | None]:
+    """The platform's webhook URL (http or https, a query allowed) and its Standard Webhooks secret:
+    ``whsec_`` then the base64 of 24 to 64 random bytes.  A URL without a secret is refused."""
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (raises ValueError when out of range)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise SettingsError("PLATFORM_WEBHOOK_URL", f"{url!r} is not an http(s) URL")
+        if _has_space(url):
+            raise SettingsError("PLATFORM_WEBHOOK_URL", "must not hold spaces or control characters")
+        if secret is None:
+            raise SettingsError("PLATFORM_WEBHOOK_SECRET", "is required when PEC_RENEWAL_PLATFORM_WEBHOOK_URL is set")
+    if secret is not None:
+        encoded = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded, validate=True) if secret.startswith("whsec_") else b""
+        except (binascii.Error, ValueError):
+            key = b""
+        if not 24 <= len(key) <= 64:
+            raise SettingsError(
+                "PLATFORM_WEBHOOK_SECRET", "must be whsec_ followed by the base64 of 24 to 64 random bytes"
+            )
+    return url, secret
 
 
 def _check_sqlite_file(database_url: str, var_dir: Path) -> None:

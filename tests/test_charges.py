@@ -512,7 +512,7 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
     claim (the mailbox locked with its cycle, the holder's own order awaiting payment looked for,
     the intent), the sandbox's record, then the record
     (the mailbox locked again, the intent's answer, the receipt through the outbox's writer and
-    its ledger row, the new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
+    its ledger row, the platform's event, the new expiry).  Each more would be a round trip per charge (bench/charges.py)."""
     first, second = (add_auto_renew(runtime, "pm_card_visa", notified=True).id for _ in range(2))
     with runtime.session_factory() as session, session.begin():
         for mailbox_id in (first, second):
@@ -552,6 +552,7 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
         "SELECT worker_state",  # the receipt: the installation id of its Message-ID,
         "INSERT outbox_messages",  # its outbox row,
         "INSERT notice_ledger",  # its ledger row
+        "INSERT platform_events",  # the platform's mailbox.renewed
         "UPDATE mailboxes",  # the new expiry
         "UPDATE mailbox_schedule",  # and the next cycle's first step
     ]

@@ -34,9 +34,13 @@ def test_everything_up(tmp_path, session_factory, database_url, smtp_server):
         "broker": "ok",
         "mail": "ok",
         "gateway": "ok",
+        "platform": "ok",
         "webhooks": "ok",
     }
     assert lines["database"][1].startswith("postgresql, revision ")
+    assert lines["platform"][1] == (
+        "PEC_RENEWAL_PLATFORM_WEBHOOK_URL is not set: events are kept, not sent (0 pending, 0 failed)"
+    )
     assert lines["gateway"][1] == "sandbox, 0 charge(s) recorded"
 
 

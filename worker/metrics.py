@@ -32,7 +32,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, and_, func, literal, or_, select
 from sqlalchemy.pool import NullPool
 
 from config.settings import Settings
@@ -40,11 +40,13 @@ from worker.store.db import make_engine
 from worker.store.models import (
     ChargeIntent,
     ChargeStatus,
+    EventStatus,
     GatewayEvent,
     GatewayRefund,
     MailboxSchedule,
     OutboxMessage,
     OutboxQueueEntry,
+    PlatformEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class _Counters:
     at_capacity: Counter
     notices_refused: Counter
     emails_refused: Counter
+    events: Counter
 
 
 @cache
@@ -127,6 +130,11 @@ def counters() -> _Counters:
             " marked failed at once, never retried; also in pec_renewal_emails_failed_total.",
             ["reason"],
         ),
+        events=Counter(
+            PREFIX + "platform_events",
+            "Platform events posted, by outcome: delivered, deferred (retried later), failed (given up).",
+            ["outcome"],
+        ),
     )
 
 
@@ -168,6 +176,14 @@ def record_charges(result, *, concurrency: int | None = None) -> None:
         metrics.at_capacity.labels(limit=GATEWAY_LIMIT).inc()
 
 
+def record_events(result) -> None:
+    """The outcomes of a platform events sender's run (:class:`worker.events.delivery.SendResult`)."""
+    events = counters().events
+    for outcome in ("delivered", "deferred", "failed"):
+        if getattr(result, outcome):
+            events.labels(outcome).inc(getattr(result, outcome))
+
+
 def record_day(summary) -> None:
     """Count a whole ``run-daily`` (``worker.services.daily.DaySummary``)."""
     if summary.dry_run:
@@ -175,6 +191,7 @@ def record_day(summary) -> None:
     record_notice_batch(summary.scan)
     record_charges(summary.charges)
     record_relay(summary.delivery)
+    record_events(summary.events)
 
 
 def _count_by_kind(counter: Counter, items: Iterable[tuple[tuple[str, str], int]]) -> None:
@@ -191,10 +208,15 @@ def scan_due_at(day: date, settings: Settings) -> datetime:
     return datetime.combine(day, time(hour, minute), tzinfo=settings.timezone)
 
 
+#: Written into the statement, so that the partial indexes of pending and of failed events serve it.
+_EVENT_PENDING = literal(EventStatus.PENDING.value, literal_execute=True)
+_EVENT_FAILED = literal(EventStatus.FAILED.value, literal_execute=True)
+
+
 def database_query(now: datetime):
     """One statement of scalar subqueries, each an index range: ``outbox_queue`` (its due time,
     and the partial index of failed messages), ``mailbox_schedule`` (next_action_on), the partial
-    index of unresolved ``charge_intents``."""
+    index of unresolved ``charge_intents``, and those of pending and of failed ``platform_events``."""
     queue = OutboxQueueEntry
     waiting = ~queue.failed
     due = and_(waiting, or_(queue.next_attempt_at.is_(None), queue.next_attempt_at <= now))
@@ -219,6 +241,12 @@ def database_query(now: datetime):
         select(func.min(MailboxSchedule.next_action_on)).scalar_subquery().label("oldest_next_action_on"),
         count(unresolved, ChargeIntent.status == ChargeStatus.STARTED.value).label("charges_started"),
         count(unresolved, ChargeIntent.status == ChargeStatus.UNKNOWN.value).label("charges_unknown"),
+        count(PlatformEvent.status == _EVENT_PENDING).label("events_pending"),
+        count(PlatformEvent.status == _EVENT_FAILED).label("events_failed"),
+        select(func.min(PlatformEvent.occurred_at))
+        .where(PlatformEvent.status == _EVENT_PENDING)
+        .scalar_subquery()
+        .label("oldest_event_at"),
     )
 
 
@@ -284,6 +312,21 @@ class DatabaseCollector:
         charges.add_metric([ChargeStatus.STARTED.value], row.charges_started)
         charges.add_metric([ChargeStatus.UNKNOWN.value], row.charges_unknown)
         yield charges
+
+        events = GaugeMetricFamily(
+            PREFIX + "platform_events",
+            "Platform events by state: pending (not yet accepted by the platform, retries included),"
+            " failed (refused, or retried for three days; 'pec-renewal events retry' requeues them).",
+            labels=["state"],
+        )
+        events.add_metric(["pending"], row.events_pending)
+        events.add_metric(["failed"], row.events_failed)
+        yield events
+        yield GaugeMetricFamily(
+            PREFIX + "platform_event_oldest_pending_age_seconds",
+            "Seconds since the oldest pending platform event was written; 0 when none is pending.",
+            value=_age(now, row.oldest_event_at) if row.oldest_event_at is not None else 0.0,
+        )
 
 
 class GatewayCollector:

@@ -16,6 +16,7 @@ from config.settings import Settings, SettingsError
 from worker.celery_setup import create_celery
 from worker.cli.common import database_lost, ensure_schema, fail, parse_date, runtime_of, stderr_console
 from worker.cli.desk import desk_commands
+from worker.cli.events import events
 from worker.cli.payments import payments
 from worker.cli.sandbox import sandbox
 from worker.cli.serve import serve
@@ -137,6 +138,8 @@ def import_mailboxes_command(ctx: click.Context, csv_file: Path, dry_run: bool, 
                 progress=lambda done: bar.update(task, completed=done),
                 force=force,
                 dry_run=dry_run,
+                now=rt.clock(),
+                today=rt.today(),
             )
         except ImportRefused as refused:
             bar.stop()
@@ -345,6 +348,7 @@ def demo(ctx: click.Context, count: int) -> None:
 main.add_command(sandbox)
 main.add_command(serve)
 main.add_command(payments)
+main.add_command(events)
 for desk_group in desk_commands():
     main.add_command(desk_group)
 

@@ -21,8 +21,9 @@ hosted page (:class:`worker.gateways.MethodSetup`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -45,6 +46,8 @@ from worker.rules.auto_renew import (
 from worker.rules.schedule import Stage
 from worker.services.charges import charge_price
 from worker.services.orders.link import holder_language
+from worker.services.platform_events import auto_renew_switched
+from worker.services.runtime import utc_now
 from worker.store.models import ChargeIntent, Holder, Mailbox, MailboxSchedule, NoticeLedgerEntry
 from worker.store.schedule import move_schedule
 
@@ -191,10 +194,15 @@ def _closed_state(mailbox: Any, today: date) -> PageState | None:
     return None
 
 
-def _switch(session: Session, mailbox_id: int, auto_renew: bool, next_action_on: date | None) -> None:
+def _switch(
+    session: Session, mailbox: Any, auto_renew: bool, next_action_on: date | None, *, now: datetime, today: date
+) -> None:
     """Set the flag, and the date the scan next looks at the mailbox, as the scan sets it
-    (:func:`worker.store.schedule.move_schedule`, the notice batch's own write of the schedule)."""
+    (:func:`worker.store.schedule.move_schedule`, the notice batch's own write of the schedule); the
+    platform hears of it (``auto_renew.changed``, source ``holder``)."""
+    mailbox_id = mailbox.id
     session.execute(_SET_AUTO_RENEW, {"mailbox_id": mailbox_id, "new_auto_renew": auto_renew})
+    auto_renew_switched(session, mailbox_id, mailbox.address, auto_renew, source="holder", now=now, today=today)
     move_schedule(session, [(mailbox_id, next_action_on)])
 
 
@@ -248,6 +256,7 @@ def switch_off(
     seen_expires_on: date | None,
     today: date,
     stages: tuple[Stage, ...],
+    clock: Callable[[], datetime] = utc_now,
 ) -> SwitchResult:
     """Switch auto-renew off, under the charge's lock.  ``seen_expires_on``: the expiry the page
     showed when the holder chose (None: not known, the current one).
@@ -266,7 +275,7 @@ def switch_off(
             return SwitchResult(Outcome.ALREADY_OFF, mailbox.expires_on)
         if _cycle(session, mailbox).charging:
             return SwitchResult(Outcome.CHARGE_RUNNING, mailbox.expires_on)
-        _switch(session, mailbox_id, False, manual_action_on(stages, mailbox.expires_on, today))
+        _switch(session, mailbox, False, manual_action_on(stages, mailbox.expires_on, today), now=clock(), today=today)
         return SwitchResult(Outcome.SWITCHED_OFF, mailbox.expires_on)
 
 
@@ -276,6 +285,7 @@ def switch_on(
     *,
     today: date,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    clock: Callable[[], datetime] = utc_now,
 ) -> SwitchResult:
     """Switch auto-renew back on, under the charge's lock: only with a stored method, and only
     before the cycle's first charge date (and not in a cycle whose charge failed).  The scan
@@ -291,7 +301,7 @@ def switch_on(
         if not can_switch_on(mailbox.expires_on, today, plan) or _cycle(session, mailbox).failed:
             return SwitchResult(Outcome.TOO_LATE, mailbox.expires_on)
         first = first_auto_renew_action_on(mailbox.expires_on, mailbox.card_expires_on, plan)
-        _switch(session, mailbox_id, True, max(first, today))
+        _switch(session, mailbox, True, max(first, today), now=clock(), today=today)
         return SwitchResult(Outcome.SWITCHED_ON, mailbox.expires_on)
 
 

@@ -30,10 +30,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker import metrics
+from worker.events.delivery import SendResult
 from worker.mail.outbox import RelayResult
 from worker.services.charges import ChargesResult, run_charges
 from worker.services.notices import BatchResult, due_mailbox_batches, process_notice_batch, reconcile_schedule
 from worker.services.orders import lapse_orders
+from worker.services.platform_events import write_lifecycle_events
 from worker.services.runtime import Runtime
 from worker.store.db import dialect_insert
 from worker.store.models import DailyRun, MailboxSchedule
@@ -128,9 +130,10 @@ def start_day(runtime: Runtime, business_date: date, *, rerun: bool = False, dry
     ``rerun`` (``run-daily``): a date that is not claimed here runs anyway.
     ``dry_run``: nothing is claimed or changed.  Whenever the date runs, the
     mailboxes' next dates are first brought forward if ``NOTICE_STAGES``
-    changed (:func:`~worker.services.notices.reconcile_schedule`) and the unpaid
-    orders at their deletion date lapse (:func:`lapse_day`), then the due
-    mailboxes are read.
+    changed (:func:`~worker.services.notices.reconcile_schedule`), the unpaid
+    orders at their deletion date lapse (:func:`lapse_day`), and the platform's
+    events of the mailboxes that expired or were deleted are written (once each:
+    :func:`~worker.events.queue.write_lifecycle_events`), then the due mailboxes are read.
     """
     if dry_run:
         action = DayAction.DRY_RUN
@@ -147,6 +150,8 @@ def start_day(runtime: Runtime, business_date: date, *, rerun: bool = False, dry
             return DayStart(business_date, action)
         reconcile_schedule(runtime.session_factory, runtime.settings.notice_stages, business_date)
         lapse_day(runtime, business_date)
+        with runtime.session_factory() as session, session.begin():
+            write_lifecycle_events(session, today=business_date, now=runtime.clock())
     with runtime.session_factory() as session:
         batches = list(due_mailbox_batches(session, business_date, runtime.settings.scan_batch_size))
     return DayStart(business_date, action, batches)
@@ -196,6 +201,7 @@ class DaySummary:
     scan: BatchResult = field(default_factory=BatchResult)
     delivery: RelayResult = field(default_factory=RelayResult)
     charges: ChargesResult = field(default_factory=ChargesResult)
+    events: SendResult = field(default_factory=SendResult)
 
     def as_dict(self) -> dict:
         return {
@@ -216,6 +222,7 @@ class DaySummary:
             "charges_due": len(self.scan.charges_due),
             "charges": self.charges.as_dict(),
             "charge_emails": {f"{kind} {stage}": count for (kind, stage), count in sorted(self.charges.emails.items())},
+            "platform_events": self.events.as_dict(),
         }
 
 
@@ -281,7 +288,8 @@ def run_day(
     progress: Callable[[int], None] | None = None,
     delivery_progress: Callable[[int], None] | None = None,
 ) -> DaySummary:
-    """Run the whole day to completion (``run-daily``): start it, scan, charge, then deliver everything due."""
+    """Run the whole day to completion (``run-daily``): start it, scan, charge, then deliver everything due
+    (the emails, then the platform's events)."""
     summary = DaySummary(business_date, dry_run)
     start = start_day(runtime, business_date, rerun=True, dry_run=dry_run)
     summary.scan = scan_batches(runtime, business_date, start.batches, dry_run=dry_run, progress=progress)
@@ -289,6 +297,7 @@ def run_day(
         return summary
     summary.charges = charge_day(runtime, business_date, summary.scan.charges_due)
     summary.delivery = runtime.relay.deliver_due(progress=delivery_progress)
+    summary.events = runtime.event_sender.deliver_due()
     finish_day(runtime, business_date, summary.as_dict())
     metrics.record_day(summary)
     return summary

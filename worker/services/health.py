@@ -7,9 +7,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import text
 
+from worker.events.delivery import event_counts
 from worker.services.runtime import Runtime
 from worker.store import migrate
 
@@ -27,6 +29,7 @@ def check_all(rt: Runtime) -> list[Probe]:
         _probe("broker", lambda: check_broker(rt)),
         _probe("mail", lambda: check_mail(rt)),
         _probe("gateway", lambda: check_gateway(rt)),
+        _probe("platform", lambda: check_platform(rt)),
         _probe("webhooks", lambda: check_webhooks(rt)),
     ]
 
@@ -110,6 +113,20 @@ def check_mail(rt: Runtime) -> str:
 
 def check_gateway(rt: Runtime) -> str:
     return rt.gateway.check_credentials()
+
+
+def check_platform(rt: Runtime) -> str:
+    """Where the platform's events go, and how many wait or failed; no request is made (a POST
+    would be an event).  Unset ``PLATFORM_WEBHOOK_URL`` is said plainly: events are kept, not sent."""
+    with rt.session_factory() as session:
+        counts = event_counts(session)
+    waiting = f"{counts.pending} pending, {counts.failed} failed"
+    url = rt.settings.platform_webhook_url
+    if url is None:
+        return f"PEC_RENEWAL_PLATFORM_WEBHOOK_URL is not set: events are kept, not sent ({waiting})"
+    parts = urlsplit(url)  # without a user, a password or a query, which may hold a token
+    port = f":{parts.port}" if parts.port else ""
+    return f"webhooks to {parts.scheme}://{parts.hostname}{port}{parts.path} ({waiting})"
 
 
 def check_webhooks(rt: Runtime) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, warn_generated_secret_key
+from worker.events.delivery import EventSender
 from worker.gateways import make_gateway
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import Mailer, make_mailer
@@ -120,6 +121,17 @@ class Runtime:
             max_attempts=self.settings.outbox_max_attempts,
             batch_size=self.settings.relay_batch_size,
             outcome_group=self.settings.relay_outcome_group,
+        )
+
+    @cached_property
+    def event_sender(self) -> EventSender:
+        with self.session_factory() as session:
+            engine = session.get_bind()
+        return EventSender(
+            engine,
+            url=self.settings.platform_webhook_url,
+            secret=self.settings.platform_webhook_secret,
+            clock=self.clock,
         )
 
     def today(self) -> date:

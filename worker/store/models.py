@@ -138,8 +138,9 @@ class Mailbox(Base):
     extra_space_gb: Mapped[int] = mapped_column(Integer, default=0)
     extra_archive_gb: Mapped[int] = mapped_column(Integer, default=0)
     used_space_mb: Mapped[int] = mapped_column(Integer, default=0)
-    #: For a mailbox on a domain, a copy of the domain's expiry, kept in step.
-    expires_on: Mapped[date] = mapped_column(Date)
+    #: For a mailbox on a domain, a copy of the domain's expiry, kept in step.  Indexed for the
+    #: day's platform events (the mailboxes that expired or were deleted in the last days).
+    expires_on: Mapped[date] = mapped_column(Date, index=True)
     auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
     payment_method: Mapped[str | None] = mapped_column(String(200))
     #: The last day of the stored card's expiry month.
@@ -593,3 +594,60 @@ class SandboxCharge(Base):
     reference: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# -- Platform events -----------------------------------------------------------------------
+
+
+class EventStatus(str, Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # refused by the platform (a 4xx), or retried for three days in vain
+
+
+class PlatformEvent(Base):
+    """One change the PEC platform must act on, written in the transaction of the change itself.
+
+    ``event_key`` names what the event is about (its type, the mailbox and the order, charge or
+    expiry cycle): unique, so a change written twice is one event.  ``webhook_id`` is the
+    ``webhook-id`` header of every attempt, by which the platform drops a copy it already had.
+    The events of one mailbox are delivered in ``id`` order (``worker.events.delivery``).
+    """
+
+    __tablename__ = "platform_events"
+    __table_args__ = (
+        Index(
+            "ix_platform_events_pending",
+            "mailbox_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # Failed events wait for an operator (``pec-renewal events retry``); few, and counted by the gauges.
+        Index(
+            "ix_platform_events_failed",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    #: The mailbox the event is about: its events go out one after the other.
+    mailbox_id: Mapped[int] = mapped_column(Id)
+    #: The body's ``data``.
+    data: Mapped[dict] = mapped_column(JSON)
+    #: When the change happened: the body's ``timestamp``.
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    business_date: Mapped[date] = mapped_column(Date, index=True)
+    status: Mapped[str] = mapped_column(String(10), default=EventStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the next attempt may start (a retry's backoff, or a sender's lease); NULL: at once.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The first failed attempt since the event was written or requeued: retried for three days from it.
+    retrying_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

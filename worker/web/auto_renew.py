@@ -153,9 +153,12 @@ def _switch(token: str, action: str):
             seen_expires_on=_seen(form.cycle.data),
             today=runtime.today(),
             stages=runtime.settings.notice_stages,
+            clock=runtime.clock,
         )
     else:
-        result = switch.switch_on(runtime.session_factory, mailbox_id, today=runtime.today(), plan=runtime.charge_plan)
+        result = switch.switch_on(
+            runtime.session_factory, mailbox_id, today=runtime.today(), plan=runtime.charge_plan, clock=runtime.clock
+        )
     flash(*_message(result))
     return _back(token)
 

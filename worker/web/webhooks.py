@@ -88,7 +88,12 @@ def _process(notice: gateway_events.GatewayNotice) -> Response:
         if result.outcome == webhooks.REGISTERED and notice.saved_method_checkout:
             try:
                 hosted_checkout.remember_saved_method(
-                    session, gateway_named(notice.gateway), result.order_number, notice.saved_method_checkout
+                    session,
+                    gateway_named(notice.gateway),
+                    result.order_number,
+                    notice.saved_method_checkout,
+                    now=runtime.clock(),
+                    today=runtime.today(),
                 )
             except GatewayError as error:
                 session.rollback()

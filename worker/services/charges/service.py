@@ -17,8 +17,9 @@ at most one connection, and only for milliseconds.
 Each transaction is a few SQLAlchemy Core statements, the same on PostgreSQL and SQLite:
 the mailbox locked with its cycles (:func:`~worker.services.charges.state.lock_mailbox`),
 then the claim (one ``INSERT … RETURNING`` of the intent), or the record (one ``UPDATE …
-RETURNING`` of the intent, the receipt's outbox and ledger rows, and one ``UPDATE`` of the
-mailbox).  A charge-failed, which opens the unpaid renewal order, goes through the ORM.
+RETURNING`` of the intent, the receipt's outbox and ledger rows, the platform's
+``mailbox.renewed`` event, and one ``UPDATE`` of the mailbox).  A charge-failed, which opens the
+unpaid renewal order, goes through the ORM.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.events.queue import paid_by_charge, renewal_events, write_events
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, mask_token
 from worker.rules import schedule
 from worker.rules.auto_renew import (
@@ -336,6 +338,21 @@ class _Work:
             }
             self.write_email(mailbox, stage, CHARGE_SUCCEEDED, context)
         mailbox.expires_on = schedule.add_years(old, intent.years)
+        row = mailbox.row
+        events = renewal_events(
+            mailbox_id=mailbox.id,
+            address=row.address,
+            old_expires_on=old,
+            new_expires_on=mailbox.expires_on,
+            old_plan=row.plan,
+            plan=row.plan,
+            extra_space_gb=row.extra_space_gb,
+            extra_archive_gb=row.extra_archive_gb,
+            years=intent.years,
+            paid_by=paid_by_charge(intent.idempotency_key, intent.reference),
+            today=day.today,
+        )
+        write_events(self.connection, events, now=self.now, business_date=day.today)
         self.run.outcome = "succeeded"
 
     def skip_for_order(self, mailbox: LockedMailbox, state: CycleState, order: Any) -> None:

@@ -16,7 +16,7 @@ intent of such a cycle is reported, for the operator to look up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
@@ -71,6 +71,9 @@ class Sync:
 
     force: bool = False
     dry_run: bool = False
+    #: When the import runs, and its business date: the time of the platform's events it writes.
+    now: datetime | None = None
+    today: date | None = None
     #: The file's columns by position (set once the header is read): to list a line's
     #: conflicts in the file's order, and to say when a column is not in the file at all.
     position: dict[str, int] = field(default_factory=dict)

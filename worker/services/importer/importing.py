@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +55,8 @@ def import_mailboxes(
     dry_run: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     bulk_load: bool = True,
+    now: datetime | None = None,
+    today: date | None = None,
 ) -> ImportReport:
     """Check the whole CSV ``source`` (a path or a text stream) and upsert it, in one transaction.
 
@@ -68,10 +71,13 @@ def import_mailboxes(
     :mod:`worker.services.importer.conflicts`).  ``dry_run``: do everything,
     report it, and roll it all back (without the bulk-load path's lock and
     index rebuild).  ``bulk_load``: take the bulk-load path where it applies
-    (PostgreSQL, into an empty fleet); False takes the normal path.
+    (PostgreSQL, into an empty fleet); False takes the normal path.  ``now`` and ``today``: the
+    time and business date of the ``auto_renew.changed`` events of the mailboxes whose auto-renew
+    the file switches (the CLI passes the runtime's; by default the system clock's UTC time and date).
     """
     report = ImportReport(dry_run=dry_run)
-    sync = Sync(force=force, dry_run=dry_run)
+    now = now or datetime.now(UTC)
+    sync = Sync(force=force, dry_run=dry_run, now=now, today=today or now.date())
     try:
         _import(session_factory, source, stages, progress, report, sync, chunk_rows, bulk_load and not dry_run)
     except _DryRunDone:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, and_, func, insert, or_, select, true, update
 from sqlalchemy.sql import ColumnElement
 
+from worker.events.queue import auto_renew_event, write_events
 from worker.rules.import_rows import HOLDER_COLUMNS
 from worker.services.importer.conflicts import Sync, sync_chunk
 from worker.services.importer.report import ChunkCounts
@@ -112,8 +113,25 @@ def upsert_chunk(
     if sync is not None:
         with timed("sync"):
             conflicting = sync_chunk(connection, in_chunk, sync)
+        _tell_the_platform(connection, in_chunk, sync)
     with timed("mailboxes"):
         return _upsert_mailboxes(connection, database, in_chunk, last_seq - after_seq, conflicting)
+
+
+def _tell_the_platform(connection: Connection, in_chunk: ColumnElement[bool], sync: Sync) -> None:
+    """``auto_renew.changed`` for each mailbox whose auto-renew the chunk switches (read before the
+    mailboxes are written; a new mailbox is no switch)."""
+    assert sync.now is not None and sync.today is not None
+    switched = connection.execute(
+        select(_mailboxes.c.id, _mailboxes.c.address, _rows.c.auto_renew)
+        .join(_rows, _rows.c.address == _mailboxes.c.address)
+        .where(in_chunk, _mailboxes.c.auto_renew.is_distinct_from(_rows.c.auto_renew))
+        .order_by(_mailboxes.c.id)
+    ).all()
+    events = [
+        auto_renew_event(row.id, row.address, auto_renew=bool(row.auto_renew), source="import") for row in switched
+    ]
+    write_events(connection, events, now=sync.now, business_date=sync.today)
 
 
 def _upsert_accounts(connection: Connection, in_chunk: ColumnElement[bool], *, distinct: bool) -> None:

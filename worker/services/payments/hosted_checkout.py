@@ -119,7 +119,9 @@ def finish_hosted_checkout(
     return payment, result
 
 
-def remember_saved_method(session: Session, gateway, order_number: str, checkout_reference: str) -> str | None:
+def remember_saved_method(
+    session: Session, gateway, order_number: str, checkout_reference: str, *, now: datetime, today: date
+) -> str | None:
     """After a webhook registered a Stripe checkout that kept the card: read the card's id from the
     session and keep it on the order's mailboxes for auto-renew; commits.  The registration never
     waits for this read: when Stripe cannot be asked, the mailboxes keep their method until the holder
@@ -128,6 +130,6 @@ def remember_saved_method(session: Session, gateway, order_number: str, checkout
     order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == order_number))
     if payment.payment_token is None or order is None or payment.order_number != order_number:
         return None
-    store_payment_method(session, order, payment.payment_token)
+    store_payment_method(session, order, payment.payment_token, now=now, today=today)
     session.commit()
     return payment.payment_token

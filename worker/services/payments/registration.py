@@ -13,8 +13,10 @@ its OLD expiry (29 February goes to 28 February), the plan and extras take
 effect (a move to Standard drops the archive), the holder data confirmed in
 the order takes effect, card and PayPal store the payment method and switch
 auto-renew on with the chosen frequency, ``next_action_on`` restarts at the
-first stage of the new cycle, and a ``renewal-completed`` email is queued (an
-``order-confirmation`` of the order still waiting in the outbox is withdrawn).
+first stage of the new cycle, a ``renewal-completed`` email is queued (an
+``order-confirmation`` of the order still waiting in the outbox is withdrawn), and the
+platform's events are written (``mailbox.renewed``, and ``mailbox.plan_changed``,
+``mailbox.reactivated`` and ``auto_renew.changed`` where they apply).
 Old links then show "already renewed", since the expiry moved on.
 """
 
@@ -27,11 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
+from worker.events.queue import paid_by_order, renewal_events, write_events
 from worker.rules import pricing, schedule
 from worker.rules.holder_data import HolderData
 from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS, Plan
 from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email, withdraw_confirmation
+from worker.services.platform_events import set_auto_renew
 from worker.store.models import (
     Holder,
     Mailbox,
@@ -127,10 +131,12 @@ def register_payment(
     for line in lines:
         _check_still_renewable(mailboxes[line.mailbox_id], line, number, today)
     holder = _holder_for(session, order)
+    old_plans = {line.mailbox_id: mailboxes[line.mailbox_id].plan for line in lines}
     renewed = tuple(
         _renew(mailboxes[line.mailbox_id], line, order.years or 1, holder, method, payment_token, stages)
         for line in lines
     )
+    _tell_the_platform(session, lines, mailboxes, old_plans, method, payment_token, number, now=now, today=today)
     payment = Payment(
         order_id=order.id,
         method=method,
@@ -207,7 +213,6 @@ def _renew(
     mailbox.extra_archive_gb = line.extra_archive_gb if line.plan != Plan.STANDARD.value else 0
     mailbox.renewal_years = years
     if method in GATEWAY_METHODS and payment_token:
-        mailbox.auto_renew = True
         if mailbox.payment_method != payment_token:
             mailbox.card_expires_on = None  # not known for a new token
         mailbox.payment_method = payment_token
@@ -217,6 +222,42 @@ def _renew(
         mailbox.reference_email = holder.reference_email
     line.new_expires_on = new_expires_on
     return RenewedMailbox(mailbox.address, line.old_expires_on, new_expires_on, line.plan)
+
+
+def _tell_the_platform(
+    session: Session,
+    lines: list[RenewalOrderLine],
+    mailboxes: dict[int, Mailbox],
+    old_plans: dict[int, str],
+    method: str,
+    payment_token: str | None,
+    number: str,
+    *,
+    now: datetime,
+    today: date,
+) -> None:
+    """The platform's events of the renewed mailboxes, and auto-renew switched on by a card or PayPal."""
+    events = []
+    for line in lines:
+        mailbox = mailboxes[line.mailbox_id]
+        assert line.new_expires_on is not None
+        events += renewal_events(
+            mailbox_id=mailbox.id,
+            address=mailbox.address,
+            old_expires_on=line.old_expires_on,
+            new_expires_on=line.new_expires_on,
+            old_plan=old_plans[mailbox.id],
+            plan=mailbox.plan,
+            extra_space_gb=mailbox.extra_space_gb,
+            extra_archive_gb=mailbox.extra_archive_gb,
+            years=mailbox.renewal_years,
+            paid_by=paid_by_order(number),
+            today=today,
+        )
+    write_events(session, events, now=now, business_date=today)
+    if method in GATEWAY_METHODS and payment_token:
+        for line in lines:
+            set_auto_renew(session, mailboxes[line.mailbox_id], True, source="payment", now=now, today=today)
 
 
 def _holder_for(session: Session, order: RenewalOrder) -> Holder | None:

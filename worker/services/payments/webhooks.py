@@ -38,6 +38,7 @@ from worker.rules.vocabulary import CARD, PAYPAL
 from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
 from worker.services.payments.refunds import AUTOMATIC, OPEN_STATES, start_refund
 from worker.services.payments.registration import PaymentRefused, register_payment
+from worker.services.platform_events import set_auto_renew
 from worker.store.db import dialect_insert
 from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, RenewalOrder
 
@@ -184,21 +185,24 @@ def apply_gateway_payment(
         return EventResult(REFUND_DUE, number, refund.id), f"{refused.code}: refunded automatically"
     if not registration.registered:
         if payment_token:
-            store_payment_method(session, order, payment_token)
+            store_payment_method(session, order, payment_token, now=now, today=today)
         return EventResult(ALREADY_REGISTERED, number), None
     order.gateway_state = "succeeded"
     return EventResult(REGISTERED, number), None
 
 
-def store_payment_method(session: Session, order: RenewalOrder, payment_token: str) -> None:
+def store_payment_method(
+    session: Session, order: RenewalOrder, payment_token: str, *, now: datetime, today: date
+) -> None:
     """Keep the method of an order's registered gateway payment for auto-renew on its mailboxes, when it
-    became known after the registration (Stripe's card is read from the Checkout Session)."""
+    became known after the registration (Stripe's card is read from the Checkout Session); the platform
+    hears of auto-renew switched on."""
     ids = [line.mailbox_id for line in order.lines if line.selected]
     for mailbox in session.scalars(select(Mailbox).where(Mailbox.id.in_(ids)).with_for_update()):
         if mailbox.payment_method != payment_token:
             mailbox.card_expires_on = None
         mailbox.payment_method = payment_token
-        mailbox.auto_renew = True
+        set_auto_renew(session, mailbox, True, source="payment", now=now, today=today)
 
 
 _REFUND_REASONS = {

@@ -37,7 +37,7 @@ Locks and time (PostgreSQL, which runs the whole upgrade in one transaction):
 On SQLite the same steps run, ``batch_alter_table`` rebuilding the new table for its keys.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-06 08:30:00
 """
 from alembic import op
@@ -47,7 +47,7 @@ import worker.store.models
 
 
 revision = '0016'
-down_revision = '0013'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
