@@ -146,7 +146,7 @@ def reset_due_set(url: str, due: int, days: int = 1) -> None:
                WHERE mailbox_id <= %(all)s""",
             due_sets,
         )
-        connection.execute("TRUNCATE notice_ledger, outbox_messages, daily_runs, bounced_addresses")
+        connection.execute("TRUNCATE notice_ledger, outbox_queue, outbox_messages, daily_runs, bounced_addresses")
         # The schedule in force is the recorded one: the scan does not walk the fleet
         # to reconcile next_action_on (it does so once after NOTICE_STAGES changes).
         fingerprint = ",".join(stage.name for stage in Settings.from_env(worker_environment_base()).notice_stages)

@@ -230,8 +230,8 @@ def copy_baseline(url: str, path: Path) -> float:
 def empty_tables(url: str) -> None:
     with psycopg.connect(psycopg_url(url)) as connection:
         connection.execute(
-            "TRUNCATE notice_ledger, outbox_messages, charge_intents, renewal_order_lines, renewal_orders,"
-            " mailboxes, domains, holders, accounts RESTART IDENTITY CASCADE"
+            "TRUNCATE notice_ledger, outbox_queue, outbox_messages, charge_intents, renewal_order_lines,"
+            " renewal_orders, mailboxes, domains, holders, accounts RESTART IDENTITY CASCADE"
         )
         connection.commit()
         connection.autocommit = True

@@ -43,7 +43,7 @@ def seed(url: str, mailboxes: int) -> None:
         if count == mailboxes and fresh:
             return  # the same fleet, none of it expired since it was seeded
         connection.execute(
-            "TRUNCATE notice_ledger, outbox_messages, renewal_orders, mailboxes, holders, accounts"
+            "TRUNCATE notice_ledger, outbox_queue, outbox_messages, renewal_orders, mailboxes, holders, accounts"
             " RESTART IDENTITY CASCADE"
         )
         holders = max(1, mailboxes // 3)

@@ -73,7 +73,7 @@ def seed(url: str, mailboxes: int, normal_day_due: int) -> float:
             return 0.0
         started = time.perf_counter()
         connection.execute(
-            "TRUNCATE notice_ledger, outbox_messages, mailbox_schedule, mailboxes, holders, accounts"
+            "TRUNCATE notice_ledger, outbox_queue, outbox_messages, mailbox_schedule, mailboxes, holders, accounts"
             " RESTART IDENTITY CASCADE"
         )
         holders = max(1, mailboxes // 3)

@@ -20,6 +20,7 @@ from sqlalchemy import select, text, update
 
 from tests.support.charges import CHARGE_DAY, EXPIRES, at_morning, mark_charge_notice_sent
 from tests.support.factories import make_mailbox
+from tests.support.outbox_rows import outbox_message
 from tests.support.settings import make_settings
 from worker.gateways.sandbox import SandboxGateway
 from worker.mail.message_ids import INSTALLATION_ID_KEY, installation_id, message_id_for
@@ -28,7 +29,7 @@ from worker.services import charges
 from worker.services.runtime import Runtime
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
-from worker.store.models import Base, ChargeIntent, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxStatus, WorkerState
+from worker.store.models import Base, ChargeIntent, Mailbox, NoticeLedgerEntry, OutboxStatus, WorkerState
 
 #: What the charges write (and what they read, for the mailboxes).
 TABLES = (
@@ -152,7 +153,7 @@ def _seed(session_factory) -> dict[str, int]:
         )
         # A message with the receipt's Message-ID already in the outbox (no ledger row): no receipt either.
         session.add(
-            OutboxMessage(
+            outbox_message(
                 message_id=message_id_for(
                     [(ids["message_id_taken"], EXPIRES.isoformat(), "-5d")],
                     "pec-provider.example",

@@ -13,13 +13,14 @@ import time_machine
 from sqlalchemy import func, select
 
 from tests.support.factories import make_mailbox
+from tests.support.outbox_rows import outbox_message
 from tests.support.settings import smtp_runtime
 from worker.mail.outbox import CLAIM_LEASE, claim_due_messages
 from worker.rules.links import MAILBOX
 from worker.services.daily import SCAN_LEASE, DayAction, fan_out_day, run_day, scan_day, start_day
 from worker.services.notices import process_notice_batch
 from worker.services.runtime import Runtime
-from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage
+from worker.store.models import BouncedAddress, DailyRun, Mailbox, NoticeLedgerEntry, OutboxMessage, OutboxQueueEntry
 
 ROME = ZoneInfo("Europe/Rome")
 
@@ -279,7 +280,7 @@ def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(se
     now = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 
     def message(number: int, status: str = "pending", next_attempt_at: datetime | None = None) -> OutboxMessage:
-        return OutboxMessage(
+        return outbox_message(
             message_id=f"m{number}@pec-provider.example",
             kind="expiry-notice",
             stage="-15d",
@@ -312,7 +313,9 @@ def test_a_claim_of_given_ids_takes_only_the_due_pending_ones_up_to_the_limit(se
         assert claim_due_messages(session, now, 10, only_ids=asked) == [ids["m5@pec-provider.example"]]
     with session_factory() as session:
         leased = session.scalars(
-            select(OutboxMessage.message_id).where(OutboxMessage.next_attempt_at == now + CLAIM_LEASE)
+            select(OutboxMessage.message_id)
+            .join(OutboxQueueEntry)
+            .where(OutboxQueueEntry.next_attempt_at == now + CLAIM_LEASE)
         )
         assert sorted(leased) == ["m1@pec-provider.example", "m4@pec-provider.example", "m5@pec-provider.example"]
 

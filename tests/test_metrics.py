@@ -24,6 +24,7 @@ from sqlalchemy import select, text, update
 from config.settings import Settings, SettingsError
 from tests.support.celery_process import start_celery_worker, stop_celery_worker, worker_environment
 from tests.support.factories import make_mailbox
+from tests.support.outbox_rows import mark, outbox_message
 from tests.support.settings import TEST_REDIS_URL, TEST_SECRET_KEYS, make_settings
 from tests.support.waiting import wait_until
 from worker import metrics
@@ -227,29 +228,29 @@ def test_link_handler_metrics_read_the_database(runtime, session_factory):
         )
         session.add_all(
             [
-                OutboxMessage(message_id="new@x", created_at=now - timedelta(minutes=3), **common),
-                OutboxMessage(
+                outbox_message(message_id="new@x", created_at=now - timedelta(minutes=3), **common),
+                outbox_message(
                     message_id="retry@x",
                     created_at=now - timedelta(hours=5),
                     attempts=2,
                     next_attempt_at=now - timedelta(seconds=30),
                     **common,
                 ),
-                OutboxMessage(
+                outbox_message(
                     message_id="later@x",
                     created_at=now - timedelta(hours=1),
                     attempts=1,
                     next_attempt_at=now + timedelta(minutes=4),
                     **common,
                 ),
-                OutboxMessage(
+                outbox_message(
                     message_id="failed@x",
                     created_at=now - timedelta(days=2),
                     attempts=12,
                     status=OutboxStatus.FAILED.value,
                     **common,
                 ),
-                OutboxMessage(
+                outbox_message(
                     message_id="sent@x",
                     created_at=now - timedelta(days=2),
                     attempts=1,
@@ -297,7 +298,7 @@ def test_the_gauge_query_uses_the_indexes(engine, session_factory):
         plan = "\n".join(row[0] for row in connection.execute(text(f"EXPLAIN {compiled}")))
         connection.rollback()
     assert "Seq Scan" not in plan, plan
-    assert "ix_outbox_messages_pending" in plan and "ix_outbox_messages_failed" in plan, plan
+    assert "ix_outbox_queue_next_attempt_at" in plan and "ix_outbox_queue_failed" in plan, plan
     assert "ix_mailbox_schedule_next_action_on" in plan, plan
     assert "ix_charge_intents_unresolved" in plan, plan
 
@@ -375,11 +376,11 @@ def test_outbox_retry_requeues_failed_messages_and_the_relay_sends_them(tmp_path
     with runtime.session_factory() as session, session.begin():
         ids = session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.to_address)).all()
         # As if the attempts ran out (3 messages, one of them of the day before) and one bounced.
-        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids[:3])).values(status="failed", attempts=12))
+        mark(session, ids[:3], "failed", attempts=12)
         session.execute(
             update(OutboxMessage).where(OutboxMessage.id == ids[2]).values(business_date=DAY - timedelta(days=1))
         )
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == ids[3]).values(status="bounced", attempts=1))
+        mark(session, [ids[3]], "bounced", attempts=1)
     settings = runtime.settings
     env = {
         "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),

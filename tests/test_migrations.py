@@ -36,6 +36,6 @@ def test_the_comparison_sees_a_missing_index(tmp_path):
     migrate.upgrade(url)
     engine = make_engine(url)
     with engine.begin() as connection:
-        connection.exec_driver_sql("DROP INDEX ix_outbox_messages_pending")
+        connection.exec_driver_sql("DROP INDEX ix_outbox_queue_failed")
     engine.dispose()
     assert [difference[0] for difference in differences(url)] == ["add_index"]

@@ -13,10 +13,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, text
 
+from tests.support.outbox_rows import outbox_message
 from worker.mail.outbox import CLAIM_LEASE, claim_messages
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory, quick_commit_connection
-from worker.store.models import OutboxMessage
+from worker.store.models import OutboxMessage, OutboxQueueEntry
 
 NOW = datetime(2027, 3, 31, 5, 0, tzinfo=ZoneInfo("UTC"))
 
@@ -53,7 +54,7 @@ def seed(session_factory) -> dict[int, int]:
     with session_factory() as session, session.begin():
         for number, status, next_attempt_at, attempts in MESSAGES:
             session.add(
-                OutboxMessage(
+                outbox_message(
                     message_id=f"m{number}@pec-provider.example",
                     kind="expiry-notice",
                     stage="-15d",
@@ -81,7 +82,8 @@ def check(session_factory, scenario: str, holder=None) -> None:
     asked = None if only is None else [ids.get(number, number) for number in only]
     if locked:
         holder.execute(
-            text("SELECT id FROM outbox_messages WHERE id = ANY(:ids) FOR UPDATE"), {"ids": [ids[n] for n in locked]}
+            text("SELECT outbox_message_id FROM outbox_queue WHERE outbox_message_id = ANY(:ids) FOR UPDATE"),
+            {"ids": [ids[n] for n in locked]},
         )
     claims = []
     for limit in limits:
@@ -104,17 +106,28 @@ def check(session_factory, scenario: str, holder=None) -> None:
             status,
         )
         assert row.context == {"n": number, "mailboxes": [{"address": f"c{number}@pec.it"}]}  # decoded
-    # The lease is on what was claimed, and on nothing else; nothing else changed.
+    # The lease is on the queue rows of what was claimed, and on nothing else; the messages' rows
+    # are not written by a claim.
     with session_factory() as session:
         state = {
-            number_of[outbox_id]: (status, next_attempt_at)
-            for outbox_id, status, next_attempt_at in session.execute(
-                select(OutboxMessage.id, OutboxMessage.status, OutboxMessage.next_attempt_at)
+            number_of[outbox_id]: (status, next_attempt_at, leased)
+            for outbox_id, status, next_attempt_at, leased in session.execute(
+                select(
+                    OutboxMessage.id,
+                    OutboxMessage.status,
+                    OutboxMessage.next_attempt_at,
+                    OutboxQueueEntry.next_attempt_at,
+                ).outerjoin(OutboxQueueEntry)
             )
         }
     claimed = {number for claim in expected for number in claim}
+    queued = {"pending": lambda at: at, "failed": lambda at: None}
     assert state == {
-        number: (status, NOW + CLAIM_LEASE if number in claimed else next_attempt_at)
+        number: (
+            status,
+            next_attempt_at,
+            NOW + CLAIM_LEASE if number in claimed else queued[status](next_attempt_at) if status in queued else None,
+        )
         for number, status, next_attempt_at, _ in MESSAGES
     }
 
@@ -145,6 +158,6 @@ def test_a_claim_on_the_relay_s_own_connection_commits_with_it(engine, session_f
         connection.commit()
         with session_factory() as other:
             leased = other.scalars(
-                select(OutboxMessage.id).where(OutboxMessage.next_attempt_at == NOW + CLAIM_LEASE)
+                select(OutboxQueueEntry.outbox_message_id).where(OutboxQueueEntry.next_attempt_at == NOW + CLAIM_LEASE)
             ).all()
     assert sorted(leased) == [row.id for row in rows] == [ids[1], ids[4]]

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.outbox_rows import mark
 from worker.mail.outbox import requeue_failed_messages
 from worker.mail.queue import NewEmail, queue_email
 from worker.store.models import NoticeLedgerEntry, OutboxMessage
@@ -28,9 +29,8 @@ def queued(session, mailbox_id: int, *, status: str, business_date: date = DAY) 
         to_address=f"holder{mailbox_id}@example.it",
     )
     outbox_id = queue_email(session, email, mail_domain="pec-provider.example", business_date=business_date, now=NOW).id
-    message = session.get(OutboxMessage, outbox_id)
-    message.status, message.attempts, message.next_attempt_at = status, 5, NOW + timedelta(hours=1)
-    return message
+    mark(session, [outbox_id], status, attempts=5, next_attempt_at=NOW + timedelta(hours=1))
+    return session.get(OutboxMessage, outbox_id)
 
 
 def states(session_factory) -> dict[str, tuple[str, int, str]]:

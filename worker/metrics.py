@@ -45,7 +45,7 @@ from worker.store.models import (
     GatewayRefund,
     MailboxSchedule,
     OutboxMessage,
-    OutboxStatus,
+    OutboxQueueEntry,
     PlatformEvent,
 )
 
@@ -214,11 +214,12 @@ _EVENT_FAILED = literal(EventStatus.FAILED.value, literal_execute=True)
 
 
 def database_query(now: datetime):
-    """One statement of scalar subqueries, each an index range: the partial indexes of pending
-    and of failed ``outbox_messages``, ``mailboxes`` (next_action_on), the partial index of
-    unresolved ``charge_intents``, and those of pending and of failed ``platform_events``."""
-    pending = OutboxMessage.status == OutboxStatus.PENDING.value
-    due = and_(pending, or_(OutboxMessage.next_attempt_at.is_(None), OutboxMessage.next_attempt_at <= now))
+    """One statement of scalar subqueries, each an index range: ``outbox_queue`` (its due time,
+    and the partial index of failed messages), ``mailbox_schedule`` (next_action_on), the partial
+    index of unresolved ``charge_intents``, and those of pending and of failed ``platform_events``."""
+    queue = OutboxQueueEntry
+    waiting = ~queue.failed
+    due = and_(waiting, or_(queue.next_attempt_at.is_(None), queue.next_attempt_at <= now))
     unresolved = ChargeIntent.status.in_((ChargeStatus.STARTED.value, ChargeStatus.UNKNOWN.value))
 
     def count(*where):
@@ -226,14 +227,15 @@ def database_query(now: datetime):
 
     return select(
         count(due).label("outbox_due"),
-        count(pending, OutboxMessage.next_attempt_at > now).label("outbox_waiting"),
-        count(OutboxMessage.status == OutboxStatus.FAILED.value).label("outbox_failed"),
-        select(func.min(OutboxMessage.next_attempt_at))
-        .where(pending, OutboxMessage.next_attempt_at <= now)
+        count(waiting, queue.next_attempt_at > now).label("outbox_waiting"),
+        count(queue.failed).label("outbox_failed"),
+        select(func.min(queue.next_attempt_at))
+        .where(waiting, queue.next_attempt_at <= now)
         .scalar_subquery()
         .label("oldest_retry_due_at"),
         select(func.min(OutboxMessage.created_at))
-        .where(pending, OutboxMessage.next_attempt_at.is_(None))
+        .join(queue, queue.outbox_message_id == OutboxMessage.id)
+        .where(waiting, queue.next_attempt_at.is_(None))
         .scalar_subquery()
         .label("oldest_new_created_at"),
         select(func.min(MailboxSchedule.next_action_on)).scalar_subquery().label("oldest_next_action_on"),

@@ -1,9 +1,13 @@
 """The outbox relay: delivers queued emails at least once, with a stable Message-ID.
 
-A relay claims a batch of due messages by pushing their ``next_attempt_at``
-forward by a lease (one ``UPDATE … RETURNING``; ``SKIP LOCKED`` on PostgreSQL),
-so two relays never send the same message at once, and a relay that dies only
-delays its batch until the lease runs out.  Outcomes are committed in small
+A relay claims a batch of due messages by pushing their queue rows'
+``next_attempt_at`` forward by a lease (one ``UPDATE … RETURNING`` on
+``outbox_queue``; ``SKIP LOCKED`` on PostgreSQL), so two relays never send the
+same message at once, and a relay that dies only delays its batch until the
+lease runs out.  An outcome updates the message's row (a HOT update: no index
+of ``outbox_messages`` names a column it changes) and, in the same
+transaction, deletes its queue row (sent, bounced) or keeps it with the next
+attempt's time (deferred) or marked failed.  Outcomes are committed in small
 groups (at most ``outcome_group`` sends, ``PEC_RENEWAL_RELAY_OUTCOME_GROUP``; 1
 commits each before the next send) and at the end of every batch: a crash
 between an SMTP ``250`` and the commit of its group can repeat at most that
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, Integer, Row, bindparam, exists, literal, or_, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, delete, exists, or_, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +47,7 @@ from worker.mail.headers import RefusedMailbox, refusal_reason
 from worker.mail.mailers import DeliveryError, Mailer
 from worker.mail.queue import WITHDRAWABLE_KINDS
 from worker.store.db import dialect_insert, dialect_of, one_of, quick_commit_connection, update_by_id
-from worker.store.models import BouncedAddress, NoticeLedgerEntry, OutboxMessage, OutboxStatus
+from worker.store.models import BouncedAddress, NoticeLedgerEntry, OutboxMessage, OutboxQueueEntry, OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ def claim_due_messages(
 
 
 _OUTBOX = OutboxMessage.__table__
+_QUEUE = OutboxQueueEntry.__table__
 
 #: What the relay reads of a claimed message.
 _MESSAGE_COLUMNS = (
@@ -110,63 +115,67 @@ _MESSAGE_COLUMNS = (
 )
 
 
-#: 'pending' written into the statement, not sent as a parameter: the partial index of pending
-#: messages (``status = 'pending'``) serves only a statement that names the value itself, and
-#: a prepared statement with a parameter there read the whole table at every claim.
-_PENDING = literal(OutboxStatus.PENDING.value, literal_execute=True)
-
-
 def claim_messages(
     executor: Session | Connection, now: datetime, limit: int, only_ids: Iterable[int] | None = None
 ) -> list[Row]:
     """Reserve up to ``limit`` due messages for this relay; returns what the relay reads of them, by id.
 
-    One statement, in the caller's transaction: a CTE locks the candidates
-    (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: rows another relay holds are
-    passed over, not waited for; SQLite has one writer at a time), and the
-    ``UPDATE … RETURNING`` gives the due ones among them the lease and reads
-    them back.  With ``only_ids`` the candidates are found by primary key alone
-    and their status is checked after the lock.  On a peak day PostgreSQL
-    combined the key with the status index, which holds every pending message
-    (and the dead entries the leases leave), and read it whole at every claim:
-    most of a relay's time on 200,000 messages (bench/daily_peak.py).
+    Two statements, in the caller's transaction.  The first leases the queue rows:
+    a CTE locks the candidates in ``outbox_queue`` (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL: rows another relay holds are passed over, not waited for; SQLite
+    has one writer at a time), and the ``UPDATE … RETURNING`` moves the due ones'
+    ``next_attempt_at`` to the lease's end and returns their ids.  The second
+    reads those messages by primary key.  The lease is a narrow row's update:
+    the wide ``outbox_messages`` row is not written until the outcome.  With
+    ``only_ids`` the candidates are found by key alone and checked after the lock.
     """
     parameters = {"c_now": now, "c_lease_end": now + CLAIM_LEASE, "c_limit": limit}
     if only_ids is not None:
         parameters["c_ids"] = [int(outbox_id) for outbox_id in only_ids]
-    statement = _claim_statement(dialect_of(executor), only_ids is not None)
-    return sorted(executor.execute(statement, parameters).all(), key=_by_id)
+    dialect = dialect_of(executor)
+    claimed = executor.execute(_claim_statement(dialect, only_ids is not None), parameters).scalars().all()
+    if not claimed:
+        return []
+    rows = executor.execute(_read_statement(dialect), {"r_ids": list(claimed)}).all()
+    return sorted(rows, key=_by_id)
 
 
 @functools.cache
 def _claim_statement(dialect: Dialect, by_ids: bool):
-    """The claim, built once (its parameters: ``c_now``, ``c_lease_end``, ``c_limit`` and ``c_ids``)."""
-    now = bindparam("c_now", type_=_OUTBOX.c.next_attempt_at.type)
+    """The lease, built once (its parameters: ``c_now``, ``c_lease_end``, ``c_limit`` and ``c_ids``)."""
+    now = bindparam("c_now", type_=_QUEUE.c.next_attempt_at.type)
     limit = bindparam("c_limit", type_=Integer())
-    candidate = select(_OUTBOX.c.id, _OUTBOX.c.status, _OUTBOX.c.next_attempt_at).order_by(_OUTBOX.c.id)
+    key = _QUEUE.c.outbox_message_id
+    candidate = select(key, _QUEUE.c.failed, _QUEUE.c.next_attempt_at).order_by(key)
     if by_ids:
-        candidate = candidate.where(one_of(dialect, _OUTBOX.c.id, key="c_ids"))
+        candidate = candidate.where(one_of(dialect, key, key="c_ids"))
     else:
         candidate = candidate.where(
-            _OUTBOX.c.status == _PENDING, or_(_OUTBOX.c.next_attempt_at.is_(None), _OUTBOX.c.next_attempt_at <= now)
+            ~_QUEUE.c.failed, or_(_QUEUE.c.next_attempt_at.is_(None), _QUEUE.c.next_attempt_at <= now)
         ).limit(limit)
     candidate = candidate.with_for_update(skip_locked=True).cte("candidate")
     claimed = (
-        select(candidate.c.id)
+        select(candidate.c.outbox_message_id)
         .where(
-            candidate.c.status == _PENDING,
+            ~candidate.c.failed,
             or_(candidate.c.next_attempt_at.is_(None), candidate.c.next_attempt_at <= now),
         )
-        .order_by(candidate.c.id)
+        .order_by(candidate.c.outbox_message_id)
         .limit(limit)
         .subquery("claimed")
     )
     return (
-        update(_OUTBOX)
-        .where(_OUTBOX.c.id == claimed.c.id)
-        .values(next_attempt_at=bindparam("c_lease_end", type_=_OUTBOX.c.next_attempt_at.type))
-        .returning(*_MESSAGE_COLUMNS)
+        update(_QUEUE)
+        .where(key == claimed.c.outbox_message_id)
+        .values(next_attempt_at=bindparam("c_lease_end", type_=_QUEUE.c.next_attempt_at.type))
+        .returning(key)
     )
+
+
+@functools.cache
+def _read_statement(dialect: Dialect):
+    """What the relay reads of the claimed messages (parameter ``r_ids``)."""
+    return select(*_MESSAGE_COLUMNS).where(one_of(dialect, _OUTBOX.c.id, key="r_ids"))
 
 
 def _withdrawn_since_claimed(connection: Connection, outbox_id: int) -> bool:
@@ -184,10 +193,11 @@ def _by_id(row: Row) -> int:
 def requeue_failed_messages(session: Session, business_date: date | None = None) -> int:
     """Failed outbox messages (of ``business_date``, or all) back to pending, due now, with their attempts
     reset, in the caller's transaction; returns how many.  Each keeps its Message-ID; a bounced message
-    stays bounced."""
+    stays bounced.  They are found by their queue rows (the small partial index of failed ones)."""
     statement = (
         update(OutboxMessage)
         .where(OutboxMessage.status == OutboxStatus.FAILED.value)
+        .where(OutboxMessage.id.in_(select(_QUEUE.c.outbox_message_id).where(_QUEUE.c.failed)))
         # A refusal recorded on its ledger rows fails again unchanged: 'notices resend' after a correction.
         .where(
             ~exists().where(
@@ -195,10 +205,19 @@ def requeue_failed_messages(session: Session, business_date: date | None = None)
             )
         )
         .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=None)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
     )
     if business_date is not None:
         statement = statement.where(OutboxMessage.business_date == business_date)
-    return session.execute(statement).rowcount
+    requeued = list(session.execute(statement).scalars())
+    if requeued:
+        session.execute(
+            update(_QUEUE)
+            .where(one_of(session, _QUEUE.c.outbox_message_id, requeued))
+            .values(failed=False, next_attempt_at=None)
+        )
+    return len(requeued)
 
 
 @dataclass(frozen=True)
@@ -232,8 +251,41 @@ def _write_outcomes(connection: Connection, group: list[dict]) -> None:
     """
     rows = list(group)
     group.clear()
-    update_by_id(connection, _OUTBOX, rows)
+    write_outcome_rows(connection, rows)
     connection.commit()
+
+
+def write_outcome_rows(executor: Session | Connection, rows: list[dict]) -> None:
+    """The outcomes' two writes, in the caller's transaction: each message's row (a HOT update),
+    and its queue row, deleted once the message is sent or bounced, else given the next attempt's
+    time (deferred) or marked failed."""
+    update_by_id(executor, _OUTBOX, rows)
+    done = [row["id"] for row in rows if row["status"] in _DONE]
+    if done:
+        executor.execute(_done_statement(dialect_of(executor)), {"d_ids": done})
+    update_by_id(
+        executor,
+        _QUEUE,
+        [
+            {
+                "outbox_message_id": row["id"],
+                "next_attempt_at": row["next_attempt_at"],
+                "failed": row["status"] == OutboxStatus.FAILED.value,
+            }
+            for row in rows
+            if row["status"] not in _DONE
+        ],
+        key="outbox_message_id",
+    )
+
+
+#: The outcomes after which a message leaves the queue.
+_DONE = frozenset((OutboxStatus.SENT.value, OutboxStatus.BOUNCED.value))
+
+
+@functools.cache
+def _done_statement(dialect: Dialect):
+    return delete(_QUEUE).where(one_of(dialect, _QUEUE.c.outbox_message_id, key="d_ids"))
 
 
 class OutboxRelay:
@@ -316,7 +368,7 @@ class OutboxRelay:
                     if outcome.bounce_reply is not None:
                         self._record_bounce(session, row.to_address, outcome.now, outcome.bounce_reply)
                     self._record_refusals(session, row.id, outcome.refusals)
-                    update_by_id(session, _OUTBOX, [outcome.row])
+                    write_outcome_rows(session, [outcome.row])
         finally:
             if group:  # what was sent is recorded even when the batch stops early
                 _write_outcomes(connection, group)

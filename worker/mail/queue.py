@@ -10,6 +10,11 @@ Its Message-ID is :func:`worker.mail.message_ids.message_id_for` of what the ema
 about (the ledger keys it carries, or an :class:`~worker.mail.message_ids.OrderEmail`),
 with this installation's id: the same email written twice gets the same
 Message-ID, and the outbox holds each Message-ID once.
+
+With the message, in the same statement's transaction, its row in
+``outbox_queue``: the narrow row the relay claims and leases, deleted once the
+message is sent or bounced.  The wide message row is written once more, by its
+outcome, and that update is HOT (no index names a column it changes).
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from worker.mail.message_ids import LedgerKey, OrderEmail, installation_id, message_id_for
 from worker.store.db import dialect_insert, insert_many
-from worker.store.models import OutboxMessage, OutboxStatus
+from worker.store.models import OutboxMessage, OutboxQueueEntry, OutboxStatus
 
 _OUTBOX = OutboxMessage.__table__
 _SET_CONTEXT = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id")).values(context=bindparam("new_context"))
+_QUEUE = OutboxQueueEntry.__table__
 #: The kinds whose messages may be withdrawn before they are sent (:func:`withdraw_emails`); the
 #: relay reads such a message's status again just before sending it.
 WITHDRAWABLE_KINDS = frozenset({"order-confirmation"})
@@ -71,7 +77,10 @@ def queue_email(
         .on_conflict_do_nothing(index_elements=["message_id"])
         .returning(_OUTBOX.c.id)
     ).scalar()
-    return QueuedEmail(outbox_id, message_id) if outbox_id is not None else None
+    if outbox_id is None:
+        return None
+    executor.execute(insert(_QUEUE).values(outbox_message_id=outbox_id, failed=False))
+    return QueuedEmail(outbox_id, message_id)
 
 
 def update_context_part(executor: Session | Connection, name: str, changes: Mapping[int, dict[str, Any]]) -> None:
@@ -123,7 +132,12 @@ def queue_emails(
         executor, _OUTBOX, rows, same=_new(business_date, now), returning=(_OUTBOX.c.message_id, _OUTBOX.c.id)
     )
     id_of = dict(new)
+    insert_many(executor, _QUEUE, [{"outbox_message_id": outbox_id} for outbox_id in id_of.values()], same=_QUEUED)
     return [QueuedEmail(id_of[row["message_id"]], row["message_id"]) for row in rows]
+
+
+#: A new message's queue row: due now, never tried.
+_QUEUED = {"failed": False}
 
 
 def _row(email: NewEmail, message_id: str) -> dict:
@@ -156,12 +170,19 @@ def withdraw_emails(executor: Session | Connection, about: OrderEmail, mail_doma
     message_ids = [
         message_id_for(about, mail_domain, installation_id=installation, resend=resend) for resend in range(resends + 1)
     ]
-    result = executor.execute(
-        update(_OUTBOX)
-        .where(
-            _OUTBOX.c.message_id.in_(message_ids),
-            _OUTBOX.c.status == OutboxStatus.PENDING.value,
+    withdrawn = (
+        executor.execute(
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.message_id.in_(message_ids),
+                _OUTBOX.c.status == OutboxStatus.PENDING.value,
+            )
+            .values(status=OutboxStatus.WITHDRAWN.value)
+            .returning(_OUTBOX.c.id)
         )
-        .values(status=OutboxStatus.WITHDRAWN.value)
+        .scalars()
+        .all()
     )
-    return result.rowcount or 0
+    if withdrawn:  # out of the queue: no relay claims them again
+        executor.execute(delete(_QUEUE).where(_QUEUE.c.outbox_message_id.in_(withdrawn)))
+    return len(withdrawn)
