@@ -553,6 +553,7 @@ def test_a_charge_and_its_receipt_are_a_few_sqlalchemy_statements(runtime, smtp_
         "INSERT invoices",  # its invoice (waiting here: no seller settings)
         "SELECT worker_state",  # the receipt: the installation id of its Message-ID,
         "INSERT outbox_messages",  # its outbox row,
+        "INSERT outbox_queue",  # its place in the relay's queue,
         "INSERT notice_ledger",  # its ledger row
         "INSERT platform_events",  # the platform's mailbox.renewed
         "UPDATE mailboxes",  # the new expiry

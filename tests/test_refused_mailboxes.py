@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
+from tests.support.outbox_rows import mark
 from tests.support.settings import TEST_SECRET_KEYS, smtp_runtime
 from worker import metrics
 from worker.cli.main import main
@@ -228,7 +229,7 @@ def test_a_failed_grouped_email_requeued_goes_out_without_the_refused_mailbox(
     queue_group_with_one_refused(runtime)
     with session_factory() as session, session.begin():
         (row,) = session.scalars(select(OutboxMessage)).all()
-        row.status, row.attempts, row.last_error = "failed", 1, "refused by the renderer: mailbox address …"
+        mark(session, [row.id], "failed", attempts=1, last_error="refused by the renderer: mailbox address …")
     with session_factory() as session, session.begin():
         assert requeue_failed_messages(session) == 1
     try:
@@ -360,7 +361,8 @@ def test_outbox_retry_leaves_an_email_refused_by_the_renderer_failed(
     with session_factory() as session, session.begin():
         refused = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "failed")).one()
         other = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "sent")).one()
-        other.status, other.last_error = "failed", "SMTP 451 try again later"  # attempts ran out
+        # its attempts ran out: failed, as the relay leaves it (with its queue row)
+        mark(session, [other.id], "failed", last_error="SMTP 451 try again later")
     env = {
         f"PEC_RENEWAL_{name.upper()}": str(value)
         for name, value in {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, update
 
 from worker.store.models import OutboxMessage, OutboxQueueEntry, OutboxStatus
 
@@ -25,13 +25,14 @@ def outbox_message(
 
 def mark(session, ids: list[int], status: str, **columns: Any) -> None:
     """Give messages already queued an outcome, with their queue rows as the relay leaves them:
-    pending keeps its row (due at ``next_attempt_at``), failed marks it, sent or bounced deletes it."""
+    pending or failed has its row (pending due at ``next_attempt_at``), sent or bounced none."""
     session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(status=status, **columns))
     queue = OutboxQueueEntry.__table__
     rows = queue.c.outbox_message_id.in_(ids)
-    if status == OutboxStatus.PENDING.value:
-        session.execute(update(queue).where(rows).values(next_attempt_at=columns.get("next_attempt_at"), failed=False))
-    elif status == OutboxStatus.FAILED.value:
-        session.execute(update(queue).where(rows).values(next_attempt_at=None, failed=True))
-    else:
-        session.execute(delete(queue).where(rows))
+    session.execute(delete(queue).where(rows))  # then written anew: a sent message has none left
+    if status in (OutboxStatus.PENDING.value, OutboxStatus.FAILED.value):
+        failed = status == OutboxStatus.FAILED.value
+        due = None if failed else columns.get("next_attempt_at")
+        session.execute(
+            insert(queue), [{"outbox_message_id": id_, "next_attempt_at": due, "failed": failed} for id_ in ids]
+        )
