@@ -463,23 +463,29 @@ def test_two_concurrent_registrations_take_consecutive_numbers(session_factory, 
     assert {row.order_id for row in rows} == {order.id for order in orders}
 
 
+def paid_by_card(session, seller_settings, kind: str, payment_intent: str, *, today: date) -> RenewalOrder:
+    """An order of a ``kind`` holder's mailbox, paid by card on Stripe (``stripe:{payment_intent}``) and invoiced."""
+    mailbox = holder_mailbox(session, kind, expires_on=today + timedelta(days=40))
+    order = complete_order(session, seller_settings, mailbox, method="card", today=today)
+    payments.register_payment(
+        session,
+        order_number=order.order_number,
+        amount_cents=order.total_cents,
+        method="card",
+        reference=f"stripe:{payment_intent}",
+        now=PAID_AT,
+        today=today,
+        settings=seller_settings,
+    )
+    return order
+
+
 def test_a_requested_refund_through_the_gateway_gets_its_credit_note(
     session_factory, database_url, seller_settings, tmp_path
 ):
     today = date.today()  # the CLI runs on the wall clock
     with session_factory() as session:
-        mailbox = holder_mailbox(session, "company", expires_on=today + timedelta(days=40))
-        order = complete_order(session, seller_settings, mailbox, method="card", today=today)
-        payments.register_payment(
-            session,
-            order_number=order.order_number,
-            amount_cents=order.total_cents,
-            method="card",
-            reference="stripe:pi_invoiced",
-            now=PAID_AT,
-            today=today,
-            settings=seller_settings,
-        )
+        order = paid_by_card(session, seller_settings, "company", "pi_invoiced", today=today)
         session.commit()
     stripe = StripeServer().start()
     try:
@@ -532,18 +538,7 @@ def test_a_refund_the_gateway_confirms_later_by_webhook_gets_its_credit_note(ses
     """A requested refund the gateway first accepted as pending: its ``charge.refunded`` event settles
     it, and the credit note is written with that event, as with an immediate success."""
     with session_factory() as session:
-        mailbox = holder_mailbox(session, "private", expires_on=TODAY + timedelta(days=40))
-        order = complete_order(session, seller_settings, mailbox, method="card", today=TODAY)
-        payments.register_payment(
-            session,
-            order_number=order.order_number,
-            amount_cents=order.total_cents,
-            method="card",
-            reference="stripe:pi_later",
-            now=PAID_AT,
-            today=TODAY,
-            settings=seller_settings,
-        )
+        order = paid_by_card(session, seller_settings, "private", "pi_later", today=TODAY)
         refund = start_refund(
             session,
             gateway="stripe",
