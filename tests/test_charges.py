@@ -111,9 +111,22 @@ class TestDecideAutoRenew:
         attempts = [AttemptRecord(n, "soft_decline", CHARGE_DAY) for n in (1, 2, 3, 4)]
         assert decide(date(2027, 3, 30), attempts=attempts).charge == "fail"
 
-    @pytest.mark.parametrize("status", ["hard_decline", "requires_authentication"])
-    def test_final_failures_are_not_retried(self, status):
-        assert decide(date(2027, 3, 24), attempts=[AttemptRecord(1, status, CHARGE_DAY)]).charge == "fail"
+    def test_a_hard_decline_is_not_retried(self):
+        assert decide(date(2027, 3, 24), attempts=[AttemptRecord(1, "hard_decline", CHARGE_DAY)]).charge == "fail"
+
+    def test_a_charge_awaiting_authentication_waits_for_the_last_charge_day_without_a_new_attempt(self):
+        waiting = [AttemptRecord(1, "requires_authentication", CHARGE_DAY)]
+        for day in (CHARGE_DAY, date(2027, 3, 26), date(2027, 3, 29)):
+            decision = decide(day, sent={("-30d", "charge-notice")}, attempts=waiting)
+            assert (decision.charge, decision.skip_reason) == (None, "awaiting-authentication")
+            assert decision.next_action_on == date(2027, 3, 30)  # the last retry day, 1 day before expiry
+        assert decide(date(2027, 3, 30), attempts=waiting).charge == "fail"
+
+    def test_authentication_asked_on_the_last_charge_day_waits_one_day(self):
+        asked = [AttemptRecord(4, "requires_authentication", date(2027, 3, 30))]
+        decision = decide(date(2027, 3, 30), attempts=asked)
+        assert (decision.charge, decision.next_action_on) == (None, EXPIRES)
+        assert decide(EXPIRES, attempts=asked).charge == "fail"
 
     @pytest.mark.parametrize("status", ["started", "unknown"])
     def test_unresolved_intent_is_reconciled_before_anything_else(self, status):
@@ -265,7 +278,6 @@ def test_a_job_that_missed_the_charge_day_charges_on_its_next_run(runtime, smtp_
         ("pm_card_chargeDeclined", "rifiutato"),
         ("pm_card_chargeDeclinedExpiredCard", "rifiutato"),
         ("paypal_declined", "rifiutato"),
-        ("pm_card_authenticationRequired", "autenticazione"),
     ],
 )
 def test_final_failure_is_not_retried_and_leads_to_an_unpaid_order_and_the_manual_schedule(
@@ -290,6 +302,27 @@ def test_final_failure_is_not_retried_and_leads_to_an_unpaid_order_and_the_manua
     failed = received(smtp_server)[1]
     body = text_of(failed)
     assert order.order_number in body and reason_text in body and "/rinnova/" in body
+
+
+def test_authentication_never_given_fails_on_the_last_charge_day_with_an_unpaid_order(runtime, smtp_server):
+    mailbox = add_auto_renew(runtime, "pm_card_authenticationRequired")
+    sent = walk(runtime, smtp_server, date(2027, 2, 25), date(2027, 4, 1))
+    assert sent == [
+        (date(2027, 3, 1), "charge-notice", "-30d"),
+        (CHARGE_DAY, "charge-authentication-required", "-7d"),
+        (date(2027, 3, 30), "charge-failed", "-1d"),  # the last retry day; no attempt in between
+        (date(2027, 3, 31), "expiry-notice", "0d"),
+        (date(2027, 4, 1), "expired-notice", "+1d"),
+    ]
+    assert [row["outcome"] for row in gateway_record(runtime)] == ["requires_authentication"]
+    asked = text_of(received(smtp_server)[1])
+    assert "/rinnovo-automatico/autenticazione/" in asked and "30 marzo 2027" in asked
+    with runtime.session_factory() as session:
+        order = session.scalar(select(RenewalOrder))
+        assert (order.status, order.origin) == (OrderStatus.AWAITING_PAYMENT.value, OrderOrigin.AUTO_RENEW_FAILED.value)
+        assert session.get(Mailbox, mailbox.id).expires_on == EXPIRES
+    failed = text_of(received(smtp_server)[2])
+    assert order.order_number in failed and "autenticazione" in failed and "/rinnova/" in failed
 
 
 def test_soft_decline_is_retried_then_fails_once(runtime, smtp_server):

@@ -240,7 +240,8 @@ EXPECTED = {
     "paypal": (RENEWED, [(1, "succeeded")], {("-7d", "charge-succeeded")}),
     "soft": (EXPIRES, [(1, "soft_decline"), (2, "soft_decline")], set()),
     "hard": (EXPIRES, [(1, "hard_decline")], {("-7d", "charge-failed")}),
-    "authentication": (EXPIRES, [(1, "requires_authentication")], {("-7d", "charge-failed")}),
+    # Waiting for the holder's authentication: no charge-failed before the last charge day, no second attempt.
+    "authentication": (EXPIRES, [(1, "requires_authentication")], set()),
     "unknown_token": (EXPIRES, [(1, "hard_decline")], {("-7d", "charge-failed")}),
     "timeout": (RENEWED, [(1, "succeeded")], {("-7d", "charge-succeeded")}),
     "no_method": (EXPIRES, [], {("-7d", "charge-failed")}),
@@ -289,7 +290,8 @@ def test_every_case_ends_as_the_rule_says_on_postgresql(tmp_path, database_url, 
     first_day, same_day_again, retry_day = (summary for summary, *_ in outcome["reports"])
     assert first_day["outcomes"] == {
         "succeeded": 5,
-        "failed": 4,
+        "failed": 3,
+        "authentication-required": 1,
         "retry": 2,
         "idle": 1,
         "succeeded-already-renewed": 1,
@@ -317,9 +319,13 @@ def test_every_case_ends_as_the_rule_says_on_postgresql(tmp_path, database_url, 
         if (name, attempt) != ("retry", 1)
     ]
     assert sorted(keys) == sorted(expected_keys)
-    # Each receipt and charge-failed email is in the outbox, as the runs reported.
+    # Each receipt, charge-failed and authentication email is in the outbox, as the runs reported.
     emails = [summary_emails for _summary, _ids, summary_emails, _lines in outcome["reports"]]
-    assert emails[0] == {("charge-succeeded", "-7d"): 5, ("charge-failed", "-7d"): 4}
+    assert emails[0] == {
+        ("charge-succeeded", "-7d"): 5,
+        ("charge-failed", "-7d"): 3,
+        ("charge-authentication-required", "-7d"): 1,
+    }
     assert emails[2] == {("charge-succeeded", "-5d"): 2}
 
 

@@ -147,6 +147,8 @@ SAMPLES = (
            _charge(reason="retries_exhausted", order_number="PEC-2026-000124")),
     Sample("charge-skipped", "charge-skipped", "-7d",
            _charge(order_number="PEC-2026-000125", order_method="bank_transfer", cancel_by="2027-01-07")),
+    Sample("charge-authentication-required", "charge-authentication-required", "-7d",
+           _charge(intent_id=41, authenticate_by="2027-01-12")),
     Sample("expiry-pending-order", "expiry-notice", "-7d", {
         "holder_name": "Mario Rossi", "holder_kind": "private",
         "mailboxes": [{**_mailbox(505, "mario.rossi@pec.it", "2026-12-14", "standard"),

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from worker.gateways.base import (
+    AuthenticationStep,
+    ChargeAuthentication,
     ChargeOutcome,
     ChargeResult,
     GatewayError,
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from config.settings import Settings
 
 __all__ = [
+    "AuthenticationStep",
+    "ChargeAuthentication",
     "ChargeOutcome",
     "ChargeResult",
     "GatewayError",
@@ -78,6 +82,7 @@ def make_gateway(
             client_secret=settings.paypal_client_secret or "",
             api_base=settings.paypal_api_base,
             pool_size=settings.gateway_concurrency,
+            return_url=f"{settings.base_url.rstrip('/')}/rinnovo-automatico/autenticazione/paypal",
         )
     raise GatewayError(f"unknown payment gateway {name!r}")
 

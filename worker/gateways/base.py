@@ -156,6 +156,33 @@ class MethodSetup(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class AuthenticationStep:
+    """Where the holder goes to authenticate a payment that asked for it (3-D Secure, PayPal's payer
+    action), or the payment's answer when the gateway needs nobody (it went through at once)."""
+
+    #: The gateway's page (Stripe's ``next_action.redirect_to_url.url``, PayPal's ``payer-action``
+    #: link), or the sandbox's challenge page, a path of the link handler.
+    url: str | None = None
+    #: The answer when there is no page to go to: succeeded, declined, or unknown.
+    result: ChargeResult | None = None
+
+
+@runtime_checkable
+class ChargeAuthentication(Protocol):
+    """A gateway that brings a payment answered REQUIRES_AUTHENTICATION back on session.
+
+    ``reference`` is the payment's id in the gateway (``ChargeResult.reference``: a PaymentIntent,
+    a PayPal order, a sandbox charge).  :meth:`start_authentication` sends the holder to authenticate
+    THAT payment, to come back to ``return_url``; :meth:`finish_authentication` says where it stands
+    afterwards (PayPal: captures the approved order, once).  Neither charges anything new.
+    """
+
+    def start_authentication(self, *, reference: str, payment_method: str, return_url: str) -> AuthenticationStep: ...
+
+    def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult: ...
+
+
 def mask_token(token: str | None) -> str:
     """A log-safe form of a stored token: its kind and last 4 characters."""
     if not token:

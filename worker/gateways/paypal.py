@@ -54,6 +54,7 @@ from typing import Any
 import httpx
 
 from worker.gateways.base import (
+    AuthenticationStep,
     ChargeOutcome,
     ChargeResult,
     GatewayError,
@@ -124,7 +125,10 @@ class PayPalGateway:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         pool_size: int = 32,
+        return_url: str | None = None,
     ):
+        """``return_url``: where PayPal sends the payer back after a payer action asked for by a
+        charge (``payment_source.*.experience_context``); PayPal adds ``?token=<order id>``."""
         if not (client_id and client_secret):
             raise GatewayError(
                 "the PayPal gateway needs PEC_RENEWAL_PAYPAL_CLIENT_ID and PEC_RENEWAL_PAYPAL_CLIENT_SECRET"
@@ -139,6 +143,7 @@ class PayPalGateway:
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
+        self._return_url = return_url
 
     # -- the protocol ---------------------------------------------------------------------
 
@@ -185,7 +190,7 @@ class PayPalGateway:
             if placeholder:
                 # A lookup made this order for a key PayPal had not seen: give it our amount.
                 self._patch(order_id, unit)
-            source = _payment_source(kind, vault_id)
+            source = _payment_source(kind, vault_id, self._return_url)
             captured = self._post(
                 f"/v2/checkout/orders/{order_id}/capture", {"payment_source": source}, rid + "-capture"
             )
@@ -449,6 +454,40 @@ class PayPalGateway:
         ]
         self._send("PATCH", f"/v2/checkout/orders/{order_id}", json=operations)
 
+    # -- the holder's action on session ----------------------------------------------------
+
+    def start_authentication(self, *, reference: str, payment_method: str, return_url: str) -> AuthenticationStep:
+        """The ``payer-action`` link of the order ``reference`` that asked for the payer's action
+        (``GET /v2/checkout/orders/{id}``); PayPal sends the holder back to the charge's
+        ``experience_context.return_url`` with ``?token=<order id>``.  Any other state is returned
+        as the charge's answer."""
+        del payment_method, return_url
+        try:
+            order = self._get_order(reference)
+        except (_Lost, _Refused) as error:
+            raise GatewayError(f"PayPal did not answer ({error})") from None
+        for link in order.get("links") or []:
+            if isinstance(link, dict) and link.get("rel") == "payer-action" and link.get("href"):
+                if order.get("status") == "PAYER_ACTION_REQUIRED":
+                    return AuthenticationStep(url=str(link["href"]))
+        return AuthenticationStep(result=self._settled(order))
+
+    def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult:
+        """Capture the order ``reference`` once the payer acted on it (``POST …/capture``, with a
+        request id of its own: a second call, or the webhook's, never captures twice)."""
+        try:
+            order = self._get_order(reference)
+            if order.get("status") in ("COMPLETED", "PAYER_ACTION_REQUIRED"):
+                return self._settled(order)
+            captured = self._post(
+                f"/v2/checkout/orders/{reference}/capture", {}, request_id(idempotency_key) + "-payer"
+            )
+        except _Refused as refused:
+            return self._refused(refused, reference)
+        except _Lost as lost:
+            return ChargeResult(ChargeOutcome.UNKNOWN, reference, f"no usable answer from PayPal ({lost})")
+        return self._settled(captured)
+
     # -- classification -------------------------------------------------------------------
 
     def _settled(self, order: dict) -> ChargeResult:
@@ -494,12 +533,17 @@ class PayPalGateway:
         raise GatewayError(f"PayPal refused the request: {refused}")
 
 
-def _payment_source(kind: str, vault_id: str) -> dict:
+def _payment_source(kind: str, vault_id: str, return_url: str | None = None) -> dict:
     if kind == "card":
         stored = {"payment_initiator": "MERCHANT", "payment_type": "RECURRING", "usage": "SUBSEQUENT"}
-        return {"card": {"vault_id": vault_id, "stored_credential": stored}}
-    stored = {"payment_initiator": "MERCHANT", "usage": "SUBSEQUENT", "usage_pattern": "SUBSCRIPTION_PREPAID"}
-    return {"paypal": {"vault_id": vault_id, "stored_credential": stored}}
+        source = {"vault_id": vault_id, "stored_credential": stored}
+    else:
+        stored = {"payment_initiator": "MERCHANT", "usage": "SUBSEQUENT", "usage_pattern": "SUBSCRIPTION_PREPAID"}
+        source = {"vault_id": vault_id, "stored_credential": stored}
+    if return_url:
+        # Where PayPal's payer-action page sends the holder back, should the payment need them.
+        source["experience_context"] = {"return_url": return_url, "cancel_url": return_url}
+    return {kind: source}
 
 
 def _order_id(order: dict) -> str:

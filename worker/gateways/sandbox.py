@@ -36,11 +36,20 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.gateways.base import ChargeOutcome, ChargeResult, IdempotencyConflict, SavedMethod, mask_token
+from worker.gateways import sandbox_challenge
+from worker.gateways.base import (
+    AuthenticationStep,
+    ChargeOutcome,
+    ChargeResult,
+    IdempotencyConflict,
+    SavedMethod,
+    mask_token,
+)
 from worker.gateways.refunds import RefundOutcome, RefundResult
 from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge
@@ -201,6 +210,32 @@ class SandboxGateway:
         if setup_reference not in BEHAVIOUR:
             return None
         return SavedMethod(setup_reference)
+
+    def start_authentication(self, *, reference: str, payment_method: str, return_url: str) -> AuthenticationStep:
+        """The sandbox's 3-D Secure challenge page for the charge ``reference``
+        (:mod:`worker.gateways.sandbox_challenge`), returning to ``return_url``'s path."""
+        del payment_method
+        parts = urlsplit(return_url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        url = sandbox_challenge.open_challenge(
+            self._engine, charge_reference=reference, return_path=path, now=self._clock()
+        )
+        if url is None:
+            found = self._charge_by_reference(reference)
+            return AuthenticationStep(result=found or ChargeResult(ChargeOutcome.HARD_DECLINE, None, "no such charge"))
+        return AuthenticationStep(url=url)
+
+    def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult:
+        """The charge as its challenge left it: succeeded once approved, else still awaiting authentication."""
+        del idempotency_key
+        found = self._charge_by_reference(reference)
+        return found or ChargeResult(ChargeOutcome.HARD_DECLINE, None, "no such charge", "invalid_payment_method")
+
+    def _charge_by_reference(self, reference: str) -> ChargeResult | None:
+        with self._autocommit() as connection:
+            row = connection.execute(select(*_ROW_COLUMNS).where(_SANDBOX.c.reference == reference)).first()
+            connection.commit()
+        return None if row is None else _result(row)
 
     def _autocommit(self) -> Connection:
         """A connection whose statements commit on their own on PostgreSQL (a call is one statement,

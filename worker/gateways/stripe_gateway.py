@@ -39,6 +39,7 @@ from typing import Any
 import stripe
 
 from worker.gateways.base import (
+    AuthenticationStep,
     ChargeOutcome,
     ChargeResult,
     GatewayError,
@@ -194,6 +195,41 @@ class StripeGateway:
         # One key makes one PaymentIntent; should there be more, a success wins.
         intents.sort(key=lambda intent: intent.get("status") != "succeeded")
         return _from_intent(intents[0])
+
+    def start_authentication(self, *, reference: str, payment_method: str, return_url: str) -> AuthenticationStep:
+        """Bring the PaymentIntent ``reference`` that asked for authentication back on session:
+        ``POST /v1/payment_intents/{id}/confirm`` with its PaymentMethod and a ``return_url``
+        (the holder is present now, so no ``off_session``).  Stripe answers ``requires_action``
+        with ``next_action.redirect_to_url.url``, the issuer's 3-D Secure page, which sends the
+        holder back to ``return_url``; any other answer is returned as it is."""
+        try:
+            _customer, pm = parse_token(payment_method)
+        except InvalidPaymentMethod as error:
+            return AuthenticationStep(
+                result=ChargeResult(ChargeOutcome.HARD_DECLINE, reference, str(error), "invalid_payment_method")
+            )
+        try:
+            intent = _plain(
+                self._client.v1.payment_intents.confirm(reference, {"payment_method": pm, "return_url": return_url})
+            )
+        except stripe.CardError as error:
+            return AuthenticationStep(result=self._card_error(error))
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not confirm the payment ({type(error).__name__})") from None
+        next_action = intent.get("next_action") or {}
+        redirect = next_action.get("redirect_to_url") if isinstance(next_action, dict) else None
+        if intent.get("status") == "requires_action" and isinstance(redirect, dict) and redirect.get("url"):
+            return AuthenticationStep(url=str(redirect["url"]))
+        return AuthenticationStep(result=_from_intent(intent))
+
+    def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult:
+        """The PaymentIntent ``reference`` as Stripe has it after the holder's authentication (a read)."""
+        del idempotency_key
+        try:
+            intent = self._client.v1.payment_intents.retrieve(reference)
+        except stripe.StripeError as error:
+            return ChargeResult(ChargeOutcome.UNKNOWN, reference, f"Stripe did not answer ({type(error).__name__})")
+        return _from_intent(intent)
 
     def refund(
         self, *, reference: str, amount_cents: int, currency: str, idempotency_key: str, kind: str, reason: str

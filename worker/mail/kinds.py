@@ -29,6 +29,7 @@ KINDS = (
     "charge-failed",
     "payment-refunded",
     "charge-skipped",
+    "charge-authentication-required",
 )
 
 KindContext = Callable[[Mapping[str, Any], dict[str, Any], LinkSigner], dict[str, Any]]
@@ -229,6 +230,19 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
     }
 
 
+def _authentication_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
+    """charge-authentication-required: the charge's context, the signed link to authenticate THAT
+    charge (its intent) on session, and the day it is given up."""
+    context = _charge_context(stored, common, signer)
+    charge = stored["charge"]
+    intent_id = charge.get("intent_id")
+    if type(intent_id) is not int or intent_id < 1:
+        raise ValueError(f"intent id {intent_id!r} is not a charge intent")
+    context["authentication_url"] = signer.charge_authentication_url(intent_id)
+    context["authenticate_by"] = date.fromisoformat(charge["authenticate_by"])
+    return context
+
+
 def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
     """A receipt's electronic invoice (``email_templates/_base/invoice.*``): its courtesy copy once issued,
     ``{"issued": False}`` while it waits for data, None for an email that has none (written before invoices)."""
@@ -310,6 +324,11 @@ KIND_RULES: dict[str, KindRules] = {
     # The charge not made while the holder's own order awaits payment: its link leads to that
     # order (how to pay it, change its method, or cancel it).
     "charge-skipped": KindRules(renewal_links=True, stages="before", extra_context=_charge_context),
+    # The charge waits for the holder's authentication on session: its link leads to the page that
+    # sends the holder to authenticate that charge (worker/web/charge_authentication.py).
+    "charge-authentication-required": KindRules(
+        renewal_links=False, stages="before", extra_context=_authentication_context
+    ),
 }
 assert set(KIND_RULES) == set(KINDS)
 assert {kind for kind, rules in KIND_RULES.items() if rules.reminder} == REMINDER_KINDS

@@ -10,7 +10,12 @@ The schedule of one expiry cycle of an auto-renew mailbox:
   gateway outage 5, 3 and 1 day before expiry (a :class:`ChargePlan`, from the settings).
   A job that missed a charge day charges on its next run, if that is before
   expiry; missed retry slots are passed over, not made up in a burst;
-- after a hard decline, a required authentication or the last retry:
+- a charge the issuer wants the holder to authenticate (3-D Secure, PayPal's payer action) is
+  not a decline: the holder gets ``charge-authentication-required`` with a link to authenticate
+  that very payment on session, and no other attempt charges the cycle; authenticated, the cycle
+  is renewed as by a successful charge; not authenticated by the last charge day (and at least
+  a day after the email), or by the expiry, the cycle fails as below;
+- after a hard decline, an authentication never given or the last retry:
   ``charge-failed`` once, with an unpaid renewal order, recorded in the ledger
   under the stage name of that day (a manual stage's name when one falls that
   day, so it is not sent again); from then on the cycle follows the manual
@@ -41,7 +46,16 @@ CHARGE_SUCCEEDED = "charge-succeeded"
 CHARGE_FAILED = "charge-failed"
 #: The charge was not made because the holder's own order for the cycle awaits payment.
 CHARGE_SKIPPED = "charge-skipped"
-AUTO_RENEW_KINDS = (CHARGE_NOTICE, CARD_EXPIRING, CHARGE_SUCCEEDED, CHARGE_FAILED, CHARGE_SKIPPED)
+#: The charge waits for the holder's authentication on session (3-D Secure, PayPal's payer action).
+CHARGE_AUTHENTICATION_REQUIRED = "charge-authentication-required"
+AUTO_RENEW_KINDS = (
+    CHARGE_NOTICE,
+    CARD_EXPIRING,
+    CHARGE_SUCCEEDED,
+    CHARGE_FAILED,
+    CHARGE_SKIPPED,
+    CHARGE_AUTHENTICATION_REQUIRED,
+)
 
 CURRENCY = "EUR"
 
@@ -58,7 +72,9 @@ class ChargeStatus(StrEnum):
 
 
 UNRESOLVED = (ChargeStatus.STARTED.value, ChargeStatus.UNKNOWN.value)
-FINAL_FAILURES = (ChargeStatus.HARD_DECLINE.value, ChargeStatus.REQUIRES_AUTHENTICATION.value)
+FINAL_FAILURES = (ChargeStatus.HARD_DECLINE.value,)
+#: An attempt that waits for the holder: no other attempt of the cycle is made meanwhile.
+AWAITING_AUTHENTICATION = ChargeStatus.REQUIRES_AUTHENTICATION.value
 #: Recorded as the decline code when ``lookup`` found no charge and it was too late to make one.
 NOT_CHARGED = "not_charged"
 NO_PAYMENT_METHOD = "no_payment_method"
@@ -191,11 +207,11 @@ def decide_auto_renew(
     if failed_on is not None:
         return _after_charge_failed(stages, expires_on, today, sent, failed_on, pending_since)
     last = attempts[-1] if attempts else None
+    dates = charge_dates(expires_on, plan)
     if last is not None:
-        settled = _after_last_attempt(last, today)
+        settled = _after_last_attempt(last, today, dates[-1], expires_on)
         if settled is not None:
             return settled
-    dates = charge_dates(expires_on, plan)
     if min(dates) <= today or today >= expires_on:
         return _in_the_charge_window(dates, expires_on, today, has_payment_method, sent, last, plan)
     return _before_the_charge(stages, expires_on, today, card_expires_on, sent, plan)
@@ -230,7 +246,9 @@ def _after_charge_failed(
     )
 
 
-def _after_last_attempt(last: AttemptRecord, today: date) -> AutoRenewDecision | None:
+def _after_last_attempt(
+    last: AttemptRecord, today: date, last_charge_day: date, expires_on: date
+) -> AutoRenewDecision | None:
     """What the cycle's last charge attempt settles by itself, or None (a soft decline: see the slots)."""
     if last.status in UNRESOLVED:
         return AutoRenewDecision(charge=RECONCILE, attempt=last.attempt, next_action_on=today)
@@ -239,7 +257,27 @@ def _after_last_attempt(last: AttemptRecord, today: date) -> AutoRenewDecision |
         return AutoRenewDecision(skip_reason="renewed")
     if last.status in FINAL_FAILURES:
         return AutoRenewDecision(charge=FAIL, next_action_on=today)
+    if last.status == AWAITING_AUTHENTICATION:
+        return awaiting_authentication(last, today, last_charge_day, expires_on)
     return None
+
+
+def authentication_deadline(asked_on: date, last_charge_day: date, expires_on: date) -> date:
+    """The day a charge waiting for the holder's authentication since ``asked_on`` is given up:
+    the cycle's last charge day, and never the day the holder was asked (then the day after),
+    nor after the expiry."""
+    return min(max(last_charge_day, asked_on + timedelta(days=1)), expires_on)
+
+
+def awaiting_authentication(
+    last: AttemptRecord, today: date, last_charge_day: date, expires_on: date
+) -> AutoRenewDecision:
+    """An attempt waiting for the holder's authentication: nothing until its deadline, then
+    charge-failed (the holder did not authenticate)."""
+    deadline = authentication_deadline(last.business_date, last_charge_day, expires_on)
+    if today >= deadline:
+        return AutoRenewDecision(charge=FAIL, next_action_on=today)
+    return AutoRenewDecision(skip_reason="awaiting-authentication", next_action_on=deadline)
 
 
 def _in_the_charge_window(

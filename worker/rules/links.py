@@ -32,6 +32,10 @@ RENEWAL_SALT = "pec-renewal.renewal-link"
 #: The auto-renew page's link: another purpose, so neither token opens the other's page.
 AUTO_RENEW_SALT = "pec-renewal.auto-renew-link"
 REMINDERS_SALT = "pec-renewal.reminders-link"
+#: The link to authenticate one auto-renew charge on session: a purpose of its own.
+AUTHENTICATION_SALT = "pec-renewal.charge-authentication-link"
+#: What an authentication token names: one charge intent.
+CHARGE = "c"
 
 MAILBOX = "m"
 ACCOUNT = "a"
@@ -81,6 +85,7 @@ class LinkSigner:
         self._serializer = URLSafeTimedSerializer(list(secret_keys), salt=RENEWAL_SALT)
         self._auto_renew_serializer = URLSafeTimedSerializer(list(secret_keys), salt=AUTO_RENEW_SALT)
         self._reminders = URLSafeTimedSerializer(list(secret_keys), salt=REMINDERS_SALT)
+        self._authentication = URLSafeTimedSerializer(list(secret_keys), salt=AUTHENTICATION_SALT)
         self._base_url = base_url.rstrip("/")
         self._max_age = max_age_days * 86400
 
@@ -144,6 +149,24 @@ class LinkSigner:
         try:
             target, target_id = payload
             if target != MAILBOX or type(target_id) is not int or not 1 <= target_id <= MAX_ID:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise TokenInvalid("link invalid") from None
+        return target_id
+
+    def charge_authentication_token(self, intent_id: int) -> str:
+        """The token of the page where the holder authenticates the auto-renew charge ``intent_id``."""
+        return self._authentication.dumps([CHARGE, int(intent_id)])
+
+    def charge_authentication_url(self, intent_id: int) -> str:
+        return f"{self._base_url}/rinnovo-automatico/autenticazione/{self.charge_authentication_token(intent_id)}"
+
+    def read_charge_authentication_token(self, token: str) -> int:
+        """The charge intent an authentication token names; :class:`TokenInvalid` or :class:`TokenExpired`."""
+        payload = self._loads(self._authentication, token)
+        try:
+            target, target_id = payload
+            if target != CHARGE or type(target_id) is not int or not 1 <= target_id <= MAX_ID:
                 raise ValueError
         except (ValueError, TypeError):
             raise TokenInvalid("link invalid") from None

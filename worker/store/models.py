@@ -602,6 +602,27 @@ class SandboxCharge(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SandboxChallenge(Base):
+    """The sandbox gateway's 3-D Secure challenges: one per sandbox charge that asked for the
+    holder's authentication and was brought back on session, with the holder's answer.
+
+    ``public_id`` is the challenge page's address (random, unguessable); ``charge_reference``
+    names the ``sandbox_charges`` row it authenticates; ``return_path`` is where the page sends
+    the holder once answered (a path of the link handler, never another host).  ``status``:
+    ``pending``, then ``approved`` or ``refused`` with ``decided_at``.
+    """
+
+    __tablename__ = "sandbox_challenges"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(64), unique=True)
+    charge_reference: Mapped[str] = mapped_column(String(64), index=True)
+    return_path: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # -- Electronic invoices ---------------------------------------------------------------------
 
 

@@ -16,11 +16,13 @@ from worker.store.db import DATABASE_UNAVAILABLE
 from worker.web import (
     api,
     auto_renew,
+    charge_authentication,
     errors,
     hosted_checkout,
     i18n,
     order_life,
     reminders,
+    sandbox_challenge,
     templating,
     views,
     webhooks,
@@ -122,7 +124,9 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.register_blueprint(webhooks.blueprint)  # POST /webhooks/<gateway>: signed by the gateway, no CSRF token
     csrf.exempt(webhooks.stripe_webhook)  # the gateway's signature authorises them, not a cookie
     csrf.exempt(webhooks.paypal_webhook)
+    app.register_blueprint(charge_authentication.blueprint)  # /rinnovo-automatico/autenticazione/<token>
     app.register_blueprint(auto_renew.blueprint)  # /rinnovo-automatico/<token>
+    app.register_blueprint(sandbox_challenge.blueprint)  # /sandbox/3ds/<id>: the sandbox's 3-D Secure page
     app.register_blueprint(reminders.blueprint)  # /avvisi/<token>: List-Unsubscribe
     app.register_blueprint(order_life.blueprint)  # change the method, cancel, start again
     app.register_blueprint(metrics_blueprint)  # GET /metrics, behind PEC_RENEWAL_METRICS_TOKEN

@@ -17,7 +17,7 @@ from worker.gateways import make_gateway
 from worker.rules import pricing
 from worker.rules.links import MAILBOX, TokenInvalid
 from worker.services import orders, payments
-from worker.web import forms, i18n, templating
+from worker.web import forms, i18n, sandbox_challenge, templating
 from worker.web.errors import csrf_error, invalid_link_page
 from worker.web.i18n import method_label
 from worker.web.i18n import translate_in_context as t
@@ -136,6 +136,13 @@ def _link_page(view, *, account_link: bool, reminders_action: str | None = None)
         auto_renew_path=None
         if account_link or view.state != orders.LinkState.AUTO_RENEW
         else url_for("auto_renew.page", token=_runtime().signer.auto_renew_token(view.mailboxes[0].id)),
+        # The cycle's charge waits for the holder's authentication: its own page.
+        authentication_path=url_for(
+            "charge_authentication.page",
+            token=_runtime().signer.charge_authentication_token(view.authentication_intent_id),
+        )
+        if view.authentication_intent_id and not account_link
+        else None,
     )
     return page, 410 if view.state == orders.LinkState.DELETED else 200
 
@@ -471,6 +478,11 @@ def checkout(public_id: str):
             except payments.PaymentRefused:
                 db_session.rollback()
                 return redirect(url_for("web.order_status", public_id=public_id), 303)
+            if result.outcome == "requires_authentication":
+                # The issuer wants the holder: the gateway's challenge (3-D Secure), back to this page.
+                challenge = sandbox_challenge.start_for_order(order, result)
+                if challenge is not None:
+                    return challenge
             if not (result.succeeded or result.outcome == "already_paid"):
                 flash(_decline_message(result.outcome))
                 return redirect(url_for("web.checkout", public_id=public_id), 303)

@@ -23,9 +23,10 @@ import logging
 from flask import Blueprint, Response, abort, current_app, request
 
 from worker.gateways import make_gateway
-from worker.gateways.base import GatewayError
+from worker.gateways.base import ChargeOutcome, ChargeResult, GatewayError
 from worker.gateways.refunds import WebhookRefused, WebhookUnverifiable
 from worker.gateways.stripe_gateway import StripeGateway
+from worker.services import charges
 from worker.services.payments import gateway_events, hosted_checkout, refunds, webhooks
 from worker.web.runtime import runtime_of
 
@@ -99,7 +100,40 @@ def _process(notice: gateway_events.GatewayNotice) -> Response:
                 session.rollback()
                 log.warning("order %s: the kept card was not read: %s", result.order_number, error)
         settle_after(session, notice.gateway, result)
+        complete_authenticated_charge(session, notice)
     return _answer(200, result.outcome)
+
+
+def complete_authenticated_charge(session, notice: gateway_events.GatewayNotice) -> None:
+    """An auto-renew charge that waited for the holder's authentication, now paid (Stripe's
+    ``payment_intent.succeeded``, PayPal's capture of the charge's order): its renewal, once,
+    whether the return page came first or not (:func:`worker.services.charges.finish_authentication`)."""
+    if notice.kind is gateway_events.NoticeKind.INTENT_SUCCEEDED:
+        reference = notice.payment_reference
+    elif notice.kind is gateway_events.NoticeKind.PAYMENT:
+        reference = notice.related_order
+    else:
+        return
+    if not reference:
+        return
+    intent_id = charges.waiting_intent_for(session, reference)
+    session.rollback()
+    if intent_id is None:
+        return
+    runtime = runtime_of(current_app)
+    settings = runtime.settings
+    charges.finish_authentication(
+        runtime.session_factory,
+        gateway_named(notice.gateway),
+        intent_id,
+        today=runtime.today(),
+        clock=runtime.clock,
+        mail_domain=runtime.mail_domain,
+        stages=settings.notice_stages,
+        plan=runtime.charge_plan,
+        seller=settings.seller,
+        answer=ChargeResult(ChargeOutcome.SUCCEEDED, reference, "authenticated and paid"),
+    )
 
 
 def settle_after(session, gateway: str, result: webhooks.EventResult) -> None:

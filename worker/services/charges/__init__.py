@@ -39,13 +39,31 @@ from worker.rules.auto_renew import (
     first_auto_renew_action_on,
     idempotency_key,
 )
+from worker.services.charges.authentication import (
+    AuthenticationState,
+    AuthenticationUnavailable,
+    AuthenticationView,
+    finish_authentication,
+    intent_by_reference,
+    read_authentication,
+    start_authentication,
+    waiting_intent_for,
+)
 from worker.services.charges.batch import due_charge_ids, iter_due_charge_batches, run_charges
 from worker.services.charges.emails import charge_context, charge_price, mailbox_context, queue_mailbox_email
 from worker.services.charges.results import ChargeRun, ChargesResult
-from worker.services.charges.service import ChargeDay, charge_mailbox
+from worker.services.charges.service import ChargeDay, charge_mailbox, complete_authenticated_charge
 from worker.services.charges.state import CycleState, decide_for, is_auto_renew, load_cycle_states, lock_mailbox
 
 __all__ = [
+    "AuthenticationState",
+    "AuthenticationUnavailable",
+    "AuthenticationView",
+    "finish_authentication",
+    "intent_by_reference",
+    "read_authentication",
+    "start_authentication",
+    "waiting_intent_for",
     "AUTO_RENEW_KINDS",
     "CARD_EXPIRING",
     "CHARGE",
@@ -68,6 +86,7 @@ __all__ = [
     "CycleState",
     "charge_context",
     "charge_mailbox",
+    "complete_authenticated_charge",
     "charge_on",
     "charge_price",
     "day_stage",

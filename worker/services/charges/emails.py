@@ -171,6 +171,33 @@ def skipped_context(
     )
 
 
+def authentication_context(
+    mailbox: MailboxFacts,
+    *,
+    cycle_expires_on: date,
+    intent_id: int,
+    years: int,
+    amount_cents: int,
+    authenticate_by: date,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+) -> dict[str, Any]:
+    """The ``charge`` part of a charge-authentication-required email: the charge waiting (its
+    intent, whose signed link the relay writes), and the day it is given up."""
+    price = charge_price(mailbox, years)
+    return charge_context(
+        mailbox,
+        cycle_expires_on=cycle_expires_on,
+        plan=plan,
+        amount_cents=amount_cents,
+        subtotal_cents=price.subtotal_cents,
+        vat_cents=amount_cents - price.subtotal_cents,
+        years=years,
+        new_expires_on=schedule.add_years(cycle_expires_on, years).isoformat(),
+        intent_id=intent_id,
+        authenticate_by=authenticate_by.isoformat(),
+    )
+
+
 def mailbox_context(mailbox: MailboxFacts, cycle_expires_on: date) -> dict[str, Any]:
     return {
         "id": mailbox.id,
@@ -235,8 +262,52 @@ def queue_mailbox_email(
     return queued.id
 
 
+def queue_authentication_email(
+    connection: Connection,
+    mailbox: Recipient,
+    *,
+    cycle_expires_on: date,
+    stage: Stage,
+    attempt: int,
+    context: dict[str, Any],
+    today: date,
+    now: datetime,
+    mail_domain: str,
+) -> int | None:
+    """Write the charge-authentication-required email of one charge attempt: its outbox row only.
+
+    The charge's intent is its record (its move to ``requires_authentication`` happens once), so
+    it takes no ledger row: the day's stage stays free for the receipt once the holder
+    authenticates.  Its Message-ID is the day's ledger key with the attempt as resend nonce, one
+    of its own.  Returns the outbox id, or None when that Message-ID is already queued.
+    """
+    queued = queue_email(
+        connection,
+        NewEmail(
+            about=[(mailbox.id, cycle_expires_on.isoformat(), stage.name)],
+            kind="charge-authentication-required",
+            stage=stage.name,
+            language=mailbox.language,
+            to_address=mailbox.reference_email.lower(),
+            context={
+                "holder_name": mailbox.holder_name,
+                "holder_kind": mailbox.holder_kind,
+                "mailboxes": [mailbox_context(mailbox, cycle_expires_on)],
+                **context,
+            },
+            resend=f"authentication-{attempt}",
+        ),
+        mail_domain=mail_domain,
+        business_date=today,
+        now=now,
+    )
+    return None if queued is None else queued.id
+
+
 __all__ = [
     "MailboxFacts",
+    "authentication_context",
+    "queue_authentication_email",
     "Recipient",
     "charge_context",
     "charge_price",

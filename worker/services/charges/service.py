@@ -38,7 +38,9 @@ from worker.events.queue import paid_by_charge, renewal_events, write_events
 from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
 from worker.rules import einvoice, schedule
 from worker.rules.auto_renew import (
+    AWAITING_AUTHENTICATION,
     CHARGE,
+    CHARGE_AUTHENTICATION_REQUIRED,
     CHARGE_FAILED,
     CHARGE_SKIPPED,
     CHARGE_SUCCEEDED,
@@ -49,6 +51,8 @@ from worker.rules.auto_renew import (
     UNRESOLVED,
     ChargePlan,
     ChargeStatus,
+    authentication_deadline,
+    charge_dates,
     day_stage,
     failure_reason,
     idempotency_key,
@@ -60,8 +64,10 @@ from worker.rules.vocabulary import CARD, PAYPAL
 from worker.services import invoices
 from worker.services.charges.calls import Call, charge_call, charge_parameters, reconcile_call
 from worker.services.charges.emails import (
+    authentication_context,
     charge_price,
     failure_context,
+    queue_authentication_email,
     queue_mailbox_email,
     receipt_context,
     skipped_context,
@@ -88,27 +94,38 @@ _INTENTS = ChargeIntent.__table__
 _CLAIM = insert(_INTENTS).returning(_INTENTS.c.id)
 #: The gateway's answer, on an intent still unresolved (the reference and the time of
 #: resolution are kept when the answer has none: an ``unknown`` answer resolves nothing).
-_RECORD = (
-    update(_INTENTS)
-    .where(_INTENTS.c.id == bindparam("intent_id"), _INTENTS.c.status.in_(UNRESOLVED))
-    .values(
-        status=bindparam("answer_status"),
-        reference=func.coalesce(bindparam("answer_reference"), _INTENTS.c.reference),
-        decline_code=bindparam("answer_decline_code"),
-        resolved_at=func.coalesce(bindparam("answer_resolved_at"), _INTENTS.c.resolved_at),
+
+
+def _record_statement(statuses: tuple[str, ...]) -> Any:
+    """The gateway's answer written on an intent whose status is one of ``statuses``."""
+    return (
+        update(_INTENTS)
+        .where(_INTENTS.c.id == bindparam("intent_id"), _INTENTS.c.status.in_(statuses))
+        .values(
+            status=bindparam("answer_status"),
+            reference=func.coalesce(bindparam("answer_reference"), _INTENTS.c.reference),
+            decline_code=bindparam("answer_decline_code"),
+            resolved_at=func.coalesce(bindparam("answer_resolved_at"), _INTENTS.c.resolved_at),
+        )
+        .returning(
+            _INTENTS.c.id,
+            _INTENTS.c.cycle_expires_on,
+            _INTENTS.c.status,
+            _INTENTS.c.idempotency_key,
+            _INTENTS.c.payment_method,
+            _INTENTS.c.amount_cents,
+            _INTENTS.c.currency,
+            _INTENTS.c.years,
+            _INTENTS.c.reference,
+            _INTENTS.c.attempt,
+            _INTENTS.c.business_date,
+        )
     )
-    .returning(
-        _INTENTS.c.id,
-        _INTENTS.c.cycle_expires_on,
-        _INTENTS.c.status,
-        _INTENTS.c.idempotency_key,
-        _INTENTS.c.payment_method,
-        _INTENTS.c.amount_cents,
-        _INTENTS.c.currency,
-        _INTENTS.c.years,
-        _INTENTS.c.reference,
-    )
-)
+
+
+_RECORD = _record_statement(UNRESOLVED)
+#: The answer to a charge that waited for the holder's authentication (once: the first answer wins).
+_RECORD_AUTHENTICATED = _record_statement((AWAITING_AUTHENTICATION,))
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,55 @@ def charge_mailbox(
                 settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
         except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
             log.error("refund %s of mailbox %s left open: %s", refund_id, mailbox_id, type(error).__name__)
+    return run
+
+
+def complete_authenticated_charge(
+    session_factory: sessionmaker[Session],
+    gateway: PaymentGateway,
+    intent_id: int,
+    answer: ChargeResult,
+    *,
+    today: date,
+    clock: Callable[[], datetime],
+    stages: tuple[Stage, ...] = schedule.DEFAULT_STAGES,
+    mail_domain: str,
+    plan: ChargePlan = DEFAULT_CHARGE_PLAN,
+    seller: Seller | None = None,
+) -> ChargeRun:
+    """Record the answer to an auto-renew charge that waited for the holder's authentication
+    (the return page after it, or the gateway's webhook), exactly once, whichever comes first.
+
+    Succeeded: the same record as a successful charge (:meth:`_Work.record`): the invoice, the
+    receipt, the new expiry and the platform's event, under the mailbox's lock, on the intent
+    still ``requires_authentication`` (a second answer finds it ``succeeded`` and does nothing;
+    ``run.outcome`` stays ``skipped``).  Any other answer changes nothing: the cycle keeps waiting
+    until its deadline (:func:`worker.rules.auto_renew.awaiting_authentication`).
+    """
+    engine = bound_engine(session_factory)
+    with engine.connect() as connection:
+        intent = read_intent(connection, intent_id)
+        run = ChargeRun(intent.mailbox_id)
+        if answer.outcome is not ChargeOutcome.SUCCEEDED or intent.status != AWAITING_AUTHENTICATION:
+            connection.rollback()
+            return run
+        day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan, seller=seller)
+        work = _Work(connection, session_factory, gateway, run, day, set())
+        mailbox = lock_mailbox(connection, intent.mailbox_id, today, claimed=True)
+        if mailbox is None:
+            connection.rollback()  # auto-renew switched off meanwhile: the intent waits (see docs/domain.md)
+            return run
+        work.record(mailbox, intent_id, answer, statement=_RECORD_AUTHENTICATED)
+        mailbox.write(connection)
+        if run.outcome == "succeeded":
+            invoices.number_pending_invoices(connection)
+        connection.commit()
+    for refund_id in run.refund_ids:
+        try:
+            with session_factory() as session:
+                settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
+        except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
+            log.error("refund %s left open: %s", refund_id, type(error).__name__)
     return run
 
 
@@ -275,10 +341,11 @@ class _Work:
         mailbox.next_action_on = today + timedelta(days=1)
         return intent.id, reconcile_call(self.gateway, intent, today, mailbox.expires_on, self.run)
 
-    def record(self, mailbox: LockedMailbox, intent_id: int, answer: ChargeResult) -> None:
-        """Record the gateway's answer; on success move the expiry and write the receipt."""
+    def record(self, mailbox: LockedMailbox, intent_id: int, answer: ChargeResult, *, statement: Any = _RECORD) -> None:
+        """Record the gateway's answer; on success move the expiry and write the receipt; when the
+        holder must authenticate, the email that leads to it."""
         intent = self.connection.execute(
-            _RECORD,
+            statement,
             {
                 "intent_id": intent_id,
                 "answer_status": answer.outcome.value,
@@ -297,6 +364,9 @@ class _Work:
             mask_token(intent.payment_method),
             answer.outcome.value,
         )
+        if answer.outcome is ChargeOutcome.REQUIRES_AUTHENTICATION and statement is _RECORD:
+            self.ask_authentication(mailbox, intent)
+            return
         if answer.outcome is not ChargeOutcome.SUCCEEDED:
             return
         if mailbox.expires_on != intent.cycle_expires_on:
@@ -326,6 +396,41 @@ class _Work:
             self.run.outcome = "succeeded-already-renewed"
             return
         self.renew(mailbox, intent)
+
+    def ask_authentication(self, mailbox: LockedMailbox, intent: Any) -> None:
+        """The charge waits for the holder: the email with the signed link to authenticate it on
+        session, written once (the intent's move to ``requires_authentication`` happens once)."""
+        day = self.day
+        deadline = authentication_deadline(
+            intent.business_date, charge_dates(intent.cycle_expires_on, day.plan)[-1], intent.cycle_expires_on
+        )
+        context = {
+            "charge": authentication_context(
+                mailbox.row,
+                cycle_expires_on=intent.cycle_expires_on,
+                intent_id=intent.id,
+                years=intent.years,
+                amount_cents=intent.amount_cents,
+                authenticate_by=deadline,
+                plan=day.plan,
+            )
+        }
+        stage = day_stage(day.stages, intent.cycle_expires_on, day.today)
+        outbox_id = queue_authentication_email(
+            self.connection,
+            mailbox.row,
+            cycle_expires_on=intent.cycle_expires_on,
+            stage=stage,
+            attempt=intent.attempt,
+            context=context,
+            today=day.today,
+            now=self.now,
+            mail_domain=day.mail_domain,
+        )
+        if outbox_id is not None:
+            self.run.outbox_ids.append(outbox_id)
+            self.run.emails[(CHARGE_AUTHENTICATION_REQUIRED, stage.name)] += 1
+        self.run.outcome = "authentication-required"
 
     def renew(self, mailbox: LockedMailbox, intent: Any) -> None:
         """A successful charge: its invoice, the receipt (unless the day's stage is taken in the cycle's

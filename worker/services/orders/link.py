@@ -20,12 +20,14 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker.rules import schedule
+from worker.rules.auto_renew import AWAITING_AUTHENTICATION
 from worker.rules.links import ACCOUNT, GROUP, MAILBOX, RenewalLink
 from worker.rules.notices import reminders_opted_out
 from worker.rules.vocabulary import DEFAULT_LANGUAGE, LANGUAGES
 from worker.store.models import (
     LIVE_ORDER_STATUSES,
     Account,
+    ChargeIntent,
     Holder,
     Mailbox,
     OrderOrigin,
@@ -94,6 +96,8 @@ class LinkView:
     account_login: str | None = None
     #: The number of the unpaid order a failed auto-renew charge left (mailbox link), if any.
     failed_charge_order: str | None = None
+    #: The cycle's auto-renew charge waiting for the holder's authentication (its intent's id), if any.
+    authentication_intent_id: int | None = None
 
 
 def holder_language(value: str | None) -> str:
@@ -214,6 +218,20 @@ def _read_connection(engine: Engine) -> Connection:
     return connection
 
 
+#: The cycle's auto-renew charge waiting for the holder's authentication (a status the rule leaves
+#: on the cycle's last attempt only), as a scalar subquery of the link's statement.
+_WAITING_CHARGE = (
+    select(ChargeIntent.id)
+    .where(
+        ChargeIntent.mailbox_id == Mailbox.id,
+        ChargeIntent.cycle_expires_on == Mailbox.expires_on,
+        ChargeIntent.status == AWAITING_AUTHENTICATION,
+    )
+    .order_by(ChargeIntent.attempt.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+
 #: The mailbox, its holder's name and the live order of its link (if any), in one statement built once.
 #: A link page is the web app's hot path: three ORM reads (the mailbox, its lazy-loaded holder,
 #: the order) were three round trips, and building the statement anew cost more CPU than running
@@ -239,6 +257,7 @@ _MAILBOX_LINK_QUERY = (
         RenewalOrder.order_number.label("order_number"),
         RenewalOrder.payment_method.label("order_method"),
         RenewalOrder.total_cents.label("order_total_cents"),
+        _WAITING_CHARGE.label("authentication_intent_id"),
     )
     .join(Holder, Holder.id == Mailbox.holder_id)
     .outerjoin(
@@ -280,7 +299,7 @@ def _mailbox_link_view(row: Any, link: RenewalLink, today: date) -> LinkView:
         )
     failed_charge = has_order and row.order_origin == OrderOrigin.AUTO_RENEW_FAILED.value
     if row.auto_renew and not failed_charge:
-        return LinkView(state=LinkState.AUTO_RENEW, **common)
+        return LinkView(state=LinkState.AUTO_RENEW, authentication_intent_id=row.authentication_intent_id, **common)
     unpaid = failed_charge and row.order_status == OrderStatus.AWAITING_PAYMENT.value
     return LinkView(
         state=LinkState.RENEWABLE,

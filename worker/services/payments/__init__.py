@@ -29,6 +29,7 @@ from worker.services.payments.bank_statements import (
 )
 from worker.services.payments.checkout import (
     GatewayPaymentResult,
+    complete_checkout_authentication,
     gateway_idempotency_key,
     pay_order_with_gateway,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "PaymentRefused",
     "RegistrationResult",
     "RenewedMailbox",
+    "complete_checkout_authentication",
     "find_order_numbers",
     "gateway_idempotency_key",
     "import_bank_statement",

@@ -33,6 +33,8 @@ class GatewayPaymentResult:
     message: str
     registration: RegistrationResult | None = None
     decline_code: str | None = None
+    #: The gateway's id of the payment (to authenticate it on session when it asks for that).
+    reference: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -141,7 +143,9 @@ class _Checkout:
                 payment_token=token,
             )
         self.session.commit()
-        return GatewayPaymentResult(result.outcome.value, result.message, registration, result.decline_code)
+        return GatewayPaymentResult(
+            result.outcome.value, result.message, registration, result.decline_code, result.reference
+        )
 
     def settle_open_attempt(self, token: str) -> GatewayPaymentResult | None:
         """The answer of the attempt left open, from the gateway's record (or a replay with its key);
@@ -159,3 +163,37 @@ class _Checkout:
         self.session.refresh(order, with_for_update=True)
         order.gateway_state = found.outcome.value  # declined: a new attempt may follow
         return None
+
+
+def complete_checkout_authentication(
+    session: Session,
+    gateway: PaymentGateway,
+    order: RenewalOrder,
+    *,
+    now: datetime,
+    today: date,
+    settings: Settings,
+    stages: tuple[Stage, ...] | None = None,
+) -> GatewayPaymentResult | None:
+    """After the holder answered the authentication (3-D Secure) of the order's last attempt: the
+    gateway's record of that attempt, registered exactly as any card payment when it succeeded
+    (the token stored, auto-renew switched on as chosen).  None when the attempt is not one that
+    waited for an authentication.  A refused authentication leaves the order awaiting payment,
+    every method still allowed.  Commits."""
+    session.refresh(order, with_for_update=True)
+    if (
+        order.status != OrderStatus.AWAITING_PAYMENT.value
+        or order.gateway_state != ChargeOutcome.REQUIRES_AUTHENTICATION.value
+        or not order.gateway_attempts
+        or order.payment_method not in GATEWAY_METHODS
+    ):
+        session.rollback()
+        return None
+    key = gateway_idempotency_key(order, order.gateway_attempts)
+    token = order.gateway_token or ""
+    session.commit()  # no lock is held while the gateway is asked
+    found = gateway.lookup(key)
+    if found is None:
+        return None
+    checkout = _Checkout(session, gateway, order, order.payment_method, now, today, settings, stages)
+    return checkout.record(key, token, found)

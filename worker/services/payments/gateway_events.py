@@ -26,6 +26,9 @@ class NoticeKind(str, Enum):
     PAYMENT_FAILED = "payment_failed"
     REFUNDED = "refunded"
     DISPUTE = "dispute"
+    #: A PaymentIntent succeeded (Stripe): an auto-renew charge the holder authenticated on
+    #: session completes its renewal; a checkout's is registered by its session's event.
+    INTENT_SUCCEEDED = "intent_succeeded"
     #: A verified event of a type we do not handle.
     OTHER = "other"
 
@@ -35,6 +38,7 @@ STRIPE_TYPES = {
     "checkout.session.async_payment_succeeded": NoticeKind.PAYMENT,
     "checkout.session.async_payment_failed": NoticeKind.PAYMENT_FAILED,
     "payment_intent.payment_failed": NoticeKind.PAYMENT_FAILED,
+    "payment_intent.succeeded": NoticeKind.INTENT_SUCCEEDED,
     "charge.refunded": NoticeKind.REFUNDED,
     "charge.dispute.created": NoticeKind.DISPUTE,
 }
@@ -64,6 +68,9 @@ class GatewayNotice:
     #: The Checkout Session of a Stripe checkout event, when it keeps the card for auto-renew
     #: (it names a Customer): the card's id is read from it after the payment is registered.
     saved_method_checkout: str | None = None
+    #: The PayPal order a capture belongs to (``supplementary_data.related_ids.order_id``): an
+    #: auto-renew charge's reference, when the holder's action completed it.
+    related_order: str | None = None
 
 
 def _text(value: Any, limit: int = 200) -> str | None:
@@ -100,6 +107,15 @@ def stripe_notice(event: dict) -> GatewayNotice:
             amount_cents=_cents(item.get("amount_total")),
             detail=f"payment_status {status}",
             saved_method_checkout=_text(item.get("id")) if item.get("customer") else None,
+        )
+    if event_type == "payment_intent.succeeded":
+        return GatewayNotice(
+            **common,
+            kind=kind,
+            order_number=_text(metadata.get("order_number"), 24),
+            payment_reference=_text(item.get("id")),
+            amount_cents=_cents(item.get("amount")),
+            detail="status succeeded",
         )
     if event_type == "payment_intent.payment_failed":
         error = item.get("last_payment_error") if isinstance(item.get("last_payment_error"), dict) else {}
@@ -175,6 +191,8 @@ def paypal_notice(event: dict) -> GatewayNotice:
         )
     amount, currency = paypal_cents(resource.get("amount"))
     reference = _capture_of(resource) if kind is NoticeKind.REFUNDED else _text(resource.get("id"))
+    supplementary = resource.get("supplementary_data") if isinstance(resource.get("supplementary_data"), dict) else {}
+    related = supplementary.get("related_ids") if isinstance(supplementary.get("related_ids"), dict) else {}
     return GatewayNotice(
         **base,
         kind=kind,
@@ -183,4 +201,5 @@ def paypal_notice(event: dict) -> GatewayNotice:
         amount_cents=amount,
         currency=currency,
         detail=f"status {_text(resource.get('status'), 32)}",
+        related_order=_text(related.get("order_id")) if kind is NoticeKind.PAYMENT else None,
     )
