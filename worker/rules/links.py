@@ -213,7 +213,7 @@ def _group_ids(target: str, target_id: int, rest: list[object]) -> tuple[int, ..
 
 
 #: A renewal, auto-renew or reminders path, with whatever follows it up to a space or a quote.
-_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/rinnovo-automatico/|/avvisi/)[^\s\"'?#<>]*")
+_TOKEN_PATH_RE = re.compile(r"(/rinnova/|/rinnovo-automatico/|/avvisi/|/sandbox/3ds/)[^\s\"'?#<>]*")
 #: A signed token anywhere else (a query string, a Referer, a session cookie): payload, timestamp
 #: and a signature of at least 27 base64 characters (an HMAC-SHA1), joined by dots; a compressed
 #: payload starts with a dot of its own.
