@@ -90,11 +90,12 @@ def links_in(message, base_url: str, path: str) -> list[str]:
 
 
 @contextmanager
-def phone_page(playwright) -> Iterator:
-    """A page in headless Chromium at a phone's width, with JavaScript off."""
+def phone_page(playwright, locale: str | None = None) -> Iterator:
+    """A page in headless Chromium at a phone's width, with JavaScript off (and the browser's
+    ``locale``, for the pages that know no holder and follow Accept-Language)."""
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
     try:
-        context = browser.new_context(java_script_enabled=False, viewport=PHONE)
+        context = browser.new_context(java_script_enabled=False, viewport=PHONE, locale=locale)
         yield context.new_page()
     finally:
         browser.close()

@@ -101,3 +101,35 @@ def test_another_browser_resumes_a_confirmed_order_from_the_rinnova_link(app, cl
     assert response.status_code == 303 and response.headers["Location"] == order
     assert f"{order}/pagamento" in other.get(order).get_data(as_text=True)
     assert other.get(f"{order}/pagamento").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "token", ["pm_card_authenticationRequired", "pm_card_authenticationRequiredSetupForOffSession"]
+)
+def test_a_card_that_asks_for_3_d_secure_goes_to_the_sandbox_challenge(client, runtime, session_factory, token):
+    order, mailbox_id = confirmed_order(client, runtime, session_factory, "card")
+    html = client.get(f"{order}/pagamento").get_data(as_text=True)
+    response = client.post(f"{order}/pagamento", data={"csrf_token": csrf_token(html), "payment_token": token})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    challenge = response.headers["Location"]
+    assert challenge.startswith("/sandbox/3ds/")
+    html = client.get(challenge).get_data(as_text=True)
+    refused = client.post(f"{challenge}/rifiuta", data={"csrf_token": csrf_token(html)})
+    assert refused.status_code == 303 and refused.headers["Location"] == f"{order}/pagamento"
+    html = client.get(f"{order}/pagamento").get_data(as_text=True)
+    assert "stata rifiutata" in html and "Cambia modalità di pagamento" in html
+    with session_factory() as session:
+        assert session.scalar(select(RenewalOrder.status)) == "awaiting_payment"
+        assert session.scalar(select(func.count()).select_from(Payment)) == 0
+    # Tried again, and approved: registered as any card payment, once.
+    response = client.post(f"{order}/pagamento", data={"csrf_token": csrf_token(html), "payment_token": token})
+    challenge = response.headers["Location"]
+    html = client.get(challenge).get_data(as_text=True)
+    approved = client.post(f"{challenge}/approva", data={"csrf_token": csrf_token(html)})
+    assert approved.headers["Location"] == f"{order}/pagamento"
+    assert client.post(f"{challenge}/approva", data={"csrf_token": csrf_token(html)}).status_code == 303
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Payment)) == 1
+        mailbox = session.get(Mailbox, mailbox_id)
+        assert mailbox.expires_on == date(2029, 2, 10) and mailbox.payment_method == token
+        assert session.scalar(select(RenewalOrder.status)) == "paid"

@@ -97,6 +97,7 @@ _KNOWN_CARDS = {
     "pm_card_chargeDeclinedInsufficientFunds": ("Visa", "9995"),
     "pm_card_chargeDeclinedExpiredCard": ("Visa", "0069"),
     "pm_card_authenticationRequired": ("Visa", "3184"),
+    "pm_card_authenticationRequiredSetupForOffSession": ("Visa", "3155"),
     "pm_sandbox_timeout": ("Visa", "0019"),
 }
 

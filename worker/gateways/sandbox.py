@@ -14,7 +14,11 @@ Tokens and what they do:
 ``pm_card_chargeDeclined``                 hard decline (``generic_decline``)
 ``pm_card_chargeDeclinedExpiredCard``      hard decline (``expired_card``)
 ``paypal_declined``                        hard decline (``INSTRUMENT_DECLINED``)
-``pm_card_authenticationRequired``         requires authentication
+``pm_card_authenticationRequired``         requires authentication, every time
+``pm_card_authenticationRequired``         requires authentication until one of its charges was
+``SetupForOffSession``                     approved on the 3-D Secure challenge
+                                           (:mod:`~worker.gateways.sandbox_challenge`); then
+                                           succeeded (Stripe's 4000 0025 0000 3155)
 ``pm_sandbox_timeout``                     charged (recorded as succeeded), but every answer to
                                            ``charge`` is lost: the caller gets UNKNOWN and must
                                            ``lookup`` the key, which answers SUCCEEDED
@@ -57,6 +61,8 @@ from worker.store.models import SandboxCharge
 log = logging.getLogger(__name__)
 
 TIMEOUT_TOKEN = "pm_sandbox_timeout"
+#: Authenticated once on session (its challenge approved), then charged off session without asking.
+SET_UP_ON_SESSION_TOKEN = "pm_card_authenticationRequiredSetupForOffSession"
 
 #: token -> (outcome, decline code, message)
 BEHAVIOUR: dict[str, tuple[ChargeOutcome, str | None, str]] = {
@@ -76,6 +82,11 @@ BEHAVIOUR: dict[str, tuple[ChargeOutcome, str | None, str]] = {
         "The instrument presented was declined by the processor or bank.",
     ),
     "pm_card_authenticationRequired": (
+        ChargeOutcome.REQUIRES_AUTHENTICATION,
+        "authentication_required",
+        "The card requires the holder's authentication.",
+    ),
+    SET_UP_ON_SESSION_TOKEN: (
         ChargeOutcome.REQUIRES_AUTHENTICATION,
         "authentication_required",
         "The card requires the holder's authentication.",
@@ -129,6 +140,10 @@ class SandboxGateway:
         currency = currency.upper()
         self._wait()
         outcome, decline_code, _message = BEHAVIOUR.get(payment_method, UNKNOWN_TOKEN)
+        if payment_method == SET_UP_ON_SESSION_TOKEN and sandbox_challenge.approved_before(
+            self._engine, payment_method
+        ):
+            outcome = ChargeOutcome.SUCCEEDED
         values = {
             "idempotency_key": idempotency_key,
             "payment_method": payment_method,

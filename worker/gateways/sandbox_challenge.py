@@ -122,6 +122,20 @@ def decide_challenge(engine: Engine, public_id: str, *, approve: bool, now: date
     return read_challenge(engine, public_id)
 
 
+def approved_before(engine: Engine, payment_method: str) -> bool:
+    """Whether a charge of ``payment_method`` was authenticated on a challenge: a card set up on
+    session, which the issuer then lets be charged off session."""
+    with engine.connect() as connection:
+        found = connection.execute(
+            select(_CHALLENGES.c.id)
+            .join(_CHARGES, _CHARGES.c.reference == _CHALLENGES.c.charge_reference)
+            .where(_CHARGES.c.payment_method == payment_method, _CHALLENGES.c.status == APPROVED)
+            .limit(1)
+        ).first()
+        connection.rollback()
+    return found is not None
+
+
 def list_challenges(engine: Engine) -> list[dict]:
     """Every challenge, oldest first, as plain dicts (the sandbox's record)."""
     with engine.connect() as connection:

@@ -1,7 +1,8 @@
 """The sandbox gateway's 3-D Secure challenge page, ``/sandbox/3ds/<id>``, served by the link handler
 like the sandbox's checkout (:mod:`worker.gateways.sandbox_challenge` keeps its record).
 
-GET shows the payment with "Approva" and "Rifiuta" and writes nothing; each button is a POST
+GET shows the payment with "Approva" and "Rifiuta" (in the browser's language: an issuer's page
+knows no holder) and writes nothing; each button is a POST
 with its CSRF token.  The answer is recorded in the sandbox's tables, then, as a gateway tells
 its merchant, the payment it authenticated is completed on our side at once (the checkout's
 order, or the auto-renew charge that waited), and the holder goes back to the page that sent
@@ -21,7 +22,7 @@ from worker.gateways import make_gateway, sandbox_challenge
 from worker.gateways.base import ChargeAuthentication
 from worker.rules.links import TokenInvalid
 from worker.services import charges, orders, payments
-from worker.web import forms
+from worker.web import forms, i18n
 from worker.web.errors import csrf_error
 from worker.web.i18n import translate_in_context as t
 from worker.web.runtime import runtime_of
@@ -120,6 +121,7 @@ def _complete_order(public_id: str, *, approved: bool) -> None:
         order = orders.find_order(session, public_id)
         if order is None:
             return
+        i18n.set_language(getattr(order, "language", None))  # the message is shown on the order's pages
         result = payments.complete_checkout_authentication(
             session,
             gateway(),

@@ -533,6 +533,13 @@ def _sandbox_tokens(method: str) -> list[tuple[str, str]]:
             "pm_card_authenticationRequired",
             t("Richiede autenticazione (3-D Secure)", "Needs authentication (3-D Secure)"),
         ),
+        (
+            "pm_card_authenticationRequiredSetupForOffSession",
+            t(
+                "Richiede autenticazione (3-D Secure) solo la prima volta",
+                "Needs authentication (3-D Secure) the first time only",
+            ),
+        ),
     ]
 
 
