@@ -168,3 +168,46 @@ def test_results_never_quote_the_stored_token(gateway, server):
     result = charge(gateway, "cus_Q1w2e3r4.pm_missing")
     assert result.outcome is ChargeOutcome.HARD_DECLINE
     assert "pm_missing" not in result.message and "cus_Q1w2e3r4" not in result.message
+
+
+def test_a_payment_that_asks_for_authentication_is_confirmed_on_session_with_a_return_url(gateway, server):
+    asked = charge(gateway, "cus_Q1w2e3r4.pm_card_authenticationRequired")
+    assert (asked.outcome, asked.reference) == (ChargeOutcome.REQUIRES_AUTHENTICATION, "pi_000001")
+    assert server.intents["pi_000001"]["status"] == "requires_payment_method"
+
+    step = gateway.start_authentication(
+        reference=asked.reference,
+        payment_method="cus_Q1w2e3r4.pm_card_authenticationRequired",
+        return_url="https://rinnovi.example.test/rinnovo-automatico/autenticazione/t/esito",
+    )
+    assert step.url == f"{server.url}/3ds/pi_000001" and step.result is None
+    (confirm,) = server.sent("POST", "/v1/payment_intents/pi_000001/confirm")
+    assert confirm.form == {
+        "payment_method": "pm_card_authenticationRequired",
+        "return_url": "https://rinnovi.example.test/rinnovo-automatico/autenticazione/t/esito",
+    }  # on session: no off_session, and no second PaymentIntent
+    assert gateway.finish_authentication(reference="pi_000001", idempotency_key=KEY).outcome is (
+        ChargeOutcome.REQUIRES_AUTHENTICATION
+    )
+    back = server.authenticate("pi_000001")
+    assert back.startswith("https://rinnovi.example.test/") and "redirect_status=succeeded" in back
+    done = gateway.finish_authentication(reference="pi_000001", idempotency_key=KEY)
+    assert (done.outcome, done.reference) == (ChargeOutcome.SUCCEEDED, "pi_000001")
+    assert len(server.intents) == 1
+
+
+def test_a_refused_authentication_is_not_a_success(gateway, server):
+    asked = charge(gateway, "pm_card_authenticationRequired")
+    gateway.start_authentication(
+        reference=asked.reference, payment_method="pm_card_authenticationRequired", return_url="https://x.test/r"
+    )
+    server.authenticate(asked.reference, approve=False)
+    assert gateway.finish_authentication(reference=asked.reference, idempotency_key=KEY).outcome is not (
+        ChargeOutcome.SUCCEEDED
+    )
+    # A PaymentIntent that already succeeded is not confirmed again: Stripe's answer is returned.
+    paid = charge(gateway, "pm_card_visa", key="charge:43:2027-03-31:1")
+    with pytest.raises(GatewayError):
+        gateway.start_authentication(
+            reference=paid.reference, payment_method="pm_card_visa", return_url="https://x.test/r"
+        )

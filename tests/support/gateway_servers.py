@@ -122,7 +122,10 @@ STRIPE_DECLINES = {
 
 
 class FakeStripe(_Server):
-    """``POST /v1/payment_intents`` (confirm, off-session) and ``GET /v1/payment_intents/search``."""
+    """``POST /v1/payment_intents`` (confirm, off-session), ``GET /v1/payment_intents/search``, and
+    the holder brought back on session: ``POST /v1/payment_intents/{id}/confirm`` with a
+    ``return_url`` (``requires_action`` with ``next_action.redirect_to_url``), the issuer's page
+    (:meth:`authenticate`), and ``GET /v1/payment_intents/{id}``."""
 
     def __init__(self):
         super().__init__()
@@ -145,6 +148,27 @@ class FakeStripe(_Server):
             return self._create(request)
         if request.method == "GET" and request.path == "/v1/payment_intents/search":
             return self._search(request)
+        if request.path.startswith("/v1/payment_intents/"):
+            intent_id, _, action = request.path[len("/v1/payment_intents/") :].partition("/")
+            with self.lock:
+                intent = self.intents.get(intent_id)
+                if intent is None:
+                    return (
+                        404,
+                        {
+                            "error": {
+                                "type": "invalid_request_error",
+                                "code": "resource_missing",
+                                "param": "intent",
+                                "message": f"No such payment_intent: '{intent_id}'",
+                            }
+                        },
+                        0,
+                    )
+                if request.method == "GET" and not action:
+                    return 200, intent, 0
+                if request.method == "POST" and action == "confirm":
+                    return self._confirm_on_session(intent, request.form)
         if request.method == "GET" and request.path == "/v1/balance":
             return 200, {"object": "balance", "available": [], "pending": [], "livemode": False}, 0
         return 404, {"error": {"type": "invalid_request_error", "message": "Unrecognized request URL"}}, 0
@@ -213,6 +237,59 @@ class FakeStripe(_Server):
         if pm == "pm_slow":
             return 200, intent, SLOW_SECONDS
         return 200, intent, 0
+
+    def _confirm_on_session(self, intent, params):
+        """A confirmation with the holder present: a card that wants 3-D Secure gets ``requires_action``
+        and the issuer's page in ``next_action.redirect_to_url``; a succeeded intent cannot be confirmed."""
+        if intent["status"] not in ("requires_payment_method", "requires_confirmation", "requires_action"):
+            return (
+                400,
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "payment_intent_unexpected_state",
+                        "message": f"This PaymentIntent's status is {intent['status']}.",
+                        "payment_intent": intent,
+                    }
+                },
+                0,
+            )
+        pm = params.get("payment_method") or intent["payment_method"]
+        intent["payment_method"] = pm
+        intent["last_payment_error"] = None
+        if pm in ("pm_card_authenticationRequired", "pm_card_authenticationRequiredSetupForOffSession"):
+            intent["status"] = "requires_action"
+            intent["next_action"] = {
+                "type": "redirect_to_url",
+                "redirect_to_url": {"url": f"{self.url}/3ds/{intent['id']}", "return_url": params.get("return_url")},
+            }
+        elif pm in STRIPE_DECLINES:
+            code, decline_code, message = STRIPE_DECLINES[pm]
+            error = {"type": "card_error", "code": code, "decline_code": decline_code, "message": message}
+            intent["status"] = "requires_payment_method"
+            intent["last_payment_error"] = error
+            return 402, {"error": {**error, "payment_intent": intent}}, 0
+        else:
+            intent["status"] = "succeeded"
+        return 200, intent, 0
+
+    def authenticate(self, intent_id: str, *, approve: bool = True) -> str:
+        """The holder's answer on the issuer's page; the ``return_url`` Stripe then sends them to."""
+        with self.lock:
+            intent = self.intents[intent_id]
+            return_url = intent["next_action"]["redirect_to_url"]["return_url"]
+            intent["next_action"] = None
+            if approve:
+                intent["status"] = "succeeded"
+            else:
+                intent["status"] = "requires_payment_method"
+                intent["last_payment_error"] = {
+                    "type": "invalid_request_error",
+                    "code": "payment_intent_authentication_failure",
+                    "message": "The provided PaymentMethod has failed authentication.",
+                }
+        status = "succeeded" if approve else "failed"
+        return f"{return_url}?payment_intent={intent_id}&payment_intent_client_secret={intent_id}_secret_local&redirect_status={status}"
 
     def _search(self, request):
         query = request.query.get("query", "")
@@ -339,9 +416,31 @@ class FakePayPal(_Server):
             unit[field_name] = operation["value"]
         return 204, b"", 0
 
+    def payer_acts(self, order_id: str) -> str:
+        """The payer completes PayPal's payer action on an order that asked for it; the return URL
+        PayPal sends them to (``?token=<order id>&PayerID=…``)."""
+        with self.lock:
+            order = self.orders[order_id]
+            assert order["status"] == "PAYER_ACTION_REQUIRED"
+            order["status"] = "APPROVED"
+            return f"{order['experience_context']['return_url']}?token={order_id}&PayerID=PAYERLOCAL"
+
+    def _capture_approved(self, order):
+        """The capture of an order the payer approved: no payment source, the one it was set up with."""
+        unit = order["purchase_units"][0]
+        capture = {"id": f"3C{next(self.ids):015d}", "amount": unit["amount"], "status": "COMPLETED",
+                   "custom_id": unit.get("custom_id"), "invoice_id": unit.get("invoice_id"),
+                   "supplementary_data": {"related_ids": {"order_id": order["id"]}}}  # fmt: skip
+        self.captures.append((order["id"], order["payment_source"]))
+        order["status"] = "COMPLETED"
+        unit["payments"] = {"captures": [capture]}
+        return 201, order, 0, None
+
     def _capture(self, order, request):
         if order["status"] == "COMPLETED":
             return 422, {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "ORDER_ALREADY_CAPTURED"}]}, 0, None
+        if order["status"] == "APPROVED" and not request.json.get("payment_source"):
+            return self._capture_approved(order)
         source = request.json["payment_source"]
         kind = next(iter(source))
         vault_id = source[kind]["vault_id"]
@@ -363,7 +462,16 @@ class FakePayPal(_Server):
                 None,
             )
         if vault_id == "auth":
+            # The payer must act: the order keeps its payer-action link, and the return URL of the
+            # payment source's experience context, where PayPal sends the payer back.
             order["status"] = "PAYER_ACTION_REQUIRED"
+            order["payment_source"] = {kind: {"vault_id": vault_id}}
+            order["experience_context"] = source[kind].get("experience_context") or {}
+            order["links"] = [
+                {"rel": "self", "href": f"{self.url}/v2/checkout/orders/{order['id']}", "method": "GET"},
+                {"rel": "payer-action", "href": f"https://www.paypal.com/checkoutnow?token={order['id']}",
+                 "method": "GET"},
+            ]  # fmt: skip
             return (
                 422,
                 {
