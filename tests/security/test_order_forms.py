@@ -60,6 +60,7 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
     walk_to_confirm(client, order, mailbox.id, plan="pro", method="card")
     assert post_form(client, f"{order}/conferma").status_code == 303  # confirmed: the checkout takes a POST
     auto_renew_page = "/rinnovo-automatico/" + runtime.signer.auto_renew_token(mailbox.id)
+    authentication_page = "/rinnovo-automatico/autenticazione/" + runtime.signer.charge_authentication_token(1)
     # Each POST with data that would do something, were its CSRF token not checked.
     posts = {
         "web.renewal_link": (link, {}),
@@ -86,6 +87,9 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
         "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
+        "charge_authentication.start": (authentication_page, {}),
+        "charge_authentication.verify": (f"{authentication_page}/esito", {}),
+        "sandbox_challenge.decide": ("/sandbox/3ds/" + "A" * 32 + "/approva", {}),
     }
     # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
     # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the
