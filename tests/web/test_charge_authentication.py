@@ -97,6 +97,11 @@ def test_approved_on_the_sandbox_challenge_renews_once(client, runtime, session_
     # The mailbox's link page says the charge waits for the holder, not that a charge will come.
     page = client.get(renewal_link).get_data(as_text=True)
     assert "attende la Sua autenticazione" in page and "7 giorni prima della scadenza" not in page
+    assert 'href="/rinnovo-automatico/autenticazione/' in page
+    # So does its auto-renew page.
+    page = client.get("/rinnovo-automatico/" + runtime.signer.auto_renew_token(mailbox_id)).get_data(as_text=True)
+    assert "attende la Sua autenticazione" in page and "nessuno per questa scadenza" not in page
+    assert 'href="/rinnovo-automatico/autenticazione/' in page
     before = row_counts(session_factory)
     html = client.get(link).get_data(as_text=True)
     assert "Autentica il pagamento" in html and "30 marzo 2027" in html

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker.gateways import SavedMethod, describe_payment_method
 from worker.rules import schedule
 from worker.rules.auto_renew import (
+    AWAITING_AUTHENTICATION,
     CHARGE_FAILED,
     DEFAULT_CHARGE_PLAN,
     UNRESOLVED,
@@ -109,6 +110,8 @@ class AutoRenewPage:
     #: The stored method, masked (``Visa •••• 4242``); None when there is none.
     method: str | None = None
     can_switch_on: bool = False
+    #: The cycle's charge waiting for the holder's authentication (its intent's id), while on.
+    authentication_intent_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,9 @@ def read_auto_renew(
         and bool(mailbox.payment_method)
         and can_switch_on(mailbox.expires_on, today, plan)
         and not cycle.failed,
+        authentication_intent_id=cycle.attempts[-1].intent_id
+        if state is PageState.ON and cycle.attempts and cycle.attempts[-1].status == AWAITING_AUTHENTICATION
+        else None,
     )
 
 

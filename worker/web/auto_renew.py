@@ -109,6 +109,13 @@ def page(token: str):
         form=SwitchForm(cycle=view.expires_on.isoformat() if view.expires_on else ""),
         renewal_url=renewal_url,
         can_replace=_method_setup() is not None,
+        # The cycle's charge waits for the holder's authentication: its own page.
+        authentication_url=url_for(
+            "charge_authentication.page",
+            token=runtime.signer.charge_authentication_token(view.authentication_intent_id),
+        )
+        if view.authentication_intent_id
+        else None,
     ), 410 if view.state is PageState.DELETED else 200
 
 
