@@ -27,7 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("PEC_RENEWAL_TEST_ARTIFACTS") or ROOT / "artifacts") / "emails"
 #: The kinds whose email leads to an action: a Rinnova (or Pay, Manage, Update) button.
 WITH_BUTTON = frozenset(
-    ("expiry-notice", "expired-notice", "charge-notice", "card-expiring", "charge-failed", "order-confirmation")
+    (
+        "expiry-notice",
+        "expired-notice",
+        "charge-notice",
+        "card-expiring",
+        "charge-failed",
+        "order-confirmation",
+        "charge-authentication-required",
+    )
 )
 
 pytestmark = needs_chromium
