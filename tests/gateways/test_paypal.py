@@ -239,3 +239,32 @@ def test_the_same_key_for_another_method_is_refused(gateway, server):
     with pytest.raises(IdempotencyConflict):
         charge(gateway, "paypal.someone-else")
     assert len(server.captures) == 1 and server.money_moved(first.reference) == 1
+
+
+def test_a_payer_action_is_sent_to_its_link_and_captured_once_on_return(server):
+    gateway = PayPalGateway(
+        client_id=PAYPAL_CLIENT[0],
+        client_secret=PAYPAL_CLIENT[1],
+        api_base=server.url,
+        return_url="https://rinnovi.example.test/rinnovo-automatico/autenticazione/paypal",
+    )
+    try:
+        asked = charge(gateway, "paypal.auth")
+        assert asked.outcome is ChargeOutcome.REQUIRES_AUTHENTICATION
+        (capture,) = server.sent("POST", f"/v2/checkout/orders/{asked.reference}/capture")
+        assert capture.json["payment_source"]["paypal"]["experience_context"] == {
+            "return_url": "https://rinnovi.example.test/rinnovo-automatico/autenticazione/paypal",
+            "cancel_url": "https://rinnovi.example.test/rinnovo-automatico/autenticazione/paypal",
+        }
+        step = gateway.start_authentication(reference=asked.reference, payment_method="paypal.auth", return_url="-")
+        assert step.url == f"https://www.paypal.com/checkoutnow?token={asked.reference}"
+        still = gateway.finish_authentication(reference=asked.reference, idempotency_key=KEY)
+        assert still.outcome is ChargeOutcome.REQUIRES_AUTHENTICATION and server.money_moved(asked.reference) == 0
+        back = server.payer_acts(asked.reference)
+        assert back.endswith(f"?token={asked.reference}&PayerID=PAYERLOCAL")
+        done = gateway.finish_authentication(reference=asked.reference, idempotency_key=KEY)
+        again = gateway.finish_authentication(reference=asked.reference, idempotency_key=KEY)
+        assert done.outcome is again.outcome is ChargeOutcome.SUCCEEDED
+        assert server.money_moved(asked.reference) == 1
+    finally:
+        gateway.close()

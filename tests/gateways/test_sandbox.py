@@ -260,3 +260,52 @@ def test_the_sandbox_works_on_the_embedded_sqlite_database(tmp_path):
 )
 def test_tokens_are_masked_for_logs(token, masked):
     assert mask_token(token) == masked
+
+
+def test_a_challenge_answered_is_recorded_once_and_approved_takes_the_money(gateway, session_factory):
+    from worker.gateways import sandbox_challenge
+
+    engine = session_factory.kw["bind"]
+    asked = charge(gateway, "pm_card_authenticationRequired", key="order:7:1")
+    assert asked.outcome is ChargeOutcome.REQUIRES_AUTHENTICATION
+    step = gateway.start_authentication(
+        reference=asked.reference, payment_method="-", return_url="https://x.test/o?a=1"
+    )
+    public_id = step.url.rsplit("/", 1)[1]
+    challenge = sandbox_challenge.read_challenge(engine, public_id)
+    assert (challenge.status, challenge.return_path, challenge.amount_cents) == ("pending", "/o?a=1", 2440)
+    refused = sandbox_challenge.decide_challenge(engine, public_id, approve=False, now=NOW)
+    assert refused.status == "refused"
+    assert gateway.lookup("order:7:1").outcome is ChargeOutcome.REQUIRES_AUTHENTICATION
+    # Answered once: approving afterwards changes nothing.
+    assert sandbox_challenge.decide_challenge(engine, public_id, approve=True, now=NOW).status == "refused"
+    assert gateway.finish_authentication(reference=asked.reference, idempotency_key="order:7:1").outcome is (
+        ChargeOutcome.REQUIRES_AUTHENTICATION
+    )
+    again = gateway.start_authentication(reference=asked.reference, payment_method="-", return_url="/o")
+    assert sandbox_challenge.decide_challenge(engine, again.url.rsplit("/", 1)[1], approve=True, now=NOW).status == (
+        "approved"
+    )
+    assert gateway.lookup("order:7:1").outcome is ChargeOutcome.SUCCEEDED
+    assert [row["status"] for row in sandbox_challenge.list_challenges(engine)] == ["refused", "approved"]
+    # Nothing left to authenticate: the charge's answer, and no new challenge.
+    done = gateway.start_authentication(reference=asked.reference, payment_method="-", return_url="/o")
+    assert done.url is None and done.result.outcome is ChargeOutcome.SUCCEEDED
+
+
+def test_a_card_set_up_on_session_is_then_charged_off_session(gateway, session_factory):
+    from worker.gateways import sandbox_challenge
+    from worker.gateways.sandbox import SET_UP_ON_SESSION_TOKEN
+
+    engine = session_factory.kw["bind"]
+    first = charge(gateway, SET_UP_ON_SESSION_TOKEN, key="order:8:1")
+    assert first.outcome is ChargeOutcome.REQUIRES_AUTHENTICATION
+    assert charge(gateway, SET_UP_ON_SESSION_TOKEN, key="renewal:8:2028-03-31:1").outcome is (
+        ChargeOutcome.REQUIRES_AUTHENTICATION
+    )
+    step = gateway.start_authentication(reference=first.reference, payment_method="-", return_url="/o")
+    sandbox_challenge.decide_challenge(engine, step.url.rsplit("/", 1)[1], approve=True, now=NOW)
+    assert charge(gateway, SET_UP_ON_SESSION_TOKEN, key="renewal:8:2029-03-31:1").outcome is ChargeOutcome.SUCCEEDED
+    assert charge(gateway, "pm_card_authenticationRequired", key="renewal:9:2029-03-31:1").outcome is (
+        ChargeOutcome.REQUIRES_AUTHENTICATION
+    )

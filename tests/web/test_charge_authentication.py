@@ -9,7 +9,7 @@ import email.policy
 from datetime import date, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.support.charges import CHARGE_DAY, EXPIRES, mark_charge_notice_sent
 from tests.support.factories import make_mailbox
@@ -20,6 +20,7 @@ from worker.services import charges
 from worker.services.daily import run_day
 from worker.store.models import (
     ChargeIntent,
+    GatewayRefund,
     Invoice,
     Mailbox,
     NoticeLedgerEntry,
@@ -198,3 +199,26 @@ def test_a_forged_or_foreign_token_opens_nothing(client, runtime, waiting):
     foreign = "/rinnovo-automatico/autenticazione/" + runtime.signer.auto_renew_token(1)
     assert client.get(foreign).status_code == 404
     assert client.get("/sandbox/3ds/" + "A" * 32).status_code == 404
+
+
+def test_authenticated_after_auto_renew_was_switched_off_is_refunded(runtime, session_factory, waiting):
+    mailbox_id, _link = waiting
+    with session_factory() as session, session.begin():
+        session.get_one(Mailbox, mailbox_id).auto_renew = False
+        intent_id = session.scalar(select(ChargeIntent.id))
+        reference = session.scalar(select(ChargeIntent.reference))
+        session.execute(update(SandboxCharge).values(outcome="succeeded"))  # the holder authenticated it
+    run = charges.finish_authentication(
+        runtime.session_factory,
+        runtime.gateway,
+        intent_id,
+        today=CHARGE_DAY,
+        clock=runtime.clock,
+        mail_domain=runtime.mail_domain,
+        answer=ChargeResult(ChargeOutcome.SUCCEEDED, reference, "authenticated"),
+    )
+    assert run.outcome == "succeeded-refunded"
+    with session_factory() as session:
+        assert session.get_one(Mailbox, mailbox_id).expires_on == EXPIRES
+        assert session.scalars(select(GatewayRefund.status)).all() == ["succeeded"]
+        assert session.scalars(select(ChargeIntent.status)).all() == ["succeeded"]

@@ -182,13 +182,7 @@ def charge_mailbox(
             break
         intent_id, call = claim
         answered = (intent_id, call())
-    for refund_id in run.refund_ids:
-        try:
-            with session_factory() as session:
-                settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
-        except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
-            log.error("refund %s of mailbox %s left open: %s", refund_id, mailbox_id, type(error).__name__)
-    return run
+    return _settle_refunds(session_factory, gateway, run, clock, today)
 
 
 def complete_authenticated_charge(
@@ -206,6 +200,7 @@ def complete_authenticated_charge(
 ) -> ChargeRun:
     """Record the answer to an auto-renew charge that waited for the holder's authentication
     (the return page after it, or the gateway's webhook), exactly once, whichever comes first.
+    The money of a charge authenticated once auto-renew was switched off goes back (refunded).
 
     Succeeded: the same record as a successful charge (:meth:`_Work.record`): the invoice, the
     receipt, the new expiry and the platform's event, under the mailbox's lock, on the intent
@@ -224,19 +219,32 @@ def complete_authenticated_charge(
         work = _Work(connection, session_factory, gateway, run, day, set())
         mailbox = lock_mailbox(connection, intent.mailbox_id, today, claimed=True)
         if mailbox is None:
-            connection.rollback()  # auto-renew switched off meanwhile: the intent waits (see docs/domain.md)
-            return run
+            # Auto-renew was switched off while the holder authenticated: the money goes back.
+            work.refund_authenticated(intent_id, answer, "auto-renew was switched off meanwhile")
+            connection.commit()
+            return _settle_refunds(session_factory, gateway, run, clock, today)
         work.record(mailbox, intent_id, answer, statement=_RECORD_AUTHENTICATED)
         mailbox.write(connection)
         if run.outcome == "succeeded":
             invoices.number_pending_invoices(connection)
         connection.commit()
+    return _settle_refunds(session_factory, gateway, run, clock, today)
+
+
+def _settle_refunds(
+    session_factory: sessionmaker[Session],
+    gateway: PaymentGateway,
+    run: ChargeRun,
+    clock: Callable[[], datetime],
+    today: date,
+) -> ChargeRun:
+    """Ask for the refunds ``run`` started, once they are committed."""
     for refund_id in run.refund_ids:
         try:
             with session_factory() as session:
                 settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
         except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
-            log.error("refund %s left open: %s", refund_id, type(error).__name__)
+            log.error("refund %s of mailbox %s left open: %s", refund_id, run.mailbox_id, type(error).__name__)
     return run
 
 
@@ -396,6 +404,37 @@ class _Work:
             self.run.outcome = "succeeded-already-renewed"
             return
         self.renew(mailbox, intent)
+
+    def refund_authenticated(self, intent_id: int, answer: ChargeResult, reason: str) -> None:
+        """A charge authenticated for a mailbox no longer on auto-renew: recorded, and refunded
+        (the refund's intent in this transaction, asked for after the commit)."""
+        intent = self.connection.execute(
+            _RECORD_AUTHENTICATED,
+            {
+                "intent_id": intent_id,
+                "answer_status": answer.outcome.value,
+                "answer_reference": answer.reference or None,
+                "answer_decline_code": answer.decline_code,
+                "answer_resolved_at": self.now,
+            },
+        ).first()
+        if intent is None:
+            return
+        with self.session_factory(bind=self.connection) as session:  # in this transaction
+            refund_id = start_refund(
+                session,
+                gateway=self.gateway.name,
+                order=None,
+                payment_reference=intent.reference or intent.idempotency_key,
+                amount_cents=intent.amount_cents,
+                currency=intent.currency,
+                kind=AUTOMATIC,
+                reason=reason,
+                now=self.now,
+            ).id
+        log.warning("charge %s authenticated after auto-renew was switched off: refunded", intent.idempotency_key)
+        self.run.refund_ids.append(refund_id)
+        self.run.outcome = "succeeded-refunded"
 
     def ask_authentication(self, mailbox: LockedMailbox, intent: Any) -> None:
         """The charge waits for the holder: the email with the signed link to authenticate it on
