@@ -15,7 +15,9 @@ class ChargeRun:
     #: "skipped" (not due, or claimed elsewhere), "succeeded", "failed" (charge-failed sent),
     #: "retry" (soft decline, retried later), "unknown" (still unresolved), "idle" (nothing for charges),
     #: "succeeded-already-renewed" (the cycle was renewed another way while the charge was unresolved),
-    #: "skipped-order-pending" (no charge: the holder's own order for the cycle awaits payment).
+    #: "skipped-order-pending" (no charge: the holder's own order for the cycle awaits payment),
+    #: "authentication-required" (the charge waits for the holder's authentication on session),
+    #: "succeeded-refunded" (authenticated once auto-renew was switched off: refunded automatically).
     outcome: str = "skipped"
     charges: int = 0  # gateway.charge calls
     lookups: int = 0  # gateway.lookup calls
