@@ -309,3 +309,23 @@ def test_a_card_set_up_on_session_is_then_charged_off_session(gateway, session_f
     assert charge(gateway, "pm_card_authenticationRequired", key="renewal:9:2029-03-31:1").outcome is (
         ChargeOutcome.REQUIRES_AUTHENTICATION
     )
+
+
+def test_cli_lists_the_challenges_and_their_answers(tmp_path, database_url, session_factory, gateway):
+    from worker.gateways import sandbox_challenge
+
+    env = {
+        "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
+        "PEC_RENEWAL_DATABASE_URL": database_url,
+        "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
+    }
+    empty = CliRunner().invoke(main, ["sandbox", "challenges"], env=env, catch_exceptions=False)
+    assert empty.exit_code == 0 and "no sandbox 3-D Secure challenges" in empty.output
+    asked = charge(gateway, "pm_card_authenticationRequired", key="order:3:1")
+    step = gateway.start_authentication(reference=asked.reference, payment_method="-", return_url="/o")
+    sandbox_challenge.decide_challenge(session_factory.kw["bind"], step.url.rsplit("/", 1)[1], approve=True, now=NOW)
+    result = CliRunner().invoke(main, ["sandbox", "challenges", "--json"], env=env, catch_exceptions=False)
+    (record,) = json.loads(result.output)
+    assert (record["charge_reference"], record["status"]) == (asked.reference, "approved")
+    table = CliRunner().invoke(main, ["sandbox", "challenges"], env=env, catch_exceptions=False)
+    assert asked.reference in table.output and "approved" in table.output

@@ -1,4 +1,4 @@
-"""``pec-renewal sandbox …``: look at the sandbox gateway's own record of charges."""
+"""``pec-renewal sandbox …``: look at the sandbox gateway's own record of charges and 3-D Secure challenges."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from worker.cli.common import ensure_schema
 from worker.gateways import describe_payment_method
 from worker.gateways.sandbox import list_charges
+from worker.gateways.sandbox_challenge import list_challenges
 from worker.services.desk import failed_without_charge_attempt
 from worker.store.models import ChargeIntent
 
@@ -83,3 +84,31 @@ def empty_record_explained(session: Session, gateway: str) -> str:
             " shows each one"
         )
     return line
+
+
+@sandbox.command("challenges")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
+@click.pass_context
+def challenges(ctx: click.Context, as_json: bool) -> None:
+    """Every 3-D Secure challenge the sandbox gateway opened, oldest first, with the holder's answer."""
+    rt = ctx.find_root().obj
+    ensure_schema(rt)
+    with rt.session_factory() as session:
+        records = list_challenges(session.get_bind())
+    if as_json:
+        click.echo(json.dumps(records, indent=None))
+        return
+    if not records:
+        click.echo("no sandbox 3-D Secure challenges recorded")
+        return
+    table = Table(title=f"Sandbox 3-D Secure challenges ({len(records)})")
+    for column in ("opened (UTC)", "charge reference", "answer", "answered (UTC)"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            record["created_at"][:19].replace("T", " "),
+            record["charge_reference"],
+            record["status"],
+            (record["decided_at"] or "")[:19].replace("T", " "),
+        )
+    Console(width=200).print(table)
