@@ -327,7 +327,7 @@ KIND_RULES: dict[str, KindRules] = {
     # The charge waits for the holder's authentication on session: its link leads to the page that
     # sends the holder to authenticate that charge (worker/web/charge_authentication.py).
     "charge-authentication-required": KindRules(
-        renewal_links=False, stages="before", extra_context=_authentication_context
+        renewal_links=False, stages="any", extra_context=_authentication_context
     ),
 }
 assert set(KIND_RULES) == set(KINDS)

@@ -140,14 +140,13 @@ def start_authentication(
     step); raises :class:`AuthenticationUnavailable` unless the charge is waiting."""
     view = read_authentication(session, intent_id, plan)
     intent = session.get(ChargeIntent, intent_id)
+    reference, payment_method = (intent.reference, intent.payment_method) if intent is not None else (None, "")
     session.rollback()  # no transaction is held while the gateway is asked
-    if view is None or intent is None or view.state is not AuthenticationState.WAITING or not intent.reference:
+    if view is None or view.state is not AuthenticationState.WAITING or not reference:
         raise AuthenticationUnavailable("the charge is not waiting for an authentication")
     if not isinstance(gateway, ChargeAuthentication):
         raise AuthenticationUnavailable(f"the {gateway.name} gateway cannot authenticate on session")
-    return gateway.start_authentication(
-        reference=intent.reference, payment_method=intent.payment_method, return_url=return_url
-    )
+    return gateway.start_authentication(reference=reference, payment_method=payment_method, return_url=return_url)
 
 
 def finish_authentication(
