@@ -145,6 +145,7 @@ def on_paypal(tmp_path, database_url, session_factory, clock, paypal_server):
 
 def test_paypal_sends_the_payer_to_act_then_captures_on_a_post(on_paypal, session_factory, paypal_server):
     runtime, client = on_paypal
+    signer = runtime.signer
     mailbox_id, link = _charged(runtime, session_factory, "paypal.auth")
     (order_id,) = paypal_server.orders
     (capture,) = paypal_server.sent("POST", f"/v2/checkout/orders/{order_id}/capture")
@@ -155,7 +156,11 @@ def test_paypal_sends_the_payer_to_act_then_captures_on_a_post(on_paypal, sessio
     assert response.headers["Location"] == f"https://www.paypal.com/checkoutnow?token={order_id}"
     back = paypal_server.payer_acts(order_id).removeprefix(BASE_URL)
     returned = client.get(back)
-    assert returned.status_code == 303 and returned.headers["Location"] == f"{link}/esito"
+    assert returned.status_code == 303
+    to = returned.headers["Location"].removesuffix("/esito").rsplit("/", 1)[1]
+    assert signer.read_charge_authentication_token(to) == signer.read_charge_authentication_token(
+        link.rsplit("/", 1)[1]
+    )
     html = client.get(f"{link}/esito").get_data(as_text=True)
     assert paypal_server.money_moved(order_id) == 0  # no capture on a GET
     assert client.post(f"{link}/esito", data={"csrf_token": csrf_token(html)}).status_code == 303
@@ -171,6 +176,34 @@ def test_paypal_sends_the_payer_to_act_then_captures_on_a_post(on_paypal, sessio
         content_type="application/json",
     )
     assert response.status_code == 200
+    assert client.post(f"{link}/esito", data={"csrf_token": csrf_token(html)}).status_code == 303
+    assert paypal_server.money_moved(order_id) == 1
+    _renewed_once(session_factory, mailbox_id)
+
+
+def test_paypal_capture_recorded_by_its_webhook_first_renews_once(on_paypal, session_factory, paypal_server):
+    """Our capture went through but its answer was never recorded (the process died): PayPal's
+    PAYMENT.CAPTURE.COMPLETED completes the renewal, and the holder's return then changes nothing."""
+    runtime, client = on_paypal
+    mailbox_id, link = _charged(runtime, session_factory, "paypal.auth")
+    (order_id,) = paypal_server.orders
+    paypal_server.payer_acts(order_id)
+    html = client.get(f"{link}/esito").get_data(as_text=True)
+    with session_factory() as session:
+        key = session.scalar(select(ChargeIntent.idempotency_key))
+    assert runtime.gateway.finish_authentication(reference=order_id, idempotency_key=key).reference == order_id
+    with session_factory() as session:
+        assert session.scalars(select(ChargeIntent.status)).all() == ["requires_authentication"]
+    captured = paypal_server.orders[order_id]["purchase_units"][0]["payments"]["captures"][0]
+    event = paypal_event("PAYMENT.CAPTURE.COMPLETED", captured)
+    response = client.post(
+        "/webhooks/paypal",
+        data=json.dumps(event),
+        headers=paypal_server.signed_headers(event),
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    _renewed_once(session_factory, mailbox_id)
     assert client.post(f"{link}/esito", data={"csrf_token": csrf_token(html)}).status_code == 303
     assert paypal_server.money_moved(order_id) == 1
     _renewed_once(session_factory, mailbox_id)
