@@ -191,6 +191,24 @@ def test_refused_then_never_authenticated_fails_on_the_last_charge_day(
     assert "Rinnovo automatico non riuscito" in html and "/rinnova/" in html and "csrf_token" not in html
     response = client.post(link, data={"csrf_token": csrf_token(back)})
     assert response.status_code == 303 and response.headers["Location"] == link
+    # Authenticated on a gateway's page left open: too late for this charge, the money goes back.
+    with session_factory() as session, session.begin():
+        intent_id, reference = session.execute(select(ChargeIntent.id, ChargeIntent.reference)).one()
+        session.execute(update(SandboxCharge).values(outcome="succeeded"))
+    late = charges.finish_authentication(
+        runtime.session_factory,
+        runtime.gateway,
+        intent_id,
+        today=LAST_CHARGE_DAY,
+        clock=runtime.clock,
+        mail_domain=runtime.mail_domain,
+        answer=ChargeResult(ChargeOutcome.SUCCEEDED, reference, "authenticated"),
+    )
+    assert late.outcome == "succeeded-refunded"
+    with session_factory() as session:
+        assert session.get_one(Mailbox, mailbox_id).expires_on == EXPIRES
+        assert session.scalars(select(GatewayRefund.status)).all() == ["succeeded"]
+        assert session.scalar(select(RenewalOrder.status)) == "awaiting_payment"
 
 
 def test_a_forged_or_foreign_token_opens_nothing(client, runtime, waiting):

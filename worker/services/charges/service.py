@@ -200,7 +200,8 @@ def complete_authenticated_charge(
 ) -> ChargeRun:
     """Record the answer to an auto-renew charge that waited for the holder's authentication
     (the return page after it, or the gateway's webhook), exactly once, whichever comes first.
-    The money of a charge authenticated once auto-renew was switched off goes back (refunded).
+    The money of a charge authenticated once auto-renew was switched off, or once the cycle had
+    ended in charge-failed (its unpaid order is the way to pay), goes back (refunded).
 
     Succeeded: the same record as a successful charge (:meth:`_Work.record`): the invoice, the
     receipt, the new expiry and the platform's event, under the mailbox's lock, on the intent
@@ -218,9 +219,14 @@ def complete_authenticated_charge(
         day = ChargeDay(today=today, clock=clock, mail_domain=mail_domain, stages=stages, plan=plan, seller=seller)
         work = _Work(connection, session_factory, gateway, run, day, set())
         mailbox = lock_mailbox(connection, intent.mailbox_id, today, claimed=True)
+        refused = None
         if mailbox is None:
-            # Auto-renew was switched off while the holder authenticated: the money goes back.
-            work.refund_authenticated(intent_id, answer, "auto-renew was switched off meanwhile")
+            refused = "auto-renew was switched off meanwhile"
+        elif (state := mailbox.cycles.get(intent.cycle_expires_on)) is not None and state.failed_on is not None:
+            refused = "the cycle had ended in charge-failed, with its order awaiting payment"
+        if refused is not None:
+            # Authenticated too late for this charge (on a gateway's page left open): the money goes back.
+            work.refund_authenticated(intent_id, answer, refused)
             connection.commit()
             return _settle_refunds(session_factory, gateway, run, clock, today)
         work.record(mailbox, intent_id, answer, statement=_RECORD_AUTHENTICATED)
@@ -406,7 +412,7 @@ class _Work:
         self.renew(mailbox, intent)
 
     def refund_authenticated(self, intent_id: int, answer: ChargeResult, reason: str) -> None:
-        """A charge authenticated for a mailbox no longer on auto-renew: recorded, and refunded
+        """A charge authenticated too late (auto-renew switched off, the cycle failed): recorded, and refunded
         (the refund's intent in this transaction, asked for after the commit)."""
         intent = self.connection.execute(
             _RECORD_AUTHENTICATED,
@@ -432,7 +438,7 @@ class _Work:
                 reason=reason,
                 now=self.now,
             ).id
-        log.warning("charge %s authenticated after auto-renew was switched off: refunded", intent.idempotency_key)
+        log.warning("charge %s authenticated too late (%s): refunded", intent.idempotency_key, reason)
         self.run.refund_ids.append(refund_id)
         self.run.outcome = "succeeded-refunded"
 
