@@ -570,3 +570,34 @@ def test_a_refund_the_gateway_confirms_later_by_webhook_gets_its_credit_note(ses
         status = session.get(GatewayRefund, refund.id).status
     assert status == "succeeded"
     assert (note.kind, note.corrects_invoice_id, note.paid_cents) == ("TD04", invoice.id, order.total_cents)
+
+
+def test_the_credit_notes_of_an_invoice_never_add_up_to_more_than_was_paid(session_factory, engine, seller_settings):
+    with session_factory() as session:
+        order = complete_order(session, seller_settings, holder_mailbox(session, "company", expires_on=TODAY))
+        pay(session, seller_settings, order, "card")
+        session.commit()
+        [invoice] = invoices(session)
+
+    def note(key: str, cents: int):
+        with engine.begin() as connection:
+            return record_credit_note(
+                connection,
+                invoice_id=invoice.id,
+                refunded_cents=cents,
+                refund_key=key,
+                seller=seller_settings.seller,
+                today=TODAY,
+                now=PAID_AT,
+            )
+
+    note("refund:1", invoice.paid_cents - 100)
+    with pytest.raises(ValueError, match="1.00 EUR of it is not credited yet"):
+        note("refund:2", 101)
+    assert note("refund:3", 100).document_number == "3/2027"
+    with session_factory() as session:
+        assert sorted(row.paid_cents for row in invoices(session)) == [
+            100,
+            invoice.paid_cents - 100,
+            invoice.paid_cents,
+        ]

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from config import catalogue
 from worker.mail.queue import update_context_part
-from worker.rules import einvoice
+from worker.rules import einvoice, pricing
 from worker.rules.auto_renew import CHARGE_SUCCEEDED
 from worker.rules.einvoice import Address, Buyer, InvoiceDocument, InvoiceLine, Seller, Totals
 from worker.store.db import dialect_insert
@@ -226,7 +226,8 @@ def record_credit_note(
 
     Once per ``refund_key`` (a second call returns the first note).  Waiting while the
     invoice itself waits, or without the seller settings; ValueError for an amount that
-    does not fit the invoice.
+    does not fit what the invoice's earlier credit notes left of it (read under the
+    invoice's row lock, so two notes at once cannot both take the rest).
     """
     existing = connection.execute(select(_INVOICES).where(_INVOICES.c.refund_key == refund_key)).first()
     if existing is not None:
@@ -234,6 +235,16 @@ def record_credit_note(
     invoice = connection.execute(select(_INVOICES).where(_INVOICES.c.id == invoice_id).with_for_update()).one()
     if invoice.kind != einvoice.INVOICE:
         raise ValueError(f"invoice {invoice_id} is a credit note")
+    credited = connection.execute(
+        select(func.coalesce(func.sum(_INVOICES.c.paid_cents), 0)).where(
+            _INVOICES.c.corrects_invoice_id == invoice.id, _INVOICES.c.kind == einvoice.CREDIT_NOTE
+        )
+    ).scalar_one()
+    if credited + refunded_cents > invoice.paid_cents:
+        raise ValueError(
+            f"a refund of {pricing.format_amount(refunded_cents)} EUR does not fit invoice {invoice.id}: "
+            f"{pricing.format_amount(invoice.paid_cents - credited)} EUR of it is not credited yet"
+        )
     note = einvoice.credit_note(document_of(invoice), refunded_cents=refunded_cents, number="0", issued_on=today)
     reasons = ((SELLER_SETTINGS,) if seller is None else ()) + (
         ("invoice_waiting",) if invoice.status == InvoiceStatus.WAITING.value else ()
