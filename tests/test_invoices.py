@@ -25,7 +25,7 @@ from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
 from worker.services.payments.refunds import REQUESTED, start_refund
 from worker.services.payments.webhooks import record_event
 from worker.services.runtime import Runtime
-from worker.store.models import GatewayRefund, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
+from worker.store.models import GatewayRefund, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
 
 METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
 TOKENS = {"card": "pm_card_visa", "paypal": "paypal_billing_agreement_ok"}
@@ -601,3 +601,46 @@ def test_the_credit_notes_of_an_invoice_never_add_up_to_more_than_was_paid(sessi
             invoice.paid_cents - 100,
             invoice.paid_cents,
         ]
+
+
+def test_a_private_persons_invoice_and_courtesy_copy_name_nome_and_cognome_once_the_tax_code_agrees(
+    session_factory, engine, seller_settings, tmp_path
+):
+    charge_day = date(2027, 3, 24)
+    with session_factory() as session:
+        mailbox = holder_mailbox(
+            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
+        )
+        holder = session.get_one(Holder, mailbox.holder_id)
+        holder.name, holder.holder_key = "Mario Rosi", "misspelt"  # not the name the tax code was made from
+        session.commit()
+        address = mailbox.address
+    charge_batch(session_factory, [address], charge_day, seller=seller_settings.seller)
+    with session_factory() as session:
+        [row] = invoices(session)
+        assert (row.status, row.waiting_reason) == ("waiting", "person_name")
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
+        assert "Copia di cortesia" not in render(seller_settings, receipt).html
+        give_holder(session, session.get(Mailbox, mailbox.id), "private")  # the import corrects the name
+        session.commit()
+
+    result = export(seller_settings, engine, tmp_path / "out")
+    assert result.issued_now == 1 and result.waiting == []
+    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
+    registry = root.find(".//CessionarioCommittente/DatiAnagrafici/Anagrafica")
+    assert [(child.tag, child.text) for child in registry] == [("Nome", "Mario"), ("Cognome", "Rossi")]
+
+
+def test_a_private_persons_receipt_names_nome_and_cognome_in_its_courtesy_copy(session_factory, seller_settings):
+    with session_factory() as session:
+        mailbox = holder_mailbox(
+            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
+        )
+        session.commit()
+        address = mailbox.address
+    charge_batch(session_factory, [address], date(2027, 3, 24), seller=seller_settings.seller)
+    with session_factory() as session:
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
+        html = render(seller_settings, receipt).html
+    assert "Copia di cortesia della fattura n. 1/2027" in html
+    assert "Nome Mario<br>Cognome Rossi<br>" in html

@@ -10,6 +10,10 @@ the same stored data always give the same file.
   ``PECDestinatario`` when the holder gave a PEC address for invoices), or ``XXXXXXX``
   for a buyer outside Italy.  ``FPA12`` for public administrations: their 6-character
   office code, and the CIG and CUP, when given, in ``DatiOrdineAcquisto``.
+- The buyer's ``Anagrafica``: ``Nome`` and ``Cognome`` for a private person (no VAT
+  number, a natural person's 16-character tax code), split from the one full name the
+  holder gives by the tax code's letters (:func:`person_name`); ``Denominazione`` for
+  everyone else.  A private person's name that no split matches waits for corrected data.
 - Prices are VAT excluded (``config/catalogue.py``); the VAT is 22 % of the taxable
   amount, rounded half up to the cent, as the order computed it (``pricing.vat_cents``),
   so the document's total is the amount paid, to the cent.
@@ -63,6 +67,10 @@ _DIGITS36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: Why an invoice cannot be issued yet; the operator's words are the service's.
 MISSING_ADDRESS = "billing_address"
 MISSING_TAX_ID = "tax_id"
+#: A private person's name that does not split into Nome and Cognome by the tax code's letters.
+MISSING_PERSON_NAME = "person_name"
+PERSON_TAX_CODE_LENGTH = 16
+_VOWELS = frozenset("AEIOU")
 
 
 @dataclass(frozen=True)
@@ -290,7 +298,58 @@ def missing_data(buyer: Buyer) -> tuple[str, ...]:
         missing.append(MISSING_ADDRESS)
     if not buyer.tax_code and not buyer.vat_number:
         missing.append(MISSING_TAX_ID)
+    if is_natural_person(buyer) and person_name(buyer.name, buyer.tax_code or "") is None:
+        missing.append(MISSING_PERSON_NAME)
     return tuple(missing)
+
+
+def is_natural_person(buyer: Buyer) -> bool:
+    """A private person: no VAT number and the 16-character tax code of a natural person (not a
+    public administration).  ``Anagrafica`` names them by ``Nome`` and ``Cognome``; any other
+    buyer (a company, a sole proprietor or professional with a VAT number, a public
+    administration) by ``Denominazione``."""
+    return (
+        buyer.kind != PUBLIC_ADMINISTRATION
+        and not buyer.vat_number
+        and len(buyer.tax_code or "") == PERSON_TAX_CODE_LENGTH
+    )
+
+
+def person_name(full_name: str, tax_code: str) -> tuple[str, str] | None:
+    """(Nome, Cognome) of ``full_name``, split between two of its words where the tax code says.
+
+    The holder gives one full name ("Nome e cognome"); a natural person's codice fiscale
+    begins with three letters of the surname and three of the given names (DM 23/12/1976:
+    the consonants, then the vowels, then ``X``; for the given names, the 1st, 3rd and 4th
+    consonant when there are four or more; accents, apostrophes and spaces dropped).  Every
+    split of the words is tried, given names first ("Mario Rossi", "Maria Grazia De Luca"),
+    then surname first ("Rossi Mario"); the first whose letters are the tax code's is the
+    answer.  None when no split matches (a single word, a misspelt name or tax code): the
+    invoice then waits for corrected holder data rather than guess.
+    """
+    words = full_name.split()
+    surname_code, given_code = tax_code.upper()[0:3], tax_code.upper()[3:6]
+    for given_first in (True, False):
+        for cut in range(1, len(words)):
+            head, tail = " ".join(words[:cut]), " ".join(words[cut:])
+            given, family = (head, tail) if given_first else (tail, head)
+            if _name_code(family, given=False) == surname_code and _name_code(given, given=True) == given_code:
+                return given, family
+    return None
+
+
+def _name_code(text: str, *, given: bool) -> str:
+    """The three letters a codice fiscale takes from a surname or from the given names."""
+    letters = [
+        char
+        for char in unicodedata.normalize("NFKD", latin(text).upper())
+        if "A" <= char <= "Z"  # the combining accents, apostrophes and spaces fall out
+    ]
+    consonants = [char for char in letters if char not in _VOWELS]
+    vowels = [char for char in letters if char in _VOWELS]
+    if given and len(consonants) >= 4:
+        consonants = [consonants[0], consonants[2], consonants[3]]
+    return "".join(consonants + vowels + ["X", "X", "X"])[:3]
 
 
 def transmission_format(buyer: Buyer) -> str:
@@ -417,7 +476,13 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
         _sub(vat, "IdCodice", buyer.vat_number)
     if buyer.tax_code:
         _sub(identity, "CodiceFiscale", buyer.tax_code)
-    _sub(_sub(identity, "Anagrafica"), "Denominazione", latin(buyer.name, 80))
+    registry = _sub(identity, "Anagrafica")
+    split = person_name(buyer.name, buyer.tax_code or "") if is_natural_person(buyer) else None
+    if split is not None:
+        _sub(registry, "Nome", latin(split[0], 60))
+        _sub(registry, "Cognome", latin(split[1], 60))
+    else:
+        _sub(registry, "Denominazione", latin(buyer.name, 80))
     _sede(buyer_part, buyer.address)
 
     body = _sub(root, "FatturaElettronicaBody")

@@ -323,6 +323,7 @@ def courtesy_copy(record: InvoiceRecord, seller: Seller | None, document: Invoic
         },
         "buyer": {
             "name": buyer.name,
+            **_person_name(buyer),
             "tax_code": buyer.tax_code,
             "vat_number": buyer.vat_number,
             "address": " ".join(
@@ -346,3 +347,9 @@ def courtesy_copy(record: InvoiceRecord, seller: Seller | None, document: Invoic
         "vat_percent": catalogue.VAT_PERCENT,
         "total_cents": document.totals.total_cents,
     }
+
+
+def _person_name(buyer: Buyer) -> dict[str, str]:
+    """A private person's Nome and Cognome as the invoice has them (``first_name``, ``last_name``)."""
+    split = einvoice.person_name(buyer.name, buyer.tax_code or "") if einvoice.is_natural_person(buyer) else None
+    return {} if split is None else {"first_name": split[0], "last_name": split[1]}
