@@ -254,3 +254,42 @@ def test_a_private_persons_name_the_tax_code_does_not_split_waits():
     assert einvoice.missing_data(buyer) == ("person_name",)
     with pytest.raises(ValueError, match="person_name"):
         einvoice.render_xml(an_invoice(buyer)[0], SELLER, "00001")
+
+
+def test_a_public_administration_under_split_payment_pays_the_taxable_amount_and_the_vat_is_s():
+    buyer = replace(buyer_of("public_administration"), split_payment=True)
+    order = pricing.price_order([pricing.LineInput("ufficio@pec.example.it", "pro", 3, 5)], 2)
+    lines = einvoice.lines_for(order.lines, {"ufficio@pec.example.it": date(2027, 3, 31)})
+    with pytest.raises(einvoice.InvoiceMismatch, match="before VAT"):  # the total with VAT is not what it pays
+        einvoice.build_invoice(
+            number="7/2027", issued_on=ISSUED_ON, buyer=buyer, lines=lines, paid_cents=order.total_cents,
+            payment_method="bank_transfer", reference="PEC-2027-000042",
+        )  # fmt: skip
+    invoice = einvoice.build_invoice(
+        number="7/2027", issued_on=ISSUED_ON, buyer=buyer, lines=lines, paid_cents=order.subtotal_cents,
+        payment_method="bank_transfer", reference="PEC-2027-000042",
+    )  # fmt: skip
+    root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
+    assert root.get("versione") == "FPA12"
+    assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "S"
+    assert cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto")) == order.subtotal_cents
+    assert cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta")) == order.vat_cents
+    assert cents(fatturapa.text(root, ".//ImportoTotaleDocumento")) == order.total_cents
+    assert cents(fatturapa.text(root, ".//ImportoPagamento")) == order.subtotal_cents
+
+    with pytest.raises(ValueError, match="does not fit"):
+        einvoice.credit_note(invoice, refunded_cents=order.subtotal_cents + 1, number="8/2027", issued_on=ISSUED_ON)
+    for refunded in (1000, order.subtotal_cents):
+        note = einvoice.credit_note(invoice, refunded_cents=refunded, number="8/2027", issued_on=ISSUED_ON)
+        root = fatturapa.validate(einvoice.render_xml(note, SELLER, "00002"))
+        assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "S"
+        assert cents(fatturapa.text(root, ".//ImportoPagamento")) == refunded
+        assert cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto")) == refunded
+        assert cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta")) == (refunded * 22 + 50) // 100
+
+
+def test_without_split_payment_a_public_administration_pays_the_total_and_the_vat_is_i():
+    invoice, paid = an_invoice(buyer_of("public_administration"))
+    root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
+    assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "I"
+    assert cents(fatturapa.text(root, ".//ImportoPagamento")) == paid

@@ -89,12 +89,22 @@ def test_each_method_and_holder_kind_is_invoiced_with_the_payment_valid_and_equa
         assert root.get("versione") == ("FPA12" if kind == "public_administration" else "FPR12")
         assert fatturapa.text(root, ".//ModalitaPagamento") == METHODS[method]
         total = fatturapa.text(root, ".//ImportoTotaleDocumento")
-        assert total == fatturapa.text(root, ".//ImportoPagamento") == f"{order.total_cents / 100:.2f}"
+        assert fatturapa.text(root, ".//ImportoPagamento") == f"{order.total_cents / 100:.2f}"
+        if kind == "public_administration":  # split payment (the default): the order asked the taxable amount
+            assert order.total_cents == order.subtotal_cents == 5000 and order.vat_cents == 1100
+            assert (total, fatturapa.text(root, ".//EsigibilitaIVA")) == ("61.00", "S")
+        else:
+            assert (total, fatturapa.text(root, ".//EsigibilitaIVA")) == ("61.00", "I")
+            assert order.total_cents == 6100
         # Two years of a Pro mailbox: one line per year.
         assert fatturapa.texts(root, ".//PrezzoTotale") == ["25.00", "25.00"]
         buyer = root.find(".//CessionarioCommittente")
         confirmed = order.holder_data
-        assert fatturapa.text(buyer, ".//Denominazione") == confirmed["name"]
+        if kind == "private":
+            name = f"{fatturapa.text(buyer, './/Nome')} {fatturapa.text(buyer, './/Cognome')}"
+            assert name == confirmed["name"] and fatturapa.text(buyer, ".//Denominazione") is None
+        else:
+            assert fatturapa.text(buyer, ".//Denominazione") == confirmed["name"]
         assert fatturapa.text(buyer, ".//CodiceFiscale") == confirmed["tax_code"]
         assert fatturapa.text(buyer, ".//IdFiscaleIVA/IdCodice") == confirmed["vat_number"]
         assert fatturapa.text(buyer, ".//Indirizzo") == confirmed["billing_address"] == BILLING["billing_address"]
@@ -644,3 +654,28 @@ def test_a_private_persons_receipt_names_nome_and_cognome_in_its_courtesy_copy(s
         html = render(seller_settings, receipt).html
     assert "Copia di cortesia della fattura n. 1/2027" in html
     assert "Nome Mario<br>Cognome Rossi<br>" in html
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_public_administrations_order_and_invoice_follow_the_split_payment_setting(
+    session_factory, engine, tmp_path, database_url, split
+):
+    settings = make_settings(tmp_path, database_url=database_url, split_payment_for_pa=str(split).lower(), **SELLER)
+    with session_factory() as session:
+        mailbox = holder_mailbox(session, "public_administration", expires_on=TODAY + timedelta(days=20))
+        order = complete_order(session, settings, mailbox, method="bank_transfer", plan="pro")
+        assert (order.subtotal_cents, order.vat_cents, order.total_cents) == (2500, 550, 2500 if split else 3050)
+        confirmation = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "order-confirmation")).one()
+        text = " ".join(render(settings, confirmation).text.split())
+        assert ("IVA 22% (scissione dei pagamenti: la versa l'ente all'Erario): 5,50" in text) is split
+        assert f"Importo: {'25,00' if split else '30,50'}" in text
+        pay(session, settings, order, "bank_transfer")
+        session.commit()
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "renewal-completed")).one()
+        html = render(settings, receipt).html
+    assert ("Netto a pagare, IVA esclusa (scissione dei pagamenti, art. 17-ter DPR 633/1972)" in html) is split
+    result = export(settings, engine, tmp_path / "out")
+    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
+    assert fatturapa.text(root, ".//EsigibilitaIVA") == ("S" if split else "I")
+    assert fatturapa.text(root, ".//ImportoTotaleDocumento") == "30.50"
+    assert fatturapa.text(root, ".//ImportoPagamento") == ("25.00" if split else "30.50")

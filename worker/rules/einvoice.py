@@ -17,6 +17,12 @@ the same stored data always give the same file.
 - Prices are VAT excluded (``config/catalogue.py``); the VAT is 22 % of the taxable
   amount, rounded half up to the cent, as the order computed it (``pricing.vat_cents``),
   so the document's total is the amount paid, to the cent.
+- Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972): a public
+  administration's invoice, when the provider applies it (``SPLIT_PAYMENT_FOR_PA``),
+  says ``EsigibilitaIVA`` ``S`` in ``DatiRiepilogo``; ``ImportoTotaleDocumento`` stays
+  the total with VAT and ``ImportoPagamento`` is the taxable amount, what the
+  administration pays the seller (it pays the VAT to the Treasury itself).  Otherwise
+  ``I``, and ``ImportoPagamento`` is the total.
 - ``ModalitaPagamento``: MP05 bank transfer, MP08 payment card (cards and PayPal, an
   electronic-money payment made through a card network account), MP18 postal slip
   (bollettino di conto corrente postale).  ``CondizioniPagamento`` TP02: paid in full.
@@ -56,6 +62,9 @@ DEFAULT_FISCAL_REGIME = "RF01"
 #: ModalitaPagamento by payment method.
 PAYMENT_MODES: Mapping[str, str] = {CARD: "MP08", PAYPAL: "MP08", BANK_TRANSFER: "MP05", POSTAL_SLIP: "MP18"}
 PAID_IN_FULL = "TP02"
+#: EsigibilitaIVA: VAT due at once by the seller; split payment (the public administration pays it).
+IMMEDIATE = "I"
+SPLIT_PAYMENT = "S"
 #: CodiceDestinatario with no SDI code (delivery to the PEC address, or to the holder's tax drawer).
 NO_SDI_CODE = "0000000"
 #: CodiceDestinatario for a buyer without an Italian tax identity.
@@ -108,6 +117,9 @@ class Buyer:
     office_code: str | None = None
     cig: str | None = None
     cup: str | None = None
+    #: A public administration under the scissione dei pagamenti (art. 17-ter DPR 633/1972): it
+    #: pays the taxable amount and pays the VAT to the Treasury itself (``EsigibilitaIVA`` S).
+    split_payment: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {name: getattr(self, name) for name in _BUYER_FIELDS}
@@ -128,10 +140,13 @@ class Buyer:
             office_code=data.get("office_code"),
             cig=data.get("cig"),
             cup=data.get("cup"),
+            split_payment=bool(data.get("split_payment", False)),
         )
 
 
-_BUYER_FIELDS = ("kind", "name", "tax_code", "vat_number", "sdi_code", "einvoice_pec", "office_code", "cig", "cup")
+_BUYER_FIELDS = (
+    "kind", "name", "tax_code", "vat_number", "sdi_code", "einvoice_pec", "office_code", "cig", "cup", "split_payment",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,11 @@ class InvoiceDocument:
     #: For a credit note: the invoice's number and date.
     corrects: tuple[str, date] | None = None
 
+    @property
+    def amount_due_cents(self) -> int:
+        """What the buyer pays (``ImportoPagamento``): the total, or under split payment the taxable amount."""
+        return self.totals.subtotal_cents if self.buyer.split_payment else self.totals.total_cents
+
 
 class InvoiceMismatch(ValueError):
     """The lines do not add up to the amount paid."""
@@ -241,11 +261,14 @@ def build_invoice(
     payment_method: str,
     reference: str,
 ) -> InvoiceDocument:
-    """The invoice of a paid renewal; :class:`InvoiceMismatch` when its total is not ``paid_cents``."""
+    """The invoice of a paid renewal; :class:`InvoiceMismatch` when the amount due is not ``paid_cents``
+    (the total with VAT, or the taxable amount under split payment)."""
     totals = totals_of(lines)
-    if totals.total_cents != paid_cents:
+    due = amount_due(buyer, totals)
+    if due != paid_cents:
         raise InvoiceMismatch(
-            f"the lines come to {pricing.format_amount(totals.total_cents)} EUR with VAT, "
+            f"the lines come to {pricing.format_amount(due)} EUR "
+            f"{'before VAT (split payment)' if buyer.split_payment else 'with VAT'}, "
             f"but {pricing.format_amount(paid_cents)} EUR was paid"
         )
     if payment_method not in PAYMENT_MODES:
@@ -253,20 +276,33 @@ def build_invoice(
     return InvoiceDocument(INVOICE, number, issued_on, buyer, tuple(lines), totals, payment_method, reference)
 
 
+def amount_due(buyer: Buyer, totals: Totals) -> int:
+    """What ``buyer`` pays of a document of ``totals``: the total, or the taxable amount under split payment."""
+    return totals.subtotal_cents if buyer.split_payment else totals.total_cents
+
+
 def credit_note(invoice: InvoiceDocument, *, refunded_cents: int, number: str, issued_on: date) -> InvoiceDocument:
-    """The credit note (TD04) of a refund of ``refunded_cents`` (VAT included) of ``invoice``.
+    """The credit note (TD04) of a refund of ``refunded_cents`` of ``invoice``'s amount due.
 
     A full refund repeats the invoice's lines.  A partial one is one line whose taxable
     amount is the share of the refund before VAT: the largest amount whose total with its
-    VAT (half up) is at most the refund; the VAT is the rest, within a cent of 22 %.
+    VAT (half up) is at most the refund; the VAT is the rest, within a cent of 22 %.  Under
+    split payment the buyer paid the taxable amount only: the refund is the line's taxable
+    amount and its VAT (22 %, half up) is credited as the buyer's (``EsigibilitaIVA`` S).
     """
-    if not 0 < refunded_cents <= invoice.totals.total_cents:
+    if not 0 < refunded_cents <= invoice.amount_due_cents:
         raise ValueError(
             f"a refund of {pricing.format_amount(refunded_cents)} EUR does not fit invoice {invoice.number} "
-            f"of {pricing.format_amount(invoice.totals.total_cents)} EUR"
+            f"of {pricing.format_amount(invoice.amount_due_cents)} EUR"
         )
-    if refunded_cents == invoice.totals.total_cents:
+    if refunded_cents == invoice.amount_due_cents:
         lines, totals = invoice.lines, invoice.totals
+    elif invoice.buyer.split_payment:
+        description = latin(
+            f"Rimborso parziale relativo alla fattura n. {invoice.number} del {invoice.issued_on:%d/%m/%Y}"
+        )
+        lines = (InvoiceLine(description, 1, refunded_cents, refunded_cents),)
+        totals = totals_of(lines)
     else:
         taxable = refunded_cents * 100 // (100 + catalogue.VAT_PERCENT)
         while taxable + 1 + pricing.vat_cents(taxable + 1) <= refunded_cents:
@@ -524,13 +560,13 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
     _sub(summary, "AliquotaIVA", rate)
     _sub(summary, "ImponibileImporto", _amount(document.totals.subtotal_cents))
     _sub(summary, "Imposta", _amount(document.totals.vat_cents))
-    _sub(summary, "EsigibilitaIVA", "I")
+    _sub(summary, "EsigibilitaIVA", SPLIT_PAYMENT if buyer.split_payment else IMMEDIATE)
 
     payment = _sub(body, "DatiPagamento")
     _sub(payment, "CondizioniPagamento", PAID_IN_FULL)
     payment_detail = _sub(payment, "DettaglioPagamento")
     _sub(payment_detail, "ModalitaPagamento", PAYMENT_MODES[document.payment_method])
-    _sub(payment_detail, "ImportoPagamento", _amount(document.totals.total_cents))
+    _sub(payment_detail, "ImportoPagamento", _amount(document.amount_due_cents))
 
     xml: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
     return xml

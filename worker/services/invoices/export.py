@@ -105,7 +105,7 @@ def _completion(connection: Connection, row, seller: Seller, today: date) -> tup
             _HOLDERS.c.id == select(_MAILBOXES.c.holder_id).where(_MAILBOXES.c.id == row.mailbox_id).scalar_subquery()
         )
     ).one()
-    buyer = buyer_from_holder(holder)
+    buyer = buyer_from_holder(holder, split_payment=bool(row.buyer.get("split_payment")))
     reasons = waiting_reasons(seller, buyer)
     if reasons:
         return {"waiting_reason": ",".join(reasons)}, reasons

@@ -25,6 +25,7 @@ from worker.mail.queue import update_context_part
 from worker.rules import einvoice, pricing
 from worker.rules.auto_renew import CHARGE_SUCCEEDED
 from worker.rules.einvoice import Address, Buyer, InvoiceDocument, InvoiceLine, Seller, Totals
+from worker.rules.vocabulary import PUBLIC_ADMINISTRATION
 from worker.store.db import dialect_insert
 from worker.store.models import ChargeIntent, Invoice, InvoiceCounter, InvoiceStatus, NoticeLedgerEntry
 
@@ -61,8 +62,11 @@ class InvoiceRecord:
     waiting_reason: str | None
 
 
-def buyer_from_holder(holder: Any) -> Buyer:
-    """The buyer as invoiced from a holder row (ORM or Core): its data and billing address."""
+def buyer_from_holder(holder: Any, *, split_payment: bool = False) -> Buyer:
+    """The buyer as invoiced from a holder row (ORM or Core): its data and billing address.
+
+    ``split_payment``: the order asked a public administration the taxable amount only
+    (``SPLIT_PAYMENT_FOR_PA``); the invoice then says ``EsigibilitaIVA`` S."""
     address = None
     if holder.billing_address and holder.billing_postcode and holder.billing_city:
         address = Address(
@@ -83,6 +87,7 @@ def buyer_from_holder(holder: Any) -> Buyer:
         office_code=holder.office_code,
         cig=holder.cig,
         cup=holder.cup,
+        split_payment=split_payment and holder.kind == PUBLIC_ADMINISTRATION,
     )
 
 
@@ -190,8 +195,9 @@ def record_invoice(
     :func:`number_pending_invoices`), or waiting (and why)."""
     totals = einvoice.totals_of(lines)
     reasons = waiting_reasons(seller, buyer)
-    if totals.total_cents != paid_cents:
-        log.warning("invoice of %s: the lines come to %s cents, %s paid", reference, totals.total_cents, paid_cents)
+    due = einvoice.amount_due(buyer, totals)
+    if due != paid_cents:
+        log.warning("invoice of %s: the lines come to %s cents, %s paid", reference, due, paid_cents)
         reasons += (AMOUNT_MISMATCH,)
     values: dict[str, Any] = {
         "kind": einvoice.INVOICE,
@@ -298,7 +304,7 @@ def document_of(row: Any, corrected: Any = None) -> InvoiceDocument:
         issued_on=row.issued_on or row.paid_on,
         buyer=Buyer.from_dict(row.buyer),
         lines=tuple(InvoiceLine.from_dict(line) for line in row.lines),
-        totals=Totals(row.subtotal_cents, row.vat_cents, row.paid_cents),
+        totals=Totals(row.subtotal_cents, row.vat_cents, row.subtotal_cents + row.vat_cents),
         payment_method=row.payment_method,
         reference=row.reference,
         corrects=corrects,
@@ -346,6 +352,8 @@ def courtesy_copy(record: InvoiceRecord, seller: Seller | None, document: Invoic
         "vat_cents": document.totals.vat_cents,
         "vat_percent": catalogue.VAT_PERCENT,
         "total_cents": document.totals.total_cents,
+        "split_payment": buyer.split_payment,
+        "due_cents": document.amount_due_cents,
     }
 
 
