@@ -5,7 +5,8 @@
 
 It empties and migrates the benchmark database (its name must contain "bench"),
 seeds N auto-renew mailboxes due today, as ``bench/charges.py`` does, whose holders
-have a tax code and a billing address, and sets the seller settings.  Then:
+are private persons with a tax code (their names split into ``Nome`` and ``Cognome``)
+and a billing address, and sets the seller settings.  Then:
 
 1. the charges, as ``run-daily`` runs them (``--concurrency`` at a time against the
    sandbox at ``--latency-ms``): each success writes its invoice in the same
