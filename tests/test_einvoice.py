@@ -272,6 +272,10 @@ def test_a_public_administration_under_split_payment_pays_the_taxable_amount_and
     root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
     assert root.get("versione") == "FPA12"
     assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "S"
+    assert (
+        fatturapa.texts(root, ".//Causale")[1]
+        == "Operazione soggetta a scissione dei pagamenti, art. 17-ter DPR 633/1972"
+    )
     assert cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto")) == order.subtotal_cents
     assert cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta")) == order.vat_cents
     assert cents(fatturapa.text(root, ".//ImportoTotaleDocumento")) == order.total_cents
@@ -292,4 +296,5 @@ def test_without_split_payment_a_public_administration_pays_the_total_and_the_va
     invoice, paid = an_invoice(buyer_of("public_administration"))
     root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
     assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "I"
+    assert len(fatturapa.texts(root, ".//Causale")) == 1
     assert cents(fatturapa.text(root, ".//ImportoPagamento")) == paid

@@ -16,10 +16,12 @@ the same stored data always give the same file.
   everyone else.  A private person's name that no split matches waits for corrected data.
 - Prices are VAT excluded (``config/catalogue.py``); the VAT is 22 % of the taxable
   amount, rounded half up to the cent, as the order computed it (``pricing.vat_cents``),
-  so the document's total is the amount paid, to the cent.
+  so the document's total (``ImportoTotaleDocumento``) is the amount paid, to the cent,
+  but under split payment.
 - Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972): a public
   administration's invoice, when the provider applies it (``SPLIT_PAYMENT_FOR_PA``),
-  says ``EsigibilitaIVA`` ``S`` in ``DatiRiepilogo``; ``ImportoTotaleDocumento`` stays
+  says ``EsigibilitaIVA`` ``S`` in ``DatiRiepilogo`` (and so in a second ``Causale``);
+  ``ImportoTotaleDocumento`` stays
   the total with VAT and ``ImportoPagamento`` is the taxable amount, what the
   administration pays the seller (it pays the VAT to the Treasury itself).  Otherwise
   ``I``, and ``ImportoPagamento`` is the total.
@@ -65,6 +67,8 @@ PAID_IN_FULL = "TP02"
 #: EsigibilitaIVA: VAT due at once by the seller; split payment (the public administration pays it).
 IMMEDIATE = "I"
 SPLIT_PAYMENT = "S"
+#: The document's statement of it (a second ``Causale``).
+SPLIT_PAYMENT_NOTE = "Operazione soggetta a scissione dei pagamenti, art. 17-ter DPR 633/1972"
 #: CodiceDestinatario with no SDI code (delivery to the PEC address, or to the holder's tax drawer).
 NO_SDI_CODE = "0000000"
 #: CodiceDestinatario for a buyer without an Italian tax identity.
@@ -531,6 +535,8 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
     _sub(document_part, "ImportoTotaleDocumento", _amount(document.totals.total_cents))
     what = "Nota di credito" if document.kind == CREDIT_NOTE else "Rinnovo caselle PEC"
     _sub(document_part, "Causale", latin(f"{what}, rif. {document.reference}", 200))
+    if buyer.split_payment:
+        _sub(document_part, "Causale", SPLIT_PAYMENT_NOTE)
     if buyer.kind == PUBLIC_ADMINISTRATION and (buyer.cig or buyer.cup):
         order = _sub(general, "DatiOrdineAcquisto")
         _sub(order, "IdDocumento", latin(document.reference, 20))
