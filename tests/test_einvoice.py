@@ -14,6 +14,7 @@ from tests.support.invoices import BILLING, HOLDERS
 from worker.rules import einvoice, pricing
 from worker.rules.einvoice import Address, Buyer, Seller
 from worker.rules.holder_data import check_holder
+from worker.services import demo
 
 SELLER = Seller("Provider PEC S.p.A.", "01234560017", Address("Via Roma 1", "00184", "Roma", "RM"))
 ISSUED_ON = date(2027, 3, 1)
@@ -298,3 +299,11 @@ def test_without_split_payment_a_public_administration_pays_the_total_and_the_va
     assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "I"
     assert len(fatturapa.texts(root, ".//Causale")) == 1
     assert cents(fatturapa.text(root, ".//ImportoPagamento")) == paid
+
+
+def test_the_demos_private_holders_have_tax_codes_their_names_split_by():
+    rows = [row for row in demo.sample_rows(60, date(2027, 3, 1)) if row["holder_kind"] == "private"]
+    assert rows
+    for row in rows:
+        given, family = row["holder_name"].split(" ", 1)
+        assert einvoice.person_name(row["holder_name"], row["tax_code"]) == (given, family)

@@ -373,9 +373,14 @@ def person_name(full_name: str, tax_code: str) -> tuple[str, str] | None:
         for cut in range(1, len(words)):
             head, tail = " ".join(words[:cut]), " ".join(words[cut:])
             given, family = (head, tail) if given_first else (tail, head)
-            if _name_code(family, given=False) == surname_code and _name_code(given, given=True) == given_code:
+            if tax_code_letters(given, family) == surname_code + given_code:
                 return given, family
     return None
+
+
+def tax_code_letters(given: str, family: str) -> str:
+    """The six letters a natural person's codice fiscale begins with: the surname's three, then the given names'."""
+    return _name_code(family, given=False) + _name_code(given, given=True)
 
 
 def _name_code(text: str, *, given: bool) -> str:
