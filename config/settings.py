@@ -135,6 +135,9 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: The seller on the electronic invoices (the ``SELLER_*`` settings); None: no invoice is issued.
     seller: Seller | None = None
+    #: Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972) for public administrations:
+    #: their orders ask the taxable amount, and their invoices say ``EsigibilitaIVA`` S.
+    split_payment_for_pa: bool = True
     #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
     #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.
     platform_webhook_url: str | None = None
@@ -336,6 +339,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
     seller = _seller(raw)
+    split_payment_for_pa = _switch(raw("SPLIT_PAYMENT_FOR_PA"), "SPLIT_PAYMENT_FOR_PA", default=True)
     platform_webhook_url, platform_webhook_secret = _platform_webhook(
         raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
     )
@@ -397,6 +401,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         log_format=log_format,
         api_token=api_token,
         seller=seller,
+        split_payment_for_pa=split_payment_for_pa,
         platform_webhook_url=platform_webhook_url,
         platform_webhook_secret=platform_webhook_secret,
     )
@@ -496,6 +501,16 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
     return value
+
+
+def _switch(value: str | None, name: str, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(name, "must be true or false")
 
 
 def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:

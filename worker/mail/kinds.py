@@ -158,6 +158,7 @@ def _order_context(stored: Mapping[str, Any], common: dict[str, Any], signer: Li
         "vat_percent": int(order["vat_percent"]),
         "vat": _euro(order["vat_cents"], language),
         "total": _euro(order["total_cents"], language),
+        "split_payment": bool(order.get("split_payment")),
         "iban": iban,
         "beneficiary": payment["beneficiary"],
         "postal_account": payment["postal_account"],
@@ -259,6 +260,8 @@ def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
         "vat_percent": int(invoice["vat_percent"]),
         "vat": _euro(invoice["vat_cents"], language),
         "total": _euro(invoice["total_cents"], language),
+        "split_payment": bool(invoice.get("split_payment")),
+        "due": _euro(invoice.get("due_cents", invoice["total_cents"]), language),
     }
 
 

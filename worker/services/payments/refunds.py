@@ -188,9 +188,15 @@ def request_refund(
     now: datetime,
 ) -> GatewayRefund:
     """The intent of ``pec-renewal payments refund``: the order's gateway payment, the amount (default:
-    what is left of it), checked; the caller commits and settles it."""
+    what is left of it), checked; the caller commits and settles it.
+
+    What is left is the payment less every refund of it not failed (started, pending, succeeded or
+    unknown), read under the order's row lock: two requests at once are counted one after the other.
+    An amount over it is refused (:class:`PaymentRefused`) and nothing is written."""
     number = (order_number or "").strip().upper()
-    order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == number))
+    # The order's row is locked until the caller commits the intent: a second request for the same
+    # order waits here and then counts this one, so the refunds never add up to more than was paid.
+    order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == number).with_for_update())
     if order is None:
         raise PaymentRefused("unknown_order", f"no order {number or '(empty)'}", order_number=number or None)
     gateway, reference, left = gateway_payment_of(session, order)

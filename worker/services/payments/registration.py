@@ -37,6 +37,7 @@ from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS, Plan
 from worker.services import invoices
 from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email, withdraw_confirmation
+from worker.services.orders.summary import split_payment
 from worker.services.platform_events import set_auto_renew
 from worker.store.models import (
     Holder,
@@ -178,11 +179,12 @@ def _invoice(
             for line in lines
         ],
         order.years or 1,
+        split_payment=split_payment(order),
     )
     invoice_lines = einvoice.lines_for(
         priced.lines, {mailboxes[line.mailbox_id].address: line.old_expires_on for line in lines}
     )
-    buyer = invoices.buyer_from_holder(holder)
+    buyer = invoices.buyer_from_holder(holder, split_payment=split_payment(order))
     record = invoices.record_invoice(
         session.connection(),
         seller=settings.seller,
