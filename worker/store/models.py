@@ -602,6 +602,29 @@ class SandboxCharge(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SandboxMethod(Base):
+    """A payment method the sandbox gateway stores for off-session charges, as Stripe keeps a PaymentMethod.
+
+    Created by the sandbox's checkout (the card or PayPal account of a successful payment, kept for
+    auto-renew) and by its page for a new method; ``method_id`` (``pm_sbx_…``, ``paypal_sbx_…``) is
+    what the mailbox stores and what ``charge`` takes.  ``behaviour`` is the test token it was made
+    from: a charge of the stored method answers as that test card would.
+    """
+
+    __tablename__ = "sandbox_methods"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    method_id: Mapped[str] = mapped_column(String(64), unique=True)
+    behaviour: Mapped[str] = mapped_column(String(200))
+    brand: Mapped[str] = mapped_column(String(32))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    exp_month: Mapped[int | None] = mapped_column(Integer)
+    exp_year: Mapped[int | None] = mapped_column(Integer)
+    #: The charge whose method was kept (its idempotency key), or None for the page of a new method.
+    source_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 # -- Electronic invoices ---------------------------------------------------------------------
 
 
