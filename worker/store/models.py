@@ -554,6 +554,10 @@ class GatewayEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: The states of a refund whose gateway answer is not recorded yet: asked again with the same key.
+REFUND_OPEN_STATES = ("started", "unknown")
+
+
 class GatewayRefund(Base):
     """A refund we asked a gateway for, written before the gateway is called ("intent, act, record").
 
