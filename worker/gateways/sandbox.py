@@ -53,6 +53,7 @@ from worker.gateways.sandbox_methods import (
     describe_stored,
     is_stored_method,
 )
+from worker.gateways.sandbox_webhooks import CHARGE_FAILED, CHARGE_SUCCEEDED, REFUND_SUCCEEDED, write_event
 from worker.store.db import dialect_insert
 from worker.store.models import SandboxCharge, SandboxMethod
 
@@ -109,6 +110,7 @@ class SandboxGateway:
         *,
         latency_ms: int = 0,
         clock: Callable[[], datetime] | None = None,
+        webhooks: bool = False,
     ):
         self._session_factory = session_factory
         with session_factory() as session:
@@ -117,6 +119,8 @@ class SandboxGateway:
         self._engine = bind if isinstance(bind, Engine) else bind.engine
         self._latency = max(0, latency_ms) / 1000.0
         self._clock = clock or _utc_now
+        #: Write a webhook event with each new record (``SANDBOX_WEBHOOK_URL`` set): :mod:`.sandbox_webhooks`.
+        self._webhooks = webhooks
 
     def charge(
         self,
@@ -142,7 +146,7 @@ class SandboxGateway:
             "description": description,
             "at": self._clock(),
         }
-        with self._autocommit() as connection:
+        with self._connection() as connection:
             behaviour = behaviour_of(connection, payment_method)
             outcome = BEHAVIOUR.get(behaviour, UNKNOWN_TOKEN)[0]
             values["outcome"] = outcome.value
@@ -153,6 +157,8 @@ class SandboxGateway:
                 # PostgreSQL; SQLite's transactions are serial): read what it recorded.
                 row = connection.execute(_ROW, {"key": idempotency_key}).one()
                 behaviour = row.behaviour
+            elif self._webhooks:
+                _charge_event(connection, row, values, _result(row, behaviour))
             connection.commit()
         if not inserted:
             # A replay: Stripe compares the parameters and refuses a key reused for another charge.
@@ -193,7 +199,7 @@ class SandboxGateway:
         self._wait()
         with self._engine.connect() as connection:
             charged = connection.execute(
-                select(_SANDBOX.c.reference, _SANDBOX.c.amount_cents, _SANDBOX.c.currency)
+                select(_SANDBOX.c.id, _SANDBOX.c.reference, _SANDBOX.c.amount_cents, _SANDBOX.c.currency)
                 .where(
                     (_SANDBOX.c.reference == reference) | (_SANDBOX.c.idempotency_key == reference),
                     _SANDBOX.c.outcome == ChargeOutcome.SUCCEEDED.value,
@@ -234,6 +240,21 @@ class SandboxGateway:
             row = connection.execute(_insert(connection), values).first()
             if row is None:
                 row = connection.execute(_ROW, {"key": idempotency_key}).one()
+            elif self._webhooks:
+                write_event(
+                    connection,
+                    REFUND_SUCCEEDED,
+                    key=idempotency_key,
+                    stream_id=charged.id,
+                    data={
+                        "refund": row.reference,
+                        "charge": charged.reference,
+                        "payment": reference,
+                        "amount_cents": amount_cents,
+                        "currency": values["currency"],
+                    },
+                    now=values["at"],
+                )
             connection.commit()
         log.info("sandbox: refunded %s of %s", amount_cents, charged.reference)
         return RefundResult(RefundOutcome.SUCCEEDED, row.reference, "refund succeeded")
@@ -272,6 +293,11 @@ class SandboxGateway:
             connection.commit()
         return saved
 
+    def _connection(self) -> Connection:
+        """The connection of a charge: one that commits each statement, unless a webhook event is
+        written with the record (then both commit together)."""
+        return self._engine.connect() if self._webhooks else self._autocommit()
+
     def _autocommit(self) -> Connection:
         """A connection whose statements commit on their own on PostgreSQL (a call is one statement,
         two for a replay: no BEGIN or COMMIT to wait for).  SQLite's connections open their own
@@ -294,6 +320,7 @@ class SandboxGateway:
 _SANDBOX = SandboxCharge.__table__
 _METHODS = SandboxMethod.__table__
 _ROW_COLUMNS = (
+    _SANDBOX.c.id,
     _SANDBOX.c.payment_method,
     _SANDBOX.c.amount_cents,
     _SANDBOX.c.currency,
@@ -317,6 +344,27 @@ def _insert(connection: Connection) -> Any:
         statement = dialect_insert(connection, _SANDBOX).on_conflict_do_nothing().returning(*_ROW_COLUMNS)
         _INSERTS[connection.dialect.name] = statement
     return statement
+
+
+def _charge_event(connection: Connection, row: Any, values: dict, result: ChargeResult) -> None:
+    """The webhook event of a charge just recorded (its outcome is final: a lost answer is the
+    caller's, the sandbox knows what it did)."""
+    write_event(
+        connection,
+        CHARGE_SUCCEEDED if result.succeeded else CHARGE_FAILED,
+        key=values["idempotency_key"],
+        stream_id=row.id,
+        data={
+            "charge": row.reference,
+            "idempotency_key": values["idempotency_key"],
+            "amount_cents": row.amount_cents,
+            "currency": row.currency,
+            "outcome": row.outcome,
+            "decline_code": result.decline_code,
+            "description": values["description"],
+        },
+        now=values["at"],
+    )
 
 
 def _result(row: Any, behaviour: str) -> ChargeResult:

@@ -629,6 +629,41 @@ class SandboxMethod(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SandboxWebhook(Base):
+    """An event the sandbox gateway sends to our own ``POST /webhooks/sandbox``, as Stripe sends its
+    webhooks: written with the sandbox's record of the charge or refund (same transaction), posted
+    afterwards, signed by the Standard Webhooks specification, at least once, by the sender of the
+    platform's events (:class:`worker.events.delivery.EventSender`, these columns being its own).
+
+    The events of one charge (its payment, then its refunds) go out in ``id`` order (``stream_id``:
+    the sandbox's charge row).
+    """
+
+    __tablename__ = "sandbox_webhooks"
+    __table_args__ = (
+        Index(
+            "ix_sandbox_webhooks_pending",
+            "stream_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    stream_id: Mapped[int] = mapped_column(Id)
+    data: Mapped[dict] = mapped_column(JSON)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retrying_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # -- Electronic invoices ---------------------------------------------------------------------
 
 
