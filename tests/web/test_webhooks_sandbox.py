@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from tests.support.orders import complete_order
 from tests.support.settings import make_settings
 from worker.gateways import make_gateway
 from worker.services import payments
+from worker.services.health import check_webhooks
 from worker.services.payments.refunds import request_refund, settle_refund
 from worker.store.models import GatewayEvent, Mailbox, Payment, SandboxWebhook
 
@@ -168,3 +170,15 @@ def test_without_a_url_the_sandbox_writes_no_webhook_and_without_a_secret_the_en
     assert webhooks(session_factory) == []
     with served_app(tmp_path / "web", database_url, session_factory, wall_clock) as (_web, base_url):
         assert httpx.post(f"{base_url}/webhooks/sandbox", content=b"{}").status_code == 404
+
+
+def test_check_says_where_the_sandbox_s_webhooks_go(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        sandbox_webhook_url="https://rinnovi.example.test/webhooks/sandbox?k=secret",
+        sandbox_webhook_secret=SECRET,
+    )
+    said = check_webhooks(SimpleNamespace(settings=settings))
+    assert said.startswith("sandbox webhooks sent to https://rinnovi.example.test/webhooks/sandbox;")
+    assert "secret" not in said
+    assert check_webhooks(SimpleNamespace(settings=make_settings(tmp_path))) == "sandbox: no webhook to receive"
