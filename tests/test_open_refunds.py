@@ -8,10 +8,13 @@ from datetime import UTC, date, datetime
 from sqlalchemy import select
 
 from config.celery import CHARGES_QUEUE, celery_config
+from tasks.refunds import retry_refunds
 from tests.support.factories import make_mailbox
+from tests.support.link_handler import runtime_on_test_database
 from tests.support.settings import make_settings
 from worker.gateways.sandbox import SandboxGateway
 from worker.metrics import GatewayCollector
+from worker.services import runtime
 from worker.services.open_refunds import retry_open_refunds
 from worker.services.payments.refunds import AUTOMATIC, start_refund
 from worker.store.models import ChargeIntent, GatewayRefund, OutboxMessage, SandboxCharge
@@ -34,7 +37,9 @@ def open_refunds_gauge(engine) -> float:
     return family.samples[0].value
 
 
-def test_a_charge_refund_left_open_is_asked_again_once_and_its_holder_told(session_factory, settings, engine):
+def open_charge_refund(session_factory) -> tuple[int, str]:
+    """An auto-renew charge of a mailbox renewed meanwhile, its refund's intent committed and its answer
+    lost: (the mailbox's id, the sandbox's charge id)."""
     gateway = SandboxGateway(session_factory, clock=lambda: NOW)
     with session_factory() as session, session.begin():
         mailbox = make_mailbox(
@@ -59,6 +64,11 @@ def test_a_charge_refund_left_open_is_asked_again_once_and_its_holder_told(sessi
             session, gateway="sandbox", order=None, payment_reference=charged.reference, amount_cents=2440,
             currency="EUR", kind=AUTOMATIC, reason="the mailbox was renewed meanwhile", now=NOW,
         )  # fmt: skip
+    return mailbox_id, charged.reference
+
+
+def test_a_charge_refund_left_open_is_asked_again_once_and_its_holder_told(session_factory, settings, engine):
+    mailbox_id, reference = open_charge_refund(session_factory)
     assert open_refunds_gauge(engine) == 1
 
     done = retry_open_refunds(session_factory, settings=settings, clock=lambda: NOW, today=TODAY)
@@ -68,8 +78,23 @@ def test_a_charge_refund_left_open_is_asked_again_once_and_its_holder_told(sessi
     with session_factory() as session:
         assert session.scalar(select(GatewayRefund.status)) == "succeeded"
         refunded = session.scalars(select(SandboxCharge).where(SandboxCharge.outcome == "refunded")).all()
-        assert [(row.payment_method, row.amount_cents) for row in refunded] == [(f"refund:{charged.reference}", 2440)]
+        assert [(row.payment_method, row.amount_cents) for row in refunded] == [(f"refund:{reference}", 2440)]
         (told,) = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "payment-refunded")).all()
         assert told.to_address == "studio@example.it"
         assert told.context["refund"] == {"amount_cents": 2440, "kind": "automatic", "method": "card", "charge": True}
         assert [item["id"] for item in told.context["mailboxes"]] == [mailbox_id]
+
+
+def test_the_beat_task_asks_again_through_the_same_service(session_factory, settings):
+    open_charge_refund(session_factory)
+    worker = runtime_on_test_database(settings, session_factory, lambda: NOW)
+    runtime.install(worker)
+    try:
+        assert retry_refunds() == 1
+        assert retry_refunds() == 0
+    finally:
+        worker.__dict__.pop("engine")  # the test database's engine: not the runtime's to dispose
+        runtime.install(None)
+    with session_factory() as session:
+        assert session.scalar(select(GatewayRefund.status)) == "succeeded"
+        assert session.scalars(select(OutboxMessage.kind)).all() == ["payment-refunded"]
