@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, warn_generated_secret_key
 from worker.events.delivery import EventSender
-from worker.gateways import make_gateway
+from worker.gateways import make_gateway, sandbox_webhooks
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import Mailer, make_mailer
 from worker.mail.outbox import OutboxRelay
@@ -145,6 +145,21 @@ class Runtime:
             url=self.settings.platform_webhook_url,
             secret=self.settings.platform_webhook_secret,
             clock=self.clock,
+        )
+
+    @cached_property
+    def sandbox_webhook_sender(self) -> EventSender:
+        """The sandbox's webhooks to our own endpoint (``SANDBOX_WEBHOOK_URL``), by the same sender."""
+        with self.session_factory() as session:
+            engine = session.get_bind()
+        return EventSender(
+            engine,
+            url=self.settings.sandbox_webhook_url,
+            secret=self.settings.sandbox_webhook_secret,
+            clock=self.clock,
+            table=sandbox_webhooks.TABLE,
+            stream=sandbox_webhooks.STREAM,
+            label="sandbox webhook",
         )
 
     def today(self) -> date:
