@@ -5,7 +5,10 @@
 
 It empties and migrates the benchmark database (its name must contain
 "bench"), seeds N auto-renew mailboxes whose charge is due today with
-``generate_series`` in SQL (no ORM), then runs what ``pec-renewal run-daily``
+``generate_series`` in SQL (no ORM), each with a method the sandbox stored
+(``sandbox_methods``, ``pm_sbx_…``, made from ``--token``), as its checkout and
+its page for a new method store them; ``--imported-tokens`` gives each mailbox
+the test token itself instead, as the import does.  Then it runs what ``pec-renewal run-daily``
 runs for that date: the scan, then the charges, ``--concurrency`` at a time
 (``GATEWAY_CONCURRENCY``), each sandbox call sleeping ``--latency-ms``.  Mail
 is only queued (the outbox), not delivered: delivery has its own benchmark.
@@ -48,7 +51,7 @@ def reset_database(url: str) -> None:
     migrate.upgrade(url)
 
 
-def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> float:
+def seed(url: str, count: int, expires_on: date, due_on: date, token: str, stored: bool = True) -> float:
     started = time.perf_counter()
     with psycopg.connect(psycopg_url(url)) as connection:
         connection.execute(
@@ -66,6 +69,17 @@ def seed(url: str, count: int, expires_on: date, due_on: date, token: str) -> fl
             "%s, true, %s, 1, false, 'it' FROM holders h",
             (expires_on, token),
         )
+        if stored:
+            # One stored method per mailbox, charged as the test token it was made from.
+            connection.execute(
+                "UPDATE mailboxes SET payment_method = 'pm_sbx_' || lpad(to_hex(id), 24, '0'), "
+                "card_expires_on = DATE '2030-03-31'"
+            )
+            connection.execute(
+                "INSERT INTO sandbox_methods (method_id, behaviour, brand, last4, exp_month, exp_year, created_at) "
+                "SELECT payment_method, %s, 'Visa', '4242', 3, 2030, now() FROM mailboxes",
+                (token,),
+            )
         connection.execute(
             "INSERT INTO mailbox_schedule (mailbox_id, next_action_on) SELECT id, %s FROM mailboxes", (due_on,)
         )
@@ -95,7 +109,11 @@ def check_gateway_record(url: str) -> dict:
             "SELECT count(*) FROM mailboxes WHERE expires_on > %s", (date(2027, 3, 31),)
         ).fetchone()[0]
         intents = dict(connection.execute("SELECT status, count(*) FROM charge_intents GROUP BY status").fetchall())
+        stored = connection.execute(
+            "SELECT count(*) FROM sandbox_charges c JOIN sandbox_methods m ON m.method_id = c.payment_method"
+        ).fetchone()[0]
     return {
+        "charges_of_stored_methods": stored,
         "gateway_charges": rows,
         "distinct_keys": keys,
         "mailboxes_charged_twice": doubled,
@@ -110,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32, help="GATEWAY_CONCURRENCY")
     parser.add_argument("--database-url", default=os.environ.get("PEC_RENEWAL_BENCH_DATABASE_URL", DEFAULT_URL))
-    parser.add_argument("--token", default="pm_card_visa", help="the sandbox token every mailbox has")
+    parser.add_argument("--token", default="pm_card_visa", help="the test token every mailbox's method is made from")
+    parser.add_argument(
+        "--imported-tokens", action="store_true", help="the test token on each mailbox, not a stored method"
+    )
     args = parser.parse_args(argv)
 
     expires_on = date(2027, 3, 31)
     today = expires_on - timedelta(days=7)
     reset_database(args.database_url)
-    seed_seconds = seed(args.database_url, args.mailboxes, expires_on, today, args.token)
+    seed_seconds = seed(args.database_url, args.mailboxes, expires_on, today, args.token, not args.imported_tokens)
     print(f"seeded {args.mailboxes} auto-renew mailboxes in {seed_seconds:.1f}s", file=sys.stderr)
 
     settings = Settings.from_env(
@@ -145,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ideal = args.concurrency / (args.latency_ms / 1000.0) if args.latency_ms else None
     summary = {
         "mailboxes": args.mailboxes,
+        "stored_methods": not args.imported_tokens,
         "latency_ms": args.latency_ms,
         "concurrency": args.concurrency,
         "seed_seconds": round(seed_seconds, 2),

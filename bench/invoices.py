@@ -5,7 +5,8 @@
 
 It empties and migrates the benchmark database (its name must contain "bench"),
 seeds N auto-renew mailboxes due today, as ``bench/charges.py`` does, whose holders
-have a tax code and a billing address, and sets the seller settings.  Then:
+are private persons with a tax code (their names split into ``Nome`` and ``Cognome``)
+and a billing address, and sets the seller settings.  Then:
 
 1. the charges, as ``run-daily`` runs them (``--concurrency`` at a time against the
    sandbox at ``--latency-ms``): each success writes its invoice in the same
@@ -70,7 +71,7 @@ BASELINE = (
     "{seller}</Denominazione></Anagrafica><RegimeFiscale>RF01</RegimeFiscale></DatiAnagrafici><Sede><Indirizzo>"
     "Via Roma 1</Indirizzo><CAP>00184</CAP><Comune>Roma</Comune><Provincia>RM</Provincia><Nazione>IT</Nazione>"
     "</Sede></CedentePrestatore><CessionarioCommittente><DatiAnagrafici><CodiceFiscale>{tax_code}</CodiceFiscale>"
-    "<Anagrafica><Denominazione>{buyer}</Denominazione></Anagrafica></DatiAnagrafici><Sede><Indirizzo>{street}"
+    "<Anagrafica><Nome>{first_name}</Nome><Cognome>{last_name}</Cognome></Anagrafica></DatiAnagrafici><Sede><Indirizzo>{street}"
     "</Indirizzo><CAP>{postcode}</CAP><Comune>{city}</Comune><Nazione>IT</Nazione></Sede></CessionarioCommittente>"
     "</FatturaElettronicaHeader><FatturaElettronicaBody><DatiGenerali><DatiGeneraliDocumento><TipoDocumento>TD01"
     "</TipoDocumento><Divisa>EUR</Divisa><Data>{day}</Data><Numero>{number}</Numero><ImportoTotaleDocumento>"
@@ -89,10 +90,12 @@ BASELINE_LINE = (
 
 
 def give_billing_data(url: str) -> None:
-    """Every holder a private person with a tax code and an address in Milan."""
+    """Every holder a private person, Mario Rossi, with his tax code and an address in Milan (the name
+    the tax code's letters split into Nome and Cognome)."""
     with psycopg.connect(psycopg_url(url)) as connection:
         connection.execute(
-            "UPDATE holders SET tax_code = 'RSSMRA80A01H501U', billing_address = 'Via Garibaldi ' || id, "
+            "UPDATE holders SET name = 'Mario Rossi', kind = 'private', vat_number = NULL, "
+            "tax_code = 'RSSMRA80A01H501U', billing_address = 'Via Garibaldi ' || id, "
             "billing_postcode = '20121', billing_city = 'Milano', billing_province = 'MI', billing_country = 'IT'"
         )
 
@@ -124,7 +127,8 @@ def baseline(runtime: Runtime, out_dir: Path) -> int:
             progressive=progressive,
             seller=SELLER["SELLER_NAME"],
             tax_code=buyer["tax_code"],
-            buyer=buyer["name"],
+            first_name=buyer["name"].split(" ", 1)[0],
+            last_name=buyer["name"].split(" ", 1)[1],
             street=address["street"],
             postcode=address["postcode"],
             city=address["city"],

@@ -57,6 +57,7 @@ def celery_config(settings: Settings) -> dict:
             "pec_renewal.charge_sweep": {"queue": SCAN_QUEUE},
             "pec_renewal.charge_batch": {"queue": CHARGES_QUEUE},
             "pec_renewal.deliver_platform_events": {"queue": EVENTS_QUEUE},
+            "pec_renewal.retry_refunds": {"queue": CHARGES_QUEUE},
         },
         "beat_schedule": {
             # Fired every hour from the scan time to the end of the day: the
@@ -83,6 +84,12 @@ def celery_config(settings: Settings) -> dict:
             "deliver-platform-events": {
                 "task": "pec_renewal.deliver_platform_events",
                 "schedule": timedelta(minutes=1),
+            },
+            # Refunds whose gateway answer was lost (a timeout, a crash after the intent), asked
+            # again with their own idempotency key, well within the hours a gateway keeps a key.
+            "refunds-retry": {
+                "task": "pec_renewal.retry_refunds",
+                "schedule": timedelta(minutes=15),
             },
         },
         "beat_schedule_filename": str(settings.var_dir / "celerybeat-schedule"),

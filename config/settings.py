@@ -135,10 +135,17 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     #: The seller on the electronic invoices (the ``SELLER_*`` settings); None: no invoice is issued.
     seller: Seller | None = None
+    #: Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972) for public administrations:
+    #: their orders ask the taxable amount, and their invoices say ``EsigibilitaIVA`` S.
+    split_payment_for_pa: bool = True
     #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
     #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.
     platform_webhook_url: str | None = None
     platform_webhook_secret: str | None = field(default=None, repr=False)
+    #: Where the sandbox gateway posts its webhooks (our own ``/webhooks/sandbox``); unset, it sends
+    #: none.  The secret (``whsec_`` and base64) signs them and verifies them at the endpoint.
+    sandbox_webhook_url: str | None = None
+    sandbox_webhook_secret: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The generated repr would show passwords inside the database and broker URLs.
@@ -146,7 +153,10 @@ class Settings:
         for item in fields(self):
             if item.repr:
                 value = getattr(self, item.name)
-                if item.name in ("database_url", "broker_url", "platform_webhook_url") and value is not None:
+                if (
+                    item.name in ("database_url", "broker_url", "platform_webhook_url", "sandbox_webhook_url")
+                    and value is not None
+                ):
                     value = _hide_password(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -336,8 +346,12 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
     seller = _seller(raw)
-    platform_webhook_url, platform_webhook_secret = _platform_webhook(
+    split_payment_for_pa = _switch(raw("SPLIT_PAYMENT_FOR_PA"), "SPLIT_PAYMENT_FOR_PA", default=True)
+    platform_webhook_url, platform_webhook_secret = _webhook(
         raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
+    )
+    sandbox_webhook_url, sandbox_webhook_secret = _webhook(
+        raw("SANDBOX_WEBHOOK_URL"), raw("SANDBOX_WEBHOOK_SECRET"), "SANDBOX"
     )
 
     # Last, so that a bad value elsewhere stops the program before a key is
@@ -397,8 +411,11 @@ def _read(environ: Mapping[str, str]) -> Settings:
         log_format=log_format,
         api_token=api_token,
         seller=seller,
+        split_payment_for_pa=split_payment_for_pa,
         platform_webhook_url=platform_webhook_url,
         platform_webhook_secret=platform_webhook_secret,
+        sandbox_webhook_url=sandbox_webhook_url,
+        sandbox_webhook_secret=sandbox_webhook_secret,
     )
 
 
@@ -442,9 +459,10 @@ def _seller(raw) -> Seller | None:
     return Seller(values["SELLER_NAME"], vat_number, address, regime)
 
 
-def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, str | None]:
-    """The platform's webhook URL (http or https, a query allowed) and its Standard Webhooks secret:
-    ``whsec_`` then the base64 of 24 to 64 random bytes.  A URL without a secret is refused."""
+def _webhook(url: str | None, secret: str | None, name: str = "PLATFORM") -> tuple[str | None, str | None]:
+    """A webhook URL (http or https, a query allowed) and its Standard Webhooks secret: ``whsec_``
+    then the base64 of 24 to 64 random bytes.  A URL without a secret is refused.  ``name``: the
+    settings' prefix (the platform's, the sandbox's)."""
     if url is not None:
         try:
             parts = urlsplit(url)
@@ -452,11 +470,11 @@ def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, 
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-            raise SettingsError("PLATFORM_WEBHOOK_URL", f"{url!r} is not an http(s) URL")
+            raise SettingsError(f"{name}_WEBHOOK_URL", f"{url!r} is not an http(s) URL")
         if _has_space(url):
-            raise SettingsError("PLATFORM_WEBHOOK_URL", "must not hold spaces or control characters")
+            raise SettingsError(f"{name}_WEBHOOK_URL", "must not hold spaces or control characters")
         if secret is None:
-            raise SettingsError("PLATFORM_WEBHOOK_SECRET", "is required when PEC_RENEWAL_PLATFORM_WEBHOOK_URL is set")
+            raise SettingsError(f"{name}_WEBHOOK_SECRET", f"is required when PEC_RENEWAL_{name}_WEBHOOK_URL is set")
     if secret is not None:
         encoded = secret.removeprefix("whsec_")
         try:
@@ -465,7 +483,7 @@ def _platform_webhook(url: str | None, secret: str | None) -> tuple[str | None, 
             key = b""
         if not 24 <= len(key) <= 64:
             raise SettingsError(
-                "PLATFORM_WEBHOOK_SECRET", "must be whsec_ followed by the base64 of 24 to 64 random bytes"
+                f"{name}_WEBHOOK_SECRET", "must be whsec_ followed by the base64 of 24 to 64 random bytes"
             )
     return url, secret
 
@@ -496,6 +514,16 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
     return value
+
+
+def _switch(value: str | None, name: str, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if value.strip().lower() in ("false", "0", "no", "off"):
+        return False
+    raise SettingsError(name, "must be true or false")
 
 
 def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:

@@ -1,4 +1,5 @@
-"""Platform events: delivered every minute by beat (new events and retries), on their own queue."""
+"""Platform events, and the sandbox gateway's webhooks: delivered every minute by beat (new events and
+retries), on their own queue."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def deliver_platform_events(max_batches: int = 20) -> int:
 
     Does nothing without ``PLATFORM_WEBHOOK_URL``: the events are kept.
     """
-    result = runtime.current().event_sender.deliver_due(max_batches=max_batches)
+    rt = runtime.current()
+    result = rt.event_sender.deliver_due(max_batches=max_batches)
     metrics.record_events(result)
-    return result.handled
+    # The sandbox's webhooks to our own endpoint, by the same sender (nothing without SANDBOX_WEBHOOK_URL).
+    sandbox = rt.sandbox_webhook_sender.deliver_due(max_batches=max_batches)
+    return result.handled + sandbox.handled

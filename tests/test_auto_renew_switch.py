@@ -19,7 +19,6 @@ from tests.support.charges import (
     text_of,
     walk,
 )
-from worker.gateways import SavedMethod
 from worker.rules import schedule
 from worker.rules.auto_renew import AttemptRecord, can_switch_on, manual_action_on, next_charge_on
 from worker.services import auto_renew_switch as switch
@@ -182,7 +181,7 @@ def test_a_new_method_from_the_hosted_page_is_charged_next(runtime, smtp_server)
     mailbox = add_auto_renew(runtime, "pm_card_chargeDeclined", notified=True, card_expires_on=date(2027, 2, 28))
     today = EXPIRES - timedelta(days=20)
     saved = runtime.gateway.save_method("pm_card_visa")
-    assert saved == SavedMethod("pm_card_visa")
+    assert saved.token.startswith("pm_sbx_") and saved.card_expires_on is not None  # a stored method
     assert switch.replace_method(runtime.session_factory, mailbox.id, saved, today=today).outcome is (
         Outcome.METHOD_SAVED
     )
@@ -191,9 +190,9 @@ def test_a_new_method_from_the_hosted_page_is_charged_next(runtime, smtp_server)
         Outcome.METHOD_REFUSED
     )
     stored = _mailbox(runtime, mailbox.id)
-    assert (stored.payment_method, stored.card_expires_on) == ("pm_card_visa", None)
+    assert (stored.payment_method, stored.card_expires_on) == (saved.token, saved.card_expires_on)
     walk(runtime, smtp_server, CHARGE_DAY, CHARGE_DAY)
-    assert [(r["payment_method"], r["outcome"]) for r in gateway_record(runtime)] == [("pm_card_visa", "succeeded")]
+    assert [(r["payment_method"], r["outcome"]) for r in gateway_record(runtime)] == [(saved.token, "succeeded")]
 
 
 def test_a_mailbox_on_a_domain_has_nothing_to_switch(runtime):

@@ -159,6 +159,7 @@ def test_charges(bench_database):
         bench_database,
     )
     assert summary["mailboxes"] == summary["gateway_charges"] == summary["mailboxes_renewed"] == 30
+    assert summary["stored_methods"] is True and summary["charges_of_stored_methods"] == 30
     assert summary["no_double_charge"] is True and summary["mailboxes_charged_twice"] == 0
     assert summary["errors"] == 0 and summary["ratio_to_ideal"] > 0
 

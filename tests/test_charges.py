@@ -33,7 +33,7 @@ from worker.rules import auto_renew
 from worker.rules.auto_renew import AttemptRecord, decide_auto_renew
 from worker.rules.schedule import DEFAULT_STAGES, Stage
 from worker.services import charges
-from worker.services.runtime import POOL_SIZE, Runtime
+from worker.services.runtime import POOL_SIZE, Runtime, pool_size
 from worker.store.models import (
     ChargeIntent,
     Mailbox,
@@ -450,7 +450,7 @@ def test_charges_run_concurrently(tmp_path, database_url, session_factory, smtp_
 
 
 def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, database_url, smtp_server):
-    """32 threads on the runtime's own engine open at most its pool's 15 connections, once each.
+    """32 threads on the runtime's own engine open at most its pool's 33 connections, once each.
 
     SQLAlchemy's default pool (5 kept, 10 overflow) closed each overflow connection as it came
     back: this test opened 35 connections with it."""
@@ -471,8 +471,38 @@ def test_the_charge_threads_share_a_pool_that_keeps_its_connections(tmp_path, da
             add_auto_renew(rt, "pm_card_visa", notified=True)
         summary = run_on(rt, CHARGE_DAY)
         assert summary.charges.outcomes["succeeded"] == 96
-        assert rt.engine.pool.size() == POOL_SIZE
-        assert 1 < len(opened) <= POOL_SIZE  # the threads did share it
+        assert rt.engine.pool.size() == pool_size(settings) == 33
+        assert 1 < len(opened) <= 33  # each connection opened once, kept in the pool
+    finally:
+        rt.close()
+
+
+def test_no_charge_thread_waits_for_a_connection_when_the_gateway_answers_at_once(tmp_path, database_url, smtp_server):
+    """At zero latency each of the 32 threads asks for a connection again as soon as it gives one
+    back; on a pool of 15, 17 threads waited the whole run (and failed their charges past the
+    pool's 30 s).  The pool covers the threads: it is never all checked out."""
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        mail_backend="smtp",
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        sandbox_latency_ms=0,
+        gateway_concurrency=32,
+    )
+    rt = Runtime(settings)
+    most = [0]
+
+    def checked_out(*_) -> None:
+        most[0] = max(most[0], rt.engine.pool.checkedout())
+
+    event.listen(rt.engine, "checkout", checked_out)
+    try:
+        for _ in range(128):
+            add_auto_renew(rt, "pm_card_visa", notified=True)
+        summary = run_on(rt, CHARGE_DAY)
+        assert summary.charges.outcomes["succeeded"] == 128 and summary.charges.errors == 0
+        assert POOL_SIZE < most[0] < rt.engine.pool.size()  # more threads than 15 at once, none waiting
     finally:
         rt.close()
 

@@ -29,7 +29,15 @@ from worker.services import charges
 from worker.services.runtime import Runtime
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory
-from worker.store.models import Base, ChargeIntent, Mailbox, NoticeLedgerEntry, OutboxStatus, WorkerState
+from worker.store.models import (
+    Base,
+    ChargeIntent,
+    Mailbox,
+    NoticeLedgerEntry,
+    OutboxMessage,
+    OutboxStatus,
+    WorkerState,
+)
 
 #: What the charges write (and what they read, for the mailboxes).
 TABLES = (
@@ -312,6 +320,15 @@ def test_every_case_ends_as_the_rule_says_on_postgresql(tmp_path, database_url, 
             session.scalar(text("SELECT count(*) FROM sandbox_charges WHERE payment_method LIKE 'refund:sbx_ch_%'"))
             == 1
         )
+        # The holder is told of it: payment-refunded about the mailbox's auto-renew charge.
+        (told,) = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "payment-refunded")).all()
+        assert told.context["refund"] == {
+            "amount_cents": refunds[0].amount_cents,
+            "kind": "automatic",
+            "method": "card",
+            "charge": True,
+        }
+        assert [mailbox["id"] for mailbox in told.context["mailboxes"]] == [ids["renewed_meanwhile"]]
     expected_keys = [
         idempotency_key(ids[name], EXPIRES, attempt)
         for name, (_expiry, attempts, _ledger) in EXPECTED.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -13,6 +14,7 @@ from tests.support.invoices import BILLING, HOLDERS
 from worker.rules import einvoice, pricing
 from worker.rules.einvoice import Address, Buyer, Seller
 from worker.rules.holder_data import check_holder
+from worker.services import demo
 
 SELLER = Seller("Provider PEC S.p.A.", "01234560017", Address("Via Roma 1", "00184", "Roma", "RM"))
 ISSUED_ON = date(2027, 3, 1)
@@ -91,7 +93,13 @@ def test_each_method_and_holder_kind_gives_a_valid_invoice_whose_totals_are_the_
     assert fatturapa.texts(root, ".//DettaglioLinee/DataInizioPeriodo")[:2] == ["2027-04-01", "2028-04-01"]
     # The buyer as the holder data give it.
     buyer_part = root.find(".//CessionarioCommittente")
-    assert fatturapa.text(buyer_part, ".//Denominazione") == HOLDERS[kind]["name"]
+    if kind == "private":  # a natural person without a VAT number: Nome and Cognome
+        assert fatturapa.text(buyer_part, ".//Anagrafica/Nome") == "Mario"
+        assert fatturapa.text(buyer_part, ".//Anagrafica/Cognome") == "Rossi"
+        assert buyer_part.find(".//Denominazione") is None
+    else:
+        assert fatturapa.text(buyer_part, ".//Denominazione") == HOLDERS[kind]["name"]
+        assert buyer_part.find(".//Anagrafica/Nome") is None
     assert fatturapa.text(buyer_part, ".//CodiceFiscale") == HOLDERS[kind].get("tax_code")
     assert fatturapa.text(buyer_part, ".//IdFiscaleIVA/IdCodice") == HOLDERS[kind].get("vat_number")
     assert fatturapa.text(buyer_part, ".//Sede/Indirizzo") == BILLING["billing_address"]
@@ -135,9 +143,9 @@ def test_a_buyer_abroad_is_delivered_by_the_xxxxxxx_code_with_a_placeholder_post
 
 def test_letters_outside_latin_1_are_written_so_the_schema_takes_them():
     buyer = Buyer(
-        kind="private",
+        kind="company",
         name="Łukasz Żółć – “Studio” 株式会社",
-        tax_code="RSSMRA80A01H501U",
+        vat_number="12345670017",
         address=Address("Ulica Długa 5", "20121", "Milano", "MI"),
     )
     document, _paid = an_invoice(buyer)
@@ -196,3 +204,106 @@ def test_file_names_follow_the_specification():
 def test_the_buyers_data_a_document_needs():
     assert einvoice.missing_data(Buyer("private", "Mario Rossi")) == ("billing_address", "tax_id")
     assert einvoice.missing_data(buyer_of("private")) == ()
+
+
+@pytest.mark.parametrize(
+    ("full_name", "tax_code", "expected"),
+    [
+        ("Mario Rossi", "RSSMRA80A01H501U", ("Mario", "Rossi")),
+        ("Rossi Mario", "RSSMRA80A01H501U", ("Mario", "Rossi")),
+        ("Maria Grazia De Luca", "DLCMGR70A41H501X", ("Maria Grazia", "De Luca")),
+        ("De Luca Maria Grazia", "DLCMGR70A41H501X", ("Maria Grazia", "De Luca")),
+        ("Nicolò D'Amico", "DMCNCL90B12F205Z", ("Nicolò", "D'Amico")),
+        ("Ugo Fo", "FOXGUO50C03L219Y", ("Ugo", "Fo")),
+        ("Mario Rossi", "BNCLRA85M41F205C", None),  # the tax code is someone else's (or misspelt)
+        ("Rossi", "RSSMRA80A01H501U", None),  # one word: no Nome to tell from the Cognome
+    ],
+)
+def test_a_private_persons_name_is_split_where_the_tax_code_says(full_name, tax_code, expected):
+    assert einvoice.person_name(full_name, tax_code) == expected
+
+
+def test_a_private_person_is_named_by_nome_and_cognome_in_the_invoice_and_its_credit_note():
+    buyer = Buyer(
+        "private", "De Luca Maria Grazia", tax_code="DLCMGR70A41H501X", address=Address("Via Po 3", "10123", "Torino")
+    )
+    invoice, paid = an_invoice(buyer)
+    note = einvoice.credit_note(invoice, refunded_cents=paid // 2, number="8/2027", issued_on=ISSUED_ON)
+    for document in (invoice, note):
+        root = fatturapa.validate(einvoice.render_xml(document, SELLER, "00001"))
+        registry = root.find(".//CessionarioCommittente/DatiAnagrafici/Anagrafica")
+        assert [(child.tag, child.text) for child in registry] == [("Nome", "Maria Grazia"), ("Cognome", "De Luca")]
+
+
+def test_a_buyer_with_a_vat_number_or_a_companys_tax_code_keeps_denominazione():
+    for buyer in (
+        buyer_of("professional"),  # a person, but invoiced as a business with a VAT number
+        buyer_of("company"),
+        buyer_of("public_administration"),
+        Buyer(
+            "private", "Associazione Esempio", tax_code="80012340016", address=Address("Via Po 3", "10123", "Torino")
+        ),
+    ):
+        assert not einvoice.is_natural_person(buyer)
+        root = fatturapa.validate(einvoice.render_xml(an_invoice(buyer)[0], SELLER, "00001"))
+        registry = root.find(".//CessionarioCommittente/DatiAnagrafici/Anagrafica")
+        assert [child.tag for child in registry] == ["Denominazione"]
+
+
+def test_a_private_persons_name_the_tax_code_does_not_split_waits():
+    buyer = replace(buyer_of("private"), name="Mario Rosi")
+    assert einvoice.missing_data(buyer) == ("person_name",)
+    with pytest.raises(ValueError, match="person_name"):
+        einvoice.render_xml(an_invoice(buyer)[0], SELLER, "00001")
+
+
+def test_a_public_administration_under_split_payment_pays_the_taxable_amount_and_the_vat_is_s():
+    buyer = replace(buyer_of("public_administration"), split_payment=True)
+    order = pricing.price_order([pricing.LineInput("ufficio@pec.example.it", "pro", 3, 5)], 2)
+    lines = einvoice.lines_for(order.lines, {"ufficio@pec.example.it": date(2027, 3, 31)})
+    with pytest.raises(einvoice.InvoiceMismatch, match="before VAT"):  # the total with VAT is not what it pays
+        einvoice.build_invoice(
+            number="7/2027", issued_on=ISSUED_ON, buyer=buyer, lines=lines, paid_cents=order.total_cents,
+            payment_method="bank_transfer", reference="PEC-2027-000042",
+        )  # fmt: skip
+    invoice = einvoice.build_invoice(
+        number="7/2027", issued_on=ISSUED_ON, buyer=buyer, lines=lines, paid_cents=order.subtotal_cents,
+        payment_method="bank_transfer", reference="PEC-2027-000042",
+    )  # fmt: skip
+    root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
+    assert root.get("versione") == "FPA12"
+    assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "S"
+    assert (
+        fatturapa.texts(root, ".//Causale")[1]
+        == "Operazione soggetta a scissione dei pagamenti, art. 17-ter DPR 633/1972"
+    )
+    assert cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto")) == order.subtotal_cents
+    assert cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta")) == order.vat_cents
+    assert cents(fatturapa.text(root, ".//ImportoTotaleDocumento")) == order.total_cents
+    assert cents(fatturapa.text(root, ".//ImportoPagamento")) == order.subtotal_cents
+
+    with pytest.raises(ValueError, match="does not fit"):
+        einvoice.credit_note(invoice, refunded_cents=order.subtotal_cents + 1, number="8/2027", issued_on=ISSUED_ON)
+    for refunded in (1000, order.subtotal_cents):
+        note = einvoice.credit_note(invoice, refunded_cents=refunded, number="8/2027", issued_on=ISSUED_ON)
+        root = fatturapa.validate(einvoice.render_xml(note, SELLER, "00002"))
+        assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "S"
+        assert cents(fatturapa.text(root, ".//ImportoPagamento")) == refunded
+        assert cents(fatturapa.text(root, ".//DatiRiepilogo/ImponibileImporto")) == refunded
+        assert cents(fatturapa.text(root, ".//DatiRiepilogo/Imposta")) == (refunded * 22 + 50) // 100
+
+
+def test_without_split_payment_a_public_administration_pays_the_total_and_the_vat_is_i():
+    invoice, paid = an_invoice(buyer_of("public_administration"))
+    root = fatturapa.validate(einvoice.render_xml(invoice, SELLER, "00001"))
+    assert fatturapa.text(root, ".//DatiRiepilogo/EsigibilitaIVA") == "I"
+    assert len(fatturapa.texts(root, ".//Causale")) == 1
+    assert cents(fatturapa.text(root, ".//ImportoPagamento")) == paid
+
+
+def test_the_demos_private_holders_have_tax_codes_their_names_split_by():
+    rows = [row for row in demo.sample_rows(60, date(2027, 3, 1)) if row["holder_kind"] == "private"]
+    assert rows
+    for row in rows:
+        given, family = row["holder_name"].split(" ", 1)
+        assert einvoice.person_name(row["holder_name"], row["tax_code"]) == (given, family)

@@ -25,7 +25,7 @@ from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
 from worker.services.payments.refunds import REQUESTED, start_refund
 from worker.services.payments.webhooks import record_event
 from worker.services.runtime import Runtime
-from worker.store.models import GatewayRefund, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
+from worker.store.models import GatewayRefund, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
 
 METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
 TOKENS = {"card": "pm_card_visa", "paypal": "paypal_billing_agreement_ok"}
@@ -89,12 +89,22 @@ def test_each_method_and_holder_kind_is_invoiced_with_the_payment_valid_and_equa
         assert root.get("versione") == ("FPA12" if kind == "public_administration" else "FPR12")
         assert fatturapa.text(root, ".//ModalitaPagamento") == METHODS[method]
         total = fatturapa.text(root, ".//ImportoTotaleDocumento")
-        assert total == fatturapa.text(root, ".//ImportoPagamento") == f"{order.total_cents / 100:.2f}"
+        assert fatturapa.text(root, ".//ImportoPagamento") == f"{order.total_cents / 100:.2f}"
+        if kind == "public_administration":  # split payment (the default): the order asked the taxable amount
+            assert order.total_cents == order.subtotal_cents == 5000 and order.vat_cents == 1100
+            assert (total, fatturapa.text(root, ".//EsigibilitaIVA")) == ("61.00", "S")
+        else:
+            assert (total, fatturapa.text(root, ".//EsigibilitaIVA")) == ("61.00", "I")
+            assert order.total_cents == 6100
         # Two years of a Pro mailbox: one line per year.
         assert fatturapa.texts(root, ".//PrezzoTotale") == ["25.00", "25.00"]
         buyer = root.find(".//CessionarioCommittente")
         confirmed = order.holder_data
-        assert fatturapa.text(buyer, ".//Denominazione") == confirmed["name"]
+        if kind == "private":
+            name = f"{fatturapa.text(buyer, './/Nome')} {fatturapa.text(buyer, './/Cognome')}"
+            assert name == confirmed["name"] and fatturapa.text(buyer, ".//Denominazione") is None
+        else:
+            assert fatturapa.text(buyer, ".//Denominazione") == confirmed["name"]
         assert fatturapa.text(buyer, ".//CodiceFiscale") == confirmed["tax_code"]
         assert fatturapa.text(buyer, ".//IdFiscaleIVA/IdCodice") == confirmed["vat_number"]
         assert fatturapa.text(buyer, ".//Indirizzo") == confirmed["billing_address"] == BILLING["billing_address"]
@@ -570,3 +580,102 @@ def test_a_refund_the_gateway_confirms_later_by_webhook_gets_its_credit_note(ses
         status = session.get(GatewayRefund, refund.id).status
     assert status == "succeeded"
     assert (note.kind, note.corrects_invoice_id, note.paid_cents) == ("TD04", invoice.id, order.total_cents)
+
+
+def test_the_credit_notes_of_an_invoice_never_add_up_to_more_than_was_paid(session_factory, engine, seller_settings):
+    with session_factory() as session:
+        order = complete_order(session, seller_settings, holder_mailbox(session, "company", expires_on=TODAY))
+        pay(session, seller_settings, order, "card")
+        session.commit()
+        [invoice] = invoices(session)
+
+    def note(key: str, cents: int):
+        with engine.begin() as connection:
+            return record_credit_note(
+                connection,
+                invoice_id=invoice.id,
+                refunded_cents=cents,
+                refund_key=key,
+                seller=seller_settings.seller,
+                today=TODAY,
+                now=PAID_AT,
+            )
+
+    note("refund:1", invoice.paid_cents - 100)
+    with pytest.raises(ValueError, match="1.00 EUR of it is not credited yet"):
+        note("refund:2", 101)
+    assert note("refund:3", 100).document_number == "3/2027"
+    with session_factory() as session:
+        assert sorted(row.paid_cents for row in invoices(session)) == [
+            100,
+            invoice.paid_cents - 100,
+            invoice.paid_cents,
+        ]
+
+
+def test_a_private_persons_invoice_and_courtesy_copy_name_nome_and_cognome_once_the_tax_code_agrees(
+    session_factory, engine, seller_settings, tmp_path
+):
+    charge_day = date(2027, 3, 24)
+    with session_factory() as session:
+        mailbox = holder_mailbox(
+            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
+        )
+        holder = session.get_one(Holder, mailbox.holder_id)
+        holder.name, holder.holder_key = "Mario Rosi", "misspelt"  # not the name the tax code was made from
+        session.commit()
+        address = mailbox.address
+    charge_batch(session_factory, [address], charge_day, seller=seller_settings.seller)
+    with session_factory() as session:
+        [row] = invoices(session)
+        assert (row.status, row.waiting_reason) == ("waiting", "person_name")
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
+        assert "Copia di cortesia" not in render(seller_settings, receipt).html
+        give_holder(session, session.get(Mailbox, mailbox.id), "private")  # the import corrects the name
+        session.commit()
+
+    result = export(seller_settings, engine, tmp_path / "out")
+    assert result.issued_now == 1 and result.waiting == []
+    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
+    registry = root.find(".//CessionarioCommittente/DatiAnagrafici/Anagrafica")
+    assert [(child.tag, child.text) for child in registry] == [("Nome", "Mario"), ("Cognome", "Rossi")]
+
+
+def test_a_private_persons_receipt_names_nome_and_cognome_in_its_courtesy_copy(session_factory, seller_settings):
+    with session_factory() as session:
+        mailbox = holder_mailbox(
+            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
+        )
+        session.commit()
+        address = mailbox.address
+    charge_batch(session_factory, [address], date(2027, 3, 24), seller=seller_settings.seller)
+    with session_factory() as session:
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
+        html = render(seller_settings, receipt).html
+    assert "Copia di cortesia della fattura n. 1/2027" in html
+    assert "Nome Mario<br>Cognome Rossi<br>" in html
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_public_administrations_order_and_invoice_follow_the_split_payment_setting(
+    session_factory, engine, tmp_path, database_url, split
+):
+    settings = make_settings(tmp_path, database_url=database_url, split_payment_for_pa=str(split).lower(), **SELLER)
+    with session_factory() as session:
+        mailbox = holder_mailbox(session, "public_administration", expires_on=TODAY + timedelta(days=20))
+        order = complete_order(session, settings, mailbox, method="bank_transfer", plan="pro")
+        assert (order.subtotal_cents, order.vat_cents, order.total_cents) == (2500, 550, 2500 if split else 3050)
+        confirmation = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "order-confirmation")).one()
+        text = " ".join(render(settings, confirmation).text.split())
+        assert ("IVA 22% (scissione dei pagamenti: la versa l'ente all'Erario): 5,50" in text) is split
+        assert f"Importo: {'25,00' if split else '30,50'}" in text
+        pay(session, settings, order, "bank_transfer")
+        session.commit()
+        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "renewal-completed")).one()
+        html = render(settings, receipt).html
+    assert ("Netto a pagare, IVA esclusa (scissione dei pagamenti, art. 17-ter DPR 633/1972)" in html) is split
+    result = export(settings, engine, tmp_path / "out")
+    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
+    assert fatturapa.text(root, ".//EsigibilitaIVA") == ("S" if split else "I")
+    assert fatturapa.text(root, ".//ImportoTotaleDocumento") == "30.50"
+    assert fatturapa.text(root, ".//ImportoPagamento") == ("25.00" if split else "30.50")

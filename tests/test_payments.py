@@ -25,7 +25,7 @@ from worker.rules.vocabulary import format_euro
 from worker.services import orders, payments
 from worker.services.orders import LinkState, MailboxChoice
 from worker.services.payments import PaymentRefused
-from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge
+from worker.store.models import Holder, Mailbox, OutboxMessage, Payment, RenewalOrder, SandboxCharge, SandboxMethod
 
 TODAY = date(2027, 3, 1)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
@@ -486,12 +486,10 @@ def test_checkout_with_the_sandbox_gateway(session_factory, settings):
             (f"order:{order.id}:2", "succeeded", 1220),
         ]
         mailbox = session.get(Mailbox, mailbox.id)
-        assert (mailbox.expires_on, mailbox.auto_renew, mailbox.payment_method, mailbox.renewal_years) == (
-            date(2029, 4, 30),
-            True,
-            "pm_card_visa",
-            2,
-        )
+        assert (mailbox.expires_on, mailbox.auto_renew, mailbox.renewal_years) == (date(2029, 4, 30), True, 2)
+        # The sandbox kept the card as a stored method, as Stripe keeps a PaymentMethod.
+        assert mailbox.payment_method == gateway.keep_charged_method(f"order:{order.id}:2").token
+        assert mailbox.payment_method.startswith("pm_sbx_")
         assert session.scalar(select(Payment.reference)) == f"sandbox:order:{order.id}:2"
 
 
@@ -514,7 +512,9 @@ def test_checkout_timeout_is_reconciled_without_a_second_charge(session_factory,
         assert count(session, SandboxCharge) == 1
         mailbox = session.get(Mailbox, mailbox.id)
         assert mailbox.expires_on == date(2028, 4, 30)
-        assert mailbox.payment_method == "pm_sandbox_timeout"  # the method that was charged
+        # The method that was charged, kept by the sandbox: it answers as pm_sandbox_timeout.
+        method = session.scalar(select(SandboxMethod).where(SandboxMethod.method_id == mailbox.payment_method))
+        assert method.behaviour == "pm_sandbox_timeout"
 
 
 # -- The CLI -----------------------------------------------------------------------------------------

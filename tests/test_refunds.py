@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.support.factories import make_mailbox
 from tests.support.gateway_webhooks import StripeServer
@@ -14,6 +16,8 @@ from tests.support.orders import NOW, complete_order
 from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
 from worker.services.payments import register_payment
+from worker.services.payments.refunds import request_refund
+from worker.services.payments.registration import PaymentRefused
 from worker.store.models import GatewayRefund, OutboxMessage
 
 
@@ -108,3 +112,58 @@ def test_a_refund_the_gateway_refuses_is_recorded_as_failed(
     with session_factory() as session:
         assert session.scalar(select(GatewayRefund.status)) == "failed"
         assert session.scalars(select(OutboxMessage.kind).where(OutboxMessage.kind == "payment-refunded")).all() == []
+
+
+def test_a_refund_over_what_is_left_is_refused_in_one_line_and_writes_nothing(
+    session_factory, settings, database_url, tmp_path, stripe_server
+):
+    number, total = paid_order(session_factory, settings, method="card", reference="stripe:pi_over")
+    stripe_server.paid("pi_over", total, order_number=number)
+    runner, env = CliRunner(), cli_env(tmp_path, database_url, stripe_server)
+    assert runner.invoke(main, ["payments", "refund", number, "--amount", "1.00"], env=env).exit_code == 0
+
+    over = f"{(total - 99) / 100:.2f}"  # one cent more than the rest
+    result = runner.invoke(main, ["payments", "refund", number, "--amount", over], env=env)
+
+    assert result.exit_code == 2
+    assert result.output == (
+        f"pec-renewal: nothing refunded: {number}: {over} EUR cannot be refunded; {(total - 100) / 100:.2f} EUR is left of the "
+        "payment\n"
+    )
+    assert len(stripe_server.sent("POST", "/v1/refunds")) == 1
+    with session_factory() as session:
+        assert session.scalars(select(GatewayRefund.amount_cents)).all() == [100]
+
+
+def test_two_refunds_at_once_cannot_both_take_what_is_left(session_factory, settings, engine):
+    """The first request holds the order until it commits; the second, waiting meanwhile, then counts it."""
+    number, total = paid_order(session_factory, settings, method="card", reference="stripe:pi_race")
+    first = session_factory()
+    first.begin()
+    request_refund(first, order_number=number, amount_cents=total - 100, reason="first", now=NOW)
+
+    outcome: dict[str, object] = {}
+
+    def second_request() -> None:
+        with session_factory() as session, session.begin():
+            try:
+                request_refund(session, order_number=number, amount_cents=200, reason="second", now=NOW)
+                outcome["second"] = "started"
+            except PaymentRefused as refused:
+                outcome["second"] = str(refused)
+
+    racer = threading.Thread(target=second_request)
+    racer.start()
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    with engine.connect() as watcher:
+        deadline = time.monotonic() + 10
+        while watcher.execute(text(waiting)).scalar_one() == 0:  # the second request waits for the order's lock
+            watcher.rollback()
+            assert time.monotonic() < deadline and racer.is_alive(), outcome
+    first.commit()
+    first.close()
+    racer.join(10)
+
+    assert outcome["second"] == f"{number}: 2.00 EUR cannot be refunded; 1.00 EUR is left of the payment"
+    with session_factory() as session:
+        assert session.scalars(select(GatewayRefund.amount_cents)).all() == [total - 100]

@@ -1,7 +1,7 @@
 from sqlalchemy import select, text
 
 from config.settings import Settings
-from worker.services.runtime import POOL_SIZE, Runtime
+from worker.services.runtime import Runtime, pool_size
 from worker.store.models import Account
 
 
@@ -22,7 +22,11 @@ def test_the_runtime_engine_takes_any_sqlite_url(tmp_path, monkeypatch):
         runtime = Runtime(Settings.from_env({"PEC_RENEWAL_DATABASE_URL": url, "PEC_RENEWAL_SECRET_KEYS": "k" * 40}))
         with runtime.engine.connect() as connection:
             assert connection.execute(text("SELECT 1")).scalar() == 1
-        assert (runtime.engine.pool.size() == POOL_SIZE) if pooled else not hasattr(runtime.engine.pool, "overflow")
+        assert (
+            (runtime.engine.pool.size() == pool_size(runtime.settings))
+            if pooled
+            else not hasattr(runtime.engine.pool, "overflow")
+        )
         runtime.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
     assert (tmp_path / "data" / "renewals.db").exists()

@@ -43,7 +43,7 @@ class BeatScheduler(PersistentScheduler):
 def create_celery(settings: Settings) -> Celery:
     global _settings
     _settings = settings
-    app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges", "tasks.events"])
+    app = Celery("pec_renewal", include=["tasks.daily", "tasks.mail", "tasks.charges", "tasks.events", "tasks.refunds"])
     app.conf.update(celery_config(settings))
     return app
 

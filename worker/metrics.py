@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 from config.settings import Settings
 from worker.store.db import make_engine
 from worker.store.models import (
+    REFUND_OPEN_STATES,
     ChargeIntent,
     ChargeStatus,
     EventStatus,
@@ -335,6 +336,8 @@ class GatewayCollector:
     ``pec_renewal_gateway_events_total{gateway, outcome}``: webhook events by what processing
     did (registered, amount_mismatch, refund_due, dispute, ...); ``pec_renewal_gateway_refunds_total
     {kind, status}``: refunds asked of a gateway.  Rows are never deleted, so both only grow.
+    ``pec_renewal_gateway_refunds_open``: refunds still without the gateway's answer (``started``,
+    ``unknown``), which the beat entry ``refunds-retry`` asks again.
     """
 
     def __init__(self, engine: Engine):
@@ -379,6 +382,13 @@ class GatewayCollector:
         for kind, status, count in refunds:
             family.add_metric([kind, status], count)
         yield family
+        open_refunds = GaugeMetricFamily(
+            PREFIX + "gateway_refunds_open",
+            "Refunds without the gateway's answer yet (started, unknown), asked again every 15 minutes by beat"
+            " ('payments refunds-retry' does the same).",
+        )
+        open_refunds.add_metric([], sum(count for _kind, status, count in refunds if status in REFUND_OPEN_STATES))
+        yield open_refunds
 
 
 def _age(now: datetime, since: datetime) -> float:

@@ -87,14 +87,20 @@ def test_every_post_route_refuses_a_missing_forged_or_foreign_csrf_token(
         "auto_renew.switch_on": (f"{auto_renew_page}/attiva", {"confirmed": "yes"}),
         "auto_renew.replace_method": (f"{auto_renew_page}/metodo", {}),
         "auto_renew.sandbox_method": (f"{auto_renew_page}/metodo/sandbox", {"payment_token": "pm_card_visa"}),
+        "auto_renew.method_result": ("/rinnovo-automatico/metodo/esito?session_id=cs_test_000001", {}),
         "charge_authentication.start": (authentication_page, {}),
         "charge_authentication.verify": (f"{authentication_page}/esito", {}),
         "sandbox_challenge.decide": ("/sandbox/3ds/" + "A" * 32 + "/approva", {}),
     }
     # A POST route added later must be added here.  The exceptions: the renewal-links API, which a
     # bearer token authorises (tests/web/test_renewal_api.py), and the webhooks, which carry the
-    # gateway's signature (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py).
-    not_cookie_authorised = {"api.renewal_links", "webhooks.stripe_webhook", "webhooks.paypal_webhook"}
+    # gateway's signature (tests/web/test_webhooks_stripe.py, test_webhooks_paypal.py, test_webhooks_sandbox.py).
+    not_cookie_authorised = {
+        "api.renewal_links",
+        "webhooks.stripe_webhook",
+        "webhooks.paypal_webhook",
+        "webhooks.sandbox_webhook",
+    }
     assert {rule.endpoint for rule in app.url_map.iter_rules() if "POST" in rule.methods} == (
         set(posts) | not_cookie_authorised
     )

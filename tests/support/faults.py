@@ -31,9 +31,35 @@ from worker.store.models import ChargeIntent, OutboxMessage, OutboxStatus
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def leftover_workers(broker_url: str) -> list[int]:
+    """Processes still consuming ``broker_url``: Celery workers (and their pool processes) that an
+    interrupted earlier run left behind, found by ``celery`` in their command line and the
+    ``PEC_RENEWAL_BROKER_URL`` in their environment."""
+    wanted = f"PEC_RENEWAL_BROKER_URL={broker_url}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environment = (entry / "environ").read_bytes().split(b"\0") if b"celery" in command else []
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if wanted in environment:
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture
 def flushed_redis():
-    """Our Redis DB, emptied: no message left by an earlier test."""
+    """Our Redis DB, emptied: no message left by an earlier test, and no worker left by an interrupted
+    run still consuming it (it would take this test's tasks with its own clock and SMTP server)."""
+    for pid in leftover_workers(TEST_REDIS_URL):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_until(lambda: not leftover_workers(TEST_REDIS_URL), timeout=30, what="leftover workers to die")
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.flushdb()
     yield client

@@ -270,12 +270,15 @@ def paypal_event(event_type: str, resource: dict, *, event_id: str | None = None
 
 
 class HostedStripe(StripeServer):
-    """The local Stripe with Customers and Checkout Sessions (mode payment), and the holder's side of
-    the hosted page: :meth:`pay` (the card is accepted) and :meth:`expire`."""
+    """The local Stripe with Customers and Checkout Sessions (mode payment, and mode setup whose
+    SetupIntent saves a card), and the holder's side of the hosted page: :meth:`pay` (the card is
+    accepted), :meth:`set_up` (a card saved) and :meth:`expire`."""
 
     def __init__(self):
         super().__init__()
         self.sessions: dict[str, dict] = {}
+        self.setup_intents: dict[str, dict] = {}
+        self.payment_methods: dict[str, dict] = {}
 
     def respond(self, request):
         if request.headers.get("authorization") == "Bearer sk_test_local":
@@ -303,6 +306,8 @@ class HostedStripe(StripeServer):
         return status, body, 0
 
     def _new_session(self, params):
+        if params.get("mode") == "setup":
+            return self._new_setup_session(params)
         if params.get("mode") != "payment" or "{CHECKOUT_SESSION_ID}" not in params.get("success_url", ""):
             return 400, {"error": {"type": "invalid_request_error", "message": "bad session"}}
         session_id = f"cs_test_{next(self.ids):06d}"
@@ -325,12 +330,62 @@ class HostedStripe(StripeServer):
         self.sessions[session_id] = session
         return 200, session
 
+    def _new_setup_session(self, params):
+        """``mode=setup``: ``currency`` is required without ``payment_method_types``, and so is the
+        Customer the card is saved to (Checkout's setup mode creates none)."""
+        if (
+            not params.get("currency")
+            or not params.get("customer")
+            or "{CHECKOUT_SESSION_ID}" not in params.get("success_url", "")
+        ):
+            return 400, {"error": {"type": "invalid_request_error", "message": "bad setup session"}}
+        session_id = f"cs_test_{next(self.ids):06d}"
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "setup",
+            "status": "open",
+            "payment_status": "no_payment_required",
+            "currency": params["currency"],
+            "customer": params["customer"],
+            "setup_intent": f"seti_{next(self.ids):06d}",
+            "payment_intent": None,
+            "success_url": params["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id),
+            "cancel_url": params["cancel_url"],
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+        }
+        self.sessions[session_id] = session
+        self.setup_intents[session["setup_intent"]] = {
+            "id": session["setup_intent"], "object": "setup_intent", "status": "requires_payment_method",
+            "customer": params["customer"], "usage": "off_session", "payment_method": None,
+        }  # fmt: skip
+        return 200, session
+
+    def set_up(self, session_id: str, payment_method: str = "pm_card_visa", *, exp: tuple[int, int] = (8, 2031)) -> str:
+        """The holder saves a card on Stripe's setup page: the SetupIntent succeeds with a PaymentMethod
+        attached to the session's Customer; the success URL Stripe sends them to."""
+        with self.lock:
+            session = self.sessions[session_id]
+            session.update(status="complete")
+            self.payment_methods[payment_method] = {
+                "id": payment_method, "object": "payment_method", "type": "card", "customer": session["customer"],
+                "card": {"brand": "visa", "last4": "4242", "exp_month": exp[0], "exp_year": exp[1]},
+            }  # fmt: skip
+            self.setup_intents[session["setup_intent"]].update(status="succeeded", payment_method=payment_method)
+            return session["success_url"]
+
     def _read_session(self, request):
         session = self.sessions.get(request.path.rsplit("/", 1)[1])
         if session is None:
             return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing",
                          "message": "No such checkout.session"}}, 0  # fmt: skip
         body = dict(session)
+        expand = {value for key, value in request.query.items() if key.startswith("expand[")}
+        if "setup_intent" in expand and session.get("setup_intent"):
+            intent = dict(self.setup_intents[session["setup_intent"]])
+            if "setup_intent.payment_method" in expand and intent["payment_method"]:
+                intent["payment_method"] = self.payment_methods[intent["payment_method"]]
+            body["setup_intent"] = intent
         if request.query.get("expand[0]") == "payment_intent" and session["payment_intent"]:
             body["payment_intent"] = self.intents[session["payment_intent"]]
         return 200, body, 0
@@ -352,7 +407,67 @@ class HostedStripe(StripeServer):
 
 class HostedPayPal(PayPalServer):
     """The local PayPal with orders the payer approves on PayPal's page (:meth:`approve`), captured
-    without a payment source, and accounts stored in the vault when asked."""
+    without a payment source, and accounts stored in the vault when asked; and the vault's setup
+    tokens (``/v3/vault/setup-tokens``) the payer approves (:meth:`approve_setup`), made payment tokens
+    (``/v3/vault/payment-tokens``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.setup_tokens: dict[str, dict] = {}
+        self.payment_tokens: dict[str, dict] = {}
+
+    def respond(self, request):
+        token = (request.headers.get("authorization") or "").removeprefix("Bearer ")
+        if request.path.startswith("/v3/vault/") and token in self.tokens and request.method == "POST":
+            if request.path == "/v3/vault/setup-tokens":
+                return self._idempotent(request, self._new_setup_token)
+            if request.path == "/v3/vault/payment-tokens":
+                return self._idempotent(request, self._new_payment_token)
+        return super().respond(request)
+
+    def _new_setup_token(self, request):
+        paypal = (request.json.get("payment_source") or {}).get("paypal") or {}
+        context = paypal.get("experience_context") or {}
+        if paypal.get("usage_type") != "MERCHANT" or not context.get("return_url") or not context.get("cancel_url"):
+            return 400, {"name": "INVALID_REQUEST", "details": [{"issue": "MISSING_REQUIRED_PARAMETER"}]}, 0, None
+        token_id = f"{next(self.ids):017d}ST"
+        token = {
+            "id": token_id,
+            "customer": {"id": f"CUS{next(self.ids):08d}"},
+            "status": "PAYER_ACTION_REQUIRED",
+            "payment_source": {"paypal": {"usage_type": "MERCHANT", "experience_context": context}},
+            "links": [
+                {"href": f"https://www.sandbox.paypal.com/agreements/approve?approval_session_id={token_id}",
+                 "rel": "approve", "method": "GET"},
+                {"href": f"{self.url}/v3/vault/setup-tokens/{token_id}", "rel": "self", "method": "GET"},
+            ],
+        }  # fmt: skip
+        self.setup_tokens[token_id] = token
+        return 201, token, 0, None
+
+    def approve_setup(self, token_id: str) -> str:
+        """The payer approves on PayPal's page; the return URL PayPal sends them to."""
+        with self.lock:
+            token = self.setup_tokens[token_id]
+            token["status"] = "APPROVED"
+            return_url = token["payment_source"]["paypal"]["experience_context"]["return_url"]
+            return f"{return_url}?approval_token_id={token_id}&approval_session_id=SESS{token_id}"
+
+    def _new_payment_token(self, request):
+        source = (request.json.get("payment_source") or {}).get("token") or {}
+        setup = self.setup_tokens.get(source.get("id"))
+        if source.get("type") != "SETUP_TOKEN" or setup is None:
+            return 404, {"name": "RESOURCE_NOT_FOUND", "details": [{"issue": "INVALID_RESOURCE_ID"}]}, 0, None
+        if setup["status"] != "APPROVED":
+            return 422, {"name": "UNPROCESSABLE_ENTITY", "details": [{"issue": "SETUP_TOKEN_NOT_APPROVED"}]}, 0, None
+        payment_token = {
+            "id": f"{next(self.ids):08d}pt",
+            "customer": setup["customer"],
+            "payment_source": {"paypal": {"email_address": "payer@example.it", "usage_type": "MERCHANT"}},
+            "links": [],
+        }
+        self.payment_tokens[payment_token["id"]] = payment_token
+        return 201, payment_token, 0, None
 
     def _create(self, request):
         status, order, delay, wire = super()._create(request)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from tests.support.factories import make_mailbox
 from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
 from tests.support.web_flow import post_form, start, walk_to_confirm
-from worker.store.models import Mailbox, Payment, RenewalOrder, SandboxCharge
+from worker.store.models import Mailbox, Payment, RenewalOrder, SandboxCharge, SandboxMethod
 
 EXPIRY = date(2027, 2, 10)
 
@@ -59,7 +59,10 @@ def test_decline_then_retry_then_paid(client, runtime, session_factory, method, 
         )
         mailbox = session.get(Mailbox, mailbox_id)
         assert mailbox.expires_on == date(2029, 2, 10)
-        assert mailbox.auto_renew and mailbox.payment_method == good and mailbox.renewal_years == 2
+        assert mailbox.auto_renew and mailbox.renewal_years == 2
+        # The method the sandbox stored from the test token, as Stripe keeps a PaymentMethod.
+        kept = session.scalar(select(SandboxMethod).where(SandboxMethod.method_id == mailbox.payment_method))
+        assert kept.behaviour == good
         assert session.scalar(select(RenewalOrder.status)) == "paid"
     html = client.get(order).get_data(as_text=True)
     assert "Rinnovo registrato" in html and "10 febbraio 2029" in html
@@ -131,5 +134,7 @@ def test_a_card_that_asks_for_3_d_secure_goes_to_the_sandbox_challenge(client, r
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Payment)) == 1
         mailbox = session.get(Mailbox, mailbox_id)
-        assert mailbox.expires_on == date(2029, 2, 10) and mailbox.payment_method == token
+        assert mailbox.expires_on == date(2029, 2, 10) and mailbox.auto_renew
+        kept = session.scalar(select(SandboxMethod).where(SandboxMethod.method_id == mailbox.payment_method))
+        assert kept.behaviour == token  # the card kept for auto-renew, as the sandbox stores it
         assert session.scalar(select(RenewalOrder.status)) == "paid"

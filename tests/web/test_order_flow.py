@@ -364,3 +364,33 @@ def test_english_holder_gets_english_steps(client, runtime, session_factory):
     assert "PEC mailboxes" in html and 'lang="en"' in html
     response = post_form(client, f"{order}/caselle", {f"plan-{english_id}": "gold"})
     assert "Not a valid choice" in response.get_data(as_text=True)
+
+
+PA_HOLDER = {
+    "name": "Comune di Esempio",
+    "kind": "public_administration",
+    "reference_email": "protocollo@comune.example.it",
+    "tax_code": "80012340016",
+    "vat_number": "",
+    "postal_address": "Piazza del Municipio 1, 00100 Roma",
+    "einvoice_code": "UFE7HK",
+    "cig": "",
+    "cup": "",
+}
+
+
+def test_a_public_administration_is_asked_the_taxable_amount_under_split_payment(
+    client, runtime, session_factory, mailbox
+):
+    order = start(client, link_path(runtime, mailbox))
+    walk_to_confirm(client, order, mailbox.id, plan="pro", years="1", holder=PA_HOLDER)
+    html = client.get(f"{order}/conferma").get_data(as_text=True)
+    split_vat = "IVA 22% (scissione dei pagamenti: la versa l&#39;ente all&#39;Erario)"
+    assert split_vat in html
+    assert re.search(r'<tr class="total"><td>Totale</td><td class="amount">25,00\s€</td></tr>', html)
+    post_form(client, f"{order}/conferma")
+    with session_factory() as session:
+        row = session.scalar(select(RenewalOrder))
+        assert (row.status, row.subtotal_cents, row.vat_cents, row.total_cents) == ("awaiting_payment", 2500, 550, 2500)
+    html = client.get(order).get_data(as_text=True)
+    assert split_vat in html and "30,50" not in html

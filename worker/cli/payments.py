@@ -10,6 +10,7 @@ import click
 from worker.cli.common import ensure_schema, fail, runtime_of
 from worker.gateways import make_gateway
 from worker.rules import pricing, vocabulary
+from worker.services.open_refunds import retry_open_refunds
 from worker.services.payments import (
     BankStatementInvalid,
     PaymentRefused,
@@ -17,7 +18,7 @@ from worker.services.payments import (
     parse_euro,
     register_payment,
 )
-from worker.services.payments.refunds import request_refund, settle_open_refunds, settle_refund
+from worker.services.payments.refunds import request_refund, settle_refund
 
 
 def _amount(_ctx, _param, value: str) -> int:
@@ -166,18 +167,7 @@ def refunds_retry(ctx: click.Context) -> None:
 
     rt = runtime_of(ctx)
     ensure_schema(rt)
-    adapters: dict = {}
-
-    def adapter(name: str):
-        if name not in adapters:
-            adapters[name] = make_gateway(rt.settings, rt.session_factory, clock=rt.clock, name=name)
-        return adapters[name]
-
-    try:
-        done = settle_open_refunds(rt.session_factory, adapter, clock=rt.clock, today=rt.today(), settings=rt.settings)
-    finally:
-        for item in adapters.values():
-            item.close()
+    done = retry_open_refunds(rt.session_factory, settings=rt.settings, clock=rt.clock, today=rt.today())
     for item in done:
         click.echo(_refund_line(item))
     click.echo(f"{len(done)} open refund(s) asked again")

@@ -54,7 +54,8 @@ def charges(ctx: click.Context, as_json: bool, limit: int | None) -> None:
     for record in records:
         table.add_row(
             record["at"][:19].replace("T", " "),
-            f"{describe_payment_method(record['payment_method'], 'en')} ({record['payment_method']})",
+            f"{record['stored_method'] or describe_payment_method(record['payment_method'], 'en')}"
+            f" ({record['payment_method']})",
             f"{record['amount_cents'] / 100:.2f} {record['currency']}",
             record["outcome"],
             record["idempotency_key"],

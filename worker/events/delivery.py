@@ -19,6 +19,10 @@ exponential backoff for up to ``RETRY_FOR`` (three days) after the event was wri
 and at once for any other answer (a 4xx, a redirect), the event is ``failed`` and waits for an
 operator (``pec-renewal events retry``).  A failed event no longer holds back the later events
 of its mailbox.
+
+The same sender posts the sandbox gateway's webhooks (``sandbox_webhooks``, whose columns are
+these, the events of one sandbox charge in order) to ``SANDBOX_WEBHOOK_URL``: ``EventSender``
+takes the table and the column its order follows.
 """
 
 from __future__ import annotations
@@ -32,7 +36,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import httpx
-from sqlalchemy import Connection, Engine, Integer, Row, and_, bindparam, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, aliased
 from standardwebhooks.webhooks import Webhook
@@ -101,22 +119,14 @@ class SendResult:
         }
 
 
-_COLUMNS = (
-    _EVENTS.c.id,
-    _EVENTS.c.webhook_id,
-    _EVENTS.c.type,
-    _EVENTS.c.mailbox_id,
-    _EVENTS.c.data,
-    _EVENTS.c.occurred_at,
-    _EVENTS.c.attempts,
-    _EVENTS.c.retrying_since,
-)
-
-
-def claim_events(connection: Connection, now: datetime, limit: int) -> list[Row]:
-    """Reserve up to ``limit`` due events, each the earliest pending one of its mailbox; in ``id`` order."""
+def claim_events(
+    connection: Connection, now: datetime, limit: int, table: Table = _EVENTS, stream: str = "mailbox_id"
+) -> list[Row]:
+    """Reserve up to ``limit`` due events, each the earliest pending one of its mailbox (of its
+    ``stream``); in ``id`` order."""
     parameters = {"c_now": now, "c_lease_end": now + CLAIM_LEASE, "c_limit": limit}
-    return sorted(connection.execute(_claim_statement(dialect_of(connection)), parameters).all(), key=_by_id)
+    statement = _claim_statement(dialect_of(connection), table, stream)
+    return sorted(connection.execute(statement, parameters).all(), key=_by_id)
 
 
 def _by_id(row: Row) -> int:
@@ -124,32 +134,34 @@ def _by_id(row: Row) -> int:
 
 
 @functools.cache
-def _claim_statement(dialect: Dialect):
+def _claim_statement(dialect: Dialect, events: Table, stream: str):
     """The claim, built once: a CTE locks the candidates (``SKIP LOCKED``), the ``UPDATE`` leases them."""
-    now = bindparam("c_now", type_=_EVENTS.c.next_attempt_at.type)
-    earlier = aliased(PlatformEvent.__table__, name="earlier")
-    due = or_(_EVENTS.c.next_attempt_at.is_(None), _EVENTS.c.next_attempt_at <= now)
+    now = bindparam("c_now", type_=events.c.next_attempt_at.type)
+    earlier = aliased(events, name="earlier")
+    due = or_(events.c.next_attempt_at.is_(None), events.c.next_attempt_at <= now)
     first_of_mailbox = ~exists().where(
-        and_(earlier.c.mailbox_id == _EVENTS.c.mailbox_id, earlier.c.id < _EVENTS.c.id, earlier.c.status == _PENDING)
+        and_(earlier.c[stream] == events.c[stream], earlier.c.id < events.c.id, earlier.c.status == _PENDING)
     )
     candidate = (
-        select(_EVENTS.c.id)
-        .where(_EVENTS.c.status == _PENDING, due, first_of_mailbox)
-        .order_by(_EVENTS.c.id)
+        select(events.c.id)
+        .where(events.c.status == _PENDING, due, first_of_mailbox)
+        .order_by(events.c.id)
         .limit(bindparam("c_limit", type_=Integer()))
         .with_for_update(skip_locked=True)
         .cte("candidate")
     )
+    columns = ("id", "webhook_id", "type", stream, "data", "occurred_at", "attempts", "retrying_since")
     return (
-        update(_EVENTS)
-        .where(_EVENTS.c.id == candidate.c.id, _EVENTS.c.status == _PENDING, due)
-        .values(next_attempt_at=bindparam("c_lease_end", type_=_EVENTS.c.next_attempt_at.type))
-        .returning(*_COLUMNS)
+        update(events)
+        .where(events.c.id == candidate.c.id, events.c.status == _PENDING, due)
+        .values(next_attempt_at=bindparam("c_lease_end", type_=events.c.next_attempt_at.type))
+        .returning(*(events.c[name] for name in columns))
     )
 
 
 class EventSender:
-    """Posts due events to the platform; see the module's docstring."""
+    """Posts due events to the platform (or, given ``table`` and ``stream``, the sandbox's webhooks to
+    our own endpoint); see the module's docstring."""
 
     def __init__(
         self,
@@ -160,7 +172,13 @@ class EventSender:
         clock: Callable[[], datetime],
         batch_size: int = BATCH_SIZE,
         transport: httpx.BaseTransport | None = None,
+        table: Table = _EVENTS,
+        stream: str = "mailbox_id",
+        label: str = "platform event",
     ):
+        self._table = table
+        self._stream = stream
+        self._label = label
         self._engine = engine
         self._url = url
         self._webhook = Webhook(secret) if secret else None
@@ -187,14 +205,14 @@ class EventSender:
         with httpx.Client(timeout=TIMEOUT, transport=self._transport, follow_redirects=False) as client:
             with quick_commit_connection(self._engine) as connection:
                 while max_batches is None or batches < max_batches:
-                    events = claim_events(connection, self._clock(), self._batch_size)
+                    events = claim_events(connection, self._clock(), self._batch_size, self._table, self._stream)
                     connection.commit()
                     if not events:
                         break
                     batches += 1
                     for event in events:
                         outcome = self._post(client, event, total)
-                        update_by_id(connection, _EVENTS, [outcome])
+                        update_by_id(connection, self._table, [outcome])
                         connection.commit()
         return total
 
@@ -230,11 +248,10 @@ class EventSender:
             return self._retry(event, row, now, error, result)
         result.failed += 1
         result.errors[f"http_{answer.status_code}"] += 1
-        log.warning("platform event %s (%s) refused: %s", event.webhook_id, event.type, error)
+        log.warning("%s %s (%s) refused: %s", self._label, event.webhook_id, event.type, error)
         return {**row, "status": EventStatus.FAILED.value, "last_error": error[:1000]}
 
-    @staticmethod
-    def _retry(event: Row, row: dict, now: datetime, error: str, result: SendResult) -> dict:
+    def _retry(self, event: Row, row: dict, now: datetime, error: str, result: SendResult) -> dict:
         result.errors["transient"] += 1
         since = event.retrying_since or now
         row = {**row, "retrying_since": since}
@@ -242,7 +259,8 @@ class EventSender:
         if next_attempt_at > since + RETRY_FOR:
             result.failed += 1
             log.warning(
-                "platform event %s (%s) failed after %s attempts: %s",
+                "%s %s (%s) failed after %s attempts: %s",
+                self._label,
                 event.webhook_id,
                 event.type,
                 row["attempts"],
@@ -250,7 +268,7 @@ class EventSender:
             )
             return {**row, "status": EventStatus.FAILED.value, "last_error": f"retried for 3 days: {error}"[:1000]}
         result.deferred += 1
-        log.info("platform event %s deferred after attempt %s: %s", event.webhook_id, row["attempts"], error)
+        log.info("%s %s deferred after attempt %s: %s", self._label, event.webhook_id, row["attempts"], error)
         return {
             **row,
             "status": EventStatus.PENDING.value,

@@ -20,6 +20,7 @@ from worker.gateways.base import (
     GatewayError,
     IdempotencyConflict,
     InvalidPaymentMethod,
+    KeepsChargedMethod,
     MethodSetup,
     PaymentGateway,
     SavedMethod,
@@ -42,6 +43,7 @@ __all__ = [
     "GatewayError",
     "IdempotencyConflict",
     "InvalidPaymentMethod",
+    "KeepsChargedMethod",
     "MethodSetup",
     "PaymentGateway",
     "SavedMethod",
@@ -69,7 +71,12 @@ def make_gateway(
     if name == "sandbox":
         if session_factory is None:
             raise GatewayError("the sandbox gateway needs a session factory (it records charges in its own table)")
-        return SandboxGateway(session_factory, latency_ms=settings.sandbox_latency_ms, clock=clock)
+        return SandboxGateway(
+            session_factory,
+            latency_ms=settings.sandbox_latency_ms,
+            clock=clock,
+            webhooks=settings.sandbox_webhook_url is not None,
+        )
     if name == "stripe":
         return StripeGateway(
             api_key=settings.stripe_api_key or "",

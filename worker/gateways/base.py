@@ -183,6 +183,17 @@ class ChargeAuthentication(Protocol):
     def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult: ...
 
 
+@runtime_checkable
+class KeepsChargedMethod(Protocol):
+    """A gateway whose checkout charge keeps its method for off-session charges (the sandbox, as
+    Stripe's ``setup_future_usage`` does): the checkout stores the kept method, not the token typed."""
+
+    def keep_charged_method(self, idempotency_key: str) -> SavedMethod | None:
+        """The method kept by the successful charge made under ``idempotency_key`` (the same one at
+        every call), or None when no charge succeeded under it."""
+        ...
+
+
 def mask_token(token: str | None) -> str:
     """A log-safe form of a stored token: its kind and last 4 characters."""
     if not token:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol, runtime_checkable
+
+from worker.gateways.base import MethodSetup
 
 
 class HostedStatus(str, Enum):
@@ -52,3 +55,18 @@ class HostedPayment:
     payment_token: str | None = None
     #: A short, token-free word on a failure (a decline code, an issue).
     detail: str | None = None
+
+
+@runtime_checkable
+class HostedMethodSetup(MethodSetup, Protocol):
+    """A gateway whose own hosted page takes a new method for auto-renew (Stripe: a Checkout Session in
+    ``setup`` mode; PayPal: a vault setup token the payer approves).  The holder is sent to
+    ``HostedCheckout.url``; back on our return page, :meth:`MethodSetup.save_method` turns
+    ``HostedCheckout.reference`` into the stored token."""
+
+    def start_method_setup(
+        self, *, success_url: str, cancel_url: str, idempotency_key: str, language: str, label: str
+    ) -> HostedCheckout:
+        """Open the page; raises :class:`worker.gateways.base.GatewayError` when the gateway does not answer.
+        ``label``: what the gateway's records name it after (the mailbox's address, never a token)."""
+        ...

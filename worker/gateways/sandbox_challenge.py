@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from worker.gateways.base import ChargeOutcome, mask_token
 from worker.store.models import SandboxChallenge, SandboxCharge
@@ -122,17 +122,19 @@ def decide_challenge(engine: Engine, public_id: str, *, approve: bool, now: date
     return read_challenge(engine, public_id)
 
 
-def approved_before(engine: Engine, payment_method: str) -> bool:
-    """Whether a charge of ``payment_method`` was authenticated on a challenge: a card set up on
-    session, which the issuer then lets be charged off session."""
-    with engine.connect() as connection:
-        found = connection.execute(
-            select(_CHALLENGES.c.id)
-            .join(_CHARGES, _CHARGES.c.reference == _CHALLENGES.c.charge_reference)
-            .where(_CHARGES.c.payment_method == payment_method, _CHALLENGES.c.status == APPROVED)
-            .limit(1)
-        ).first()
-        connection.rollback()
+def set_up_on_session(connection: Connection, payment_method: str, *, stored: bool) -> bool:
+    """Whether ``payment_method`` was set up with the holder present, so that the issuer lets it be
+    charged off session: a method the sandbox stored (it keeps only a card whose charge or setup
+    went through, its authentication included), or a card one of whose charges was approved on a
+    challenge."""
+    if stored:
+        return True
+    found = connection.execute(
+        select(_CHALLENGES.c.id)
+        .join(_CHARGES, _CHARGES.c.reference == _CHALLENGES.c.charge_reference)
+        .where(_CHARGES.c.payment_method == payment_method, _CHALLENGES.c.status == APPROVED)
+        .limit(1)
+    ).first()
     return found is not None
 
 

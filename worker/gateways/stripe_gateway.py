@@ -33,7 +33,9 @@ key* is still safe: Stripe's idempotency layer replays the first charge.
 
 from __future__ import annotations
 
+import calendar
 import logging
+from datetime import date
 from typing import Any
 
 import stripe
@@ -45,6 +47,7 @@ from worker.gateways.base import (
     GatewayError,
     IdempotencyConflict,
     InvalidPaymentMethod,
+    SavedMethod,
     mask_token,
 )
 from worker.gateways.hosted import HostedCheckout, HostedPayment, HostedStatus
@@ -349,6 +352,65 @@ class StripeGateway:
             payment_token=token,
             detail=error.get("decline_code") or error.get("code"),
         )
+
+    def start_method_setup(
+        self, *, success_url: str, cancel_url: str, idempotency_key: str, language: str, label: str
+    ) -> HostedCheckout:
+        """A Checkout Session in ``setup`` mode for a new Customer: the holder enters a card on Stripe's
+        page, its SetupIntent saves it for off-session charges (``usage=off_session``).  ``success_url``
+        carries ``{CHECKOUT_SESSION_ID}``."""
+        try:
+            customer = self._client.v1.customers.create(
+                {"description": label[:200], "metadata": {"mailbox": label[:500]}},
+                {"idempotency_key": idempotency_key + ":customer"},
+            )
+            session = _plain(
+                self._client.v1.checkout.sessions.create(
+                    {
+                        "mode": "setup",
+                        "currency": "eur",
+                        "customer": _plain(customer)["id"],
+                        "success_url": success_url,
+                        "cancel_url": cancel_url,
+                        "locale": "en" if language == "en" else "it",
+                        "setup_intent_data": {"description": f"Rinnovo automatico {label}"[:200]},
+                        "metadata": {"mailbox": label[:500]},
+                    },
+                    {"idempotency_key": idempotency_key},
+                )
+            )
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not open the setup page ({type(error).__name__})") from None
+        return HostedCheckout(session["id"], session["url"])
+
+    def save_method(self, setup_reference: str) -> SavedMethod | None:
+        """The card of the setup session ``setup_reference`` once its SetupIntent succeeded:
+        ``cus_….pm_…`` and the card's expiry (read from the PaymentMethod); None while it has not
+        (an open or expired session, another mode).  A read: nothing changes at Stripe."""
+        try:
+            session = _plain(
+                self._client.v1.checkout.sessions.retrieve(
+                    setup_reference, {"expand": ["setup_intent", "setup_intent.payment_method"]}
+                )
+            )
+        except stripe.InvalidRequestError:
+            return None
+        except stripe.StripeError as error:
+            raise GatewayError(f"Stripe did not answer ({type(error).__name__})") from None
+        intent = session.get("setup_intent")
+        customer = session.get("customer")
+        customer = customer.get("id") if isinstance(customer, dict) else customer
+        if session.get("mode") != "setup" or not isinstance(intent, dict) or intent.get("status") != "succeeded":
+            return None
+        method = intent.get("payment_method")
+        if not isinstance(method, dict) or not isinstance(customer, str) or not isinstance(method.get("id"), str):
+            return None
+        card = method.get("card") or {}
+        expires = None
+        if isinstance(card.get("exp_month"), int) and isinstance(card.get("exp_year"), int):
+            month, year = card["exp_month"], card["exp_year"]
+            expires = date(year, month, calendar.monthrange(year, month)[1])
+        return SavedMethod(f"{customer}.{method['id']}", expires)
 
     @staticmethod
     def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict:

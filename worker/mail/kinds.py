@@ -159,6 +159,7 @@ def _order_context(stored: Mapping[str, Any], common: dict[str, Any], signer: Li
         "vat_percent": int(order["vat_percent"]),
         "vat": _euro(order["vat_cents"], language),
         "total": _euro(order["total_cents"], language),
+        "split_payment": bool(order.get("split_payment")),
         "iban": iban,
         "beneficiary": payment["beneficiary"],
         "postal_account": payment["postal_account"],
@@ -273,6 +274,8 @@ def _invoice(stored: Mapping[str, Any], language: str) -> dict[str, Any] | None:
         "vat_percent": int(invoice["vat_percent"]),
         "vat": _euro(invoice["vat_cents"], language),
         "total": _euro(invoice["total_cents"], language),
+        "split_payment": bool(invoice.get("split_payment")),
+        "due": _euro(invoice.get("due_cents", invoice["total_cents"]), language),
     }
 
 
@@ -280,7 +283,8 @@ _REFUND_KINDS = ("automatic", "requested")
 
 
 def _refund_context(stored: Mapping[str, Any], common: dict[str, Any], signer: LinkSigner) -> dict[str, Any]:
-    """payment-refunded: the order, and the refund (amount, automatic or requested, the method refunded)."""
+    """payment-refunded: the order (or, for an auto-renew charge given back, its one mailbox), and the
+    refund (amount, automatic or requested, the method refunded)."""
     refund = stored.get("refund")
     if not isinstance(refund, Mapping):
         raise ValueError("a payment-refunded email needs 'refund' in its context")
@@ -290,8 +294,12 @@ def _refund_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
     if method not in ("card", "paypal"):
         raise ValueError(f"refund method {method!r} is not card or paypal")
     language = common["language"]
+    charge = refund.get("charge") is True
+    if charge and (refund["kind"] != "automatic" or len(common["mailboxes"]) != 1):
+        raise ValueError("an auto-renew charge is given back automatically, about one mailbox")
     return {
-        **_order_context(stored, common, signer),
+        **({} if charge else _order_context(stored, common, signer)),
+        "refund_charge": charge,
         "refund_amount": _euro(refund.get("amount_cents"), language),
         "refund_automatic": refund["kind"] == "automatic",
         "refund_method_label": vocabulary.METHOD_LABELS[language][method],
@@ -319,7 +327,8 @@ KIND_RULES: dict[str, KindRules] = {
     "card-expiring": KindRules(renewal_links=False, stages="before", extra_context=_charge_context),
     "charge-succeeded": KindRules(renewal_links=False, stages="any", extra_context=_charge_context),
     "charge-failed": KindRules(renewal_links=True, stages="any", extra_context=_charge_context),
-    # A gateway payment given back: automatically (a double payment) or on request (payments refund).
+    # A gateway payment given back: automatically (a double payment, or an auto-renew charge of a
+    # mailbox renewed meanwhile) or on request (payments refund).
     "payment-refunded": KindRules(renewal_links=False, stages="any", extra_context=_refund_context),
     # The charge not made while the holder's own order awaits payment: its link leads to that
     # order (how to pay it, change its method, or cancel it).

@@ -10,9 +10,21 @@ the same stored data always give the same file.
   ``PECDestinatario`` when the holder gave a PEC address for invoices), or ``XXXXXXX``
   for a buyer outside Italy.  ``FPA12`` for public administrations: their 6-character
   office code, and the CIG and CUP, when given, in ``DatiOrdineAcquisto``.
+- The buyer's ``Anagrafica``: ``Nome`` and ``Cognome`` for a private person (no VAT
+  number, a natural person's 16-character tax code), split from the one full name the
+  holder gives by the tax code's letters (:func:`person_name`); ``Denominazione`` for
+  everyone else.  A private person's name that no split matches waits for corrected data.
 - Prices are VAT excluded (``config/catalogue.py``); the VAT is 22 % of the taxable
   amount, rounded half up to the cent, as the order computed it (``pricing.vat_cents``),
-  so the document's total is the amount paid, to the cent.
+  so the document's total (``ImportoTotaleDocumento``) is the amount paid, to the cent,
+  but under split payment.
+- Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972): a public
+  administration's invoice, when the provider applies it (``SPLIT_PAYMENT_FOR_PA``),
+  says ``EsigibilitaIVA`` ``S`` in ``DatiRiepilogo`` (and so in a second ``Causale``);
+  ``ImportoTotaleDocumento`` stays
+  the total with VAT and ``ImportoPagamento`` is the taxable amount, what the
+  administration pays the seller (it pays the VAT to the Treasury itself).  Otherwise
+  ``I``, and ``ImportoPagamento`` is the total.
 - ``ModalitaPagamento``: MP05 bank transfer, MP08 payment card (cards and PayPal, an
   electronic-money payment made through a card network account), MP18 postal slip
   (bollettino di conto corrente postale).  ``CondizioniPagamento`` TP02: paid in full.
@@ -52,6 +64,11 @@ DEFAULT_FISCAL_REGIME = "RF01"
 #: ModalitaPagamento by payment method.
 PAYMENT_MODES: Mapping[str, str] = {CARD: "MP08", PAYPAL: "MP08", BANK_TRANSFER: "MP05", POSTAL_SLIP: "MP18"}
 PAID_IN_FULL = "TP02"
+#: EsigibilitaIVA: VAT due at once by the seller; split payment (the public administration pays it).
+IMMEDIATE = "I"
+SPLIT_PAYMENT = "S"
+#: The document's statement of it (a second ``Causale``).
+SPLIT_PAYMENT_NOTE = "Operazione soggetta a scissione dei pagamenti, art. 17-ter DPR 633/1972"
 #: CodiceDestinatario with no SDI code (delivery to the PEC address, or to the holder's tax drawer).
 NO_SDI_CODE = "0000000"
 #: CodiceDestinatario for a buyer without an Italian tax identity.
@@ -63,6 +80,10 @@ _DIGITS36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: Why an invoice cannot be issued yet; the operator's words are the service's.
 MISSING_ADDRESS = "billing_address"
 MISSING_TAX_ID = "tax_id"
+#: A private person's name that does not split into Nome and Cognome by the tax code's letters.
+MISSING_PERSON_NAME = "person_name"
+PERSON_TAX_CODE_LENGTH = 16
+_VOWELS = frozenset("AEIOU")
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,9 @@ class Buyer:
     office_code: str | None = None
     cig: str | None = None
     cup: str | None = None
+    #: A public administration under the scissione dei pagamenti (art. 17-ter DPR 633/1972): it
+    #: pays the taxable amount and pays the VAT to the Treasury itself (``EsigibilitaIVA`` S).
+    split_payment: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {name: getattr(self, name) for name in _BUYER_FIELDS}
@@ -120,10 +144,13 @@ class Buyer:
             office_code=data.get("office_code"),
             cig=data.get("cig"),
             cup=data.get("cup"),
+            split_payment=bool(data.get("split_payment", False)),
         )
 
 
-_BUYER_FIELDS = ("kind", "name", "tax_code", "vat_number", "sdi_code", "einvoice_pec", "office_code", "cig", "cup")
+_BUYER_FIELDS = (
+    "kind", "name", "tax_code", "vat_number", "sdi_code", "einvoice_pec", "office_code", "cig", "cup", "split_payment",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -183,6 +210,11 @@ class InvoiceDocument:
     #: For a credit note: the invoice's number and date.
     corrects: tuple[str, date] | None = None
 
+    @property
+    def amount_due_cents(self) -> int:
+        """What the buyer pays (``ImportoPagamento``): the total, or under split payment the taxable amount."""
+        return self.totals.subtotal_cents if self.buyer.split_payment else self.totals.total_cents
+
 
 class InvoiceMismatch(ValueError):
     """The lines do not add up to the amount paid."""
@@ -233,11 +265,14 @@ def build_invoice(
     payment_method: str,
     reference: str,
 ) -> InvoiceDocument:
-    """The invoice of a paid renewal; :class:`InvoiceMismatch` when its total is not ``paid_cents``."""
+    """The invoice of a paid renewal; :class:`InvoiceMismatch` when the amount due is not ``paid_cents``
+    (the total with VAT, or the taxable amount under split payment)."""
     totals = totals_of(lines)
-    if totals.total_cents != paid_cents:
+    due = amount_due(buyer, totals)
+    if due != paid_cents:
         raise InvoiceMismatch(
-            f"the lines come to {pricing.format_amount(totals.total_cents)} EUR with VAT, "
+            f"the lines come to {pricing.format_amount(due)} EUR "
+            f"{'before VAT (split payment)' if buyer.split_payment else 'with VAT'}, "
             f"but {pricing.format_amount(paid_cents)} EUR was paid"
         )
     if payment_method not in PAYMENT_MODES:
@@ -245,20 +280,33 @@ def build_invoice(
     return InvoiceDocument(INVOICE, number, issued_on, buyer, tuple(lines), totals, payment_method, reference)
 
 
+def amount_due(buyer: Buyer, totals: Totals) -> int:
+    """What ``buyer`` pays of a document of ``totals``: the total, or the taxable amount under split payment."""
+    return totals.subtotal_cents if buyer.split_payment else totals.total_cents
+
+
 def credit_note(invoice: InvoiceDocument, *, refunded_cents: int, number: str, issued_on: date) -> InvoiceDocument:
-    """The credit note (TD04) of a refund of ``refunded_cents`` (VAT included) of ``invoice``.
+    """The credit note (TD04) of a refund of ``refunded_cents`` of ``invoice``'s amount due.
 
     A full refund repeats the invoice's lines.  A partial one is one line whose taxable
     amount is the share of the refund before VAT: the largest amount whose total with its
-    VAT (half up) is at most the refund; the VAT is the rest, within a cent of 22 %.
+    VAT (half up) is at most the refund; the VAT is the rest, within a cent of 22 %.  Under
+    split payment the buyer paid the taxable amount only: the refund is the line's taxable
+    amount and its VAT (22 %, half up) is credited as the buyer's (``EsigibilitaIVA`` S).
     """
-    if not 0 < refunded_cents <= invoice.totals.total_cents:
+    if not 0 < refunded_cents <= invoice.amount_due_cents:
         raise ValueError(
             f"a refund of {pricing.format_amount(refunded_cents)} EUR does not fit invoice {invoice.number} "
-            f"of {pricing.format_amount(invoice.totals.total_cents)} EUR"
+            f"of {pricing.format_amount(invoice.amount_due_cents)} EUR"
         )
-    if refunded_cents == invoice.totals.total_cents:
+    if refunded_cents == invoice.amount_due_cents:
         lines, totals = invoice.lines, invoice.totals
+    elif invoice.buyer.split_payment:
+        description = latin(
+            f"Rimborso parziale relativo alla fattura n. {invoice.number} del {invoice.issued_on:%d/%m/%Y}"
+        )
+        lines = (InvoiceLine(description, 1, refunded_cents, refunded_cents),)
+        totals = totals_of(lines)
     else:
         taxable = refunded_cents * 100 // (100 + catalogue.VAT_PERCENT)
         while taxable + 1 + pricing.vat_cents(taxable + 1) <= refunded_cents:
@@ -290,7 +338,63 @@ def missing_data(buyer: Buyer) -> tuple[str, ...]:
         missing.append(MISSING_ADDRESS)
     if not buyer.tax_code and not buyer.vat_number:
         missing.append(MISSING_TAX_ID)
+    if is_natural_person(buyer) and person_name(buyer.name, buyer.tax_code or "") is None:
+        missing.append(MISSING_PERSON_NAME)
     return tuple(missing)
+
+
+def is_natural_person(buyer: Buyer) -> bool:
+    """A private person: no VAT number and the 16-character tax code of a natural person (not a
+    public administration).  ``Anagrafica`` names them by ``Nome`` and ``Cognome``; any other
+    buyer (a company, a sole proprietor or professional with a VAT number, a public
+    administration) by ``Denominazione``."""
+    return (
+        buyer.kind != PUBLIC_ADMINISTRATION
+        and not buyer.vat_number
+        and len(buyer.tax_code or "") == PERSON_TAX_CODE_LENGTH
+    )
+
+
+def person_name(full_name: str, tax_code: str) -> tuple[str, str] | None:
+    """(Nome, Cognome) of ``full_name``, split between two of its words where the tax code says.
+
+    The holder gives one full name ("Nome e cognome"); a natural person's codice fiscale
+    begins with three letters of the surname and three of the given names (DM 23/12/1976:
+    the consonants, then the vowels, then ``X``; for the given names, the 1st, 3rd and 4th
+    consonant when there are four or more; accents, apostrophes and spaces dropped).  Every
+    split of the words is tried, given names first ("Mario Rossi", "Maria Grazia De Luca"),
+    then surname first ("Rossi Mario"); the first whose letters are the tax code's is the
+    answer.  None when no split matches (a single word, a misspelt name or tax code): the
+    invoice then waits for corrected holder data rather than guess.
+    """
+    words = full_name.split()
+    surname_code, given_code = tax_code.upper()[0:3], tax_code.upper()[3:6]
+    for given_first in (True, False):
+        for cut in range(1, len(words)):
+            head, tail = " ".join(words[:cut]), " ".join(words[cut:])
+            given, family = (head, tail) if given_first else (tail, head)
+            if tax_code_letters(given, family) == surname_code + given_code:
+                return given, family
+    return None
+
+
+def tax_code_letters(given: str, family: str) -> str:
+    """The six letters a natural person's codice fiscale begins with: the surname's three, then the given names'."""
+    return _name_code(family, given=False) + _name_code(given, given=True)
+
+
+def _name_code(text: str, *, given: bool) -> str:
+    """The three letters a codice fiscale takes from a surname or from the given names."""
+    letters = [
+        char
+        for char in unicodedata.normalize("NFKD", latin(text).upper())
+        if "A" <= char <= "Z"  # the combining accents, apostrophes and spaces fall out
+    ]
+    consonants = [char for char in letters if char not in _VOWELS]
+    vowels = [char for char in letters if char in _VOWELS]
+    if given and len(consonants) >= 4:
+        consonants = [consonants[0], consonants[2], consonants[3]]
+    return "".join(consonants + vowels + ["X", "X", "X"])[:3]
 
 
 def transmission_format(buyer: Buyer) -> str:
@@ -417,7 +521,13 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
         _sub(vat, "IdCodice", buyer.vat_number)
     if buyer.tax_code:
         _sub(identity, "CodiceFiscale", buyer.tax_code)
-    _sub(_sub(identity, "Anagrafica"), "Denominazione", latin(buyer.name, 80))
+    registry = _sub(identity, "Anagrafica")
+    split = person_name(buyer.name, buyer.tax_code or "") if is_natural_person(buyer) else None
+    if split is not None:
+        _sub(registry, "Nome", latin(split[0], 60))
+        _sub(registry, "Cognome", latin(split[1], 60))
+    else:
+        _sub(registry, "Denominazione", latin(buyer.name, 80))
     _sede(buyer_part, buyer.address)
 
     body = _sub(root, "FatturaElettronicaBody")
@@ -430,6 +540,8 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
     _sub(document_part, "ImportoTotaleDocumento", _amount(document.totals.total_cents))
     what = "Nota di credito" if document.kind == CREDIT_NOTE else "Rinnovo caselle PEC"
     _sub(document_part, "Causale", latin(f"{what}, rif. {document.reference}", 200))
+    if buyer.split_payment:
+        _sub(document_part, "Causale", SPLIT_PAYMENT_NOTE)
     if buyer.kind == PUBLIC_ADMINISTRATION and (buyer.cig or buyer.cup):
         order = _sub(general, "DatiOrdineAcquisto")
         _sub(order, "IdDocumento", latin(document.reference, 20))
@@ -459,13 +571,13 @@ def render_xml(document: InvoiceDocument, seller: Seller, file_progressive: str)
     _sub(summary, "AliquotaIVA", rate)
     _sub(summary, "ImponibileImporto", _amount(document.totals.subtotal_cents))
     _sub(summary, "Imposta", _amount(document.totals.vat_cents))
-    _sub(summary, "EsigibilitaIVA", "I")
+    _sub(summary, "EsigibilitaIVA", SPLIT_PAYMENT if buyer.split_payment else IMMEDIATE)
 
     payment = _sub(body, "DatiPagamento")
     _sub(payment, "CondizioniPagamento", PAID_IN_FULL)
     payment_detail = _sub(payment, "DettaglioPagamento")
     _sub(payment_detail, "ModalitaPagamento", PAYMENT_MODES[document.payment_method])
-    _sub(payment_detail, "ImportoPagamento", _amount(document.totals.total_cents))
+    _sub(payment_detail, "ImportoPagamento", _amount(document.amount_due_cents))
 
     xml: bytes = ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
     return xml

@@ -288,7 +288,10 @@ class OrderSummary:
     subtotal_cents: int  # VAT excluded
     vat_percent: int
     vat_cents: int
-    total_cents: int  # VAT included
+    #: What the holder pays: VAT included, or the subtotal under split payment (a public
+    #: administration pays the VAT to the Treasury itself, art. 17-ter DPR 633/1972).
+    total_cents: int
+    split_payment: bool = False
 
 
 def vat_cents(subtotal_cents: int, percent: int = catalogue.VAT_PERCENT) -> int:
@@ -296,8 +299,9 @@ def vat_cents(subtotal_cents: int, percent: int = catalogue.VAT_PERCENT) -> int:
     return (subtotal_cents * percent + 50) // 100
 
 
-def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
-    """The price of an order, line by line, with the VAT on the subtotal."""
+def price_order(lines: Iterable[LineInput], years: int, *, split_payment: bool = False) -> OrderSummary:
+    """The price of an order, line by line, with the VAT on the subtotal; under ``split_payment``
+    the total to pay is the subtotal (the VAT is still stated)."""
     priced: list[PriceLine] = []
     for line in lines:
         plan_cents = catalogue.PLAN_PRICES_CENTS[line.plan]
@@ -330,7 +334,8 @@ def price_order(lines: Iterable[LineInput], years: int) -> OrderSummary:
             )
     subtotal = sum(line.amount_cents for line in priced)
     vat = vat_cents(subtotal)
-    return OrderSummary(tuple(priced), years, subtotal, catalogue.VAT_PERCENT, vat, subtotal + vat)
+    total = subtotal if split_payment else subtotal + vat
+    return OrderSummary(tuple(priced), years, subtotal, catalogue.VAT_PERCENT, vat, total, split_payment)
 
 
 def line_price_cents(line: LineInput, years: int) -> int:

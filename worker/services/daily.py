@@ -298,6 +298,7 @@ def run_day(
     summary.charges = charge_day(runtime, business_date, summary.scan.charges_due)
     summary.delivery = runtime.relay.deliver_due(progress=delivery_progress)
     summary.events = runtime.event_sender.deliver_due()
+    runtime.sandbox_webhook_sender.deliver_due()  # nothing without SANDBOX_WEBHOOK_URL
     finish_day(runtime, business_date, summary.as_dict())
     metrics.record_day(summary)
     return summary

@@ -27,6 +27,7 @@ from stdnum import luhn
 from stdnum.it import codicefiscale
 
 from config.settings import Settings
+from worker.rules import einvoice
 from worker.rules.import_rows import KNOWN_COLUMNS
 from worker.rules.schedule import Stage, add_months
 from worker.services.daily import DaySummary, run_day
@@ -65,10 +66,10 @@ def _vat(rng: random.Random) -> str:
     return body + luhn.calc_check_digit(body)
 
 
-def _personal_tax_code(rng: random.Random) -> str:
-    letters = "BCDFGLMNPRSTVZ"
+def _personal_tax_code(rng: random.Random, first: str, last: str) -> str:
+    """A codice fiscale of ``first last`` (its letters made from the name, as an invoice checks them)."""
     body = (
-        "".join(rng.choice(letters) for _ in range(6))
+        einvoice.tax_code_letters(first, last)
         + f"{rng.randrange(40, 99):02d}"
         + rng.choice("ABCDEHLMPRST")
         + f"{rng.randrange(1, 28):02d}"
@@ -117,7 +118,7 @@ def sample_rows(count: int, today: date, seed: int = 2026) -> list[dict[str, str
             used_space_mb=str(rng.randrange(0, 900)),
         )
         if kind == "private":
-            row["tax_code"] = _personal_tax_code(rng)
+            row["tax_code"] = _personal_tax_code(rng, first, last)
         else:
             row["vat_number"] = _vat(rng)
             row["einvoice_code"] = rng.choice(["0000000", "M5UXCR1", f"fatture@pec.{last.lower()}-demo.it"])

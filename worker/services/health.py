@@ -136,9 +136,14 @@ def check_platform(rt: Runtime) -> str:
     url = rt.settings.platform_webhook_url
     if url is None:
         return f"PEC_RENEWAL_PLATFORM_WEBHOOK_URL is not set: events are kept, not sent ({waiting})"
-    parts = urlsplit(url)  # without a user, a password or a query, which may hold a token
+    return f"webhooks to {_shown(url)} ({waiting})"
+
+
+def _shown(url: str) -> str:
+    """A webhook URL without a user, a password or a query, which may hold a token."""
+    parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
-    return f"webhooks to {parts.scheme}://{parts.hostname}{port}{parts.path} ({waiting})"
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def check_webhooks(rt: Runtime) -> str:
@@ -156,6 +161,8 @@ def check_webhooks(rt: Runtime) -> str:
             raise RuntimeError("PEC_RENEWAL_PAYPAL_WEBHOOK_ID is not set: PayPal's events cannot be verified")
         mode = "sandbox" if "sandbox" in settings.paypal_api_base else "live"
         return f"PayPal webhook id set, {mode} API {settings.paypal_api_base}; endpoint {url}"
+    if settings.sandbox_webhook_url:
+        return f"sandbox webhooks sent to {_shown(settings.sandbox_webhook_url)}; endpoint {url}"
     return "sandbox: no webhook to receive"
 
 

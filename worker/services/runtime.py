@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, warn_generated_secret_key
 from worker.events.delivery import EventSender
-from worker.gateways import make_gateway
+from worker.gateways import make_gateway, sandbox_webhooks
 from worker.mail.emails import EmailRenderer
 from worker.mail.mailers import Mailer, make_mailer
 from worker.mail.outbox import OutboxRelay
@@ -48,16 +48,29 @@ def business_date(now: datetime, settings: Settings) -> date:
     return now.astimezone(settings.timezone).date()
 
 
-#: Connections a worker or CLI process keeps open, at most.  SQLAlchemy's default allows the same
-#: 15 (5 kept, 10 "overflow"), but closes every overflow connection when it is given back: the
-#: charges' threads (``GATEWAY_CONCURRENCY``, 32 by default) opened and closed 128 connections per
-#: 2,000 charges that way (380 to 430 on a slower machine), a server process forked for each; with
-#: this pool, 19 in all (bench/charges.py, bench/RESULTS.md).
+#: Connections a worker or CLI process keeps open, at most, besides one per charge thread (below).
+#: SQLAlchemy's default allows the same 15 (5 kept, 10 "overflow"), but closes every overflow
+#: connection when it is given back: the charges' threads opened and closed 128 connections per
+#: 2,000 charges that way (380 to 430 on a slower machine), a server process forked for each.
 #: The pool opens a connection only when a thread needs one, so a single-threaded process (the
-#: mail and notice workers) still holds one or two; a thread finding all 15 busy waits for one
-#: (``pool_timeout``, 30 s), as it did past 15 before.  Size PostgreSQL's ``max_connections``
-#: for 15 per worker process (README, operations).
+#: mail and notice workers) still holds one or two.  Size PostgreSQL's ``max_connections`` for
+#: this per worker process (docs/capacity.md).
 POOL_SIZE = 15
+
+
+def pool_size(settings: Settings) -> int:
+    """The engine's pool: ``POOL_SIZE``, and at least one connection per charge thread
+    (``GATEWAY_CONCURRENCY``) plus the thread that runs them.
+
+    A pool smaller than the threads starves some of them: SQLAlchemy's queue hands a
+    returned connection to whichever thread asks next, and a charge thread asks again at
+    once when the gateway answers at once.  With 32 threads on 15 connections and the
+    sandbox at zero latency, 17 threads waited the whole run for their first connection
+    (bench/invoices.py, 2,000 charges: 22.8 s of 24.6 s), and past ``pool_timeout`` (30 s)
+    in a longer run their charges failed.  Each charge thread holds at most one connection
+    at a time, never across a gateway call, so this many are never all waited for.
+    """
+    return max(POOL_SIZE, settings.gateway_concurrency + 1)
 
 
 @dataclass
@@ -68,7 +81,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url, pool_size=POOL_SIZE, max_overflow=0)
+        return make_engine(self.settings.database_url, pool_size=pool_size(self.settings), max_overflow=0)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
@@ -132,6 +145,21 @@ class Runtime:
             url=self.settings.platform_webhook_url,
             secret=self.settings.platform_webhook_secret,
             clock=self.clock,
+        )
+
+    @cached_property
+    def sandbox_webhook_sender(self) -> EventSender:
+        """The sandbox's webhooks to our own endpoint (``SANDBOX_WEBHOOK_URL``), by the same sender."""
+        with self.session_factory() as session:
+            engine = session.get_bind()
+        return EventSender(
+            engine,
+            url=self.settings.sandbox_webhook_url,
+            secret=self.settings.sandbox_webhook_secret,
+            clock=self.clock,
+            table=sandbox_webhooks.TABLE,
+            stream=sandbox_webhooks.STREAM,
+            label="sandbox webhook",
         )
 
     def today(self) -> date:

@@ -554,6 +554,10 @@ class GatewayEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: The states of a refund whose gateway answer is not recorded yet: asked again with the same key.
+REFUND_OPEN_STATES = ("started", "unknown")
+
+
 class GatewayRefund(Base):
     """A refund we asked a gateway for, written before the gateway is called ("intent, act, record").
 
@@ -621,6 +625,64 @@ class SandboxChallenge(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SandboxMethod(Base):
+    """A payment method the sandbox gateway stores for off-session charges, as Stripe keeps a PaymentMethod.
+
+    Created by the sandbox's checkout (the card or PayPal account of a successful payment, kept for
+    auto-renew) and by its page for a new method; ``method_id`` (``pm_sbx_…``, ``paypal_sbx_…``) is
+    what the mailbox stores and what ``charge`` takes.  ``behaviour`` is the test token it was made
+    from: a charge of the stored method answers as that test card would.
+    """
+
+    __tablename__ = "sandbox_methods"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    method_id: Mapped[str] = mapped_column(String(64), unique=True)
+    behaviour: Mapped[str] = mapped_column(String(200))
+    brand: Mapped[str] = mapped_column(String(32))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    exp_month: Mapped[int | None] = mapped_column(Integer)
+    exp_year: Mapped[int | None] = mapped_column(Integer)
+    #: The charge whose method was kept (its idempotency key), or None for the page of a new method.
+    source_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SandboxWebhook(Base):
+    """An event the sandbox gateway sends to our own ``POST /webhooks/sandbox``, as Stripe sends its
+    webhooks: written with the sandbox's record of the charge or refund (same transaction), posted
+    afterwards, signed by the Standard Webhooks specification, at least once, by the sender of the
+    platform's events (:class:`worker.events.delivery.EventSender`, these columns being its own).
+
+    The events of one charge (its payment, then its refunds) go out in ``id`` order (``stream_id``:
+    the sandbox's charge row).
+    """
+
+    __tablename__ = "sandbox_webhooks"
+    __table_args__ = (
+        Index(
+            "ix_sandbox_webhooks_pending",
+            "stream_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    stream_id: Mapped[int] = mapped_column(Id)
+    data: Mapped[dict] = mapped_column(JSON)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retrying_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # -- Electronic invoices ---------------------------------------------------------------------

@@ -124,6 +124,7 @@ def create_app(settings_or_runtime: Settings | Runtime | None = None, **config) 
     app.register_blueprint(webhooks.blueprint)  # POST /webhooks/<gateway>: signed by the gateway, no CSRF token
     csrf.exempt(webhooks.stripe_webhook)  # the gateway's signature authorises them, not a cookie
     csrf.exempt(webhooks.paypal_webhook)
+    csrf.exempt(webhooks.sandbox_webhook)
     app.register_blueprint(charge_authentication.blueprint)  # /rinnovo-automatico/autenticazione/<token>
     app.register_blueprint(auto_renew.blueprint)  # /rinnovo-automatico/<token>
     app.register_blueprint(sandbox_challenge.blueprint)  # /sandbox/3ds/<id>: the sandbox's 3-D Secure page

@@ -10,19 +10,26 @@ the charge-notice, card-expiring, charge-succeeded and charge-failed emails carr
   redirect, GET, with a message saying what happened (:mod:`worker.services.auto_renew_switch`
   decides under the charge's lock, and says whether the switch or a charge won).
 - A new method is entered on the gateway's hosted page: the sandbox's is here, as its
-  checkout is (:class:`worker.gateways.MethodSetup`); a gateway without one offers no
-  replacement.
+  checkout is (:class:`worker.gateways.MethodSetup`); Stripe's (a Checkout Session in ``setup``
+  mode) and PayPal's (a vault setup token) are theirs
+  (:class:`worker.gateways.hosted.HostedMethodSetup`).  The return page names no token: the page
+  the holder started from is kept in the signed session cookie with the setup's reference, and
+  only that reference is read; its GET shows a button, whose POST saves the method.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 from datetime import date
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, RadioField
 
-from worker.gateways import MethodSetup, make_gateway
+from worker.gateways import MethodSetup
+from worker.gateways.base import GatewayError
+from worker.gateways.hosted import HostedMethodSetup
 from worker.rules.links import MAILBOX, TokenInvalid
 from worker.services import auto_renew_switch as switch
 from worker.services.auto_renew_switch import Outcome, PageState
@@ -30,8 +37,14 @@ from worker.web import forms, i18n
 from worker.web.errors import csrf_error, invalid_link_page
 from worker.web.i18n import translate_in_context as t
 from worker.web.runtime import runtime_of
+from worker.web.webhooks import gateway_named
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("auto_renew", __name__)
+#: The signed session cookie's key for the setup started on a gateway's page: the page's token and the
+#: setup's reference (a Checkout Session, a PayPal setup token).
+SETUP_KEY = "method_setup"
 
 
 class SwitchForm(FlaskForm):
@@ -68,16 +81,9 @@ def _read(mailbox_id: int) -> switch.AutoRenewPage:
 
 
 def _method_setup():
-    """The gateway, when its hosted page can take a new method here (the sandbox's); else None."""
-    runtime = _runtime()
-    if runtime.settings.payment_gateway != "sandbox":
-        return None  # Stripe's and PayPal's hosted pages are their own (not built here)
-    app = current_app._get_current_object()
-    gateway = app.extensions.get("pec_gateway")
-    if gateway is None:
-        gateway = app.extensions["pec_gateway"] = make_gateway(
-            runtime.settings, runtime.session_factory, clock=runtime.clock
-        )
+    """The gateway, when its hosted page can take a new method (the sandbox's here, Stripe's and
+    PayPal's their own); else None."""
+    gateway = gateway_named(_runtime().settings.payment_gateway)
     return gateway if isinstance(gateway, MethodSetup) else None
 
 
@@ -181,12 +187,85 @@ def _seen(value: str | None) -> date | None:
 def replace_method(token: str):
     """Replace the payment method: to the gateway's hosted page (a POST: a real gateway opens a
     setup session there)."""
-    _mailbox_id(token)
+    mailbox_id = _mailbox_id(token)
     if not FlaskForm().validate_on_submit():
         return csrf_error(None)
-    if _method_setup() is None:
+    gateway = _method_setup()
+    if gateway is None:
         abort(404)
-    return redirect(url_for("auto_renew.sandbox_method", token=token), 303)
+    if not isinstance(gateway, HostedMethodSetup):
+        return redirect(url_for("auto_renew.sandbox_method", token=token), 303)
+    view = _read(mailbox_id)
+    if view.state in (PageState.NOT_FOUND, PageState.ON_DOMAIN, PageState.DELETED):
+        return invalid_link_page()
+    settings = _runtime().settings
+    back = f"{settings.base_url}/rinnovo-automatico/metodo/esito"
+    try:
+        hosted = gateway.start_method_setup(
+            # Stripe puts the session's id in place of {CHECKOUT_SESSION_ID}; PayPal adds ?approval_token_id=.
+            success_url=back + ("?session_id={CHECKOUT_SESSION_ID}" if settings.payment_gateway == "stripe" else ""),
+            cancel_url=f"{settings.base_url}/rinnovo-automatico/metodo/annullato",
+            idempotency_key=f"setup:{mailbox_id}:{secrets.token_hex(8)}",
+            language=view.language,
+            label=view.address,
+        )
+    except GatewayError as error:
+        log.warning("mailbox %s: the gateway did not open the setup page: %s", mailbox_id, error)
+        flash(_not_answering(), "error")
+        return _back(token)
+    session[SETUP_KEY] = {"token": token, "reference": hosted.reference}
+    return redirect(hosted.url, 303)
+
+
+@blueprint.route("/rinnovo-automatico/metodo/esito", methods=["GET", "POST"])
+def method_result():
+    """Back from Stripe's or PayPal's page: GET shows the last button, its POST saves the method of the
+    setup this browser started (any other reference is the broken-link page)."""
+    form = FlaskForm()
+    if request.method == "POST" and not form.validate_on_submit():
+        return csrf_error(None)
+    started = session.get(SETUP_KEY) or {}
+    token, reference = started.get("token"), started.get("reference")
+    returned = request.args.get("session_id") or request.args.get("approval_token_id")
+    if not token or not reference or returned != reference:
+        return invalid_link_page()
+    mailbox_id = _mailbox_id(token)
+    gateway = _method_setup()
+    if not isinstance(gateway, HostedMethodSetup):
+        abort(404)
+    view = _read(mailbox_id)
+    if view.state in (PageState.NOT_FOUND, PageState.ON_DOMAIN, PageState.DELETED):
+        return invalid_link_page()
+    if request.method == "GET":
+        return render_template("auto_renew_setup.html", view=view, form=form, token=token)
+    try:
+        saved = gateway.save_method(reference)
+    except GatewayError as error:
+        log.warning("mailbox %s: the new method was not read: %s", mailbox_id, error)
+        flash(_not_answering(), "error")
+        return _back(token)
+    runtime = _runtime()
+    result = switch.replace_method(runtime.session_factory, mailbox_id, saved, today=runtime.today())
+    session.pop(SETUP_KEY, None)
+    flash(*_message(result))
+    return _back(token)
+
+
+@blueprint.get("/rinnovo-automatico/metodo/annullato")
+def method_cancelled():
+    """The holder left the gateway's page: back to the auto-renew page, the stored method unchanged."""
+    token = (session.get(SETUP_KEY) or {}).get("token")
+    if not token:
+        return invalid_link_page()
+    return _back(token)
+
+
+def _not_answering() -> str:
+    return t(
+        "Il servizio di pagamento non risponde in questo momento: il metodo registrato non è cambiato. "
+        "Riprovi tra qualche minuto.",
+        "The payment service is not answering now: the stored method has not changed. Try again in a few minutes.",
+    )
 
 
 @blueprint.route("/rinnovo-automatico/<token>/metodo/sandbox", methods=["GET", "POST"])
@@ -194,7 +273,7 @@ def sandbox_method(token: str):
     """The sandbox's hosted page for a new method: GET shows the test methods, POST saves the one chosen."""
     mailbox_id = _mailbox_id(token)
     gateway = _method_setup()
-    if gateway is None:
+    if gateway is None or isinstance(gateway, HostedMethodSetup):
         abort(404)
     view = _read(mailbox_id)
     if view.state in (PageState.NOT_FOUND, PageState.ON_DOMAIN, PageState.DELETED):

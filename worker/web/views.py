@@ -330,7 +330,14 @@ def step_payment(public_id: str):
         if request.method == "POST":
             if form.validate_on_submit():
                 try:
-                    orders.choose_payment(db_session, order, form.method.data, form.years.data, today)
+                    orders.choose_payment(
+                        db_session,
+                        order,
+                        form.method.data,
+                        form.years.data,
+                        today,
+                        split_payment_for_pa=_runtime().settings.split_payment_for_pa,
+                    )
                 except orders.OrderValidationError as error:
                     db_session.rollback()
                     general = _apply_errors(form, error.errors)

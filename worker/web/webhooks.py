@@ -1,8 +1,9 @@
-"""``POST /webhooks/stripe`` and ``POST /webhooks/paypal``: the gateways tell us what happened.
+"""``POST /webhooks/stripe``, ``/webhooks/paypal`` and ``/webhooks/sandbox``: the gateways tell us what happened.
 
 Each endpoint verifies the event first (Stripe: ``stripe.Webhook.construct_event``
 with ``STRIPE_WEBHOOK_SECRET`` and its default tolerance; PayPal: its
-verify-webhook-signature call with ``PAYPAL_WEBHOOK_ID``) and answers 400,
+verify-webhook-signature call with ``PAYPAL_WEBHOOK_ID``; the sandbox: its Standard Webhooks
+signature with ``SANDBOX_WEBHOOK_SECRET``) and answers 400,
 changing nothing, when it does not verify.  A verified event is recorded and
 applied once (``worker.services.payments.webhooks``): a replay answers 200 and
 changes nothing, a type we do not handle answers 200 and changes nothing.  When
@@ -22,7 +23,7 @@ import logging
 
 from flask import Blueprint, Response, abort, current_app, request
 
-from worker.gateways import make_gateway
+from worker.gateways import make_gateway, sandbox_webhooks
 from worker.gateways.base import ChargeOutcome, ChargeResult, GatewayError
 from worker.gateways.refunds import WebhookRefused, WebhookUnverifiable
 from worker.gateways.stripe_gateway import StripeGateway
@@ -73,6 +74,24 @@ def paypal_webhook() -> Response:
         log.warning("webhook paypal event %s (%s) refused: signature", *_named(event))
         return _answer(400, "signature refused")
     return _process(gateway_events.paypal_notice(event))
+
+
+@blueprint.post("/webhooks/sandbox")
+def sandbox_webhook() -> Response:
+    """The sandbox gateway's own events (``SANDBOX_WEBHOOK_URL`` points here), verified with
+    ``SANDBOX_WEBHOOK_SECRET`` as the Standard Webhooks specification says."""
+    settings = runtime_of(current_app).settings
+    if not settings.sandbox_webhook_secret:
+        abort(404)
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    try:
+        event_id, event = sandbox_webhooks.verify(
+            request.get_data(cache=False), headers, settings.sandbox_webhook_secret
+        )
+    except WebhookRefused as refused:
+        log.warning("webhook sandbox refused: %s", refused)
+        return _answer(400, "signature refused")
+    return _process(gateway_events.sandbox_notice(event_id, event))
 
 
 def _process(notice: gateway_events.GatewayNotice) -> Response:

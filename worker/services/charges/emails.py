@@ -11,14 +11,16 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, or_, select
+from sqlalchemy.orm import Session
 
 from worker.gateways import describe_payment_method
 from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan, charge_on
 from worker.rules.schedule import Stage
-from worker.store.models import NoticeLedgerEntry
+from worker.rules.vocabulary import CARD, PAYPAL
+from worker.store.models import ChargeIntent, GatewayRefund, Mailbox, NoticeLedgerEntry
 
 _INSERT_LEDGER = insert(NoticeLedgerEntry.__table__)
 
@@ -208,6 +210,66 @@ def mailbox_context(mailbox: MailboxFacts, cycle_expires_on: date) -> dict[str, 
     }
 
 
+def method_kind(token: str) -> str:
+    """The payment method of a stored token: PayPal's billing agreements, or else a card."""
+    return PAYPAL if describe_payment_method(token, "it") == "PayPal" else CARD
+
+
+#: What the outbox names the ``payment-refunded`` email of a charge: not a stage of the schedule.
+REFUND_EMAIL_STAGE = "0d"
+
+
+def queue_charge_refund_email(
+    session: Session, refund: GatewayRefund, *, mail_domain: str, today: date, now: datetime
+) -> int | None:
+    """``payment-refunded`` about the auto-renew charge ``refund`` gave back (a charge of a mailbox
+    renewed meanwhile), to the mailbox's reference address, in the caller's transaction.
+
+    The charge is found by the refund's payment reference (the gateway's charge id, or its
+    idempotency key); the Message-ID is the refund's own (``resend``), so asking again writes
+    nothing.  No ledger row: the email is no stage of the cycle.  Returns the outbox id, or None.
+    """
+    intent = session.scalar(
+        select(ChargeIntent).where(
+            or_(
+                ChargeIntent.reference == refund.payment_reference,
+                ChargeIntent.idempotency_key == refund.payment_reference,
+            )
+        )
+    )
+    if intent is None:
+        return None
+    mailbox = session.get(Mailbox, intent.mailbox_id)
+    if mailbox is None:
+        return None
+    queued = queue_email(
+        session,
+        NewEmail(
+            about=[(mailbox.id, intent.cycle_expires_on.isoformat(), REFUND_EMAIL_STAGE)],
+            kind="payment-refunded",
+            stage=REFUND_EMAIL_STAGE,
+            language=mailbox.language,
+            to_address=mailbox.reference_email.lower(),
+            context={
+                "holder_name": mailbox.holder.name,
+                "holder_kind": mailbox.holder.kind,
+                "mailboxes": [mailbox_context(mailbox, intent.cycle_expires_on)],
+                "refund": {
+                    "amount_cents": refund.amount_cents,
+                    "kind": refund.kind,
+                    "method": method_kind(intent.payment_method),
+                    "charge": True,
+                },
+            },
+            resend=f"refund-{refund.id}",
+        ),
+        mail_domain=mail_domain,
+        business_date=today,
+        now=now,
+    )
+    return None if queued is None else queued.id
+
+
 def queue_mailbox_email(
     connection: Connection,
     mailbox: Recipient,
@@ -313,6 +375,8 @@ __all__ = [
     "charge_price",
     "failure_context",
     "mailbox_context",
+    "method_kind",
+    "queue_charge_refund_email",
     "queue_mailbox_email",
     "receipt_context",
     "skipped_context",

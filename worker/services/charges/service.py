@@ -24,6 +24,7 @@ unpaid renewal order, goes through the ORM.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.events.queue import paid_by_charge, renewal_events, write_events
-from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, describe_payment_method, mask_token
+from worker.gateways import ChargeOutcome, ChargeResult, PaymentGateway, mask_token
 from worker.rules import einvoice, schedule
 from worker.rules.auto_renew import (
     AWAITING_AUTHENTICATION,
@@ -60,14 +61,15 @@ from worker.rules.auto_renew import (
 )
 from worker.rules.einvoice import Seller
 from worker.rules.schedule import Stage
-from worker.rules.vocabulary import CARD, PAYPAL
 from worker.services import invoices
 from worker.services.charges.calls import Call, charge_call, charge_parameters, reconcile_call
 from worker.services.charges.emails import (
     authentication_context,
     charge_price,
     failure_context,
+    method_kind,
     queue_authentication_email,
+    queue_charge_refund_email,
     queue_mailbox_email,
     receipt_context,
     skipped_context,
@@ -182,7 +184,7 @@ def charge_mailbox(
             break
         intent_id, call = claim
         answered = (intent_id, call())
-    return _settle_refunds(session_factory, gateway, run, clock, today)
+    return _settle_refunds(session_factory, gateway, run, day)
 
 
 def complete_authenticated_charge(
@@ -228,27 +230,31 @@ def complete_authenticated_charge(
             # Authenticated too late for this charge (on a gateway's page left open): the money goes back.
             work.refund_authenticated(intent_id, answer, refused)
             connection.commit()
-            return _settle_refunds(session_factory, gateway, run, clock, today)
+            return _settle_refunds(session_factory, gateway, run, day)
         work.record(mailbox, intent_id, answer, statement=_RECORD_AUTHENTICATED)
         mailbox.write(connection)
         if run.outcome == "succeeded":
             invoices.number_pending_invoices(connection)
         connection.commit()
-    return _settle_refunds(session_factory, gateway, run, clock, today)
+    return _settle_refunds(session_factory, gateway, run, day)
 
 
 def _settle_refunds(
-    session_factory: sessionmaker[Session],
-    gateway: PaymentGateway,
-    run: ChargeRun,
-    clock: Callable[[], datetime],
-    today: date,
+    session_factory: sessionmaker[Session], gateway: PaymentGateway, run: ChargeRun, day: ChargeDay
 ) -> ChargeRun:
     """Ask for the refunds ``run`` started, once they are committed."""
     for refund_id in run.refund_ids:
         try:
             with session_factory() as session:
-                settle_refund(session, gateway, refund_id, now=clock(), today=today, settings=None)
+                settle_refund(
+                    session,
+                    gateway,
+                    refund_id,
+                    now=day.clock(),
+                    today=day.today,
+                    settings=None,
+                    charge_email=functools.partial(queue_charge_refund_email, mail_domain=day.mail_domain),
+                )
         except Exception as error:  # recorded and started: `payments refunds-retry` asks again with its key
             log.error("refund %s of mailbox %s left open: %s", refund_id, run.mailbox_id, type(error).__name__)
     return run
@@ -534,7 +540,7 @@ class _Work:
             buyer=buyer,
             lines=lines,
             paid_cents=intent.amount_cents,
-            payment_method=_method_of(intent.payment_method),
+            payment_method=method_kind(intent.payment_method),
             reference=intent.idempotency_key,
             mailbox_id=mailbox.id,
             today=self.day.today,
@@ -548,7 +554,7 @@ class _Work:
             buyer,
             lines,
             einvoice.totals_of(lines),
-            _method_of(intent.payment_method),
+            method_kind(intent.payment_method),
             intent.idempotency_key,
         )
         return invoices.courtesy_copy(record, self.day.seller, document)
@@ -637,11 +643,6 @@ class _Work:
         self.run.outbox_ids.append(outbox_id)
         self.run.emails[(kind, stage.name)] += 1
         return True
-
-
-def _method_of(token: str) -> str:
-    """The payment method of a stored token: PayPal's billing agreements, or else a card."""
-    return PAYPAL if describe_payment_method(token, "it") == "PayPal" else CARD
 
 
 def _last_intent_id(state: CycleState) -> int:

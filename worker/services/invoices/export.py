@@ -1,7 +1,8 @@
 """``pec-renewal invoices export``: the issued invoices as FatturaPA files, each marked exported.
 
 Waiting invoices are issued first when their data have come (:func:`complete_waiting`):
-the seller settings, and the buyer's billing address and tax identity, read from the
+the seller settings, and the buyer's billing address, tax identity and (a private person's)
+name that the tax code splits into Nome and Cognome, read from the
 mailbox's current holder (a correction arrives by import as a new holder row).  Each is
 dated the day it is issued; then every document issued without its number (these, and any
 charge's invoice a crash left unnumbered) is numbered, in one transaction, by
@@ -34,7 +35,7 @@ _INVOICES = Invoice.__table__
 _HOLDERS = Holder.__table__
 _MAILBOXES = Mailbox.__table__
 #: The reasons that data arriving later can lift (an amount mismatch needs an operator).
-_COMPLETABLE = (SELLER_SETTINGS, einvoice.MISSING_ADDRESS, einvoice.MISSING_TAX_ID)
+_COMPLETABLE = (SELLER_SETTINGS, einvoice.MISSING_ADDRESS, einvoice.MISSING_TAX_ID, einvoice.MISSING_PERSON_NAME)
 #: Invoices written per transaction: each batch's files are on disk before it is marked.
 EXPORT_BATCH = 500
 
@@ -104,7 +105,7 @@ def _completion(connection: Connection, row, seller: Seller, today: date) -> tup
             _HOLDERS.c.id == select(_MAILBOXES.c.holder_id).where(_MAILBOXES.c.id == row.mailbox_id).scalar_subquery()
         )
     ).one()
-    buyer = buyer_from_holder(holder)
+    buyer = buyer_from_holder(holder, split_payment=bool(row.buyer.get("split_payment")))
     reasons = waiting_reasons(seller, buyer)
     if reasons:
         return {"waiting_reason": ",".join(reasons)}, reasons

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from config import catalogue
 from worker.mail.queue import update_context_part
-from worker.rules import einvoice
+from worker.rules import einvoice, pricing
 from worker.rules.auto_renew import CHARGE_SUCCEEDED
 from worker.rules.einvoice import Address, Buyer, InvoiceDocument, InvoiceLine, Seller, Totals
+from worker.rules.vocabulary import PUBLIC_ADMINISTRATION
 from worker.store.db import dialect_insert
 from worker.store.models import ChargeIntent, Invoice, InvoiceCounter, InvoiceStatus, NoticeLedgerEntry
 
@@ -61,8 +62,11 @@ class InvoiceRecord:
     waiting_reason: str | None
 
 
-def buyer_from_holder(holder: Any) -> Buyer:
-    """The buyer as invoiced from a holder row (ORM or Core): its data and billing address."""
+def buyer_from_holder(holder: Any, *, split_payment: bool = False) -> Buyer:
+    """The buyer as invoiced from a holder row (ORM or Core): its data and billing address.
+
+    ``split_payment``: the order asked a public administration the taxable amount only
+    (``SPLIT_PAYMENT_FOR_PA``); the invoice then says ``EsigibilitaIVA`` S."""
     address = None
     if holder.billing_address and holder.billing_postcode and holder.billing_city:
         address = Address(
@@ -83,6 +87,7 @@ def buyer_from_holder(holder: Any) -> Buyer:
         office_code=holder.office_code,
         cig=holder.cig,
         cup=holder.cup,
+        split_payment=split_payment and holder.kind == PUBLIC_ADMINISTRATION,
     )
 
 
@@ -190,8 +195,9 @@ def record_invoice(
     :func:`number_pending_invoices`), or waiting (and why)."""
     totals = einvoice.totals_of(lines)
     reasons = waiting_reasons(seller, buyer)
-    if totals.total_cents != paid_cents:
-        log.warning("invoice of %s: the lines come to %s cents, %s paid", reference, totals.total_cents, paid_cents)
+    due = einvoice.amount_due(buyer, totals)
+    if due != paid_cents:
+        log.warning("invoice of %s: the lines come to %s cents, %s paid", reference, due, paid_cents)
         reasons += (AMOUNT_MISMATCH,)
     values: dict[str, Any] = {
         "kind": einvoice.INVOICE,
@@ -226,7 +232,8 @@ def record_credit_note(
 
     Once per ``refund_key`` (a second call returns the first note).  Waiting while the
     invoice itself waits, or without the seller settings; ValueError for an amount that
-    does not fit the invoice.
+    does not fit what the invoice's earlier credit notes left of it (read under the
+    invoice's row lock, so two notes at once cannot both take the rest).
     """
     existing = connection.execute(select(_INVOICES).where(_INVOICES.c.refund_key == refund_key)).first()
     if existing is not None:
@@ -234,6 +241,16 @@ def record_credit_note(
     invoice = connection.execute(select(_INVOICES).where(_INVOICES.c.id == invoice_id).with_for_update()).one()
     if invoice.kind != einvoice.INVOICE:
         raise ValueError(f"invoice {invoice_id} is a credit note")
+    credited = connection.execute(
+        select(func.coalesce(func.sum(_INVOICES.c.paid_cents), 0)).where(
+            _INVOICES.c.corrects_invoice_id == invoice.id, _INVOICES.c.kind == einvoice.CREDIT_NOTE
+        )
+    ).scalar_one()
+    if credited + refunded_cents > invoice.paid_cents:
+        raise ValueError(
+            f"a refund of {pricing.format_amount(refunded_cents)} EUR does not fit invoice {invoice.id}: "
+            f"{pricing.format_amount(invoice.paid_cents - credited)} EUR of it is not credited yet"
+        )
     note = einvoice.credit_note(document_of(invoice), refunded_cents=refunded_cents, number="0", issued_on=today)
     reasons = ((SELLER_SETTINGS,) if seller is None else ()) + (
         ("invoice_waiting",) if invoice.status == InvoiceStatus.WAITING.value else ()
@@ -287,7 +304,7 @@ def document_of(row: Any, corrected: Any = None) -> InvoiceDocument:
         issued_on=row.issued_on or row.paid_on,
         buyer=Buyer.from_dict(row.buyer),
         lines=tuple(InvoiceLine.from_dict(line) for line in row.lines),
-        totals=Totals(row.subtotal_cents, row.vat_cents, row.paid_cents),
+        totals=Totals(row.subtotal_cents, row.vat_cents, row.subtotal_cents + row.vat_cents),
         payment_method=row.payment_method,
         reference=row.reference,
         corrects=corrects,
@@ -312,6 +329,7 @@ def courtesy_copy(record: InvoiceRecord, seller: Seller | None, document: Invoic
         },
         "buyer": {
             "name": buyer.name,
+            **_person_name(buyer),
             "tax_code": buyer.tax_code,
             "vat_number": buyer.vat_number,
             "address": " ".join(
@@ -334,4 +352,12 @@ def courtesy_copy(record: InvoiceRecord, seller: Seller | None, document: Invoic
         "vat_cents": document.totals.vat_cents,
         "vat_percent": catalogue.VAT_PERCENT,
         "total_cents": document.totals.total_cents,
+        "split_payment": buyer.split_payment,
+        "due_cents": document.amount_due_cents,
     }
+
+
+def _person_name(buyer: Buyer) -> dict[str, str]:
+    """A private person's Nome and Cognome as the invoice has them (``first_name``, ``last_name``)."""
+    split = einvoice.person_name(buyer.name, buyer.tax_code or "") if einvoice.is_natural_person(buyer) else None
+    return {} if split is None else {"first_name": split[0], "last_name": split[1]}

@@ -123,6 +123,7 @@ def order_email_context(order: RenewalOrder, settings: Settings) -> dict[str, An
             "vat_percent": summary.vat_percent,
             "vat_cents": summary.vat_cents,
             "total_cents": summary.total_cents,
+            "split_payment": summary.split_payment,
             "lines": [
                 {"label_it": line.label("it"), "label_en": line.label("en"), "amount_cents": line.amount_cents}
                 for line in summary.lines

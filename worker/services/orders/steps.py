@@ -283,7 +283,15 @@ def _may_change_payment(order: RenewalOrder) -> bool:
     return order.status == OrderStatus.AWAITING_PAYMENT.value and auto_renew_exempt(order)
 
 
-def choose_payment(session: Session, order: RenewalOrder, method: str, years: int, today: date) -> RenewalOrder:
+def choose_payment(
+    session: Session,
+    order: RenewalOrder,
+    method: str,
+    years: int,
+    today: date,
+    *,
+    split_payment_for_pa: bool | None = None,
+) -> RenewalOrder:
     """Step 3: the payment method and the renewal frequency (1-5 years; 1-2 with a promo mailbox).
 
     Raises :class:`OrderValidationError` (fields ``method``, ``years``, or
@@ -310,7 +318,7 @@ def choose_payment(session: Session, order: RenewalOrder, method: str, years: in
         raise OrderValidationError(errors)
     order.payment_method = method
     order.years = years
-    update_totals(order)
+    update_totals(order, split_payment_for_pa)
     session.flush()
     return order
 
@@ -439,7 +447,7 @@ def confirm_order(
         errors["method"] = too_late
     if errors:
         raise OrderValidationError(errors)
-    update_totals(order)
+    update_totals(order, settings.split_payment_for_pa)
     order.order_number = order_number_for(order.id, today.year)
     order.status = OrderStatus.AWAITING_PAYMENT.value
     order.confirmed_at = now

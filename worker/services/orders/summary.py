@@ -11,6 +11,7 @@ from datetime import date
 
 from worker.rules import pricing, schedule
 from worker.rules.pricing import OrderSummary
+from worker.rules.vocabulary import PUBLIC_ADMINISTRATION
 from worker.services.orders.link import holder_language
 from worker.store.models import (
     Holder,
@@ -92,20 +93,39 @@ def _line_input(line: RenewalOrderLine) -> pricing.LineInput:
     return pricing.LineInput(line.mailbox.address, line.plan, line.extra_space_gb, line.extra_archive_gb)
 
 
+def split_payment(order: RenewalOrder) -> bool:
+    """Whether the order asks its total under split payment (the VAT left to the public administration):
+    as its totals were last worked out (:func:`update_totals`)."""
+    return bool(order.vat_cents) and order.total_cents is not None and order.total_cents == order.subtotal_cents
+
+
 def order_summary(order: RenewalOrder) -> OrderSummary:
-    """The price line by line, the VAT (22%) and the total, for the years chosen (1 until chosen)."""
+    """The price line by line, the VAT (22%) and the total to pay, for the years chosen (1 until chosen)."""
     lines = sorted(selected_lines(order), key=lambda line: line.mailbox.address)
-    return pricing.price_order([_line_input(line) for line in lines], order.years or 1)
+    return pricing.price_order(
+        [_line_input(line) for line in lines], order.years or 1, split_payment=split_payment(order)
+    )
 
 
-def update_totals(order: RenewalOrder) -> None:
-    """The order's and each line's prices for its years (none until the years are chosen)."""
+def update_totals(order: RenewalOrder, split_payment_for_pa: bool | None = None) -> None:
+    """The order's and each line's prices for its years (none until the years are chosen).
+
+    ``split_payment_for_pa`` (the setting ``SPLIT_PAYMENT_FOR_PA``): a public administration's
+    order asks the subtotal, the VAT being left to it; None keeps the order's way as it is
+    (the steps that do not read the settings).  The payment step and the confirmation decide.
+    """
     if order.years is None:
         order.subtotal_cents = order.vat_cents = order.total_cents = None
         for line in order.lines:
             line.price_cents = None
         return
-    summary = order_summary(order)
+    split = (
+        split_payment(order)
+        if split_payment_for_pa is None
+        else split_payment_for_pa and order_holder(order).get("kind") == PUBLIC_ADMINISTRATION
+    )
+    lines = sorted(selected_lines(order), key=lambda line: line.mailbox.address)
+    summary = pricing.price_order([_line_input(line) for line in lines], order.years, split_payment=split)
     order.subtotal_cents = summary.subtotal_cents
     order.vat_cents = summary.vat_cents
     order.total_cents = summary.total_cents

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from worker.gateways.base import ChargeOutcome, ChargeResult, PaymentGateway
+from worker.gateways.base import ChargeOutcome, ChargeResult, KeepsChargedMethod, PaymentGateway, SavedMethod
 from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS
 from worker.services.payments.registration import (
@@ -123,8 +123,15 @@ class _Checkout:
         )
 
     def record(self, key: str, token: str, result: ChargeResult) -> GatewayPaymentResult:
-        """Write the gateway's answer for attempt ``key`` (and register a success); commits."""
+        """Write the gateway's answer for attempt ``key`` (and register a success); commits.
+
+        A gateway that keeps the charged method (the sandbox) is asked for it before the order is
+        locked: the mailboxes store that method, and its card's expiry, for auto-renew."""
         order = self.order
+        kept: SavedMethod | None = None
+        if result.outcome is ChargeOutcome.SUCCEEDED and isinstance(self.gateway, KeepsChargedMethod):
+            self.session.commit()  # no lock is held while the gateway is asked
+            kept = self.gateway.keep_charged_method(key)
         self.session.refresh(order, with_for_update=True)
         if gateway_idempotency_key(order, order.gateway_attempts) == key:
             order.gateway_state = result.outcome.value
@@ -140,7 +147,8 @@ class _Checkout:
                 today=self.today,
                 settings=self.settings,
                 stages=self.stages,
-                payment_token=token,
+                payment_token=kept.token if kept is not None else token,
+                card_expires_on=kept.card_expires_on if kept is not None else None,
             )
         self.session.commit()
         return GatewayPaymentResult(

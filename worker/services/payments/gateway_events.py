@@ -9,6 +9,7 @@ are recorded as seen and change nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -16,6 +17,7 @@ from typing import Any
 
 STRIPE = "stripe"
 PAYPAL = "paypal"
+SANDBOX = "sandbox"
 
 
 class NoticeKind(str, Enum):
@@ -48,8 +50,15 @@ PAYPAL_TYPES = {
     "PAYMENT.CAPTURE.REFUNDED": NoticeKind.REFUNDED,
     "CUSTOMER.DISPUTE.CREATED": NoticeKind.DISPUTE,
 }
+#: The sandbox's own (:mod:`worker.gateways.sandbox_webhooks`).
+SANDBOX_TYPES = {
+    "charge.succeeded": NoticeKind.PAYMENT,
+    "charge.failed": NoticeKind.PAYMENT_FAILED,
+    "refund.succeeded": NoticeKind.REFUNDED,
+}
 #: Every event type the endpoints handle, by gateway (the go-live list subscribes exactly these).
 HANDLED_TYPES = {STRIPE: tuple(STRIPE_TYPES), PAYPAL: tuple(PAYPAL_TYPES)}
+_ORDER_NUMBER = re.compile(r"\bPEC-\d{4}-\d{6,}\b")
 
 
 @dataclass(frozen=True)
@@ -202,4 +211,27 @@ def paypal_notice(event: dict) -> GatewayNotice:
         currency=currency,
         detail=f"status {_text(resource.get('status'), 32)}",
         related_order=_text(related.get("order_id")) if kind is NoticeKind.PAYMENT else None,
+    )
+
+
+def sandbox_notice(event_id: str, event: dict) -> GatewayNotice:
+    """A verified sandbox event (:func:`worker.gateways.sandbox_webhooks.verify`) as a notice.  A charge
+    names the payment by the key it was made under (what the sandbox's checkout registers it as),
+    and its order by the number in its description; a refund names the payment it was asked for."""
+    event_type = event["type"]
+    kind = SANDBOX_TYPES.get(event_type, NoticeKind.OTHER)
+    data = event.get("data") or {}
+    description = data.get("description")
+    number = _ORDER_NUMBER.search(description) if isinstance(description, str) else None
+    reference = data.get("payment") if kind is NoticeKind.REFUNDED else data.get("idempotency_key")
+    return GatewayNotice(
+        gateway=SANDBOX,
+        event_id=event_id[:200],
+        event_type=event_type[:80],
+        kind=kind,
+        order_number=number.group(0) if number else None,
+        payment_reference=_text(reference),
+        amount_cents=_cents(data.get("amount_cents")),
+        currency=_text(data.get("currency"), 3),
+        detail=_text(data.get("decline_code"), 64),
     )

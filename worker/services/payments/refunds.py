@@ -32,7 +32,7 @@ from worker.services.invoices import record_credit_note
 from worker.services.orders import ORDER_EMAIL_STAGE, mail_domain, order_email_context
 from worker.services.orders.summary import holder_snapshot, order_language
 from worker.services.payments.registration import PaymentRefused
-from worker.store.models import GatewayRefund, Invoice, RenewalOrder
+from worker.store.models import REFUND_OPEN_STATES, GatewayRefund, Invoice, RenewalOrder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PAYMENT_REFUNDED = "payment-refunded"
 AUTOMATIC = "automatic"
 REQUESTED = "requested"
 #: The states of a refund whose answer is not recorded yet: asked again with the same key.
-OPEN_STATES = ("started", RefundOutcome.UNKNOWN.value)
+OPEN_STATES = REFUND_OPEN_STATES
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,27 @@ def start_refund(
     return refund
 
 
+#: Writes the holder's email of a refund that belongs to no order (an auto-renew charge given back),
+#: in the caller's transaction: ``(session, refund, *, today, now)``.
+ChargeRefundEmail = Callable[..., object]
+
+
 def settle_refund(
-    session: Session, gateway, refund_id: int, *, now: datetime, today: date, settings: Settings | None
+    session: Session,
+    gateway,
+    refund_id: int,
+    *,
+    now: datetime,
+    today: date,
+    settings: Settings | None,
+    charge_email: ChargeRefundEmail | None = None,
 ) -> RefundDone:
     """Ask the gateway for the committed refund ``refund_id`` and record its answer; commits.
 
     No transaction is held while the gateway is asked.  On success (or when the
-    gateway accepted it as pending) the holder's email is queued with the record.
+    gateway accepted it as pending) the holder's email is queued with the record: an
+    order's by this module, an auto-renew charge's by ``charge_email``
+    (:func:`worker.services.charges.emails.queue_charge_refund_email`).
     """
     refund = session.get(GatewayRefund, refund_id)
     if refund is None:
@@ -125,6 +139,8 @@ def settle_refund(
         told = result.outcome in (RefundOutcome.SUCCEEDED, RefundOutcome.PENDING)
         if told and refund.order_id is not None and settings is not None:
             _queue_refund_email(session, refund, now=now, today=today, settings=settings)
+        elif told and refund.order_id is None and charge_email is not None:
+            charge_email(session, refund, today=today, now=now)
         if result.outcome is RefundOutcome.SUCCEEDED and settings is not None:
             record_refund_credit_note(session, refund, now=now, today=today, settings=settings)
     session.commit()
@@ -141,7 +157,13 @@ def settle_refund(
 
 
 def settle_open_refunds(
-    session_factory: Callable[[], Session], gateways: Callable[[str], object], *, clock, today: date, settings
+    session_factory: Callable[[], Session],
+    gateways: Callable[[str], object],
+    *,
+    clock,
+    today: date,
+    settings,
+    charge_email: ChargeRefundEmail | None = None,
 ) -> list[RefundDone]:
     """Every refund left ``started`` or ``unknown``, asked again with its own key."""
     with session_factory() as session:
@@ -154,7 +176,15 @@ def settle_open_refunds(
     for refund_id, gateway in open_refunds:
         with session_factory() as session:
             done.append(
-                settle_refund(session, gateways(gateway), refund_id, now=clock(), today=today, settings=settings)
+                settle_refund(
+                    session,
+                    gateways(gateway),
+                    refund_id,
+                    now=clock(),
+                    today=today,
+                    settings=settings,
+                    charge_email=charge_email,
+                )
             )
     return done
 
@@ -163,7 +193,10 @@ def gateway_payment_of(session: Session, order: RenewalOrder) -> tuple[str, str,
     """(gateway, its payment reference, amount) of the order's gateway payment, for a requested refund."""
     for payment in sorted(order.payments, key=lambda item: item.id, reverse=True):
         gateway, separator, reference = payment.reference.partition(":")
-        if separator and gateway in ("stripe", "paypal", "sandbox") and not reference.startswith("order:"):
+        # Stripe's and PayPal's payments are refunded by the gateway's own id (a PaymentIntent, a
+        # capture); the sandbox finds its charge by the key the checkout charged it under too.
+        by_key = reference.startswith("order:") and gateway != "sandbox"
+        if separator and gateway in ("stripe", "paypal", "sandbox") and not by_key:
             refunded = session.scalar(
                 select(func.coalesce(func.sum(GatewayRefund.amount_cents), 0)).where(
                     GatewayRefund.payment_reference == reference,
@@ -188,9 +221,15 @@ def request_refund(
     now: datetime,
 ) -> GatewayRefund:
     """The intent of ``pec-renewal payments refund``: the order's gateway payment, the amount (default:
-    what is left of it), checked; the caller commits and settles it."""
+    what is left of it), checked; the caller commits and settles it.
+
+    What is left is the payment less every refund of it not failed (started, pending, succeeded or
+    unknown), read under the order's row lock: two requests at once are counted one after the other.
+    An amount over it is refused (:class:`PaymentRefused`) and nothing is written."""
     number = (order_number or "").strip().upper()
-    order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == number))
+    # The order's row is locked until the caller commits the intent: a second request for the same
+    # order waits here and then counts this one, so the refunds never add up to more than was paid.
+    order = session.scalar(select(RenewalOrder).where(RenewalOrder.order_number == number).with_for_update())
     if order is None:
         raise PaymentRefused("unknown_order", f"no order {number or '(empty)'}", order_number=number or None)
     gateway, reference, left = gateway_payment_of(session, order)

@@ -37,6 +37,7 @@ from worker.rules.schedule import Stage
 from worker.rules.vocabulary import GATEWAY_METHODS, PAYMENT_METHODS, Plan
 from worker.services import invoices
 from worker.services.orders import HOLDER_FIELDS, RENEWAL_COMPLETED, queue_order_email, withdraw_confirmation
+from worker.services.orders.summary import split_payment
 from worker.services.platform_events import set_auto_renew
 from worker.store.models import (
     Holder,
@@ -90,12 +91,14 @@ def register_payment(
     settings: Settings,
     stages: tuple[Stage, ...] | None = None,
     payment_token: str | None = None,
+    card_expires_on: date | None = None,
 ) -> RegistrationResult:
     """Register one payment of a confirmed order; see the module's docstring.
 
     ``reference``: the bank's reference, the slip's number or the gateway's
     charge key; with the order it is the idempotency key.  ``payment_token``:
-    for card / PayPal, the stored method to charge at the next renewals.
+    for card / PayPal, the stored method to charge at the next renewals, and ``card_expires_on``
+    its card's expiry when the gateway told it.
     ``stages``: the notice schedule (default ``settings.notice_stages``).
     Locks the order row, so two registrations of one order run one after the
     other.  The caller commits.
@@ -135,7 +138,9 @@ def register_payment(
     holder = _holder_for(session, order)
     old_plans = {line.mailbox_id: mailboxes[line.mailbox_id].plan for line in lines}
     renewed = tuple(
-        _renew(mailboxes[line.mailbox_id], line, order.years or 1, holder, method, payment_token, stages)
+        _renew(
+            mailboxes[line.mailbox_id], line, order.years or 1, holder, method, payment_token, stages, card_expires_on
+        )
         for line in lines
     )
     _tell_the_platform(session, lines, mailboxes, old_plans, method, payment_token, number, now=now, today=today)
@@ -178,11 +183,12 @@ def _invoice(
             for line in lines
         ],
         order.years or 1,
+        split_payment=split_payment(order),
     )
     invoice_lines = einvoice.lines_for(
         priced.lines, {mailboxes[line.mailbox_id].address: line.old_expires_on for line in lines}
     )
-    buyer = invoices.buyer_from_holder(holder)
+    buyer = invoices.buyer_from_holder(holder, split_payment=split_payment(order))
     record = invoices.record_invoice(
         session.connection(),
         seller=settings.seller,
@@ -258,6 +264,7 @@ def _renew(
     method: str,
     payment_token: str | None,
     stages: tuple[Stage, ...],
+    card_expires_on: date | None = None,
 ) -> RenewedMailbox:
     """The order line takes effect on its mailbox: the new expiry, plan and extras, holder, auto-renew."""
     new_expires_on = schedule.add_years(line.old_expires_on, years)
@@ -268,7 +275,7 @@ def _renew(
     mailbox.renewal_years = years
     if method in GATEWAY_METHODS and payment_token:
         if mailbox.payment_method != payment_token:
-            mailbox.card_expires_on = None  # not known for a new token
+            mailbox.card_expires_on = card_expires_on  # None: not known for a new token
         mailbox.payment_method = payment_token
     mailbox.next_action_on = schedule.first_action_on(stages, new_expires_on)
     if holder is not None:
