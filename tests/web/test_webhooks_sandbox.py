@@ -182,3 +182,59 @@ def test_check_says_where_the_sandbox_s_webhooks_go(tmp_path):
     assert said.startswith("sandbox webhooks sent to https://rinnovi.example.test/webhooks/sandbox;")
     assert "secret" not in said
     assert check_webhooks(SimpleNamespace(settings=make_settings(tmp_path))) == "sandbox: no webhook to receive"
+
+
+def test_a_challenge_approved_is_told_by_its_own_charge_succeeded(served, session_factory):
+    """A checkout charge that asked for 3-D Secure, approved on the sandbox's challenge: the sandbox
+    tells both answers of the charge, in order, and the second registers the payment."""
+    _base_url, worker = served
+    number, order_id, mailbox_id, result = paid_order(session_factory, worker, "pm_card_authenticationRequired")
+    assert result.outcome == "requires_authentication"
+    gateway = make_gateway(worker.settings, session_factory, clock=wall_clock)
+    step = gateway.start_authentication(reference=result.reference, payment_method="-", return_url="/o")
+    challenge = gateway.answer_challenge(step.url.rsplit("/", 1)[1], approve=True)
+    assert challenge.status == "approved"
+    assert webhooks(session_factory) == [("charge.failed", "pending"), ("charge.succeeded", "pending")]
+    assert worker.sandbox_webhook_sender.deliver_due().delivered == 2
+    assert events(session_factory) == [
+        ("sandbox", "charge.failed", "payment_failed"),
+        ("sandbox", "charge.succeeded", "registered"),
+    ]
+    with session_factory() as session:
+        assert session.scalars(select(Payment.reference)).all() == [f"sandbox:order:{order_id}:1"]
+        assert session.scalar(select(GatewayEvent.order_number).where(GatewayEvent.outcome == "registered")) == number
+        assert session.get_one(Mailbox, mailbox_id).expires_on > date.today() + timedelta(days=40)
+
+
+def test_an_auto_renew_charge_authenticated_on_the_challenge_is_completed_by_the_webhook(served, session_factory):
+    from tests.support.charges import mark_charge_notice_sent
+    from worker.rules.schedule import add_years
+    from worker.services import charges
+    from worker.store.models import ChargeIntent
+
+    _base_url, worker = served
+    today = date.today()
+    with session_factory() as session, session.begin():
+        mailbox = make_mailbox(
+            session,
+            expires_on=today + timedelta(days=7),
+            auto_renew=True,
+            payment_method="pm_card_authenticationRequired",
+        )
+        mark_charge_notice_sent(session, mailbox)
+        session.flush()
+        mailbox_id, expires_on = mailbox.id, mailbox.expires_on
+    gateway = make_gateway(worker.settings, session_factory, clock=wall_clock)
+    run = charges.charge_mailbox(
+        session_factory, gateway, mailbox_id, today=today, clock=wall_clock, mail_domain="x.it"
+    )
+    assert run.outcome == "authentication-required"
+    with session_factory() as session:
+        reference = session.scalar(select(ChargeIntent.reference))
+    step = gateway.start_authentication(reference=reference, payment_method="-", return_url="/o")
+    gateway.answer_challenge(step.url.rsplit("/", 1)[1], approve=True)
+    # No return page: the sandbox's charge.succeeded alone completes the renewal.
+    assert worker.sandbox_webhook_sender.deliver_due().delivered == 2
+    with session_factory() as session:
+        assert session.get_one(Mailbox, mailbox_id).expires_on == add_years(expires_on, 1)
+        assert session.scalars(select(ChargeIntent.status)).all() == ["succeeded"]

@@ -336,6 +336,23 @@ class SandboxGateway:
             return AuthenticationStep(result=found or ChargeResult(ChargeOutcome.HARD_DECLINE, None, "no such charge"))
         return AuthenticationStep(url=url)
 
+    def answer_challenge(self, public_id: str, *, approve: bool) -> sandbox_challenge.Challenge | None:
+        """The holder's answer on the challenge ``public_id``, recorded once; approved, the charge
+        succeeds and, with webhooks on, its ``charge.succeeded`` event is written with it."""
+
+        def announce(connection: Connection, reference: str) -> None:
+            if not self._webhooks:
+                return
+            row = connection.execute(select(_SANDBOX).where(_SANDBOX.c.reference == reference)).one()
+            values = {"idempotency_key": row.idempotency_key, "description": row.description, "at": self._clock()}
+            _charge_event(
+                connection, row, values, ChargeResult(ChargeOutcome.SUCCEEDED, row.reference, "authenticated")
+            )
+
+        return sandbox_challenge.decide_challenge(
+            self._engine, public_id, approve=approve, now=self._clock(), on_approved=announce
+        )
+
     def finish_authentication(self, *, reference: str, idempotency_key: str) -> ChargeResult:
         """The charge as its challenge left it: succeeded once approved, else still awaiting authentication."""
         del idempotency_key

@@ -12,6 +12,7 @@ outcome becomes ``succeeded`` (so ``lookup`` and refunds see the money taken); r
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -100,9 +101,18 @@ def read_challenge(engine: Engine, public_id: str) -> Challenge | None:
     )
 
 
-def decide_challenge(engine: Engine, public_id: str, *, approve: bool, now: datetime) -> Challenge | None:
+def decide_challenge(
+    engine: Engine,
+    public_id: str,
+    *,
+    approve: bool,
+    now: datetime,
+    on_approved: Callable[[Connection, str], None] | None = None,
+) -> Challenge | None:
     """Record the holder's answer (once: a second answer leaves the first); the challenge as it
-    stands afterwards, or None when there is no such challenge."""
+    stands afterwards, or None when there is no such challenge.  ``on_approved(connection, charge
+    reference)`` runs in the same transaction once the charge is recorded as succeeded (the
+    sandbox's webhook event of it)."""
     with engine.begin() as connection:
         decided = connection.execute(
             update(_CHALLENGES)
@@ -119,6 +129,8 @@ def decide_challenge(engine: Engine, public_id: str, *, approve: bool, now: date
                 )
                 .values(outcome=ChargeOutcome.SUCCEEDED.value)
             )
+            if on_approved is not None:
+                on_approved(connection, decided.charge_reference)
     return read_challenge(engine, public_id)
 
 

@@ -20,6 +20,7 @@ from werkzeug.routing import RequestRedirect
 
 from worker.gateways import make_gateway, sandbox_challenge
 from worker.gateways.base import ChargeAuthentication
+from worker.gateways.sandbox import SandboxGateway
 from worker.rules.links import TokenInvalid
 from worker.services import charges, orders, payments
 from worker.web import forms, i18n
@@ -76,9 +77,13 @@ def decide(public_id: str, answer: str):
         return csrf_error(None)
     runtime = _runtime()
     if challenge.status == sandbox_challenge.PENDING:
-        decided = sandbox_challenge.decide_challenge(
-            runtime.engine, public_id, approve=answer == "approva", now=runtime.clock()
-        )
+        found = gateway()
+        if isinstance(found, SandboxGateway):
+            decided = found.answer_challenge(public_id, approve=answer == "approva")
+        else:  # a challenge left open when the installation moved to another gateway
+            decided = sandbox_challenge.decide_challenge(
+                runtime.engine, public_id, approve=answer == "approva", now=runtime.clock()
+            )
         if decided is not None:
             _complete(decided)
     return redirect(challenge.return_path, 303)

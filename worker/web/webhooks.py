@@ -125,10 +125,13 @@ def _process(notice: gateway_events.GatewayNotice) -> Response:
 
 def complete_authenticated_charge(session, notice: gateway_events.GatewayNotice) -> None:
     """An auto-renew charge that waited for the holder's authentication, now paid (Stripe's
-    ``payment_intent.succeeded``, PayPal's capture of the charge's order): its renewal, once,
+    ``payment_intent.succeeded``, PayPal's capture of the charge's order, the sandbox's
+    ``charge.succeeded`` of the charge's key): its renewal, once,
     whether the return page came first or not (:func:`worker.services.charges.finish_authentication`)."""
     if notice.kind is gateway_events.NoticeKind.INTENT_SUCCEEDED:
         reference = notice.payment_reference
+    elif notice.kind is gateway_events.NoticeKind.PAYMENT and notice.gateway == gateway_events.SANDBOX:
+        reference = None if notice.order_number else notice.payment_reference  # the charge's key
     elif notice.kind is gateway_events.NoticeKind.PAYMENT:
         reference = notice.related_order
     else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.gateways import describe_payment_method
@@ -193,11 +193,12 @@ def finish_authentication(
 
 
 def waiting_intent_for(session: Session, reference: str) -> int | None:
-    """The charge intent waiting for authentication whose gateway reference is ``reference`` (a
-    webhook's PaymentIntent or PayPal order), or None."""
+    """The charge intent waiting for authentication that a webhook names: by its gateway reference
+    (a PaymentIntent, a PayPal order) or by its idempotency key (the sandbox's events); or None."""
     return session.scalar(
         select(ChargeIntent.id).where(
-            ChargeIntent.reference == reference, ChargeIntent.status == AWAITING_AUTHENTICATION
+            or_(ChargeIntent.reference == reference, ChargeIntent.idempotency_key == reference),
+            ChargeIntent.status == AWAITING_AUTHENTICATION,
         )
     )
 
