@@ -43,10 +43,6 @@ from worker.mail.headers import (
 )
 from worker.mail.kinds import KIND_RULES, KindRules
 from worker.mail.message_ids import checked_message_id
-
-# ``bench/daily_peak.py`` builds its outbox rows with the one Message-ID function and imports
-# it from this module; the alias marks the name as exported for it.
-from worker.mail.message_ids import message_id_for as message_id_for
 from worker.mail.templates import compiled_templates, css_inliner
 from worker.mail.variables import MailboxView, common_value, display_name, mailbox_view
 from worker.rules.links import LinkSigner

@@ -52,7 +52,7 @@ MAX_ID = 2**63 - 1
 # What a token can hold: URL-safe base64 and the dots between its parts.  Checked
 # first because itsdangerous drops non-ASCII characters from a signature it decodes.
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.]{1,1000}")
-#: A Message-ID as the worker writes them (``worker.mail.emails.message_id_for``), without brackets.
+#: A Message-ID as the worker writes them (``worker.mail.message_ids.message_id_for``), without brackets.
 _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}@[A-Za-z0-9.\-]{1,253}")
 
 
