@@ -4,7 +4,7 @@ A small table of the sandbox gateway (never written with another gateway): one r
 challenge page opened for a charge that asked for the holder's authentication.
 
 Revision ID: 0017
-Revises: 0018
+Revises: 0016
 Create Date: 2026-12-06 10:40:00
 """
 from alembic import op
@@ -14,7 +14,7 @@ import worker.store.models
 
 
 revision = '0017'
-down_revision = '0018'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 

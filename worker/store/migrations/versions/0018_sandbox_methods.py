@@ -13,7 +13,7 @@ platform events' sender.
 New, empty tables: no lock on any existing one.
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 """
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from alembic import op
 import worker.store.models
 
 revision = "0018"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
