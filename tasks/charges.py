@@ -53,12 +53,8 @@ def charge_batch(mailbox_ids: list[int], business_date: str) -> int:
         rt.gateway,
         [int(mailbox_id) for mailbox_id in mailbox_ids],
         today=date.fromisoformat(business_date),
-        clock=rt.clock,
-        stages=rt.settings.notice_stages,
-        mail_domain=rt.mail_domain,
-        plan=rt.charge_plan,
-        seller=rt.settings.seller,
         concurrency=rt.settings.gateway_concurrency,
+        **rt.charge_options,
     )
     metrics.record_charges(result, concurrency=rt.settings.gateway_concurrency)
     if result.outbox_ids:

@@ -311,12 +311,8 @@ def charge_day(runtime: Runtime, business_date: date, mailbox_ids: list[int]) ->
         runtime.gateway,
         mailbox_ids,
         today=business_date,
-        clock=runtime.clock,
-        stages=runtime.settings.notice_stages,
-        mail_domain=runtime.mail_domain,
-        plan=runtime.charge_plan,
-        seller=runtime.settings.seller,
         concurrency=1 if runtime.settings.is_embedded else runtime.settings.gateway_concurrency,
+        **runtime.charge_options,
     )
 
 

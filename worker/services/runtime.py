@@ -120,6 +120,18 @@ class Runtime:
             reconcile_after_minutes=settings.charge_reconcile_after_minutes,
         )
 
+    @property
+    def charge_options(self) -> dict:
+        """What every call of the charge service takes from the settings: the clock, the notice
+        stages, the Message-ID domain, the charge plan and the seller of the invoices."""
+        return {
+            "clock": self.clock,
+            "stages": self.settings.notice_stages,
+            "mail_domain": self.mail_domain,
+            "plan": self.charge_plan,
+            "seller": self.settings.seller,
+        }
+
     @cached_property
     def mail_domain(self) -> str:
         return parseaddr(self.settings.mail_from)[1].rpartition("@")[2]

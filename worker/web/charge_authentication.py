@@ -145,16 +145,6 @@ def verify(token: str):
 
 def _finish(intent_id: int, answer) -> None:
     runtime = _runtime()
-    settings = runtime.settings
     charges.finish_authentication(
-        runtime.session_factory,
-        _gateway(),
-        intent_id,
-        today=runtime.today(),
-        clock=runtime.clock,
-        mail_domain=runtime.mail_domain,
-        stages=settings.notice_stages,
-        plan=runtime.charge_plan,
-        seller=settings.seller,
-        answer=answer,
+        runtime.session_factory, _gateway(), intent_id, today=runtime.today(), answer=answer, **runtime.charge_options
     )

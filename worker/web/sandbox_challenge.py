@@ -105,17 +105,8 @@ def _complete(challenge: sandbox_challenge.Challenge) -> None:
             intent_id = runtime.signer.read_charge_authentication_token(values["token"])
         except TokenInvalid:
             return
-        settings = runtime.settings
         charges.finish_authentication(
-            runtime.session_factory,
-            gateway(),
-            intent_id,
-            today=runtime.today(),
-            clock=runtime.clock,
-            mail_domain=runtime.mail_domain,
-            stages=settings.notice_stages,
-            plan=runtime.charge_plan,
-            seller=settings.seller,
+            runtime.session_factory, gateway(), intent_id, today=runtime.today(), **runtime.charge_options
         )
 
 

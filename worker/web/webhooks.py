@@ -143,18 +143,13 @@ def complete_authenticated_charge(session, notice: gateway_events.GatewayNotice)
     if intent_id is None:
         return
     runtime = runtime_of(current_app)
-    settings = runtime.settings
     charges.finish_authentication(
         runtime.session_factory,
         gateway_named(notice.gateway),
         intent_id,
         today=runtime.today(),
-        clock=runtime.clock,
-        mail_domain=runtime.mail_domain,
-        stages=settings.notice_stages,
-        plan=runtime.charge_plan,
-        seller=settings.seller,
         answer=ChargeResult(ChargeOutcome.SUCCEEDED, reference, "authenticated and paid"),
+        **runtime.charge_options,
     )
 
 
