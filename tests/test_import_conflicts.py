@@ -21,6 +21,7 @@ from tests.support.importing import mailbox, make_csv, row, run
 from tests.support.renewals import ADDRESS, at, charge, place_order, register, the_mailbox
 from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
+from worker.gateways.base import mask_token
 from worker.gateways.sandbox import SandboxGateway, list_charges
 from worker.rules.links import MAILBOX, RenewalLink
 from worker.services import orders, payments
@@ -110,13 +111,18 @@ def test_auto_renew_switched_on_by_a_card_payment_here_is_kept(session_factory, 
             settings=settings,
         )
     assert paid.succeeded
+    stored = mailbox(session_factory, ADDRESS).payment_method  # the card the sandbox kept for off-session charges
+    assert stored.startswith("pm_sbx_")
     report = run(session_factory, make_csv(row(1, expires_on="2028-03-31", auto_renew="false", payment_method="")))
     box = mailbox(session_factory, ADDRESS)
-    assert (box.expires_on, box.auto_renew, box.payment_method) == (date(2028, 3, 31), True, "pm_card_visa")
+    assert (box.expires_on, box.auto_renew, box.payment_method) == (date(2028, 3, 31), True, stored)
     reason = f"renewed here on 2027-03-01, order {order.order_number}"
     assert [str(conflict) for conflict in report.conflicts] == [
         f"line 2, column auto_renew: kept true ({reason}); the file says false",
-        f"line 2, column payment_method: kept pm_…visa ({reason}); the file leaves it empty",
+        f"line 2, column payment_method: kept {mask_token(stored)} ({reason}); the file leaves it empty",
+        # the stored card's expiry, which the sandbox tells as a real gateway does
+        f"line 2, column card_expiry: kept {box.card_expires_on:%Y-%m} ({reason}); the file has no card_expiry column"
+        " (so empty)",
     ]
     # A file that knows of a later renewal, made elsewhere, is the newer word: auto-renew off applies.
     report = run(session_factory, make_csv(row(1, expires_on="2029-03-31", auto_renew="false", payment_method="")))
