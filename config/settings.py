@@ -1,6 +1,7 @@
 """The one settings object, read from the environment (prefix ``PEC_RENEWAL_``).
 
-Every value is parsed and checked here, once, so a bad value stops the
+Every value is parsed and checked here, once (the checks of single values and of the seller's
+and the webhooks' groups are in :mod:`config.setting_values`), so a bad value stops the
 program at start-up with one line that names the variable, never later with a
 traceback.  Nothing else in the project reads ``os.environ``.
 
@@ -11,11 +12,8 @@ a generated secret key kept in ``./var/secret_key``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import logging
-import math
 import os
 import re
 import secrets
@@ -25,17 +23,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from email.utils import parseaddr
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from worker.rules.einvoice import DEFAULT_FISCAL_REGIME, FISCAL_REGIMES, Address, Seller
-from worker.rules.holder_data import check_vat_number
+from config.setting_values import (
+    PREFIX,
+    SettingsError,
+    has_space,
+    hide_password,
+    is_base_url,
+    is_page_url,
+    read_choice,
+    read_integer,
+    read_number,
+    read_seller,
+    read_switch,
+    read_webhook,
+)
+from worker.rules.einvoice import Seller
 from worker.rules.schedule import DEFAULT_STAGES, Stage, StageSyntaxError, parse_stages
 
-PREFIX = "PEC_RENEWAL_"
 MAIL_BACKENDS = ("maildir", "smtp", "console")
 SMTP_TLS_MODES = ("none", "starttls", "ssl")
 PAYMENT_GATEWAYS = ("sandbox", "stripe", "paypal")
@@ -52,15 +61,6 @@ DEFAULT_UNFAIR_TERMS_CLAUSES = (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SettingsError(Exception):
-    """A setting has a bad value.  ``str()`` is one line naming the variable."""
-
-    def __init__(self, name: str, problem: str):
-        self.variable = PREFIX + name
-        self.problem = problem
-        super().__init__(f"{self.variable}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class Settings:
                     item.name in ("database_url", "broker_url", "platform_webhook_url", "sandbox_webhook_url")
                     and value is not None
                 ):
-                    value = _hide_password(value)
+                    value = hide_password(value)
                 shown.append(f"{item.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -208,26 +208,26 @@ def _read(environ: Mapping[str, str]) -> Settings:
             "must be redis://HOST:PORT/DB or rediss://HOST:PORT/DB (or filesystem:// for the embedded default);"
             " other Celery brokers are not supported",
         )
-    elif _has_space(broker_url):
+    elif has_space(broker_url):
         raise SettingsError("BROKER_URL", "must not hold spaces or control characters")
     else:
         # The visibility timeout must exceed every task time limit (config/celery.py).
         transport_options = {"visibility_timeout": 3600}
 
-    mail_backend = _choice(raw("MAIL_BACKEND") or "maildir", "MAIL_BACKEND", MAIL_BACKENDS)
+    mail_backend = read_choice(raw("MAIL_BACKEND") or "maildir", "MAIL_BACKEND", MAIL_BACKENDS)
     maildir = Path(raw("MAILDIR") or var_dir / "mail").resolve()
-    smtp_tls = _choice(raw("SMTP_TLS") or "none", "SMTP_TLS", SMTP_TLS_MODES)
-    smtp_port = _integer(
+    smtp_tls = read_choice(raw("SMTP_TLS") or "none", "SMTP_TLS", SMTP_TLS_MODES)
+    smtp_port = read_integer(
         raw("SMTP_PORT"), "SMTP_PORT", default={"ssl": 465, "starttls": 587}.get(smtp_tls, 25), low=1, high=65535
     )
-    smtp_timeout = _number(raw("SMTP_TIMEOUT"), "SMTP_TIMEOUT", default=30.0)
+    smtp_timeout = read_number(raw("SMTP_TIMEOUT"), "SMTP_TIMEOUT", default=30.0)
 
     mail_from = raw("MAIL_FROM") or "Rinnovi PEC <rinnovi@localhost>"
     if any(not character.isprintable() for character in mail_from) or "@" not in parseaddr(mail_from)[1]:
         raise SettingsError("MAIL_FROM", f"{mail_from!r} is not an address like 'Rinnovi PEC <rinnovi@example.it>'")
 
     base_url = (raw("BASE_URL") or "http://127.0.0.1:5000").rstrip("/")
-    if not _is_base_url(base_url):
+    if not is_base_url(base_url):
         raise SettingsError("BASE_URL", f"{base_url!r} is not an http(s) URL such as https://rinnovi.example.it")
 
     tz_name = raw("TIMEZONE") or "Europe/Rome"
@@ -236,7 +236,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise SettingsError("TIMEZONE", f"{tz_name!r} is not a known time zone (such as Europe/Rome)") from None
 
-    payment_gateway = _choice(raw("PAYMENT_GATEWAY") or "sandbox", "PAYMENT_GATEWAY", PAYMENT_GATEWAYS)
+    payment_gateway = read_choice(raw("PAYMENT_GATEWAY") or "sandbox", "PAYMENT_GATEWAY", PAYMENT_GATEWAYS)
     stripe_api_key = raw("STRIPE_API_KEY")
     if payment_gateway == "stripe" and not stripe_api_key:
         raise SettingsError("STRIPE_API_KEY", "is required when PEC_RENEWAL_PAYMENT_GATEWAY is stripe")
@@ -261,11 +261,11 @@ def _read(environ: Mapping[str, str]) -> Settings:
         value = raw(name)
         if value is not None:
             value = value.rstrip("/")
-            if not _is_base_url(value):
+            if not is_base_url(value):
                 raise SettingsError(name, f"{value!r} is not an http(s) URL")
         gateway_urls[name] = value
-    sandbox_latency_ms = _integer(raw("SANDBOX_LATENCY_MS"), "SANDBOX_LATENCY_MS", default=0, low=0, high=60_000)
-    gateway_concurrency = _integer(raw("GATEWAY_CONCURRENCY"), "GATEWAY_CONCURRENCY", default=32, low=1, high=1000)
+    sandbox_latency_ms = read_integer(raw("SANDBOX_LATENCY_MS"), "SANDBOX_LATENCY_MS", default=0, low=0, high=60_000)
+    gateway_concurrency = read_integer(raw("GATEWAY_CONCURRENCY"), "GATEWAY_CONCURRENCY", default=32, low=1, high=1000)
     bank_iban = (raw("BANK_IBAN") or "IT60X0542811101000000123456").replace(" ", "").upper()
     if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", bank_iban):
         raise SettingsError("BANK_IBAN", f"{bank_iban!r} is not an IBAN")
@@ -278,7 +278,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         raise SettingsError(
             "CHARGE_DAYS", f"{charge_days_text!r}: days before expiry, from 60 to 1, each fewer than the one before"
         )
-    charge_notice_days = _integer(raw("CHARGE_NOTICE_DAYS"), "CHARGE_NOTICE_DAYS", default=30, low=2, high=89)
+    charge_notice_days = read_integer(raw("CHARGE_NOTICE_DAYS"), "CHARGE_NOTICE_DAYS", default=30, low=2, high=89)
     if charge_notice_days <= charge_days[0]:
         raise SettingsError(
             "CHARGE_NOTICE_DAYS",
@@ -286,7 +286,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
         )
     # Longer than a gateway call can last (a charge and its lookup: 35 s each at most with the
     # adapters' timeouts), so a charge still in flight is never looked up as lost.
-    charge_reconcile_after_minutes = _integer(
+    charge_reconcile_after_minutes = read_integer(
         raw("CHARGE_RECONCILE_AFTER_MINUTES"),
         "CHARGE_RECONCILE_AFTER_MINUTES",
         default=Settings.charge_reconcile_after_minutes,
@@ -304,7 +304,7 @@ def _read(environ: Mapping[str, str]) -> Settings:
     page_urls = {}
     for name in ("TERMS_URL", "MANUAL_URL", "SUPPORT_URL"):
         value = raw(name) or getattr(Settings, name.lower())
-        if not _is_page_url(value):
+        if not is_page_url(value):
             raise SettingsError(name, f"{value!r} is not an http(s) URL such as https://www.example.it/condizioni")
         page_urls[name.lower()] = value
     unfair_terms_clauses = _clauses(raw("UNFAIR_TERMS_CLAUSES"))
@@ -320,16 +320,16 @@ def _read(environ: Mapping[str, str]) -> Settings:
     if not match:
         raise SettingsError("DAILY_SCAN_AT", f"{scan_at!r} is not a time of day such as 06:00")
 
-    scan_batch_size = _integer(raw("SCAN_BATCH_SIZE"), "SCAN_BATCH_SIZE", default=500, low=1, high=100_000)
+    scan_batch_size = read_integer(raw("SCAN_BATCH_SIZE"), "SCAN_BATCH_SIZE", default=500, low=1, high=100_000)
     # A link sent three months before expiry must still open on the last renewable day.
-    link_max_age_days = _integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=184, high=3650)
-    outbox_max_attempts = _integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100)
-    relay_batch_size = _integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000)
-    relay_outcome_group = _integer(
+    link_max_age_days = read_integer(raw("LINK_MAX_AGE_DAYS"), "LINK_MAX_AGE_DAYS", default=200, low=184, high=3650)
+    outbox_max_attempts = read_integer(raw("OUTBOX_MAX_ATTEMPTS"), "OUTBOX_MAX_ATTEMPTS", default=12, low=1, high=100)
+    relay_batch_size = read_integer(raw("RELAY_BATCH_SIZE"), "RELAY_BATCH_SIZE", default=200, low=1, high=10_000)
+    relay_outcome_group = read_integer(
         raw("RELAY_OUTCOME_GROUP"), "RELAY_OUTCOME_GROUP", default=Settings.relay_outcome_group, low=1, high=1_000
     )
 
-    metrics_port = _integer(raw("METRICS_PORT"), "METRICS_PORT", default=9464, low=0, high=65535)
+    metrics_port = read_integer(raw("METRICS_PORT"), "METRICS_PORT", default=9464, low=0, high=65535)
     metrics_address = raw("METRICS_ADDRESS") or "127.0.0.1"
     try:
         ipaddress.ip_address(metrics_address)
@@ -338,19 +338,19 @@ def _read(environ: Mapping[str, str]) -> Settings:
             "METRICS_ADDRESS", f"{metrics_address!r} is not an IP address such as 127.0.0.1 or 0.0.0.0"
         ) from None
     metrics_token = raw("METRICS_TOKEN")
-    if metrics_token is not None and (len(metrics_token) < 32 or _has_space(metrics_token)):
+    if metrics_token is not None and (len(metrics_token) < 32 or has_space(metrics_token)):
         raise SettingsError("METRICS_TOKEN", "must be at least 32 characters, without spaces")
-    log_format = _choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
+    log_format = read_choice(raw("LOG_FORMAT") or "auto", "LOG_FORMAT", LOG_FORMATS)
     api_token = raw("API_TOKEN")
-    if api_token is not None and (len(api_token) < 32 or _has_space(api_token)):
+    if api_token is not None and (len(api_token) < 32 or has_space(api_token)):
         raise SettingsError("API_TOKEN", "must be at least 32 characters, without spaces")
 
-    seller = _seller(raw)
-    split_payment_for_pa = _switch(raw("SPLIT_PAYMENT_FOR_PA"), "SPLIT_PAYMENT_FOR_PA", default=True)
-    platform_webhook_url, platform_webhook_secret = _webhook(
+    seller = read_seller(raw)
+    split_payment_for_pa = read_switch(raw("SPLIT_PAYMENT_FOR_PA"), "SPLIT_PAYMENT_FOR_PA", default=True)
+    platform_webhook_url, platform_webhook_secret = read_webhook(
         raw("PLATFORM_WEBHOOK_URL"), raw("PLATFORM_WEBHOOK_SECRET")
     )
-    sandbox_webhook_url, sandbox_webhook_secret = _webhook(
+    sandbox_webhook_url, sandbox_webhook_secret = read_webhook(
         raw("SANDBOX_WEBHOOK_URL"), raw("SANDBOX_WEBHOOK_SECRET"), "SANDBOX"
     )
 
@@ -419,75 +419,6 @@ def _read(environ: Mapping[str, str]) -> Settings:
     )
 
 
-#: The seller's settings an invoice needs, and what each must be.
-SELLER_SETTINGS = (
-    "SELLER_NAME",
-    "SELLER_VAT_NUMBER",
-    "SELLER_ADDRESS",
-    "SELLER_POSTCODE",
-    "SELLER_CITY",
-    "SELLER_PROVINCE",
-)
-
-
-def _seller(raw) -> Seller | None:
-    """The seller of the invoices: None when no ``SELLER_*`` is set; all six, or a SettingsError."""
-    values = {name: raw(name) for name in SELLER_SETTINGS}
-    regime = raw("SELLER_FISCAL_REGIME")
-    if not any(values.values()) and regime is None:
-        return None
-    for name, value in values.items():
-        if value is None:
-            raise SettingsError(name, "is required with the other SELLER_* settings (the invoices' seller)")
-    try:
-        vat_number = check_vat_number(values["SELLER_VAT_NUMBER"])
-    except ValueError as error:
-        raise SettingsError("SELLER_VAT_NUMBER", str(error)) from None
-    if not re.fullmatch(r"[0-9]{5}", values["SELLER_POSTCODE"]):
-        raise SettingsError("SELLER_POSTCODE", "must be an Italian postcode (CAP) of 5 digits")
-    province = values["SELLER_PROVINCE"].upper()
-    if not re.fullmatch(r"[A-Z]{2}", province):
-        raise SettingsError("SELLER_PROVINCE", "must be a province's 2-letter code, such as RM")
-    for name, limit in (("SELLER_NAME", 80), ("SELLER_ADDRESS", 60), ("SELLER_CITY", 60)):
-        text = values[name]
-        if len(text) > limit or any(ord(char) > 0xFF or not char.isprintable() for char in text):
-            raise SettingsError(name, f"must be at most {limit} Latin-1 characters (the invoice's limit)")
-    regime = (regime or DEFAULT_FISCAL_REGIME).upper()
-    if regime not in FISCAL_REGIMES:
-        raise SettingsError("SELLER_FISCAL_REGIME", f"must be one of {', '.join(FISCAL_REGIMES)}")
-    address = Address(values["SELLER_ADDRESS"], values["SELLER_POSTCODE"], values["SELLER_CITY"], province)
-    return Seller(values["SELLER_NAME"], vat_number, address, regime)
-
-
-def _webhook(url: str | None, secret: str | None, name: str = "PLATFORM") -> tuple[str | None, str | None]:
-    """A webhook URL (http or https, a query allowed) and its Standard Webhooks secret: ``whsec_``
-    then the base64 of 24 to 64 random bytes.  A URL without a secret is refused.  ``name``: the
-    settings' prefix (the platform's, the sandbox's)."""
-    if url is not None:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 (raises ValueError when out of range)
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
-            raise SettingsError(f"{name}_WEBHOOK_URL", f"{url!r} is not an http(s) URL")
-        if _has_space(url):
-            raise SettingsError(f"{name}_WEBHOOK_URL", "must not hold spaces or control characters")
-        if secret is None:
-            raise SettingsError(f"{name}_WEBHOOK_SECRET", f"is required when PEC_RENEWAL_{name}_WEBHOOK_URL is set")
-    if secret is not None:
-        encoded = secret.removeprefix("whsec_")
-        try:
-            key = base64.b64decode(encoded, validate=True) if secret.startswith("whsec_") else b""
-        except (binascii.Error, ValueError):
-            key = b""
-        if not 24 <= len(key) <= 64:
-            raise SettingsError(
-                f"{name}_WEBHOOK_SECRET", "must be whsec_ followed by the base64 of 24 to 64 random bytes"
-            )
-    return url, secret
-
-
 def _check_sqlite_file(database_url: str, var_dir: Path) -> None:
     """An SQLite file must be in a folder that exists: SQLite would create a new, empty database
     anywhere, and a mistyped path would then look like a fleet with no mailboxes.  The folder
@@ -495,7 +426,7 @@ def _check_sqlite_file(database_url: str, var_dir: Path) -> None:
     try:
         path = make_url(database_url).database
     except ArgumentError:
-        raise SettingsError("DATABASE_URL", f"{_hide_password(database_url)!r} is not a database URL") from None
+        raise SettingsError("DATABASE_URL", f"{hide_password(database_url)!r} is not a database URL") from None
     if not path or path == ":memory:" or path.startswith("file:"):
         return  # in memory, or a URI the driver reads itself
     file = Path(path).resolve()
@@ -507,47 +438,6 @@ def _check_sqlite_file(database_url: str, var_dir: Path) -> None:
     while not missing.parent.is_dir() and missing.parent != missing:
         missing = missing.parent
     raise SettingsError("DATABASE_URL", f"the folder {missing} does not exist (create it, or correct the path)")
-
-
-def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
-    value = value.lower()
-    if value not in allowed:
-        raise SettingsError(name, f"{value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _switch(value: str | None, name: str, *, default: bool) -> bool:
-    if value is None:
-        return default
-    if value.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if value.strip().lower() in ("false", "0", "no", "off"):
-        return False
-    raise SettingsError(name, "must be true or false")
-
-
-def _integer(value: str | None, name: str, *, default: int, low: int, high: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise SettingsError(name, f"{value!r} is not a whole number") from None
-    if not low <= number <= high:
-        raise SettingsError(name, f"{number} is outside {low}..{high}")
-    return number
-
-
-def _number(value: str | None, name: str, *, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise SettingsError(name, f"{value!r} is not a number") from None
-    if not (math.isfinite(number) and number > 0):
-        raise SettingsError(name, f"{value!r} must be a number greater than 0")
-    return number
 
 
 def _secret_keys(value: str | None, var_dir: Path) -> tuple[tuple[str, ...], bool]:
@@ -605,32 +495,6 @@ def warn_generated_secret_key(settings: Settings) -> None:
     log.warning("PEC_RENEWAL_SECRET_KEYS is not set: using the generated key in %s (set it in production)", path)
 
 
-def _is_base_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError when out of range
-    except ValueError:
-        return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and port != 0
-        and not parts.query
-        and not parts.fragment
-        and not _has_space(url)
-    )
-
-
-def _is_page_url(url: str) -> bool:
-    """An http(s) address of a page: a host, no spaces; unlike BASE_URL it may carry a query or a fragment."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError when out of range
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0 and not _has_space(url)
-
-
 def _clauses(value: str | None) -> tuple[str, ...]:
     """``UNFAIR_TERMS_CLAUSES``: clause references separated by ``;``, each one line of at most 200 characters."""
     if value is None:
@@ -644,21 +508,3 @@ def _clauses(value: str | None) -> tuple[str, ...]:
                 "UNFAIR_TERMS_CLAUSES", f"{clause[:40]!r}…: each clause is one line of at most 200 characters"
             )
     return clauses
-
-
-def _has_space(value: str) -> bool:
-    return any(character.isspace() or not character.isprintable() for character in value)
-
-
-def _hide_password(url: str) -> str:
-    """``url`` with the password in it, if any, replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    user = parts.netloc.rpartition("@")[0].split(":", 1)[0]
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
