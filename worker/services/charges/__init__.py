@@ -6,6 +6,9 @@
   writing of one (its outbox and ledger rows);
 - :mod:`~worker.services.charges.service`: one mailbox's charge work, intent then act
   then record (:func:`charge_mailbox`);
+- :mod:`~worker.services.charges.outcomes`: what its transactions write besides the
+  intent: the invoice, the receipt and the new expiry, the authentication's, charge-skipped
+  and charge-failed emails, the unpaid order;
 - :mod:`~worker.services.charges.calls`: the gateway calls it makes between its transactions;
 - :mod:`~worker.services.charges.batch`: which mailboxes are due, and running many at
   once (:func:`run_charges`).
@@ -51,8 +54,9 @@ from worker.services.charges.authentication import (
 )
 from worker.services.charges.batch import due_charge_ids, iter_due_charge_batches, run_charges
 from worker.services.charges.emails import charge_context, charge_price, mailbox_context, queue_mailbox_email
+from worker.services.charges.outcomes import ChargeDay
 from worker.services.charges.results import ChargeRun, ChargesResult
-from worker.services.charges.service import ChargeDay, charge_mailbox, complete_authenticated_charge
+from worker.services.charges.service import charge_mailbox, complete_authenticated_charge
 from worker.services.charges.state import CycleState, decide_for, is_auto_renew, load_cycle_states, lock_mailbox
 
 __all__ = [
