@@ -5,7 +5,8 @@ whose ``Environment`` offers only PayPal's sandbox and production hosts, with
 its own retry layer and model classes; pointing it at the tests' local server
 means reaching into its internals.  The REST surface we need is four calls
 (token, create order, capture, get order), small enough to own and to test over
-real HTTP, and httpx gives us bounded timeouts and a pooled, thread-safe client.
+real HTTP, and httpx gives us bounded timeouts and a pooled, thread-safe client.  That
+client, its token and what an HTTP answer means are :mod:`worker.gateways.paypal_client`.
 
 **The stored token** is ``paypal.<vault_id>`` (a vaulted PayPal wallet) or
 ``card.<vault_id>`` (a vaulted card), the PayPal payment-token id saved when
@@ -47,11 +48,7 @@ from __future__ import annotations
 import hashlib
 import json as json_module
 import logging
-import threading
-import time
 from typing import Any
-
-import httpx
 
 from worker.gateways.base import (
     AuthenticationStep,
@@ -64,13 +61,13 @@ from worker.gateways.base import (
     mask_token,
 )
 from worker.gateways.hosted import HostedCheckout, HostedPayment, HostedStatus
+from worker.gateways.paypal_client import REFERENCE_ID, Lost, PayPalClient, Refused, read_json
 from worker.gateways.refunds import RefundOutcome, RefundResult, WebhookUnverifiable
 
 log = logging.getLogger(__name__)
 
 #: ``custom_id`` of an order that a lookup created for a key PayPal had never seen.
 LOOKUP_MARKER = "pec-renewal-lookup-placeholder"
-REFERENCE_ID = "default"
 ZERO_DECIMAL_CURRENCIES = frozenset({"HUF", "JPY", "TWD"})
 #: Processor response codes worth retrying later (insufficient funds, issuer unavailable, try again).
 SOFT_PROCESSOR_CODES = frozenset({"5120", "9520", "5650", "0500", "5180"})
@@ -100,21 +97,7 @@ def money(amount_cents: int, currency: str) -> dict[str, str]:
     return {"currency_code": currency, "value": f"{amount_cents // 100}.{amount_cents % 100:02d}"}
 
 
-class _Lost(Exception):
-    """The answer was lost or unreadable: the outcome is unknown."""
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, body: dict):
-        self.status = status
-        self.body = body
-        details = body.get("details") or [{}]
-        self.issue = (details[0] or {}).get("issue") or body.get("name") or f"HTTP_{status}"
-        self.description = (details[0] or {}).get("description") or body.get("message") or ""
-        super().__init__(f"{status} {self.issue}")
-
-
-class PayPalGateway:
+class PayPalGateway(PayPalClient):
     name = "paypal"
 
     def __init__(
@@ -134,16 +117,14 @@ class PayPalGateway:
             raise GatewayError(
                 "the PayPal gateway needs PEC_RENEWAL_PAYPAL_CLIENT_ID and PEC_RENEWAL_PAYPAL_CLIENT_SECRET"
             )
-        self._auth = (client_id, client_secret)
-        self._http = httpx.Client(
-            base_url=api_base.rstrip("/"),
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-            headers={"Accept": "application/json"},
+        super().__init__(
+            client_id=client_id,
+            client_secret=client_secret,
+            api_base=api_base,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            pool_size=pool_size,
         )
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = threading.Lock()
         self._return_url = return_url
 
     # -- the protocol ---------------------------------------------------------------------
@@ -195,9 +176,9 @@ class PayPalGateway:
             captured = self._post(
                 f"/v2/checkout/orders/{order_id}/capture", {"payment_source": source}, rid + "-capture"
             )
-        except _Refused as refused:
+        except Refused as refused:
             return self._refused(refused, order_id)
-        except _Lost as lost:
+        except Lost as lost:
             log.warning("paypal: answer lost for %s: %s", mask_token(payment_method), lost)
             return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"no usable answer from PayPal ({lost})")
         result = self._settled(captured)
@@ -213,9 +194,9 @@ class PayPalGateway:
         try:
             order = self._post("/v2/checkout/orders", placeholder, rid)
             order = self._get_order(_order_id(order))
-        except _Lost as lost:
+        except Lost as lost:
             return ChargeResult(ChargeOutcome.UNKNOWN, None, f"PayPal unavailable for the lookup ({lost})")
-        except _Refused as refused:
+        except Refused as refused:
             raise GatewayError(f"PayPal refused the lookup: {refused}") from None
         status = order.get("status")
         if status in ("COMPLETED", "PAYER_ACTION_REQUIRED"):
@@ -232,10 +213,10 @@ class PayPalGateway:
         try:
             capture = self._capture_of_order(reference) or reference
             answer = self._post(f"/v2/payments/captures/{capture}/refund", body, request_id(idempotency_key))
-        except _Refused as refused:
+        except Refused as refused:
             # CAPTURE_FULLY_REFUNDED, REFUND_AMOUNT_EXCEEDED, INVALID_RESOURCE_ID...: nothing refunded by this call.
             return RefundResult(RefundOutcome.FAILED, None, f"PayPal refused the refund ({refused.issue})")
-        except _Lost as lost:
+        except Lost as lost:
             return RefundResult(RefundOutcome.UNKNOWN, None, f"no usable answer from PayPal ({lost})")
         status = answer.get("status")
         outcome = {
@@ -292,7 +273,7 @@ class PayPalGateway:
         }
         try:
             order = self._post("/v2/checkout/orders", body, request_id(idempotency_key))
-        except (_Lost, _Refused) as error:
+        except (Lost, Refused) as error:
             raise GatewayError(f"PayPal did not open the checkout ({error})") from None
         link = next(
             (item.get("href") for item in order.get("links") or [] if item.get("rel") in ("payer-action", "approve")),
@@ -307,17 +288,17 @@ class PayPalGateway:
         repeated return captures once) and say what happened."""
         try:
             order = self._post(f"/v2/checkout/orders/{reference}/capture", {}, f"capture-{reference}")
-        except _Refused as refused:
+        except Refused as refused:
             if refused.issue == "ORDER_ALREADY_CAPTURED":
                 try:
                     order = self._get_order(reference)
-                except (_Lost, _Refused) as error:
+                except (Lost, Refused) as error:
                     raise GatewayError(f"PayPal did not answer ({error})") from None
             elif refused.issue in ("ORDER_NOT_APPROVED", "PAYER_ACTION_REQUIRED"):
                 return HostedPayment(HostedStatus.OPEN, detail=refused.issue)
             else:
                 return HostedPayment(HostedStatus.FAILED, detail=refused.issue)
-        except _Lost as lost:
+        except Lost as lost:
             raise GatewayError(f"PayPal did not answer ({lost})") from None
         unit = (order.get("purchase_units") or [{}])[0] or {}
         captures = (unit.get("payments") or {}).get("captures") or []
@@ -343,7 +324,7 @@ class PayPalGateway:
         """The completed capture of the order ``reference``; None when it is not an order."""
         try:
             order = self._get_order(reference)
-        except _Refused as refused:
+        except Refused as refused:
             if refused.status == 404:
                 return None
             raise
@@ -373,7 +354,7 @@ class PayPalGateway:
         }
         try:
             token = self._post("/v3/vault/setup-tokens", body, request_id(idempotency_key))
-        except (_Lost, _Refused) as error:
+        except (Lost, Refused) as error:
             raise GatewayError(f"PayPal did not open the setup page ({error})") from None
         link = next((item.get("href") for item in token.get("links") or [] if item.get("rel") == "approve"), None)
         if not link or not isinstance(token.get("id"), str):
@@ -387,9 +368,9 @@ class PayPalGateway:
         body = {"payment_source": {"token": {"id": setup_reference, "type": "SETUP_TOKEN"}}}
         try:
             token = self._post("/v3/vault/payment-tokens", body, request_id(f"payment-token-{setup_reference}"))
-        except _Refused:
+        except Refused:
             return None
-        except _Lost as error:
+        except Lost as error:
             raise GatewayError(f"PayPal did not answer ({error})") from None
         vault_id = token.get("id")
         if not isinstance(vault_id, str) or not (token.get("payment_source") or {}).get("paypal"):
@@ -410,95 +391,19 @@ class PayPalGateway:
         fields["webhook_id"] = webhook_id
         request = json_module.dumps(fields)[:-1].encode() + b', "webhook_event": ' + body.strip() + b"}"
         try:
-            answer = _json(self._send("POST", "/v1/notifications/verify-webhook-signature", content=request))
-        except _Refused:
+            answer = read_json(self._send("POST", "/v1/notifications/verify-webhook-signature", content=request))
+        except Refused:
             return False  # a malformed header value: PayPal answers 400
-        except (_Lost, GatewayError) as error:
+        except (Lost, GatewayError) as error:
             raise WebhookUnverifiable(f"PayPal could not verify the webhook ({error})") from None
         return answer.get("verification_status") == "SUCCESS"
 
     def check_credentials(self) -> str:
         try:
             self._access_token(renew=True)
-        except _Lost as error:
+        except Lost as error:
             raise GatewayError(f"PayPal did not answer ({error})") from None
         return "PayPal client credentials accepted"
-
-    def close(self) -> None:
-        self._http.close()
-
-    # -- HTTP -----------------------------------------------------------------------------
-
-    def _access_token(self, *, renew: bool = False) -> str:
-        with self._token_lock:
-            if renew or self._token is None or time.monotonic() >= self._token_expires:
-                try:
-                    response = self._http.post(
-                        "/v1/oauth2/token", data={"grant_type": "client_credentials"}, auth=self._auth
-                    )
-                except httpx.HTTPError as error:
-                    raise _Lost(f"token: {type(error).__name__}") from None
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise _Lost(f"token: HTTP {response.status_code}")
-                if response.status_code != 200:
-                    raise GatewayError(f"PayPal refused the client credentials (HTTP {response.status_code})")
-                body = _json(response)
-                self._token = body["access_token"]
-                # Renew a minute early, so a token never expires in flight.
-                self._token_expires = time.monotonic() + max(0, int(body.get("expires_in", 0)) - 60)
-            return self._token
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        request_id_header: str | None = None,
-        content: bytes | None = None,
-    ) -> httpx.Response:
-        for attempt in (1, 2):
-            headers = {"Authorization": f"Bearer {self._access_token(renew=attempt == 2)}"}
-            if json is not None:
-                headers["Prefer"] = "return=representation"
-            if content is not None:
-                headers["Content-Type"] = "application/json"
-            if request_id_header:
-                headers["PayPal-Request-Id"] = request_id_header
-            try:
-                response = self._http.request(method, path, json=json, content=content, headers=headers)
-            except httpx.HTTPError as error:
-                raise _Lost(f"{type(error).__name__}") from None
-            if response.status_code == 401 and attempt == 1:
-                continue  # the token expired early: renew it once (the request id makes the retry safe)
-            break
-        if response.status_code >= 500 or response.status_code in (408, 409, 429):
-            raise _Lost(f"HTTP {response.status_code}")
-        if response.status_code == 401:
-            raise GatewayError("PayPal refused the access token twice")
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {}
-            raise _Refused(response.status_code, body if isinstance(body, dict) else {})
-        return response
-
-    def _post(self, path: str, body: dict, rid: str) -> dict:
-        return _json(self._send("POST", path, json=body, request_id_header=rid))
-
-    def _get_order(self, order_id: str) -> dict:
-        return _json(self._send("GET", f"/v2/checkout/orders/{order_id}"))
-
-    def _patch(self, order_id: str, unit: dict) -> None:
-        path = f"/purchase_units/@reference_id=='{REFERENCE_ID}'"
-        operations = [
-            {"op": "replace", "path": f"{path}/amount", "value": unit["amount"]},
-            {"op": "replace", "path": f"{path}/custom_id", "value": unit["custom_id"]},
-            {"op": "add", "path": f"{path}/invoice_id", "value": unit["invoice_id"]},
-            {"op": "add", "path": f"{path}/description", "value": unit["description"]},
-        ]
-        self._send("PATCH", f"/v2/checkout/orders/{order_id}", json=operations)
 
     # -- the holder's action on session ----------------------------------------------------
 
@@ -510,7 +415,7 @@ class PayPalGateway:
         del payment_method, return_url
         try:
             order = self._get_order(reference)
-        except (_Lost, _Refused) as error:
+        except (Lost, Refused) as error:
             raise GatewayError(f"PayPal did not answer ({error})") from None
         for link in order.get("links") or []:
             if isinstance(link, dict) and link.get("rel") == "payer-action" and link.get("href"):
@@ -528,9 +433,9 @@ class PayPalGateway:
             captured = self._post(
                 f"/v2/checkout/orders/{reference}/capture", {}, request_id(idempotency_key) + "-payer"
             )
-        except _Refused as refused:
+        except Refused as refused:
             return self._refused(refused, reference)
-        except _Lost as lost:
+        except Lost as lost:
             return ChargeResult(ChargeOutcome.UNKNOWN, reference, f"no usable answer from PayPal ({lost})")
         return self._settled(captured)
 
@@ -561,12 +466,12 @@ class PayPalGateway:
             return ChargeResult(outcome, order_id, f"capture {capture_status.lower()} (processor code {code})", code)
         return ChargeResult(ChargeOutcome.UNKNOWN, order_id, f"capture is {capture_status}")
 
-    def _refused(self, refused: _Refused, order_id: str | None) -> ChargeResult:
+    def _refused(self, refused: Refused, order_id: str | None) -> ChargeResult:
         issue = refused.issue
         if issue == "ORDER_ALREADY_CAPTURED" and order_id:
             try:
                 return self._settled(self._get_order(order_id))
-            except (_Lost, _Refused) as error:
+            except (Lost, Refused) as error:
                 return ChargeResult(
                     ChargeOutcome.UNKNOWN, order_id, f"order already captured; reading it failed ({error})"
                 )
@@ -595,7 +500,7 @@ def _payment_source(kind: str, vault_id: str, return_url: str | None = None) -> 
 def _order_id(order: dict) -> str:
     order_id = order.get("id")
     if not isinstance(order_id, str) or not order_id:
-        raise _Lost("an order without an id")
+        raise Lost("an order without an id")
     return order_id
 
 
@@ -613,13 +518,3 @@ def _cents_of(amount: dict) -> tuple[int | None, str, str | None]:
     if not whole.isdigit() or not (fraction == "" or (fraction.isdigit() and len(fraction) <= 2)):
         return None, value, amount.get("currency_code")
     return int(whole) * 100 + int((fraction or "0").ljust(2, "0")), value, amount.get("currency_code")
-
-
-def _json(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        raise _Lost(f"unreadable answer (HTTP {response.status_code})") from None
-    if not isinstance(body, dict):
-        raise _Lost(f"unexpected answer (HTTP {response.status_code})")
-    return body
