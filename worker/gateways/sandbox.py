@@ -293,7 +293,7 @@ class SandboxGateway:
         with self._autocommit() as connection:
             saved = create_method(connection, setup_reference, now=self._clock())
             connection.commit()
-        log.info("sandbox: stored a new method %s", saved.token[:11] + "…")
+        log.info("sandbox: stored a new method %s", mask_token(saved.token))
         return saved
 
     def keep_charged_method(self, idempotency_key: str) -> SavedMethod | None:
