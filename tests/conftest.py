@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.support.charges",
     "tests.support.link_handler",
     "tests.support.faults",
+    "tests.support.gateway_fixtures",
 ]
 
 

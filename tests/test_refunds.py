@@ -6,12 +6,10 @@ import threading
 import time
 from datetime import date, timedelta
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from tests.support.factories import make_mailbox
-from tests.support.gateway_webhooks import StripeServer
 from tests.support.orders import NOW, complete_order
 from tests.support.settings import TEST_SECRET_KEYS
 from worker.cli.main import main
@@ -19,13 +17,6 @@ from worker.services.payments import register_payment
 from worker.services.payments.refunds import request_refund
 from worker.services.payments.registration import PaymentRefused
 from worker.store.models import GatewayRefund, OutboxMessage
-
-
-@pytest.fixture
-def stripe_server():
-    server = StripeServer().start()
-    yield server
-    server.stop()
 
 
 def cli_env(tmp_path, database_url, stripe_server):

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.support.gateway_servers import PAYPAL_CLIENT
-from tests.support.gateway_webhooks import PayPalServer, StripeServer
 from worker.gateways.paypal import PayPalGateway
 from worker.gateways.refunds import RefundOutcome
 from worker.gateways.stripe_gateway import StripeGateway
-
-
-@pytest.fixture
-def stripe_server():
-    server = StripeServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def paypal_server():
-    server = PayPalServer().start()
-    yield server
-    server.stop()
 
 
 def test_a_stripe_refund_is_asked_once_per_key(stripe_server):

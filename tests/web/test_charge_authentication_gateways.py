@@ -16,8 +16,6 @@ from tests.support.factories import make_mailbox
 from tests.support.gateway_webhooks import (
     PAYPAL_WEBHOOK_ID,
     STRIPE_WEBHOOK_SECRET,
-    PayPalServer,
-    StripeServer,
     paypal_event,
     stripe_event,
     stripe_signature,
@@ -35,20 +33,6 @@ RENEWED = date(2028, 3, 31)
 @pytest.fixture
 def clock() -> Clock:
     return Clock(CHARGE_DAY)
-
-
-@pytest.fixture
-def stripe_server():
-    server = StripeServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def paypal_server():
-    server = PayPalServer().start()
-    yield server
-    server.stop()
 
 
 def _served(tmp_path, database_url, session_factory, clock, **settings):

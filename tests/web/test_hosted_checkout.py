@@ -9,18 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
-from tests.support.gateway_servers import PAYPAL_CLIENT
 from tests.support.gateway_webhooks import (
-    PAYPAL_WEBHOOK_ID,
-    STRIPE_WEBHOOK_SECRET,
-    HostedPayPal,
-    HostedStripe,
     paypal_event,
     stripe_event,
     stripe_signature,
 )
 from tests.support.link_handler import csrf_token, link_path, row_counts
-from tests.support.settings import make_settings
 from tests.support.web_flow import post_form, start, walk_to_confirm
 from worker.store.models import Mailbox, Payment, RenewalOrder
 
@@ -28,32 +22,8 @@ EXPIRY = date(2027, 2, 10)
 
 
 @pytest.fixture
-def stripe_server():
-    server = HostedStripe().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def paypal_server():
-    server = HostedPayPal().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(request, tmp_path, database_url):
-    if "paypal" in request.node.name:
-        server = request.getfixturevalue("paypal_server")
-        return make_settings(
-            tmp_path, database_url=database_url, payment_gateway="paypal", paypal_client_id=PAYPAL_CLIENT[0],
-            paypal_client_secret=PAYPAL_CLIENT[1], paypal_api_base=server.url, paypal_webhook_id=PAYPAL_WEBHOOK_ID,
-        )  # fmt: skip
-    server = request.getfixturevalue("stripe_server")
-    return make_settings(
-        tmp_path, database_url=database_url, payment_gateway="stripe", stripe_api_key="sk_test_local",
-        stripe_api_base=server.url, stripe_webhook_secret=STRIPE_WEBHOOK_SECRET,
-    )  # fmt: skip
+def settings(gateway_settings):
+    return gateway_settings
 
 
 def confirmed_order(client, runtime, session_factory, method: str) -> tuple[str, int]:

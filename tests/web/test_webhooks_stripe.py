@@ -13,7 +13,6 @@ from sqlalchemy import select
 from tests.support.factories import make_mailbox
 from tests.support.gateway_webhooks import (
     STRIPE_WEBHOOK_SECRET,
-    StripeServer,
     checkout_session,
     stripe_event,
     stripe_signature,
@@ -27,13 +26,6 @@ from worker.store.models import GatewayEvent, GatewayRefund, Mailbox, OutboxMess
 from worker.web import create_app
 
 EXPIRY = date(2027, 3, 20)
-
-
-@pytest.fixture
-def stripe_server():
-    server = StripeServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
