@@ -110,6 +110,17 @@ def receipt_context(
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> dict[str, Any]:
     """The ``charge`` part of a charge-succeeded email: what the charge paid for its cycle."""
+    return _charged_context(
+        mailbox, cycle_expires_on, years, amount_cents, plan, charged_on=charged_on.isoformat(), reference=reference
+    )
+
+
+def _charged_context(
+    mailbox: MailboxFacts, cycle_expires_on: date, years: int, amount_cents: int, plan: ChargePlan, **extra: Any
+) -> dict[str, Any]:
+    """The ``charge`` part of an email about a charge of ``amount_cents`` for ``years`` of the
+    cycle ending on ``cycle_expires_on``: its amount split into taxable and VAT, and the expiry
+    it buys; ``extra`` adds the email's own fields."""
     price = charge_price(mailbox, years)
     return charge_context(
         mailbox,
@@ -120,8 +131,7 @@ def receipt_context(
         vat_cents=amount_cents - price.subtotal_cents,
         years=years,
         new_expires_on=schedule.add_years(cycle_expires_on, years).isoformat(),
-        charged_on=charged_on.isoformat(),
-        reference=reference,
+        **extra,
     )
 
 
@@ -185,16 +195,12 @@ def authentication_context(
 ) -> dict[str, Any]:
     """The ``charge`` part of a charge-authentication-required email: the charge waiting (its
     intent, whose signed link the relay writes), and the day it is given up."""
-    price = charge_price(mailbox, years)
-    return charge_context(
+    return _charged_context(
         mailbox,
-        cycle_expires_on=cycle_expires_on,
-        plan=plan,
-        amount_cents=amount_cents,
-        subtotal_cents=price.subtotal_cents,
-        vat_cents=amount_cents - price.subtotal_cents,
-        years=years,
-        new_expires_on=schedule.add_years(cycle_expires_on, years).isoformat(),
+        cycle_expires_on,
+        years,
+        amount_cents,
+        plan,
         intent_id=intent_id,
         authenticate_by=authenticate_by.isoformat(),
     )
