@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from tests.support.factories import make_mailbox
 from tests.support.link_handler import assert_security_headers, csrf_token, link_path, row_counts
+from tests.support.tokens import tampered
 from worker.services.daily import run_day
 from worker.store.models import Base, Mailbox, OutboxMessage
 
@@ -104,7 +105,7 @@ def test_a_bad_token_is_the_broken_link_page_and_writes_nothing(client, runtime,
         mailbox = session.get(Mailbox, ids[0])
         renewal_token = link_path(runtime, mailbox).rsplit("/", 1)[1]
     before = every_row(session_factory)
-    for bad in (token[:-3] + "abc", "nonsense", renewal_token, token + "x"):
+    for bad in (tampered(token), "nonsense", renewal_token, token + "x"):
         response = getattr(client, method)(f"/avvisi/{bad}", data=ONE_CLICK if method == "post" else None)
         assert response.status_code == 404
         assert "Link non valido o scaduto" in response.get_data(as_text=True)
