@@ -27,10 +27,10 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from packaging.version import InvalidVersion, Version
 
@@ -76,7 +76,11 @@ def read_lock(text: str) -> dict[str, str]:
 def _describe(vulnerability: dict) -> str:
     names = [vulnerability.get("id") or "?", *(vulnerability.get("aliases") or [])]
     fixed = vulnerability.get("fixed_in") or []
-    return f"{'/'.join(dict.fromkeys(names))} (fixed in {', '.join(fixed)})" if fixed else f"{'/'.join(dict.fromkeys(names))} (no fix listed)"
+    return (
+        f"{'/'.join(dict.fromkeys(names))} (fixed in {', '.join(fixed)})"
+        if fixed
+        else f"{'/'.join(dict.fromkeys(names))} (no fix listed)"
+    )
 
 
 def _newer_than(candidate: str, pin: Version) -> bool:
@@ -94,7 +98,9 @@ def decide_from_project_json(name: str, pinned: str, project: dict) -> Verdict:
     except (InvalidVersion, KeyError, TypeError) as error:
         return Verdict(name, pinned, NOT_AUDITED, f"no comparable version ({error})")
     vulnerabilities = [entry for entry in project.get("vulnerabilities") or [] if not entry.get("withdrawn")]
-    fixed_after_pin = [entry for entry in vulnerabilities if any(_newer_than(fix, pin) for fix in entry.get("fixed_in") or [])]
+    fixed_after_pin = [
+        entry for entry in vulnerabilities if any(_newer_than(fix, pin) for fix in entry.get("fixed_in") or [])
+    ]
     if fixed_after_pin:
         return Verdict(name, pinned, VULNERABLE, "; ".join(_describe(entry) for entry in fixed_after_pin))
     if pin == latest:
@@ -103,12 +109,19 @@ def decide_from_project_json(name: str, pinned: str, project: dict) -> Verdict:
         return Verdict(name, pinned, CLEAN, "the latest release; PyPI lists no vulnerability for it")
     if vulnerabilities:
         return Verdict(
-            name, pinned, VULNERABLE,
+            name,
+            pinned,
+            VULNERABLE,
             f"the latest release {latest} is affected, and no fix newer than our pin is listed: "
             + "; ".join(_describe(entry) for entry in vulnerabilities),
         )
     relation = "older than" if pin < latest else "newer than"
-    return Verdict(name, pinned, NOT_AUDITED, f"{relation} the latest release {latest}: PyPI lists vulnerabilities for the latest release only")
+    return Verdict(
+        name,
+        pinned,
+        NOT_AUDITED,
+        f"{relation} the latest release {latest}: PyPI lists vulnerabilities for the latest release only",
+    )
 
 
 def decide_from_pip_audit(name: str, pinned: str, dependency: dict) -> Verdict | None:
@@ -156,7 +169,7 @@ def audit(pins: dict[str, str], pip_audit_report: dict | None, fetch: Callable[[
 
     remaining = sorted(name for name in pins if name not in audited)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        audited.update(zip(remaining, pool.map(fallback, remaining)))
+        audited.update(zip(remaining, pool.map(fallback, remaining), strict=True))
     return [audited[name] for name in sorted(audited)]
 
 
@@ -184,7 +197,10 @@ def main(argv: list[str] | None = None, fetch: Callable[[str], dict] = fetch_pro
     for verdict in verdicts:
         print(verdict.line())
     counts = {kind: sum(verdict.kind == kind for verdict in verdicts) for kind in (CLEAN, VULNERABLE, NOT_AUDITED)}
-    print(f"audit of {arguments.lock}: {counts[CLEAN]} clean, {counts[VULNERABLE]} vulnerable, {counts[NOT_AUDITED]} not audited (warnings)")
+    print(
+        f"audit of {arguments.lock}: {counts[CLEAN]} clean, {counts[VULNERABLE]} vulnerable, "
+        f"{counts[NOT_AUDITED]} not audited (warnings)"
+    )
     status = exit_status(verdicts)
     if status == 2:
         print("audit: no package could be audited, so this check proves nothing", file=sys.stderr)
