@@ -136,7 +136,7 @@ class Settings:
     #: The seller on the electronic invoices (the ``SELLER_*`` settings); None: no invoice is issued.
     seller: Seller | None = None
     #: Split payment (scissione dei pagamenti, art. 17-ter DPR 633/1972) for public administrations:
-    #: their orders ask the taxable amount, and their invoices say ``EsigibilitaIVA`` S.
+    #: their orders and auto-renew charges ask the taxable amount, and their invoices say ``EsigibilitaIVA`` S.
     split_payment_for_pa: bool = True
     #: Where the PEC platform hears of renewals, expiries and deletions (signed webhooks); unset,
     #: the events are kept and not sent.  The secret (``whsec_`` and base64) signs them.

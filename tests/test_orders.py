@@ -473,7 +473,7 @@ def test_unpaid_renewal_order_is_payable_by_any_method(session_factory, settings
     with session_factory() as session:
         mailbox = make_mailbox(session, expires_on=EXPIRES, auto_renew=True, payment_method="pm_card_chargeDeclined")
         assert orders.describe_link(session, link_for(mailbox), TODAY).state == LinkState.AUTO_RENEW
-        order = orders.create_unpaid_renewal_order(session, mailbox, 1, NOW, TODAY, settings=settings)
+        order = orders.create_unpaid_renewal_order(session, mailbox, 1, NOW, TODAY)
         session.commit()
         assert order.status == "awaiting_payment"
         assert order.order_number == f"PEC-2027-{order.id:06d}"
@@ -550,7 +550,7 @@ def links_in_every_state(session, settings):
     session.commit()
     started = orders.start_order(session, link_for(ordered), TODAY, NOW)
     orders.start_order(session, link_for(cancelled), TODAY, NOW).status = OrderStatus.CANCELLED.value
-    left_unpaid = orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY, settings=settings)
+    left_unpaid = orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY)
     session.commit()
     return [
         (link_for(plain), LinkState.RENEWABLE, None),

@@ -51,7 +51,7 @@ def test_the_unpaid_order_of_a_failed_auto_renew_can_be_paid_by_any_method(clien
             session, expires_on=EXPIRY, auto_renew=True, payment_method="pm_card_chargeDeclined", plan="pro"
         )
         session.flush()
-        orders.create_unpaid_renewal_order(session, mailbox, 1, clock(), clock.today, settings=runtime.settings)
+        orders.create_unpaid_renewal_order(session, mailbox, 1, clock(), clock.today)
         session.commit()
         link = link_path(runtime, mailbox)
     html = client.get(link).get_data(as_text=True)

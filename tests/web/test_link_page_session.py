@@ -53,7 +53,7 @@ def _every_state(session_factory, settings) -> list[RenewalLink]:
         session.commit()
         orders.start_order(session, _link(ordered), TODAY, NOW)
         orders.start_order(session, _link(cancelled), TODAY, NOW).status = OrderStatus.CANCELLED.value
-        orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY, settings=settings)
+        orders.create_unpaid_renewal_order(session, unpaid, 1, NOW, TODAY)
         session.commit()
         return [
             _link(plain), _link(auto), _link(on_domain), _link(renewed, date(2027, 4, 30)), _link(deleted),

@@ -198,7 +198,7 @@ def test_the_page_after_a_failed_charge_on_the_expiry_day_names_the_charge_and_i
             session, expires_on=clock.today, auto_renew=True, payment_method="pm_card_chargeDeclined", plan="pro"
         )
         session.flush()
-        order = orders.create_unpaid_renewal_order(session, mailbox, 1, clock(), clock.today, settings=runtime.settings)
+        order = orders.create_unpaid_renewal_order(session, mailbox, 1, clock(), clock.today)
         number = order.order_number
         session.commit()
         link = link_path(runtime, mailbox)

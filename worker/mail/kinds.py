@@ -214,6 +214,8 @@ def _charge_context(stored: Mapping[str, Any], common: dict[str, Any], signer: L
         "subtotal": _euro(charge["subtotal_cents"], language),
         "vat": _euro(charge["vat_cents"], language),
         "vat_percent": int(charge["vat_percent"]),
+        # A public administration under split payment: the amount is the taxable one, the VAT its own.
+        "split_payment": bool(charge.get("split_payment")),
         "years": years,
         "method": method,
         "charge_on": day("charge_on"),

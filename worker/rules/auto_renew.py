@@ -88,13 +88,17 @@ FAIL = "fail"
 @dataclass(frozen=True)
 class ChargePlan:
     """When the auto-renew steps fall, in days before expiry (``PEC_RENEWAL_CHARGE_NOTICE_DAYS``,
-    ``PEC_RENEWAL_CHARGE_DAYS``): the charge notice, then the charge and its retries."""
+    ``PEC_RENEWAL_CHARGE_DAYS``): the charge notice, then the charge and its retries; and how much a
+    public administration is charged (``PEC_RENEWAL_SPLIT_PAYMENT_FOR_PA``)."""
 
     notice_days: int = 30
     charge_days: tuple[int, ...] = (7, 5, 3, 1)
     #: ``PEC_RENEWAL_CHARGE_RECONCILE_AFTER_MINUTES``: how long a ``started`` intent is a charge in
     #: flight; after that its answer is taken for lost and the charge is looked up.
     reconcile_after_minutes: int = 5
+    #: ``PEC_RENEWAL_SPLIT_PAYMENT_FOR_PA``: a public administration's charge is the taxable amount,
+    #: the VAT being left to it (split payment, art. 17-ter DPR 633/1972), as its orders are.
+    split_payment_for_pa: bool = True
 
     @property
     def notice_stage(self) -> Stage:

@@ -106,6 +106,8 @@ class AutoRenewPage:
     #: The next charge's date and amount (VAT included), while auto-renew is on.
     next_charge_on: date | None = None
     amount_cents: int | None = None
+    #: The amount is the taxable one: a public administration under split payment pays the VAT itself.
+    split_payment: bool = False
     years: int = 1
     #: The stored method, masked (``Visa •••• 4242``); None when there is none.
     method: str | None = None
@@ -137,6 +139,7 @@ _FACTS = (
         _MAILBOXES.c.card_expires_on,
         _MAILBOXES.c.language,
         _HOLDERS.c.name.label("holder_name"),
+        _HOLDERS.c.kind.label("holder_kind"),
     )
     .join(_SCHEDULE, _SCHEDULE.c.mailbox_id == _MAILBOXES.c.id)
     .join(_HOLDERS, _HOLDERS.c.id == _MAILBOXES.c.holder_id)
@@ -219,7 +222,7 @@ def read_auto_renew(
     if mailbox is None:
         return AutoRenewPage(state=PageState.NOT_FOUND, language=holder_language(None))
     language = holder_language(mailbox.language)
-    price = charge_price(mailbox)
+    price = charge_price(mailbox, plan=plan)
     cycle = _cycle(session, mailbox)
     state = closed
     if state is None:
@@ -243,6 +246,7 @@ def read_auto_renew(
         if state is PageState.ON
         else None,
         amount_cents=price.total_cents,
+        split_payment=price.split_payment,
         years=price.years,
         method=describe_payment_method(mailbox.payment_method, language) if mailbox.payment_method else None,
         can_switch_on=state is PageState.OFF

@@ -118,6 +118,7 @@ class Runtime:
             notice_days=settings.charge_notice_days,
             charge_days=settings.charge_days,
             reconcile_after_minutes=settings.charge_reconcile_after_minutes,
+            split_payment_for_pa=settings.split_payment_for_pa,
         )
 
     @property

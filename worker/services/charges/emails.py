@@ -19,7 +19,8 @@ from worker.mail.queue import NewEmail, queue_email
 from worker.rules import pricing, schedule
 from worker.rules.auto_renew import DEFAULT_CHARGE_PLAN, ChargePlan, charge_on
 from worker.rules.schedule import Stage
-from worker.rules.vocabulary import CARD, PAYPAL
+from worker.rules.vocabulary import CARD, PAYPAL, PUBLIC_ADMINISTRATION
+from worker.services.orders.summary import split_payment
 from worker.store.models import ChargeIntent, GatewayRefund, Mailbox, NoticeLedgerEntry
 
 _INSERT_LEDGER = insert(NoticeLedgerEntry.__table__)
@@ -48,6 +49,8 @@ class MailboxFacts(Protocol):
     def card_expires_on(self) -> date | None: ...
     @property
     def language(self) -> str: ...
+    @property
+    def holder_kind(self) -> str: ...
 
 
 class Recipient(MailboxFacts, Protocol):
@@ -57,14 +60,17 @@ class Recipient(MailboxFacts, Protocol):
     def reference_email(self) -> str: ...
     @property
     def holder_name(self) -> str: ...
-    @property
-    def holder_kind(self) -> str: ...
 
 
-def charge_price(mailbox: MailboxFacts, years: int | None = None) -> pricing.OrderSummary:
-    """The renewal's price for the mailbox's current plan and extras, VAT (22%) included in the total."""
+def charge_price(
+    mailbox: MailboxFacts, years: int | None = None, plan: ChargePlan = DEFAULT_CHARGE_PLAN
+) -> pricing.OrderSummary:
+    """The renewal's price for the mailbox's current plan and extras, VAT (22%) included in the total;
+    a public administration's total is the taxable amount under split payment
+    (``plan.split_payment_for_pa``), as its orders are: it pays the VAT to the Treasury itself."""
     line = pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)
-    return pricing.price_order([line], years or mailbox.renewal_years or 1)
+    split_payment = plan.split_payment_for_pa and mailbox.holder_kind == PUBLIC_ADMINISTRATION
+    return pricing.price_order([line], years or mailbox.renewal_years or 1, split_payment=split_payment)
 
 
 def charge_context(
@@ -83,12 +89,13 @@ def charge_context(
     charge_day = charge_on(cycle, plan)
     if today is not None:
         charge_day = max(charge_day, today + timedelta(days=1))
-    price = charge_price(mailbox)
+    price = charge_price(mailbox, plan=plan)
     context = {
         "amount_cents": price.total_cents,
         "subtotal_cents": price.subtotal_cents,
         "vat_cents": price.vat_cents,
         "vat_percent": price.vat_percent,
+        "split_payment": price.split_payment,
         "years": price.years,
         "charge_on": charge_day.isoformat(),
         "method": describe_payment_method(mailbox.payment_method, mailbox.language),
@@ -121,14 +128,15 @@ def _charged_context(
     """The ``charge`` part of an email about a charge of ``amount_cents`` for ``years`` of the
     cycle ending on ``cycle_expires_on``: its amount split into taxable and VAT, and the expiry
     it buys; ``extra`` adds the email's own fields."""
-    price = charge_price(mailbox, years)
+    price = charge_price(mailbox, years, plan)
     return charge_context(
         mailbox,
         cycle_expires_on=cycle_expires_on,
         plan=plan,
         amount_cents=amount_cents,
         subtotal_cents=price.subtotal_cents,
-        vat_cents=amount_cents - price.subtotal_cents,
+        # Under split payment the VAT is not in the amount: the administration pays it to the Treasury.
+        vat_cents=price.vat_cents if price.split_payment else amount_cents - price.subtotal_cents,
         years=years,
         new_expires_on=schedule.add_years(cycle_expires_on, years).isoformat(),
         **extra,
@@ -139,25 +147,23 @@ def failure_context(
     mailbox: MailboxFacts,
     *,
     cycle_expires_on: date,
-    order_number: str,
-    total_cents: int,
-    subtotal_cents: int,
-    vat_cents: int,
-    years: int,
+    order: Any,
     reason: str,
     plan: ChargePlan = DEFAULT_CHARGE_PLAN,
 ) -> dict[str, Any]:
-    """The ``charge`` part of a charge-failed email: why, and the unpaid renewal order it leads to."""
+    """The ``charge`` part of a charge-failed email: why, and the unpaid renewal order it leads to
+    (its number, amounts and years)."""
     return charge_context(
         mailbox,
         cycle_expires_on=cycle_expires_on,
         plan=plan,
-        amount_cents=total_cents,
-        subtotal_cents=subtotal_cents,
-        vat_cents=vat_cents,
-        years=years,
+        amount_cents=order.total_cents,
+        subtotal_cents=order.subtotal_cents,
+        vat_cents=order.vat_cents,
+        split_payment=split_payment(order),
+        years=order.years,
         reason=reason,
-        order_number=order_number,
+        order_number=order.order_number,
     )
 
 
@@ -174,6 +180,7 @@ def skipped_context(
         amount_cents=order.total_cents,
         subtotal_cents=order.subtotal_cents,
         vat_cents=order.vat_cents,
+        split_payment=split_payment(order),
         years=order.years,
         order_number=order.order_number,
         order_method=order.payment_method,

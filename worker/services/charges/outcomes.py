@@ -168,12 +168,13 @@ class CycleWrites:
         the number, which the batch's numbering step gives both once the batch's charges are recorded
         (:func:`worker.services.invoices.number_pending_invoices`, in :func:`run_charges`)."""
         row = mailbox.row
+        price = charge_price(mailbox.row, intent.years, self.day.plan)
         buyer = invoices.buyer_from_holder(
             SimpleNamespace(
                 name=row.holder_name, **{name: getattr(row, f"holder_{name}") for name in HOLDER_INVOICE_COLUMNS}
-            )
+            ),
+            split_payment=price.split_payment,
         )
-        price = charge_price(mailbox.row, intent.years)
         lines = einvoice.lines_for(price.lines, {mailbox.row.address: intent.cycle_expires_on})
         record = invoices.record_invoice(
             self.connection,
@@ -234,7 +235,12 @@ class CycleWrites:
                 order.origin = OrderOrigin.AUTO_RENEW_FAILED.value  # payable by any method from now on
             else:
                 order = create_unpaid_renewal_order(
-                    session, session.get_one(Mailbox, mailbox.id), mailbox.row.renewal_years or 1, self.now, today
+                    session,
+                    session.get_one(Mailbox, mailbox.id),
+                    mailbox.row.renewal_years or 1,
+                    self.now,
+                    today,
+                    split_payment_for_pa=self.day.plan.split_payment_for_pa,
                 )
             session.flush()
         last = read_intent(self.connection, last_intent_id(state)) if state.intents else None
@@ -247,11 +253,7 @@ class CycleWrites:
             "charge": failure_context(
                 mailbox.row,
                 cycle_expires_on=mailbox.expires_on,
-                order_number=order.order_number,
-                total_cents=order.total_cents,
-                subtotal_cents=order.subtotal_cents,
-                vat_cents=order.vat_cents,
-                years=order.years,
+                order=order,
                 reason=reason,
                 plan=self.day.plan,
             )

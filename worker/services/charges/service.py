@@ -284,7 +284,7 @@ class _Work(CycleWrites):
         return None
 
     def claim_charge(self, mailbox: LockedMailbox, attempt: int) -> Claim:
-        price = charge_price(mailbox.row)
+        price = charge_price(mailbox.row, plan=self.day.plan)
         intent = {
             "mailbox_id": mailbox.id,
             "cycle_expires_on": mailbox.expires_on,

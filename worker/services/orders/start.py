@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
 from worker.rules import pricing
 from worker.rules.links import MAILBOX, RenewalLink
 from worker.services.orders.errors import LinkNotUsable
@@ -153,7 +152,13 @@ def order_mailboxes(session: Session, order: RenewalOrder, today: date) -> list[
 
 
 def create_unpaid_renewal_order(
-    session: Session, mailbox: Mailbox, years: int, now: datetime, today: date, *, settings: Settings | None = None
+    session: Session,
+    mailbox: Mailbox,
+    years: int,
+    now: datetime,
+    today: date,
+    *,
+    split_payment_for_pa: bool | None = None,
 ) -> RenewalOrder:
     """The unpaid renewal order ("in attesa di pagamento") after a failed auto-renew charge.
 
@@ -167,7 +172,8 @@ def create_unpaid_renewal_order(
     expiry cycle): an order the holder had already started from that link is
     marked as such and returned.  Queues no email (the caller's
     ``charge-failed`` email carries the link).  The caller commits.
-    ``settings`` is accepted for symmetry and not needed.
+    ``split_payment_for_pa`` (``SPLIT_PAYMENT_FOR_PA``, as the charge was priced): a public
+    administration's order asks the taxable amount; None asks the total, VAT included.
     """
     if mailbox.domain_id is not None:
         raise ValueError("a mailbox on a domain has no renewal order")
@@ -189,7 +195,7 @@ def create_unpaid_renewal_order(
     order.lines.append(_line_for(mailbox, selected=True))
     order.mailboxes_confirmed = True
     order.years = years
-    update_totals(order)
+    update_totals(order, split_payment_for_pa)
     order = _insert_once(session, order)
     if order.order_number is None:
         order.order_number = order_number_for(order.id, today.year)

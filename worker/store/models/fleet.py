@@ -110,6 +110,11 @@ class Mailbox(Base):
         "schedule", "next_action_on", creator=lambda on: MailboxSchedule(next_action_on=on)
     )
 
+    @property
+    def holder_kind(self) -> str:
+        """The holder's kind, as the scan's and the charge service's selects name it (``holder_kind``)."""
+        return self.holder.kind
+
 
 class MailboxSchedule(Base):
     """When the daily scan must next look at a mailbox: one narrow row per mailbox.
