@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from tests.support.factories import make_mailbox
+from tests.support.invoices import give_holder
 from tests.support.link_handler import assert_security_headers, csrf_token, link_path
 from tests.support.rows import every_row
 from tests.support.tokens import tampered
@@ -257,3 +258,18 @@ def test_a_switch_the_page_does_not_offer_is_told_why_and_changes_nothing(client
     assert response.status_code == 303
     assert "non può essere modificato" in client.get(path).get_data(as_text=True)
     assert every_row(session_factory) == before
+
+
+def test_a_public_administration_is_shown_the_taxable_amount_under_split_payment(
+    client, runtime, session_factory, mailbox_id
+):
+    with session_factory() as session, session.begin():
+        give_holder(session, session.get_one(Mailbox, mailbox_id), "public_administration")
+    path = _path(runtime, mailbox_id)
+    html = client.get(path).get_data(as_text=True)
+    assert "(IVA esclusa, in scissione dei pagamenti)" in html and "(IVA inclusa)" not in html
+    _post(client, path + "/disattiva", html, cycle=EXPIRY.isoformat(), confirmed="yes")
+    confirm = _post(client, path + "/attiva", client.get(path).get_data(as_text=True), cycle=EXPIRY.isoformat())
+    assert confirm.status_code == 200
+    text = " ".join(confirm.get_data(as_text=True).split())
+    assert "con un addebito di 5,00 € (IVA esclusa, in scissione dei pagamenti) su Visa •••• 4242" in text
