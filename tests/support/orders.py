@@ -9,6 +9,8 @@ from worker.services import orders
 from worker.services.orders import MailboxChoice
 
 TODAY = date(2027, 3, 1)
+#: The expiry of the mailboxes the order tests renew unless told otherwise.
+EXPIRES = date(2027, 4, 30)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 
 
