@@ -1,5 +1,4 @@
-"""Auto-renew charges run at once: two workers racing for the same charges, the gateway's concurrency,
-the connection pool the charge threads share, and the context of the threads' log lines."""
+"""Auto-renew charges at once: two racing workers, the gateway's concurrency, the shared pool, the threads' logs."""
 
 from __future__ import annotations
 
