@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.support.smtp_server",
     "tests.support.importing",
     "tests.support.charges",
+    "tests.support.invoices",
     "tests.support.link_handler",
     "tests.support.faults",
     "tests.support.gateway_fixtures",

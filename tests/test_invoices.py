@@ -1,64 +1,37 @@
-"""Invoices of paid renewals on PostgreSQL: written with the payment, numbered without gaps, exported."""
+"""Invoices of manual orders on PostgreSQL: written with the payment, numbered without gaps, exported, checked."""
 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from tests.support import fatturapa
-from tests.support.gateway_webhooks import StripeServer
-from tests.support.invoices import BILLING, HOLDERS, SELLER, give_holder, holder_mailbox, invoices
+from tests.support.invoices import (
+    BILLING,
+    HOLDERS,
+    PAID_AT,
+    SELLER,
+    export,
+    give_holder,
+    holder_mailbox,
+    invoices,
+    name_of,
+    pay,
+    render,
+    seller_env,
+)
 from tests.support.orders import TODAY, complete_order
-from tests.support.renewals import charge, charge_batch
 from tests.support.settings import TEST_SECRET_KEYS, make_settings
 from worker.cli.main import main
-from worker.rules import einvoice
-from worker.services import payments
-from worker.services.invoices import number_pending_invoices, record_credit_note
 from worker.services.invoices.export import SellerMissing, export_invoices
 from worker.services.invoices.issue import next_number
-from worker.services.payments.gateway_events import GatewayNotice, NoticeKind
-from worker.services.payments.refunds import REQUESTED, start_refund
-from worker.services.payments.webhooks import record_event
-from worker.services.runtime import Runtime
-from worker.store.models import GatewayRefund, Holder, Mailbox, NoticeLedgerEntry, OutboxMessage, RenewalOrder
+from worker.store.models import Mailbox, OutboxMessage, RenewalOrder
 
 METHODS = {"card": "MP08", "paypal": "MP08", "bank_transfer": "MP05", "postal_slip": "MP18"}
-TOKENS = {"card": "pm_card_visa", "paypal": "paypal_billing_agreement_ok"}
-PAID_AT = datetime(2027, 3, 1, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def seller_settings(tmp_path, database_url):
-    return make_settings(tmp_path, database_url=database_url, **SELLER)
-
-
-def name_of(invoice_id: int) -> str:
-    return f"IT01234560017_{einvoice.progressive(invoice_id)}.xml"
-
-
-def pay(session, settings, order: RenewalOrder, method: str, reference: str | None = None):
-    return payments.register_payment(
-        session,
-        order_number=order.order_number,
-        amount_cents=order.total_cents,
-        method=method,
-        reference=reference or f"REF {order.order_number}",
-        now=PAID_AT,
-        today=TODAY,
-        settings=settings,
-        payment_token=TOKENS.get(method),
-    )
-
-
-def export(settings, engine, out, **options):
-    return export_invoices(
-        engine, settings.seller, since=TODAY, out_dir=out, today=TODAY, now=PAID_AT + timedelta(hours=1), **options
-    )
 
 
 def test_each_method_and_holder_kind_is_invoiced_with_the_payment_valid_and_equal_to_the_order(
@@ -210,7 +183,7 @@ def test_a_holder_without_a_billing_address_is_renewed_and_invoiced_once_the_imp
     assert [(waiting.reference, waiting.reasons) for waiting in result.waiting] == [
         (order.order_number, ("billing_address",))
     ]
-    report = CliRunner().invoke(main, ["report", "--json", "--date", "2027-03-01"], env=_env(seller_settings))
+    report = CliRunner().invoke(main, ["report", "--json", "--date", "2027-03-01"], env=seller_env(seller_settings))
     assert '"invoices_waiting": {"billing_address": 1}' in report.stdout
     # New holder data with the address (an import writes a new holder row for the mailbox).
     with session_factory() as session:
@@ -220,198 +193,6 @@ def test_a_holder_without_a_billing_address_is_renewed_and_invoiced_once_the_imp
     assert result.issued_now == 1 and result.waiting == []
     root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
     assert fatturapa.text(root, ".//CessionarioCommittente//Indirizzo") == BILLING["billing_address"]
-
-
-def _env(settings):
-    return {
-        "PEC_RENEWAL_VAR_DIR": str(settings.var_dir),
-        "PEC_RENEWAL_DATABASE_URL": settings.database_url,
-        **{f"PEC_RENEWAL_{key.upper()}": value for key, value in SELLER.items()},
-    }
-
-
-def test_an_auto_renew_charge_is_invoiced_and_its_receipt_carries_the_courtesy_copy(
-    session_factory, engine, seller_settings, tmp_path
-):
-    charge_day = date(2027, 3, 24)
-    with session_factory() as session:
-        mailbox = holder_mailbox(
-            session,
-            "professional",
-            expires_on=date(2027, 3, 31),
-            auto_renew=True,
-            payment_method="pm_card_visa",
-            address="studio@pec.example.it",
-        )
-        session.commit()
-    result = charge_batch(session_factory, ["studio@pec.example.it"], charge_day, seller=seller_settings.seller)
-    assert result.outcomes == {"succeeded": 1} and result.invoices_numbered == 1
-    with session_factory() as session:
-        [row] = invoices(session)
-        assert (row.status, row.document_number, row.issued_on, row.payment_method) == (
-            "issued",
-            "1/2027",
-            charge_day,
-            "card",
-        )
-        assert row.charge_intent_id is not None and row.order_id is None
-        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
-        rendered = render(seller_settings, receipt)
-    text = " ".join(rendered.text.split())
-    assert "tramite il Sistema di Interscambio (SDI)" in text and "fattura n. 1/2027 del 24 marzo 2027" in text
-    assert "Copia di cortesia della fattura n. 1/2027" in rendered.html
-    assert "Laura Bianchi" in rendered.html and "Totale documento" in rendered.html and "6,10" in rendered.html
-    result = export(seller_settings, engine, tmp_path / "out")
-    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
-    assert fatturapa.text(root, ".//ImportoTotaleDocumento") == "6.10"
-    assert fatturapa.text(root, ".//PECDestinatario") == HOLDERS["professional"]["einvoice_code"]
-    assert fatturapa.texts(root, ".//DataInizioPeriodo") == ["2027-04-01"]
-    assert mailbox.id == row.mailbox_id
-
-
-def render(settings, receipt: OutboxMessage):
-    return Runtime(settings).renderer.render(
-        kind=receipt.kind,
-        stage=receipt.stage,
-        language=receipt.language,
-        to_address=receipt.to_address,
-        message_id=receipt.message_id,
-        context=receipt.context,
-        now=PAID_AT,
-    )
-
-
-def receipt_of(session, mailbox_id: int) -> OutboxMessage:
-    """The mailbox's charge-succeeded receipt, through its ledger row."""
-    return session.scalars(
-        select(OutboxMessage)
-        .join(NoticeLedgerEntry, NoticeLedgerEntry.outbox_message_id == OutboxMessage.id)
-        .where(NoticeLedgerEntry.mailbox_id == mailbox_id, NoticeLedgerEntry.kind == "charge-succeeded")
-    ).one()
-
-
-CHARGED = {
-    "private": "privato@pec.example.it",
-    "company": "azienda@pec.example.it",
-    "professional": "studio@pec.example.it",
-}
-
-
-def auto_renew_mailboxes(session_factory) -> dict[str, int]:
-    with session_factory() as session:
-        ids = {
-            kind: holder_mailbox(
-                session,
-                kind,
-                expires_on=date(2027, 3, 31),
-                auto_renew=True,
-                payment_method="pm_card_visa",
-                address=address,
-            ).id
-            for kind, address in CHARGED.items()
-        }
-        session.commit()
-    return ids
-
-
-def test_a_charge_batch_numbers_its_invoices_once_in_the_order_of_payment(session_factory, engine, seller_settings):
-    """The charges' transactions write their invoices unnumbered; the batch numbers them in one step that
-    locks the year's counter once, in the order of payment, and fills each receipt's courtesy copy."""
-    auto_renew_mailboxes(session_factory)
-    counters: list[str] = []
-
-    def seen(_connection, _cursor, statement, *_args):
-        if "invoice_counters" in statement:
-            counters.append(statement.split()[0])
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        result = charge_batch(
-            session_factory, list(CHARGED.values()), date(2027, 3, 24), seller=seller_settings.seller, concurrency=3
-        )
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    assert result.outcomes == {"succeeded": 3} and result.invoices_numbered == 3
-    # The year's row is absent: the step's update finds none, makes it, and takes the three numbers in one update.
-    assert counters == ["UPDATE", "INSERT", "UPDATE"]
-    with session_factory() as session:
-        rows = invoices(session)
-        assert [row.document_number for row in rows] == ["1/2027", "2/2027", "3/2027"]  # ids: the order of payment
-        for row in rows:
-            receipt = receipt_of(session, row.mailbox_id)
-            assert receipt.context["invoice"]["number"] == row.document_number
-            assert f"fattura n. {row.document_number} del 24 marzo 2027" in " ".join(
-                render(seller_settings, receipt).text.split()
-            )
-
-
-def test_an_invoice_left_unnumbered_by_a_crash_is_numbered_by_the_next_step_without_a_gap(
-    session_factory, engine, seller_settings, tmp_path
-):
-    """A charge committed without its batch's numbering step (the process died between the two): its invoice
-    is issued unnumbered and its receipt says the number is being assigned; the next batch numbers it first,
-    then its own, and ``invoices export`` numbers another one before writing it."""
-    ids = auto_renew_mailboxes(session_factory)
-    charge_day = date(2027, 3, 24)
-    assert charge(session_factory, CHARGED["private"], charge_day, seller=seller_settings.seller).outcome == "succeeded"
-    with session_factory() as session:
-        [row] = invoices(session)
-        assert (row.status, row.number, row.document_number) == ("issued", None, None)
-        rendered = render(seller_settings, receipt_of(session, ids["private"]))
-    text = " ".join(rendered.text.split())
-    assert "fattura del 24 marzo 2027, il cui numero è in corso di assegnazione" in text and "None" not in text
-    assert "Copia di cortesia della fattura del 24 marzo 2027 (numero in corso di assegnazione)" in rendered.html
-
-    result = charge_batch(session_factory, [CHARGED["company"]], charge_day, seller=seller_settings.seller)
-    assert result.invoices_numbered == 2
-    assert charge(session_factory, CHARGED["professional"], charge_day, seller=seller_settings.seller).outcome == (
-        "succeeded"
-    )
-    written = export_invoices(
-        engine, seller_settings.seller, since=charge_day, out_dir=tmp_path / "out", today=charge_day, now=PAID_AT
-    ).written
-    assert len(written) == 3
-    with session_factory() as session:
-        numbers = {row.mailbox_id: row.document_number for row in invoices(session)}
-        assert numbers == {ids["private"]: "1/2027", ids["company"]: "2/2027", ids["professional"]: "3/2027"}
-        for mailbox_id, number in numbers.items():
-            assert receipt_of(session, mailbox_id).context["invoice"]["number"] == number
-    with session_factory() as session, session.begin():
-        assert number_pending_invoices(session) == []  # nothing left: a further step gives no number
-
-
-def test_a_refund_gets_a_credit_note_that_refers_to_its_invoice(session_factory, engine, seller_settings, tmp_path):
-    with session_factory() as session:
-        order = complete_order(session, seller_settings, holder_mailbox(session, "company", expires_on=TODAY))
-        pay(session, seller_settings, order, "card")
-        session.commit()
-        [invoice] = invoices(session)
-    with engine.begin() as connection:
-        note = record_credit_note(
-            connection,
-            invoice_id=invoice.id,
-            refunded_cents=300,
-            refund_key="refund:1",
-            seller=seller_settings.seller,
-            today=TODAY + timedelta(days=2),
-            now=PAID_AT,
-        )
-        again = record_credit_note(
-            connection,
-            invoice_id=invoice.id,
-            refunded_cents=300,
-            refund_key="refund:1",
-            seller=seller_settings.seller,
-            today=TODAY + timedelta(days=2),
-            now=PAID_AT,
-        )
-    assert again == note and note.document_number == "2/2027"
-    result = export(seller_settings, engine, tmp_path / "out")
-    assert len(result.written) == 2
-    root = fatturapa.validate((tmp_path / "out" / name_of(note.id)).read_bytes())
-    assert fatturapa.text(root, ".//TipoDocumento") == "TD04"
-    assert fatturapa.text(root, ".//DatiFattureCollegate/IdDocumento") == "1/2027"
-    assert fatturapa.text(root, ".//ImportoTotaleDocumento") == "3.00"
 
 
 def test_a_number_taken_by_a_transaction_that_rolls_back_is_given_again(session_factory, engine):
@@ -473,61 +254,6 @@ def test_two_concurrent_registrations_take_consecutive_numbers(session_factory, 
     assert {row.order_id for row in rows} == {order.id for order in orders}
 
 
-def paid_by_card(session, seller_settings, kind: str, payment_intent: str, *, today: date) -> RenewalOrder:
-    """An order of a ``kind`` holder's mailbox, paid by card on Stripe (``stripe:{payment_intent}``) and invoiced."""
-    mailbox = holder_mailbox(session, kind, expires_on=today + timedelta(days=40))
-    order = complete_order(session, seller_settings, mailbox, method="card", today=today)
-    payments.register_payment(
-        session,
-        order_number=order.order_number,
-        amount_cents=order.total_cents,
-        method="card",
-        reference=f"stripe:{payment_intent}",
-        now=PAID_AT,
-        today=today,
-        settings=seller_settings,
-    )
-    return order
-
-
-def test_a_requested_refund_through_the_gateway_gets_its_credit_note(
-    session_factory, database_url, seller_settings, tmp_path
-):
-    today = date.today()  # the CLI runs on the wall clock
-    with session_factory() as session:
-        order = paid_by_card(session, seller_settings, "company", "pi_invoiced", today=today)
-        session.commit()
-    stripe = StripeServer().start()
-    try:
-        stripe.paid("pi_invoiced", order.total_cents, order_number=order.order_number)
-        env = {
-            **_env(seller_settings),
-            "PEC_RENEWAL_SECRET_KEYS": TEST_SECRET_KEYS,
-            "PEC_RENEWAL_PAYMENT_GATEWAY": "stripe",
-            "PEC_RENEWAL_STRIPE_API_KEY": "sk_test_local",
-            "PEC_RENEWAL_STRIPE_API_BASE": stripe.url,
-        }
-        result = CliRunner().invoke(main, ["payments", "refund", order.order_number, "--amount", "1,22"], env=env)
-        assert result.exit_code == 0, result.output
-    finally:
-        stripe.stop()
-    with session_factory() as session:
-        invoice, note = invoices(session)
-    assert (note.kind, note.status, note.corrects_invoice_id, note.paid_cents) == ("TD04", "issued", invoice.id, 122)
-    assert (note.subtotal_cents, note.vat_cents) == (100, 22)
-    out = tmp_path / "out"
-    export_invoices(
-        engine_of(session_factory), seller_settings.seller, since=today, out_dir=out, today=today, now=PAID_AT
-    )
-    root = fatturapa.validate((out / name_of(note.id)).read_bytes())
-    assert fatturapa.text(root, ".//DatiFattureCollegate/IdDocumento") == invoice.document_number
-
-
-def engine_of(session_factory):
-    with session_factory() as session:
-        return session.get_bind()
-
-
 def test_check_says_whether_invoices_can_be_issued(tmp_path, database_url, session_factory):
     env = {
         "PEC_RENEWAL_VAR_DIR": str(tmp_path / "var"),
@@ -542,118 +268,6 @@ def test_check_says_whether_invoices_can_be_issued(tmp_path, database_url, sessi
     )
     [line] = [line for line in with_seller.output.splitlines() if line.startswith("invoices")]
     assert line.split(None, 2) == ["invoices", "ok", "seller IT01234560017, RF01"]
-
-
-def test_a_refund_the_gateway_confirms_later_by_webhook_gets_its_credit_note(session_factory, seller_settings):
-    """A requested refund the gateway first accepted as pending: its ``charge.refunded`` event settles
-    it, and the credit note is written with that event, as with an immediate success."""
-    with session_factory() as session:
-        order = paid_by_card(session, seller_settings, "private", "pi_later", today=TODAY)
-        refund = start_refund(
-            session,
-            gateway="stripe",
-            order=order,
-            payment_reference="pi_later",
-            amount_cents=order.total_cents,
-            currency="EUR",
-            kind=REQUESTED,
-            reason="the holder asked",
-            now=PAID_AT,
-        )
-        refund.status = "pending"
-        session.commit()
-        assert [row.kind for row in invoices(session)] == ["TD01"]
-    notice = GatewayNotice(
-        gateway="stripe",
-        event_id="evt_refunded_later",
-        event_type="charge.refunded",
-        kind=NoticeKind.REFUNDED,
-        order_number=order.order_number,
-        payment_reference="pi_later",
-    )
-    for _ in range(2):  # the event again changes nothing: one credit note
-        with session_factory() as session:
-            record_event(session, notice, now=PAID_AT, today=TODAY, settings=seller_settings)
-            session.commit()
-    with session_factory() as session:
-        invoice, note = invoices(session)
-        status = session.get(GatewayRefund, refund.id).status
-    assert status == "succeeded"
-    assert (note.kind, note.corrects_invoice_id, note.paid_cents) == ("TD04", invoice.id, order.total_cents)
-
-
-def test_the_credit_notes_of_an_invoice_never_add_up_to_more_than_was_paid(session_factory, engine, seller_settings):
-    with session_factory() as session:
-        order = complete_order(session, seller_settings, holder_mailbox(session, "company", expires_on=TODAY))
-        pay(session, seller_settings, order, "card")
-        session.commit()
-        [invoice] = invoices(session)
-
-    def note(key: str, cents: int):
-        with engine.begin() as connection:
-            return record_credit_note(
-                connection,
-                invoice_id=invoice.id,
-                refunded_cents=cents,
-                refund_key=key,
-                seller=seller_settings.seller,
-                today=TODAY,
-                now=PAID_AT,
-            )
-
-    note("refund:1", invoice.paid_cents - 100)
-    with pytest.raises(ValueError, match="1.00 EUR of it is not credited yet"):
-        note("refund:2", 101)
-    assert note("refund:3", 100).document_number == "3/2027"
-    with session_factory() as session:
-        assert sorted(row.paid_cents for row in invoices(session)) == [
-            100,
-            invoice.paid_cents - 100,
-            invoice.paid_cents,
-        ]
-
-
-def test_a_private_persons_invoice_and_courtesy_copy_name_nome_and_cognome_once_the_tax_code_agrees(
-    session_factory, engine, seller_settings, tmp_path
-):
-    charge_day = date(2027, 3, 24)
-    with session_factory() as session:
-        mailbox = holder_mailbox(
-            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
-        )
-        holder = session.get_one(Holder, mailbox.holder_id)
-        holder.name, holder.holder_key = "Mario Rosi", "misspelt"  # not the name the tax code was made from
-        session.commit()
-        address = mailbox.address
-    charge_batch(session_factory, [address], charge_day, seller=seller_settings.seller)
-    with session_factory() as session:
-        [row] = invoices(session)
-        assert (row.status, row.waiting_reason) == ("waiting", "person_name")
-        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
-        assert "Copia di cortesia" not in render(seller_settings, receipt).html
-        give_holder(session, session.get(Mailbox, mailbox.id), "private")  # the import corrects the name
-        session.commit()
-
-    result = export(seller_settings, engine, tmp_path / "out")
-    assert result.issued_now == 1 and result.waiting == []
-    root = fatturapa.validate((tmp_path / "out" / result.written[0]).read_bytes())
-    registry = root.find(".//CessionarioCommittente/DatiAnagrafici/Anagrafica")
-    assert [(child.tag, child.text) for child in registry] == [("Nome", "Mario"), ("Cognome", "Rossi")]
-
-
-def test_a_private_persons_receipt_names_nome_and_cognome_in_its_courtesy_copy(session_factory, seller_settings):
-    with session_factory() as session:
-        mailbox = holder_mailbox(
-            session, "private", expires_on=date(2027, 3, 31), auto_renew=True, payment_method="pm_card_visa"
-        )
-        session.commit()
-        address = mailbox.address
-    charge_batch(session_factory, [address], date(2027, 3, 24), seller=seller_settings.seller)
-    with session_factory() as session:
-        receipt = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "charge-succeeded")).one()
-        html = render(seller_settings, receipt).html
-    assert "Copia di cortesia della fattura n. 1/2027" in html
-    assert "Nome Mario<br>Cognome Rossi<br>" in html
 
 
 @pytest.mark.parametrize("split", [True, False])

@@ -9,6 +9,8 @@ from worker.services import orders
 from worker.services.orders import MailboxChoice
 
 TODAY = date(2027, 3, 1)
+#: The expiry of the mailboxes the order tests renew unless told otherwise.
+EXPIRES = date(2027, 4, 30)
 NOW = datetime(2027, 3, 1, 9, 30, tzinfo=UTC)
 
 
@@ -16,12 +18,27 @@ def link_for(mailbox, expires_on=None) -> RenewalLink:
     return RenewalLink(MAILBOX, mailbox.id, expires_on or mailbox.expires_on)
 
 
-def complete_order(session, settings, mailbox, *, method="bank_transfer", years=1, plan=None, today=TODAY):
+def complete_order(
+    session,
+    settings,
+    mailbox,
+    *,
+    method="bank_transfer",
+    years=1,
+    plan=None,
+    extra_space_gb=0,
+    extra_archive_gb=0,
+    holder=None,
+    today=TODAY,
+):
+    """The mailbox's order walked from its link to its confirmation; ``holder`` is the holder step's data
+    (the mailbox's holder unless given).  The caller commits."""
     order = orders.start_order(session, link_for(mailbox), today, NOW)
-    orders.choose_mailboxes(
-        session, order, [MailboxChoice(mailbox.id, plan or mailbox.plan, confirm_archive_deletion=True)], today
+    choice = MailboxChoice(
+        mailbox.id, plan or mailbox.plan, extra_space_gb, extra_archive_gb, confirm_archive_deletion=True
     )
-    orders.set_holder(session, order, orders.holder_form_data(order))
+    orders.choose_mailboxes(session, order, [choice], today)
+    orders.set_holder(session, order, holder or orders.holder_form_data(order))
     orders.choose_payment(session, order, method, years, today)
     orders.accept_terms(session, order, NOW)
     return orders.confirm_order(session, order, now=NOW, today=today, settings=settings)

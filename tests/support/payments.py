@@ -1,0 +1,57 @@
+"""Orders placed for the payment tests: confirmed and committed, the moment they are paid, a mailbox's fields."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tests.support.orders import TODAY, complete_order
+from worker.store.models import Mailbox
+
+#: The moment the payment tests register a payment: the day after the order.
+LATER = datetime(2027, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def place_order(
+    session,
+    settings,
+    mailbox,
+    *,
+    method="bank_transfer",
+    years=1,
+    plan=None,
+    extra_space_gb=0,
+    extra_archive_gb=0,
+    holder=None,
+    today=TODAY,
+):
+    """The mailbox's order, confirmed from its link and committed: awaiting its payment."""
+    order = complete_order(
+        session,
+        settings,
+        mailbox,
+        method=method,
+        years=years,
+        plan=plan,
+        extra_space_gb=extra_space_gb,
+        extra_archive_gb=extra_archive_gb,
+        holder=holder,
+        today=today,
+    )
+    session.commit()
+    return order
+
+
+def snapshot(session, mailbox_id):
+    """The mailbox's fields a payment changes, read again from the database."""
+    session.expire_all()
+    mailbox = session.get(Mailbox, mailbox_id)
+    return (
+        mailbox.expires_on,
+        mailbox.plan,
+        mailbox.extra_space_gb,
+        mailbox.extra_archive_gb,
+        mailbox.auto_renew,
+        mailbox.payment_method,
+        mailbox.next_action_on,
+        mailbox.holder_id,
+    )
