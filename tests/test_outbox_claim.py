@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from tests.support.outbox_rows import outbox_message
-from worker.mail.outbox import CLAIM_LEASE, claim_messages
+from worker.mail.outbox import CLAIM_LEASE, claim_messages, write_outcome_rows
 from worker.store import migrate
 from worker.store.db import make_engine, make_session_factory, quick_commit_connection
 from worker.store.models import OutboxMessage, OutboxQueueEntry
@@ -150,8 +150,8 @@ def test_a_claim_on_sqlite_takes_the_same(tmp_path, scenario):
 
 
 def test_a_claim_on_the_relay_s_own_connection_commits_with_it(engine, session_factory):
-    """The relay claims on a connection of its own (each statement commits on its own on
-    PostgreSQL): the lease is visible to another relay once the claim is committed."""
+    """The relay claims on a connection of its own: the lease is visible to another relay once the
+    claim is committed."""
     ids = seed(session_factory)
     with quick_commit_connection(engine) as connection:
         rows = claim_messages(connection, NOW, 2)
@@ -161,3 +161,32 @@ def test_a_claim_on_the_relay_s_own_connection_commits_with_it(engine, session_f
                 select(OutboxQueueEntry.outbox_message_id).where(OutboxQueueEntry.next_attempt_at == NOW + CLAIM_LEASE)
             ).all()
     assert sorted(leased) == [row.id for row in rows] == [ids[1], ids[4]]
+
+
+def test_a_group_of_outcomes_lands_whole_or_not_at_all(engine, session_factory):
+    """The relay's outcome write is two statements (the message's row, then its queue row): a
+    process that dies between them leaves neither, so a sent message never stays in the queue to
+    be claimed and sent again.  The death is the second statement failing, then the connection
+    going back to the pool."""
+    ids = seed(session_factory)
+    sent = {"status": "sent", "attempts": 1, "next_attempt_at": None, "last_error": None, "sent_at": NOW}
+
+    def die_before_the_queue_row_goes(_connection, _cursor, statement, *_arguments) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM OUTBOX_QUEUE"):
+            raise RuntimeError("killed between the two statements")
+
+    with quick_commit_connection(engine) as connection:
+        claimed = claim_messages(connection, NOW, 2)
+        connection.commit()
+        event.listen(engine, "before_cursor_execute", die_before_the_queue_row_goes)
+        try:
+            with pytest.raises(RuntimeError):
+                write_outcome_rows(connection, [{"id": row.id, **sent} for row in claimed])
+        finally:
+            event.remove(engine, "before_cursor_execute", die_before_the_queue_row_goes)
+    with session_factory() as session:
+        statuses = dict(session.execute(select(OutboxMessage.id, OutboxMessage.status)).all())
+        queued = set(session.scalars(select(OutboxQueueEntry.outbox_message_id)))
+    assert [row.id for row in claimed] == [ids[1], ids[4]]
+    assert {statuses[row.id] for row in claimed} == {"pending"}  # not recorded: sent again, at least once
+    assert {row.id for row in claimed} <= queued

@@ -281,26 +281,25 @@ def _update_from_arrays(table: Table, key: str, names: tuple[str, ...]):
 def quick_commit_connection(engine: Engine) -> Iterator[Connection]:
     """A pooled connection for small writes that are safe to lose in a crash of the database.
 
-    On PostgreSQL every statement commits on its own (``AUTOCOMMIT``: no
-    ``BEGIN`` and ``COMMIT`` round trips), without waiting for the disk
-    (``synchronous_commit`` off): a crash of the server may forget the last
-    commits, never half of one.  Elsewhere it is an ordinary connection.  Call
-    ``connection.commit()`` after each write either way (on PostgreSQL it
-    costs nothing); a write of several statements that must hold together
-    needs a transaction of its own, on another connection.
+    Each write, up to the caller's ``connection.commit()``, is one transaction: all of it or
+    none of it lands, also when the process is killed between its statements.  On
+    PostgreSQL its commit does not wait for the disk (``synchronous_commit`` off): a crash
+    of the server may forget the last commits, never half of one.
     """
     with engine.connect() as connection:
         if connection.dialect.name != "postgresql":
             yield connection
             return
-        connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.execute(text("SET synchronous_commit TO OFF"))
+        connection.commit()
         try:
             yield connection
         finally:
             # The pool hands this connection to other work next: give it its default back.
             try:
+                connection.rollback()
                 connection.execute(text("RESET synchronous_commit"))
+                connection.commit()
             except Exception:
                 connection.invalidate()
 
