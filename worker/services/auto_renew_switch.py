@@ -103,7 +103,7 @@ class AutoRenewPage:
     holder_name: str | None = None
     expires_on: date | None = None
     deletion_on: date | None = None
-    #: The next charge's date and amount (VAT included), while auto-renew is on.
+    #: The next charge's date and amount (VAT included, but under split payment), while auto-renew is on.
     next_charge_on: date | None = None
     amount_cents: int | None = None
     #: The amount is the taxable one: a public administration under split payment pays the VAT itself.

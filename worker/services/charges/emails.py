@@ -69,8 +69,8 @@ def charge_price(
     a public administration's total is the taxable amount under split payment
     (``plan.split_payment_for_pa``), as its orders are: it pays the VAT to the Treasury itself."""
     line = pricing.LineInput(mailbox.address, mailbox.plan, mailbox.extra_space_gb or 0, mailbox.extra_archive_gb or 0)
-    split_payment = plan.split_payment_for_pa and mailbox.holder_kind == PUBLIC_ADMINISTRATION
-    return pricing.price_order([line], years or mailbox.renewal_years or 1, split_payment=split_payment)
+    split = plan.split_payment_for_pa and mailbox.holder_kind == PUBLIC_ADMINISTRATION
+    return pricing.price_order([line], years or mailbox.renewal_years or 1, split_payment=split)
 
 
 def charge_context(
