@@ -4,39 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tests.support.orders import TODAY, complete_order
+from tests.support.orders import complete_order
 from worker.store.models import Mailbox
 
 #: The moment the payment tests register a payment: the day after the order.
 LATER = datetime(2027, 3, 2, 8, 0, tzinfo=UTC)
 
 
-def place_order(
-    session,
-    settings,
-    mailbox,
-    *,
-    method="bank_transfer",
-    years=1,
-    plan=None,
-    extra_space_gb=0,
-    extra_archive_gb=0,
-    holder=None,
-    today=TODAY,
-):
-    """The mailbox's order, confirmed from its link and committed: awaiting its payment."""
-    order = complete_order(
-        session,
-        settings,
-        mailbox,
-        method=method,
-        years=years,
-        plan=plan,
-        extra_space_gb=extra_space_gb,
-        extra_archive_gb=extra_archive_gb,
-        holder=holder,
-        today=today,
-    )
+def place_order(session, settings, mailbox, **steps):
+    """The mailbox's order, confirmed from its link (``steps``: :func:`complete_order`'s options) and
+    committed: awaiting its payment."""
+    order = complete_order(session, settings, mailbox, **steps)
     session.commit()
     return order
 
